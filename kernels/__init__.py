@@ -1,0 +1,14 @@
+"""okto.kernels: the project's Triton kernels for transformer training and inference.
+
+Every op dispatches between a Triton kernel (CUDA tensors, or CPU tensors under
+`OKTO_KERNELS=triton` with `TRITON_INTERPRET=1`) and a PyTorch reference; see
+`okto.kernels.backend`. NumPy arrays are accepted and returned as NumPy.
+"""
+
+from okto.kernels.backend import KernelError
+from okto.kernels.interop import accepts_numpy
+from okto.kernels.ops.gelu import gelu as _gelu
+
+gelu = accepts_numpy(_gelu)
+
+__all__ = ["KernelError", "gelu"]

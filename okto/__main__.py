@@ -1,0 +1,3 @@
+from okto.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The `okto` command line.
+
+Each subcommand lives in its own module with `add_parser(subparsers)` and
+`run(args) -> int`. Modules must not import torch at import time, so that
+`okto --help` and `okto check` start fast; heavy imports go inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from okto import __version__
+from okto.errors import EXIT_INVALID, OktoError
+
+# Subcommand modules, in the order `okto --help` lists them.
+COMMANDS = ("check", "schema", "init", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="okto",
+        description="Train and run language models from .okt files.",
+    )
+    parser.add_argument("--version", action="version", version=f"okto {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"okto.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) and EXIT_INVALID
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INVALID
+    try:
+        return args.run(args)
+    except OktoError as error:
+        print(error.render(), file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
