@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from okto.kernels import backend
 from okto.kernels.ops.activations import gelu as _gelu
 from okto.kernels.ops.activations import gelu_grad as _gelu_grad

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from okto.kernels import gelu
 
+from okto.kernels import gelu
 from tests.kernels.numerics import DEVICE, TOL, rel_error
 
 
