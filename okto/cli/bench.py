@@ -1,0 +1,74 @@
+"""`okto bench`: okto's kernels against the framework on this machine's GPU."""
+
+from __future__ import annotations
+
+import json
+
+from okto.errors import MachineError
+
+SUITE_CHOICES = ("gemm", "attention", "norm", "loss", "all")
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure okto's kernels against cuBLAS, SDPA and torch (needs a GPU)",
+        description="Time okto's kernels and the framework's in one process and print the ratios "
+        "(baseline time / okto time: above 1 means okto is faster).",
+    )
+    p.add_argument("suite", choices=SUITE_CHOICES, help="which kernels to measure")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp16", help="input precision")
+    p.add_argument("--json", action="store_true", help="one JSON record per case on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from okto.kernels import bench
+
+    if not torch.cuda.is_available():
+        raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+    suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.json:
+        bench.run(suites, dtype, lambda r: print(json.dumps(r.as_record()), flush=True))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    console.print(
+        f"[bold]okto bench[/] {', '.join(suites)} {args.dtype} on {torch.cuda.get_device_name()}"
+    )
+    results = bench.run(suites, dtype, lambda r: console.print(_line(r)))
+    console.print(_table(results))
+    return 0
+
+
+def _line(result) -> str:
+    parts = [f"{result.case.suite:9} {result.case.name:32} okto {result.okto.ms * 1e3:9.1f} us"]
+    parts += [f"{b.label} x{result.ratio(b):.2f}" for b in result.baselines]
+    return "  ".join(parts)
+
+
+def _table(results):
+    from rich.table import Table
+
+    table = Table(title="okto vs framework (ratio = framework time / okto time)")
+    for column in ("suite", "case", "okto", "okto rate", "baseline", "baseline rate", "ratio"):
+        table.add_column(
+            column, justify="right" if column not in ("suite", "case", "baseline") else "left"
+        )
+    for r in results:
+        for i, b in enumerate(r.baselines):
+            table.add_row(
+                r.case.suite if i == 0 else "",
+                r.case.name if i == 0 else "",
+                f"{r.okto.ms * 1e3:.1f} us" if i == 0 else "",
+                r.okto.rate(r.case) if i == 0 else "",
+                b.label,
+                b.rate(r.case),
+                f"{r.ratio(b):.2f}x",
+            )
+    return table
