@@ -1,0 +1,84 @@
+"""What the GPU can do: peak dense matrix rates and memory bandwidth by model.
+
+MFU and bandwidth utilisation are only as honest as their denominators, so the
+peaks are the vendors' datasheet figures for dense (not 2:4 sparse) math,
+looked up by the name CUDA reports. An unknown GPU gets no peak, and no MFU is
+reported for it rather than a made-up one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Datasheet peaks: dense TFLOP/s by precision, and memory bandwidth in TB/s."""
+
+    bf16: float
+    fp16: float
+    tf32: float
+    fp32: float
+    bandwidth_tbps: float
+    fp8: float | None = None
+
+    def tflops(self, precision: str) -> float | None:
+        return getattr(self, precision, None)
+
+
+# (substring of the CUDA device name, extra substring or None, peak), most specific first.
+_PEAKS: list[tuple[str, str | None, Peak]] = [
+    ("H200", None, Peak(989.4, 989.4, 494.7, 66.9, 4.8, fp8=1978.9)),
+    ("H100", "PCIe", Peak(756.0, 756.0, 378.0, 51.2, 2.0, fp8=1513.0)),
+    ("H100", "NVL", Peak(835.0, 835.0, 417.5, 60.0, 3.9, fp8=1670.0)),
+    ("H100", None, Peak(989.4, 989.4, 494.7, 66.9, 3.35, fp8=1978.9)),  # SXM
+    ("A100", "80GB", Peak(312.0, 312.0, 156.0, 19.5, 2.039)),
+    ("A100", None, Peak(312.0, 312.0, 156.0, 19.5, 1.555)),
+    ("L40S", None, Peak(362.1, 362.1, 183.0, 91.6, 0.864, fp8=733.0)),
+    ("L4", None, Peak(121.0, 121.0, 60.0, 30.3, 0.3, fp8=242.0)),
+    ("A10", None, Peak(125.0, 125.0, 62.5, 31.2, 0.6)),
+    ("RTX 4090", None, Peak(165.2, 165.2, 82.6, 82.6, 1.008, fp8=330.3)),
+    ("RTX 3090", None, Peak(71.0, 71.0, 35.6, 35.6, 0.936)),
+    ("V100", None, Peak(125.0, 125.0, 15.7, 15.7, 0.9)),
+    ("T4", None, Peak(65.0, 65.0, 8.1, 8.1, 0.32)),
+]
+
+
+def peak_for(name: str) -> Peak | None:
+    """The datasheet peak for a CUDA device name, or None when the model is unknown."""
+    for model, variant, peak in _PEAKS:
+        if model in name and (variant is None or variant in name):
+            return peak
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    name: str
+    compute_capability: tuple[int, int] | None
+    multiprocessors: int | None
+    memory_gib: float | None
+    peak: Peak | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def get_device_info(device: int | torch.device | None = None) -> DeviceInfo:
+    """Name, compute capability, SM count, memory and datasheet peaks of a CUDA device (or the CPU)."""
+    if not torch.cuda.is_available():
+        return DeviceInfo("cpu", None, None, None, None)
+    props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
+    return DeviceInfo(
+        name=props.name,
+        compute_capability=(props.major, props.minor),
+        multiprocessors=props.multi_processor_count,
+        memory_gib=props.total_memory / 2**30,
+        peak=peak_for(props.name),
+    )
+
+
+def is_cuda_available() -> bool:
+    return torch.cuda.is_available()
