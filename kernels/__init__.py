@@ -6,9 +6,11 @@ Every op dispatches between a Triton kernel (CUDA tensors, or CPU tensors under
 """
 
 from okto.kernels.backend import KernelError
+from okto.kernels.device import get_device_info, is_cuda_available
+from okto.kernels.info import info
 from okto.kernels.interop import accepts_numpy
 from okto.kernels.ops.gelu import gelu as _gelu
 
 gelu = accepts_numpy(_gelu)
 
-__all__ = ["KernelError", "gelu"]
+__all__ = ["KernelError", "gelu", "get_device_info", "info", "is_cuda_available"]
