@@ -3,9 +3,11 @@
 import triton
 import triton.language as tl
 
-SQRT_2_OVER_PI = 0.7978845608028654
-INV_SQRT_2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+# Globals read inside @triton.jit functions must be constexpr: the interpreter
+# accepts plain floats, the GPU compiler does not.
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
+INV_SQRT_2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
