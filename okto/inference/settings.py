@@ -1,0 +1,122 @@
+"""Generation settings: okto's defaults, a model's own defaults, an INFERENCE block, flags.
+
+Each layer overrides the one before (flags win), so this module only knows
+names and values; it imports no torch, because the package writer and the CLI
+use it before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from okto.errors import UsageError
+
+# INFERENCE-block spellings (and HF generation_config names) -> settings fields.
+_ALIASES = {
+    "max_length": "max_tokens",
+    "max_new_tokens": "max_tokens",
+    "stop_sequences": "stop",
+    "format": "template",
+    "precision": "dtype",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes one generate call; `None` / empty means 'not set here'."""
+
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    batch_size: int | None = None
+    template: str = "{input}"
+    mode: str = "completion"
+    exit_command: str = "exit"
+    model: str | None = None
+    dtype: str | None = None
+    backend: str = "auto"
+
+    def merged(self, values: dict) -> Settings:
+        """These settings with `values` (field names; None values skipped) laid over them."""
+        known = {f.name for f in dataclasses.fields(self)}
+        updates = {k: v for k, v in values.items() if v is not None and k in known}
+        if "stop" in updates:
+            stop = updates["stop"]
+            updates["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
+        return dataclasses.replace(self, **updates).checked()
+
+    def checked(self) -> Settings:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise UsageError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise UsageError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UsageError(f"top_k must be 0 (off) or more, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise UsageError(f"repetition_penalty must be above 0, got {self.repetition_penalty}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {self.batch_size}")
+        if "{input}" not in self.template:
+            raise UsageError(f"the prompt format {self.template!r} has no {{input}} placeholder")
+        if any(not s for s in self.stop):
+            raise UsageError("a stop sequence is empty")
+        return self
+
+    def apply_template(self, text: str) -> str:
+        return self.template.replace("{input}", text)
+
+    @property
+    def sampling(self) -> dict:
+        """The fields the engine's sampler takes."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+
+def from_block(block: dict | None) -> dict:
+    """An INFERENCE block (or a manifest's generation defaults) as settings field names.
+
+    `params { ... }` is flattened, aliases are renamed, and `do_sample: false`
+    means greedy decoding (temperature 0).
+    """
+    if not block:
+        return {}
+    flat = {k: v for k, v in block.items() if k != "params"}
+    flat.update(block.get("params") or {})
+    out = {_ALIASES.get(k, k): _plain(v) for k, v in flat.items()}
+    if out.pop("do_sample", None) is False:
+        out["temperature"] = 0.0
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _plain(value):
+    """Typed quantities from the language front end (number + unit) become their number."""
+    if hasattr(value, "value") and not isinstance(value, str | int | float | bool):
+        return value.value
+    return value
+
+
+def from_generation_config(config: dict) -> dict:
+    """What a Hugging Face generation_config.json explicitly asks for, as settings names."""
+    out = {}
+    if config.get("do_sample") is False:
+        out["temperature"] = 0.0
+    elif config.get("do_sample") is True:
+        for key in ("temperature", "top_p", "top_k"):
+            if config.get(key) is not None:
+                out[key] = config[key]
+    if config.get("repetition_penalty") is not None:
+        out["repetition_penalty"] = config["repetition_penalty"]
+    if config.get("max_new_tokens"):
+        out["max_tokens"] = config["max_new_tokens"]
+    return out

@@ -1,0 +1,281 @@
+"""Where a model comes from (an `.okm`, a Hugging Face directory, a training run) and where it goes.
+
+`open_checkpoint` reads any of the three into one `Checkpoint`, so that
+inference and export handle them alike; `export_okm` and `export_hf` write
+one out. Files that need no change are copied byte for byte, which is what
+makes Hugging Face -> `.okm` -> Hugging Face bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from okto import __version__
+from okto.errors import UsageError
+from okto.inference.settings import from_block, from_generation_config
+from okto.package.format import CONFIG, WEIGHTS, Package, write_package
+from okto.package.weights import (
+    FLOAT_CODES,
+    WeightsError,
+    dtype_summary,
+    read_index,
+    serialize,
+    torch_dtype,
+)
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+GENERATION_CONFIG = "generation_config.json"
+TRAINING_CONFIG = "okto_config.json"
+_TOKENIZER_PREFIX = "tokenizer/"
+
+
+@dataclass
+class Checkpoint:
+    """A model's parts: config, weights, tokenizer files, and what produced it."""
+
+    path: Path
+    kind: str  # "okm", "hf" or "run"
+    config: dict
+    tokenizer_files: dict[str, bytes]
+    generation_config: bytes | None = None
+    training_config: dict | None = None
+    package: Package | None = None
+    weight_files: list[Path] = field(default_factory=list)
+
+    @property
+    def architecture(self) -> str:
+        return self.config.get("model_type", "unknown")
+
+    @property
+    def generation_defaults(self) -> dict:
+        """Generation settings the model carries: its generation_config, then its training's INFERENCE."""
+        if self.package is not None:
+            return dict(self.package.manifest.get("generation") or {})
+        out = {}
+        if self.generation_config:
+            out.update(from_generation_config(json.loads(self.generation_config)))
+        training = self.training_config or {}
+        out.update(from_block(training.get("inference") or training.get("INFERENCE")))
+        return out
+
+    def tensors(self) -> dict:
+        """The weights as torch tensors (in place for `.okm`, never through pickle there)."""
+        if self.package is not None:
+            return self.package.tensors()
+        return _load_hf_weights(self.weight_files)
+
+    def single_weights_file(self) -> Path | memoryview | None:
+        """The weights as one safetensors blob, when they already are one (copied verbatim)."""
+        if self.package is not None:
+            return self.package.member(WEIGHTS)
+        files = self.weight_files
+        if len(files) == 1 and files[0].suffix == ".safetensors":
+            return files[0]
+        return None
+
+
+def open_checkpoint(path: Path | str) -> Checkpoint:
+    """Read a model from an `.okm` file, a Hugging Face directory, or a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if path.is_file():
+        return _from_package(Package(path))
+    if (path / "config.json").is_file():
+        return _from_hf_dir(path, "hf")
+    final = path / "final"
+    if (final / "config.json").is_file():
+        return _from_hf_dir(final, "run")
+    raise UsageError(
+        f"{path}: not a model: expected an .okm file, a Hugging Face directory "
+        "(with config.json), or a run directory (with final/config.json)"
+    )
+
+
+def _from_package(package: Package) -> Checkpoint:
+    tokenizer = {
+        name.removeprefix(_TOKENIZER_PREFIX): bytes(package.member(name))
+        for name in package.names("tokenizer")
+    }
+    generation = package.names("generation_config")
+    return Checkpoint(
+        path=package.path,
+        kind="okm",
+        config=json.loads(bytes(package.member(CONFIG))),
+        tokenizer_files=tokenizer,
+        generation_config=bytes(package.member(generation[0])) if generation else None,
+        training_config=package.manifest.get("training_config"),
+        package=package,
+    )
+
+
+def _from_hf_dir(path: Path, kind: str) -> Checkpoint:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path / 'config.json'}: not a readable model config ({e})") from None
+    training = None
+    for where in (path / TRAINING_CONFIG, path.parent / TRAINING_CONFIG):
+        if where.is_file():
+            training = json.loads(where.read_text())
+            break
+    generation = path / GENERATION_CONFIG
+    return Checkpoint(
+        path=path,
+        kind=kind,
+        config=config,
+        tokenizer_files={
+            n: (path / n).read_bytes() for n in TOKENIZER_FILES if (path / n).is_file()
+        },
+        generation_config=generation.read_bytes() if generation.is_file() else None,
+        training_config=training,
+        weight_files=_hf_weight_files(path),
+    )
+
+
+def _hf_weight_files(path: Path) -> list[Path]:
+    if (path / WEIGHTS).is_file():
+        return [path / WEIGHTS]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / s for s in shards]
+    if (path / "pytorch_model.bin").is_file():
+        return [path / "pytorch_model.bin"]
+    raise UsageError(f"{path}: no weights (model.safetensors, its shards, or pytorch_model.bin)")
+
+
+def _load_hf_weights(files: list[Path]) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            tensors.update(load_file(f))
+        else:  # weights_only: the restricted unpickler, which runs no code from the file
+            tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+    return tensors
+
+
+def _index_of(blob: Path | memoryview) -> dict[str, dict]:
+    """The checked tensor index of a safetensors blob, reading only its header from a file."""
+    if isinstance(blob, memoryview):
+        return read_index(blob)[1]
+    with open(blob, "rb") as f:
+        head = f.read(8)
+        head += f.read(int.from_bytes(head, "little"))
+    try:
+        return read_index(head, blob.stat().st_size)[1]
+    except WeightsError as e:
+        raise UsageError(f"{blob}: not a valid safetensors file ({e})") from None
+
+
+def _dtype_name(dtype: str) -> str:
+    return str(torch_dtype(dtype)).removeprefix("torch.")
+
+
+def _weights_blob(
+    checkpoint: Checkpoint, dtype: str | None
+) -> tuple[Path | memoryview | bytes, dict]:
+    """The weights as a safetensors blob and its index: verbatim when possible, re-serialized to cast."""
+    blob = checkpoint.single_weights_file()
+    if blob is not None:
+        index = _index_of(blob)
+        if dtype is None or dtype_summary(index) == _dtype_name(dtype):
+            return blob, index
+    data = serialize(checkpoint.tensors(), torch_dtype(dtype) if dtype else None)
+    return data, read_index(data)[1]
+
+
+def _config_bytes(checkpoint: Checkpoint, dtype: str | None) -> bytes:
+    """config.json: verbatim, or with its dtype field updated when the weights are cast."""
+    if dtype is None:
+        if checkpoint.package is not None:
+            return bytes(checkpoint.package.member(CONFIG))
+        return (checkpoint.path / CONFIG).read_bytes()
+    config = dict(checkpoint.config)
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = _dtype_name(dtype)
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+
+
+def export_okm(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None) -> Path:
+    """Write `checkpoint` as one `.okm` file (weights cast to `dtype`: fp32, fp16, bf16)."""
+    weights, index = _weights_blob(checkpoint, dtype)
+    members = [(CONFIG, "config", _config_bytes(checkpoint, dtype)), (WEIGHTS, "weights", weights)]
+    members += [
+        (_TOKENIZER_PREFIX + name, "tokenizer", data)
+        for name, data in sorted(checkpoint.tokenizer_files.items())
+    ]
+    if checkpoint.generation_config is not None:
+        members.append((GENERATION_CONFIG, "generation_config", checkpoint.generation_config))
+    manifest = {
+        "okto_version": __version__,
+        "architecture": checkpoint.architecture,
+        "dtype": dtype_summary(index),
+        "parameters": sum(math.prod(t["shape"]) for t in index.values()),
+        "tensors": index,
+        "training_config": checkpoint.training_config,
+        "generation": checkpoint.generation_defaults,
+    }
+    return write_package(out, members, manifest)
+
+
+def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None) -> Path:
+    """Write `checkpoint` as a Hugging Face directory (config, model.safetensors, tokenizer)."""
+    out = Path(out)
+    if out.is_file():
+        raise UsageError(f"{out}: is a file; a Hugging Face export writes a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    weights, _ = _weights_blob(checkpoint, dtype)
+    files = {CONFIG: _config_bytes(checkpoint, dtype), **checkpoint.tokenizer_files}
+    if checkpoint.generation_config is not None:
+        files[GENERATION_CONFIG] = checkpoint.generation_config
+    if checkpoint.training_config is not None:
+        files[TRAINING_CONFIG] = (json.dumps(checkpoint.training_config, indent=2) + "\n").encode()
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    if isinstance(weights, Path):
+        shutil.copyfile(weights, out / WEIGHTS)
+    else:
+        (out / WEIGHTS).write_bytes(weights)
+    return out
+
+
+FORMATS = ("okm", "hf", "safetensors")
+
+
+def export_model(
+    source: Path | str, out: Path | str, format: str = "okm", dtype: str | None = None
+) -> Path:
+    """Export the model at `source` (okm, HF or run directory) to `out`; what EXPORT runs.
+
+    `format` is okm (one file) or hf / safetensors (a Hugging Face directory,
+    weights in safetensors); `dtype` is fp32, fp16 or bf16 (default: as stored).
+    """
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in FLOAT_CODES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(FLOAT_CODES)}")
+    checkpoint = open_checkpoint(source)
+    if format == "okm":
+        return export_okm(checkpoint, out, dtype)
+    return export_hf(checkpoint, out, dtype)
