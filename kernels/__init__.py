@@ -9,8 +9,20 @@ from okto.kernels.backend import KernelError
 from okto.kernels.device import get_device_info, is_cuda_available
 from okto.kernels.info import info
 from okto.kernels.interop import accepts_numpy
+from okto.kernels.ops.attention import attention as _attention
+from okto.kernels.ops.attention import decode_attention as _decode_attention
 from okto.kernels.ops.gelu import gelu as _gelu
 
+attention = accepts_numpy(_attention)
+decode_attention = accepts_numpy(_decode_attention)
 gelu = accepts_numpy(_gelu)
 
-__all__ = ["KernelError", "gelu", "get_device_info", "info", "is_cuda_available"]
+__all__ = [
+    "KernelError",
+    "attention",
+    "decode_attention",
+    "gelu",
+    "get_device_info",
+    "info",
+    "is_cuda_available",
+]
