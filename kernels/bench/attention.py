@@ -1,0 +1,112 @@
+"""Attention benchmark cases: okto's flash attention against SDPA, forward, forward+backward
+and decoding, on the shapes users quote.
+
+Baselines are SDPA with PyTorch's own backend choice and SDPA pinned to its flash
+backend. FLOPs count the two matmuls of the forward (4 B H Sq Skv D) and, for
+forward+backward, the five more of the backward (14 B H S^2 D in all); causal
+cases count half. The decode case reports bandwidth over the KV cache it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from okto.kernels import attention, decode_attention
+from okto.kernels.bench import Case
+
+# (batch, heads, seq, head dim, causal)
+FORWARD = [
+    (4, 1, 256, 64, False),
+    (4, 1, 512, 64, False),
+    (8, 1, 256, 64, False),
+    (32, 8, 128, 64, False),
+    (32, 8, 256, 64, False),
+    (16, 8, 512, 64, False),
+    (8, 16, 2048, 64, True),
+    (8, 16, 2048, 128, True),
+    (2, 16, 8192, 128, True),
+]
+# (batch, query heads, KV heads, new tokens, cache length, head dim)
+DECODE = [(8, 12, 12, 1, 4096, 64)]
+
+
+def _sdpa(q, k, v, causal):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _sdpa_flash(q, k, v, causal):
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _name(b, h, s, d, causal) -> str:
+    return f"{'causal ' if causal else ''}B{b} H{h} S{s} D{d}"
+
+
+def _forward_case(b, h, s, d, causal, dtype) -> Case:
+    q, k, v = (torch.randn(b, h, s, d, device="cuda", dtype=dtype) for _ in range(3))
+    return Case(
+        suite="attention",
+        name=_name(b, h, s, d, causal) + " fwd",
+        okto=lambda: attention(q, k, v, causal=causal),
+        baselines={
+            "SDPA": lambda: _sdpa(q, k, v, causal),
+            "SDPA (flash)": lambda: _sdpa_flash(q, k, v, causal),
+        },
+        flops=4 * b * h * s * s * d * (0.5 if causal else 1.0),
+        per_item=("sequence", b),
+    )
+
+
+def _backward_case(b, h, s, d, causal, dtype) -> Case:
+    q, k, v = (
+        torch.randn(b, h, s, d, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3)
+    )
+    do = torch.randn(b, h, s, d, device="cuda", dtype=dtype)
+
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(), (q, k, v), do)
+
+    return Case(
+        suite="attention",
+        name=_name(b, h, s, d, causal) + " fwd+bwd",
+        okto=step(lambda: attention(q, k, v, causal=causal)),
+        baselines={
+            "SDPA": step(lambda: _sdpa(q, k, v, causal)),
+            "SDPA (flash)": step(lambda: _sdpa_flash(q, k, v, causal)),
+        },
+        flops=14 * b * h * s * s * d * (0.5 if causal else 1.0),
+        per_item=("sequence", b),
+    )
+
+
+def _decode_case(b, hq, hkv, sq, cache, d, dtype) -> Case:
+    q = torch.randn(b, hq, sq, d, device="cuda", dtype=dtype)
+    k_cache, v_cache = (torch.randn(b, hkv, cache, d, device="cuda", dtype=dtype) for _ in range(2))
+    lens = torch.full((b,), cache, device="cuda", dtype=torch.int32)
+    size = dtype.itemsize
+    return Case(
+        suite="attention",
+        name=f"decode B{b} Hq{hq} Hkv{hkv} q{sq} cache{cache} D{d}",
+        okto=lambda: decode_attention(q, k_cache, v_cache, lens),
+        baselines={
+            "SDPA": lambda: _sdpa(q, k_cache, v_cache, False),
+            "SDPA (flash)": lambda: _sdpa_flash(q, k_cache, v_cache, False),
+        },
+        bytes=(k_cache.numel() + v_cache.numel() + 2 * q.numel()) * size,
+        per_item=("sequence", b),
+    )
+
+
+def cases(dtype: torch.dtype) -> Iterator[Case]:
+    for shape in FORWARD:
+        yield _forward_case(*shape, dtype)
+    for shape in FORWARD:
+        if shape[-1]:  # causal shapes also run forward+backward
+            yield _backward_case(*shape, dtype)
+    for shape in DECODE:
+        yield _decode_case(*shape, dtype)
