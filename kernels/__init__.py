@@ -12,10 +12,18 @@ from okto.kernels.interop import accepts_numpy
 from okto.kernels.ops.attention import attention as _attention
 from okto.kernels.ops.attention import decode_attention as _decode_attention
 from okto.kernels.ops.gelu import gelu as _gelu
+from okto.kernels.ops.gemm import linear as _linear
+from okto.kernels.ops.gemm import matmul as _matmul
+from okto.kernels.ops.gemm import matmul_fp16 as _matmul_fp16
+from okto.kernels.ops.softmax import softmax as _softmax
 
 attention = accepts_numpy(_attention)
 decode_attention = accepts_numpy(_decode_attention)
 gelu = accepts_numpy(_gelu)
+linear = accepts_numpy(_linear)
+matmul = accepts_numpy(_matmul)
+matmul_fp16 = accepts_numpy(_matmul_fp16)
+softmax = accepts_numpy(_softmax)
 
 __all__ = [
     "KernelError",
@@ -25,4 +33,8 @@ __all__ = [
     "get_device_info",
     "info",
     "is_cuda_available",
+    "linear",
+    "matmul",
+    "matmul_fp16",
+    "softmax",
 ]

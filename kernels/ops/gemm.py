@@ -1,0 +1,788 @@
+"""GEMM with a fused epilogue, `act(A @ B + bias) + residual`, forward and backward.
+
+Two Triton kernels compute the product, both accumulating in fp32:
+
+- `_gemm_tma_kernel` (Hopper): persistent programs, one per SM, walk the output
+  tiles in grouped order so that programs running together share A and B tiles
+  in L2. Operands arrive through TMA descriptors built on the device; a
+  transposed operand is loaded K-major and transposed in shared memory, so
+  `x @ w.T` costs no copy. It takes 2-D fp16/bf16 problems whose layouts TMA
+  accepts (a unit stride, 16-byte aligned rows) and outputs whose rows are
+  16-byte aligned (N a multiple of 8).
+- `_gemm_kernel`: one tile per program with masked pointer loads; any strides,
+  batches, fp32 (tf32 or exact), the interpreter and pre-Hopper GPUs. This is
+  the path that is always correct.
+
+The epilogue (bias, GELU in its erf or tanh form, residual) runs on the fp32
+accumulator before the single rounding to the output dtype. For backward the
+pre-activation Z is saved when a gradient is needed (and recomputed if it was
+not); dZ = dY * gelu'(Z) and the bias gradient come from one fused pass over dY,
+and dA = dZ @ B^T, dB = A^T @ dZ run on the same kernels with the transposes
+expressed as strides.
+
+`OKTO_GEMM=auto|tma|simple` picks the kernel: `auto` uses TMA on sm_90+ where
+the layout allows it, `tma` does so in the interpreter too (tests), `simple`
+never. `OKTO_GEMM_WS=1` adds warp-specialised configurations to the TMA
+autotuning (Hopper support for them arrived in Triton 3.5).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from okto.kernels import backend
+from okto.kernels.autotune import autotune, config
+from okto.kernels.ops.activations import gelu, gelu_grad
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Public activation names -> the epilogue's ACTIVATION code (0 none, 1 erf GELU, 2 tanh GELU).
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+PATHS = ("auto", "tma", "simple")
+WEIGHT_LAYOUTS = ("out_in", "in_out")
+_HAS_TENSOR_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+
+
+# ---------------------------------------------------------------------------
+# Device code shared by both kernels
+
+
+@triton.jit
+def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped ("L2-swizzled") order: GROUP_M row tiles advance together along N."""
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (tile_id // num_in_group) * GROUP_M
+    group_size = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (tile_id % num_in_group) % group_size
+    pid_n = (tile_id % num_in_group) // group_size
+    return pid_m, pid_n
+
+
+@triton.jit
+def _epilogue(
+    acc,
+    offs_m,
+    offs_n,
+    M,
+    N,
+    bias_ptr,
+    r_ptr,
+    stride_rm,
+    stride_rn,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    """(pre-activation, output) of one fp32 tile: act(acc + bias) + residual."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0)
+        acc = acc + bias.to(tl.float32)[None, :]
+    pre = acc
+    if ACTIVATION != 0:
+        acc = gelu(acc, ACTIVATION == 2)
+    if HAS_RESIDUAL:
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        r_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * stride_rm + offs_n[None, :] * stride_rn
+        acc = acc + tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
+    return pre, acc
+
+
+# ---------------------------------------------------------------------------
+# The always-correct kernel: one output tile per program, pointer loads
+
+
+def _simple_configs() -> list[triton.Config]:
+    # In the interpreter only the first is used: small tiles so tests see several tiles and K steps.
+    small = [config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)]
+    return (small if backend.interpreting() else []) + [
+        config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+        config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+        config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+        config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+        config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
+        config(BLOCK_M=32, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+        config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=2, num_stages=5),
+    ]
+
+
+_EPILOGUE_KEY = ["HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "SAVE_PREACT"]
+
+
+@autotune(
+    _simple_configs(),
+    key=["M_BUCKET", "N", "K", "LAYOUT", "INPUT_PRECISION", *_EPILOGUE_KEY],
+)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _gemm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    p_ptr,
+    bias_ptr,
+    r_ptr,
+    M,
+    N,
+    K,
+    stride_ab,
+    stride_am,
+    stride_ak,
+    stride_bb,
+    stride_bk,
+    stride_bn,
+    stride_rb,
+    stride_rm,
+    stride_rn,
+    M_BUCKET,  # autotune key only: M (times the batch) rounded up to a power of two
+    LAYOUT,  # autotune key only: which operands have a unit stride
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pid_m, pid_n = _tile_coords(tl.program_id(0), num_pid_m, num_pid_n, GROUP_M)
+    batch = tl.program_id(1).to(tl.int64)
+    a_ptr += batch * stride_ab
+    b_ptr += batch * stride_bb
+    c_ptr += batch * M * N
+    p_ptr += batch * M * N
+    r_ptr += batch * stride_rb
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Out-of-range rows and columns read row/column 0 instead of being masked: their
+    # results are never stored, and the main loop then needs only the K mask.
+    rows = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
+    cols = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+
+    pre, out = _epilogue(
+        acc, offs_m, offs_n, M, N, bias_ptr, r_ptr, stride_rm, stride_rn,
+        HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+    )  # fmt: skip
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    offs_c = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    if SAVE_PREACT:
+        tl.store(p_ptr + offs_c, pre.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptr + offs_c, out.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------
+# The Hopper kernel: persistent, TMA descriptors, grouped tile order
+
+
+def _tma_configs() -> list[triton.Config]:
+    def tma(bm, bn, bk, split, warps, stages, flatten=True, ws=False):
+        return config(
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EPILOGUE_SPLIT=split,
+            FLATTEN=flatten, WARP_SPECIALIZE=ws, num_warps=warps, num_stages=stages,
+        )  # fmt: skip
+
+    if backend.interpreting():  # small tiles: several per program, a split epilogue, K steps
+        return [tma(32, 32, 16, 2, 4, 1)]
+    shapes = [
+        (128, 256, 64, 2, 8, 3),
+        (128, 256, 64, 1, 8, 3),
+        (128, 256, 64, 2, 8, 4),
+        (256, 128, 64, 2, 8, 3),
+        (128, 128, 64, 1, 8, 4),
+        (128, 128, 64, 1, 4, 4),
+        (128, 128, 64, 2, 4, 3),
+        (128, 128, 128, 1, 8, 3),
+        (64, 256, 64, 1, 4, 4),
+    ]
+    configs = [tma(*s) for s in shapes] + [tma(*shapes[0], flatten=False)]
+    if os.environ.get("OKTO_GEMM_WS", "0") == "1":
+        configs += [tma(*s, flatten=False, ws=True) for s in shapes]
+    return configs
+
+
+@triton.jit
+def _tma_store_tile(
+    acc,
+    off_m,
+    off_n,
+    c_desc,
+    p_desc,
+    bias_ptr,
+    r_ptr,
+    M,
+    N,
+    stride_rm,
+    stride_rn,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+):
+    offs_m = off_m + tl.arange(0, acc.shape[0])
+    offs_n = off_n + tl.arange(0, acc.shape[1])
+    pre, out = _epilogue(
+        acc, offs_m, offs_n, M, N, bias_ptr, r_ptr, stride_rm, stride_rn,
+        HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+    )  # fmt: skip
+    if SAVE_PREACT:
+        p_desc.store([off_m, off_n], pre.to(p_desc.dtype))
+    c_desc.store([off_m, off_n], out.to(c_desc.dtype))
+
+
+@autotune(
+    _tma_configs(),
+    key=["M_BUCKET", "N", "K", "A_COL_MAJOR", "B_COL_MAJOR", *_EPILOGUE_KEY],
+)
+@triton.jit
+def _gemm_tma_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    p_ptr,
+    bias_ptr,
+    r_ptr,
+    M,
+    N,
+    K,
+    stride_a,  # the row stride of A as stored: [M, K], or [K, M] when A_COL_MAJOR
+    stride_b,  # the row stride of B as stored: [K, N], or [N, K] when B_COL_MAJOR
+    stride_rm,
+    stride_rn,
+    M_BUCKET,  # autotune key only
+    A_COL_MAJOR: tl.constexpr,
+    B_COL_MAJOR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    SAVE_PREACT: tl.constexpr,
+    NUM_SMS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    EPILOGUE_SPLIT: tl.constexpr,
+    FLATTEN: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+):
+    if A_COL_MAJOR:
+        a_desc = tl.make_tensor_descriptor(
+            a_ptr, shape=[K, M], strides=[stride_a, 1], block_shape=[BLOCK_K, BLOCK_M]
+        )
+    else:
+        a_desc = tl.make_tensor_descriptor(
+            a_ptr, shape=[M, K], strides=[stride_a, 1], block_shape=[BLOCK_M, BLOCK_K]
+        )
+    if B_COL_MAJOR:
+        b_desc = tl.make_tensor_descriptor(
+            b_ptr, shape=[N, K], strides=[stride_b, 1], block_shape=[BLOCK_N, BLOCK_K]
+        )
+    else:
+        b_desc = tl.make_tensor_descriptor(
+            b_ptr, shape=[K, N], strides=[stride_b, 1], block_shape=[BLOCK_K, BLOCK_N]
+        )
+    SUB_N: tl.constexpr = BLOCK_N // EPILOGUE_SPLIT
+    c_desc = tl.make_tensor_descriptor(
+        c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N]
+    )
+    if SAVE_PREACT:
+        p_desc = tl.make_tensor_descriptor(
+            p_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N]
+        )
+    else:
+        p_desc = c_desc
+
+    start = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_tiles = num_pid_m * num_pid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    # The epilogue recomputes its tile from a counter of its own, so the pipeliner
+    # can overlap it with the next tile's first loads (as in Triton's tutorial).
+    tile_c = start - NUM_SMS
+    for tile in tl.range(
+        start, num_tiles, NUM_SMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE
+    ):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for ki in range(k_tiles):
+            off_k = ki * BLOCK_K
+            # K-major tiles (transposed operands) are transposed in shared memory.
+            a = a_desc.load([off_k, off_m]).T if A_COL_MAJOR else a_desc.load([off_m, off_k])
+            b = b_desc.load([off_n, off_k]).T if B_COL_MAJOR else b_desc.load([off_k, off_n])
+            acc = tl.dot(a, b, acc)
+
+        tile_c += NUM_SMS
+        pid_m, pid_n = _tile_coords(tile_c, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        if EPILOGUE_SPLIT == 2:
+            # Two half-width stores: half the shared-memory staging, fewer live registers.
+            halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1))
+            acc0, acc1 = tl.split(halves)
+            _tma_store_tile(
+                acc0, off_m, off_n, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm, stride_rn,
+                HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT,
+            )  # fmt: skip
+            _tma_store_tile(
+                acc1, off_m, off_n + SUB_N, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
+                stride_rn, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT,
+            )  # fmt: skip
+        else:
+            _tma_store_tile(
+                acc, off_m, off_n, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm, stride_rn,
+                HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT,
+            )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Backward's elementwise pass: dZ = dY * gelu'(Z) and the bias gradient
+
+
+@triton.jit
+def _act_grad_kernel(
+    dy_ptr,
+    z_ptr,
+    dz_ptr,
+    dbias_ptr,
+    M,
+    N,
+    ACTIVATION: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """One [BLOCK_M, BLOCK_N] tile; the bias gradient leaves as per-row-block partial sums."""
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if ACTIVATION != 0:
+        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dz = dz * gelu_grad(z, ACTIVATION == 2)
+        tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_m * N + offs_n, tl.sum(dz, axis=0), mask=offs_n < N)
+
+
+ACT_GRAD_BLOCK_M = 64
+ACT_GRAD_BLOCK_N = 128
+
+
+# ---------------------------------------------------------------------------
+# Launchers
+
+
+def _path() -> str:
+    value = os.environ.get("OKTO_GEMM", "auto").strip().lower() or "auto"
+    if value not in PATHS:
+        raise backend.KernelError(f"OKTO_GEMM={value!r} is not one of {', '.join(PATHS)}")
+    return value
+
+
+def _tf32_allowed() -> bool:
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # torch refuses the legacy flag once the new fp32_precision API was used
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
+def _is_hopper_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _tma_workspace(size: int, alignment: int, stream):
+    """Global scratch the TMA kernel writes its device-side descriptors into."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _tma_layout(t: torch.Tensor) -> tuple[bool, int] | None:
+    """(column-major?, row stride as stored) if TMA can read 2-D `t` in place, else None."""
+    item = t.element_size()
+    if t.data_ptr() % 16:
+        return None
+    rows, cols = t.stride()
+    if cols == 1 and (rows * item) % 16 == 0:
+        return False, rows
+    if rows == 1 and (cols * item) % 16 == 0:
+        return True, cols
+    return None
+
+
+def _use_tma(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> bool:
+    path = _path()
+    if path == "simple" or not _HAS_TENSOR_DESCRIPTORS or k == 0:
+        return False
+    if a.dtype not in (torch.float16, torch.bfloat16) or (n * a.element_size()) % 16:
+        return False
+    if backend.interpreting():
+        if path != "tma":
+            return False
+    elif not (a.is_cuda and _is_hopper_or_newer(a.device)):
+        return False
+    return _tma_layout(a) is not None and _tma_layout(b) is not None
+
+
+def _launch_tma(a, b, out, preact, bias, residual, m, n, k, r_strides, flags):
+    (a_col, stride_a), (b_col, stride_b) = _tma_layout(a), _tma_layout(b)
+    sms = 3 if backend.interpreting() else _sm_count(a.device)
+
+    def grid(meta):
+        return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+    triton.set_allocator(_tma_workspace)  # per launch: the allocator is a context variable
+    _gemm_tma_kernel[grid](
+        a, b, out, preact, bias, residual, m, n, k, stride_a, stride_b, *r_strides,
+        triton.next_power_of_2(m), A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, NUM_SMS=sms, **flags,
+    )  # fmt: skip
+
+
+def _launch_simple(a3, b3, out, preact, bias, residual3, batch, m, n, k, flags):
+    """a3 [B|1, M, K], b3 [B|1, K, N] (a batch stride of 0 broadcasts), out [B, M, N]."""
+    layout = 2 * (a3.stride(2) == 1) + (b3.stride(2) == 1)
+    precision = "tf32" if a3.dtype == torch.float32 and _tf32_allowed() else "ieee"
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), batch)
+
+    _gemm_kernel[grid](
+        a3, b3, out, preact, bias, residual3, m, n, k,
+        _batch_stride(a3), a3.stride(1), a3.stride(2),
+        _batch_stride(b3), b3.stride(1), b3.stride(2),
+        *residual3.stride(), triton.next_power_of_2(m * batch), layout,
+        INPUT_PRECISION=precision, **flags,
+    )  # fmt: skip
+
+
+def _batch_stride(t3: torch.Tensor) -> int:
+    return 0 if t3.shape[0] == 1 else t3.stride(0)
+
+
+def _out_shape(a: torch.Tensor, b: torch.Tensor) -> tuple[int, ...]:
+    batch = a.shape[:-2] if a.dim() == 3 else b.shape[:-2]
+    return (*batch, a.shape[-2], b.shape[-1])
+
+
+def _merged_rows(t: torch.Tensor) -> torch.Tensor | None:
+    """A [B, R, C] tensor as a [B*R, C] view, or None if its strides do not allow one."""
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return None
+
+
+def _gemm_forward(a, b, bias, residual, activation, save_preact):
+    shape = _out_shape(a, b)
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    out = backend.empty(*shape, dtype=a.dtype, device=a.device)
+    saving = save_preact and activation != "none"
+    preact = backend.empty(*shape, dtype=a.dtype, device=a.device) if saving else a.new_empty(0)
+    if out.numel() == 0:
+        return out, preact
+    flags = {
+        "HAS_BIAS": bias is not None,
+        "ACTIVATION": ACTIVATIONS[activation],
+        "HAS_RESIDUAL": residual is not None,
+        "SAVE_PREACT": saving,
+    }
+    bias_arg = out if bias is None else bias  # never read when its flag is off
+
+    # A batch against one shared B is one tall GEMM when A (and the residual) merge rows.
+    a2 = a if a.dim() == 2 else None
+    r2 = residual
+    if a.dim() == 3 and b.dim() == 2:
+        a2 = _merged_rows(a)
+        r2 = None if residual is None else _merged_rows(residual)
+        if residual is not None and r2 is None:
+            a2 = None
+    if a2 is not None and b.dim() == 2:
+        rows = a2.shape[0]
+        r_strides = (0, 0) if r2 is None else r2.stride()
+        if _use_tma(a2, b, n, k):
+            res_arg = out if r2 is None else r2
+            _launch_tma(a2, b, out, preact, bias_arg, res_arg, rows, n, k, r_strides, flags)
+            return out, preact
+        a3, b3, batch, m = a2.unsqueeze(0), b.unsqueeze(0), 1, rows
+        res3 = out.view(1, rows, n) if r2 is None else r2.unsqueeze(0)
+    else:
+        a3 = a if a.dim() == 3 else a.unsqueeze(0)
+        b3 = b if b.dim() == 3 else b.unsqueeze(0)
+        batch = shape[0]
+        res3 = out if residual is None else residual
+    if residual is None:
+        res3 = res3.as_strided(res3.shape, (0, 0, 0))  # dummy, never read
+    _launch_simple(a3, b3, out, preact, bias_arg, res3, batch, m, n, k, flags)
+    return out, preact
+
+
+def _act_grad(dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool):
+    """(dZ as [rows, N] or empty, fp32 bias gradient or empty) for contiguous [rows, N] dY, Z."""
+    rows, n = dy.shape
+    act = ACTIVATIONS[activation]
+    dz = backend.empty(rows, n, dtype=dy.dtype, device=dy.device) if act else dy.new_empty(0)
+    grid = (triton.cdiv(rows, ACT_GRAD_BLOCK_M), triton.cdiv(n, ACT_GRAD_BLOCK_N))
+    partial = (
+        backend.empty(grid[0], n, dtype=torch.float32, device=dy.device)
+        if has_bias
+        else dy.new_empty(0, dtype=torch.float32)
+    )
+    if dy.numel():
+        _act_grad_kernel[grid](
+            dy, z if act else dy, dz if act else dy, partial if has_bias else dy, rows, n,
+            ACTIVATION=act, HAS_BIAS=has_bias, BLOCK_M=ACT_GRAD_BLOCK_M, BLOCK_N=ACT_GRAD_BLOCK_N,
+        )  # fmt: skip
+    dbias = partial.sum(0).to(dy.dtype) if has_bias else dy.new_empty(0)
+    return dz, dbias
+
+
+# ---------------------------------------------------------------------------
+# Custom ops and autograd
+
+
+@torch.library.custom_op("okto::gemm", mutates_args=())
+def _gemm_op(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    activation: str,
+    save_preact: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(act(a @ b + bias) + residual, the pre-activation if saved else an empty tensor)."""
+    return _gemm_forward(a, b, bias, residual, activation, save_preact)
+
+
+@_gemm_op.register_fake
+def _(a, b, bias, residual, activation, save_preact):
+    shape = _out_shape(a, b)
+    saving = save_preact and activation != "none"
+    return a.new_empty(shape), a.new_empty(shape if saving else (0,))
+
+
+@torch.library.custom_op("okto::gemm_act_backward", mutates_args=())
+def _act_grad_op(
+    dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dY * gelu'(Z) or empty without activation, bias gradient or empty) for [rows, N] inputs."""
+    return _act_grad(dy.contiguous(), z.contiguous(), activation, has_bias)
+
+
+@_act_grad_op.register_fake
+def _(dy, z, activation, has_bias):
+    dz = dy.new_empty(dy.shape if activation != "none" else (0,))
+    return dz, dy.new_empty((dy.shape[1],) if has_bias else (0,))
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, bias, _, activation, _ = inputs
+    _, preact = output
+    ctx.save_for_backward(a, b, bias, preact)
+    ctx.activation = activation
+    ctx.mark_non_differentiable(preact)
+
+
+def _backward(ctx, dout, _dpreact):
+    a, b, bias, preact = ctx.saved_tensors
+    need_a, need_b, need_bias, need_res = ctx.needs_input_grad[:4]
+    activation = ctx.activation
+    n = dout.shape[-1]
+    dz, dbias = dout, None
+    if activation != "none" or need_bias:
+        if activation != "none" and preact.numel() == 0:  # not saved: recompute it
+            preact = _gemm_op(a, b, bias, None, "none", False)[0]
+        flat_z = preact.reshape(-1, n) if activation != "none" else dout.reshape(-1, n)
+        dz_flat, dbias = _act_grad_op(dout.reshape(-1, n), flat_z, activation, need_bias)
+        if activation != "none":
+            dz = dz_flat.view(dout.shape)
+        dbias = dbias if need_bias else None
+    da = db = None
+    if need_a:
+        da = _gemm_op(dz, b.mT, None, None, "none", False)[0]
+        if a.dim() == 2 and da.dim() == 3:  # A was broadcast over B's batch
+            da = da.sum(0)
+    if need_b:
+        if b.dim() == 2 and a.dim() == 3:  # B was shared by A's batch: reduce over all rows
+            db = _gemm_op(
+                a.reshape(-1, a.shape[-1]).mT, dz.reshape(-1, n), None, None, "none", False
+            )
+        else:
+            db = _gemm_op(a.mT, dz, None, None, "none", False)
+        db = db[0]
+    return da, db, dbias, dout if need_res else None, None, None
+
+
+_gemm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------
+# Public functions
+
+
+def gemm_reference(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """`act(a @ b + bias) + residual` in PyTorch: the oracle and the path without Triton."""
+    out = torch.matmul(a, b)
+    if bias is not None:
+        out = out + bias
+    if activation != "none":
+        approximate = "tanh" if activation == "gelu_tanh" else "none"
+        out = torch.nn.functional.gelu(out, approximate=approximate)
+    if residual is not None:
+        out = out + residual
+    return out
+
+
+def _check(a, b, bias, residual, activation) -> None:
+    if activation not in ACTIVATIONS:
+        names = ", ".join(repr(n) for n in ACTIVATIONS)
+        raise backend.KernelError(f"activation={activation!r}; use one of {names}")
+    if a.dim() not in (2, 3) or b.dim() not in (2, 3):
+        raise backend.KernelError(
+            f"matmul takes 2-D or 3-D operands, got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if a.shape[-1] != b.shape[-2]:
+        raise backend.KernelError(
+            f"inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)} "
+            f"({a.shape[-1]} != {b.shape[-2]})"
+        )
+    if a.dim() == 3 and b.dim() == 3 and a.shape[0] != b.shape[0]:
+        raise backend.KernelError(
+            f"batch sizes differ: {tuple(a.shape)} @ {tuple(b.shape)} ({a.shape[0]} != {b.shape[0]})"
+        )
+    shape = _out_shape(a, b)
+    if bias is not None and tuple(bias.shape) != (shape[-1],):
+        raise backend.KernelError(f"bias has shape {tuple(bias.shape)}; expected ({shape[-1]},)")
+    if residual is not None and tuple(residual.shape) != shape:
+        raise backend.KernelError(
+            f"residual has shape {tuple(residual.shape)}; expected the output's {shape}"
+        )
+    tensors = [t for t in (a, b, bias, residual) if t is not None]
+    backend.check_same_device(*tensors)
+    for t, what in zip(tensors, ("A", "B", "bias", "residual")[: len(tensors)], strict=True):
+        if t.dtype != a.dtype:
+            raise backend.KernelError(
+                f"{what} has dtype {str(t.dtype).removeprefix('torch.')} but A has "
+                f"{str(a.dtype).removeprefix('torch.')}; all operands must share one dtype"
+            )
+
+
+def gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    activation: str = "none",
+) -> torch.Tensor:
+    """`act(a @ b + bias) + residual` with the epilogue fused into the GEMM.
+
+    a: [M, K] or [B, M, K]; b: [K, N] or [B, K, N] (any strides, transposed views
+    included); bias: [N]; residual: the output's shape; activation: "none", "gelu"
+    (erf) or "gelu_tanh". fp32, fp16 or bf16, one dtype for all operands; the
+    result has that dtype.
+    """
+    _check(a, b, bias, residual, activation)
+    if not backend.use_triton(a, b):
+        return gemm_reference(a, b, bias, residual, activation)
+    backend.check_dtype(a, DTYPES, "matmul operand")
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (a, b, bias, residual)
+    )
+    return _gemm_op(a, b, bias, residual, activation, grad)[0]
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b` for 2-D or 3-D operands (see `gemm`)."""
+    return gemm(a, b)
+
+
+def matmul_fp16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`a @ b` computed in fp16 (operands cast to fp16, fp32 accumulation), returned as fp16."""
+    return gemm(a.to(torch.float16), b.to(torch.float16))
+
+
+_PUBLIC_ACTIVATIONS = {None: "none", "gelu": "gelu", "gelu_tanh": "gelu_tanh"}
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    residual: torch.Tensor | None = None,
+    weight_layout: str = "out_in",
+) -> torch.Tensor:
+    """`act(x @ W + bias) + residual` over the last dimension of `x` ([..., in] -> [..., out]).
+
+    weight_layout "out_in" is nn.Linear's [out, in]; "in_out" is GPT-2's Conv1D
+    [in, out]. Neither copies the weight. activation: None, "gelu" (erf) or
+    "gelu_tanh"; residual has the output's shape.
+    """
+    if activation not in _PUBLIC_ACTIVATIONS:
+        raise backend.KernelError(f"activation={activation!r}; use None, 'gelu' or 'gelu_tanh'")
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise backend.KernelError(
+            f"weight_layout={weight_layout!r}; use 'out_in' (nn.Linear) or 'in_out' (Conv1D)"
+        )
+    if weight.dim() != 2 or x.dim() == 0:
+        raise backend.KernelError(
+            f"linear takes x [..., in] and a 2-D weight, got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    w = weight.t() if weight_layout == "out_in" else weight
+    if x.shape[-1] != w.shape[0]:
+        raise backend.KernelError(
+            f"x has {x.shape[-1]} features but the weight ({weight_layout}, shape "
+            f"{tuple(weight.shape)}) takes {w.shape[0]}"
+        )
+    lead = x.shape[:-1]
+    x3 = x.reshape(-1, *x.shape[-2:]) if x.dim() > 3 else x.reshape(1, -1) if x.dim() == 1 else x
+    out_shape = (*lead, w.shape[-1])
+    res = None
+    if residual is not None:
+        if tuple(residual.shape) != out_shape:
+            raise backend.KernelError(
+                f"residual has shape {tuple(residual.shape)}; expected the output's {out_shape}"
+            )
+        res = residual.reshape(*x3.shape[:-1], w.shape[-1])
+    out = gemm(x3, w, bias, res, _PUBLIC_ACTIVATIONS[activation])
+    return out.reshape(out_shape)
