@@ -17,7 +17,7 @@ import torch
 from okto.kernels import bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  benchmarks/run.py: the dtype names and the markdown table
+import run  # benchmarks/run.py, beside this file: dtype names and the markdown table
 
 
 def main() -> int:
