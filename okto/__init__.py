@@ -16,6 +16,7 @@ _EXPORTS = {
     "load": "okto.language",
     "Program": "okto.language",
     "OktoError": "okto.errors",
+    "load_model": "okto.inference",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,26 @@
+"""Generation: `load_model(path).generate(prompts)` on okto's engine (GPT-2 and Llama families)
+or, for other architectures, Hugging Face `generate`.
+
+Names load on first use, so that `okto.inference.settings` stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_model": "okto.inference.generate",
+    "Model": "okto.inference.generate",
+    "Generation": "okto.inference.generate",
+    "Stats": "okto.inference.generate",
+    "Settings": "okto.inference.settings",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'okto.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,185 @@
+"""Running a batch: prefill, then one decode step per token, captured as a CUDA graph on CUDA.
+
+An `Engine.run` call pads the batch to a bucket size, takes (or builds) the
+`Slot` for that bucket, cache length and sampler — a preallocated KV cache
+and the static buffers of the decode step — prefills, then steps. Each step
+updates the slot's buffers in place (token, position, step counter, seen
+tokens), so on CUDA the step is captured once per slot and replayed: one
+launch per token instead of hundreds. The host reads each step's tokens one
+step late, while the next step runs, so the GPU does not wait on Python.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+from okto.inference.decoder import Decoder, KVCache
+from okto.inference.sampling import Sampler
+
+_MAX_SLOTS = 3
+_GRAPH_LENGTH_STEP = 256
+
+
+class Slot:
+    """Static state of the decode step for one (batch, cache length, sampler)."""
+
+    def __init__(self, model: Decoder, batch: int, length: int, sampler: Sampler, graphs: bool):
+        device = model.tok_embeddings.weight.device
+        dtype = model.tok_embeddings.weight.dtype
+        self.model, self.sampler = model, sampler
+        self.cache = KVCache(model.spec, batch, length, dtype, device)
+        self.tokens = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.rows = torch.arange(batch, device=device)
+        self.keys = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.step_no = torch.zeros((), dtype=torch.int64, device=device)
+        vocab = model.spec.vocab_size
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
+        self.use_graph, self.graph = graphs, None
+
+    def start(self, prompts: torch.Tensor, lengths: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        """Prefill `prompts` [B, T] (right-padded with each row's own tokens); the first tokens [B]."""
+        self.seen.zero_()
+        if self.sampler.tracks_seen:
+            self.seen.scatter_(1, prompts, True)
+        self.keys.copy_(torch.tensor(keys, dtype=torch.int64))
+        self.step_no.zero_()
+        logits = self.model.prefill(prompts, lengths, self.cache)
+        first = self.sampler(logits, self.seen, self.keys, self.step_no)
+        self._advance(first)
+        self.positions.copy_(lengths)
+        return self.tokens
+
+    def _advance(self, tokens: torch.Tensor) -> None:
+        if self.sampler.tracks_seen:
+            self.seen.scatter_(1, tokens[:, None], True)
+        self.tokens.copy_(tokens)
+        self.step_no.add_(1)
+
+    def _step(self) -> None:
+        logits = self.model.decode(self.tokens, self.positions, self.rows, self.cache)
+        self._advance(self.sampler(logits, self.seen, self.keys, self.step_no))
+        self.positions.add_(1)
+
+    def step(self) -> None:
+        """Decode one token per row into `self.tokens` (a CUDA-graph replay when captured)."""
+        if not self.use_graph:
+            self._step()
+            return
+        if self.graph is None:
+            self.graph = self._capture()
+        self.graph.replay()
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Capture the step, warming up on a side stream first with the state put back after.
+
+        The warm-up steps write the cache at the rows' current positions, which
+        the real step overwrites with the same values, so nothing is lost.
+        """
+        state = (self.tokens, self.positions, self.step_no, self.seen)
+        saved = [t.clone() for t in state]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step()
+                for t, s in zip(state, saved, strict=True):
+                    t.copy_(s)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        return graph
+
+
+class Engine:
+    """okto's decoder with its slots: the generation backend for the GPT-2 and Llama families."""
+
+    def __init__(self, model: Decoder, cuda_graphs: bool = True):
+        self.model = model
+        self.device = model.tok_embeddings.weight.device
+        self.graphs = cuda_graphs and self.device.type == "cuda"
+        self.slots: OrderedDict[tuple, Slot] = OrderedDict()
+        self.weight_bytes = model.weight_bytes_per_step()
+
+    @property
+    def description(self) -> str:
+        kernels = ", ".join(self.model.ops.kernels) or "none"
+        graphs = "CUDA graphs" if self.graphs else "eager"
+        return f"okto engine ({self.device.type}, {graphs}, okto kernels: {kernels})"
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.model.ops.notes
+
+    def kv_bytes_per_token(self) -> int:
+        spec, size = self.model.spec, self.model.tok_embeddings.weight.element_size()
+        return 2 * spec.n_layer * spec.n_kv_head * spec.head_dim * size
+
+    def _shape(self, batch: int, length: int) -> tuple[int, int]:
+        """Bucketed batch and cache length on CUDA graphs (fewer captures), exact elsewhere."""
+        if not self.graphs:
+            return batch, length
+        bucket = 1 << (batch - 1).bit_length() if batch <= 64 else -(-batch // 64) * 64
+        return bucket, -(-length // _GRAPH_LENGTH_STEP) * _GRAPH_LENGTH_STEP
+
+    def _slot(self, batch: int, length: int, sampler: Sampler) -> Slot:
+        key = (batch, length, sampler)
+        slot = self.slots.pop(key, None)
+        if slot is None:
+            while len(self.slots) >= _MAX_SLOTS:
+                self.slots.popitem(last=False)
+            slot = Slot(self.model, batch, length, sampler, self.graphs)
+        self.slots[key] = slot
+        return slot
+
+    @torch.inference_mode()
+    def run(
+        self,
+        prompts: list[list[int]],
+        max_new: int,
+        sampler: Sampler,
+        tracker,
+    ) -> None:
+        """Generate up to `max_new` tokens per prompt, handing each step's tokens to the tracker.
+
+        `tracker.push` gets one token per prompt and returns True once every
+        row is finished, which ends the run; `tracker.keys` are the rows' random keys.
+        """
+        push = tracker.push
+        longest = max(len(p) for p in prompts)
+        batch, length = self._shape(len(prompts), longest + max_new)
+        rows = prompts + [prompts[0][:1]] * (batch - len(prompts))
+        keys = tracker.keys + [0] * (batch - len(prompts))
+        # Pad each row with its own last token: the padding is never attended, and it
+        # adds no new token to the row's repetition-penalty set.
+        padded = [p + [p[-1]] * (longest - len(p)) for p in rows]
+        tokens = torch.tensor(padded, dtype=torch.int64).to(self.device)
+        lengths = torch.tensor([len(p) for p in rows], dtype=torch.int64).to(self.device)
+        slot = self._slot(batch, length, sampler)
+        first = slot.start(tokens, lengths, keys)
+        if push(first.tolist()[: len(prompts)]):
+            return
+        cuda = self.device.type == "cuda"
+        buffers = [torch.empty(batch, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
+        events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        pending = None
+        for i in range(max_new - 1):
+            slot.step()
+            buf, event = buffers[i % 2], events[i % 2]
+            buf.copy_(slot.tokens, non_blocking=cuda)
+            if event is not None:
+                event.record()
+            if pending is not None and _deliver(*pending, len(prompts), push):
+                return
+            pending = (buf, event)
+        if pending is not None:
+            _deliver(*pending, len(prompts), push)
+
+
+def _deliver(buf, event, n: int, push) -> bool:
+    if event is not None:
+        event.synchronize()
+    return push(buf.tolist()[:n])

@@ -1,0 +1,451 @@
+"""`load_model(path).generate(prompts)`: tokenize, batch, run the engine, stop, detokenize, time.
+
+The engine only produces tokens; this module owns everything about text:
+templates, EOS and stop sequences (checked on the decoded text and trimmed),
+streaming deltas, and the per-prompt and per-batch figures (time to first
+token, tokens/s, and the decode step's memory traffic against the device's
+bandwidth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from okto.errors import UsageError
+from okto.inference.sampling import Sampler, row_keys
+from okto.inference.settings import Settings
+
+DEFAULT_BATCH = 16
+Stream = Callable[[int, str], None]
+
+
+@dataclass
+class Stats:
+    """Figures for one batch; every prompt in the batch shares them."""
+
+    engine: str
+    batch_size: int
+    prompt_tokens: int
+    generated_tokens: int
+    ttft_s: float
+    decode_s: float
+    total_s: float
+    decode_tokens_per_s: float
+    total_tokens_per_s: float
+    decode_gb_per_s: float | None
+    peak_gb_per_s: float | None
+
+    @property
+    def bandwidth_utilization(self) -> float | None:
+        if not self.decode_gb_per_s or not self.peak_gb_per_s:
+            return None
+        return self.decode_gb_per_s / self.peak_gb_per_s
+
+
+@dataclass
+class Generation:
+    """One prompt's result."""
+
+    index: int
+    prompt: str
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: str  # "eos", "stop" or "length"
+    ttft_s: float
+    tokens_per_s: float
+    seed: int
+    stats: Stats
+
+    def as_record(self) -> dict:
+        """The `--json` record (documented in docs/inference.md)."""
+        stats = self.stats
+        return {
+            "index": self.index,
+            "prompt": self.prompt,
+            "text": self.text,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "finish_reason": self.finish_reason,
+            "ttft_ms": round(self.ttft_s * 1e3, 3),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "seed": self.seed,
+            "batch_size": stats.batch_size,
+            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2),
+            "total_tokens_per_s": round(stats.total_tokens_per_s, 2),
+            "decode_gb_per_s": _round(stats.decode_gb_per_s),
+            "bandwidth_utilization": _round(stats.bandwidth_utilization, 4),
+            "engine": stats.engine,
+        }
+
+
+def _round(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+class _Text:
+    """A row's text as its tokens arrive, decoded over a short window (not the whole row each time)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.text = tokenizer, ""
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        # hold back while the window ends inside a multi-byte character
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt: str
+    prompt_ids: list[int]
+    limit: int  # most tokens it may generate
+    ids: list[int] = dataclasses.field(default_factory=list)
+    finish: str | None = None
+    stop_at: int | None = None  # where a stop sequence starts in the text
+    text: _Text | None = None
+    emitted: int = 0  # characters streamed so far
+    t_first: float = 0.0
+    t_last: float = 0.0
+
+
+class _Tracker:
+    """Receives each step's tokens: ends rows on EOS, stop sequences and limits; streams text."""
+
+    def __init__(self, rows, tokenizer, eos: set[int], stop, stream: Stream | None, seed: int):
+        self.rows, self.eos, self.stop, self.stream = rows, eos, stop, stream
+        self.watch_text = bool(stop) or stream is not None
+        for row in rows:
+            row.text = _Text(tokenizer) if self.watch_text else None
+        self.seed, self.keys = seed, row_keys(seed, [r.index for r in rows])
+        self.done = [False] * len(rows)
+        self.steps = 0
+        self.t0 = time.perf_counter()
+
+    def push(self, tokens: list[int]) -> bool:
+        now = time.perf_counter()
+        self.steps += 1
+        for i, (row, token) in enumerate(zip(self.rows, tokens, strict=True)):
+            if self.done[i]:
+                continue
+            row.t_first = row.t_first or now
+            row.t_last = now
+            row.ids.append(token)
+            if token in self.eos:
+                row.finish = "eos"
+            elif self.watch_text:
+                self._follow_text(row)
+            if row.finish is None and len(row.ids) >= row.limit:
+                row.finish = "length"
+            self.done[i] = row.finish is not None
+        return all(self.done)
+
+    def _follow_text(self, row: _Row) -> None:
+        checked = len(row.text.text)
+        row.text.add(row.ids[-1])
+        text = row.text.text
+        if self.stop:
+            longest = max(len(s) for s in self.stop)
+            start = max(0, checked - longest + 1)
+            hits = [p for p in (text.find(s, start) for s in self.stop) if p >= 0]
+            if hits:
+                row.finish, row.stop_at = "stop", min(hits)
+        if self.stream is None:
+            return
+        end = row.stop_at if row.stop_at is not None else len(text) - self._held_back(text)
+        if end > row.emitted:
+            self.stream(row.index, text[row.emitted : end])
+            row.emitted = end
+
+    def _held_back(self, text: str) -> int:
+        """Characters at the end of `text` that may be the start of a stop sequence."""
+        for n in range(min(len(text), max((len(s) for s in self.stop), default=0)), 0, -1):
+            if any(s.startswith(text[-n:]) for s in self.stop):
+                return n
+        return 0
+
+
+class Model:
+    """A loaded model: its tokenizer, its engine, and its own generation defaults."""
+
+    def __init__(self, checkpoint, tokenizer, engine, defaults: Settings, context_window: int):
+        self.checkpoint, self.tokenizer, self.engine = checkpoint, tokenizer, engine
+        self.defaults, self.context_window = defaults, context_window
+        self.eos_ids = _eos_ids(checkpoint, tokenizer)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Things a user should know about how this model runs (fallbacks, kernels not used)."""
+        return tuple(self.engine.notes)
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer(text)["input_ids"]
+        if not ids and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id]
+        return ids
+
+    def settings(self, **options) -> Settings:
+        """The model's defaults with `options` (Settings field names; None = keep) laid over them."""
+        return self.defaults.merged(options)
+
+    def generate(
+        self,
+        prompts: str | list[str],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        repetition_penalty: float | None = None,
+        stop: str | list[str] | None = None,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        template: str | None = None,
+        stream: Stream | None = None,
+    ) -> list[Generation]:
+        """Generate a completion for each prompt; results come back in the prompts' order.
+
+        temperature 0 is greedy decoding. `stop` strings end a completion (the
+        text is cut before them). `seed` makes sampling reproducible, whatever
+        the batch size. `stream(index, text)` is called with text as it comes.
+        """
+        s = self.settings(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=stop,
+            seed=seed,
+            batch_size=batch_size,
+            template=template,
+        )
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            return []
+        seed = s.seed if s.seed is not None else secrets.randbits(63)
+        rows = [self._row(i, p, s) for i, p in enumerate(prompts)]
+        # longest first, so a batch's rows are of similar length (less padding)
+        rows.sort(key=lambda r: -len(r.prompt_ids))
+        size = s.batch_size or min(len(rows), DEFAULT_BATCH)
+        sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty)
+        results = []
+        for start in range(0, len(rows), size):
+            batch = rows[start : start + size]
+            tracker = _Tracker(batch, self.tokenizer, self.eos_ids, s.stop, stream, seed)
+            max_new = max(r.limit for r in batch)
+            self.engine.run([r.prompt_ids for r in batch], max_new, sampler, tracker)
+            results += self._finish(tracker, stream)
+        return sorted(results, key=lambda g: g.index)
+
+    def _row(self, index: int, prompt: str, s: Settings) -> _Row:
+        ids = self.encode(s.apply_template(prompt))
+        if not ids:
+            raise UsageError(f"prompt {index + 1} is empty and the tokenizer has no BOS token")
+        room = self.context_window - len(ids)
+        if room < 1:
+            raise UsageError(
+                f"prompt {index + 1} has {len(ids)} tokens; the model's context window is "
+                f"{self.context_window}, which leaves no room to generate"
+            )
+        return _Row(index, prompt, ids, min(s.max_tokens, room))
+
+    def _finish(self, tracker: _Tracker, stream: Stream | None) -> list[Generation]:
+        end = time.perf_counter()
+        rows = tracker.rows
+        for row in rows:  # a run can end before a row hit any limit only if max_new was smaller
+            row.finish = row.finish or "length"
+        first = min(r.t_first for r in rows)
+        generated = sum(len(r.ids) for r in rows)
+        decode_tokens = sum(len(r.ids) - 1 for r in rows)
+        stats = Stats(
+            engine=self.engine.description,
+            batch_size=len(rows),
+            prompt_tokens=sum(len(r.prompt_ids) for r in rows),
+            generated_tokens=generated,
+            ttft_s=first - tracker.t0,
+            decode_s=end - first,
+            total_s=end - tracker.t0,
+            decode_tokens_per_s=decode_tokens / (end - first) if end > first else 0.0,
+            total_tokens_per_s=generated / (end - tracker.t0),
+            decode_gb_per_s=self._decode_gb_per_s(tracker, end - first),
+            peak_gb_per_s=_peak_gb_per_s(self.engine.device),
+        )
+        out = []
+        for row in rows:
+            if row.stop_at is not None:
+                text = row.text.text[: row.stop_at]
+            else:
+                text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            flush = stream is not None and len(text) > row.emitted
+            if flush and text.startswith(row.text.text[: row.emitted]):
+                stream(row.index, text[row.emitted :])
+            n = len(row.ids)
+            rate = (
+                (n - 1) / (row.t_last - row.t_first) if n > 1 and row.t_last > row.t_first else 0.0
+            )
+            out.append(
+                Generation(
+                    index=row.index,
+                    prompt=row.prompt,
+                    text=text,
+                    token_ids=row.ids,
+                    prompt_tokens=len(row.prompt_ids),
+                    generated_tokens=n,
+                    finish_reason=row.finish,
+                    ttft_s=row.t_first - tracker.t0,
+                    tokens_per_s=rate,
+                    seed=tracker.seed,
+                    stats=stats,
+                )
+            )
+        return out
+
+    def _decode_gb_per_s(self, tracker: _Tracker, seconds: float) -> float | None:
+        """Weights plus the cache entries each decode step attends to, per second of decoding."""
+        steps = tracker.steps - 1
+        per_token = self.engine.kv_bytes_per_token()
+        if steps < 1 or seconds <= 0 or not per_token:
+            return None
+        rows = tracker.rows
+        # a row attends to its prompt plus the tokens generated so far, at every step
+        kv_tokens = (
+            steps * sum(len(r.prompt_ids) for r in rows) + len(rows) * steps * (steps + 1) // 2
+        )
+        return (steps * self.engine.weight_bytes + kv_tokens * per_token) / seconds / 1e9
+
+
+def _peak_gb_per_s(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    import torch
+
+    from okto.kernels.device import peak_for
+
+    peak = peak_for(torch.cuda.get_device_name(device))
+    return peak.bandwidth_tbps * 1e3 if peak else None
+
+
+def _eos_ids(checkpoint, tokenizer) -> set[int]:
+    """EOS tokens from the generation config, the model config and the tokenizer, together."""
+    import json
+
+    ids: set[int] = set()
+    sources = [checkpoint.config]
+    if checkpoint.generation_config:
+        sources.append(json.loads(checkpoint.generation_config))
+    for source in sources:
+        value = source.get("eos_token_id")
+        ids.update([value] if isinstance(value, int) else value or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def load_model(
+    path: str | Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    backend: str = "auto",
+    cuda_graphs: bool = True,
+) -> Model:
+    """Load an `.okm`, a Hugging Face directory or a run directory for generation.
+
+    `device` defaults to CUDA when there is one; `dtype` (fp32, fp16, bf16)
+    defaults to the stored one, with half precision widened to fp32 on the
+    CPU. `backend`: auto / okto (okto's engine, with okto's kernels on CUDA),
+    native (okto's engine on PyTorch ops), hf (Hugging Face generate).
+    """
+    import torch
+
+    from okto.inference import decoder, ops
+    from okto.inference.engine import Engine
+    from okto.inference.hf import HFEngine, build_model
+    from okto.inference.spec import spec_for
+    from okto.package import open_checkpoint
+    from okto.package.weights import torch_dtype
+
+    if backend not in ops.BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(ops.BACKENDS)}")
+    checkpoint = open_checkpoint(path)
+    tokenizer = _tokenizer(checkpoint)
+    config = _hf_config(checkpoint.config)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = checkpoint.tensors()
+    stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    if dtype is not None:
+        target = torch_dtype(dtype)
+    elif device.type == "cpu" and stored in (torch.float16, torch.bfloat16):
+        target = torch.float32
+    else:
+        target = stored
+    spec = spec_for(config) if backend != "hf" else "the hf backend was asked for"
+    if isinstance(spec, str):
+        note = f"{checkpoint.architecture} runs through Hugging Face generate: {spec}"
+        pad = tokenizer.pad_token_id
+        pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        engine = HFEngine(build_model(config, state, device, target), pad, note)
+        context = _context_window(config, tokenizer)
+    else:
+        chosen = ops.select(device, target, backend)
+        engine = Engine(decoder.build(spec, state, chosen, device, target), cuda_graphs)
+        context = spec.max_positions
+    defaults = Settings().merged(_from_defaults(checkpoint.generation_defaults))
+    return Model(checkpoint, tokenizer, engine, defaults, context)
+
+
+def _from_defaults(values: dict) -> dict:
+    """A model's stored defaults, less what belongs to loading (model path, dtype, backend)."""
+    return {k: v for k, v in values.items() if k not in ("model", "dtype", "backend")}
+
+
+def _hf_config(values: dict):
+    from transformers import AutoConfig
+
+    values = dict(values)
+    kind = values.pop("model_type", None)
+    if kind is None:
+        raise UsageError("the model's config.json has no model_type")
+    try:
+        return AutoConfig.for_model(kind, **values)
+    except ValueError as e:
+        raise UsageError(f"transformers does not know model type {kind!r}: {e}") from None
+
+
+def _tokenizer(checkpoint):
+    """The checkpoint's tokenizer (from a temporary folder for an `.okm`: only its tokenizer files)."""
+    from transformers import AutoTokenizer
+
+    if not checkpoint.tokenizer_files:
+        raise UsageError(f"{checkpoint.path}: the model has no tokenizer files")
+    if checkpoint.package is None:
+        return AutoTokenizer.from_pretrained(checkpoint.path)
+    with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
+        for name, data in checkpoint.tokenizer_files.items():
+            (Path(folder) / name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def _context_window(config, tokenizer) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    return int(min(tokenizer.model_max_length, 1 << 20))

@@ -1,0 +1,119 @@
+"""The one place where okto's Triton kernels replace PyTorch in the decoder.
+
+`select(device, backend)` returns an `Ops` bundle: PyTorch everywhere, and on
+CUDA each op for which `okto.kernels` has a kernel swapped for it, after a
+probe on small inputs shows the kernel runs with these arguments and agrees
+with PyTorch. An op whose kernel is missing or fails the probe keeps PyTorch,
+and `Ops.notes` says why, so a kernel bug costs speed, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "okto", "native", "hf")
+
+
+def linear(x, weight, bias):
+    return F.linear(x, weight, bias)
+
+
+def layer_norm(x, weight, bias, eps):
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rms_norm(x, weight, eps):
+    """RMSNorm computed in fp32 and cast back before the weight, exactly as Hugging Face's Llama does."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def prefill_attention(q, k, v, scale):
+    """Causal attention over whole prompts: q [B, H, T, D], k and v [B, H_kv, T, D]."""
+    gqa = k.shape[1] != q.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+
+
+def decode_attention(q, k_cache, v_cache, lengths, scale):
+    """One query per row over that row's first `lengths[b]` cached entries: q [B, H, D] -> [B, H, D]."""
+    mask = torch.arange(k_cache.shape[2], device=q.device) < lengths[:, None]
+    gqa = k_cache.shape[1] != q.shape[1]
+    y = F.scaled_dot_product_attention(
+        q[:, :, None], k_cache, v_cache, attn_mask=mask[:, None, None], scale=scale, enable_gqa=gqa
+    )
+    return y[:, :, 0]
+
+
+@dataclass(frozen=True)
+class Ops:
+    linear: Callable = linear
+    layer_norm: Callable = layer_norm
+    rms_norm: Callable = rms_norm
+    prefill_attention: Callable = prefill_attention
+    decode_attention: Callable = decode_attention
+    kernels: tuple[str, ...] = ()  # the ops running okto's kernels
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+
+def _kernel_adapters(kernels) -> dict[str, Callable]:
+    """okto.kernels' calling conventions mapped onto the Ops signatures, for the kernels that exist."""
+    adapters = {
+        "linear": lambda f: lambda x, w, b: f(x, w, b),
+        "layer_norm": lambda f: lambda x, w, b, eps: f(x, w, b, eps=eps),
+        "rms_norm": lambda f: lambda x, w, eps: f(x, w, eps=eps),
+        "attention": lambda f: lambda q, k, v, scale: f(q, k, v, causal=True, scale=scale),
+        "decode_attention": lambda f: lambda q, kc, vc, n, scale: f(q, kc, vc, n, scale=scale),
+    }
+    ours = {"attention": "prefill_attention"}
+    return {
+        ours.get(n, n): make(getattr(kernels, n))
+        for n, make in adapters.items()
+        if hasattr(kernels, n)
+    }
+
+
+def _probe_inputs(name: str, dtype, device) -> tuple:
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    if name == "linear":
+        return r(3, 5, 64), r(96, 64), r(96)
+    if name == "layer_norm":
+        return r(3, 5, 64), r(64), r(64), 1e-5
+    if name == "rms_norm":
+        return r(3, 5, 64), r(64), 1e-6
+    if name == "prefill_attention":
+        return r(2, 4, 7, 64), r(2, 2, 7, 64), r(2, 2, 7, 64), 0.125
+    lengths = torch.tensor([3, 17], device=device, dtype=torch.int64)
+    return r(2, 4, 64), r(2, 2, 32, 64), r(2, 2, 32, 64), lengths, 0.125
+
+
+def select(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> Ops:
+    """PyTorch ops, with okto's kernels swapped in on CUDA unless `backend` is native."""
+    ops = Ops()
+    if device.type != "cuda" or backend == "native":
+        return ops
+    import okto.kernels
+
+    chosen, notes = {}, []
+    for name, fn in _kernel_adapters(okto.kernels).items():
+        args = _probe_inputs(name, dtype, device)
+        reference = getattr(ops, name)(*args).float()
+        try:
+            error = (fn(*args).float() - reference).abs().max().item()
+        except Exception as e:  # a kernel that cannot run here must not stop generation
+            notes.append(f"kernel {name} not used: {type(e).__name__}: {e}")
+            continue
+        if error > 5e-2 * max(1.0, reference.abs().max().item()):
+            notes.append(f"kernel {name} not used: differs from PyTorch by {error:.3g}")
+            continue
+        chosen[name] = fn
+    return replace(ops, **chosen, kernels=tuple(chosen), notes=tuple(notes))
