@@ -1,0 +1,37 @@
+"""`okto export`: a model to one `.okm` file, or an `.okm` back to a Hugging Face directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="package a model as .okm, or write an .okm back as a Hugging Face directory",
+        description="Export a model (.okm, Hugging Face directory or run directory) to an .okm file "
+        "or a Hugging Face directory. Without --format, an --out ending in .okm gives okm, "
+        "anything else a Hugging Face directory.",
+    )
+    p.add_argument("--model", "-m", required=True, help=".okm, Hugging Face or run directory")
+    p.add_argument("--out", "-o", required=True, type=Path, help="where to write")
+    p.add_argument("--format", choices=("okm", "hf", "safetensors"), help="okm or hf")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast the weights")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from okto.package import Package, export_model
+
+    fmt = args.format or ("okm" if args.out.suffix == ".okm" else "hf")
+    out = export_model(args.model, args.out, format=fmt, dtype=args.dtype)
+    if fmt == "okm":
+        manifest = Package(out).manifest
+        size = out.stat().st_size / 1e6
+        print(
+            f"wrote {out}: {manifest['architecture']}, {manifest['dtype']}, "
+            f"{manifest['parameters']:,} parameters, {size:,.1f} MB"
+        )
+    else:
+        print(f"wrote {out}/ (Hugging Face format)")
+    return 0

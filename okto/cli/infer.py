@@ -1,0 +1,178 @@
+"""`okto infer`: generate from an `.okm`, a Hugging Face directory or a run directory.
+
+Settings come from okto's defaults, then the model's own, then the INFERENCE
+block of `-f FILE.okt`, then flags. Generated text goes to stdout (or one JSON
+record per prompt with `--json`); timings and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from okto.errors import UsageError
+
+# Settings fields that `Model.generate` takes; the rest are for loading or for chat.
+GENERATE_FIELDS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "stop",
+    "seed",
+    "batch_size",
+    "template",
+)
+
+
+def add_generation_arguments(p) -> None:
+    """The model and sampling flags `okto infer` and `okto chat` share."""
+    p.add_argument("--model", "-m", help=".okm file, Hugging Face directory or run directory")
+    p.add_argument(
+        "-f", "--file-okt", dest="okt", metavar="FILE.okt", help="use its INFERENCE block"
+    )
+    p.add_argument("--max-tokens", type=int, help="most new tokens per prompt")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int, help="0 = off")
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    p.add_argument("--seed", type=int, help="makes sampling reproducible")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: as stored")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "okto", "native", "hf"),
+        help="okto's engine (with its kernels on CUDA), native (PyTorch ops), hf (HF generate)",
+    )
+    p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "infer",
+        help="generate text from a model (.okm, Hugging Face or run directory)",
+        description="Generate completions for prompts from --prompt, --file (one per line) or stdin.",
+    )
+    add_generation_arguments(p)
+    p.add_argument("--prompt", "-p", action="append", help="a prompt (repeatable)")
+    p.add_argument("--file", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--batch-size", type=int, help="prompts run together (default: up to 16)")
+    p.add_argument(
+        "--stream", action="store_true", help="print text as it comes (one prompt at a time)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON record per prompt on stdout")
+    p.set_defaults(run=run)
+
+
+def inference_block(path: Path) -> dict:
+    """The INFERENCE block of a `.okt` file as a plain dict (empty when the file has none)."""
+    import okto
+
+    program = okto.load(path)
+    block = program.config.inference
+    if block is None:
+        return {}
+    return block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else dict(block)
+
+
+def requested(args) -> dict:
+    """Settings asked for by `-f` and the flags (flags win), as Settings field names."""
+    from okto.inference.settings import from_block
+
+    values = from_block(inference_block(Path(args.okt))) if args.okt else {}
+    flags = {
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "stop": args.stop,
+        "seed": args.seed,
+        "batch_size": getattr(args, "batch_size", None),
+        "dtype": args.dtype,
+        "backend": args.backend,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if not values.get("model"):
+        raise UsageError("no model: pass --model, or -f with an INFERENCE block that names one")
+    return values
+
+
+def load(args, values: dict):
+    """Load the model `values` names, printing the engine's notes to stderr."""
+    from okto.inference import load_model
+
+    model = load_model(
+        values["model"],
+        device=args.device,
+        dtype=values.get("dtype"),
+        backend=values.get("backend", "auto"),
+        cuda_graphs=not args.no_cuda_graphs,
+    )
+    for note in model.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return model
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.file is not None:
+        if not args.file.is_file():
+            raise UsageError(f"{args.file}: no such file")
+        prompts += [line for line in args.file.read_text().splitlines() if line.strip()]
+    if not prompts and not sys.stdin.isatty():
+        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError("no prompts: pass --prompt, --file, or pipe them on stdin (one per line)")
+    return prompts
+
+
+def stats_line(stats) -> str:
+    """One line of timings for a batch, for stderr."""
+    parts = [
+        f"batch {stats.batch_size}",
+        f"ttft {stats.ttft_s * 1e3:.1f} ms",
+        f"decode {stats.decode_tokens_per_s:,.0f} tok/s",
+        f"total {stats.total_tokens_per_s:,.0f} tok/s",
+    ]
+    if stats.decode_gb_per_s is not None:
+        bandwidth = f"{stats.decode_gb_per_s:,.1f} GB/s"
+        if stats.bandwidth_utilization is not None:
+            bandwidth += f" ({stats.bandwidth_utilization:.0%} of {stats.peak_gb_per_s:,.0f})"
+        parts.append(bandwidth)
+    return " · ".join(parts) + f" · {stats.engine}"
+
+
+def run(args) -> int:
+    values = requested(args)
+    prompts = _prompts(args)
+    model = load(args, values)
+    options = {k: v for k, v in values.items() if k in GENERATE_FIELDS}
+    if args.json:
+        for g in model.generate(prompts, **options):
+            print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
+        return 0
+    if args.stream:
+        for prompt in prompts:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+            (g,) = model.generate(prompt, **options, stream=write)
+            print(flush=True)
+            print(stats_line(g.stats), file=sys.stderr)
+        return 0
+    generations = model.generate(prompts, **options)
+    for g in generations:
+        print(g.prompt + g.text, flush=True)
+    for stats in {id(g.stats): g.stats for g in generations}.values():
+        print(stats_line(stats), file=sys.stderr)
+    return 0
+
+
+def write(_index: int, text: str) -> None:
+    """The stream callback: text straight to stdout."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
