@@ -40,3 +40,7 @@ class MachineError(OktoError):
     """The machine lacks what was asked for (a GPU, memory)."""
 
     exit_code = EXIT_MACHINE
+
+
+class MissingFileError(UsageError):
+    """A file named on the command line or given to `okto.load` cannot be read."""

@@ -1,0 +1,702 @@
+"""The configuration a `.okt` file describes: one pydantic model per block,
+gathered in `OktoConfig`, which the planner and the runtime consume.
+
+Field names are the canonical snake_case spellings; `validation_alias` lists
+the other spellings public files use (`val`, `log_interval`, `dtype`, ...).
+Every block has a default, so `OktoConfig()` is a complete configuration.
+Checks that span fields raise `FieldConflict` naming the field to blame;
+checks that only deserve a warning append `(path, message)` to the list given
+as `context={"warnings": [...]}` to `model_validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    model_validator,
+)
+
+from okto.language.control import Rule
+from okto.language.diagnostics import suggestion
+from okto.language.fieldtypes import (
+    NO_EFFECT,
+    Device,
+    PositiveInt,
+    Precision,
+    aliases,
+    choice,
+    one_or_many,
+)
+from okto.language.quantities import Count, Percent, Quantity, Size
+
+LANGUAGE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
+
+FROM_SCRATCH_ARCHITECTURES = (
+    "gpt2",
+    "gpt_neox",
+    "gptj",
+    "llama",
+    "mistral",
+    "qwen2",
+    "phi",
+    "phi3",
+    "gemma",
+    "opt",
+)
+"""Model types `MODEL { pretrained: false }` can build from a config alone."""
+
+REPORTED_METRICS = (
+    "loss",
+    "val_loss",
+    "perplexity",
+    "accuracy",
+    "lr",
+    "grad_norm",
+    "tokens_per_second",
+    "examples_per_second",
+    "tflops",
+    "mfu",
+    "gpu_memory",
+)
+"""What METRICS and OUTPUT.metrics may ask the runtime to report."""
+
+Bool = StrictBool
+DEFAULT_PATIENCE = 3
+
+
+class FieldConflict(ValueError):
+    """A cross-field check failed; `field` is the field the error points at."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class BlockModel(BaseModel):
+    """Base of the block models. `flattened` sub-blocks hold fields of the
+    block itself (`INFERENCE { params { ... } }`); `not_executed` sub-blocks
+    parse and warn."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+    flattened: ClassVar[tuple[str, ...]] = ()
+    not_executed: ClassVar[tuple[str, ...]] = ()
+
+
+def _warn(info: ValidationInfo, path: tuple, message: str) -> None:
+    if info.context is not None:
+        info.context.setdefault("warnings", []).append((path, message))
+
+
+# ---- header statements ---------------------------------------------------------
+
+
+class ProjectConfig(BlockModel):
+    """The header statements: PROJECT, DESCRIPTION, VERSION, AUTHOR, TAGS."""
+
+    name: str | None = Field(
+        None, description="PROJECT: the project's name; `okto train` needs it."
+    )
+    description: str | None = Field(None, description="DESCRIPTION: what the project is for.")
+    version: str | None = Field(None, description="VERSION: the project's own version.")
+    author: str | None = Field(None, description="AUTHOR: who wrote it.")
+    tags: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
+        [], description="TAGS: a list of keywords."
+    )
+
+
+# ---- blocks --------------------------------------------------------------------
+
+
+class EnvConfig(BlockModel):
+    """Where to run: device, precision, memory, network."""
+
+    accelerator: choice("auto", "cpu", "gpu", "cuda") = Field(
+        "auto", description="Device family; `gpu` and `cuda` both mean an NVIDIA GPU."
+    )
+    precision: Precision = Field(
+        "auto", description="Default numeric precision; TRAIN and MODEL may override it."
+    )
+    min_memory: Size | None = Field(
+        None, description="Memory the device must have; checked before training starts."
+    )
+    seed: int | None = Field(None, description="Random seed; TRAIN.seed overrides it.")
+    network: choice("online", "offline") = Field(
+        "online", description="`offline` sets the hub libraries offline: no downloads."
+    )
+    platform: choice("any", "linux", "windows", "mac") = Field(
+        "any", description="Operating system the project expects."
+    )
+    install_missing: Bool = Field(
+        False,
+        description="Accepted from other OktoScript tools; okto installs nothing.",
+        json_schema_extra=NO_EFFECT,
+    )
+    backend: str | None = Field(
+        None,
+        description="Accepted from other OktoScript tools; use BLAS and ACCELERATE here.",
+        json_schema_extra=NO_EFFECT,
+    )
+
+
+class MixEntry(BlockModel):
+    """One dataset of `mix_datasets` and its share of the mix."""
+
+    path: str = Field(description="A file, a directory or a glob.")
+    weight: float = Field(gt=0, description="Percent of the mix; the weights sum to 100.")
+
+
+class DatasetConfig(BlockModel):
+    """Training data: files, format, fields, tokenizer."""
+
+    train: str | None = Field(None, description="Training data: a file, a directory or a glob.")
+    validation: str | None = Field(
+        None, validation_alias=aliases("validation", "val"), description="Validation data."
+    )
+    test: str | None = Field(None, description="Test data.")
+    format: choice("auto", "jsonl", "json", "csv", "txt", "parquet", "sharegpt") = Field(
+        "auto", description="File format; `auto` goes by the file extension."
+    )
+    type: choice("text", "instruction", "chat", "qa", "generation") | None = Field(
+        None, description="What the records are; unset, it is detected from the fields."
+    )
+    text_field: str | None = Field(None, description="Field holding plain text.")
+    input_field: str | None = Field(None, description="Field holding the prompt.")
+    output_field: str | None = Field(
+        None,
+        validation_alias=aliases("output_field", "target_field"),
+        description="Field holding the answer.",
+    )
+    context_fields: list[str] = Field(
+        [], description="Extra fields added to the prompt, e.g. a menu or a document."
+    )
+    mix_datasets: list[MixEntry] | None = Field(
+        None, description="Several datasets, each `{ path, weight }`; replaces `train`."
+    )
+    dataset_percent: Percent = Field(
+        Quantity(100, "%"), description="Share of the training data to use, up to 100%."
+    )
+    shuffle: Bool = Field(True, description="Shuffle the training data each epoch.")
+    max_length: PositiveInt | None = Field(
+        None, description="Sequence length in tokens; unset, the model's context window."
+    )
+    packing: Bool = Field(False, description="Pack several short records into each sequence.")
+    tokenizer: str | None = Field(
+        None,
+        description='A tokenizer directory, or "train" to train a byte-level BPE on the data.',
+    )
+    vocab_size: PositiveInt | None = Field(
+        None, description='Vocabulary size for `tokenizer: "train"` (default 8192).'
+    )
+    language: str | None = Field(
+        None,
+        description="Accepted from other OktoScript tools; the language is not used.",
+        json_schema_extra=NO_EFFECT,
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetConfig:
+        if self.train is not None and self.mix_datasets is not None:
+            raise FieldConflict("mix_datasets", "set either train or mix_datasets, not both")
+        if self.mix_datasets is not None:
+            total = sum(entry.weight for entry in self.mix_datasets)
+            if abs(total - 100) > 1e-6:
+                raise FieldConflict(
+                    "mix_datasets", f"the weights in mix_datasets sum to {total:g}, not 100"
+                )
+        if not 0 < self.dataset_percent.value <= 100:
+            raise FieldConflict(
+                "dataset_percent", "dataset_percent must be above 0% and at most 100%"
+            )
+        if self.tokenizer == "train" and self.vocab_size is None:
+            self.vocab_size = 8192
+        return self
+
+
+class AdapterConfig(BlockModel):
+    """A LoRA adapter: train small low-rank matrices instead of the whole model."""
+
+    type: choice("lora") = Field("lora", description="The adapter kind.")
+    rank: PositiveInt = Field(
+        8, validation_alias=aliases("rank", "r", "lora_rank"), description="Rank of the matrices."
+    )
+    alpha: float = Field(
+        16, gt=0, validation_alias=aliases("alpha", "lora_alpha"), description="Scaling factor."
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        validation_alias=aliases("dropout", "lora_dropout"),
+        description="Dropout on the adapter's input.",
+    )
+    target_modules: Annotated[list[str], BeforeValidator(one_or_many)] | None = Field(
+        None, description="Module names to adapt; unset, the attention projections."
+    )
+
+
+class ModelConfig(BlockModel):
+    """The model to train or run."""
+
+    base: str | None = Field(
+        None, description="A local Hugging Face checkpoint, an .okm package or a hub name."
+    )
+    pretrained: Bool = Field(
+        True, description="`false` builds a new model from `architecture` and `config`."
+    )
+    architecture: str | None = Field(
+        None,
+        description="Model type for a new model: " + ", ".join(FROM_SCRATCH_ARCHITECTURES) + ".",
+    )
+    config: dict[str, int | float | str | bool] = Field(
+        {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
+    )
+    context_window: PositiveInt | None = Field(
+        None, description="Maximum sequence length the model handles."
+    )
+    precision: Precision = Field(
+        "auto", validation_alias=aliases("precision", "dtype"), description="Weights' precision."
+    )
+    device: Device = Field("auto", description="Device to load the model on.")
+    parameters: Count | None = Field(
+        None, description="Expected size, e.g. 124M; a warning if the model differs by over 10%."
+    )
+    name: str | None = Field(None, description="Name of the trained model.")
+    adapter: AdapterConfig | None = Field(
+        None,
+        validation_alias=aliases("adapter", "ADAPTER"),
+        description="An `ADAPTER { ... }` sub-block: train a LoRA adapter.",
+    )
+
+    @model_validator(mode="after")
+    def _buildable(self) -> ModelConfig:
+        if self.architecture is not None:
+            self.architecture = self.architecture.lower()
+        if not self.pretrained:
+            if self.architecture is None and self.base is None:
+                raise FieldConflict(
+                    "pretrained", "pretrained: false needs an architecture (or a base to copy)"
+                )
+            if (
+                self.architecture is not None
+                and self.architecture not in FROM_SCRATCH_ARCHITECTURES
+            ):
+                raise FieldConflict(
+                    "architecture",
+                    f"cannot build a new '{self.architecture}' model; "
+                    f"known: {', '.join(FROM_SCRATCH_ARCHITECTURES)}",
+                )
+        return self
+
+
+class TrainConfig(BlockModel):
+    """The training loop."""
+
+    epochs: PositiveInt | None = Field(
+        None, description="Passes over the data; 1 when neither this nor max_steps is set."
+    )
+    max_steps: PositiveInt | None = Field(
+        None, description="Optimizer steps to run, instead of epochs."
+    )
+    batch_size: PositiveInt = Field(8, description="Sequences per batch on each device.")
+    gradient_accumulation: PositiveInt = Field(
+        1,
+        validation_alias=aliases("gradient_accumulation", "gradient_accumulation_steps"),
+        description="Batches per optimizer step.",
+    )
+    learning_rate: float = Field(
+        5e-5,
+        gt=0,
+        validation_alias=aliases("learning_rate", "lr"),
+        description="Peak learning rate.",
+    )
+    optimizer: choice("adamw", "adam", "sgd", "rmsprop", "adafactor") = Field(
+        "adamw", description="Optimizer, as torch ships it."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    scheduler: choice(
+        "constant",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant_with_warmup",
+        "step",
+    ) = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0.")
+    gradient_clip: float | None = Field(
+        1.0,
+        gt=0,
+        validation_alias=aliases("gradient_clip", "max_grad_norm"),
+        description="Clip the gradient norm to this; null for no clipping.",
+    )
+    mixed_precision: Bool = Field(
+        False, description="Train in bf16/fp16 autocast with fp32 master weights."
+    )
+    precision: Precision = Field("auto", description="Training precision; overrides ENV.precision.")
+    device: Device = Field("auto", description="Training device; overrides ENV.accelerator.")
+    seed: int | None = Field(None, description="Random seed; overrides ENV.seed.")
+    logging_steps: PositiveInt = Field(
+        10,
+        validation_alias=aliases("logging_steps", "log_interval", "log_every"),
+        description="Steps between log lines.",
+    )
+    eval_steps: PositiveInt | None = Field(
+        None, description="Steps between evaluations; unset, at each epoch end."
+    )
+    save_steps: PositiveInt | None = Field(
+        None,
+        validation_alias=aliases("save_steps", "checkpoint_steps"),
+        description="Steps between checkpoints (implies save_strategy: steps).",
+    )
+    save_strategy: choice("steps", "epoch", "no") = Field(
+        "epoch", description="When to save checkpoints."
+    )
+    checkpoint_path: str | None = Field(
+        None, description="Checkpoint folder; unset, `checkpoints` under OUTPUT.dir."
+    )
+    resume_from_checkpoint: str | None = Field(
+        None, description='A checkpoint to resume from, "auto" for the latest, or false.'
+    )
+    early_stopping: PositiveInt | None = Field(
+        None,
+        description=f"Evaluations without improvement before stopping; true means {DEFAULT_PATIENCE}.",
+    )
+    loss: choice("cross_entropy") = Field("cross_entropy", description="Loss function.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flags(cls, data: Any) -> Any:
+        """`resume_from_checkpoint: true|false` and `early_stopping: true|false`."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, on in (
+                ("resume_from_checkpoint", "auto"),
+                ("early_stopping", DEFAULT_PATIENCE),
+            ):
+                if data.get(key) is True:
+                    data[key] = on
+                elif data.get(key) is False:
+                    data[key] = None
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.epochs is not None and self.max_steps is not None:
+            raise FieldConflict("max_steps", "set either epochs or max_steps, not both")
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1
+        if self.save_steps is not None and "save_strategy" not in self.model_fields_set:
+            self.save_strategy = "steps"
+        if self.save_strategy == "steps" and self.save_steps is None:
+            raise FieldConflict("save_strategy", "save_strategy: steps needs save_steps")
+        if self.mixed_precision and self.precision == "fp32":
+            raise FieldConflict(
+                "mixed_precision", "mixed_precision: true contradicts precision: fp32"
+            )
+        return self
+
+
+OpBackend = choice("auto", "oktoblas", "native")
+
+
+class BlasConfig(BlockModel):
+    """Matrix-multiply backend: this project's Triton kernels or the framework's."""
+
+    backend: choice("auto", "oktoblas", "cublas") = Field(
+        "auto", description="`oktoblas` = okto's Triton kernels, `cublas` = the framework's own."
+    )
+    precision: choice("auto", "fp32", "fp16", "bf16", "tf32") = Field(
+        "auto", description="Precision of the matrix multiplies."
+    )
+    streams: PositiveInt = Field(1, description="CUDA streams the runtime may use to overlap work.")
+    kernel: str = Field("auto", description="`auto`, or a named kernel configuration.")
+    autotune: Bool = Field(False, description="Benchmark kernel configurations on first use.")
+
+
+class AccelerateConfig(BlockModel):
+    """Backend per operation; `auto` follows BLAS.backend."""
+
+    gemm: OpBackend = Field("auto", description="Matrix multiplies.")
+    attention: OpBackend = Field("auto", description="Attention.")
+    layernorm: OpBackend = Field("auto", description="LayerNorm and RMSNorm.")
+    softmax: OpBackend = Field("auto", description="Softmax.")
+    cross_entropy: OpBackend = Field("auto", description="Cross-entropy loss.")
+    activation: OpBackend = Field("auto", description="Activations (GELU, SiLU).")
+    fused_ops: Bool = Field(False, description="Fused epilogues: bias+GELU, linear+cross-entropy.")
+
+
+class TensorCoresConfig(BlockModel):
+    """Tensor-core use on GPUs that have them."""
+
+    enabled: Bool = Field(True, description="Use tensor cores.")
+    precision: choice("fp16", "bf16", "tf32", "fp8") | None = Field(
+        None, description="Tensor-core precision; unset, the training precision."
+    )
+    min_matrix_size: int = Field(
+        0, ge=0, description="Smallest matrix dimension sent to tensor cores; 0 = no minimum."
+    )
+
+
+class OptimizeConfig(BlockModel):
+    """Framework switches that trade start-up time or memory for speed."""
+
+    tf32: Bool = Field(False, description="Allow TF32 matrix multiplies on fp32 data.")
+    cudnn_benchmark: Bool = Field(False, description="Let cuDNN pick the fastest algorithms.")
+    compile: Bool = Field(False, description="Compile the model with torch.compile.")
+    cuda_graphs: Bool = Field(False, description="Capture steps as CUDA graphs.")
+    memory_efficient: Bool = Field(
+        False, description="Activation checkpointing: recompute instead of storing."
+    )
+
+
+class InferenceConfig(BlockModel):
+    """Text generation with a trained model. A `params { ... }` sub-block may
+    hold the sampling fields."""
+
+    flattened: ClassVar[tuple[str, ...]] = ("params",)
+    not_executed: ClassVar[tuple[str, ...]] = ("CONTROL",)
+
+    model: str | None = Field(None, description="Model to load; unset, the trained one.")
+    mode: choice("completion", "chat") = Field(
+        "completion", description="Plain completion or chat turns."
+    )
+    format: str | None = Field(None, description="Prompt template with `{input}`.")
+    max_tokens: PositiveInt = Field(
+        128,
+        validation_alias=aliases("max_tokens", "max_length", "max_new_tokens"),
+        description="New tokens to generate at most.",
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens; 0 = off.")
+    do_sample: Bool = Field(True, description="Sample; false decodes greedily.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens.")
+    stop_sequences: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
+        [], description="Stop when any of these is generated."
+    )
+    batch_size: PositiveInt = Field(1, description="Prompts generated together.")
+    precision: Precision = Field("auto", description="Inference precision.")
+    backend: choice("auto", "oktoblas", "cublas") = Field("auto", description="As BLAS.backend.")
+    exit_command: str = Field("/exit", description="What ends an interactive chat.")
+
+
+class ExportConfig(BlockModel):
+    """What to write after training."""
+
+    format: Annotated[list[choice("okm", "safetensors", "hf")], BeforeValidator(one_or_many)] = (
+        Field(["safetensors"], description="One format or a list: okm, safetensors, hf.")
+    )
+    path: str = Field("export", description="Folder to write to.")
+    quantization: choice("fp32", "fp16", "bf16") | None = Field(
+        None,
+        validation_alias=aliases("quantization", "dtype"),
+        description="Convert the weights to this precision; unset, keep them.",
+    )
+
+
+class OutputConfig(BlockModel):
+    """The run folder."""
+
+    dir: str = Field("runs", description="Folder for checkpoints, logs and the model.")
+    save_model: Bool = Field(True, description="Save the final model.")
+    save_optimizer: Bool = Field(False, description="Save the optimizer state with the model.")
+    metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
+        [], description="Metrics to write to the run folder."
+    )
+
+
+class LoggingConfig(BlockModel):
+    """Log files."""
+
+    save_logs: Bool = Field(True, description="Write logs to files.")
+    metrics_file: str | None = Field(None, description="JSON file for metrics.")
+    training_file: str | None = Field(None, description="JSON file for the training log.")
+    log_level: choice("debug", "info", "warning", "error") = Field("info", description="Verbosity.")
+    log_every: PositiveInt | None = Field(
+        None, description="Steps between log lines; TRAIN.logging_steps overrides it."
+    )
+
+
+class StabilityConfig(BlockModel):
+    """Guards against runs that went wrong."""
+
+    stop_if_nan: Bool = Field(True, description="Stop when the loss is NaN or infinite.")
+    stop_if_diverges: Bool = Field(
+        False, description="Stop when the loss grows far above its best value."
+    )
+    min_improvement: float | None = Field(
+        None, ge=0, description="Smallest drop in validation loss that counts as improvement."
+    )
+
+
+# ---- the whole file ------------------------------------------------------------
+
+
+class OktoConfig(BaseModel):
+    """Everything a `.okt` file says, with defaults for what it leaves out."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    language_version: str = Field("1.0", description='From the `# okto_version: "x"` header.')
+    project: ProjectConfig = Field(default_factory=ProjectConfig, description="Header statements.")
+    env: EnvConfig = Field(
+        default_factory=EnvConfig, validation_alias=aliases("env", "ENV"), description="ENV block."
+    )
+    dataset: DatasetConfig = Field(
+        default_factory=DatasetConfig,
+        validation_alias=aliases("dataset", "DATASET", "DATA"),
+        description="DATASET block (alias DATA).",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        validation_alias=aliases("model", "MODEL"),
+        description="MODEL block.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        validation_alias=aliases("train", "TRAIN"),
+        description="TRAIN block.",
+    )
+    blas: BlasConfig = Field(
+        default_factory=BlasConfig,
+        validation_alias=aliases("blas", "BLAS"),
+        description="BLAS block.",
+    )
+    accelerate: AccelerateConfig = Field(
+        default_factory=AccelerateConfig,
+        validation_alias=aliases("accelerate", "ACCELERATE"),
+        description="ACCELERATE block.",
+    )
+    tensor_cores: TensorCoresConfig = Field(
+        default_factory=TensorCoresConfig,
+        validation_alias=aliases("tensor_cores", "TENSOR_CORES"),
+        description="TENSOR_CORES block.",
+    )
+    optimize: OptimizeConfig = Field(
+        default_factory=OptimizeConfig,
+        validation_alias=aliases("optimize", "OPTIMIZE"),
+        description="OPTIMIZE block.",
+    )
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig,
+        validation_alias=aliases("inference", "INFERENCE"),
+        description="INFERENCE block.",
+    )
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        validation_alias=aliases("export", "EXPORT"),
+        description="EXPORT block.",
+    )
+    output: OutputConfig = Field(
+        default_factory=OutputConfig,
+        validation_alias=aliases("output", "OUTPUT"),
+        description="OUTPUT block.",
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig,
+        validation_alias=aliases("logging", "LOGGING"),
+        description="LOGGING block.",
+    )
+    metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
+        ["loss"],
+        validation_alias=aliases("metrics", "METRICS"),
+        description="METRICS block: metric names, written as bare words.",
+    )
+    stability: StabilityConfig = Field(
+        default_factory=StabilityConfig,
+        validation_alias=aliases("stability", "STABILITY"),
+        description="STABILITY block.",
+    )
+    control: list[Rule] = Field(
+        [], validation_alias=aliases("control", "CONTROL"), description="CONTROL block: rules."
+    )
+
+    @model_validator(mode="after")
+    def _advice(self, info: ValidationInfo) -> OktoConfig:
+        """Warnings about combinations that work but are probably not meant."""
+        cpu_only = self.env.accelerator == "cpu" or self.train.device == "cpu"
+        if cpu_only:
+            for path, value in (
+                (("env", "precision"), self.env.precision),
+                (("train", "precision"), self.train.precision),
+                (("model", "precision"), self.model.precision),
+            ):
+                if value == "fp16":
+                    _warn(
+                        info, path, "fp16 on a CPU is slow and poorly supported; use bf16 or fp32"
+                    )
+        if self.dataset.vocab_size is not None and self.dataset.tokenizer != "train":
+            _warn(
+                info, ("dataset", "vocab_size"), 'vocab_size only applies with tokenizer: "train"'
+            )
+        if self.model.config and self.model.pretrained:
+            _warn(info, ("model", "config"), "config overrides apply only with pretrained: false")
+        if self.inference.format is not None and "{input}" not in self.inference.format:
+            _warn(info, ("inference", "format"), "the prompt format has no {input} placeholder")
+        if self.train.save_steps is not None and self.train.save_strategy != "steps":
+            _warn(
+                info,
+                ("train", "save_steps"),
+                f"save_steps has no effect with save_strategy: {self.train.save_strategy}",
+            )
+        for path, names in (
+            (("metrics",), self.metrics),
+            (("output", "metrics"), self.output.metrics),
+        ):
+            for index, name in enumerate(names):
+                if name not in REPORTED_METRICS:
+                    _warn(
+                        info,
+                        (*path, index),
+                        f"metric '{name}' is not computed here and is ignored"
+                        + suggestion(name, REPORTED_METRICS),
+                    )
+        return self
+
+
+# ---- keywords ------------------------------------------------------------------
+
+NOT_EXECUTED_BLOCKS = (
+    "MONITOR",
+    "GUARD",
+    "BEHAVIOR",
+    "EXPLORER",
+    "DEPLOY",
+    "SECURITY",
+    "HOOKS",
+    "VALIDATE",
+    "FT_LORA",
+    "BENCHMARK",
+)
+"""Blocks other OktoScript tools execute: they parse here and warn."""
+
+
+def spellings(model: type[BaseModel]) -> dict[str, str]:
+    """Every accepted spelling of `model`'s fields -> the canonical name."""
+    names = {}
+    for name, info in model.model_fields.items():
+        names[name] = name
+        if info.validation_alias is not None:
+            for alias in info.validation_alias.choices:
+                names[alias] = name
+    return names
+
+
+BLOCK_KEYWORDS: dict[str, str] = {
+    spelling: name
+    for spelling, name in spellings(OktoConfig).items()
+    if spelling.isupper() and name not in ("language_version", "project")
+}
+"""Block keyword (`TRAIN`, `DATA`, ...) -> attribute of `OktoConfig`."""
+
+HEADER_KEYWORDS: dict[str, str] = {
+    ("PROJECT" if name == "name" else name.upper()): name for name in ProjectConfig.model_fields
+}
+"""Header keyword (`PROJECT`, `TAGS`, ...) -> field of `ProjectConfig`."""

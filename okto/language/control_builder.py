@@ -1,0 +1,337 @@
+"""CONTROL block syntax -> rule data for `okto.language.control.Rule`, with
+the checks the spec wants at check time rather than mid-run: known metrics,
+values of the metric's kind, SET only on live TRAIN fields, EVERY units that
+fit where they stand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from okto.language.collect import Collector, Path
+from okto.language.config import TrainConfig, spellings
+from okto.language.control import (
+    EVENTS,
+    LIVE_FIELDS,
+    METRIC_ALIASES,
+    METRICS,
+    SET_ALIASES,
+    Event,
+)
+from okto.language.diagnostics import suggestion
+from okto.language.quantities import Quantity
+from okto.language.syntax import (
+    AdjustStatement,
+    AllOf,
+    AnyOf,
+    Body,
+    Bool,
+    Comparison,
+    Conditional,
+    Every,
+    Field,
+    Ident,
+    Item,
+    LogStatement,
+    Num,
+    Qty,
+    SaveStatement,
+    SetStatement,
+    StopStatement,
+    Str,
+    SubBlock,
+    VerbStatement,
+)
+from okto.language.validation import explain
+
+_UNIT_EVENTS: dict[str, Event] = {
+    "steps": "on_step_end",
+    "step": "on_step_end",
+    "epochs": "on_epoch_end",
+    "epoch": "on_epoch_end",
+}
+_TRAIN_SPELLINGS = {**spellings(TrainConfig), **SET_ALIASES}
+_MISPLACED = {"validate_every": "to evaluate every N steps, set eval_steps in TRAIN"}
+
+
+class ControlBuilder:
+    """Builds the rules of one CONTROL block. `train` is the TRAIN block's
+    input (to judge DECREASE amounts); `cpu_only` says whether the file
+    pins training to the CPU (rules on GPU metrics then never fire)."""
+
+    def __init__(self, collect: Collector, train: dict[str, Any], cpu_only: bool):
+        self.collect = collect
+        self.train = train
+        self.cpu_only = cpu_only
+
+    def build(self, body: Body) -> list[dict]:
+        rules: list[dict] = []
+        for item in body:
+            rule = self._top_level(item, ("control", len(rules)))
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    # ---- statements
+
+    def _top_level(self, item: Item, path: Path) -> dict | None:
+        if isinstance(item, SubBlock):
+            if item.name not in EVENTS:
+                self.collect.error(
+                    item.name_span,
+                    f"unknown event '{item.name}'{suggestion(item.name, EVENTS)}",
+                    "events: " + ", ".join(EVENTS),
+                )
+                return None
+            return self._rule(
+                item,
+                path,
+                {"kind": "event", "event": item.name},
+                self._actions(item.body, item.name, path),
+            )
+        if isinstance(item, Conditional | Every):
+            return self._action(item, "on_step_end", path, top_level=True)
+        if isinstance(item, VerbStatement):
+            self._inference_only(item)
+            return None
+        if isinstance(item, Field):
+            self.collect.error(
+                item.key_span,
+                f"CONTROL holds rules, not fields: '{item.key}' is not one",
+                _MISPLACED.get(item.key),
+            )
+            return None
+        self.collect.error(
+            item.span,
+            "expected a rule here: IF, WHEN, EVERY or an event block such as on_epoch_end { ... }",
+            "actions (SET, LOG, SAVE, STOP, ...) go inside a rule",
+        )
+        return None
+
+    def _actions(self, body: Body, event: Event, path: Path) -> list[dict]:
+        actions: list[dict] = []
+        for item in body:
+            action = self._action(item, event, (*path, "actions", len(actions)))
+            if action is not None:
+                actions.append(action)
+        return actions
+
+    def _action(self, item: Item, event: Event, path: Path, top_level: bool = False) -> dict | None:
+        if isinstance(item, Conditional):
+            condition = self._condition(item.condition)
+            head = {"kind": item.keyword.lower(), "event": event, "condition": condition}
+            actions = self._actions(item.body, event, path)
+            return None if condition is None else self._rule(item, path, head, actions)
+        if isinstance(item, Every):
+            return self._every(item, event, path, top_level)
+        if isinstance(item, SetStatement):
+            return self._located(path, item, self._set(item))
+        if isinstance(item, AdjustStatement):
+            return self._located(path, item, self._adjust(item))
+        if isinstance(item, LogStatement):
+            return self._located(path, item, self._log(item))
+        if isinstance(item, SaveStatement):
+            return self._located(path, item, self._save(item))
+        if isinstance(item, StopStatement):
+            return self._located(path, item, {"kind": "stop"})
+        if isinstance(item, VerbStatement):
+            self._inference_only(item)
+            return None
+        if isinstance(item, SubBlock) and item.name in EVENTS:
+            self.collect.error(item.name_span, f"{item.name} goes at the top level of CONTROL")
+            return None
+        self.collect.error(
+            item.span,
+            "expected an action (SET, INCREASE, DECREASE, LOG, SAVE, STOP) "
+            "or a rule (IF, WHEN, EVERY)",
+        )
+        return None
+
+    def _rule(self, item, path: Path, head: dict, actions: list[dict]) -> dict:
+        return self._located(path, item, {**head, "actions": actions})
+
+    def _located(self, path: Path, item, action: dict | None) -> dict | None:
+        if action is not None:
+            self.collect.locate(path, item.span)
+        return action
+
+    def _every(self, item: Every, event: Event, path: Path, top_level: bool) -> dict | None:
+        interval = _whole_count(item.count)
+        if interval is None:
+            self.collect.error(item.count.span, "EVERY needs a whole number above 0")
+            return None
+        unit_event = _UNIT_EVENTS.get(item.unit)
+        if unit_event is None:
+            self.collect.error(item.unit_span, f"EVERY counts steps or epochs, not '{item.unit}'")
+            return None
+        if not top_level and unit_event != event:
+            self.collect.error(
+                item.unit_span,
+                f"EVERY {interval} {item.unit} cannot be inside a rule checked {event}",
+                "put it at the top level of CONTROL",
+            )
+            return None
+        head = {"kind": "every", "event": unit_event, "interval": interval}
+        return self._rule(item, path, head, self._actions(item.body, unit_event, path))
+
+    def _inference_only(self, item: VerbStatement) -> None:
+        self.collect.warn(
+            item.span,
+            f"{item.verb} has no effect in training: it is an inference-time action",
+        )
+
+    # ---- conditions
+
+    def _condition(self, node) -> dict | None:
+        if isinstance(node, AllOf | AnyOf):
+            parts = [self._condition(operand) for operand in node.operands]
+            if None in parts:
+                return None
+            return {"kind": "all" if isinstance(node, AllOf) else "any", "conditions": parts}
+        assert isinstance(node, Comparison)
+        metric = self._metric(node.metric, node.metric_span)
+        if metric is None:
+            return None
+        value = self._threshold(metric, node.value)
+        if value is None:
+            return None
+        if METRICS[metric].device:
+            severity = "warning" if self.cpu_only else "note"
+            where = "this file trains on the CPU, so" if self.cpu_only else "on a CPU-only machine"
+            self.collect.report(
+                severity,
+                node.metric_span,
+                f"{metric} is read from the GPU: {where} this rule never fires",
+            )
+        return {"kind": "compare", "metric": metric, "op": node.op, "value": value}
+
+    def _metric(self, name: str, span) -> str | None:
+        metric = METRIC_ALIASES.get(name, name)
+        if metric not in METRICS:
+            self.collect.error(
+                span,
+                f"unknown metric '{name}'{suggestion(name, METRICS)}",
+                "metrics: " + ", ".join(METRICS),
+            )
+            return None
+        return metric
+
+    def _threshold(self, metric: str, node) -> float | Quantity | None:
+        kind = METRICS[metric].kind
+        if isinstance(node, Num):
+            if kind == "size":
+                self.collect.error(node.span, f"{metric} is a size: write a unit, like 12GB")
+                return None
+            return node.value
+        if isinstance(node, Qty):
+            if node.value.kind != kind:
+                what = "a plain number" if kind == "number" else f"a {kind}"
+                self.collect.error(
+                    node.span, f"{metric} is {what}, but {node.value} is a {node.value.kind}"
+                )
+                return None
+            return node.value
+        self.collect.error(node.span, f"compare {metric} with a number")
+        return None
+
+    # ---- actions
+
+    def _train_field(self, name: str, span, verb: str) -> str | None:
+        field = _TRAIN_SPELLINGS.get(name)
+        if field is None:
+            self.collect.error(
+                span,
+                f"unknown TRAIN field '{name}'{suggestion(name, LIVE_FIELDS)}",
+                f"{verb} can change: " + ", ".join(LIVE_FIELDS),
+            )
+            return None
+        if field not in LIVE_FIELDS:
+            self.collect.error(
+                span,
+                f"{verb} cannot change {field} while training runs",
+                f"{verb} can change: " + ", ".join(LIVE_FIELDS),
+            )
+            return None
+        return field
+
+    def _set(self, item: SetStatement) -> dict | None:
+        field = self._train_field(item.target, item.target_span, "SET")
+        if field is None:
+            return None
+        if not isinstance(item.value, Str | Num | Bool | Ident):
+            self.collect.error(item.value.span, f"SET {field} needs a single value")
+            return None
+        annotation = TrainConfig.model_fields[field].rebuild_annotation()
+        raw = item.value.name if isinstance(item.value, Ident) else item.value.value
+        try:
+            value = TypeAdapter(annotation).validate_python(raw)
+        except ValidationError as error:
+            message, hint = explain(error.errors()[0])
+            self.collect.error(item.value.span, f"SET {field}: {message}", hint)
+            return None
+        return {"kind": "set", "field": field, "value": value}
+
+    def _adjust(self, item: AdjustStatement) -> dict | None:
+        verb = item.direction
+        field = self._train_field(item.target, item.target_span, verb)
+        if field is None:
+            return None
+        amount, relative = item.amount.value, isinstance(item.amount, Qty)
+        if relative:
+            if amount.kind != "percent":
+                self.collect.error(
+                    item.amount.span,
+                    f"{verb} BY takes a number or a percentage, not a {amount.kind}",
+                )
+                return None
+            amount = amount.fraction
+        if amount <= 0:
+            self.collect.error(item.amount.span, f"{verb} BY needs an amount above 0")
+            return None
+        if verb == "DECREASE":
+            self._check_decrease(item, field, amount, relative)
+        return {"kind": verb.lower(), "field": field, "amount": amount, "relative": relative}
+
+    def _check_decrease(self, item: AdjustStatement, field: str, amount: float, relative: bool):
+        if relative:
+            if amount >= 1:
+                self.collect.warn(
+                    item.amount.span, f"DECREASE BY {item.amount.value} takes {field} to 0"
+                )
+            return
+        current = self.train.get(field, TrainConfig.model_fields[field].default)
+        if isinstance(current, int | float) and amount >= current:
+            self.collect.warn(
+                item.amount.span,
+                f"DECREASE {field} BY {amount:g} subtracts {amount:g} from {current:g}, "
+                "leaving 0 or less",
+                f"for a relative change write a percentage: DECREASE {field} BY {amount * 100:g}%",
+            )
+
+    def _log(self, item: LogStatement) -> dict | None:
+        if isinstance(item.value, Str):
+            return {"kind": "log", "message": item.value.value}
+        if isinstance(item.value, Ident):
+            metric = self._metric(item.value.name, item.value.span)
+            return None if metric is None else {"kind": "log", "metric": metric}
+        self.collect.error(
+            item.value.span, 'LOG takes a string or a metric name: LOG "text", LOG loss'
+        )
+        return None
+
+    def _save(self, item: SaveStatement) -> dict | None:
+        if isinstance(item.value, Ident) and item.value.name in ("model", "checkpoint"):
+            return {"kind": "save", "target": item.value.name}
+        if isinstance(item.value, Str):
+            return {"kind": "save", "target": "model", "label": item.value.value}
+        self.collect.error(item.value.span, 'SAVE takes model, checkpoint or a "label"')
+        return None
+
+
+def _whole_count(node: Num | Qty) -> int | None:
+    """The count of `EVERY n`: a whole number above 0 (`1K` counts too)."""
+    value = node.value.base if isinstance(node, Qty) and node.value.kind == "count" else node.value
+    if isinstance(value, Quantity) or not float(value).is_integer() or value < 1:
+        return None
+    return int(value)

@@ -1,0 +1,151 @@
+"""Diagnostics: what went wrong or looks wrong, where, and how it is shown.
+
+Every diagnostic carries a position so that the CLI can print
+`file:line:col`, the source line and a caret (spec section 6); the same data
+serialises for `okto check --json` and for editors.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from okto.errors import EXIT_INVALID, OktoError
+
+Severity = Literal["error", "warning", "note"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range of source text: 1-based line and column, 0-based offsets."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Source:
+    """The text of a `.okt` file and the name it is reported under."""
+
+    text: str
+    filename: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.filename or "<string>"
+
+    def line_text(self, line: int) -> str:
+        lines = self.text.splitlines()
+        return lines[line - 1] if 0 < line <= len(lines) else ""
+
+    def span_at(self, offset: int) -> Span:
+        """The one-character span at `offset` (clamped to the text)."""
+        offset = max(0, min(offset, len(self.text)))
+        line = self.text.count("\n", 0, offset) + 1
+        column = offset - (self.text.rfind("\n", 0, offset) + 1) + 1
+        return Span(line, column, line, column + 1, offset, offset + 1)
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One error, warning or note about a position in a source."""
+
+    severity: Severity
+    message: str
+    source: Source = field(repr=False)
+    span: Span | None
+    hint: str | None = None
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def as_error(self) -> Diagnostic:
+        return Diagnostic("error", self.message, self.source, self.span, self.hint)
+
+    def render(self) -> str:
+        """`file:line:col: severity: message`, the source line and a caret."""
+        if self.span is None:
+            head = f"{self.source.name}: {self.severity}: {self.message}"
+            return head if self.hint is None else f"{head}\n  = {self.hint}"
+        text = self.source.line_text(self.span.line).rstrip("\r")
+        # Copy the line's own tabs into the caret's indentation so that it
+        # lines up however the terminal renders tabs.
+        prefix = "".join(c if c == "\t" else " " for c in text[: self.span.column - 1])
+        width = (
+            self.span.end_column - self.span.column if self.span.end_line == self.span.line else 1
+        )
+        width = max(1, min(width, len(text) - self.span.column + 1))
+        lines = [
+            f"{self.source.name}:{self.span.line}:{self.span.column}: {self.severity}: {self.message}",
+            f"  {text}",
+            f"  {prefix}{'^' * width}",
+        ]
+        if self.hint:
+            lines.append(f"  = {self.hint}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "severity": self.severity,
+            "message": self.message,
+            "file": self.source.name,
+            "line": self.line,
+            "column": self.column,
+            "end_line": self.span.end_line if self.span else None,
+            "end_column": self.span.end_column if self.span else None,
+            "hint": self.hint,
+        }
+
+
+class InvalidProgram(OktoError):
+    """A `.okt` text that cannot be used. Carries every error found, the first
+    one's line and column, and the warnings gathered before giving up."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, errors: Iterable[Diagnostic], warnings: Iterable[Diagnostic] = ()):
+        self.errors = list(errors)
+        self.warnings = list(warnings)
+        first = self.errors[0]
+        self.line = first.line
+        self.column = first.column
+        self.filename = first.source.name
+        super().__init__(first.render())
+
+    def render(self) -> str:
+        count = len(self.errors)
+        summary = f"{count} error{'s' if count != 1 else ''} in {self.filename}"
+        return "\n\n".join([*(d.render() for d in self.errors), summary])
+
+
+class OktoSyntaxError(InvalidProgram):
+    """The text does not follow the grammar."""
+
+
+class OktoValidationError(InvalidProgram):
+    """The text parses but its blocks, fields or values are not valid."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest of `choices` to `word`, compared without regard to case."""
+    choices = list(choices)
+    by_folded = {c.lower(): c for c in choices}
+    match = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.6)
+    return by_folded[match[0]] if match else None
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` or an empty string."""
+    match = did_you_mean(word, choices)
+    return f" (did you mean '{match}'?)" if match else ""

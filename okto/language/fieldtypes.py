@@ -1,0 +1,77 @@
+"""Field types shared by the block models: case-insensitive choices, devices,
+precisions, and the markers that drive the resolver and the docs.
+
+Choices are `Literal`s so that consumers compare plain strings
+(`config.train.optimizer == "adamw"`); a before-validator folds case and maps
+spelling variants (`float16` -> `fp16`) onto the canonical value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BeforeValidator, Field, WithJsonSchema
+
+
+def choice(*values: str, variants: dict[str, str] | None = None):
+    """A `Literal[values]` that also accepts upper case and `variants`."""
+    variants = variants or {}
+
+    def normalise(value: object) -> object:
+        if isinstance(value, str):
+            folded = value.strip().lower()
+            return variants.get(folded, folded)
+        return value
+
+    return Annotated[Literal[values], BeforeValidator(normalise)]
+
+
+def aliases(*names: str) -> AliasChoices:
+    """The canonical field name first, then the other accepted spellings."""
+    return AliasChoices(*names)
+
+
+def one_or_many(value: object) -> object:
+    """Let a single value stand for a one-element list: `format: "okm"`."""
+    return [value] if isinstance(value, str | int | float) else value
+
+
+NO_EFFECT = {"no_effect": True}
+"""`json_schema_extra` of fields accepted for compatibility with other
+OktoScript tools but ignored here: setting one is a warning."""
+
+
+Precision = choice(
+    "auto",
+    "fp32",
+    "fp16",
+    "bf16",
+    variants={
+        "float32": "fp32",
+        "float": "fp32",
+        "float16": "fp16",
+        "half": "fp16",
+        "bfloat16": "bf16",
+    },
+)
+
+_DEVICE = re.compile(r"auto|cpu|gpu|cuda(:\d+)?")
+
+
+def _device(value: object) -> object:
+    if isinstance(value, str):
+        folded = value.strip().lower()
+        if _DEVICE.fullmatch(folded):
+            return folded
+        raise ValueError("expected auto, cpu, gpu, cuda or cuda:N (a GPU index)")
+    return value
+
+
+Device = Annotated[
+    str,
+    BeforeValidator(_device),
+    WithJsonSchema({"type": "string", "pattern": "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"}),
+]
+
+PositiveInt = Annotated[int, Field(ge=1)]

@@ -1,0 +1,257 @@
+"""A parsed and validated `.okt` file (`Program`), and the ways to get one:
+`parse` (text), `load` (a path) and `apply_overrides` (`--set BLOCK.field=v`)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path as FilePath
+from typing import Any, Literal
+
+from lark import UnexpectedInput
+from pydantic import BaseModel
+
+from okto.errors import MissingFileError
+from okto.language.collect import Collector, Location, Path
+from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, OktoConfig, spellings
+from okto.language.diagnostics import (
+    Diagnostic,
+    OktoSyntaxError,
+    OktoValidationError,
+    Source,
+    Span,
+    suggestion,
+)
+from okto.language.parser import parse_document, parse_value
+from okto.language.resolve import model_in, resolve, resolve_value
+from okto.language.syntax import Str
+from okto.language.validation import validate
+
+COMMAND_LINE = "command line"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a resolved value came from: a file position, a default, or the
+    command line."""
+
+    kind: Literal["file", "default", "command line"]
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"{self.file}:{self.line}:{self.column}"
+        return self.kind
+
+
+DEFAULT = Origin("default")
+
+
+class Program:
+    """A valid `.okt` file.
+
+    `config` is the validated `OktoConfig`; `warnings` holds the warnings and
+    notes (`Diagnostic`s, each with `.render()`); `source_map` maps each
+    dotted config path (`"train.batch_size"`, `"control[0]"`) to its `Origin`.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        config: OktoConfig,
+        warnings: list[Diagnostic],
+        inputs: dict[str, Any],
+        locations: dict[Path, Location],
+        resolution_warnings: list[Diagnostic],
+    ):
+        self.source = source
+        self.config = config
+        self.warnings = warnings
+        self.source_map = _source_map(config, locations)
+        self._inputs = inputs
+        self._locations = locations
+        self._resolution_warnings = resolution_warnings
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready data, canonical names throughout;
+        `OktoConfig.model_validate` turns it back into `config`."""
+        return self.config.model_dump(mode="json")
+
+    def __repr__(self) -> str:
+        return f"<Program {self.source.name}: {len(self.warnings)} warnings>"
+
+
+def parse(text: str, filename: str | None = None) -> Program:
+    """Parse and validate `.okt` text; raise `OktoSyntaxError` or
+    `OktoValidationError` (both `okto.OktoError`) listing what is wrong."""
+    source = Source(text.removeprefix("\ufeff"), filename)
+    resolution = resolve(parse_document(source))
+    try:
+        config, warnings = validate(resolution.inputs, resolution.locations, source)
+    except OktoValidationError as invalid:
+        errors = resolution.errors + invalid.errors
+        raise OktoValidationError(_in_order(errors), resolution.warnings) from None
+    if resolution.errors:
+        raise OktoValidationError(_in_order(resolution.errors), resolution.warnings)
+    return Program(
+        source,
+        config,
+        _in_order(resolution.warnings + warnings),
+        resolution.inputs,
+        resolution.locations,
+        resolution.warnings,
+    )
+
+
+def load(path: str | os.PathLike[str]) -> Program:
+    """Read and parse a `.okt` file (UTF-8, a byte-order mark is fine)."""
+    path = FilePath(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MissingFileError(f"{path} is a folder, not a .okt file") from None
+    except OSError as error:
+        raise MissingFileError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        source = Source(data.decode("utf-8-sig", errors="replace"), str(path))
+        message = f"this file is not UTF-8 text (byte 0x{data[error.start]:02x})"
+        offset = len(data[: error.start].decode("utf-8-sig", errors="replace"))
+        raise OktoSyntaxError(
+            [Diagnostic("error", message, source, source.span_at(offset))]
+        ) from None
+    return parse(text, str(path))
+
+
+def apply_overrides(program: Program, overrides: Iterable[str]) -> Program:
+    """`program` with `BLOCK.field=value` settings applied (as `okto train
+    --set TRAIN.batch_size=32` gives them) and validated again; their
+    origin is "command line"."""
+    inputs = copy.deepcopy(program._inputs)
+    locations = dict(program._locations)
+    for text in overrides:
+        path, value, location = _override(text)
+        target = inputs
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+        for known in [p for p in locations if p[: len(path)] == path]:
+            del locations[known]
+        locations[path] = location
+    config, warnings = validate(inputs, locations, program.source)
+    return Program(
+        program.source,
+        config,
+        _in_order(program._resolution_warnings + warnings),
+        inputs,
+        locations,
+        program._resolution_warnings,
+    )
+
+
+def _override(text: str) -> tuple[Path, Any, Location]:
+    """Read one `BLOCK.field=value`: its config path, value and location."""
+    source = Source(f"--set {text}", COMMAND_LINE)
+    offset = len("--set ")
+    collect = Collector(source)
+    whole = source.span_at(offset)
+    key, equals, value_text = text.partition("=")
+    if not equals:
+        _fail(collect, whole, "expected BLOCK.field=value, like TRAIN.batch_size=32")
+    path, annotation = _override_path(key.strip(), collect, whole)
+    # Pad the value so that its spans point into the whole `--set` line.
+    padded = " " * (offset + len(key) + 1) + value_text
+    try:
+        node = parse_value(padded, source)
+    except (UnexpectedInput, OktoSyntaxError):
+        # Not an .okt value (say, data/train.jsonl): take the text as a string.
+        stripped = value_text.strip()
+        start = offset + len(key) + 1 + value_text.find(stripped)
+        end = start + len(stripped)
+        node = Str(Span(1, start + 1, 1, end + 1, start, end), stripped)
+    value = resolve_value(collect, node, annotation, path)
+    if collect.errors:
+        raise OktoValidationError(collect.errors)
+    return path, value, collect.locations[path]
+
+
+def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
+    """`TRAIN.batch_size` -> (("train", "batch_size"), its annotation)."""
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0].upper() in HEADER_KEYWORDS:
+        return ("project", HEADER_KEYWORDS[parts[0].upper()]), str
+    block = BLOCK_KEYWORDS.get(parts[0].upper())
+    model = model_in(OktoConfig.model_fields[block].annotation) if block else None
+    if model is None or len(parts) < 2:
+        known = [k for k in BLOCK_KEYWORDS if k not in ("METRICS", "CONTROL")]
+        _fail(
+            collect,
+            span,
+            f"cannot set '{key}'{suggestion(parts[0], known)}",
+            "write BLOCK.field=value, e.g. TRAIN.batch_size=32; blocks: " + ", ".join(known),
+        )
+    path: Path = (block,)
+    annotation: Any = model
+    for part in parts[1:]:
+        if model is None:
+            _fail(collect, span, f"'{'.'.join(map(str, path))}' has no fields")
+        names = spellings(model)
+        if part not in names:
+            _fail(
+                collect,
+                span,
+                f"unknown field '{part}' in {parts[0].upper()}{suggestion(part, names)}",
+            )
+        path = (*path, names[part])
+        annotation = model.model_fields[names[part]].annotation
+        model = model_in(annotation)
+    return path, annotation
+
+
+def _fail(collect: Collector, span, message: str, hint: str | None = None):
+    collect.error(span, message, hint)
+    raise OktoValidationError(collect.errors)
+
+
+def _in_order(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    return sorted(diagnostics, key=lambda d: (d.source.name, d.span.start if d.span else -1))
+
+
+def _source_map(config: OktoConfig, locations: dict[Path, Location]) -> dict[str, Origin]:
+    result: dict[str, Origin] = {}
+
+    def origin(path: Path) -> Origin:
+        location = locations.get(path)
+        if location is None:
+            return DEFAULT
+        if location.source.filename == COMMAND_LINE:
+            return Origin(COMMAND_LINE)
+        span = location.span
+        return Origin("file", location.source.name, span.line, span.column)
+
+    def walk(model: BaseModel, path: Path) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            result[_dotted((*path, name))] = origin((*path, name))
+            if isinstance(value, BaseModel):
+                walk(value, (*path, name))
+            elif name == "control":
+                for index in range(len(value)):
+                    result[_dotted(("control", index))] = origin(("control", index))
+
+    walk(config, ())
+    return result
+
+
+def _dotted(path: Path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text

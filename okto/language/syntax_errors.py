@@ -1,0 +1,175 @@
+"""Lark's syntax errors, told in words a user understands (spec section 6):
+what was found, what was expected ("a value", "'}'", not `RBRACE`), and a hint
+for the usual slips (typographic quotes, `=` for `:`, a missing `:`)."""
+
+from __future__ import annotations
+
+import re
+
+from lark import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from okto.language import scan
+from okto.language.diagnostics import Diagnostic, Source, Span
+
+_PUNCTUATION = {
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COLON": "':'",
+    "COMMA": "','",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "EQUAL": "'='",
+}
+_VALUES = {"STRING", "NUMBER", "QUANTITY", "TRUE", "FALSE"}
+_STATEMENTS = {
+    "IF",
+    "WHEN",
+    "EVERY",
+    "SET",
+    "INCREASE",
+    "DECREASE",
+    "LOG",
+    "SAVE",
+    "STOP",
+    "STOP_TRAINING",
+    "RETRY",
+    "REGENERATE",
+    "REPLACE",
+    "RETURN",
+    "ALERT",
+}
+# The order in which expected things are listed.
+_ORDER = ["RBRACE", "RSQB", "RPAR", "COLON", "EQUAL", "LBRACE", "LSQB", "COMMA"]
+
+_TYPOGRAPHIC_DOUBLE = "“”„‟″«»"
+_TYPOGRAPHIC_SINGLE = "‘’‚‛′"
+
+
+def expected_words(names: set[str]) -> str:
+    """`{"RBRACE", "COLON", ...}` -> "'}' or ':'"; groups values and statements."""
+    names = set(names)
+    if names <= {"NAME", "$END"} and "NAME" in names:
+        phrases = ['a block (KEYWORD { ... }) or a header (PROJECT "name")']
+        names.clear()
+    else:
+        phrases = []
+    if names >= _STATEMENTS:
+        names -= _STATEMENTS | {"NAME", "STRING"}
+        item = "a field (name: value), a block (name { ... }) or a statement (IF, SET, LOG, ...)"
+        phrases.append(item)
+    if names >= _VALUES:
+        names -= _VALUES | {"NAME", "LSQB"}
+        phrases.append("a value")
+    for name in _ORDER:
+        if name in names:
+            phrases.append(_PUNCTUATION[name])
+            names.discard(name)
+    described = {
+        "COMPARE": "a comparison (>, <, >=, <=, ==, !=)",
+        "NAME": "a name",
+        "STRING": "a string",
+        "NUMBER": "a number",
+        "QUANTITY": "a quantity (like 12GB)",
+        "TRUE": "true",
+        "FALSE": "false",
+        "$END": "the end of the file",
+    }
+    for name in sorted(names):
+        phrases.append(described.get(name) or _PUNCTUATION.get(name) or name)
+    if len(phrases) <= 1:
+        return "".join(phrases)
+    return ", ".join(phrases[:-1]) + " or " + phrases[-1]
+
+
+def _found(token) -> str:
+    kind, text = token.type, str(token)
+    if kind == "STRING":
+        return "string " + (text if len(text) <= 30 else text[:26] + '..."')
+    if kind in ("NUMBER", "QUANTITY"):
+        return f"{kind.lower()} {text}"
+    if kind in _STATEMENTS or kind in ("AND", "OR", "BY", "WITH", "TRUE", "FALSE"):
+        return f"keyword {text}"
+    return f"'{text}'"
+
+
+def describe(error: UnexpectedInput, source: Source) -> Diagnostic:
+    """One diagnostic for a Lark syntax error."""
+    if isinstance(error, UnexpectedCharacters):
+        return _unexpected_character(error, source)
+    if isinstance(error, UnexpectedToken):
+        return _unexpected_token(error, source)
+    span = source.span_at(error.pos_in_stream or len(source.text))
+    return Diagnostic("error", "the file ends too early", source, span)
+
+
+def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagnostic:
+    char = source.text[error.pos_in_stream]
+    span = source.span_at(error.pos_in_stream)
+    if char in _TYPOGRAPHIC_DOUBLE or char in _TYPOGRAPHIC_SINGLE:
+        message = f"typographic quote {char} is not a string quote"
+        hint = 'write strings between straight double quotes: "like this"'
+    elif char == "'":
+        message = "strings are written between double quotes, not single quotes"
+        hint = 'write "like this"'
+    elif char == '"':
+        message = "this string is not closed before the end of the line"
+        hint = 'add the closing "; write \\n for a line break inside a string'
+    elif char.isalpha():
+        message = f"unexpected character '{char}'"
+        hint = "names use the letters A-Z, digits, _ and -; put other text in a string"
+    else:
+        message = f"unexpected character '{char}'"
+        hint = None
+    if hint is None and error.allowed:
+        message += f": expected {expected_words(error.allowed)}"
+    return Diagnostic("error", message, source, span, hint)
+
+
+def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
+    token = error.token
+    expected = set(getattr(error, "accepts", None) or error.expected)
+    words = expected_words(expected)
+    hint = None
+    if token.type == "$END":
+        span = source.span_at(len(source.text.rstrip()))
+        if "RBRACE" in expected:
+            message = "the file ends inside a block: expected '}'"
+        else:
+            message = f"the file ends too early: expected {words}"
+        brace = scan.unclosed_brace(source.text)
+        if brace is not None and expected & {"RBRACE", "RSQB"}:
+            opened = source.span_at(brace)
+            hint = f"the '{source.text[brace]}' at line {opened.line}, column {opened.column} is never closed"
+        return Diagnostic("error", message, source, span, hint)
+
+    span = Span(
+        token.line, token.column, token.end_line, token.end_column, token.start_pos, token.end_pos
+    )
+    previous = _name_before(source.text, token.start_pos)
+    if token.type == "RBRACE" and expected <= {"NAME", "$END"}:
+        message = "'}' has no matching '{'"
+    elif token.type == "COLON" and "LBRACE" in expected and "COMPARE" not in expected:
+        message = f"'{previous}:' is a field, and fields go inside a block"
+        hint = "for example: TRAIN { epochs: 3 }"
+    elif expected == _VALUES | {"LSQB", "LBRACE"} and previous:
+        message = f"'{previous}' needs a value or a body in braces before {_found(token)}"
+        hint = f'for example: {previous} "a value" or {previous} {{ ... }}'
+    elif token.type == "EQUAL" and "COLON" in expected:
+        message = "use ':' between a field name and its value, not '='"
+    elif "COLON" in expected and previous and (token.type in _VALUES or token.type == "LSQB"):
+        message = f"missing ':' between '{previous}' and its value"
+        hint = f"write {previous}: {token}"
+    else:
+        message = f"unexpected {_found(token)}: expected {words}"
+    return Diagnostic("error", message, source, span, hint)
+
+
+_NAME_AT_END = re.compile(r"([A-Za-z_][\w-]*)\s*$")
+
+
+def _name_before(text: str, offset: int) -> str | None:
+    """The name just before `offset`, across white space."""
+    match = _NAME_AT_END.search(text, 0, offset)
+    return match.group(1) if match else None
