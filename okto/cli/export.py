@@ -23,9 +23,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from okto.package import Package, export_model
 
-    fmt = args.format or ("okm" if args.out.suffix == ".okm" else "hf")
-    out = export_model(args.model, args.out, format=fmt, dtype=args.dtype)
-    if fmt == "okm":
+    out = export_model(args.model, args.out, format=args.format, dtype=args.dtype)
+    if out.is_file():
         manifest = Package(out).manifest
         size = out.stat().st_size / 1e6
         print(

@@ -264,13 +264,15 @@ FORMATS = ("okm", "hf", "safetensors")
 
 
 def export_model(
-    source: Path | str, out: Path | str, format: str = "okm", dtype: str | None = None
+    source: Path | str, out: Path | str, format: str | None = None, dtype: str | None = None
 ) -> Path:
     """Export the model at `source` (okm, HF or run directory) to `out`; what EXPORT runs.
 
     `format` is okm (one file) or hf / safetensors (a Hugging Face directory,
-    weights in safetensors); `dtype` is fp32, fp16 or bf16 (default: as stored).
+    weights in safetensors); by default okm when `out` ends in .okm, else hf.
+    `dtype` is fp32, fp16 or bf16 (default: as stored).
     """
+    format = format or ("okm" if Path(out).suffix == ".okm" else "hf")
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in FLOAT_CODES:

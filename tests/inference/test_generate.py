@@ -1,0 +1,175 @@
+"""okto's engine against Hugging Face generate, batching, sampling, stops and limits (CPU, fp32)."""
+
+import pytest
+import torch
+
+from okto.errors import UsageError
+from okto.inference import load_model
+from tests.inference import models
+from tests.inference.models import PROMPTS
+
+
+def hf_greedy(model, prompt_ids, n, **options):
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+        **options,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_matches_hf_generate(kind, penalty, loaded, hf_dirs):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dirs[kind]).eval()
+    model = loaded[kind]
+    for g in model.generate(PROMPTS, max_tokens=24, temperature=0, repetition_penalty=penalty):
+        expected = hf_greedy(hf, model.encode(g.prompt), 24, repetition_penalty=penalty)
+        assert g.token_ids == expected[: len(g.token_ids)], g.prompt
+        assert g.finish_reason == "length" or expected[len(g.token_ids) - 1] in model.eos_ids
+
+
+def test_llama3_rope_scaling_matches_hf(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    }
+    path = models.save("llama", tmp_path / "llama3", rope_parameters=rope)
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = load_model(path, device="cpu")
+    for g in model.generate(PROMPTS, max_tokens=16, temperature=0):
+        assert g.token_ids == hf_greedy(hf, model.encode(g.prompt), 16)[: len(g.token_ids)]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_batching_gives_the_same_text(kind, loaded):
+    model = loaded[kind]
+    together = model.generate(PROMPTS, max_tokens=16, temperature=0)
+    alone = [model.generate(p, max_tokens=16, temperature=0)[0] for p in PROMPTS]
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.index for g in together] == list(range(len(PROMPTS)))
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(loaded):
+    model = loaded["llama"]
+    options = {"max_tokens": 12, "temperature": 1.0, "top_p": 0.9, "top_k": 50}
+    first = model.generate(PROMPTS, seed=7, **options)
+    again = model.generate(PROMPTS, seed=7, batch_size=1, **options)
+    other = model.generate(PROMPTS, seed=8, **options)
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+    assert [g.token_ids for g in first] != [g.token_ids for g in other]
+    assert all(g.seed == 7 for g in first)
+
+
+def test_sampling_follows_the_distribution():
+    """The hashed Gumbel draw samples from softmax(logits): frequencies over many rows."""
+    from okto.inference.sampling import Sampler
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05])).repeat(20000, 1)
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    keys = torch.arange(20000, dtype=torch.int64) * 7919
+    tokens = Sampler(temperature=1.0, top_p=1.0)(logits, seen, keys, torch.tensor(3))
+    freq = torch.bincount(tokens, minlength=4).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    top_k = Sampler(temperature=1.0, top_k=2)(logits, seen, keys, torch.tensor(3))
+    assert set(top_k.tolist()) == {0, 1}
+    top_p = Sampler(temperature=1.0, top_p=0.6)(logits, seen, keys, torch.tensor(3))
+    assert set(top_p.tolist()) == {0, 1}
+
+
+def test_max_tokens_and_stop_sequences(loaded):
+    model = loaded["gpt2"]
+    (full,) = model.generate(PROMPTS[0], max_tokens=20, temperature=0)
+    assert full.generated_tokens == 20 and full.finish_reason == "length"
+    stop = full.text[6:9]
+    (cut,) = model.generate(PROMPTS[0], max_tokens=20, temperature=0, stop=["@@never", stop])
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert cut.generated_tokens < 20
+
+
+def test_eos_ends_a_row(loaded):
+    model = loaded["llama"]
+    (full,) = model.generate(PROMPTS[1], max_tokens=12, temperature=0)
+    eos = full.token_ids[4]
+    saved = model.eos_ids
+    model.eos_ids = {eos}
+    try:
+        (cut,) = model.generate(PROMPTS[1], max_tokens=12, temperature=0)
+    finally:
+        model.eos_ids = saved
+    assert cut.finish_reason == "eos"
+    assert cut.token_ids == full.token_ids[: full.token_ids.index(eos) + 1]
+
+
+def test_streamed_text_adds_up(loaded):
+    model = loaded["gpt2"]
+    (full,) = model.generate(PROMPTS[2], max_tokens=15, temperature=0)
+    for stop in (None, full.text[4:7]):
+        pieces = []
+        (g,) = model.generate(
+            PROMPTS[2],
+            max_tokens=15,
+            temperature=0,
+            stop=stop,
+            stream=lambda i, t, p=pieces: p.append((i, t)),
+        )
+        assert "".join(t for _, t in pieces) == g.text
+        assert {i for i, _ in pieces} == {0}
+        assert stop is None or stop not in g.text
+
+
+def test_context_window_is_respected(loaded):
+    model = loaded["gpt2"]
+    room = model.context_window - len(model.encode(PROMPTS[0]))
+    with pytest.raises(UsageError, match="context window"):
+        model.generate(PROMPTS[0] * 200, max_tokens=4)
+    (g,) = model.generate(PROMPTS[0], max_tokens=room + 50, temperature=0, stop=None)
+    assert g.generated_tokens <= room
+
+
+def test_figures_are_reported(loaded):
+    (g,) = loaded["gpt2"].generate(PROMPTS[0], max_tokens=8, temperature=0)
+    assert g.ttft_s > 0 and g.tokens_per_s > 0
+    assert g.stats.decode_tokens_per_s > 0 and g.stats.total_tokens_per_s > 0
+    assert g.stats.decode_gb_per_s > 0
+    assert g.stats.peak_gb_per_s is None  # no bandwidth peak on a CPU
+
+
+def test_hf_backend_and_unsupported_architecture_fall_back(hf_dirs, loaded, tmp_path):
+    import transformers
+
+    via_hf = load_model(hf_dirs["llama"], device="cpu", backend="hf")
+    assert "Hugging Face generate" in via_hf.notes[0]
+    ours = loaded["llama"].generate(PROMPTS, max_tokens=10, temperature=0)
+    theirs = via_hf.generate(PROMPTS, max_tokens=10, temperature=0)
+    assert [g.text for g in theirs] == [g.text for g in ours]
+
+    tok = models.tokenizer("gpt2")
+    config = transformers.OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=32,
+    )
+    transformers.OPTForCausalLM(config).save_pretrained(tmp_path / "opt")
+    tok.save_pretrained(tmp_path / "opt")
+    opt = load_model(tmp_path / "opt", device="cpu")
+    assert "not 'opt'" in opt.notes[0]
+    (g,) = opt.generate("Hello", max_tokens=5, temperature=0, stop="zzz")
+    assert g.generated_tokens <= 5

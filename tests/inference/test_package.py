@@ -1,0 +1,210 @@
+"""The .okm package: round trips, casts, run directories, and every kind of damage refused."""
+
+import hashlib
+import json
+import struct
+import zlib
+
+import pytest
+import torch
+
+from okto.errors import UsageError
+from okto.package import Package, PackageError, export_model, open_checkpoint
+from okto.package import format as okm
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_hf_to_okm_to_hf_is_bit_exact(kind, hf_dirs, okm_files, tmp_path):
+    back = export_model(okm_files[kind], tmp_path / "back", format="hf")
+    assert files_of(back) == files_of(hf_dirs[kind])
+
+
+def test_manifest_describes_the_model(okm_files):
+    manifest = Package(okm_files["llama"]).manifest
+    assert manifest["format_version"] == okm.FORMAT_VERSION
+    assert manifest["architecture"] == "llama"
+    assert manifest["dtype"] == "float32"
+    assert manifest["parameters"] == sum(
+        t.numel() for t in Package(okm_files["llama"]).tensors().values()
+    )
+    names = [m["name"] for m in manifest["members"]]
+    assert names[:2] == ["config.json", "model.safetensors"]
+    assert "tokenizer/tokenizer.json" in names
+    assert all(m["offset"] % okm.ALIGN == 0 for m in manifest["members"])
+
+
+def test_weights_are_read_in_place(okm_files):
+    """The tensors point into the mapped file: nothing is unpacked or copied on load."""
+    package = Package(okm_files["gpt2"])
+    start = torch.frombuffer(package._map, dtype=torch.uint8, count=1).data_ptr()
+    end = start + okm_files["gpt2"].stat().st_size
+    for tensor in package.tensors().values():
+        assert start <= tensor.data_ptr() < end
+
+
+def test_cast_to_fp16(hf_dirs, tmp_path):
+    out = export_model(hf_dirs["gpt2"], tmp_path / "half.okm", dtype="fp16")
+    package = Package(out)
+    assert package.manifest["dtype"] == "float16"
+    assert json.loads(bytes(package.member("config.json")))["dtype"] == "float16"
+    original = open_checkpoint(hf_dirs["gpt2"]).tensors()
+    for name, tensor in package.tensors().items():
+        assert torch.equal(tensor, original[name].half())
+    # and back to a Hugging Face directory that transformers loads
+    from transformers import AutoModelForCausalLM
+
+    back = export_model(out, tmp_path / "half_hf")
+    assert AutoModelForCausalLM.from_pretrained(back).dtype == torch.float16
+
+
+def test_run_directory_carries_its_training_config(hf_dirs, tmp_path):
+    run = tmp_path / "runs" / "demo"
+    final = run / "final"
+    final.mkdir(parents=True)
+    for name, data in files_of(hf_dirs["gpt2"]).items():
+        (final / name).write_bytes(data)
+    training = {"project": "demo", "inference": {"params": {"temperature": 0}, "max_tokens": 3}}
+    (final / "okto_config.json").write_text(json.dumps(training))
+    package = Package(export_model(run, tmp_path / "demo.okm"))
+    assert package.manifest["training_config"] == training
+    assert package.manifest["generation"] == {"temperature": 0.0, "max_tokens": 3}
+    back = export_model(package.path, tmp_path / "demo_hf", format="hf")
+    assert json.loads((back / "okto_config.json").read_text()) == training
+
+
+def test_not_a_model(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        open_checkpoint(tmp_path / "missing.okm")
+    with pytest.raises(UsageError, match="not a model"):
+        open_checkpoint(tmp_path)
+
+
+def test_write_is_atomic(okm_files, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        okm.write_package(tmp_path / "x.okm", [("config.json", "config", tmp_path / "nope")], {})
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- damage -------------------------------------------------------------------------------
+
+
+def rewrite(path, mutate_manifest=None, header=None):
+    """Re-seal a package after editing it the way a careful tamperer would (checksums fixed)."""
+    data = bytearray(path.read_bytes())
+    _, version, size, _, m_off, m_len, _ = okm._HEADER.unpack_from(data)
+    manifest = json.loads(data[m_off : m_off + m_len])
+    if mutate_manifest:
+        mutate_manifest(manifest)
+    blob = json.dumps(manifest).encode()
+    data = data[:m_off] + blob
+    fields = {"version": version, "length": len(data)}
+    fields.update(header or {})
+    head = okm._HEADER.pack(
+        okm.MAGIC,
+        fields["version"],
+        size,
+        fields["length"],
+        m_off,
+        len(blob),
+        hashlib.sha256(blob).digest(),
+    ).ljust(okm._CRC_AT, b"\0")
+    data[: okm.HEADER_SIZE] = head + struct.pack("<I", zlib.crc32(head))
+    path.write_bytes(bytes(data))
+
+
+def flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def member(path, name):
+    return Package(path).members[name]
+
+
+def truncate(p):
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def drop_weights(p):
+    def mutate(m):
+        m["members"] = [x for x in m["members"] if x["name"] != "model.safetensors"]
+
+    rewrite(p, mutate)
+
+
+def shape_mismatch(p):
+    def mutate(m):
+        name = sorted(m["tensors"])[0]
+        m["tensors"][name]["shape"] = [7, *m["tensors"][name]["shape"]]
+
+    rewrite(p, mutate)
+
+
+def extra_tensor(p):
+    def mutate(m):
+        m["tensors"]["ghost.weight"] = {"dtype": "F32", "shape": [1], "offsets": [0, 4]}
+
+    rewrite(p, mutate)
+
+
+def bad_bounds(p):
+    def mutate(m):
+        m["members"][0]["offset"] = 10**9
+
+    rewrite(p, mutate)
+
+
+def bad_checksum_in_manifest(p):
+    def mutate(m):
+        m["members"][-1]["sha256"] = "0" * 64
+
+    rewrite(p, mutate)
+
+
+DAMAGE = {
+    "truncated": (truncate, "truncated"),
+    "header cut": (lambda p: p.write_bytes(p.read_bytes()[:40]), "fewer than its 128-byte header"),
+    "empty": (lambda p: p.write_bytes(b""), "empty"),
+    "wrong magic": (lambda p: flip(p, 1), "wrong magic"),
+    "not a package": (lambda p: p.write_bytes(b"{}" * 100), "wrong magic"),
+    "future version": (lambda p: rewrite(p, header={"version": 2}), "newer than this okto"),
+    "header byte": (lambda p: flip(p, 20), "header is corrupt"),
+    "trailing bytes": (lambda p: p.write_bytes(p.read_bytes() + b"x"), "unexpected bytes"),
+    "manifest byte": (lambda p: flip(p, p.stat().st_size - 10), "manifest is corrupt"),
+    "weights byte": (
+        lambda p: flip(
+            p, member(p, "model.safetensors").offset + member(p, "model.safetensors").length - 3
+        ),
+        "the weights failed the SHA-256 check",
+    ),
+    "weights header byte": (
+        lambda p: flip(p, member(p, "model.safetensors").offset + 20),
+        "the weights failed the SHA-256 check",
+    ),
+    "tokenizer byte": (
+        lambda p: flip(p, member(p, "tokenizer/tokenizer.json").offset + 5),
+        "member 'tokenizer/tokenizer.json' failed the SHA-256 check",
+    ),
+    "checksum edited": (bad_checksum_in_manifest, "failed the SHA-256 check"),
+    "missing member": (drop_weights, "no 'model.safetensors' member"),
+    "member out of bounds": (bad_bounds, "outside its place"),
+    "tensor index shape": (shape_mismatch, "tensor index describes tensor"),
+    "tensor index extra": (extra_tensor, "lists tensor 'ghost.weight'"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_package_is_refused(damage, okm_files, tmp_path):
+    path = tmp_path / "damaged.okm"
+    path.write_bytes(okm_files["gpt2"].read_bytes())
+    spoil, message = DAMAGE[damage]
+    spoil(path)
+    with pytest.raises(PackageError) as error:
+        Package(path)
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
