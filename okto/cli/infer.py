@@ -68,14 +68,17 @@ def add_parser(subparsers) -> None:
 
 
 def inference_block(path: Path) -> dict:
-    """The INFERENCE block of a `.okt` file as a plain dict (empty when the file has none)."""
+    """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's).
+
+    A relative `model` path that does not exist from here is taken relative to the file.
+    """
     import okto
 
-    program = okto.load(path)
-    block = program.config.inference
-    if block is None:
-        return {}
-    return block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else dict(block)
+    block = okto.load(path).config.inference.model_dump(exclude_unset=True)
+    model = block.get("model")
+    if model and not Path(model).exists() and (path.parent / model).exists():
+        block["model"] = str(path.parent / model)
+    return block
 
 
 def requested(args) -> dict:

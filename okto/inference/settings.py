@@ -20,6 +20,9 @@ _ALIASES = {
     "format": "template",
     "precision": "dtype",
 }
+# INFERENCE `precision` and `backend` values -> load_model's
+_PRECISIONS = {"auto": None, "tf32": "fp32"}
+_BACKENDS = {"oktoblas": "okto", "cublas": "native"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,6 @@ class Settings:
     seed: int | None = None
     batch_size: int | None = None
     template: str = "{input}"
-    mode: str = "completion"
     exit_command: str = "exit"
     model: str | None = None
     dtype: str | None = None
@@ -96,6 +98,8 @@ def from_block(block: dict | None) -> dict:
     out = {_ALIASES.get(k, k): _plain(v) for k, v in flat.items()}
     if out.pop("do_sample", None) is False:
         out["temperature"] = 0.0
+    out["dtype"] = _PRECISIONS.get(out.get("dtype"), out.get("dtype"))
+    out["backend"] = _BACKENDS.get(out.get("backend"), out.get("backend"))
     return {k: v for k, v in out.items() if v is not None}
 
 

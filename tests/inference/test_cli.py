@@ -1,0 +1,165 @@
+"""`okto infer`, `okto chat` and `okto export` through the real entry point."""
+
+import io
+import json
+
+import pytest
+
+from okto.cli import main
+from tests.inference.models import PROMPTS
+
+RECORD_FIELDS = {
+    "index",
+    "prompt",
+    "text",
+    "prompt_tokens",
+    "generated_tokens",
+    "finish_reason",
+    "ttft_ms",
+    "tokens_per_s",
+    "seed",
+    "batch_size",
+    "decode_tokens_per_s",
+    "total_tokens_per_s",
+    "decode_gb_per_s",
+    "bandwidth_utilization",
+    "engine",
+}
+
+
+@pytest.fixture
+def stdin(monkeypatch):
+    def feed(text):
+        monkeypatch.setattr("sys.stdin", io.StringIO(text))
+
+    return feed
+
+
+def records(out):
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_json_records(okm_files, capsys, stdin):
+    stdin("")
+    argv = ["infer", "--model", str(okm_files["gpt2"]), "--json", "--max-tokens", "5"]
+    assert main([*argv, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--seed", "3"]) == 0
+    out = records(capsys.readouterr().out)
+    assert [r["prompt"] for r in out] == PROMPTS[:2]
+    assert all(set(r) == RECORD_FIELDS for r in out)
+    assert all(r["generated_tokens"] == 5 and r["finish_reason"] == "length" for r in out)
+    assert all(r["seed"] == 3 and r["ttft_ms"] > 0 for r in out)
+
+
+def test_prompts_from_stdin_and_file(okm_files, capsys, stdin, tmp_path):
+    stdin(f"{PROMPTS[0]}\n\n{PROMPTS[2]}\n")
+    argv = [
+        "infer",
+        "-m",
+        str(okm_files["llama"]),
+        "--json",
+        "--max-tokens",
+        "3",
+        "--temperature",
+        "0",
+    ]
+    assert main(argv) == 0
+    assert [r["prompt"] for r in records(capsys.readouterr().out)] == [PROMPTS[0], PROMPTS[2]]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS))
+    assert main([*argv, "--file", str(prompts), "--batch-size", "2"]) == 0
+    out = records(capsys.readouterr().out)
+    assert [r["prompt"] for r in out] == PROMPTS
+    assert {r["batch_size"] for r in out} == {2}
+
+
+def test_text_and_stream_output(okm_files, capsys, stdin):
+    stdin("")
+    argv = [
+        "infer",
+        "-m",
+        str(okm_files["gpt2"]),
+        "-p",
+        "Hello",
+        "--max-tokens",
+        "6",
+        "--temperature",
+        "0",
+    ]
+    assert main(argv) == 0
+    plain = capsys.readouterr()
+    assert plain.out.startswith("Hello")
+    assert "tok/s" in plain.err
+    assert main([*argv, "--stream"]) == 0
+    assert capsys.readouterr().out == plain.out
+
+
+def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
+    stdin("")
+    okt = tmp_path / "infer.okt"
+    okt.write_text(
+        'PROJECT "demo"\n'
+        "INFERENCE {\n"
+        f'  model: "{okm_files["gpt2"]}"\n'
+        '  format: "Q: {input}\\nA:"\n'
+        "  max_tokens: 7\n"
+        "  params { temperature: 0.0 }\n"
+        "}\n"
+    )
+    assert main(["infer", "-f", str(okt), "--json", "-p", "Hello"]) == 0
+    (record,) = records(capsys.readouterr().out)
+    assert record["generated_tokens"] == 7
+    assert record["prompt_tokens"] > 3  # the template was applied
+    assert main(["infer", "-f", str(okt), "--json", "-p", "Hello", "--max-tokens", "2"]) == 0
+    assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
+
+
+def test_damaged_package_exits_with_a_message(okm_files, capsys, stdin, tmp_path):
+    stdin("")
+    damaged = tmp_path / "damaged.okm"
+    data = bytearray(okm_files["gpt2"].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    assert main(["infer", "--model", str(damaged), "-p", "hi"]) == 3
+    err = capsys.readouterr().err
+    assert "SHA-256" in err and "Traceback" not in err
+    assert main(["infer", "--model", str(tmp_path / "missing.okm"), "-p", "hi"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_no_prompts_is_a_usage_error(okm_files, capsys, stdin):
+    stdin("")
+    assert main(["infer", "--model", str(okm_files["gpt2"])]) == 2
+    assert "no prompts" in capsys.readouterr().err
+
+
+def test_chat_keeps_history_and_exits(okm_files, capsys, stdin):
+    stdin("hello there\n\nhow are you\nbye\nnever read\n")
+    argv = ["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4", "--exit-command", "bye"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 2  # two replies, then "bye"
+
+
+def test_chat_history_stays_in_the_context_window(loaded):
+    from okto.cli.chat import Conversation
+
+    model = loaded["gpt2"]
+    chat = Conversation(model, model.settings(max_tokens=8))
+    chat.turns = [("a long question " * 10, "a long answer " * 10)] * 20
+    prompt = chat.prompt("and now?")
+    assert len(model.encode(prompt)) + 8 <= model.context_window
+    assert prompt.endswith("User: and now?\nAssistant:")
+    assert prompt.count("User:") < 21
+
+
+def test_export_round_trip(hf_dirs, capsys, tmp_path):
+    out = tmp_path / "m.okm"
+    assert (
+        main(["export", "--model", str(hf_dirs["llama"]), "--out", str(out), "--dtype", "bf16"])
+        == 0
+    )
+    assert "bfloat16" in capsys.readouterr().out
+    assert (
+        main(["export", "--model", str(out), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    )
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
