@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationInfo,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -186,7 +187,7 @@ class DatasetConfig(BlockModel):
     max_length: PositiveInt | None = Field(
         None, description="Sequence length in tokens; unset, the model's context window."
     )
-    packing: Bool = Field(False, description="Pack several short records into each sequence.")
+    packing: Bool = Field(True, description="Pack several short records into each sequence.")
     tokenizer: str | None = Field(
         None,
         description='A tokenizer directory, or "train" to train a byte-level BPE on the data.',
@@ -361,10 +362,15 @@ class TrainConfig(BlockModel):
     checkpoint_path: str | None = Field(
         None, description="Checkpoint folder; unset, `checkpoints` under OUTPUT.dir."
     )
-    resume_from_checkpoint: str | None = Field(
-        None, description='A checkpoint to resume from, "auto" for the latest, or false.'
-    )
-    early_stopping: PositiveInt | None = Field(
+    resume_from_checkpoint: Annotated[
+        str | None, WithJsonSchema({"type": ["string", "boolean", "null"]})
+    ] = Field(None, description='A checkpoint to resume from, "auto" (or true) for the latest.')
+    early_stopping: Annotated[
+        PositiveInt | None,
+        WithJsonSchema(
+            {"anyOf": [{"type": "integer", "minimum": 1}, {"type": ["boolean", "null"]}]}
+        ),
+    ] = Field(
         None,
         description=f"Evaluations without improvement before stopping; true means {DEFAULT_PATIENCE}.",
     )
@@ -473,8 +479,8 @@ class InferenceConfig(BlockModel):
         validation_alias=aliases("max_tokens", "max_length", "max_new_tokens"),
         description="New tokens to generate at most.",
     )
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens; 0 = off.")
     do_sample: Bool = Field(True, description="Sample; false decodes greedily.")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens.")
@@ -484,7 +490,7 @@ class InferenceConfig(BlockModel):
     batch_size: PositiveInt = Field(1, description="Prompts generated together.")
     precision: Precision = Field("auto", description="Inference precision.")
     backend: choice("auto", "oktoblas", "cublas") = Field("auto", description="As BLAS.backend.")
-    exit_command: str = Field("/exit", description="What ends an interactive chat.")
+    exit_command: str = Field("exit", description="What ends an interactive chat.")
 
 
 class ExportConfig(BlockModel):

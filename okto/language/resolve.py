@@ -279,7 +279,7 @@ class _Resolver:
                 return self._fields(node.body, model, path, where or str(path[-1]))
             return self._plain_object(node.body, path)
         if isinstance(node, ListValue):
-            item = _list_item(annotation)
+            item = list_item(annotation)
             return [self._value(v, item, (*path, i)) for i, v in enumerate(node.items)]
         return scalar(node)
 
@@ -329,7 +329,7 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _list_item(annotation: Any) -> Any:
+def list_item(annotation: Any) -> Any:
     for option in _unwrap(annotation):
         if typing.get_origin(option) is list:
             return typing.get_args(option)[0]

@@ -1,0 +1,71 @@
+"""`okto check`: validate a `.okt` file without running anything.
+
+Exit 0 when the file is valid (warnings are printed), 2 when it is not. With
+`--strict`, warnings count as errors (notes never do). `--json` prints one
+JSON object for editors and scripts instead of text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from okto.errors import EXIT_INVALID, EXIT_OK, OktoError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check",
+        help="validate a .okt file (no training, no torch)",
+        description="Parse and validate a .okt file and report every problem with its position.",
+    )
+    p.add_argument("-f", "--file", required=True, help="the .okt file to check")
+    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from okto.language import InvalidProgram, load
+
+    try:
+        program = load(args.file)
+    except InvalidProgram as invalid:
+        return _report(args, invalid.errors, invalid.warnings)
+    except OktoError as error:
+        if not args.json:
+            raise
+        print(json.dumps({"file": args.file, "valid": False, "errors": [{"message": str(error)}]}))
+        return error.exit_code
+    if args.strict:
+        errors = [d.as_error() for d in program.warnings if d.severity == "warning"]
+        notes = [d for d in program.warnings if d.severity != "warning"]
+        return _report(args, errors, notes)
+    return _report(args, [], program.warnings)
+
+
+def _report(args, errors: list, warnings: list) -> int:
+    valid = not errors
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "valid": valid,
+                    "errors": [d.to_dict() for d in errors],
+                    "warnings": [d.to_dict() for d in warnings],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK if valid else EXIT_INVALID
+    for diagnostic in [*errors, *warnings]:
+        print(diagnostic.render(), end="\n\n", file=sys.stderr)
+    if valid:
+        count = sum(d.severity == "warning" for d in warnings)
+        tail = f" ({count} warning{'s' if count != 1 else ''})" if count else ""
+        print(f"{args.file}: valid{tail}")
+        return EXIT_OK
+    count = len(errors)
+    print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+    return EXIT_INVALID

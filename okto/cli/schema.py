@@ -1,0 +1,28 @@
+"""`okto schema`: the JSON Schema of the `.okt` language, for editors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "schema",
+        help="print the JSON Schema of the .okt language",
+        description="Print the JSON Schema of the configuration a .okt file describes "
+        "(blocks, fields, aliases, types, defaults), for editors and linters.",
+    )
+    p.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from okto.language.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="")
+    else:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
