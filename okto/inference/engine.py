@@ -119,8 +119,8 @@ class Engine:
         return 2 * spec.n_layer * spec.n_kv_head * spec.head_dim * size
 
     def _shape(self, batch: int, length: int) -> tuple[int, int]:
-        """Bucketed batch and cache length on CUDA graphs (fewer captures), exact elsewhere."""
-        if not self.graphs:
+        """Bucketed batch and cache length on CUDA (fewer captures, graphs or not), exact on CPU."""
+        if self.device.type != "cuda":
             return batch, length
         bucket = 1 << (batch - 1).bit_length() if batch <= 64 else -(-batch // 64) * 64
         return bucket, -(-length // _GRAPH_LENGTH_STEP) * _GRAPH_LENGTH_STEP

@@ -404,7 +404,7 @@ def load_model(
         engine = HFEngine(build_model(config, state, device, target), pad, note)
         context = _context_window(config, tokenizer)
     else:
-        chosen = ops.select(device, target, backend)
+        chosen = ops.select(device, target, spec, backend)
         engine = Engine(decoder.build(spec, state, chosen, device, target), cuda_graphs)
         context = spec.max_positions
     defaults = Settings().merged(_from_defaults(checkpoint.generation_defaults))

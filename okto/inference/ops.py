@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from okto.inference.spec import Spec
+
 BACKENDS = ("auto", "okto", "native", "hf")
 
 
@@ -78,25 +80,41 @@ def _kernel_adapters(kernels) -> dict[str, Callable]:
     }
 
 
-def _probe_inputs(name: str, dtype, device) -> tuple:
+def _probe_inputs(name: str, spec: Spec, dtype, device) -> list[tuple]:
+    """Arguments shaped like the model's own calls (odd sizes included), one tuple per case."""
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def r(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
+    h, kv, d, dim = spec.n_head, spec.n_kv_head, spec.head_dim, spec.dim
     if name == "linear":
-        return r(3, 5, 64), r(96, 64), r(96)
+        qkv = (h + 2 * kv) * d
+        return [(r(2, 7, dim), r(qkv, dim), r(qkv)), (r(3, 1, dim), r(spec.vocab_size, dim), None)]
     if name == "layer_norm":
-        return r(3, 5, 64), r(64), r(64), 1e-5
+        return [(r(2, 7, dim), r(dim), r(dim), spec.norm_eps)]
     if name == "rms_norm":
-        return r(3, 5, 64), r(64), 1e-6
+        return [(r(2, 7, dim), r(dim), spec.norm_eps)]
     if name == "prefill_attention":
-        return r(2, 4, 7, 64), r(2, 2, 7, 64), r(2, 2, 7, 64), 0.125
-    lengths = torch.tensor([3, 17], device=device, dtype=torch.int64)
-    return r(2, 4, 64), r(2, 2, 32, 64), r(2, 2, 32, 64), lengths, 0.125
+        return [(r(2, h, 7, d), r(2, kv, 7, d), r(2, kv, 7, d), d**-0.5)]
+    lengths = torch.tensor([3, 37], device=device, dtype=torch.int64)
+    return [(r(2, h, d), r(2, kv, 40, d), r(2, kv, 40, d), lengths, d**-0.5)]
 
 
-def select(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> Ops:
+def _disagreement(fn, reference, cases) -> str | None:
+    """Why `fn` cannot stand in for `reference` on these cases, or None when it can."""
+    for args in cases:
+        expected = reference(*args).float()
+        try:
+            error = (fn(*args).float() - expected).abs().max().item()
+        except Exception as e:  # a kernel that cannot run here must not stop generation
+            return f"{type(e).__name__}: {e}"
+        if not error <= 5e-2 * max(1.0, expected.abs().max().item()):
+            return f"differs from PyTorch by {error:.3g}"
+    return None
+
+
+def select(device: torch.device, dtype: torch.dtype, spec: Spec, backend: str = "auto") -> Ops:
     """PyTorch ops, with okto's kernels swapped in on CUDA unless `backend` is native."""
     ops = Ops()
     if device.type != "cuda" or backend == "native":
@@ -105,15 +123,9 @@ def select(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> O
 
     chosen, notes = {}, []
     for name, fn in _kernel_adapters(okto.kernels).items():
-        args = _probe_inputs(name, dtype, device)
-        reference = getattr(ops, name)(*args).float()
-        try:
-            error = (fn(*args).float() - reference).abs().max().item()
-        except Exception as e:  # a kernel that cannot run here must not stop generation
-            notes.append(f"kernel {name} not used: {type(e).__name__}: {e}")
-            continue
-        if error > 5e-2 * max(1.0, reference.abs().max().item()):
-            notes.append(f"kernel {name} not used: differs from PyTorch by {error:.3g}")
-            continue
-        chosen[name] = fn
+        problem = _disagreement(fn, getattr(ops, name), _probe_inputs(name, spec, dtype, device))
+        if problem is None:
+            chosen[name] = fn
+        else:
+            notes.append(f"kernel {name} not used: {problem}")
     return replace(ops, **chosen, kernels=tuple(chosen), notes=tuple(notes))

@@ -173,3 +173,32 @@ def test_hf_backend_and_unsupported_architecture_fall_back(hf_dirs, loaded, tmp_
     assert "not 'opt'" in opt.notes[0]
     (g,) = opt.generate("Hello", max_tokens=5, temperature=0, stop="zzz")
     assert g.generated_tokens <= 5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="on a GPU, test_gpu.py runs the compiled kernels"
+)
+def test_okto_kernels_plug_in(loaded, monkeypatch):
+    """okto's Triton kernels (Triton's interpreter on CPU) give the same tokens as PyTorch ops."""
+    import dataclasses
+
+    import okto.kernels
+    from okto.inference import decoder, ops
+    from okto.inference.engine import Engine
+
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = loaded["llama"]
+    expected = model.generate(PROMPTS[0], max_tokens=4, temperature=0)[0].token_ids
+    adapters = ops._kernel_adapters(okto.kernels)
+    assert set(adapters) == {f.name for f in dataclasses.fields(ops.Ops)} - {"kernels", "notes"}
+    kernel_ops = dataclasses.replace(ops.Ops(), **adapters)
+    spec = model.engine.model.spec
+    engine = Engine(
+        decoder.build(
+            spec, model.checkpoint.tensors(), kernel_ops, torch.device("cpu"), torch.float32
+        )
+    )
+    monkeypatch.setattr(model, "engine", engine)
+    assert model.generate(PROMPTS[0], max_tokens=4, temperature=0)[0].token_ids == expected
