@@ -47,13 +47,6 @@ def _check_against_float64(fn, ref, inputs, tol, grad_tol=None):
             assert rel_error(got.grad, want.grad) < (grad_tol or tol)
 
 
-@pytest.fixture(params=["simple", "tma"])
-def path(request, monkeypatch):
-    """Both kernels: `tma` runs the Hopper kernel (in the interpreter too) where layouts allow."""
-    monkeypatch.setenv("OKTO_GEMM", request.param)
-    return request.param
-
-
 @pytest.fixture
 def tma_launches(monkeypatch):
     """Counts launches of the TMA kernel."""
@@ -96,9 +89,11 @@ def test_every_epilogue_forward_backward(dtype, bias, activation, residual):
     _check_against_float64(fn, ref, [a, b, bias_t, res_t], TOL[dtype])
 
 
-@pytest.mark.parametrize("b_col_major", [False, True])
-@pytest.mark.parametrize("a_col_major", [False, True])
-def test_tma_kernel_every_layout(monkeypatch, tma_launches, a_col_major, b_col_major):
+@pytest.mark.parametrize(
+    "a_col_major, b_col_major, batch",
+    [(False, False, 0), (False, True, 0), (True, False, 0), (True, True, 0), (False, True, 2)],
+)
+def test_tma_kernel_every_layout(monkeypatch, tma_launches, a_col_major, b_col_major, batch):
     """The Hopper kernel (persistent loop, split epilogue, descriptors) in the interpreter."""
     monkeypatch.setenv("OKTO_GEMM", "tma")
     m, k, n = 40, 72, 56  # fp16 rows of 16-byte multiples, as TMA needs; tiles still ragged
@@ -107,6 +102,8 @@ def test_tma_kernel_every_layout(monkeypatch, tma_launches, a_col_major, b_col_m
     a, b = a.to(torch.float16), (b / math.sqrt(k)).to(torch.float16)
     bias = torch.randn(n).to(torch.float16)
     res = torch.randn(m, n).to(torch.float16)
+    if batch:  # [B, M/B, K] @ [K, N]: rows merge into one TMA GEMM
+        a, res = a.reshape(batch, m // batch, k), res.reshape(batch, m // batch, n)
 
     def fn(a, b, bias, res):
         return gemm(a, b, bias, res, "gelu_tanh")
@@ -126,7 +123,7 @@ def test_tma_falls_back_when_strides_do_not_fit(monkeypatch, tma_launches):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_transposed_and_strided_inputs(dtype, path):
+def test_transposed_and_strided_inputs(dtype):
     m, k, n = 37, 71, 53
     a = torch.randn(k, m, device=DEVICE).to(dtype).T  # column-major
     big = torch.randn(2 * k, 3 * n, device=DEVICE).to(dtype) / math.sqrt(k)
@@ -152,13 +149,13 @@ def test_strided_inputs_reach_the_kernel_without_copies(monkeypatch):
 @pytest.mark.parametrize(
     "a_shape, b_shape, a_permuted",
     [
-        ((3, 37, 71), (71, 53), False),  # rows merge: one tall GEMM
-        ((3, 37, 71), (71, 53), True),  # rows do not merge: batched kernel, B broadcast
-        ((3, 37, 71), (3, 71, 53), False),
-        ((37, 71), (3, 71, 53), False),  # A broadcast over B's batch
+        ((2, 37, 71), (71, 53), False),  # rows merge: one tall GEMM
+        ((2, 37, 71), (71, 53), True),  # rows do not merge: batched kernel, B broadcast
+        ((2, 37, 71), (2, 71, 53), False),
+        ((37, 71), (2, 71, 53), False),  # A broadcast over B's batch
     ],
 )
-def test_batched_forward_backward(a_shape, b_shape, a_permuted, path):
+def test_batched_forward_backward(a_shape, b_shape, a_permuted):
     dtype = torch.float16
     a, b = _operands(a_shape, b_shape, dtype)
     if a_permuted:
@@ -308,7 +305,64 @@ def test_unknown_path_is_refused(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# GPU: real sizes, bf16, the Hopper path, inductor
+# GPU: every autotuning configuration, real sizes, bf16, the Hopper path, inductor
+#
+# Autotuning keeps one configuration per shape class, so a configuration that
+# miscompiles would only show when it wins; the first two tests run every one.
+
+
+def _each_config(monkeypatch, kernel, run):
+    """Call run() with the autotuner pinned to each of its configurations in turn."""
+    from triton.runtime.errors import OutOfResources
+
+    ran = []
+    for cfg in list(kernel.configs):
+        monkeypatch.setattr(kernel, "configs", [cfg])
+        try:
+            run()
+        except OutOfResources:  # e.g. fp32 tiles whose stages exceed shared memory
+            continue
+        ran.append(cfg)
+    assert ran, "no configuration fits this GPU"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("col_major", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_every_tma_config(monkeypatch, tma_launches, dtype, col_major):
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA kernels need sm_90+")
+    m, k, n = 1000, 520, 776  # ragged against every tile; rows 16-byte aligned
+    a = torch.randn(k, m, device="cuda").T if col_major else torch.randn(m, k, device="cuda")
+    b = torch.randn(n, k, device="cuda").T if col_major else torch.randn(k, n, device="cuda")
+    a, b = a.to(dtype), (b / math.sqrt(k)).to(dtype)
+    bias = torch.randn(n, device="cuda").to(dtype)
+    res = torch.randn(m, n, device="cuda").to(dtype)
+    args64 = [t.double() for t in (a, b, bias)]
+    want_pre = gemm_reference(*args64)
+    want = gemm_reference(*args64, res.double(), "gelu_tanh")
+
+    def run():
+        out, pre = gemm_module._gemm_op(a, b, bias, res, "gelu_tanh", True)
+        assert rel_error(out, want) < TOL[dtype] and rel_error(pre, want_pre) < TOL[dtype]
+
+    _each_config(monkeypatch, gemm_module._gemm_tma_kernel, run)
+    assert tma_launches
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_every_simple_config(monkeypatch, dtype):
+    monkeypatch.setenv("OKTO_GEMM", "simple")
+    a, b = _operands((3, 333, 517), (517, 129), dtype)
+    a = a.transpose(0, 1).contiguous().transpose(0, 1)  # batched: rows do not merge
+    bias = torch.randn(129, device="cuda").to(dtype)
+    want = gemm_reference(a.double(), b.double(), bias.double(), None, "gelu")
+
+    def run():
+        assert rel_error(gemm(a, b, bias, None, "gelu"), want) < TOL[dtype]
+
+    _each_config(monkeypatch, gemm_module._gemm_kernel, run)
 
 
 GPU_SHAPES = [(4096, 4096, 4096), (2048, 768, 3072), (2048, 3072, 768), (1000, 1000, 1000)]
@@ -317,16 +371,17 @@ GPU_SHAPES = [(4096, 4096, 4096), (2048, 768, 3072), (2048, 3072, 768), (1000, 1
 @pytest.mark.gpu
 @pytest.mark.parametrize("m, k, n", GPU_SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_matmul_real_sizes(dtype, m, k, n, path):
+def test_gpu_matmul_real_sizes(dtype, m, k, n):
     a, b = _operands((m, k), (k, n), dtype)
     _check_against_float64(matmul, torch.matmul, [a, b], TOL[dtype])
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", ["out_in", "in_out"])
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize(
+    "activation, layout", [("gelu_tanh", "in_out"), ("gelu", "out_in"), ("none", "out_in")]
+)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_fused_linear_gpt2_mlp(dtype, activation, layout, path):
+def test_gpu_fused_linear_gpt2_mlp(dtype, activation, layout):
     x = torch.randn(4, 512, 768, device="cuda").to(dtype)
     w_in_out = (torch.randn(768, 3072, device="cuda") / math.sqrt(768)).to(dtype)
     weight = w_in_out.T.contiguous() if layout == "out_in" else w_in_out
@@ -346,7 +401,7 @@ def test_gpu_fused_linear_gpt2_mlp(dtype, activation, layout, path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_odd_batched_and_strided(dtype, path):
+def test_gpu_odd_batched_and_strided(dtype):
     a, b = _operands((3, 333, 517), (3, 517, 129), dtype)
     _check_against_float64(matmul, torch.matmul, [a, b], TOL[dtype])
     a = torch.randn(517, 333, device="cuda").to(dtype).T
