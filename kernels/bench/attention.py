@@ -1,14 +1,16 @@
 """Attention benchmark cases: okto's flash attention against SDPA, forward, forward+backward
 and decoding, on the shapes users quote.
 
-Baselines are SDPA with PyTorch's own backend choice and SDPA pinned to its flash
-backend. FLOPs count the two matmuls of the forward (4 B H Sq Skv D) and, for
+Baselines are SDPA with PyTorch's own backend choice, and SDPA pinned to its flash
+and its cuDNN backends (so the table shows which one the default picked; a backend
+this build lacks is reported as failed). FLOPs count the two matmuls of the forward (4 B H Sq Skv D) and, for
 forward+backward, the five more of the backward (14 B H S^2 D in all); causal
 cases count half. The decode case reports bandwidth over the KV cache it reads.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -38,9 +40,19 @@ def _sdpa(q, k, v, causal):
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
-def _sdpa_flash(q, k, v, causal):
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+def _pinned(backend):
+    def sdpa(q, k, v, causal):
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return sdpa
+
+
+_SDPA = {
+    "SDPA": _sdpa,
+    "SDPA (flash)": _pinned(SDPBackend.FLASH_ATTENTION),
+    "SDPA (cuDNN)": _pinned(SDPBackend.CUDNN_ATTENTION),
+}
 
 
 def _name(b, h, s, d, causal) -> str:
@@ -53,10 +65,7 @@ def _forward_case(b, h, s, d, causal, dtype) -> Case:
         suite="attention",
         name=_name(b, h, s, d, causal) + " fwd",
         okto=lambda: attention(q, k, v, causal=causal),
-        baselines={
-            "SDPA": lambda: _sdpa(q, k, v, causal),
-            "SDPA (flash)": lambda: _sdpa_flash(q, k, v, causal),
-        },
+        baselines={label: functools.partial(fn, q, k, v, causal) for label, fn in _SDPA.items()},
         flops=4 * b * h * s * s * d * (0.5 if causal else 1.0),
         per_item=("sequence", b),
     )
@@ -76,8 +85,7 @@ def _backward_case(b, h, s, d, causal, dtype) -> Case:
         name=_name(b, h, s, d, causal) + " fwd+bwd",
         okto=step(lambda: attention(q, k, v, causal=causal)),
         baselines={
-            "SDPA": step(lambda: _sdpa(q, k, v, causal)),
-            "SDPA (flash)": step(lambda: _sdpa_flash(q, k, v, causal)),
+            label: step(functools.partial(fn, q, k, v, causal)) for label, fn in _SDPA.items()
         },
         flops=14 * b * h * s * s * d * (0.5 if causal else 1.0),
         per_item=("sequence", b),
@@ -94,8 +102,7 @@ def _decode_case(b, hq, hkv, sq, cache, d, dtype) -> Case:
         name=f"decode B{b} Hq{hq} Hkv{hkv} q{sq} cache{cache} D{d}",
         okto=lambda: decode_attention(q, k_cache, v_cache, lens),
         baselines={
-            "SDPA": lambda: _sdpa(q, k_cache, v_cache, False),
-            "SDPA (flash)": lambda: _sdpa_flash(q, k_cache, v_cache, False),
+            label: functools.partial(fn, q, k_cache, v_cache, False) for label, fn in _SDPA.items()
         },
         bytes=(k_cache.numel() + v_cache.numel() + 2 * q.numel()) * size,
         per_item=("sequence", b),
