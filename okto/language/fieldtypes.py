@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, WithJsonSchema
+import annotated_types
+from pydantic import AliasChoices, BeforeValidator, WithJsonSchema
 
 
 def choice(*values: str, variants: dict[str, str] | None = None):
@@ -74,4 +75,4 @@ Device = Annotated[
     WithJsonSchema({"type": "string", "pattern": "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"}),
 ]
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[int, annotated_types.Ge(1)]
