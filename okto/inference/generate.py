@@ -286,7 +286,7 @@ class Model:
             decode_tokens_per_s=decode_tokens / (end - first) if end > first else 0.0,
             total_tokens_per_s=generated / (end - tracker.t0),
             decode_gb_per_s=self._decode_gb_per_s(tracker, end - first),
-            peak_gb_per_s=_peak_gb_per_s(self.engine.device),
+            peak_gb_per_s=peak_gb_per_s(self.engine.device),
         )
         out = []
         for row in rows:
@@ -332,7 +332,8 @@ class Model:
         return (steps * self.engine.weight_bytes + kv_tokens * per_token) / seconds / 1e9
 
 
-def _peak_gb_per_s(device) -> float | None:
+def peak_gb_per_s(device) -> float | None:
+    """The device's datasheet memory bandwidth in GB/s (None on a CPU or an unknown GPU)."""
     if device.type != "cuda":
         return None
     import torch
