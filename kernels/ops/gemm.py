@@ -232,6 +232,7 @@ def _tma_store_tile(
     acc,
     off_m,
     off_n,
+    row,  # the row C is stored at: off_m, or off_m within its K slice's slab
     c_desc,
     p_desc,
     bias_ptr,
@@ -256,12 +257,12 @@ def _tma_store_tile(
     )  # fmt: skip
     if SAVE_PREACT:
         p_desc.store([off_m, off_n], pre.to(dtype))
-    c_desc.store([off_m, off_n], out.to(dtype))
+    c_desc.store([row, off_n], out.to(dtype))
 
 
 @autotune(
     _tma_configs(),
-    key=["M_BUCKET", "N", "K", "A_COL_MAJOR", "B_COL_MAJOR", *_EPILOGUE_KEY],
+    key=["M_BUCKET", "N", "K", "A_COL_MAJOR", "B_COL_MAJOR", "SPLIT_K", *_EPILOGUE_KEY],
 )
 @triton.jit
 def _gemm_tma_kernel(
@@ -274,6 +275,7 @@ def _gemm_tma_kernel(
     M,
     N,
     K,
+    M_PAD,  # rows of one K slice's partial sums in C when SPLIT_K > 1 (else M)
     stride_a,  # the row stride of A as stored: [M, K], or [K, M] when A_COL_MAJOR
     stride_b,  # the row stride of B as stored: [K, N], or [N, K] when B_COL_MAJOR
     stride_rm,
@@ -285,6 +287,7 @@ def _gemm_tma_kernel(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PREACT: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -312,8 +315,9 @@ def _gemm_tma_kernel(
         )
     dtype = c_ptr.dtype.element_ty
     SUB_N: tl.constexpr = BLOCK_N // EPILOGUE_SPLIT
+    # With SPLIT_K > 1, C is fp32 scratch: one [M_PAD, N] slab of partial sums per K slice.
     c_desc = tl.make_tensor_descriptor(
-        c_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N]
+        c_ptr, shape=[SPLIT_K * M_PAD, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N]
     )
     if SAVE_PREACT:
         p_desc = tl.make_tensor_descriptor(
@@ -326,44 +330,48 @@ def _gemm_tma_kernel(
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_tiles = num_pid_m * num_pid_n
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    # The epilogue recomputes its tile from a counter of its own, so the pipeliner
-    # can overlap it with the next tile's first loads (as in Triton's tutorial).
-    tile_c = start - NUM_SMS
-    for tile in tl.range(
-        start, num_tiles, NUM_SMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE
+    # Work unit w is output tile w % num_tiles over K slice w // num_tiles; every slice has
+    # the same trip count (the last may run past K, where TMA reads zeros).
+    k_steps = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)
+    # The epilogue recomputes its unit from a counter of its own, so the pipeliner
+    # can overlap it with the next unit's first loads (as in Triton's tutorial).
+    work_c = start - NUM_SMS
+    for work in tl.range(
+        start, num_tiles * SPLIT_K, NUM_SMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE
     ):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = _tile_coords(work % num_tiles, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
+        k_first = (work // num_tiles) * k_steps
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
-            off_k = ki * BLOCK_K
+        for ki in range(k_steps):
+            off_k = (k_first + ki) * BLOCK_K
             # K-major tiles (transposed operands) are transposed in shared memory.
             a = a_desc.load([off_k, off_m]).T if A_COL_MAJOR else a_desc.load([off_m, off_k])
             b = b_desc.load([off_n, off_k]).T if B_COL_MAJOR else b_desc.load([off_k, off_n])
             acc = tl.dot(a, b, acc)
 
-        tile_c += NUM_SMS
-        pid_m, pid_n = _tile_coords(tile_c, num_pid_m, num_pid_n, GROUP_M)
+        work_c += NUM_SMS
+        pid_m, pid_n = _tile_coords(work_c % num_tiles, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
+        row = (work_c // num_tiles) * M_PAD + off_m
         if EPILOGUE_SPLIT == 2:
             # Two half-width stores: half the shared-memory staging, fewer live registers.
             halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1))
             acc0, acc1 = tl.split(halves)
             _tma_store_tile(
-                acc0, off_m, off_n, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm, stride_rn,
-                dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, SUB_N,
+                acc0, off_m, off_n, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
+                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, SUB_N,
             )  # fmt: skip
             _tma_store_tile(
-                acc1, off_m, off_n + SUB_N, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
+                acc1, off_m, off_n + SUB_N, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
                 stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, SUB_N,
             )  # fmt: skip
         else:
             _tma_store_tile(
-                acc, off_m, off_n, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm, stride_rn,
-                dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, BLOCK_N,
+                acc, off_m, off_n, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
+                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, BLOCK_N,
             )  # fmt: skip
 
 
@@ -463,18 +471,58 @@ def _use_tma(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> bool:
     return _tma_layout(a) is not None and _tma_layout(b) is not None
 
 
+SPLIT_K_MIN_K = 4096  # shorter reductions are never split
+SPLIT_K_MIN_SLICE = 512  # nor into slices shorter than this
+SPLIT_K_MAX = 8
+# One SM takes a 128x128 tile one element further along K (2*128*128 FLOPs) in about
+# the time HBM moves this many bytes (Hopper: ~5 dense fp16 TFLOP/s per SM, ~3 TB/s).
+_TILE_STEP_BYTES = 20_000
+
+
+def _split_k(m: int, n: int, k: int, sms: int) -> int:
+    """K slices for a plain GEMM with few output tiles and a long reduction (1: no split).
+
+    Too few tiles leave SMs idle (GPT-2's weight gradients: a 768x3072 output over
+    16384 tokens is 144 tiles on 132 SMs, two waves for one's work). Splitting K
+    makes more work units; each slice costs an fp32 [M, N] write and read back.
+    The model: waves of units times the slice length, plus that traffic.
+    """
+    tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+    if k < SPLIT_K_MIN_K or tiles >= 2 * sms:
+        return 1
+
+    def cost(s: int) -> float:
+        waves = triton.cdiv(tiles * s, sms)
+        traffic = s * m * n * 8 if s > 1 else 0
+        return waves * triton.cdiv(k, s) + traffic / _TILE_STEP_BYTES
+
+    splits = [s for s in range(1, SPLIT_K_MAX + 1) if s == 1 or k // s >= SPLIT_K_MIN_SLICE]
+    return min(splits, key=cost)
+
+
 def _launch_tma(a, b, out, preact, bias, residual, m, n, k, r_strides, flags):
     (a_col, stride_a), (b_col, stride_b) = _tma_layout(a), _tma_layout(b)
     sms = 3 if backend.interpreting() else _sm_count(a.device)
+    plain = not any(flags.values())
+    split = _split_k(m, n, k, sms) if plain else 1
+    # Partial sums go to fp32 slabs whose row count is a multiple of every BLOCK_M.
+    m_pad = triton.cdiv(m, 256) * 256 if split > 1 else m
+    target = (
+        backend.empty(split * m_pad, n, dtype=torch.float32, device=a.device) if split > 1 else out
+    )
 
     def grid(meta):
-        return (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        return (min(sms, tiles * split),)
 
     triton.set_allocator(_tma_workspace)  # per launch: the allocator is a context variable
     _gemm_tma_kernel[grid](
-        a, b, out, preact, bias, residual, m, n, k, stride_a, stride_b, *r_strides,
-        triton.next_power_of_2(m), A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, NUM_SMS=sms, **flags,
+        a, b, target, preact, bias, residual, m, n, k, m_pad, stride_a, stride_b, *r_strides,
+        triton.next_power_of_2(m), A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split,
+        NUM_SMS=sms, **flags,
     )  # fmt: skip
+    if split > 1:  # a fixed-order sum: deterministic, unlike atomics
+        out.view(m, n).copy_(target.view(split, m_pad, n)[:, :m].sum(0))
 
 
 def _launch_simple(a3, b3, out, preact, bias, residual3, batch, m, n, k, flags):

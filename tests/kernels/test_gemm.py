@@ -115,6 +115,24 @@ def test_tma_kernel_every_layout(monkeypatch, tma_launches, a_col_major, b_col_m
     assert len(tma_launches) == 3  # forward, dA, dB
 
 
+def test_tma_split_k_sums_every_slice(monkeypatch, tma_launches):
+    """Split-K (few output tiles, long K): slices of equal length, the last past K."""
+    monkeypatch.setenv("OKTO_GEMM", "tma")
+    monkeypatch.setattr(gemm_module, "_split_k", lambda m, n, k, sms: 3)
+    a, b = _operands((40, 72), (72, 56), torch.float16)  # 5 K steps of 16: slices 2, 2, 1+pad
+    _check_against_float64(matmul, torch.matmul, [a.T.contiguous().T, b], TOL[torch.float16])
+    assert len(tma_launches) == 3
+
+
+def test_split_k_only_where_output_tiles_are_too_few():
+    sms = 132  # H100 SXM
+    assert gemm_module._split_k(768, 3072, 16384, sms) > 1  # GPT-2 weight gradients
+    assert gemm_module._split_k(768, 768, 16384, sms) > 1
+    assert gemm_module._split_k(768, 50304, 16384, sms) == 1  # enough tiles already
+    assert gemm_module._split_k(16384, 3072, 768, sms) == 1  # short K
+    assert gemm_module._split_k(8192, 8192, 8192, sms) == 1
+
+
 def test_tma_falls_back_when_strides_do_not_fit(monkeypatch, tma_launches):
     monkeypatch.setenv("OKTO_GEMM", "tma")
     a, b = _operands((37, 71), (71, 53), torch.float16)  # rows of 142 bytes: not 16-aligned
@@ -363,6 +381,24 @@ def test_gpu_every_simple_config(monkeypatch, dtype):
         assert rel_error(gemm(a, b, bias, None, "gelu"), want) < TOL[dtype]
 
     _each_config(monkeypatch, gemm_module._gemm_kernel, run)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_every_tma_config_split_k(monkeypatch, tma_launches, dtype):
+    """GPT-2's weight gradient shape, x^T @ dY, which the heuristic splits along K."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA kernels need sm_90+")
+    x = torch.randn(16384, 768, device="cuda").to(dtype)
+    dy = (torch.randn(16384, 3072, device="cuda") / 128).to(dtype)
+    assert gemm_module._split_k(768, 3072, 16384, gemm_module._sm_count(x.device)) > 1
+    want = x.double().T @ dy.double()
+
+    def run():
+        assert rel_error(matmul(x.T, dy), want) < TOL[dtype]
+
+    _each_config(monkeypatch, gemm_module._gemm_tma_kernel, run)
+    assert tma_launches
 
 
 GPU_SHAPES = [(4096, 4096, 4096), (2048, 768, 3072), (2048, 3072, 768), (1000, 1000, 1000)]
