@@ -141,7 +141,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """The closest of `choices` to `word`, compared without regard to case."""
     choices = list(choices)
     by_folded = {c.lower(): c for c in choices}
-    match = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.6)
+    match = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.7)
     return by_folded[match[0]] if match else None
 
 

@@ -158,7 +158,7 @@ class ToSyntax(Transformer):
         return StopStatement(_span(meta))
 
     def verb_action(self, meta, children):
-        verb, *value = children  # `WITH value` is optional
+        verb, *value = children  # REPLACE [WITH value], RETURN value
         return VerbStatement(_span(meta), str(verb), value[0] if value else None)
 
     # ---- values

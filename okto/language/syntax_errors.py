@@ -22,7 +22,10 @@ _PUNCTUATION = {
     "RPAR": "')'",
     "EQUAL": "'='",
 }
-_VALUES = {"STRING", "NUMBER", "QUANTITY", "TRUE", "FALSE"}
+_SCALARS = {"STRING", "NUMBER", "QUANTITY"}
+_VALUES = _SCALARS | {"TRUE", "FALSE"}
+# What may follow a top-level keyword: its value, or the `{` of its body.
+_AFTER_KEYWORD = _SCALARS | {"LSQB", "LBRACE"}
 _STATEMENTS = {
     "IF",
     "WHEN",
@@ -50,7 +53,7 @@ _TYPOGRAPHIC_SINGLE = "‘’‚‛′"
 def expected_words(names: set[str]) -> str:
     """`{"RBRACE", "COLON", ...}` -> "'}' or ':'"; groups values and statements."""
     names = set(names)
-    if names <= {"NAME", "$END"} and "NAME" in names:
+    if names == {"NAME", "$END"}:
         phrases = ['a block (KEYWORD { ... }) or a header (PROJECT "name")']
         names.clear()
     else:
@@ -59,7 +62,7 @@ def expected_words(names: set[str]) -> str:
         names -= _STATEMENTS | {"NAME", "STRING"}
         item = "a field (name: value), a block (name { ... }) or a statement (IF, SET, LOG, ...)"
         phrases.append(item)
-    if names >= _VALUES:
+    if names >= _SCALARS:
         names -= _VALUES | {"NAME", "LSQB"}
         phrases.append("a value")
     for name in _ORDER:
@@ -153,7 +156,7 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
     elif token.type == "COLON" and "LBRACE" in expected and "COMPARE" not in expected:
         message = f"'{previous}:' is a field, and fields go inside a block"
         hint = "for example: TRAIN { epochs: 3 }"
-    elif expected == _VALUES | {"LSQB", "LBRACE"} and previous:
+    elif expected - {"TRUE", "FALSE"} == _AFTER_KEYWORD and previous:
         message = f"'{previous}' needs a value or a body in braces before {_found(token)}"
         hint = f'for example: {previous} "a value" or {previous} {{ ... }}'
     elif token.type == "EQUAL" and "COLON" in expected:
@@ -163,6 +166,8 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         hint = f"write {previous}: {token}"
     else:
         message = f"unexpected {_found(token)}: expected {words}"
+        if previous in _STATEMENTS:
+            hint = f"{previous} is a keyword: it cannot name a field or a block"
     return Diagnostic("error", message, source, span, hint)
 
 

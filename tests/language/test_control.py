@@ -1,0 +1,356 @@
+"""CONTROL (spec section 4): rules as typed objects, their evaluation, and
+the check-time errors and warnings."""
+
+from __future__ import annotations
+
+import pytest
+
+from okto.language.control import (
+    AdjustAction,
+    AllOf,
+    AnyOf,
+    Comparison,
+    LogAction,
+    Rule,
+    SaveAction,
+    SetAction,
+    StopAction,
+)
+from okto.language.quantities import Quantity
+from tests.language.util import error, errors, program, warnings
+
+
+def rules(body: str) -> list[Rule]:
+    return program(f"CONTROL {{\n{body}\n}}").config.control
+
+
+def test_the_spec_example():
+    found = rules(
+        """
+        on_epoch_end { SAVE model  LOG "epoch done" }
+        EVERY 500 steps { SAVE checkpoint }
+        IF loss > 3.0 { SET learning_rate = 0.00005  LOG "lowering lr" }
+        IF epoch > 5 AND val_loss > 2.0 { STOP }
+        on_nan { DECREASE learning_rate BY 50% }
+        """
+    )
+    assert found == [
+        Rule(
+            kind="event",
+            event="on_epoch_end",
+            actions=[SaveAction(target="model"), LogAction(message="epoch done")],
+        ),
+        Rule(
+            kind="every",
+            event="on_step_end",
+            interval=500,
+            actions=[SaveAction(target="checkpoint")],
+        ),
+        Rule(
+            kind="if",
+            event="on_step_end",
+            condition=Comparison(metric="loss", op=">", value=3.0),
+            actions=[
+                SetAction(field="learning_rate", value=5e-5),
+                LogAction(message="lowering lr"),
+            ],
+        ),
+        Rule(
+            kind="if",
+            event="on_step_end",
+            condition=AllOf(
+                conditions=[
+                    Comparison(metric="epoch", op=">", value=5),
+                    Comparison(metric="val_loss", op=">", value=2.0),
+                ]
+            ),
+            actions=[StopAction()],
+        ),
+        Rule(
+            kind="event",
+            event="on_nan",
+            actions=[
+                AdjustAction(kind="decrease", field="learning_rate", amount=0.5, relative=True)
+            ],
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "event", ["on_step_end", "on_epoch_end", "on_eval", "on_nan", "on_plateau"]
+)
+def test_event_blocks(event):
+    (rule,) = rules(f"{event} {{ STOP }}")
+    assert (rule.kind, rule.event, rule.actions) == ("event", event, [StopAction()])
+
+
+def test_when_every_epochs_and_nesting():
+    (outer, when, every) = rules(
+        """
+        on_epoch_end {
+          IF loss > 2 { WHEN accuracy < 0.5 { STOP_TRAINING } }
+          EVERY 2 epochs { SAVE "ep-{epoch}" }
+        }
+        WHEN gpu_memory < 12GB { SET batch_size = 16 }
+        EVERY 3 epochs { LOG loss }
+        """
+    )
+    nested_if, nested_every = outer.actions
+    assert nested_if.event == "on_epoch_end"
+    assert nested_if.actions[0].kind == "when"
+    assert nested_if.actions[0].event == "on_epoch_end"
+    assert nested_every == Rule(
+        kind="every",
+        event="on_epoch_end",
+        interval=2,
+        actions=[SaveAction(target="model", label="ep-{epoch}")],
+    )
+    assert when.condition == Comparison(metric="gpu_memory", op="<", value=Quantity(12, "GB"))
+    assert (every.event, every.interval, every.actions) == (
+        "on_epoch_end",
+        3,
+        [LogAction(metric="loss")],
+    )
+
+
+def test_and_binds_tighter_than_or_and_parentheses_group():
+    (plain, grouped) = rules(
+        """
+        IF loss > 1 OR step > 2 AND lr < 3 { STOP }
+        IF (loss > 1 OR step > 2) AND lr < 3 { STOP }
+        """
+    )
+    assert isinstance(plain.condition, AnyOf)
+    assert isinstance(plain.condition.conditions[1], AllOf)
+    assert isinstance(grouped.condition, AllOf)
+    assert isinstance(grouped.condition.conditions[0], AnyOf)
+
+
+def test_set_aliases_and_adjustments():
+    (rule,) = rules(
+        """
+        IF step > 1K {
+          SET LR = 0.001  SET lr = 0.002  SET log_interval = 5
+          INCREASE batch_size BY 2  DECREASE weight_decay BY 10%
+        }
+        """
+    )
+    assert rule.condition.value == Quantity(1, "K")
+    assert rule.actions == [
+        SetAction(field="learning_rate", value=0.001),
+        SetAction(field="learning_rate", value=0.002),
+        SetAction(field="logging_steps", value=5),
+        AdjustAction(kind="increase", field="batch_size", amount=2, relative=False),
+        AdjustAction(kind="decrease", field="weight_decay", amount=0.1, relative=True),
+    ]
+
+
+def test_adjust_apply():
+    half = AdjustAction(kind="decrease", field="learning_rate", amount=0.5, relative=True)
+    plus = AdjustAction(kind="increase", field="batch_size", amount=4, relative=False)
+    assert half.apply(0.2) == pytest.approx(0.1)
+    assert plus.apply(8) == 12
+
+
+def test_condition_evaluation():
+    (rule,) = rules("IF loss > 2 AND (gpu_memory < 12GB OR gpu_usage >= 90%) { STOP }")
+    assert rule.holds({"loss": 3, "gpu_memory": 8e9, "gpu_usage": 10})
+    assert rule.holds({"loss": 3, "gpu_memory": 20e9, "gpu_usage": 95})
+    assert not rule.holds({"loss": 3, "gpu_memory": 20e9, "gpu_usage": 50})
+    assert not rule.holds({"loss": 1, "gpu_memory": 1e9})
+    # A missing metric (GPU metrics on a CPU) makes its comparison false.
+    assert not rule.holds({"loss": 3})
+    assert not Comparison(metric="loss", op="!=", value=1.0).evaluate({"loss": None})
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "expected"),
+    [
+        (">", 1, True),
+        ("<", 1, False),
+        (">=", 2, True),
+        ("<=", 2, True),
+        ("==", 2, True),
+        ("!=", 2, False),
+    ],
+)
+def test_every_comparison_operator(op, value, expected):
+    assert Comparison(metric="loss", op=op, value=value).evaluate({"loss": 2}) is expected
+
+
+def test_is_due():
+    every, top_if, epoch_rule = rules(
+        """
+        EVERY 100 steps { SAVE checkpoint }
+        IF loss > 1 { STOP }
+        on_epoch_end { STOP }
+        """
+    )
+    assert every.is_due("on_step_end", 200) and not every.is_due("on_step_end", 150)
+    assert top_if.is_due("on_step_end", 7) and not top_if.is_due("on_epoch_end", 7)
+    assert epoch_rule.is_due("on_epoch_end", 1)
+
+
+def test_rules_round_trip_through_json():
+    p = program("CONTROL { WHEN gpu_memory < 12GB OR gpu_usage > 90% { SET batch_size = 4 } }")
+    data = p.to_dict()["control"]
+    assert data[0]["condition"]["conditions"][0]["value"] == "12GB"
+    assert [Rule.model_validate(r) for r in data] == p.config.control
+
+
+def test_source_map_of_rules():
+    p = program('PROJECT "x"\nCONTROL {\n  on_nan { STOP }\n  IF loss > 1 { STOP }\n}')
+    assert str(p.source_map["control[0]"]) == "t.okt:3:3"
+    assert str(p.source_map["control[1]"]) == "t.okt:4:3"
+
+
+# ---- check-time errors ---------------------------------------------------------
+
+
+def test_unknown_metric_with_suggestion():
+    assert error("CONTROL {\n  IF val_los > 2 { STOP }\n}") == (
+        2,
+        6,
+        "unknown metric 'val_los' (did you mean 'val_loss'?)",
+    )
+
+
+def test_unknown_metric_in_log():
+    assert error("CONTROL { on_nan { LOG los } }") == (
+        1,
+        24,
+        "unknown metric 'los' (did you mean 'loss'?)",
+    )
+
+
+def test_set_of_a_field_that_cannot_change_live():
+    assert error("CONTROL { IF loss > 1 { SET optimizer = sgd } }") == (
+        1,
+        29,
+        "SET cannot change optimizer while training runs",
+    )
+
+
+def test_set_of_an_unknown_field():
+    assert error("CONTROL { IF loss > 1 { SET learnng_rate = 1 } }") == (
+        1,
+        29,
+        "unknown TRAIN field 'learnng_rate' (did you mean 'learning_rate'?)",
+    )
+
+
+def test_set_value_is_type_checked():
+    assert error('CONTROL { IF loss > 1 { SET batch_size = "many" } }') == (
+        1,
+        42,
+        "SET batch_size: expected a whole number, got 'many'",
+    )
+
+
+@pytest.mark.parametrize(
+    ("condition", "column", "message"),
+    [
+        ("gpu_memory < 12", 27, "gpu_memory is a size: write a unit, like 12GB"),
+        ("gpu_usage > 2GB", 26, "gpu_usage is a percent, but 2GB is a size"),
+        ("loss > 90%", 21, "loss is a plain number, but 90% is a percent"),
+        ('loss > "high"', 21, "compare loss with a number"),
+    ],
+)
+def test_thresholds_must_fit_the_metric(condition, column, message):
+    assert error(f"CONTROL {{ IF {condition} {{ STOP }} }}") == (1, column, message)
+
+
+@pytest.mark.parametrize(
+    ("body", "column", "message"),
+    [
+        ("on_memory_low { STOP }", 11, "unknown event 'on_memory_low'"),
+        (
+            "LOG loss",
+            11,
+            "expected a rule here: IF, WHEN, EVERY or an event block such as on_epoch_end { ... }",
+        ),
+        ("EVERY 2 hours { STOP }", 19, "EVERY counts steps or epochs, not 'hours'"),
+        ("EVERY 0 steps { STOP }", 17, "EVERY needs a whole number above 0"),
+        ("EVERY 1.5 steps { STOP }", 17, "EVERY needs a whole number above 0"),
+        (
+            "on_epoch_end { EVERY 5 steps { STOP } }",
+            34,
+            "EVERY 5 steps cannot be inside a rule checked on_epoch_end",
+        ),
+        ("IF loss > 1 { on_nan { STOP } }", 25, "on_nan goes at the top level of CONTROL"),
+        ("IF loss > 1 { SAVE everything }", 30, 'SAVE takes model, checkpoint or a "label"'),
+        ("IF loss > 1 { LOG 3 }", 29, 'LOG takes a string or a metric name: LOG "text", LOG loss'),
+        (
+            "IF loss > 1 { DECREASE lr BY 2s }",
+            40,
+            "DECREASE BY takes a number or a percentage, not a duration",
+        ),
+        ("IF loss > 1 { INCREASE lr BY -1 }", 40, "INCREASE BY needs an amount above 0"),
+        (
+            "IF loss > 1 { epochs: 3 }",
+            25,
+            "expected an action (SET, INCREASE, DECREASE, LOG, "
+            "SAVE, STOP) or a rule (IF, WHEN, EVERY)",
+        ),
+    ],
+)
+def test_statement_errors(body, column, message):
+    line, col, text = error(f"CONTROL {{ {body} }}")
+    assert (line, col) == (1, column)
+    assert text.startswith(message)
+
+
+def test_a_field_in_control_points_to_train():
+    from okto.language import InvalidProgram
+
+    try:
+        program("CONTROL {\n  validate_every: 200\n}")
+    except InvalidProgram as invalid:
+        (diagnostic,) = invalid.errors
+    assert (diagnostic.line, diagnostic.column) == (2, 3)
+    assert diagnostic.message == "CONTROL holds rules, not fields: 'validate_every' is not one"
+    assert diagnostic.hint == "to evaluate every N steps, set eval_steps in TRAIN"
+
+
+def test_errors_inside_rules_are_all_reported():
+    found = errors("CONTROL {\n  IF los > 1 { SET optimizer = sgd }\n  on_nan { LOG lsos }\n}")
+    assert [(line, column) for line, column, _ in found] == [(2, 6), (2, 20), (3, 16)]
+
+
+# ---- warnings ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "verb", ["RETRY", "REGENERATE", 'REPLACE WITH "no"', 'RETURN "x"', "ALERT"]
+)
+def test_inference_time_actions_warn_and_are_dropped(verb):
+    p = program(f"CONTROL {{ IF loss > 1 {{ {verb} STOP }} }}")
+    assert p.config.control[0].actions == [StopAction()]
+    (found,) = p.warnings
+    assert found.message.endswith("has no effect in training: it is an inference-time action")
+    assert (found.line, found.column) == (1, 25)
+
+
+def test_gpu_metric_rules_note_that_they_never_fire_on_a_cpu():
+    (note,) = warnings("CONTROL { WHEN gpu_usage > 90% { STOP } }", severity="note")
+    assert note == (
+        1,
+        16,
+        "gpu_usage is read from the GPU: on a CPU-only machine this rule never fires",
+    )
+    (warning,) = warnings(
+        'ENV { accelerator: "cpu" }\nCONTROL { WHEN gpu_temperature > 80 { STOP } }'
+    )
+    assert warning[:2] == (2, 16)
+    assert "this file trains on the CPU" in warning[2]
+
+
+def test_absolute_decrease_beyond_the_value_warns():
+    (found,) = warnings(
+        "TRAIN { learning_rate: 0.0001 }\nCONTROL { on_nan { DECREASE LR BY 0.5 } }"
+    )
+    assert found[:2] == (2, 35)
+    assert found[2] == (
+        "DECREASE learning_rate BY 0.5 subtracts 0.5 from 0.0001, leaving 0 or less"
+    )
+    assert warnings("CONTROL { on_nan { DECREASE LR BY 50% } }") == []

@@ -1,0 +1,226 @@
+"""Each class of error (spec section 6), with its exact line, column and
+message, and how diagnostics are rendered."""
+
+from __future__ import annotations
+
+import pytest
+
+import okto
+from okto.errors import EXIT_INVALID, MissingFileError
+from okto.language import InvalidProgram, OktoSyntaxError, OktoValidationError
+from tests.language.util import error, errors, program
+
+# ---- syntax --------------------------------------------------------------------
+
+SYNTAX = [
+    (
+        "TRAIN {\n  epochs 3\n}",
+        (2, 10, "missing ':' between 'epochs' and its value"),
+    ),
+    (
+        "TRAIN {\n  epochs = 3\n}",
+        (2, 10, "use ':' between a field name and its value, not '='"),
+    ),
+    (
+        'ENV {\n  accelerator: "gpu"\nTRAIN {\n  epochs: 3\n}\n',
+        (5, 2, "the file ends inside a block: expected '}'"),
+    ),
+    ("}\nTRAIN { }", (1, 1, "'}' has no matching '{'")),
+    ("PROJECT “demo”", (1, 9, "typographic quote “ is not a string quote")),
+    ("PROJECT ‘demo’", (1, 9, "typographic quote ‘ is not a string quote")),
+    ("PROJECT 'demo'", (1, 9, "strings are written between double quotes, not single quotes")),
+    ('PROJECT "demo\nTRAIN { }', (1, 9, "this string is not closed before the end of the line")),
+    ("ENV { min_memory: 12G }", (1, 21, "unknown unit 'G'")),
+    ("TRAIN { batch_size: 8x }", (1, 22, "unknown unit 'x'")),
+    ("epochs: 3", (1, 7, "'epochs:' is a field, and fields go inside a block")),
+    ("PROJECT\nTRAIN { }", (2, 1, "'PROJECT' needs a value or a body in braces before 'TRAIN'")),
+    ("TRAIN { epochs: é }", (1, 17, "unexpected character 'é'")),
+    ("TRAIN { epochs: @ }", (1, 17, "unexpected character '@': expected a value or '{'")),
+    (
+        "CONTROL { IF loss = 2 { STOP } }",
+        (1, 19, "unexpected '=': expected a comparison (>, <, >=, <=, ==, !=)"),
+    ),
+    (
+        "CONTROL { IF loss > 2 STOP }",
+        (1, 23, "unexpected keyword STOP: expected '{', AND or OR"),
+    ),
+    ("DATASET { mix: [1, 2 }", (1, 22, "unexpected '}': expected a value, ']', '{' or ','")),
+    ("TRAIN { SET: 1 }", (1, 12, "unexpected ':': expected a name")),
+    ("TRAIN { epochs: 3 } }", (1, 21, "'}' has no matching '{'")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SYNTAX)
+def test_syntax_errors(text, expected):
+    with pytest.raises(OktoSyntaxError) as caught:
+        okto.parse(text, "t.okt")
+    (diagnostic,) = caught.value.errors
+    assert (diagnostic.line, diagnostic.column, diagnostic.message) == expected
+    assert caught.value.exit_code == EXIT_INVALID
+    assert (caught.value.line, caught.value.column) == expected[:2]
+
+
+def test_several_syntax_errors_at_once():
+    found = errors(
+        """
+        PROJECT "x"
+        TRAIN {
+          epochs 3
+        }
+        ENV { accelerator = "cpu" }
+        MODEL {
+          ADAPTER { rank: 8 alpha 16 }
+        }
+        OPTIMIZE { tf32: true }
+        """
+    )
+    assert found == [
+        (4, 10, "missing ':' between 'epochs' and its value"),
+        (6, 19, "use ':' between a field name and its value, not '='"),
+        (8, 27, "missing ':' between 'alpha' and its value"),
+    ]
+
+
+def test_nesting_is_bounded():
+    text = "MONITOR { a: " + "[" * 100 + "]" * 100 + " }"
+    (line, column, message) = error(text)
+    assert (line, column, message) == (1, 77, "brackets nested more than 64 deep")
+
+
+# ---- blocks and fields ---------------------------------------------------------
+
+VALIDATION = [
+    ("TRIAN { epochs: 1 }", (1, 1, "unknown block 'TRIAN' (did you mean 'TRAIN'?)")),
+    ("train { epochs: 1 }", (1, 1, "unknown keyword 'train'")),
+    ('LICENCE "MIT"', (1, 1, "unknown statement 'LICENCE'")),
+    ('TRAIN "x"', (1, 1, "TRAIN needs a body in braces: TRAIN { ... }")),
+    ('PROJECT { name: "x" }', (1, 1, 'PROJECT takes a value, not a block: PROJECT "..."')),
+    (
+        "TRAIN { epochs: 1 }\nTRAIN { epochs: 2 }",
+        (2, 1, "TRAIN appears twice; the first is at line 1"),
+    ),
+    (
+        'PROJECT "a"\nPROJECT "b"',
+        (2, 1, "PROJECT appears twice; the first is at line 1"),
+    ),
+    ("TRAIN {\n  epoch: 3\n}", (2, 3, "unknown field 'epoch' in TRAIN (did you mean 'epochs'?)")),
+    (
+        "TRAIN { epochs: 1\n  epochs: 2 }",
+        (2, 3, "epochs is set twice in TRAIN; the first is at line 1"),
+    ),
+    (
+        "MODEL { ADAPTER { rnk: 4 } }",
+        (1, 19, "unknown field 'rnk' in ADAPTER (did you mean 'rank'?)"),
+    ),
+    ("TRAIN { epochs }", (1, 9, "'epochs' has no value")),
+    ("ENV { seed: 12 GB }", (1, 16, "unexpected 'GB' in ENV")),
+    ("TRAIN { fast }", (1, 9, "unexpected 'fast' in TRAIN: expected fields written name: value")),
+    ('TRAIN { "x" }', (1, 9, "TRAIN holds fields written name: value")),
+    ("METRICS { loss: 1 }", (1, 11, "METRICS lists names, like: METRICS { loss perplexity }")),
+    (
+        'TRAIN { optimizer: "adamx" }',
+        (1, 20, "optimizer: 'adamx' is not allowed here (did you mean 'adam'?)"),
+    ),
+    ('TRAIN { epochs: "three" }', (1, 17, "epochs: expected a whole number, got 'three'")),
+    ("TRAIN { epochs: 2.5 }", (1, 17, "epochs: expected a whole number, got 2.5")),
+    ("TRAIN { batch_size: 0 }", (1, 21, "batch_size: must be at least 1, got 0")),
+    ("TRAIN { learning_rate: 0 }", (1, 24, "learning_rate: must be above 0, got 0")),
+    ("INFERENCE { top_p: 2 }", (1, 20, "top_p: must be at most 1, got 2")),
+    ("MODEL { base: 12 }", (1, 15, "base: expected a string, got 12")),
+    (
+        'DATASET { context_fields: "menu" }',
+        (1, 27, "context_fields: expected a list [ ... ], got 'menu'"),
+    ),
+    (
+        'DATASET { mix_datasets: [{ path: "a" }] }',
+        (1, 26, "mix_datasets[0].weight: this field is required"),
+    ),
+    ('MODEL { device: "tpu" }', (1, 17, "expected auto, cpu, gpu, cuda or cuda:N (a GPU index)")),
+    ("DATASET { max_length: [1] }", (1, 23, "max_length: expected a whole number, got a list")),
+    ("DATASET { shuffle: { a: 1 } }", (1, 20, "shuffle: expected true or false, got a block")),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), VALIDATION)
+def test_validation_errors(text, expected):
+    with pytest.raises(OktoValidationError) as caught:
+        okto.parse(text, "t.okt")
+    (diagnostic,) = caught.value.errors
+    assert (diagnostic.line, diagnostic.column, diagnostic.message) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("train { }", "keywords are upper case: did you mean TRAIN?"),
+        ('TRAIN { optimizer: "adamx" }', "choose one of: adamw, adam, sgd, rmsprop, adafactor"),
+        ('ENV { blas_backend: "oktoblas" }', "set backend in the BLAS block"),
+        ("MODEL { learning_rate: 1 }", "learning_rate is a field of TRAIN"),
+        ("ENV { seed: 12 GB }", "write the unit right after the number, as in 12GB"),
+        ("TRAIN { SET: 1 }", "SET is a keyword: it cannot name a field or a block"),
+        ("TRAIN {\n  epochs 3\n}", "write epochs: 3"),
+        ("PROJECT “demo”", 'write strings between straight double quotes: "like this"'),
+    ],
+)
+def test_hints(text, hint):
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse(text)
+    assert caught.value.errors[0].hint == hint
+
+
+def test_rendering_shows_file_line_column_source_and_caret():
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse("TRAIN {\n\tepoch: 3\n}\n", "train.okt")
+    assert caught.value.render() == (
+        "train.okt:2:2: error: unknown field 'epoch' in TRAIN (did you mean 'epochs'?)\n"
+        "  \tepoch: 3\n"
+        "  \t^^^^^\n"
+        "\n"
+        "1 error in train.okt"
+    )
+
+
+def test_diagnostic_as_json():
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse("TRAIN { epoch: 3 }", "t.okt")
+    assert caught.value.errors[0].to_dict() == {
+        "severity": "error",
+        "message": "unknown field 'epoch' in TRAIN (did you mean 'epochs'?)",
+        "file": "t.okt",
+        "line": 1,
+        "column": 9,
+        "end_line": 1,
+        "end_column": 14,
+        "hint": None,
+    }
+
+
+# ---- files ---------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(MissingFileError) as caught:
+        okto.load(tmp_path / "nope.okt")
+    assert str(caught.value) == f"{tmp_path / 'nope.okt'}: no such file"
+    assert caught.value.exit_code == EXIT_INVALID
+
+
+def test_a_folder_is_not_a_file(tmp_path):
+    with pytest.raises(MissingFileError, match="is a folder"):
+        okto.load(tmp_path)
+
+
+def test_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.okt"
+    path.write_bytes('PROJECT "café"\nTRAIN { }\n'.encode("latin-1"))
+    with pytest.raises(OktoSyntaxError) as caught:
+        okto.load(path)
+    (diagnostic,) = caught.value.errors
+    assert (diagnostic.line, diagnostic.column) == (1, 13)
+    assert diagnostic.message == "this file is not UTF-8 text (byte 0xe9)"
+
+
+def test_errors_are_okto_errors_carrying_line_and_column():
+    with pytest.raises(okto.OktoError) as caught:
+        program("TRAIN {\n  epochs: -1\n}")
+    assert (caught.value.line, caught.value.column) == (2, 11)

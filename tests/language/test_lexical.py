@@ -1,0 +1,159 @@
+"""Lexical rules (spec section 1): encoding, comments, the version header,
+strings, numbers, quantities, booleans, names."""
+
+from __future__ import annotations
+
+import pytest
+
+from okto.language.quantities import UNITS, Quantity
+from tests.language.util import error, program, warnings
+
+
+def test_byte_order_mark_and_crlf_are_accepted():
+    p = program('\ufeffPROJECT "bom"\r\nTRAIN {\r\n  epochs: 2\r\n}\r\n')
+    assert p.config.project.name == "bom"
+    assert p.config.train.epochs == 2
+    assert p.source_map["train.epochs"].line == 3
+
+
+def test_tabs_and_spaces_do_not_matter():
+    tabs = program("TRAIN {\n\tepochs:\t2\n\t\tbatch_size: 4\n}\n")
+    spaces = program("TRAIN {\n  epochs: 2\n    batch_size: 4\n}\n")
+    assert tabs.to_dict() == spaces.to_dict()
+    assert tabs.source_map["train.epochs"].column == 10
+
+
+def test_full_line_and_trailing_comments():
+    p = program(
+        """
+        # a comment on its own line
+        TRAIN {          # after the brace
+          epochs: 2      # after a value
+          # inside a block
+        }                # after the closing brace
+        """
+    )
+    assert p.config.train.epochs == 2
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1", "1.2", "1.3"])
+def test_known_version_headers(version):
+    p = program(f'# a first comment\n# okto_version: "{version}"\nPROJECT "x"\n')
+    assert p.config.language_version == version
+    assert p.warnings == []
+
+
+def test_missing_version_header_reads_as_1_0():
+    assert program('PROJECT "x"').config.language_version == "1.0"
+
+
+def test_unknown_version_is_a_warning_at_the_header():
+    (found,) = warnings('\n# okto_version: "9.9"\nPROJECT "x"\n')
+    assert found[:2] == (2, 1)
+    assert "unknown okto_version '9.9'" in found[2]
+
+
+def test_version_comment_after_the_first_statement_is_just_a_comment():
+    p = program('PROJECT "x"\n# okto_version: "9.9"\n')
+    assert p.config.language_version == "1.0"
+    assert p.warnings == []
+
+
+def test_string_escapes_and_placeholders():
+    p = program(r'INFERENCE { format: "User: {input}\n\t\"quoted\" \\ \u00e9" }')
+    assert p.config.inference.format == 'User: {input}\n\t"quoted" \\ é'
+
+
+def test_invalid_escape_is_an_error_with_a_hint():
+    assert error('OUTPUT { dir: "C:\\data" }') == (
+        1,
+        15,
+        "this string has an invalid escape sequence",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("3", 3), ("0.5", 0.5), (".5", 0.5), ("1e-4", 1e-4), ("5E-5", 5e-5), ("2.", 2.0)],
+)
+def test_numbers(text, value):
+    assert (
+        program(f"STABILITY {{ min_improvement: {text} }}").config.stability.min_improvement
+        == value
+    )
+
+
+def test_negative_numbers():
+    assert program("ENV { seed: -1 }").config.env.seed == -1
+
+
+@pytest.mark.parametrize("unit", [u for u in UNITS if u])
+def test_every_unit_lexes_unquoted_and_quoted(unit):
+    text = f'MONITOR {{ a: 12{unit}  b: "12{unit}" }}'
+    program(text)  # parses; the block is not executed
+    assert Quantity.parse(f"12{unit}") == Quantity(12, unit)
+
+
+@pytest.mark.parametrize("spelling", ["12GB", '"12GB"', '"12 GB"'])
+def test_quoted_and_unquoted_quantities_are_the_same_value(spelling):
+    memory = program(f"ENV {{ min_memory: {spelling} }}").config.env.min_memory
+    assert memory == Quantity(12, "GB")
+    assert memory.kind == "size"
+    assert memory.base == 12e9
+
+
+def test_quantity_kinds_and_base_units():
+    assert Quantity.parse("120M").base == 120e6
+    assert Quantity.parse("7B").kind == "count"
+    assert Quantity.parse("4GiB").base == 4 * 2**30
+    assert Quantity.parse("500ms").base == pytest.approx(0.5)
+    assert Quantity.parse("2min").base == 120
+    assert Quantity.parse("90%").fraction == pytest.approx(0.9)
+    assert str(Quantity.parse("1.5B")) == "1.5B"
+
+
+def test_a_size_field_needs_a_unit():
+    assert error("ENV { min_memory: 12 }") == (
+        1,
+        19,
+        "a size needs a unit, like 12GB",
+    )
+
+
+def test_a_quantity_of_the_wrong_kind_is_an_error():
+    line, column, message = error("ENV { min_memory: 12M }")
+    assert (line, column) == (1, 19)
+    assert message == "expected a size, like 12GB; 12M is a count"
+
+
+def test_count_and_percent_fields_take_plain_numbers():
+    p = program("MODEL { parameters: 124000000 }\nDATASET { dataset_percent: 50 }")
+    assert p.config.model.parameters.base == 124e6
+    assert p.config.dataset.dataset_percent == Quantity(50, "%")
+
+
+def test_booleans_are_lower_case_only():
+    assert program("DATASET { shuffle: false }").config.dataset.shuffle is False
+    line, column, message = error("DATASET { shuffle: False }")
+    assert (line, column) == (1, 20)
+    assert message == "shuffle: expected true or false, got 'False'"
+
+
+def test_bare_names_are_strings_and_choices_ignore_case():
+    p = program("TRAIN { optimizer: AdamW  scheduler: COSINE }\nDATASET { format: jsonl }")
+    assert p.config.train.optimizer == "adamw"
+    assert p.config.train.scheduler == "cosine"
+    assert p.config.dataset.format == "jsonl"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "canonical"),
+    [("float16", "fp16"), ("half", "fp16"), ("bfloat16", "bf16"), ("float32", "fp32")],
+)
+def test_precision_spellings(spelling, canonical):
+    assert program(f'MODEL {{ dtype: "{spelling}" }}').config.model.precision == canonical
+
+
+def test_names_may_hold_digits_dashes_and_underscores():
+    p = program("METRICS { loss tokens_per_second }\nMONITOR { rouge-l: 1 }")
+    assert p.config.metrics == ["loss", "tokens_per_second"]
