@@ -22,13 +22,17 @@ ROW_ELEMENTS = 2048  # short rows are packed until a program holds about this ma
 
 
 @triton.jit
+def _row_block(rows, n, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's ROWS rows: element offsets of their starts, which exist, column indices."""
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    return row.to(tl.int64)[:, None] * n, (row < rows)[:, None], tl.arange(0, BLOCK_N)[None, :]
+
+
+@triton.jit
 def _softmax_fwd_kernel(
     x_ptr, y_ptr, rows, n, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, ONE_PASS: tl.constexpr
 ):
-    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    base = row.to(tl.int64)[:, None] * n
-    row_ok = (row < rows)[:, None]
-    cols = tl.arange(0, BLOCK_N)[None, :]
+    base, row_ok, cols = _row_block(rows, n, ROWS, BLOCK_N)
     if ONE_PASS:
         mask = row_ok & (cols < n)
         x = tl.load(x_ptr + base + cols, mask=mask, other=-float("inf")).to(tl.float32)
@@ -68,10 +72,7 @@ def _softmax_bwd_kernel(
     ONE_PASS: tl.constexpr,
 ):
     """dx = y * (dy - sum(dy * y)) row by row."""
-    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    base = row.to(tl.int64)[:, None] * n
-    row_ok = (row < rows)[:, None]
-    cols = tl.arange(0, BLOCK_N)[None, :]
+    base, row_ok, cols = _row_block(rows, n, ROWS, BLOCK_N)
     if ONE_PASS:
         mask = row_ok & (cols < n)
         y = tl.load(y_ptr + base + cols, mask=mask, other=0.0).to(tl.float32)
