@@ -166,10 +166,11 @@ def _gemm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Out-of-range rows and columns read row/column 0 instead of being masked: their
-    # results are never stored, and the main loop then needs only the K mask.
-    rows = tl.where(offs_m < M, offs_m, 0).to(tl.int64)
-    cols = tl.where(offs_n < N, offs_n, 0).to(tl.int64)
+    # Out-of-range rows and columns wrap round instead of being masked: their results
+    # are never stored, the main loop needs only the K mask, and (unlike clamping with
+    # tl.where) the modulo keeps the contiguity the compiler needs to vectorise loads.
+    rows = (offs_m % M).to(tl.int64)
+    cols = (offs_n % N).to(tl.int64)
     a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
 
