@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from okto.inference.ops import Ops
+from okto.inference.ops import FUSED_ACTIVATIONS, Ops
 from okto.inference.spec import Spec
 
 _ACT = {
@@ -80,24 +80,26 @@ class Attention(nn.Module):
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         return q, k, v
 
-    def _out(self, y):
+    def _out(self, y, residual):
         b, _, t, _ = y.shape
         y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
-        return self.ops.linear(y, self.wo.weight, self.wo.bias)
+        return self.ops.linear(y, self.wo.weight, self.wo.bias, residual=residual)
 
-    def prefill(self, x, rope, k_cache, v_cache):
-        q, k, v = self._qkv(x, rope)
-        t = x.shape[1]
+    def prefill(self, x, h, rope, k_cache, v_cache):
+        """`x` plus attention over the normed `h`, caching keys and values at [0, T)."""
+        q, k, v = self._qkv(h, rope)
+        t = h.shape[1]
         k_cache[:, :, :t] = k
         v_cache[:, :, :t] = v
-        return self._out(self.ops.prefill_attention(q, k, v, self.scale))
+        return self._out(self.ops.prefill_attention(q, k, v, self.scale), x)
 
-    def decode(self, x, rope, k_cache, v_cache, rows, positions, lengths):
-        q, k, v = self._qkv(x, rope)
+    def decode(self, x, h, rope, k_cache, v_cache, rows, positions, lengths):
+        """`x` plus attention of one new token per row, cached at `positions`."""
+        q, k, v = self._qkv(h, rope)
         k_cache[rows, :, positions] = k[:, :, 0]
         v_cache[rows, :, positions] = v[:, :, 0]
         y = self.ops.decode_attention(q[:, :, 0], k_cache, v_cache, lengths, self.scale)
-        return self._out(y[:, :, None])
+        return self._out(y[:, :, None], x)
 
 
 class FeedForward(nn.Module):
@@ -107,16 +109,18 @@ class FeedForward(nn.Module):
         width = 2 * spec.hidden if self.gated else spec.hidden  # Llama: gate and up fused
         self.w1 = nn.Linear(spec.dim, width, bias=spec.mlp_bias)
         self.w2 = nn.Linear(spec.hidden, spec.dim, bias=spec.mlp_bias)
-        self.act, self.ops = _ACT[spec.activation], ops
+        self.activation, self.ops = spec.activation, ops
 
-    def forward(self, x):
-        h = self.ops.linear(x, self.w1.weight, self.w1.bias)
+    def forward(self, x, h):
+        """`x` plus the MLP of the normed `h` (activation and residual in the matmuls' epilogues)."""
         if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
+            gate, up = self.ops.linear(h, self.w1.weight, self.w1.bias).chunk(2, dim=-1)
+            h = _ACT[self.activation](gate) * up
+        elif self.activation in FUSED_ACTIVATIONS:
+            h = self.ops.linear(h, self.w1.weight, self.w1.bias, activation=self.activation)
         else:
-            h = self.act(h)
-        return self.ops.linear(h, self.w2.weight, self.w2.bias)
+            h = _ACT[self.activation](self.ops.linear(h, self.w1.weight, self.w1.bias))
+        return self.ops.linear(h, self.w2.weight, self.w2.bias, residual=x)
 
 
 class Block(nn.Module):
@@ -173,8 +177,8 @@ class Decoder(nn.Module):
         positions = torch.arange(t, device=tokens.device).expand(b, t)
         x, rope = self._embed(tokens, positions), self._rope(positions)
         for i, layer in enumerate(self.layers):
-            x = x + layer.attention.prefill(layer.attention_norm(x), rope, cache.k[i], cache.v[i])
-            x = x + layer.feed_forward(layer.ffn_norm(x))
+            x = layer.attention.prefill(x, layer.attention_norm(x), rope, cache.k[i], cache.v[i])
+            x = layer.feed_forward(x, layer.ffn_norm(x))
         last = x[torch.arange(b, device=x.device), lengths - 1]
         return self._logits(last)
 
@@ -184,10 +188,8 @@ class Decoder(nn.Module):
         rope, lengths = self._rope(positions[:, None]), positions + 1
         for i, layer in enumerate(self.layers):
             h = layer.attention_norm(x)
-            x = x + layer.attention.decode(
-                h, rope, cache.k[i], cache.v[i], rows, positions, lengths
-            )
-            x = x + layer.feed_forward(layer.ffn_norm(x))
+            x = layer.attention.decode(x, h, rope, cache.k[i], cache.v[i], rows, positions, lengths)
+            x = layer.feed_forward(x, layer.ffn_norm(x))
         return self._logits(x[:, 0])
 
     def weight_bytes_per_step(self) -> int:

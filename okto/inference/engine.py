@@ -37,19 +37,40 @@ class Slot:
         self.step_no = torch.zeros((), dtype=torch.int64, device=device)
         vocab = model.spec.vocab_size
         self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
-        self.use_graph, self.graph = graphs, None
+        self.last_position = min(length, model.spec.max_positions) - 1
+        self.use_graph = graphs
+        # One memory pool for the slot's graphs: they never run at once, and
+        # nothing they allocate outlives a replay (results land in the buffers above).
+        self.pool = torch.cuda.graph_pool_handle() if graphs else None
+        self.decode_graph = None
+        self.prefills: dict[int, tuple] = {}  # prompt width -> (graph, its static inputs)
 
-    def start(self, prompts: torch.Tensor, lengths: torch.Tensor, keys: list[int]) -> torch.Tensor:
-        """Prefill `prompts` [B, T] (right-padded with each row's own tokens); the first tokens [B]."""
+    def _prefill(self, prompts: torch.Tensor, lengths: torch.Tensor) -> None:
         self.seen.zero_()
         if self.sampler.tracks_seen:
             self.seen.scatter_(1, prompts, True)
-        self.keys.copy_(torch.tensor(keys, dtype=torch.int64))
         self.step_no.zero_()
         logits = self.model.prefill(prompts, lengths, self.cache)
-        first = self.sampler(logits, self.seen, self.keys, self.step_no)
-        self._advance(first)
+        self._advance(self.sampler(logits, self.seen, self.keys, self.step_no))
         self.positions.copy_(lengths)
+
+    def start(self, prompts: torch.Tensor, lengths: torch.Tensor, keys: list[int]) -> torch.Tensor:
+        """Prefill `prompts` [B, T] (right-padded with each row's own tokens); the first tokens [B].
+
+        On CUDA graphs the prefill is captured too, once per prompt width T.
+        """
+        self.keys.copy_(torch.tensor(keys, dtype=torch.int64))
+        if not self.use_graph:
+            self._prefill(prompts, lengths)
+            return self.tokens
+        width = prompts.shape[1]
+        if width not in self.prefills:
+            inputs = (prompts.clone(), lengths.clone())
+            self.prefills[width] = (self._capture(lambda: self._prefill(*inputs)), inputs)
+        graph, (static_prompts, static_lengths) = self.prefills[width]
+        static_prompts.copy_(prompts)
+        static_lengths.copy_(lengths)
+        graph.replay()
         return self.tokens
 
     def _advance(self, tokens: torch.Tensor) -> None:
@@ -61,22 +82,25 @@ class Slot:
     def _step(self) -> None:
         logits = self.model.decode(self.tokens, self.positions, self.rows, self.cache)
         self._advance(self.sampler(logits, self.seen, self.keys, self.step_no))
-        self.positions.add_(1)
+        # Rows past their own limit keep stepping with the batch (their tokens are
+        # ignored); the clamp keeps their positions inside the cache and the model.
+        self.positions.add_(1).clamp_(max=self.last_position)
 
     def step(self) -> None:
         """Decode one token per row into `self.tokens` (a CUDA-graph replay when captured)."""
         if not self.use_graph:
             self._step()
             return
-        if self.graph is None:
-            self.graph = self._capture()
-        self.graph.replay()
+        if self.decode_graph is None:
+            self.decode_graph = self._capture(self._step)
+        self.decode_graph.replay()
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        """Capture the step, warming up on a side stream first with the state put back after.
+    def _capture(self, fn) -> torch.cuda.CUDAGraph:
+        """Capture `fn`, warming up on a side stream first (autotuning, workspaces) with the state put back.
 
-        The warm-up steps write the cache at the rows' current positions, which
-        the real step overwrites with the same values, so nothing is lost.
+        A warm-up decode step writes the cache at the rows' current positions,
+        which the real step overwrites with the same values, so nothing is lost;
+        a prefill rewrites all the state it reads.
         """
         state = (self.tokens, self.positions, self.step_no, self.seen)
         saved = [t.clone() for t in state]
@@ -84,13 +108,13 @@ class Slot:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step()
+                fn()
                 for t, s in zip(state, saved, strict=True):
                     t.copy_(s)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
+        with torch.cuda.graph(graph, pool=self.pool):
+            fn()
         return graph
 
 
@@ -118,12 +142,17 @@ class Engine:
         spec, size = self.model.spec, self.model.tok_embeddings.weight.element_size()
         return 2 * spec.n_layer * spec.n_kv_head * spec.head_dim * size
 
-    def _shape(self, batch: int, length: int) -> tuple[int, int]:
-        """Bucketed batch and cache length on CUDA (fewer captures, graphs or not), exact on CPU."""
+    def _shape(self, batch: int, width: int, length: int) -> tuple[int, int, int]:
+        """Batch, prompt width and cache length, bucketed on CUDA so that graphs are reused.
+
+        Exact on CPU. The width stays within the model's positions, the cache at least as wide.
+        """
         if self.device.type != "cuda":
-            return batch, length
-        bucket = 1 << (batch - 1).bit_length() if batch <= 64 else -(-batch // 64) * 64
-        return bucket, -(-length // _GRAPH_LENGTH_STEP) * _GRAPH_LENGTH_STEP
+            return batch, width, length
+        batch = 1 << (batch - 1).bit_length() if batch <= 64 else _round_up(batch, 64)
+        bucket = max(16, 1 << (width - 1).bit_length()) if width <= 512 else _round_up(width, 256)
+        width = max(width, min(bucket, self.model.spec.max_positions))
+        return batch, width, max(width, _round_up(length, _GRAPH_LENGTH_STEP))
 
     def _slot(self, batch: int, length: int, sampler: Sampler) -> Slot:
         key = (batch, length, sampler)
@@ -150,12 +179,12 @@ class Engine:
         """
         push = tracker.push
         longest = max(len(p) for p in prompts)
-        batch, length = self._shape(len(prompts), longest + max_new)
+        batch, width, length = self._shape(len(prompts), longest, longest + max_new)
         rows = prompts + [prompts[0][:1]] * (batch - len(prompts))
         keys = tracker.keys + [0] * (batch - len(prompts))
         # Pad each row with its own last token: the padding is never attended, and it
         # adds no new token to the row's repetition-penalty set.
-        padded = [p + [p[-1]] * (longest - len(p)) for p in rows]
+        padded = [p + [p[-1]] * (width - len(p)) for p in rows]
         tokens = torch.tensor(padded, dtype=torch.int64).to(self.device)
         lengths = torch.tensor([len(p) for p in rows], dtype=torch.int64).to(self.device)
         slot = self._slot(batch, length, sampler)
@@ -177,6 +206,10 @@ class Engine:
             pending = (buf, event)
         if pending is not None:
             _deliver(*pending, len(prompts), push)
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def _deliver(buf, event, n: int, push) -> bool:

@@ -20,8 +20,16 @@ from okto.inference.spec import Spec
 BACKENDS = ("auto", "okto", "native", "hf")
 
 
-def linear(x, weight, bias):
-    return F.linear(x, weight, bias)
+_ACTIVATIONS = {"gelu_tanh": lambda y: F.gelu(y, approximate="tanh"), "gelu": F.gelu}
+FUSED_ACTIVATIONS = tuple(_ACTIVATIONS)  # what `linear` takes as its epilogue
+
+
+def linear(x, weight, bias, activation=None, residual=None):
+    """`act(x @ weight.T + bias) + residual`: a kernel fuses the epilogue, PyTorch runs it after."""
+    y = F.linear(x, weight, bias)
+    if activation is not None:
+        y = _ACTIVATIONS[activation](y)
+    return y if residual is None else y + residual
 
 
 def layer_norm(x, weight, bias, eps):
@@ -66,7 +74,11 @@ class Ops:
 def _kernel_adapters(kernels) -> dict[str, Callable]:
     """okto.kernels' calling conventions mapped onto the Ops signatures, for the kernels that exist."""
     adapters = {
-        "linear": lambda f: lambda x, w, b: f(x, w, b),
+        "linear": lambda f: (
+            lambda x, w, b, activation=None, residual=None: f(
+                x, w, b, activation=activation, residual=residual
+            )
+        ),
         "layer_norm": lambda f: lambda x, w, b, eps: f(x, w, b, eps=eps),
         "rms_norm": lambda f: lambda x, w, eps: f(x, w, eps=eps),
         "attention": lambda f: lambda q, k, v, scale: f(q, k, v, causal=True, scale=scale),
@@ -90,7 +102,12 @@ def _probe_inputs(name: str, spec: Spec, dtype, device) -> list[tuple]:
     h, kv, d, dim = spec.n_head, spec.n_kv_head, spec.head_dim, spec.dim
     if name == "linear":
         qkv = (h + 2 * kv) * d
-        return [(r(2, 7, dim), r(qkv, dim), r(qkv)), (r(3, 1, dim), r(spec.vocab_size, dim), None)]
+        return [
+            (r(2, 7, dim), r(qkv, dim), r(qkv)),
+            (r(3, 1, dim), r(spec.vocab_size, dim), None),
+            (r(2, 7, dim), r(spec.hidden, dim), r(spec.hidden), "gelu_tanh"),
+            (r(3, 1, spec.hidden), r(dim, spec.hidden), r(dim), None, r(3, 1, dim)),
+        ]
     if name == "layer_norm":
         return [(r(2, 7, dim), r(dim), r(dim), spec.norm_eps)]
     if name == "rms_norm":

@@ -132,12 +132,23 @@ def test_no_prompts_is_a_usage_error(okm_files, capsys, stdin):
     assert "no prompts" in capsys.readouterr().err
 
 
-def test_chat_keeps_history_and_exits(okm_files, capsys, stdin):
+def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
+    from okto.inference.generate import Model
+
+    prompts, generate = [], Model.generate
+
+    def spy(self, prompt, **options):
+        prompts.append(prompt)
+        return generate(self, prompt, **options)
+
+    monkeypatch.setattr(Model, "generate", spy)
     stdin("hello there\n\nhow are you\nbye\nnever read\n")
     argv = ["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4", "--exit-command", "bye"]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert len(out.strip().splitlines()) == 2  # two replies, then "bye"
+    assert len(prompts) == 2  # the empty line is skipped, "bye" ends the session
+    assert prompts[0] == "User: hello there\nAssistant:"
+    assert prompts[1].startswith("User: hello there\nAssistant:")
+    assert prompts[1].endswith("User: how are you\nAssistant:")
 
 
 def test_chat_history_stays_in_the_context_window(loaded):
