@@ -1,0 +1,450 @@
+"""Triton kernels and launchers shared by LayerNorm (`layer_norm.py`) and RMSNorm (`rms_norm.py`).
+
+The two norms differ only in whether the row mean is subtracted and a bias added,
+so one forward and one backward kernel serve both (IS_RMS).
+
+- Forward: a program normalises BLOCK_M rows held in registers, so x (and the
+  residual) is read once and y (and x + residual) written once; the fp32 mean
+  and 1/std are saved for the backward. Rows wider than FWD_MAX_BLOCK stream
+  through in chunks twice (statistics, then output).
+- Backward: persistent programs, a few per SM, each walk rows pid, pid + G, ...,
+  write dx and keep dweight/dbias partial sums in fp32 registers; the G partial
+  rows are summed once at the end (the Apex/Liger scheme), so the weight
+  gradients cost no atomics and no extra pass over the activations. Rows wider
+  than BWD_MAX_BLOCK stream in chunks and keep their partial sums in global
+  memory instead.
+
+With a residual, the normalised input is `x + residual` rounded to x's dtype,
+exactly what `x + residual` gives in PyTorch; it is stored for the next
+residual branch and saved in place of x for the backward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from okto.kernels import backend
+from okto.kernels.autotune import autotune, config
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Widest row the forward keeps in registers (elements); wider rows are chunked.
+FWD_MAX_BLOCK = 16384
+# The backward also holds dweight/dbias accumulators, so its rows stay narrower.
+BWD_MAX_BLOCK = 8192
+# Chunk width for rows wider than those limits.
+CHUNK_BLOCK = 4096
+# Persistent backward programs per SM: enough loads in flight to saturate HBM.
+BWD_PROGRAMS_PER_SM = 4
+
+
+# Rows per program x warps; the first (several rows) is what the interpreter runs.
+_CONFIGS = [config(BLOCK_M=4, num_warps=4, num_stages=1)] + [
+    config(BLOCK_M=m, num_warps=w, num_stages=1)
+    for m in (1, 2, 4, 8, 16)
+    for w in (4, 8, 16, 32)
+    if (m, w) != (4, 4)
+]
+# Elements per thread: below 4 the loads are not vectorised; above 16 the backward
+# spills on sm_90 (measured with ptxas: 16 per thread is ~128 registers there).
+_MIN_PER_THREAD, _MAX_PER_THREAD = 4, 16
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep configs whose tile gives each thread 4 to 16 elements and has no more rows than M."""
+    block_n, rows = kwargs["BLOCK_N"], triton.next_power_of_2(named_args["M"])
+
+    def per_thread(c):
+        return c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps)
+
+    keep = [
+        c
+        for c in configs
+        if _MIN_PER_THREAD <= per_thread(c) <= _MAX_PER_THREAD and c.kwargs["BLOCK_M"] <= rows
+    ]
+    return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], c.num_warps))]
+
+
+@triton.jit
+def _tile(rows, row_mask, start, N, BLOCK_N: tl.constexpr):
+    """Columns start .. start + BLOCK_N of `rows`: (cols, column mask, tile mask, offsets)."""
+    cols = start + tl.arange(0, BLOCK_N)
+    mask_n = cols < N
+    return cols, mask_n, row_mask[:, None] & mask_n[None, :], rows[:, None] * N + cols[None, :]
+
+
+@triton.jit
+def _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES: tl.constexpr, STORE_SUM: tl.constexpr):
+    """The normalised input in fp32: x, or x + residual rounded to x's dtype (stored if STORE_SUM)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if HAS_RES:
+        r = tl.load(r_ptr + offs, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        if STORE_SUM:
+            tl.store(s_ptr + offs, x, mask=mask)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _affine(xhat, w_ptr, b_ptr, cols, mask_n, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    y = xhat
+    if HAS_W:
+        y = y * tl.load(w_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if HAS_B:
+        y = y + tl.load(b_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@autotune(
+    configs=_CONFIGS,
+    key=["N", "BLOCK_N", "HAS_RES"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _norm_fwd_kernel(
+    x_ptr,
+    r_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    s_ptr,
+    mean_ptr,
+    rstd_ptr,
+    M,
+    N,
+    eps,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    CHUNKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+    row_mask = rows < M
+    if not CHUNKED:
+        cols, mask_n, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
+        x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, True)
+        if IS_RMS:
+            xc = x
+        else:
+            mean = tl.sum(x, 1) / N
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(xc * xc, 1) / N + eps)
+        y = _affine(xc * rstd[:, None], w_ptr, b_ptr, cols, mask_n, HAS_W, HAS_B)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        # Statistics in one streaming pass: sums of (x - shift) and its square, shifted
+        # by each row's first element so that a large mean does not cancel the variance.
+        shift = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if not IS_RMS:
+            cols, _, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
+            first = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, False)
+            shift = tl.sum(tl.where(cols[None, :] == 0, first, 0.0), 1)
+        acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for start in range(0, N, BLOCK_N):
+            _, _, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
+            x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, True)
+            v = tl.where(mask, x - shift[:, None], 0.0)
+            acc1 += v
+            acc2 += v * v
+        var = tl.sum(acc2, 1) / N  # RMSNorm: the mean square
+        if not IS_RMS:
+            shifted_mean = tl.sum(acc1, 1) / N
+            var = tl.maximum(var - shifted_mean * shifted_mean, 0.0)
+            mean = shift + shifted_mean
+        rstd = tl.rsqrt(var + eps)
+        for start in range(0, N, BLOCK_N):
+            cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
+            x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, False)
+            if not IS_RMS:
+                x = x - mean[:, None]
+            y = _affine(x * rstd[:, None], w_ptr, b_ptr, cols, mask_n, HAS_W, HAS_B)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if not IS_RMS:
+        tl.store(mean_ptr + rows, mean, mask=row_mask)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+
+@triton.jit
+def _bwd_terms(
+    x_ptr,
+    dy_ptr,
+    w_ptr,
+    mean,
+    rstd,
+    offs,
+    cols,
+    mask,
+    mask_n,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+):
+    """x-hat, dy and w * dy for a tile, in fp32 (zero where masked)."""
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if not IS_RMS:
+        x = tl.where(mask, x - mean[:, None], 0.0)
+    xhat = x * rstd[:, None]
+    wdy = dy
+    if HAS_W:
+        wdy = dy * tl.load(w_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return xhat, dy, wdy
+
+
+@triton.jit
+def _row_stats(mean_ptr, rstd_ptr, rows, row_mask, IS_RMS: tl.constexpr):
+    """The forward's saved (mean, rstd) of `rows`; RMSNorm has no mean (rstd stands in)."""
+    rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+    mean = rstd
+    if not IS_RMS:
+        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+    return mean, rstd
+
+
+@triton.jit
+def _bwd_dx(
+    xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS: tl.constexpr, HAS_DRES: tl.constexpr
+):
+    """dx = rstd * (w*dy - x-hat * mean(x-hat * w*dy) - mean(w*dy)), plus the sum's own gradient."""
+    dx = wdy - xhat * c1[:, None]
+    if not IS_RMS:
+        dx = dx - c2[:, None]
+    dx = dx * rstd[:, None]
+    if HAS_DRES:
+        dx += tl.load(ds_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return dx
+
+
+@autotune(
+    configs=_CONFIGS,
+    key=["N", "BLOCK_N", "HAS_DRES"],
+    prune_configs_by={"early_config_prune": _prune},
+)
+@triton.jit
+def _norm_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    mean_ptr,
+    rstd_ptr,
+    ds_ptr,
+    dx_ptr,
+    part_ptr,
+    M,
+    N,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_DRES: tl.constexpr,
+    CHUNKED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    # This program's rows of the partial sums: dweight first, then dbias.
+    dw_part = part_ptr + pid.to(tl.int64) * N
+    db_part = dw_part
+    if HAS_W:
+        db_part += programs.to(tl.int64) * N
+    if not CHUNKED:
+        cols = tl.arange(0, BLOCK_N)
+        mask_n = cols < N
+        dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for start in range(pid * BLOCK_M, M, programs * BLOCK_M):
+            rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
+            row_mask = rows < M
+            _, _, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
+            mean, rstd = _row_stats(mean_ptr, rstd_ptr, rows, row_mask, IS_RMS)
+            xhat, dy, wdy = _bwd_terms(
+                x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+            )
+            c1 = tl.sum(xhat * wdy, 1) / N
+            c2 = tl.sum(wdy, 1) / N
+            dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if HAS_W:
+                dw_acc += tl.sum(dy * xhat, 0)
+            if HAS_B:
+                db_acc += tl.sum(dy, 0)
+        if HAS_W:
+            tl.store(dw_part + cols, dw_acc, mask=mask_n)
+        if HAS_B:
+            tl.store(db_part + cols, db_acc, mask=mask_n)
+    else:
+        # Wide rows: two streaming passes per row block (the two row sums, then dx), with
+        # this program's partial sums read, added to and written back in global memory.
+        if HAS_W or HAS_B:
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
+                if HAS_W:
+                    tl.store(dw_part + cols, zeros, mask=cols < N)
+                if HAS_B:
+                    tl.store(db_part + cols, zeros, mask=cols < N)
+            tl.debug_barrier()
+        for row_start in range(pid * BLOCK_M, M, programs * BLOCK_M):
+            rows = (row_start + tl.arange(0, BLOCK_M)).to(tl.int64)
+            row_mask = rows < M
+            mean, rstd = _row_stats(mean_ptr, rstd_ptr, rows, row_mask, IS_RMS)
+            acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
+                xhat, dy, wdy = _bwd_terms(
+                    x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+                )
+                acc1 += xhat * wdy
+                acc2 += wdy
+            c1 = tl.sum(acc1, 1) / N
+            c2 = tl.sum(acc2, 1) / N
+            for start in range(0, N, BLOCK_N):
+                cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
+                xhat, dy, wdy = _bwd_terms(
+                    x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+                )
+                dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
+                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                if HAS_W:
+                    dw = tl.load(dw_part + cols, mask=mask_n, other=0.0) + tl.sum(dy * xhat, 0)
+                    tl.store(dw_part + cols, dw, mask=mask_n)
+                if HAS_B:
+                    db = tl.load(db_part + cols, mask=mask_n, other=0.0) + tl.sum(dy, 0)
+                    tl.store(db_part + cols, db, mask=mask_n)
+            # Every thread's read-add-write of the partial sums lands before the next row block.
+            tl.debug_barrier()
+
+
+def check_inputs(x: torch.Tensor, residual: torch.Tensor | None, what: str, **params) -> None:
+    """Dtype, shape and device checks shared by both norms; `params` are weight/bias (or None)."""
+    backend.check_dtype(x, DTYPES, f"{what} input")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise backend.KernelError(
+            f"{what} normalises the last dimension; got shape {tuple(x.shape)}"
+        )
+    tensors = [x]
+    for name, p in params.items():
+        if p is None:
+            continue
+        backend.check_dtype(p, DTYPES, f"{what} {name}")
+        if tuple(p.shape) != (x.shape[-1],):
+            raise backend.KernelError(
+                f"{what} {name} has shape {tuple(p.shape)}; expected ({x.shape[-1]},) for input "
+                f"shape {tuple(x.shape)}"
+            )
+        tensors.append(p)
+    if residual is not None:
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise backend.KernelError(
+                f"{what} residual is {residual.dtype} {tuple(residual.shape)}; it must match the "
+                f"input, {x.dtype} {tuple(x.shape)}"
+            )
+        tensors.append(residual)
+    backend.check_same_device(*tensors)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+def _block_n(n: int, max_block: int) -> int:
+    return triton.next_power_of_2(n) if n <= max_block else CHUNK_BLOCK
+
+
+@functools.cache
+def _backward_programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 3  # the interpreter: a few programs, each walking several row blocks
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms * BWD_PROGRAMS_PER_SM
+
+
+def forward(x, weight, bias, residual, eps: float, rms: bool):
+    """Launch the forward: (y, x + residual or an empty tensor, mean (LayerNorm only), rstd)."""
+    x2 = _rows(x)
+    M, N = x2.shape
+    y = backend.empty_like(x2)
+    s = backend.empty_like(x2) if residual is not None else x2.new_empty(0)
+    rstd = backend.empty(M, dtype=torch.float32, device=x.device)
+    mean = rstd if rms else backend.empty(M, dtype=torch.float32, device=x.device)
+    if M:
+        _norm_fwd_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)](
+            x2,
+            _rows(residual) if residual is not None else x2,
+            weight if weight is not None else x2,
+            bias if bias is not None else x2,
+            y,
+            s if residual is not None else y,
+            mean,
+            rstd,
+            M,
+            N,
+            eps,
+            IS_RMS=rms,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            HAS_RES=residual is not None,
+            CHUNKED=N > FWD_MAX_BLOCK,
+            BLOCK_N=_block_n(N, FWD_MAX_BLOCK),
+        )
+    return y.view(x.shape), s.view(x.shape) if residual is not None else s, mean, rstd
+
+
+def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool):
+    """Launch the backward: (dx, dweight or empty, dbias or empty); `x` is the normalised input."""
+    x2, dy2 = _rows(x), _rows(dy)
+    M, N = x2.shape
+    dx = backend.empty_like(x2)
+    programs = min(M, _backward_programs(x.device))
+    parts = backend.empty(
+        (weight is not None) + (bias is not None), programs, N, dtype=torch.float32, device=x.device
+    )
+    if M:
+        _norm_bwd_kernel[(programs,)](
+            dy2,
+            x2,
+            weight if weight is not None else x2,
+            mean,
+            rstd,
+            _rows(dsum) if dsum is not None else dy2,
+            dx,
+            parts,
+            M,
+            N,
+            IS_RMS=rms,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            HAS_DRES=dsum is not None,
+            CHUNKED=N > BWD_MAX_BLOCK,
+            BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
+        )
+    # Separate sums, so dweight and dbias never share storage (custom-op outputs must not alias).
+    dw = parts[0].sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
+    db = parts[-1].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    return dx.view(x.shape), dw, db
+
+
+def fake_forward(x, residual, rms: bool):
+    """Shapes and dtypes of `forward`'s outputs, for the fake (meta) implementations."""
+    rows = math.prod(x.shape[:-1])
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    s = torch.empty_like(y) if residual is not None else x.new_empty(0)
+    rstd = x.new_empty(rows, dtype=torch.float32)
+    return y, s, rstd if rms else x.new_empty(rows, dtype=torch.float32), rstd
+
+
+def fake_backward(x, weight, bias):
+    """Shapes and dtypes of `backward`'s outputs."""
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
+    db = torch.empty_like(bias) if bias is not None else x.new_empty(0)
+    return dx, dw, db

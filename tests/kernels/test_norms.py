@@ -1,0 +1,216 @@
+"""LayerNorm and RMSNorm (with and without weight, bias, fused residual) against float64.
+
+On CPU the kernels run in Triton's interpreter: hidden sizes 37, 129 and 1000
+(not powers of two, so column masks run) over 15 rows (not a multiple of the 4
+rows a program takes, so row masks run), and the backward's 3 persistent
+programs each walk several row blocks before their partial dweight/dbias rows
+are summed. A monkeypatched row limit sends rows through the chunked (wide-row)
+path of both kernels. The oracle is the same inputs in float64.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import okto.kernels
+from okto.kernels import KernelError, layer_norm, rms_norm
+from okto.kernels.ops import norm_kernels
+from okto.kernels.ops.layer_norm import _layer_norm_backward_op, _layer_norm_op
+from okto.kernels.ops.rms_norm import _rms_norm_backward_op, _rms_norm_op
+from tests.kernels.numerics import DEVICE, TOL, rel_error
+
+CPU_DTYPES = [torch.float32, torch.float16]
+
+
+def _reference64(kind, x, weight, bias, residual, eps):
+    """The norm in float64, returning (y,) or (y, x + residual) like the public functions."""
+    s = x if residual is None else x + residual
+    if kind == "layer_norm":
+        y = F.layer_norm(s, (s.shape[-1],), weight, bias, eps)
+    else:
+        y = s * torch.rsqrt(s.pow(2).mean(-1, keepdim=True) + eps)
+        if weight is not None:
+            y = y * weight
+    return (y,) if residual is None else (y, s)
+
+
+def _check(kind, shape, dtype, affine, residual, param_dtype=None, device=DEVICE):
+    """Forward and backward (random cotangents on every output) of one norm against float64."""
+    n = shape[-1]
+    param_dtype = param_dtype or dtype
+    x = (torch.randn(shape, device=device) * 2 + 0.5).to(dtype).requires_grad_()
+    weight = bias = res = None
+    if affine:
+        weight = torch.randn(n, device=device).to(param_dtype).requires_grad_()
+        if kind == "layer_norm":
+            bias = torch.randn(n, device=device).to(param_dtype).requires_grad_()
+    if residual:
+        res = torch.randn(shape, device=device).to(dtype).requires_grad_()
+    eps = 1e-5 if kind == "layer_norm" else 1e-6
+    if kind == "layer_norm":
+        out = layer_norm(x, weight, bias, eps=eps, residual=res)
+    else:
+        out = rms_norm(x, weight, eps=eps, residual=res)
+    outs = out if residual else (out,)
+    cotangents = [torch.randn_like(o) for o in outs]
+    torch.autograd.backward(outs, cotangents)
+
+    leaves = (x, weight, bias, res)
+    leaves64 = [t.detach().double().requires_grad_() if t is not None else None for t in leaves]
+    outs64 = _reference64(kind, *leaves64, eps)
+    torch.autograd.backward(outs64, [c.double() for c in cotangents])
+
+    for got, want in zip(outs, outs64, strict=True):
+        assert got.dtype == dtype and got.shape == x.shape
+        assert rel_error(got, want) < TOL[dtype]
+    for got, want in zip(leaves, leaves64, strict=True):
+        if got is None:
+            continue
+        assert got.grad.dtype == got.dtype and got.grad.shape == got.shape
+        assert rel_error(got.grad, want.grad) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    ("affine", "residual"), [(True, False), (True, True), (False, True), (False, False)]
+)
+@pytest.mark.parametrize("n", [37, 129, 1000])
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_norm_matches_float64(kind, dtype, n, affine, residual):
+    _check(kind, (3, 5, n), dtype, affine, residual)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_fp32_weights_with_fp16_activations(kind):
+    _check(kind, (15, 129), torch.float16, affine=True, residual=True, param_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_wide_rows_take_the_chunked_path(monkeypatch, kind):
+    """Rows of 129 through 32-wide chunks: 5 per row, the last one 1 column wide."""
+    monkeypatch.setattr(norm_kernels, "FWD_MAX_BLOCK", 64)
+    monkeypatch.setattr(norm_kernels, "BWD_MAX_BLOCK", 32)
+    monkeypatch.setattr(norm_kernels, "CHUNK_BLOCK", 32)
+    _check(kind, (15, 129), torch.float32, affine=True, residual=True)
+    _check(kind, (7, 129), torch.float16, affine=True, residual=False)
+
+
+def test_large_mean_keeps_its_variance_in_the_chunked_path(monkeypatch):
+    """Rows with mean 1000 and unit spread: the shifted sums must not cancel the variance."""
+    monkeypatch.setattr(norm_kernels, "FWD_MAX_BLOCK", 64)
+    monkeypatch.setattr(norm_kernels, "CHUNK_BLOCK", 32)
+    x = torch.randn(6, 300, device=DEVICE) + 1000.0
+    y = layer_norm(x)
+    y64 = F.layer_norm(x.double(), (300,))
+    assert rel_error(y, y64) < 1e-4  # fp32 input rounding at 1000 is ~6e-5 of the spread
+
+
+def test_residual_gradients_are_separate_tensors():
+    x = torch.randn(5, 37, device=DEVICE, requires_grad=True)
+    r = torch.randn(5, 37, device=DEVICE, requires_grad=True)
+    y, s = rms_norm(x, None, residual=r)
+    (y.sum() + s.sum()).backward()
+    assert torch.equal(x.grad, r.grad)
+    x.grad.add_(1.0)
+    assert not torch.equal(x.grad, r.grad)
+
+
+def test_numpy_in_numpy_out():
+    x = np.random.default_rng(0).standard_normal((4, 37)).astype(np.float32)
+    y = okto.kernels.layer_norm(x, None, None)
+    assert isinstance(y, np.ndarray) and y.shape == x.shape
+    y_rms, s = okto.kernels.rms_norm(x, np.ones(37, np.float32), residual=x)
+    assert isinstance(y_rms, np.ndarray) and np.allclose(s, 2 * x)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 37, device=DEVICE, requires_grad=True)
+    w = torch.randn(37, device=DEVICE, requires_grad=True)
+    layer_norm(x, w, None).sum().backward()
+    assert x.grad.shape == (0, 37) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_bad_inputs_raise():
+    x = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(KernelError, match="dtype"):
+        layer_norm(x.double())
+    with pytest.raises(KernelError, match="weight has shape"):
+        rms_norm(x, torch.ones(7, device=DEVICE))
+    with pytest.raises(KernelError, match="residual"):
+        layer_norm(x, residual=x[:, :4])
+    with pytest.raises(KernelError, match="residual"):
+        rms_norm(x, residual=x.half())
+    with pytest.raises(KernelError, match="last dimension"):
+        rms_norm(torch.randn(4, 0, device=DEVICE))
+
+
+def _op_args(rms, residual, dtype=torch.float32):
+    x = torch.randn(7, 37, device=DEVICE, dtype=dtype)
+    w = torch.randn(37, device=DEVICE, dtype=dtype)
+    r = torch.randn(7, 37, device=DEVICE, dtype=dtype) if residual else None
+    if rms:
+        return (x, w, r, 1e-6)
+    return (x, w, torch.randn(37, device=DEVICE, dtype=dtype), r, 1e-5)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_opcheck_forward_ops(residual):
+    """Schema, fake (meta) shapes and dtypes, autograd registration and AOT dispatch."""
+    torch.library.opcheck(_layer_norm_op, _op_args(False, residual))
+    torch.library.opcheck(_rms_norm_op, _op_args(True, residual))
+
+
+def test_opcheck_backward_ops():
+    x, w, b, _, eps = _op_args(False, False)
+    _, _, mean, rstd = _layer_norm_op(x, w, b, None, eps)
+    dy = torch.randn_like(x)
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone()))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, None, None, mean, rstd, None))
+    _, _, rstd = _rms_norm_op(x, w, None, 1e-6)
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, None))
+
+
+def _block(x, r, w_ln, b_ln, w_rms):
+    """Two pre-norm sub-blocks' worth of fused add + norm."""
+    h, s = rms_norm(x, w_rms, residual=r)
+    y, s2 = layer_norm(h * 2, w_ln, b_ln, residual=s)
+    return (y * s2).sum()
+
+
+def _block_inputs(device=DEVICE, dtype=torch.float32):
+    shapes = [(6, 37), (6, 37), (37,), (37,), (37,)]
+    return [torch.randn(s, device=device, dtype=dtype, requires_grad=True) for s in shapes]
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    inputs = _block_inputs()
+    grads = torch.autograd.grad(_block(*inputs), inputs)
+    compiled = torch.compile(_block, fullgraph=True, backend="aot_eager")
+    grads_compiled = torch.autograd.grad(compiled(*inputs), inputs)
+    for got, want in zip(grads_compiled, grads, strict=True):
+        assert rel_error(got, want) < 1e-6
+
+
+# --- GPU: real sizes, bf16, torch.compile with inductor -----------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "shape", [(16384, 768), (4096, 4096), (1024, 8192), (257, 12288), (3, 50000)]
+)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_gpu_real_sizes(kind, shape, dtype):
+    _check(kind, shape, dtype, affine=True, residual=True)
+    _check(kind, shape, dtype, affine=True, residual=False)
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_inductor():
+    inputs = _block_inputs(dtype=torch.bfloat16)
+    grads = torch.autograd.grad(_block(*inputs), inputs)
+    compiled = torch.compile(_block, fullgraph=True)
+    grads_compiled = torch.autograd.grad(compiled(*inputs), inputs)
+    for got, want in zip(grads_compiled, grads, strict=True):
+        assert rel_error(got, want) < TOL[torch.bfloat16]
