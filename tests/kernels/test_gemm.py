@@ -191,6 +191,19 @@ def test_batched_forward_backward(a_shape, b_shape, a_permuted):
     _check_against_float64(fn, ref, [a, b, bias, res], TOL[dtype])
 
 
+def test_backward_recomputes_an_unsaved_preactivation_and_takes_broadcast_grads():
+    a, b = _operands((2, 37, 71), (71, 53), torch.float32)
+    bias = torch.randn(53, device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (a, b, bias)]
+    out, preact = gemm_module._gemm_op(*leaves, None, "gelu_tanh", False)  # nothing saved
+    assert preact.numel() == 0
+    out.sum().backward()  # dY arrives as an expanded tensor of stride 0
+    leaves64 = [t.double().requires_grad_() for t in (a, b, bias)]
+    gemm_reference(*leaves64, None, "gelu_tanh").sum().backward()
+    for got, want in zip(leaves, leaves64, strict=True):
+        assert rel_error(got.grad, want.grad) < TOL[torch.float32]
+
+
 @pytest.mark.parametrize("allow_tf32", [False, True])
 def test_fp32_exact_and_tf32(monkeypatch, allow_tf32):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
