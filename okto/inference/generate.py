@@ -270,7 +270,7 @@ class Model:
     def _finish(self, tracker: _Tracker, stream: Stream | None) -> list[Generation]:
         end = time.perf_counter()
         rows = tracker.rows
-        for row in rows:  # a run can end before a row hit any limit only if max_new was smaller
+        for row in rows:  # Hugging Face generate may end a row on its own EOS settings
             row.finish = row.finish or "length"
         first = min(r.t_first for r in rows)
         generated = sum(len(r.ids) for r in rows)

@@ -136,8 +136,10 @@ def select(device: torch.device, dtype: torch.dtype, spec: Spec, backend: str = 
     ops = Ops()
     if device.type != "cuda" or backend == "native":
         return ops
-    import okto.kernels
-
+    try:
+        import okto.kernels
+    except ImportError as e:  # no usable Triton here: PyTorch runs everything
+        return replace(ops, notes=(f"okto kernels not used: {e}",))
     chosen, notes = {}, []
     for name, fn in _kernel_adapters(okto.kernels).items():
         problem = _disagreement(fn, getattr(ops, name), _probe_inputs(name, spec, dtype, device))
