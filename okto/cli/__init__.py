@@ -15,7 +15,7 @@ from okto import __version__
 from okto.errors import EXIT_INVALID, OktoError
 
 # Subcommand modules, in the order `okto --help` lists them.
-COMMANDS = ("check", "schema", "init", "bench", "infer", "chat", "export")
+COMMANDS = ("check", "schema", "init", "train", "plan", "bench", "infer", "chat", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""`okto plan -f FILE`: how `okto train` would run a file, without training.
+
+Prints the resolved device, precision and switches, and which implementation
+runs each layer kind, each with where its value came from. The model is read
+from its config alone (MODEL.architecture, a local checkpoint or the hub
+cache): nothing is built or downloaded. `--json` prints the same for programs.
+Exit 4 when the machine lacks what the file asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from okto.errors import EXIT_OK, OktoError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="show how a .okt file would train: kernels, precision, sources (no training)",
+        description="Resolve a .okt file against this machine and print the plan.",
+    )
+    p.add_argument("-f", "--file", required=True, help="the .okt file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="BLOCK.field=value",
+        help="override a field as okto train does (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    try:
+        plan, notes = _plan(args.file, args.set)
+    except OktoError as error:
+        if not args.json:
+            raise
+        print(json.dumps({"file": args.file, "error": str(error), "exit_code": error.exit_code}))
+        return error.exit_code
+    if args.json:
+        print(json.dumps({"file": args.file, **plan.to_dict(), "notes": notes}, indent=2))
+        return EXIT_OK
+    from rich.console import Console
+
+    Console().print(plan.table())
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _plan(path: str, overrides: list[str]):
+    from okto.language import apply_overrides, load
+    from okto.planner import build_plan, model_config
+
+    program = load(path)
+    if overrides:
+        program = apply_overrides(program, overrides)
+    config, source = model_config(program.config.model)
+    plan = build_plan(program, model=config)
+    found = f"model config from {source}" if config is not None else f"model unknown: {source}"
+    return plan, [found, *plan.notes]

@@ -1,0 +1,148 @@
+"""The okto forwards the planner installs on module instances, and their installers.
+
+Each forward reads its module's parameters at call time, so `.to()`, `.half()`
+and optimizer steps need no re-patching, and is bound with `types.MethodType`,
+so `copy.deepcopy(model)` rebinds it to the copy. Under autocast the operands
+are cast to the autocast dtype first: okto's ops are custom ops that autocast
+does not cast, and they take one dtype for all operands.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import types
+
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from okto import kernels
+from okto.kernels import hf_attention
+from okto.planner.patches import Patches
+
+IGNORE_INDEX = -100
+EPILOGUE = {"tanh": "gelu_tanh", "none": "gelu"}  # gelu approximation -> GEMM epilogue
+
+
+def install(patches: Patches, module: torch.nn.Module, fn, **params) -> None:
+    """Make `fn(module, ...)` (with `params` as keywords) the instance's forward."""
+    bound = functools.partial(fn, **params) if params else fn
+    patches.set(module, "forward", types.MethodType(bound, module))
+
+
+def patch_each(model: torch.nn.Module, cls: type, patches: Patches, fn, **params) -> None:
+    """Install `fn` on every module of exactly class `cls` (subclasses may compute otherwise)."""
+    for module in model.modules():
+        if type(module) is cls:
+            install(patches, module, fn, **params)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _as(dtype: torch.dtype, *tensors):
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+def gemm_forward(self, x, *, layout: str):
+    """nn.Linear (`layout="out_in"`) or GPT-2's Conv1D (`"in_out"`) on okto's GEMM."""
+    x, weight, bias = _as(compute_dtype(x), x, self.weight, self.bias)
+    return kernels.linear(x, weight, bias, weight_layout=layout)
+
+
+def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
+    """GPT2MLP: c_fc with GELU in its epilogue (or okto's gelu after it), c_proj, dropout."""
+    if fused:
+        fc = self.c_fc
+        x, weight, bias = _as(compute_dtype(x), x, fc.weight, fc.bias)
+        h = kernels.linear(
+            x, weight, bias, activation=EPILOGUE[approximate], weight_layout="in_out"
+        )
+    else:
+        h = kernels.gelu(self.c_fc(x), approximate=approximate)
+    return self.dropout(self.c_proj(h))
+
+
+def layer_norm_forward(self, x):
+    return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+def rms_norm_forward(self, x):
+    return kernels.rms_norm(x, self.weight, self.variance_epsilon)
+
+
+def use_okto_attention(model: torch.nn.Module, patches: Patches) -> None:
+    """Point transformers' attention hook (`config._attn_implementation`) at okto.
+
+    The hook is read from the config, and one config object is shared by every
+    model built from it, so this model first gets its own copy, set on each of
+    its modules that held the original.
+    """
+    original = model.config
+    own = copy.deepcopy(original)
+    own._attn_implementation = hf_attention.register()
+    for module in model.modules():
+        if module.__dict__.get("config") is original:
+            patches.set(module, "config", own)
+
+
+def install_loss(model: torch.nn.Module, patches: Patches, fused: bool) -> None:
+    """Replace the LM's forward for calls with `labels`: okto's loss on the LM head."""
+    signature = inspect.signature(type(model).forward)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = tuple(p.name for p in list(signature.parameters.values())[1:] if p.kind in positional)
+    bound = functools.partial(causal_lm_forward, okto_names=names, okto_fused=fused)
+    bound.__signature__ = signature  # generate() and trainers read the forward's parameters
+    patches.set(model, "forward", types.MethodType(bound, model))
+
+
+def causal_lm_forward(self, *args, okto_names: tuple[str, ...], okto_fused: bool, **kwargs):
+    """With `labels`: the base model, then okto's loss on the shifted labels, the logits
+    never materialised when `okto_fused` (`logits=None`). Otherwise the class's forward.
+
+    The loss matches transformers' causal-LM loss: labels shifted left with -100
+    padding (or `shift_labels`), mean over the counted tokens, or a sum divided by
+    `num_items_in_batch` when given.
+    """
+    named = dict(zip(okto_names, args, strict=False)) | kwargs
+    labels = named.pop("labels", None)
+    keep = named.pop("logits_to_keep", 0)
+    if labels is None or not (isinstance(keep, int) and keep == 0):
+        return type(self).forward(self, *args, **kwargs)
+    return_dict = named.pop("return_dict", None)
+    shift_labels = named.pop("shift_labels", None)
+    items = named.get("num_items_in_batch")
+    outputs = self.base_model(**named)
+    hidden = outputs[0]
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    target = shift_labels.reshape(-1).to(hidden.device)
+    reduction = "mean" if items is None else "sum"
+    head = self.get_output_embeddings()
+    logits = None
+    if okto_fused:
+        h = hidden.reshape(-1, hidden.shape[-1])
+        h, weight, bias = _as(compute_dtype(h), h, head.weight, head.bias)
+        loss = kernels.fused_linear_cross_entropy(h, weight, target, bias, reduction=reduction)
+    else:
+        logits = head(hidden)
+        loss = kernels.cross_entropy(logits.flatten(0, -2), target, reduction=reduction)
+    loss = loss.float()
+    if items is not None:
+        loss = loss / (items.to(loss.device) if torch.is_tensor(items) else items)
+    output = CausalLMOutputWithPast(
+        loss=loss,
+        logits=logits,
+        past_key_values=getattr(outputs, "past_key_values", None),
+        hidden_states=getattr(outputs, "hidden_states", None),
+        attentions=getattr(outputs, "attentions", None),
+    )
+    return (
+        output
+        if (self.config.return_dict if return_dict is None else return_dict)
+        else output.to_tuple()
+    )

@@ -1,0 +1,49 @@
+"""GPT-2 (`GPT2LMHeadModel`): Conv1D GEMMs read in place, GELU in the first MLP
+GEMM's epilogue, LayerNorm on okto's kernel.
+
+Conv1D keeps its weight as [in, out], which okto's `linear` takes as it is
+(`weight_layout="in_out"`), so nothing is transposed or copied. Dropout stays
+where GPT-2 puts it: the MLP's own dropout module runs after the projection,
+and attention dropout keeps attention native (see `layers`).
+"""
+
+from __future__ import annotations
+
+from okto.planner.architecture import Architecture
+
+
+def _patch(model, choices, patches) -> None:
+    from torch import nn
+    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
+    from transformers.pytorch_utils import Conv1D
+
+    from okto.planner import forwards
+
+    if choices["gemm"].impl == "okto":
+        forwards.patch_each(model, Conv1D, patches, forwards.gemm_forward, layout="in_out")
+    if choices["activation"].impl == "okto":
+        forwards.patch_each(
+            model,
+            GPT2MLP,
+            patches,
+            forwards.gpt2_mlp_forward,
+            approximate=GPT2.gelu[model.config.activation_function],
+            fused=choices["activation"].fused,
+        )
+    if choices["layernorm"].impl == "okto":
+        forwards.patch_each(model, nn.LayerNorm, patches, forwards.layer_norm_forward)
+
+
+GPT2 = Architecture(
+    model_type="gpt2",
+    lm_class="GPT2LMHeadModel",
+    okto={
+        "gemm": "okto linear: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (Conv1D, "
+        "weights read in place), lm_head",
+        "attention": 'okto flash attention (attn_implementation "okto")',
+        "layernorm": "okto layer_norm: ln_1, ln_2, ln_f",
+    },
+    gelu={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
+    mlp_in="mlp.c_fc",
+    patch=_patch,
+)

@@ -1,0 +1,188 @@
+"""Which implementation runs each layer kind, and why.
+
+Two steps. `requests` reads the configuration and the machine alone:
+ACCELERATE.<kind> when it is not auto, else BLAS.backend, else okto; then
+okto falls back to native when the machine cannot run Triton kernels.
+`choose` then meets the model: an architecture the planner does not patch, a
+dtype, a head dim or a dropout the kernels lack turns a kind native, and the
+fused epilogues (ACCELERATE.fused_ops) decide how GELU and the loss run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from okto.planner.architecture import Architecture, ModelFacts
+from okto.planner.machine import Machine
+from okto.planner.models import ARCHITECTURES, SUPPORTED
+from okto.planner.settings import Setting
+from okto.planner.sources import DEFAULT, Sources, display
+
+KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
+OKTO, NATIVE = "okto", "native"
+KERNEL_DTYPES = ("float32", "float16", "bfloat16")
+
+NATIVE_RUNS = {
+    "gemm": "torch matmul",
+    "attention": "the model's attention (SDPA)",
+    "layernorm": "torch",
+    "softmax": "inside the model's attention",
+    "cross_entropy": "transformers' loss on the full logits",
+    "activation": "torch",
+}
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """One layer kind: okto or native, what runs it, why, and the field that decided."""
+
+    kind: str
+    impl: str
+    runs: str
+    reason: str
+    field: str | None = None
+    origin: str = DEFAULT
+    fused: bool = False  # GELU in the GEMM epilogue / linear + cross-entropy in one op
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "impl": self.impl,
+            "runs": self.runs,
+            "reason": self.reason,
+            "fused": self.fused,
+            "field": display(self.field) if self.field else None,
+            "origin": self.origin,
+        }
+
+
+def requests(sources: Sources, machine: Machine, device: Setting) -> dict[str, LayerChoice]:
+    """What the configuration asks for each kind, given what this machine can run."""
+    blocked = _machine_blocks(machine, device)
+    out = {}
+    for kind in KINDS:
+        asked = _asked(sources, kind)
+        if asked.impl == OKTO and blocked:
+            asked = replace(asked, impl=NATIVE, reason=f"{blocked} ({asked.reason})")
+        elif asked.impl == OKTO and device.value == "cpu":
+            asked = replace(asked, reason=f"{asked.reason}; Triton's interpreter (OKTO_KERNELS)")
+        out[kind] = asked
+    return out
+
+
+def _asked(sources: Sources, kind: str) -> LayerChoice:
+    path = f"accelerate.{kind}"
+    value = sources.value(path)
+    if value != "auto":
+        impl = OKTO if value == "oktoblas" else NATIVE
+        return LayerChoice(kind, impl, "", f"{display(path)}: {value}", path, sources.origin(path))
+    backend = sources.value("blas.backend")
+    if backend != "auto":
+        impl = OKTO if backend == "oktoblas" else NATIVE
+        return LayerChoice(
+            kind,
+            impl,
+            "",
+            f"BLAS.backend: {backend}, {display(path)} auto",
+            "blas.backend",
+            sources.origin("blas.backend"),
+        )
+    return LayerChoice(kind, OKTO, "", "auto")
+
+
+def _machine_blocks(machine: Machine, device: Setting) -> str | None:
+    """Why this machine runs no okto kernel at all, or None."""
+    if machine.kernel_mode == "native":
+        return "OKTO_KERNELS=native"
+    if not machine.triton:
+        return "Triton is not installed (pip install 'okto[triton]')"
+    if device.value == "cpu" and not (machine.kernel_mode == "triton" and machine.interpreter):
+        if not machine.cuda:
+            return "no CUDA"
+        return f"the device is the CPU ({display(device.field) if device.field else device.origin})"
+    return None
+
+
+def choose(
+    asked: dict[str, LayerChoice], fused_ops: Setting, facts: ModelFacts | None
+) -> dict[str, LayerChoice]:
+    """The final choice per kind for this model (None: not known yet, the requests stand)."""
+    if facts is None:
+        return {
+            k: replace(c, runs=NATIVE_RUNS[k] if c.impl == NATIVE else "") for k, c in asked.items()
+        }
+    arch = ARCHITECTURES[facts.architecture] if facts.supported else None
+    out: dict[str, LayerChoice] = {}
+    for kind in ("gemm", "attention", "layernorm", "cross_entropy", "activation"):
+        choice = asked[kind]
+        blocked = _model_blocks(kind, facts, arch) if choice.impl == OKTO else None
+        if choice.impl == NATIVE or blocked:
+            reason = blocked or choice.reason
+            out[kind] = replace(choice, impl=NATIVE, runs=NATIVE_RUNS[kind], reason=reason)
+        else:
+            out[kind] = _okto(kind, choice, arch, facts, fused_ops, out)
+    out["softmax"] = _softmax(asked["softmax"], out["attention"])
+    return {kind: out[kind] for kind in KINDS}
+
+
+def _model_blocks(kind: str, facts: ModelFacts, arch: Architecture | None) -> str | None:
+    """Why this model keeps `kind` native although okto was asked for, or None."""
+    if arch is None:
+        return f"architecture {facts.name}: the planner patches {SUPPORTED}; layers run natively"
+    if facts.dtype is not None and facts.dtype not in KERNEL_DTYPES:
+        return f"parameters are {facts.dtype}; okto's kernels take fp32, fp16 and bf16"
+    if kind == "attention":
+        from okto.kernels.ops.attention import MAX_HEAD_DIM
+
+        if facts.head_dim is not None and facts.head_dim > MAX_HEAD_DIM:
+            return f"head dim {facts.head_dim} > {MAX_HEAD_DIM}, the kernel's limit"
+        if facts.attention_dropout > 0:
+            return (
+                f"attention dropout {facts.attention_dropout:g}: okto's kernel has none "
+                "(a dropout of 0 puts attention on it)"
+            )
+    if kind == "activation" and facts.activation not in arch.gelu:
+        return f"{facts.activation} has no okto kernel (okto has GELU only)"
+    return None
+
+
+def _okto(
+    kind: str,
+    choice: LayerChoice,
+    arch: Architecture,
+    facts: ModelFacts,
+    fused_ops: Setting,
+    decided: dict[str, LayerChoice],
+) -> LayerChoice:
+    unfused = f"{display('accelerate.fused_ops')} is false ({fused_ops.origin})"
+    if kind == "activation":
+        form = "tanh" if arch.gelu[facts.activation] == "tanh" else "erf"
+        if fused_ops.value and decided["gemm"].impl == OKTO:
+            runs = f"GELU ({form}) fused into {arch.mlp_in}'s GEMM epilogue"
+            return replace(choice, runs=runs, fused=True)
+        why = unfused if not fused_ops.value else "the GEMM is native"
+        return replace(
+            choice, runs=f"okto gelu ({form}) after {arch.mlp_in}", reason=f"{choice.reason}; {why}"
+        )
+    if kind == "cross_entropy":
+        if fused_ops.value:
+            runs = "okto fused_linear_cross_entropy: lm_head + loss, logits never materialised"
+            return replace(choice, runs=runs, fused=True)
+        return replace(
+            choice,
+            runs="okto cross_entropy on lm_head's logits",
+            reason=f"{choice.reason}; logits materialised: {unfused}",
+        )
+    return replace(choice, runs=arch.okto[kind])
+
+
+def _softmax(asked: LayerChoice, attention: LayerChoice) -> LayerChoice:
+    """Softmax lives inside attention in GPT-2 and Llama: it goes where attention goes."""
+    if attention.impl == OKTO:
+        reason = "part of the attention kernel"
+        if asked.impl == NATIVE and asked.field == "accelerate.softmax":
+            reason += f"; {display(asked.field)}: native has no effect there"
+        return replace(attention, kind="softmax", runs="inside okto flash attention", reason=reason)
+    return replace(
+        attention, kind="softmax", runs=NATIVE_RUNS["softmax"], reason="attention is native"
+    )

@@ -1,0 +1,35 @@
+"""Llama (`LlamaForCausalLM`): every linear layer on okto's GEMM, RMSNorm on okto's
+kernel, attention on okto's kernel after the model's own rotary embeddings.
+
+The SwiGLU MLP keeps its three GEMMs separate: fusing gate and up would need a
+concatenated weight (a copy), and the GEMM epilogue fuses GELU only, so the
+SiLU-times-up product stays a framework op. Grouped-query attention goes to the
+kernel as it is.
+"""
+
+from __future__ import annotations
+
+from okto.planner.architecture import Architecture
+
+
+def _patch(model, choices, patches) -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from okto.planner import forwards
+
+    if choices["layernorm"].impl == "okto":
+        forwards.patch_each(model, LlamaRMSNorm, patches, forwards.rms_norm_forward)
+
+
+LLAMA = Architecture(
+    model_type="llama",
+    lm_class="LlamaForCausalLM",
+    okto={
+        "gemm": "okto linear: q/k/v/o_proj, gate/up/down_proj, lm_head",
+        "attention": "okto flash attention after the model's rotary embeddings (GQA in the kernel)",
+        "layernorm": "okto rms_norm: input_layernorm, post_attention_layernorm, norm",
+    },
+    gelu={},
+    mlp_in=None,
+    patch=_patch,
+)

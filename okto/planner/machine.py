@@ -1,0 +1,70 @@
+"""What this machine offers a plan: CUDA GPUs, memory, Triton, kernel mode.
+
+A snapshot, so the resolution rules are pure functions of (configuration,
+machine), and tests can plan for an H100 on a CPU-only host.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+from okto.errors import UsageError
+
+KERNEL_MODES = ("auto", "triton", "native")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    capability: tuple[int, int]
+    memory_bytes: int
+
+    @property
+    def bf16(self) -> bool:
+        """bf16 math (and TF32) arrived with Ampere, sm_80."""
+        return self.capability >= (8, 0)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The facts the planner reads; `detect()` reads them from this process."""
+
+    gpus: tuple[Gpu, ...] = ()
+    cpu_memory_bytes: int | None = None
+    triton: bool = False
+    kernel_mode: str = "auto"  # OKTO_KERNELS
+    interpreter: bool = False  # TRITON_INTERPRET=1: Triton kernels run on CPU tensors
+    cuda_build: bool = True  # torch was built with CUDA
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.gpus)
+
+    @classmethod
+    def detect(cls) -> Machine:
+        import torch
+
+        gpus = ()
+        if torch.cuda.is_available():
+            props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+            gpus = tuple(Gpu(p.name, (p.major, p.minor), p.total_memory) for p in props)
+        mode = os.environ.get("OKTO_KERNELS", "auto").strip().lower() or "auto"
+        if mode not in KERNEL_MODES:
+            raise UsageError(f"OKTO_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
+        return cls(
+            gpus=gpus,
+            cpu_memory_bytes=_physical_memory(),
+            triton=importlib.util.find_spec("triton") is not None,
+            kernel_mode=mode,
+            interpreter=os.environ.get("TRITON_INTERPRET", "0") == "1",
+            cuda_build=torch.version.cuda is not None,
+        )
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,52 @@
+"""The model's transformers config, found without building the model or downloading
+anything, so `okto plan` is quick: MODEL.architecture with its `config {}`, a
+local checkpoint (folder, run folder or .okm), or a hub name already cached.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from okto.errors import OktoError
+from okto.language.config import ModelConfig
+
+
+def model_config(model: ModelConfig) -> tuple[Any | None, str]:
+    """(transformers config, where it came from), or (None, why there is none)."""
+    values, source = _base_values(model.base) if model.base else (None, "")
+    if not model.pretrained and model.architecture:
+        values = {**(values or {}), "model_type": model.architecture}
+        source = f"MODEL.architecture {model.architecture}" + (f" over {source}" if source else "")
+    if values is None:
+        return None, source or "MODEL names no base and no architecture"
+    values = {**values, **model.config}
+    model_type = values.pop("model_type", None)
+    if model_type is None:
+        return None, f"{source}: the config names no model_type"
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(model_type, **values), source
+    except (ValueError, KeyError, TypeError) as error:
+        return None, f"{source}: {error}"
+
+
+def _base_values(base: str) -> tuple[dict | None, str]:
+    if Path(base).exists():
+        from okto.package import open_checkpoint
+
+        try:
+            return open_checkpoint(base).config, f"MODEL.base {base}"
+        except OktoError as error:
+            return None, str(error)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(base, "config.json")
+    except ValueError:  # not a valid hub name either
+        return None, f"MODEL.base {base!r} is neither a local path nor a hub name"
+    if isinstance(cached, str):
+        return json.loads(Path(cached).read_text()), f"MODEL.base {base} (hub cache)"
+    return None, f"MODEL.base {base!r} is not in the local hub cache (okto train downloads it)"

@@ -1,0 +1,36 @@
+"""The model families the planner patches, and `describe`, which reads a model's facts.
+
+A model is "supported" when it is the family's causal-LM class itself (an
+instance), or, planned from a config, when its model_type is a family's: okto
+trains causal LMs, so a config stands for the family's LM class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from okto.planner.architecture import Architecture, ModelFacts, read_facts
+from okto.planner.gpt2 import GPT2
+from okto.planner.llama import LLAMA
+
+ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (GPT2, LLAMA)}
+SUPPORTED = "GPT-2 and Llama"
+
+
+def describe(model: Any) -> ModelFacts:
+    """Facts of an `nn.Module` (a transformers model), a `PretrainedConfig` or a config dict."""
+    if isinstance(model, dict):
+        from transformers import AutoConfig
+
+        values = dict(model)
+        model = AutoConfig.for_model(values.pop("model_type"), **values)
+    config = getattr(model, "config", None)
+    if config is None:  # a config itself
+        arch = ARCHITECTURES.get(getattr(model, "model_type", None))
+        return read_facts(model, None, arch is not None, None)
+    arch = ARCHITECTURES.get(getattr(config, "model_type", None))
+    class_name = type(model).__name__
+    params = next(model.parameters(), None)
+    dtype = str(params.dtype).removeprefix("torch.") if params is not None else None
+    supported = arch is not None and class_name == arch.lm_class
+    return read_facts(config, class_name, supported, dtype)
