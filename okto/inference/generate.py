@@ -408,13 +408,8 @@ def load_model(
         chosen = ops.select(device, target, spec, backend)
         engine = Engine(decoder.build(spec, state, chosen, device, target), cuda_graphs)
         context = spec.max_positions
-    defaults = Settings().merged(_from_defaults(checkpoint.generation_defaults))
+    defaults = Settings().merged(checkpoint.generation_defaults)
     return Model(checkpoint, tokenizer, engine, defaults, context)
-
-
-def _from_defaults(values: dict) -> dict:
-    """A model's stored defaults, less what belongs to loading (model path, dtype, backend)."""
-    return {k: v for k, v in values.items() if k not in ("model", "dtype", "backend")}
 
 
 def _hf_config(values: dict):

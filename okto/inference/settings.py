@@ -20,6 +20,17 @@ _ALIASES = {
     "format": "template",
     "precision": "dtype",
 }
+# What a model carries as its own defaults: how to generate, not how to run (batch, device).
+MODEL_DEFAULTS = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "stop",
+    "template",
+    "exit_command",
+)
 # INFERENCE `precision` and `backend` values -> load_model's
 _PRECISIONS = {"auto": None, "tf32": "fp32"}
 _BACKENDS = {"oktoblas": "okto", "cublas": "native"}
@@ -124,3 +135,8 @@ def from_generation_config(config: dict) -> dict:
     if config.get("max_new_tokens"):
         out["max_tokens"] = config["max_new_tokens"]
     return out
+
+
+def model_defaults(values: dict) -> dict:
+    """The part of settings values a model keeps as its own defaults (see MODEL_DEFAULTS)."""
+    return {k: v for k, v in values.items() if k in MODEL_DEFAULTS}

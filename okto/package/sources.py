@@ -16,7 +16,7 @@ from pathlib import Path
 
 from okto import __version__
 from okto.errors import UsageError
-from okto.inference.settings import from_block, from_generation_config
+from okto.inference.settings import from_block, from_generation_config, model_defaults
 from okto.package.format import CONFIG, WEIGHTS, Package, write_package
 from okto.package.weights import (
     FLOAT_CODES,
@@ -66,13 +66,13 @@ class Checkpoint:
     def generation_defaults(self) -> dict:
         """Generation settings the model carries: its generation_config, then its training's INFERENCE."""
         if self.package is not None:
-            return dict(self.package.manifest.get("generation") or {})
+            return model_defaults(self.package.manifest.get("generation") or {})
         out = {}
         if self.generation_config:
             out.update(from_generation_config(json.loads(self.generation_config)))
         training = self.training_config or {}
         out.update(from_block(training.get("inference") or training.get("INFERENCE")))
-        return out
+        return model_defaults(out)
 
     def tensors(self) -> dict:
         """The weights as torch tensors (in place for `.okm`, never through pickle there)."""

@@ -67,10 +67,12 @@ def test_run_directory_carries_its_training_config(hf_dirs, tmp_path):
     final.mkdir(parents=True)
     for name, data in files_of(hf_dirs["gpt2"]).items():
         (final / name).write_bytes(data)
-    training = {"project": "demo", "inference": {"params": {"temperature": 0}, "max_tokens": 3}}
+    inference = {"params": {"temperature": 0}, "max_tokens": 3, "batch_size": 1, "backend": "auto"}
+    training = {"project": "demo", "inference": inference}
     (final / "okto_config.json").write_text(json.dumps(training))
     package = Package(export_model(run, tmp_path / "demo.okm"))
     assert package.manifest["training_config"] == training
+    # how to generate travels with the model; how to run (batch size, backend) does not
     assert package.manifest["generation"] == {"temperature": 0.0, "max_tokens": 3}
     back = export_model(package.path, tmp_path / "demo_hf", format="hf")
     assert json.loads((back / "okto_config.json").read_text()) == training
