@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 import okto.kernels
 from okto.kernels import KernelError, layer_norm, rms_norm
@@ -195,15 +196,36 @@ def test_torch_compile_fullgraph_forward_and_backward():
 # --- GPU: real sizes, bf16, torch.compile with inductor -----------------------------------
 
 
+@pytest.mark.parametrize("m", [1, 7, 16384])
+@pytest.mark.parametrize("n", [37, 768, 4096, 8192, 20000])
+def test_autotune_configs_fit_the_row(m, n):
+    """The sm_90 tuning space (the interpreter only runs the first config): 8-16 elements a thread."""
+    for max_block in (norm_kernels.FWD_MAX_BLOCK, norm_kernels.BWD_MAX_BLOCK):
+        block_n = norm_kernels._block_n(n, max_block)
+        kept = norm_kernels._prune(norm_kernels._CONFIGS, {"M": m}, BLOCK_N=block_n)
+        assert kept and all(c.kwargs["BLOCK_M"] <= triton.next_power_of_2(m) for c in kept)
+        if n >= 768 and m > 1:
+            assert all(8 <= c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps) <= 16 for c in kept)
+
+
+# (rows, width, dtype): GPT-2 and Llama widths, and rows wide enough for the chunked paths
+# (backward above 8192, forward above 16384).
+GPU_SHAPES = [
+    (16384, 768, torch.bfloat16),
+    (16384, 768, torch.float32),
+    (4096, 4096, torch.float16),
+    (1024, 8192, torch.bfloat16),
+    (257, 12288, torch.bfloat16),
+    (3, 50000, torch.float32),
+]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize(
-    "shape", [(16384, 768), (4096, 4096), (1024, 8192), (257, 12288), (3, 50000)]
-)
+@pytest.mark.parametrize(("m", "n", "dtype"), GPU_SHAPES)
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
-def test_gpu_real_sizes(kind, shape, dtype):
-    _check(kind, shape, dtype, affine=True, residual=True)
-    _check(kind, shape, dtype, affine=True, residual=False)
+def test_gpu_real_sizes(kind, m, n, dtype):
+    _check(kind, (m, n), dtype, affine=True, residual=True)
+    _check(kind, (m, n), dtype, affine=False, residual=False)
 
 
 @pytest.mark.gpu
