@@ -5,6 +5,7 @@ fit where they stand."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -262,10 +263,9 @@ class ControlBuilder:
         if not isinstance(item.value, Str | Num | Bool | Ident):
             self.collect.error(item.value.span, f"SET {field} needs a single value")
             return None
-        annotation = TrainConfig.model_fields[field].rebuild_annotation()
         raw = item.value.name if isinstance(item.value, Ident) else item.value.value
         try:
-            value = TypeAdapter(annotation).validate_python(raw)
+            value = _train_field_type(field).validate_python(raw)
         except ValidationError as error:
             message, hint = explain(error.errors()[0])
             self.collect.error(item.value.span, f"SET {field}: {message}", hint)
@@ -327,6 +327,11 @@ class ControlBuilder:
             return {"kind": "save", "target": "model", "label": item.value.value}
         self.collect.error(item.value.span, 'SAVE takes model, checkpoint or a "label"')
         return None
+
+
+@functools.cache
+def _train_field_type(field: str) -> TypeAdapter:
+    return TypeAdapter(TrainConfig.model_fields[field].rebuild_annotation())
 
 
 def _whole_count(node: Num | Qty) -> int | None:

@@ -189,7 +189,7 @@ def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
         return ("project", HEADER_KEYWORDS[parts[0].upper()]), str
     block = BLOCK_KEYWORDS.get(parts[0].upper())
     model = model_in(OktoConfig.model_fields[block].annotation) if block else None
-    if model is None or len(parts) < 2:
+    if model is None:
         known = [k for k in BLOCK_KEYWORDS if k not in ("METRICS", "CONTROL")]
         _fail(
             collect,
@@ -197,6 +197,8 @@ def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
             f"cannot set '{key}'{suggestion(parts[0], known)}",
             "write BLOCK.field=value, e.g. TRAIN.batch_size=32; blocks: " + ", ".join(known),
         )
+    if len(parts) < 2:
+        _fail(collect, span, f"name a field of {parts[0].upper()}: {parts[0].upper()}.field=value")
     path: Path = (block,)
     annotation: Any = model
     for part in parts[1:]:

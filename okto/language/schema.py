@@ -25,7 +25,7 @@ def json_schema() -> dict[str, Any]:
         target = schema if model is OktoConfig else definitions.get(model.__name__)
         if target is not None:
             _add_aliases(model, target["properties"])
-    return {"$schema": DIALECT, "title": "OktoScript (.okt)", **schema}
+    return {"$schema": DIALECT, **schema, "title": "OktoScript (.okt)"}
 
 
 def _models(model: type[BaseModel]) -> list[type[BaseModel]]:

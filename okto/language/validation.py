@@ -21,16 +21,19 @@ def validate(
     try:
         config = OktoConfig.model_validate(inputs, context=context)
     except ValidationError as error:
-        errors, seen = [], set()
+        # One error per value: the alternatives of a union fail together.
+        by_value: dict[Path, list[dict]] = {}
         for detail in error.errors():
             path = _path(detail)
             where = _nearest(path, locations)
-            if where in seen:
-                continue
-            seen.add(where)
-            message, hint = explain(detail)
-            if detail["type"] != "value_error" and len(path) > 1:
-                message = f"{_field_name(path[1:])}: {message}"
+            if detail["type"] == "missing":
+                where = (*where, path[-1])
+            by_value.setdefault(where, []).append(detail)
+        errors = []
+        for where, details in by_value.items():
+            message, hint = explain_all(details)
+            if details[0]["type"] != "value_error" and len(where) > 1:
+                message = f"{_field_name(where[1:])}: {message}"
             errors.append(_diagnostic("error", message, hint, where, locations, source))
         raise OktoValidationError(errors) from None
     warnings = [
@@ -51,12 +54,7 @@ def _field_name(path: Path) -> str:
     """`("adapter", "rank")` -> `adapter.rank`; list indexes in brackets."""
     name = ""
     for part in path:
-        if isinstance(part, int):
-            name += f"[{part}]"
-        elif not part.isidentifier() or "[" in part:
-            break  # pydantic's union and validator tags
-        else:
-            name += f".{part}" if name else part
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else part)
     return name
 
 
@@ -69,7 +67,7 @@ def _nearest(path: Path, locations: dict[Path, Location]) -> Path:
 
 
 def _diagnostic(severity, message, hint, where: Path, locations, source: Source) -> Diagnostic:
-    location = locations.get(where)
+    location = locations.get(where) or locations.get(where[:-1])
     if location is None:
         return Diagnostic(severity, message, source, None, hint)
     return Diagnostic(severity, message, location.source, location.span, hint)
@@ -81,6 +79,7 @@ _TYPE_WORDS = {
     "int_from_float": "a whole number",
     "float_type": "a number",
     "float_parsing": "a number",
+    "finite_number": "a finite number",
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "string_type": "a string",
@@ -96,6 +95,18 @@ _BOUNDS = {
     "less_than": "below",
     "less_than_equal": "at most",
 }
+
+
+def explain_all(details: list[dict]) -> tuple[str, str | None]:
+    """The errors one value got (several when a union rejected it)."""
+    kinds = [d["type"] for d in details]
+    if len(details) > 1 and all(kind in _TYPE_WORDS for kind in kinds):
+        words = list(dict.fromkeys(_TYPE_WORDS[kind] for kind in kinds))
+        if "a number" in words and "a whole number" in words:
+            words.remove("a whole number")
+        expected = ", ".join(words[:-1]) + " or " + words[-1]
+        return f"expected {expected}, got {describe(details[0].get('input'))}", None
+    return explain(details[0])
 
 
 def explain(detail: dict) -> tuple[str, str | None]:

@@ -1,0 +1,144 @@
+"""`okto check`, `okto schema`, `okto init`, and that none of them (nor
+`okto --help`) imports torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from okto.cli import main
+from okto.language import load
+from okto.language.schema import json_schema
+from tests.language.util import ROOT
+
+
+@pytest.fixture
+def okt(tmp_path):
+    def write(text: str, name: str = "t.okt"):
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+def test_check_a_valid_file(okt, capsys):
+    path = okt('PROJECT "x"\nTRAIN { epochs: 1 }\n')
+    assert main(["check", "-f", path]) == 0
+    assert capsys.readouterr().out == f"{path}: valid\n"
+
+
+def test_check_an_invalid_file(okt, capsys):
+    path = okt("TRAIN {\n  epoch: 1\n  batch_size: big\n}\n")
+    assert main(["check", "-f", path]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2:3: error: unknown field 'epoch' in TRAIN (did you mean 'epochs'?)" in err
+    assert "    epoch: 1\n    ^^^^^\n" in err
+    assert f"{path}:3:15: error: batch_size: expected a whole number, got 'big'" in err
+    assert err.endswith(f"{path}: 2 errors\n")
+
+
+def test_check_a_syntax_error(okt, capsys):
+    path = okt("PROJECT “x”\n")
+    assert main(["check", "-f", path]) == 2
+    assert (
+        f"{path}:1:9: error: typographic quote “ is not a string quote" in capsys.readouterr().err
+    )
+
+
+def test_warnings_pass_unless_strict(okt, capsys):
+    path = okt("MONITOR { }\nCONTROL { WHEN gpu_usage > 90% { STOP } }\n")
+    assert main(["check", "-f", path]) == 0
+    captured = capsys.readouterr()
+    assert "warning: MONITOR is recognised" in captured.err
+    assert "note: gpu_usage is read from the GPU" in captured.err
+    assert captured.out == f"{path}: valid (1 warning)\n"
+    assert main(["check", "-f", path, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:1:1: error: MONITOR is recognised" in err
+    assert "note: gpu_usage" in err  # notes stay notes
+
+
+def test_strict_passes_with_notes_only(okt):
+    path = okt("CONTROL { WHEN gpu_usage > 90% { STOP } }\n")
+    assert main(["check", "-f", path, "--strict"]) == 0
+
+
+def test_check_json(okt, capsys):
+    path = okt("TRAIN { epoch: 1 }\nMONITOR { }\n")
+    assert main(["check", "-f", path, "--json"]) == 2
+    result = json.loads(capsys.readouterr().out)
+    assert result["file"] == path and result["valid"] is False
+    assert [(e["line"], e["column"]) for e in result["errors"]] == [(1, 9)]
+    assert result["warnings"][0]["message"].startswith("MONITOR is recognised")
+    good = okt('PROJECT "x"', "good.okt")
+    assert main(["check", "-f", good, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "file": good,
+        "valid": True,
+        "errors": [],
+        "warnings": [],
+    }
+
+
+def test_check_a_missing_file(tmp_path, capsys):
+    missing = str(tmp_path / "none.okt")
+    assert main(["check", "-f", missing]) == 2
+    assert capsys.readouterr().err == f"{missing}: no such file\n"
+    assert main(["check", "-f", missing, "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["valid"] is False
+
+
+def test_check_needs_a_file(capsys):
+    assert main(["check"]) == 2
+
+
+def test_schema(tmp_path, capsys):
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json_schema()
+    out = tmp_path / "okt.schema.json"
+    assert main(["schema", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["title"] == "OktoScript (.okt)"
+
+
+def test_init_creates_a_valid_project(tmp_path, capsys):
+    target = tmp_path / "my-project"
+    assert main(["init", str(target)]) == 0
+    program = load(target / "train.okt")
+    assert program.config.project.name == "my-project"
+    assert program.warnings == []
+    train = (target / "data" / "train.jsonl").read_text().splitlines()
+    val = (target / "data" / "val.jsonl").read_text().splitlines()
+    assert len(train) > 100 and len(val) > 10
+    assert not set(train) & set(val)
+    assert all(json.loads(line)["text"] for line in train)
+    assert "next: cd" in capsys.readouterr().out
+
+
+def test_init_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    assert main(["init", str(tmp_path / "taken")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_help_and_check_do_not_import_torch():
+    example = ROOT / "examples" / "control-rules.okt"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from okto.cli import main
+        main(["--help"])
+        assert main(["check", "-f", {str(example)!r}]) == 0
+        heavy = ("torch", "transformers", "datasets", "numpy", "triton")
+        print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines()[-1] == "[]"

@@ -1,0 +1,134 @@
+"""The shipped examples, the JSON Schema and the generated reference page."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+
+import okto
+from okto.language import docs
+from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, NOT_EXECUTED_BLOCKS, OktoConfig
+from okto.language.schema import json_schema
+from tests.language.schema_check import problems
+from tests.language.util import EXAMPLES, ROOT
+
+SCHEMA = json_schema()
+
+
+@functools.cache
+def loaded(path) -> okto.Program:
+    return okto.load(path)
+
+
+def test_there_are_at_least_ten_examples():
+    assert len(EXAMPLES) >= 10
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_valid_and_round_trips(path):
+    p = loaded(path)
+    assert OktoConfig.model_validate(p.to_dict()) == p.config
+    only_other_tools = all(
+        d.severity == "note"
+        or d.message.endswith("no effect here")
+        or "does not execute" in d.message
+        for d in p.warnings
+    )
+    assert only_other_tools, [d.render() for d in p.warnings]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_schema_accepts_every_example(path):
+    assert problems(loaded(path).to_dict(), SCHEMA, SCHEMA) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_data_files_exist(path):
+    dataset = loaded(path).config.dataset
+    paths = [dataset.train, dataset.validation] + [m.path for m in dataset.mix_datasets or []]
+    for relative in filter(None, paths):
+        assert (path.parent / relative).is_file(), relative
+
+
+def test_the_examples_cover_every_syntax_element():
+    text = "\n".join(p.read_text(encoding="utf-8") for p in EXAMPLES)
+    for element in [
+        '# okto_version: "1.3"',  # version header
+        'PROJECT "',
+        "DESCRIPTION ",
+        "VERSION ",
+        "AUTHOR ",
+        "TAGS [",
+        "  # ",  # trailing comment
+        "16GB",
+        "50%",
+        "10K",
+        "0.9M",
+        '"4GB"',  # quoted quantity
+        "params {",
+        "ADAPTER {",
+        "config {",
+        "mix_datasets: [\n    { path:",  # multi-line list of inline objects
+        "DATA {",
+        "log_interval:",
+        "target_field:",
+        "checkpoint_steps:",
+        "max_new_tokens:",
+        "dtype:",
+        "val:",
+        "on_epoch_end {",
+        "EVERY 500 steps",
+        "WHEN ",
+        " AND (",
+        "SET LR",
+        "DECREASE learning_rate BY 50%",
+        "STOP_TRAINING",
+        "METRICS {",
+        "REPLACE with_message:",
+        "\t",  # tabs
+    ]:
+        assert element in text, element
+    for keyword in [*BLOCK_KEYWORDS, *NOT_EXECUTED_BLOCKS]:
+        assert re.search(rf"^{keyword}\b", text, re.MULTILINE), keyword
+
+
+def test_the_schema_is_valid_json_schema_and_lists_aliases():
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    train = SCHEMA["$defs"]["TrainConfig"]["properties"]
+    assert {"log_interval", "log_every", "checkpoint_steps", "lr"} <= set(train)
+    assert {"DATASET", "DATA", "TRAIN"} <= set(SCHEMA["properties"])
+    for path in EXAMPLES:
+        validator.validate(loaded(path).to_dict())
+
+
+def test_the_schema_rejects_what_the_models_reject():
+    assert problems({"train": {"epochs": 0}}, SCHEMA, SCHEMA)
+    assert problems({"train": {"epoch": 2}}, SCHEMA, SCHEMA)
+    assert problems({"env": {"min_memory": "12"}}, SCHEMA, SCHEMA)
+    assert problems({"train": {"log_interval": 5}}, SCHEMA, SCHEMA) == []
+
+
+def test_the_reference_page_is_up_to_date():
+    page = docs.PAGE.read_text(encoding="utf-8")
+    assert docs.update(page) == page, "run: python -m okto.language.docs"
+
+
+def test_the_reference_page_documents_every_field():
+    page = docs.PAGE.read_text(encoding="utf-8")
+    for keyword in HEADER_KEYWORDS:
+        assert f"`{keyword}`" in page
+    for name, info in OktoConfig.model_fields.items():
+        model = docs.model_in(info.annotation) if name != "project" else None
+        for field in model.model_fields if model else ():
+            assert f"`{field}`" in page, f"{name}.{field}"
+
+
+def test_the_readme_language_example_is_valid():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The language") :]
+    code = re.search(r"```okt\n(.*?)```", section, re.DOTALL).group(1)
+    okto.parse(code, "README.md")

@@ -1,0 +1,156 @@
+"""The library API: parse, load, Program (config, warnings, source_map,
+to_dict) and apply_overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+import okto
+from okto.language import (
+    OktoConfig,
+    OktoValidationError,
+    Origin,
+    Program,
+    apply_overrides,
+)
+from okto.language.quantities import Quantity
+from tests.language.util import program
+
+TEXT = """\
+PROJECT "api"
+TRAIN {
+  epochs: 2
+  log_interval: 5
+}
+MODEL { base: "gpt2" ADAPTER { rank: 4 } }
+"""
+
+
+def test_okto_exports_the_language_api():
+    assert okto.parse is okto.language.parse
+    assert okto.load is okto.language.load
+    assert okto.Program is Program
+
+
+def test_load_reads_a_file(tmp_path):
+    path = tmp_path / "train.okt"
+    path.write_text(TEXT, encoding="utf-8")
+    p = okto.load(path)
+    assert p.config.train.epochs == 2
+    assert p.source.name == str(path)
+    assert str(p.source_map["train.epochs"]) == f"{path}:3:11"
+
+
+def test_source_map_gives_positions_and_defaults():
+    p = okto.parse(TEXT, "api.okt")
+    assert p.source_map["train.epochs"] == Origin("file", "api.okt", 3, 11)
+    assert str(p.source_map["train.logging_steps"]) == "api.okt:4:17"  # via the alias
+    assert str(p.source_map["train.batch_size"]) == "default"
+    assert str(p.source_map["model.adapter"]) == "api.okt:6:22"
+    assert str(p.source_map["model.adapter.rank"]) == "api.okt:6:38"
+    assert str(p.source_map["model.adapter.alpha"]) == "default"
+    assert str(p.source_map["project.name"]) == "api.okt:1:9"
+    assert str(p.source_map["env"]) == "default"
+    assert str(p.source_map["train"]) == "api.okt:2:1"
+    assert p.source_map["train.epochs"].line == 3
+
+
+def test_a_string_without_a_filename():
+    p = okto.parse("TRAIN { epochs: 2 }")
+    assert str(p.source_map["train.epochs"]) == "<string>:1:17"
+
+
+def test_to_dict_round_trips():
+    p = program(TEXT)
+    data = p.to_dict()
+    assert data["train"]["logging_steps"] == 5
+    assert data["model"]["adapter"]["rank"] == 4
+    assert OktoConfig.model_validate(data) == p.config
+
+
+def test_to_dict_writes_quantities_as_text():
+    p = program("ENV { min_memory: 16GB }\nMODEL { parameters: 124M }")
+    data = p.to_dict()
+    assert (data["env"]["min_memory"], data["model"]["parameters"]) == ("16GB", "124M")
+    assert OktoConfig.model_validate(data).env.min_memory == Quantity(16, "GB")
+
+
+def test_config_accepts_block_keywords_and_aliases_as_input():
+    config = OktoConfig.model_validate({"TRAIN": {"log_interval": 3}, "DATA": {"val": "v"}})
+    assert (config.train.logging_steps, config.dataset.validation) == (3, "v")
+
+
+def test_warnings_are_diagnostics():
+    p = program("ENV { install_missing: true }\nMONITOR { }")
+    assert [(w.severity, w.line) for w in p.warnings] == [("warning", 1), ("warning", 2)]
+    assert p.warnings[1].render().startswith("t.okt:2:1: warning: MONITOR is recognised")
+
+
+# ---- overrides -----------------------------------------------------------------
+
+
+def test_apply_overrides_revalidates_and_records_the_command_line():
+    p = apply_overrides(program(TEXT), ["TRAIN.batch_size=32", "train.lr=1e-4"])
+    assert (p.config.train.batch_size, p.config.train.learning_rate) == (32, 1e-4)
+    assert str(p.source_map["train.batch_size"]) == "command line"
+    assert str(p.source_map["train.learning_rate"]) == "command line"
+    assert str(p.source_map["train.epochs"]) == "t.okt:3:11"
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "value"),
+    [
+        ("MODEL.adapter.rank=16", ("model", "adapter", "rank"), 16),
+        ("MODEL.ADAPTER.r=2", ("model", "adapter", "rank"), 2),
+        ("DATA.train=data/other.jsonl", ("dataset", "train"), "data/other.jsonl"),
+        ('DATASET.train="x y.jsonl"', ("dataset", "train"), "x y.jsonl"),
+        ("ENV.min_memory=8GB", ("env", "min_memory"), Quantity(8, "GB")),
+        ("EXPORT.format=[okm, hf]", ("export", "format"), ["okm", "hf"]),
+        ("INFERENCE.max_new_tokens=20", ("inference", "max_tokens"), 20),
+        ("PROJECT=renamed", ("project", "name"), "renamed"),
+    ],
+)
+def test_override_forms(override, path, value):
+    node = apply_overrides(program(TEXT), [override]).config
+    for part in path:
+        node = getattr(node, part)
+    assert node == value
+
+
+def test_an_override_replaces_a_whole_sub_block():
+    p = apply_overrides(program(TEXT), ["MODEL.adapter={ rank: 2, alpha: 8 }"])
+    assert (p.config.model.adapter.rank, p.config.model.adapter.alpha) == (2, 8)
+
+
+def test_override_makes_a_conflict_visible():
+    with pytest.raises(OktoValidationError) as caught:
+        apply_overrides(program(TEXT), ["TRAIN.max_steps=10"])
+    (diagnostic,) = caught.value.errors
+    assert diagnostic.message == "set either epochs or max_steps, not both"
+    assert diagnostic.render().startswith("command line:1:23: error:")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("TRAIN.batch_size=many", "batch_size: expected a whole number, got 'many'"),
+        ("TRAIN.batch_sise=3", "unknown field 'batch_sise' in TRAIN (did you mean 'batch_size'?)"),
+        ("TRAN.epochs=3", "cannot set 'TRAN.epochs' (did you mean 'TRAIN'?)"),
+        ("TRAIN=3", "name a field of TRAIN: TRAIN.field=value"),
+        ("CONTROL.x=1", "cannot set 'CONTROL.x'"),
+        ("TRAIN.epochs", "expected BLOCK.field=value, like TRAIN.batch_size=32"),
+        ("TRAIN.epochs.x=1", "'train.epochs' has no fields"),
+        ("MODEL.adapter={ rnk: 2 }", "unknown field 'rnk' in adapter (did you mean 'rank'?)"),
+    ],
+)
+def test_override_errors(override, message):
+    with pytest.raises(OktoValidationError) as caught:
+        apply_overrides(program(TEXT), [override])
+    assert caught.value.errors[0].message == message
+    assert caught.value.errors[0].source.name == "command line"
+
+
+def test_overrides_keep_the_original_program():
+    original = program(TEXT)
+    apply_overrides(original, ["TRAIN.epochs=9"])
+    assert original.config.train.epochs == 2
