@@ -17,6 +17,7 @@ _EXPORTS = {
     "Program": "okto.language",
     "OktoError": "okto.errors",
     "load_model": "okto.inference",
+    "train": "okto.training",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,152 @@
+"""Checkpoints: everything a run needs to continue exactly where it was.
+
+A checkpoint is a folder `step-NNNNNNN/` under the run's checkpoint folder:
+
+- `trainable.safetensors`: the trained parameters (all of them, or a LoRA
+  adapter's: the frozen base is rebuilt from MODEL.base on resume);
+- `state.pt`: optimizer, scheduler, gradient scaler and RNG states (torch,
+  CUDA, Python, NumPy), plain tensors and numbers only, so it loads with
+  `torch.load(weights_only=True)`, which runs no code from the file;
+- `trainer.json`: step, data position, live TRAIN values, CONTROL and
+  early-stopping state, the logging window.
+
+It is written under a temporary name and renamed, so a folder named
+`step-*` is always complete: a write cut short (a crash, a full disk, a
+kill) leaves a `.tmp-*` folder that is never read and is swept away by the
+next save, and the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from okto.errors import UsageError
+
+WEIGHTS = "trainable.safetensors"
+STATE = "state.pt"
+TRAINER = "trainer.json"
+FILES = (WEIGHTS, STATE, TRAINER)
+_NAME = re.compile(r"^step-(\d+)$")
+_TEMP_PREFIX = ".tmp-"
+
+
+def save_checkpoint(folder: Path, step: int, model: nn.Module, states: dict, trainer: dict) -> Path:
+    """Write a checkpoint for `step` atomically; `states` holds state dicts (optimizer, ...)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _sweep(folder)
+    final = folder / f"step-{step:07d}"
+    staging = folder / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}"
+    try:
+        staging.mkdir()
+        save_file(trainable_state(model), str(staging / WEIGHTS), metadata={"step": str(step)})
+        torch.save({**states, "rng": rng_state()}, staging / STATE)
+        (staging / TRAINER).write_text(json.dumps(trainer, indent=1))
+        for name in FILES:
+            _fsync(staging / name)
+        if final.exists():  # `SAVE checkpoint` and a periodic save at the same step
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        _fsync(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name (tied ones once), detached and contiguous."""
+    return {
+        name: param.detach().contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The complete checkpoint with the highest step in `folder`, if any."""
+    if not folder.is_dir():
+        return None
+    done = [
+        path
+        for path in folder.iterdir()
+        if _NAME.match(path.name) and all((path / name).is_file() for name in FILES)
+    ]
+    return max(done, key=lambda path: int(_NAME.match(path.name).group(1)), default=None)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
+    """(trainable tensors, state dicts, trainer state) of a checkpoint folder."""
+    missing = [name for name in FILES if not (path / name).is_file()]
+    if not path.is_dir() or missing:
+        raise UsageError(
+            f"{path} is not an okto checkpoint (a step-* folder with {', '.join(FILES)})"
+        )
+    weights = load_file(str(path / WEIGHTS))
+    states = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    trainer = json.loads((path / TRAINER).read_text())
+    return weights, states, trainer
+
+
+def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    expected = trainable_state(model)
+    if set(weights) != set(expected):
+        missing = sorted(set(expected) - set(weights))[:3]
+        extra = sorted(set(weights) - set(expected))[:3]
+        raise UsageError(
+            f"{where} does not fit this model (missing {missing}, unexpected {extra}): "
+            "was it written by a run with another MODEL block?"
+        )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in weights:
+                param.copy_(weights[name])
+
+
+def rng_state() -> dict:
+    """Every random generator a step touches, as tensors and plain numbers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """random.setstate wants tuples where the checkpoint may hold lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _sweep(folder: Path) -> None:
+    """Remove what interrupted saves left behind."""
+    for path in folder.glob(f"{_TEMP_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

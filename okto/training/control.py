@@ -1,0 +1,150 @@
+"""Running CONTROL rules at the training loop's events.
+
+The loop calls `Controller.fire(event, count, metrics)` after every step
+(`on_step_end`, count = step), epoch, evaluation, NaN and plateau. A rule runs
+its actions when it is due and its condition holds; a WHEN rule only when its
+condition turns true, so its last truth value is kept (and saved with
+checkpoints). Nested rules are checked at the same event when their parent
+fires. The actions themselves are the trainer's business: the controller
+hands them to an object with `get(field)`, `set(field, value)`,
+`log(text)`, `save(target, label)` and `stop(reason)`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Protocol
+
+from okto.language.control import (
+    AdjustAction,
+    LogAction,
+    Rule,
+    SaveAction,
+    SetAction,
+    StopAction,
+)
+
+INTEGER_FIELDS = (
+    "batch_size",
+    "gradient_accumulation",
+    "logging_steps",
+    "eval_steps",
+    "save_steps",
+)
+
+
+class Actions(Protocol):
+    def get(self, field: str) -> float: ...
+    def set(self, field: str, value: float) -> None: ...
+    def log(self, text: str) -> None: ...
+    def save(self, target: str, label: str | None) -> None: ...
+    def stop(self, reason: str) -> None: ...
+
+
+class Controller:
+    def __init__(self, rules: list[Rule], actions: Actions):
+        self.rules = rules
+        self.actions = actions
+        self.was_true: dict[str, bool] = {}  # WHEN rules' last truth value, by position
+
+    def fire(self, event: str, count: int, metrics: Mapping[str, object]) -> None:
+        self._run(self.rules, "", event, count, metrics)
+
+    def _run(self, rules, prefix: str, event: str, count: int, metrics) -> None:
+        for index, rule in enumerate(rules):
+            key = f"{prefix}{index}"
+            if not rule.is_due(event, count):
+                continue
+            holds = rule.holds(metrics)
+            if rule.kind == "when":
+                turned_true = holds and not self.was_true.get(key, False)
+                self.was_true[key] = holds
+                holds = turned_true
+            if holds:
+                self._act(rule, key, event, count, metrics)
+
+    def _act(self, rule: Rule, key: str, event: str, count: int, metrics) -> None:
+        for action in rule.actions:
+            if isinstance(action, Rule):
+                self._run([action], f"{key}.", event, count, metrics)
+            elif isinstance(action, SetAction):
+                self.actions.set(action.field, _value(action.field, action.value))
+            elif isinstance(action, AdjustAction):
+                current = self.actions.get(action.field)
+                self.actions.set(action.field, _value(action.field, action.apply(current)))
+            elif isinstance(action, LogAction):
+                self.actions.log(_log_text(action, metrics))
+            elif isinstance(action, SaveAction):
+                label = _fill(action.label, metrics) if action.label else None
+                self.actions.save(action.target, label)
+            elif isinstance(action, StopAction):
+                self.actions.stop(f"a CONTROL rule ({event}) said STOP")
+
+    def state_dict(self) -> dict:
+        return {"was_true": dict(self.was_true)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.was_true = dict(state.get("was_true", {}))
+
+
+def _value(field: str, value) -> float:
+    """A live field's new value: integers stay integers (at least 1), rates stay positive."""
+    number = float(value)
+    if field in INTEGER_FIELDS:
+        return max(1, round(number))
+    return max(number, 0.0)
+
+
+def _log_text(action: LogAction, metrics: Mapping[str, object]) -> str:
+    if action.metric is not None:
+        value = metrics.get(action.metric)
+        return f"{action.metric} = {_format(value) if value is not None else 'not measured yet'}"
+    return _fill(action.message or "", metrics)
+
+
+def _fill(text: str, metrics: Mapping[str, object]) -> str:
+    """`{step}`, `{epoch}`, `{loss:.3f}` ... filled in from the metrics; unknown names kept as written."""
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError:  # unbalanced braces: plain text
+        return text
+    out = []
+    for literal, name, spec, _ in parts:
+        out.append(literal)
+        if name is not None:
+            value = metrics.get(name)
+            if value is None:
+                out.append("{" + name + (":" + spec if spec else "") + "}")
+            else:
+                out.append(format(value, spec) if spec else _format(value))
+    return "".join(out)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
+    return str(value)
+
+
+def metric_names(rules: list[Rule]) -> set[str]:
+    """Every metric the rules' conditions read, nested rules included."""
+    names: set[str] = set()
+
+    def condition(node) -> None:
+        if node is None:
+            return
+        if hasattr(node, "metric"):
+            names.add(node.metric)
+        for child in getattr(node, "conditions", ()):
+            condition(child)
+
+    def walk(rule: Rule) -> None:
+        condition(rule.condition)
+        for action in rule.actions:
+            if isinstance(action, Rule):
+                walk(action)
+
+    for rule in rules:
+        walk(rule)
+    return names

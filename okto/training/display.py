@@ -1,0 +1,119 @@
+"""What the user sees while a run trains: the plan, a live progress bar, log lines, a summary.
+
+Everything goes through one `rich` console. The progress bar (loss, learning
+rate, tokens/s, ETA) only draws on a terminal; the log lines every
+`logging_steps` and the tables are printed either way, so logs and CI output
+keep them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class Display:
+    def __init__(self, console: Console | None, verbose: bool, show_tflops: bool):
+        self.console = console or Console()
+        self.verbose, self.show_tflops = verbose, show_tflops
+        self._progress: Progress | None = None
+        self._task = None
+        self._log: Console | None = None
+
+    def keep_log(self, path: Path, append: bool) -> None:
+        """Copy everything printed from now on, as plain text, to `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        self._log = Console(file=handle, width=120, color_system=None, soft_wrap=True)
+
+    def print(self, *items) -> None:
+        self.console.print(*items, highlight=False)
+        if self._log is not None:
+            self._log.print(*items, highlight=False)
+
+    def note(self, text: str) -> None:
+        self.print(f"[dim]{text}[/dim]" if not self.verbose else text)
+
+    def warn(self, text: str) -> None:
+        self.print(f"[yellow]warning:[/yellow] {text}")
+
+    def table(self, title: str, rows: list[tuple[str, ...]]) -> None:
+        table = Table(title=title, show_header=False, title_justify="left", box=None)
+        for index in range(len(rows[0]) if rows else 0):
+            table.add_column(style="bold" if index == 0 else ("dim" if index == 2 else None))
+        for row in rows:
+            table.add_row(*row)
+        self.print(table)
+
+    def start(self, total: int, done: int) -> None:
+        self._progress = Progress(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("lr {task.fields[lr]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=total, completed=done, loss="-", lr="-", speed="-"
+        )
+
+    def advance(self, step: int, total: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        self._progress.update(
+            self._task,
+            completed=step,
+            total=total,
+            loss=f"{loss:.4f}",
+            lr=f"{lr:.2e}",
+            speed=human(tokens_per_s),
+        )
+
+    def step_line(self, record: dict, total: int) -> None:
+        parts = [
+            f"step {record['step']:>{len(str(total))}}/{total}",
+            f"loss {record['loss']:.4f}",
+            f"lr {record['lr']:.2e}",
+            f"grad {record['grad_norm']:.3g}",
+            f"{record['examples_per_second']:.1f} ex/s",
+            f"{human(record['tokens_per_second'])} tok/s",
+        ]
+        if self.show_tflops:
+            parts.append(f"{record['tflops']:.2f} TFLOP/s")
+            parts.append(f"MFU {percent(record.get('mfu'), record['mfu_note'])}")
+        if self.verbose:
+            parts.append(f"epoch {record['epoch']:.2f}")
+            parts.append(f"step {record['step_ms']:.0f} ms")
+            parts.append(f"data wait {record['data_wait_percent']:.1f}%")
+            if record.get("memory_gb") is not None:
+                parts.append(f"mem {record['memory_gb']:.2f} GB")
+        self.print("  ".join(parts))
+
+    def close(self) -> None:
+        """Stop the progress bar."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def close_log(self) -> None:
+        if self._log is not None:
+            self._log.file.close()
+            self._log = None
+
+
+def human(number: float) -> str:
+    """1234567 -> 1.23M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= size:
+            return f"{number / size:.3g}{unit}"
+    return f"{number:.3g}"
+
+
+def percent(value: float | None, note: str) -> str:
+    return f"{100 * value:.1f}%" if value is not None else note

@@ -1,0 +1,61 @@
+"""A hub model name as a local folder: from the Hugging Face cache, downloaded if allowed.
+
+With `ENV { network: "offline" }` only the cache is looked at. Online, the
+download uses the hub library's short timeouts and, if the network fails,
+falls back to the cache, so a machine without network never hangs on a name
+it already has. Only the files a causal LM needs are fetched (config,
+safetensors weights, tokenizer), not every format the repository holds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from okto.errors import UsageError
+
+PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+LEGACY_WEIGHTS = ["pytorch_model*.bin"]
+ETAG_TIMEOUT_S = 10
+
+
+def go_offline() -> None:
+    """Tell the hub libraries (for this process and anything it starts) not to use the network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def hub_snapshot(name: str, offline: bool) -> tuple[Path, str]:
+    """(local folder, where it came from) for a hub model name."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if not offline:
+        try:
+            folder = Path(
+                snapshot_download(name, allow_patterns=PATTERNS, etag_timeout=ETAG_TIMEOUT_S)
+            )
+            if not any(folder.glob("*.safetensors")):
+                folder = Path(
+                    snapshot_download(
+                        name, allow_patterns=PATTERNS + LEGACY_WEIGHTS, etag_timeout=ETAG_TIMEOUT_S
+                    )
+                )
+            return folder, "Hugging Face hub"
+        except (RepositoryNotFoundError, GatedRepoError) as error:
+            raise UsageError(
+                f"MODEL.base {name!r}: not a local path, and the hub refuses it "
+                f"({type(error).__name__}: no such model, or it needs a login)"
+            ) from None
+        except Exception:  # no network, a proxy, a timeout: try the cache
+            pass
+    try:
+        return Path(snapshot_download(name, local_files_only=True)), "Hugging Face cache"
+    except Exception:
+        why = 'ENV network is "offline"' if offline else "the hub cannot be reached"
+        raise UsageError(
+            f"MODEL.base {name!r} is not a local path, {why}, and it is not in the local "
+            "Hugging Face cache. Fixes: download it once where there is network "
+            f"(`hf download {name}`), point MODEL.base at a local checkpoint folder or "
+            "an .okm file, or train from scratch with `pretrained: false` and an architecture."
+        ) from None

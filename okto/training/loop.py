@@ -1,0 +1,568 @@
+"""The training loop.
+
+One optimizer step: `gradient_accumulation` micro-batches forward and
+backward under autocast (bf16, or fp16 with a gradient scaler), the gradient
+norm taken (and clipped when TRAIN.gradient_clip is set), then, after one
+synchronisation that reads the loss and the norm, the update, unless either
+is NaN or infinite (STABILITY). After the step, in this order: CONTROL's
+`on_step_end` rules, the log line, epoch ends (`on_epoch_end`, and evaluation
+and checkpoint when they go by epochs), evaluation every `eval_steps`
+(`on_eval`, early stopping, `on_plateau`), and a checkpoint every
+`save_steps`. A checkpoint is written last, so it holds the state the next
+step starts from, and resuming from it reproduces the uninterrupted run.
+
+Epochs are turned into a step count at the start: ceil(epochs x rows /
+(batch_size x gradient_accumulation)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from okto.training import checkpoint as ckpt
+from okto.training.batches import Batch, Batches, ExampleStream
+from okto.training.control import Controller, metric_names
+from okto.training.flops import FlopsModel
+from okto.training.optim import current_lr, set_lr
+from okto.training.signals import StopSignals
+from okto.training.stability import LossGuard, Plateau
+
+DEFAULT_PATIENCE = 3
+# Steps left out of the summary's throughput: compilation and CUDA-graph capture happen there.
+WARMUP_STEPS = 3
+
+
+@dataclass
+class Live:
+    """TRAIN values CONTROL may change while the run goes (the learning rate lives in the optimizer)."""
+
+    batch_size: int
+    gradient_accumulation: int
+    weight_decay: float
+    gradient_clip: float | None
+    logging_steps: int
+    eval_steps: int | None
+    save_steps: int | None
+
+
+@dataclass
+class Window:
+    """Sums since the last log line."""
+
+    steps: int = 0
+    loss: float = 0.0
+    grad_norm: float = 0.0
+    examples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    wait: float = 0.0
+
+
+@dataclass
+class Totals:
+    """Sums over the run (kept across resumes) and over this session's steady state."""
+
+    tokens: int = 0
+    examples: int = 0
+    first_loss: float | None = None
+    best_loss: float = math.inf
+    last_loss: float | None = None
+    best_val: float | None = None
+    last_eval: dict = field(default_factory=dict)
+    nan_steps: int = 0
+    evals: int = 0
+    plateaus: int = 0
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    finite: bool
+    examples: int
+    tokens: int
+
+
+@dataclass
+class Outcome:
+    """How the run ended: completed, stopped, early_stopping, nan, diverged or interrupted."""
+
+    reason: str
+    message: str
+    signal_exit_code: int | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        model,
+        forward,
+        optimizer,
+        scheduler,
+        scaler,
+        plan,
+        config,
+        train_rows,
+        val_rows,
+        seed: int,
+        total_steps: int,
+        live: Live,
+        flops: FlopsModel,
+        peak: tuple[float | None, str],
+        display,
+        metrics,
+        checkpoints: Path,
+        save_model,
+    ):
+        self.model, self.forward = model, forward
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.plan, self.config = plan, config
+        self.device = plan.device
+        self.train_stream = ExampleStream(train_rows, seed, config.dataset.shuffle)
+        self.val_stream = ExampleStream(val_rows, seed, shuffle=False) if val_rows else None
+        self.seed, self.total, self.live = seed, total_steps, live
+        self.flops, (self.peak, self.peak_note) = flops, peak
+        self.display, self.metrics = display, metrics
+        self.checkpoints, self.save_model = checkpoints, save_model
+        self.trained = [p for p in model.parameters() if p.requires_grad]
+        self.step, self.position = 0, 0
+        self.totals, self.window = Totals(), Window()
+        self.guard = LossGuard()
+        patience = config.train.early_stopping
+        self.early_stopping = patience is not None
+        self.plateau = Plateau(patience or DEFAULT_PATIENCE, config.stability.min_improvement or 0)
+        self.controller = Controller(config.control, self)
+        self.device_metrics = any(n.startswith("gpu_") for n in metric_names(config.control))
+        self.batches: Batches | None = None
+        self.stop_reason: str | None = None
+        self.checkpoint_wanted = False
+        self.last_checkpoint: Path | None = None
+        self.last_grad_norm: float | None = None
+        self.session: list[
+            tuple[float, int, float]
+        ] = []  # this session's steps: seconds, tokens, wait
+        self.wall_seconds = 0.0
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def fit(self) -> Outcome:
+        started = time.perf_counter()
+        self.batches = Batches(
+            self.train_stream,
+            self.device,
+            self.live.batch_size,
+            self.position,
+            copy_streams=self.plan.streams,
+        )
+        self.model.train()
+        self.display.start(self.total, self.step)
+        try:
+            with StopSignals(self._on_signal) as signals:
+                outcome = self._run(signals)
+        finally:
+            self.display.close()
+            self.batches.close()
+            self.wall_seconds = time.perf_counter() - started
+        return outcome
+
+    def _run(self, signals: StopSignals) -> Outcome:
+        while self.step < self.total:
+            epochs_before = self.completed_epochs
+            step_started = time.perf_counter()
+            wait_before = self.batches.wait_seconds
+            result = self._optimizer_step()
+            self.step += 1
+            self.position = self.batches.position
+            self._count(result, time.perf_counter() - step_started, wait_before)
+            if not result.finite:
+                failed = self._nan_step()
+                if failed is not None:
+                    return failed
+            elif self.config.stability.stop_if_diverges and self.guard.diverged(result.loss):
+                return self._fail(
+                    "diverged",
+                    f"the loss diverged at step {self.step} (its moving average rose above "
+                    f"1.5x its lowest; this step's loss is {result.loss:.4g})",
+                )
+            else:
+                self._after_step(result, epochs_before)
+            if signals.received is not None:
+                self._checkpoint()
+                return Outcome(
+                    "interrupted",
+                    f"interrupted at step {self.step}; resume with --resume auto",
+                    signals.exit_code,
+                )
+            if self.stop_reason is not None:
+                break
+        return self._finish()
+
+    def _optimizer_step(self) -> StepResult:
+        """One update, skipped when the loss or the gradient norm is not finite."""
+        accumulation = self.live.gradient_accumulation
+        loss_sum = torch.zeros((), device=self.device)
+        examples = tokens = 0
+        for _ in range(accumulation):
+            batch = self.batches.next()
+            with self._autocast():
+                loss = self.forward(input_ids=batch.input_ids, labels=batch.labels).loss
+            loss = loss.float() / accumulation
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += loss.detach()
+            examples += batch.input_ids.shape[0]
+            tokens += batch.tokens
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.live.gradient_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.trained, clip if clip else math.inf)
+        loss_value, norm_value = torch.stack([loss_sum, norm.float()]).tolist()
+        # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
+        finite = math.isfinite(loss_value) and (
+            self.scaler is not None or math.isfinite(norm_value)
+        )
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return StepResult(loss_value, norm_value, finite, examples, tokens)
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.plan.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _count(self, result: StepResult, seconds: float, wait_before: float) -> None:
+        wait = self.batches.wait_seconds - wait_before
+        for sums in (self.window, self.totals):
+            sums.examples += result.examples
+            sums.tokens += result.tokens
+        self.window.seconds += seconds
+        self.window.wait += wait
+        self.session.append((seconds, result.tokens, wait))
+
+    def _nan_step(self) -> Outcome | None:
+        self.totals.nan_steps += 1
+        self.metrics.write("nan", step=self.step, epoch=self.epoch)
+        self.controller.fire("on_nan", self.totals.nan_steps, self._metric_values())
+        if self.config.stability.stop_if_nan:
+            return self._fail(
+                "nan",
+                f"the loss is NaN or infinite at step {self.step}; the update was not applied",
+            )
+        self.display.warn(f"step {self.step}: the loss is not finite; the update was skipped")
+        return None
+
+    def _after_step(self, result: StepResult, epochs_before: int) -> None:
+        loss, grad_norm = result.loss, result.grad_norm
+        self.totals.last_loss = loss
+        if self.totals.first_loss is None:
+            self.totals.first_loss = loss
+        self.totals.best_loss = min(self.totals.best_loss, loss)
+        self.window.steps += 1
+        self.window.loss += loss
+        self.window.grad_norm += grad_norm
+        self.last_grad_norm = grad_norm
+        self.display.advance(
+            self.step, self.total, loss, current_lr(self.optimizer), self._window_rate()
+        )
+        self.controller.fire("on_step_end", self.step, self._metric_values())
+        if self.step % self.live.logging_steps == 0 or self.step == self.total:
+            self._log_window()
+        for epoch in range(epochs_before + 1, self.completed_epochs + 1):
+            self.controller.fire("on_epoch_end", epoch, self._metric_values())
+            if self.live.eval_steps is None:
+                self._evaluate()
+            if self.config.train.save_strategy == "epoch":
+                self.checkpoint_wanted = True
+        if self.live.eval_steps is not None and self.step % self.live.eval_steps == 0:
+            self._evaluate()
+        save_steps = self.live.save_steps
+        if (
+            self.config.train.save_strategy == "steps"
+            and save_steps
+            and self.step % save_steps == 0
+        ):
+            self.checkpoint_wanted = True
+        if self.checkpoint_wanted:
+            self._checkpoint()
+
+    def _finish(self) -> Outcome:
+        self._log_window()
+        if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
+            self._evaluate()
+        if self.config.train.save_strategy != "no" or self.checkpoint_wanted:
+            self._checkpoint()
+        if self.stop_reason == "early_stopping":
+            return Outcome("early_stopping", f"early stopping at step {self.step}")
+        if self.stop_reason is not None:
+            return Outcome("stopped", f"stopped at step {self.step}: {self.stop_reason}")
+        return Outcome("completed", f"finished {self.step} steps")
+
+    def _fail(self, reason: str, message: str) -> Outcome:
+        path = self._checkpoint()
+        return Outcome(reason, f"{message}. Saved a checkpoint: {path}")
+
+    def _on_signal(self, name: str) -> None:
+        self.display.print(
+            f"[yellow]{name}: stopping after this step and saving a checkpoint "
+            "(press Ctrl-C again to quit at once)[/yellow]"
+        )
+
+    # ---- epochs, evaluation, metrics ---------------------------------------------
+
+    @property
+    def epoch(self) -> float:
+        return self.position / self.train_stream.rows
+
+    @property
+    def completed_epochs(self) -> int:
+        return self.position // self.train_stream.rows
+
+    @torch.no_grad()
+    def _evaluate(self) -> None:
+        stream, batch_size = self.val_stream, self.live.batch_size
+        if stream is None:
+            return
+        self.model.eval()
+        loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        tokens = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, stream.rows, batch_size):
+            batch = stream.host_batch(start, min(batch_size, stream.rows - start), pin=False)
+            batch = Batch(batch.input_ids.to(self.device), batch.labels.to(self.device))
+            with self._autocast():
+                logits = self.model(input_ids=batch.input_ids).logits
+            logits, labels = logits[:, :-1].float(), batch.labels[:, 1:]
+            mask = labels != -100
+            loss += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
+            )
+            correct += ((logits.argmax(-1) == labels) & mask).sum()
+            tokens += mask.sum()
+        self.model.train()
+        count = max(int(tokens), 1)
+        val_loss = float(loss) / count
+        self.totals.evals += 1
+        self.totals.last_eval = {
+            "step": self.step,
+            "val_loss": val_loss,
+            "perplexity": math.exp(min(val_loss, 700)),
+            "accuracy": int(correct) / count,
+        }
+        if self.totals.best_val is None or val_loss < self.totals.best_val:
+            self.totals.best_val = val_loss
+        self.metrics.write("eval", epoch=self.epoch, **self.totals.last_eval)
+        self.display.print(
+            f"eval   step {self.step}  val_loss {val_loss:.4f}  "
+            f"perplexity {self.totals.last_eval['perplexity']:.2f}  "
+            f"accuracy {100 * self.totals.last_eval['accuracy']:.1f}%"
+        )
+        self.controller.fire("on_eval", self.totals.evals, self._metric_values())
+        if self.plateau.update(val_loss):
+            self.totals.plateaus += 1
+            self.controller.fire("on_plateau", self.totals.plateaus, self._metric_values())
+            if self.early_stopping:
+                self.stop_reason = "early_stopping"
+                self.display.print(
+                    f"early stopping: no improvement in {self.plateau.patience} evaluations"
+                )
+
+    def _metric_values(self) -> dict:
+        """The values CONTROL conditions read, by the names of `okto.language.control.METRICS`."""
+        values = {
+            "step": self.step,
+            "epoch": self.completed_epochs,
+            "loss": self.totals.last_loss,
+            "lr": current_lr(self.optimizer),
+            "learning_rate": current_lr(self.optimizer),
+            "grad_norm": self.last_grad_norm,
+            "tokens_per_second": self._window_rate() or None,
+        }
+        last = self.totals.last_eval
+        values["val_loss"] = last.get("val_loss")
+        values["accuracy"] = last.get("accuracy")
+        if "perplexity" in last:
+            values["perplexity"] = last["perplexity"]
+        elif self.totals.last_loss is not None:
+            values["perplexity"] = math.exp(min(self.totals.last_loss, 700))
+        if self.device_metrics and self.device.type == "cuda":
+            values.update(_device_metrics(self.device))
+        return values
+
+    def _window_rate(self) -> float:
+        return self.window.tokens / self.window.seconds if self.window.seconds else 0.0
+
+    def _log_window(self) -> None:
+        window = self.window
+        if not window.steps:
+            return
+        tokens_per_s = self._window_rate()
+        tflops = tokens_per_s * self.flops.per_token(self.train_stream.seq_len) / 1e12
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": window.loss / window.steps,
+            "lr": current_lr(self.optimizer),
+            "grad_norm": window.grad_norm / window.steps,
+            "examples_per_second": window.examples / window.seconds,
+            "tokens_per_second": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / self.peak if self.peak else None,
+            "step_ms": 1000 * window.seconds / window.steps,
+            "data_wait_percent": 100 * window.wait / window.seconds,
+            "memory_gb": _memory_gb(self.device),
+        }
+        self.metrics.write("step", **record)
+        self.display.step_line({**record, "mfu_note": self.peak_note}, self.total)
+        self.window = Window()
+
+    def throughput(self) -> dict:
+        """This session's rates, leaving out the first steps (compilation, graph capture)."""
+        steps = (
+            self.session[WARMUP_STEPS:] if len(self.session) > 2 * WARMUP_STEPS else self.session
+        )
+        seconds = sum(s for s, _, _ in steps)
+        if not seconds:
+            return {}
+        tokens_per_s = sum(t for _, t, _ in steps) / seconds
+        tflops = tokens_per_s * self.flops.per_token(self.train_stream.seq_len) / 1e12
+        return {
+            "steady_steps": len(steps),
+            "tokens_per_second": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / self.peak if self.peak else None,
+            "data_wait_percent": 100 * sum(w for _, _, w in steps) / seconds,
+        }
+
+    # ---- CONTROL actions (okto.training.control.Actions) ----------------------------
+
+    def get(self, name: str) -> float:
+        if name == "learning_rate":
+            return current_lr(self.optimizer)
+        return getattr(self.live, name)
+
+    def set(self, name: str, value: float) -> None:
+        before = self.get(name)
+        if name == "learning_rate":
+            set_lr(self.optimizer, self.scheduler, value)
+        else:
+            setattr(self.live, name, value)
+        if name == "weight_decay":
+            for group in self.optimizer.param_groups:
+                if group["params"][0].ndim >= 2:
+                    group["weight_decay"] = value
+        if name == "batch_size" and self.batches is not None:
+            self.batches.resize(int(value))
+        self.metrics.write("set", step=self.step, field=name, before=before, after=value)
+        self.display.print(f"CONTROL  step {self.step}: {name} {before:g} -> {value:g}")
+
+    def log(self, text: str) -> None:
+        self.metrics.write("log", step=self.step, message=text)
+        self.display.print(f"LOG      step {self.step}: {text}")
+
+    def save(self, target: str, label: str | None) -> None:
+        if target == "checkpoint":
+            self.checkpoint_wanted = True
+            return
+        path = self.save_model(label or f"step-{self.step:07d}")
+        self.metrics.write("save", step=self.step, what="model", path=str(path))
+        self.display.print(f"SAVE     step {self.step}: model -> {path}")
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+    # ---- checkpoints --------------------------------------------------------------
+
+    def _checkpoint(self) -> Path:
+        self.checkpoint_wanted = False
+        if (
+            self.last_checkpoint is not None
+            and self.last_checkpoint.name == f"step-{self.step:07d}"
+        ):
+            return self.last_checkpoint
+        states = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        if self.scaler is not None:
+            states["scaler"] = self.scaler.state_dict()
+        path = ckpt.save_checkpoint(
+            self.checkpoints, self.step, self.model, states, self.state_dict()
+        )
+        self.last_checkpoint = path
+        self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))
+        return path
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "position": self.position,
+            "total_steps": self.total,
+            "rows": self.train_stream.rows,
+            "seed": self.seed,
+            "live": asdict(self.live),
+            "window": asdict(self.window),
+            "totals": asdict(self.totals),
+            "last_grad_norm": self.last_grad_norm,
+            "guard": self.guard.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "controller": self.controller.state_dict(),
+            "stop_reason": self.stop_reason,
+        }
+
+    def restore(self, path: Path) -> dict:
+        """Continue from a checkpoint; its trainer state (for the caller's messages)."""
+        weights, states, state = ckpt.read_checkpoint(path)
+        ckpt.load_trainable(self.model, weights, path)
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.scheduler.load_state_dict(states["scheduler"])
+        if self.scaler is not None and "scaler" in states:
+            self.scaler.load_state_dict(states["scaler"])
+        ckpt.set_rng_state(states["rng"])
+        self.step, self.position = state["step"], state["position"]
+        self.live = Live(**state["live"])
+        self.window = Window(**state["window"])
+        self.totals = Totals(**state["totals"])
+        self.last_grad_norm = state["last_grad_norm"]
+        self.guard.load_state_dict(state["guard"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.controller.load_state_dict(state["controller"])
+        self.last_checkpoint = path
+        return state
+
+
+def _memory_gb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 1e9
+    return None
+
+
+def peak_memory(device: torch.device) -> tuple[float, str]:
+    """(GB, what was measured): the GPU's peak allocation, or the process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9, "GPU, peak allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "process peak RSS"
+
+
+def _device_metrics(device: torch.device) -> dict:
+    values = {"gpu_memory": torch.cuda.mem_get_info(device)[0]}
+    for name, read in (
+        ("gpu_usage", torch.cuda.utilization),
+        ("gpu_temperature", torch.cuda.temperature),
+    ):
+        with contextlib.suppress(Exception):  # needs NVML (pynvml); without it, absent
+            values[name] = read(device)
+    return values

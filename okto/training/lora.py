@@ -1,0 +1,150 @@
+"""LoRA: train a low-rank update B·A on chosen linear layers while the base model stays frozen.
+
+Each target `nn.Linear` or Hugging Face `Conv1D` (GPT-2's projections, whose
+weight is stored transposed) gets a child module `lora` holding A (rank x in,
+random) and B (out x rank, zero, so training starts from the base model) and
+a forward hook that adds `dropout(x) @ Aᵀ @ Bᵀ · alpha/rank` to the layer's
+output. The layer itself is untouched, so whatever runs it (the framework or
+an okto kernel the planner put there) keeps running it, and its parameter
+names stay those of the base model.
+
+The adapter is saved on its own in the PEFT layout (`adapter_model.safetensors`
+with `base_model.model.<layer>.lora_A.weight` keys, and `adapter_config.json`),
+and merged into the weights for the final model: W + B·A·alpha/rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from okto.errors import UsageError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# The attention projections, by model family, when ADAPTER leaves target_modules unset.
+DEFAULT_TARGETS = {
+    "gpt2": ["attn.c_attn", "attn.c_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+}
+
+
+class LoRA(nn.Module):
+    """The low-rank update of one layer with `features_in` inputs and `features_out` outputs."""
+
+    def __init__(
+        self, features_in: int, features_out: int, rank: int, alpha: float, dropout: float
+    ):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, features_in))
+        self.B = nn.Parameter(torch.zeros(features_out, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear (and PEFT) initialise
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.scaling = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
+
+    def delta(self) -> torch.Tensor:
+        """The update as an (out x in) matrix."""
+        return (self.B @ self.A) * self.scaling
+
+
+def _add_update(layer: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output + layer.lora(inputs[0]).to(output.dtype)
+
+
+def _shape(layer: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a linear layer okto can adapt, else None."""
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    if isinstance(layer, Conv1D):
+        return layer.weight.shape[0], layer.weight.shape[1]
+    return None
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def apply_lora(model: nn.Module, adapter) -> list[str]:
+    """Freeze `model`, add LoRA to the target layers; the adapted layers' names."""
+    targets = adapter.target_modules or DEFAULT_TARGETS.get(model.config.model_type)
+    if not targets:
+        raise UsageError(
+            f"ADAPTER: no default target layers for a {model.config.model_type!r} model; "
+            'set target_modules, e.g. ["q_proj", "v_proj"]'
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    adapted = []
+    for name, layer in list(model.named_modules()):
+        shape = _shape(layer)
+        if shape is None or not _matches(name, targets):
+            continue
+        weight = layer.weight
+        layer.lora = LoRA(*shape, adapter.rank, adapter.alpha, adapter.dropout).to(weight.device)
+        layer.register_forward_hook(_add_update)
+        adapted.append(name)
+    if not adapted:
+        linear = [n for n, m in model.named_modules() if _shape(m) is not None][:6]
+        raise UsageError(
+            f"ADAPTER target_modules {targets} match no linear layer of this model; "
+            f"its linear layers are named like {linear}"
+        )
+    return adapted
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {
+        name: m for name, m in model.named_modules() if isinstance(getattr(m, "lora", None), LoRA)
+    }
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every update folded into its layer and the LoRA keys gone."""
+    state = {k: v for k, v in model.state_dict().items() if ".lora." not in k}
+    for name, layer in lora_layers(model).items():
+        delta = layer.lora.delta().detach()
+        if not isinstance(layer, nn.Linear):  # Conv1D stores (in x out)
+            delta = delta.t()
+        key = f"{name}.weight"
+        state[key] = (state[key].float() + delta.float()).to(state[key].dtype)
+    return state
+
+
+def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> Path:
+    """The adapter alone, in the PEFT layout, under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, layer in lora_layers(model).items():
+        prefix = f"base_model.model.{name}"
+        tensors[f"{prefix}.lora_A.weight"] = layer.lora.A.detach().contiguous()
+        tensors[f"{prefix}.lora_B.weight"] = layer.lora.B.detach().contiguous()
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": adapter.rank,
+        "lora_alpha": adapter.alpha,
+        "lora_dropout": adapter.dropout,
+        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in lora_layers(model)}),
+        "fan_in_fan_out": model.config.model_type == "gpt2",
+        "bias": "none",
+    }
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return folder

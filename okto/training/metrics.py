@@ -1,0 +1,40 @@
+"""The run's metrics as JSON lines, beside what the terminal shows.
+
+One object per line, each with an `event`: `start` (the run's settings),
+`step` (every `logging_steps`), `eval`, `log` (CONTROL `LOG` lines), `save`,
+`stop` and `summary`. A resumed run appends to the same file, so the file
+tells the whole run; floats are written as JSON numbers (NaN as null).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+class MetricsFile:
+    def __init__(self, path: Path, append: bool):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, event: str, **fields) -> None:
+        record = {"event": event, **{k: _plain(v) for k, v in fields.items() if v is not None}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _plain(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(path: Path, event: str | None = None) -> list[dict]:
+    """The records of a metrics file, optionally only those of one event."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in records if event is None or r["event"] == event]

@@ -1,0 +1,202 @@
+"""The model a run trains: a local Hugging Face folder, an `.okm` package, a hub name, or a new one.
+
+`locate` finds where MODEL.base points before anything heavy happens (so a
+typo fails in a second, with a message), `build` makes the model once the
+tokenizer is known (a new model's vocabulary is the tokenizer's).
+
+MODEL.base is tried as a path relative to the `.okt` file, then to the
+working directory, then as a hub name. A run folder (one with `final/`)
+stands for its final model. Weights train in fp32 (autocast supplies the
+mixed precision); only a LoRA run keeps its frozen base in the training
+precision, to save memory.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from okto.errors import UsageError
+from okto.training.hub import hub_snapshot
+
+SIZE_TOLERANCE = 0.10
+
+
+@dataclass
+class ModelSource:
+    """Where the config, the weights and the tokenizer come from."""
+
+    where: str  # in words, for the plan and the summary
+    name: str | None  # MODEL.base as written
+    config: object  # a transformers PretrainedConfig
+    folder: Path | None = None  # a Hugging Face folder holding the weights
+    package: object | None = None  # an okto.package Checkpoint (.okm) holding them
+    tokenizer_path: Path | None = None  # the model's own tokenizer, if it has one
+    pretrained: bool = True
+
+    @property
+    def context_window(self) -> int | None:
+        return getattr(self.config, "max_position_embeddings", None)
+
+
+def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
+    """Resolve MODEL into a `ModelSource`; `scratch` is a folder for an `.okm`'s tokenizer files."""
+    from transformers import AutoConfig
+
+    if model_cfg.base is None:
+        config = AutoConfig.for_model(model_cfg.architecture)
+        _override(config, model_cfg.config, model_cfg.architecture)
+        return ModelSource(f"new {model_cfg.architecture}", None, config, pretrained=False)
+    source = _from_base(model_cfg.base, base_dir, offline, scratch)
+    if not model_cfg.pretrained:
+        _override(source.config, model_cfg.config, source.config.model_type)
+        source.where = f"new {source.config.model_type} shaped like {source.where}"
+        source.folder = source.package = None
+        source.pretrained = False
+    return source
+
+
+def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
+    from transformers import AutoConfig
+
+    path = _existing(base, base_dir)
+    if path is None and (base.endswith(".okm") or base.startswith((".", "/", "~"))):
+        raise UsageError(f"MODEL.base {base!r}: no such file or folder (looked in {base_dir})")
+    if path is None:
+        folder, origin = hub_snapshot(base, offline)
+        return ModelSource(
+            f"{base} ({origin})", base, _config(folder), folder, tokenizer_path=folder
+        )
+    if path.is_file():
+        from okto.package import open_checkpoint
+
+        package = open_checkpoint(path)
+        tokenizer = scratch / "tokenizer"
+        tokenizer.mkdir(parents=True, exist_ok=True)
+        for name, data in package.tokenizer_files.items():
+            (tokenizer / name).write_bytes(data)
+        config = dict(package.config)
+        config_class = type(AutoConfig.for_model(config.pop("model_type")))
+        return ModelSource(
+            f"{path} (.okm)",
+            base,
+            config_class.from_dict(config),
+            package=package,
+            tokenizer_path=tokenizer if package.tokenizer_files else None,
+        )
+    if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
+        path = path / "final"
+    if not (path / "config.json").is_file():
+        raise UsageError(
+            f"MODEL.base {base!r}: {path} is not a model folder (no config.json), "
+            "an .okm file or a run folder (with final/)"
+        )
+    return ModelSource(str(path), base, _config(path), path, tokenizer_path=path)
+
+
+def _existing(base: str, base_dir: Path) -> Path | None:
+    path = Path(base).expanduser()
+    candidates = [path] if path.is_absolute() else [base_dir / path, path]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def _config(folder: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as error:
+        raise UsageError(f"{folder}: cannot read its config.json ({error})") from None
+
+
+def _override(config, overrides: dict, architecture: str) -> None:
+    """MODEL.config values, refusing names the architecture does not have."""
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            known = [k for k in config.to_dict() if not k.startswith("_")]
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(f"MODEL.config: a {architecture} model has no setting '{key}'{hint}")
+        setattr(config, key, value)
+
+
+def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):
+    """The model, on the CPU, in fp32 (frozen base weights in `frozen_dtype` when given)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = source.config
+    if not source.pretrained:
+        config.vocab_size = len(tokenizer)
+        window_set = {"max_position_embeddings", "n_positions"} & set(model_cfg.config)
+        if not window_set and hasattr(config, "max_position_embeddings"):
+            config.max_position_embeddings = max_length
+        eos = tokenizer.eos_token_id
+        config.eos_token_id = eos
+        config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+        config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    window = source.context_window
+    if window is not None and max_length > window:
+        raise UsageError(
+            f"sequences of {max_length} tokens do not fit the model's context window of {window}: "
+            "lower DATASET max_length"
+        )
+    if not source.pretrained:
+        model = AutoModelForCausalLM.from_config(config)
+    elif source.folder is not None:
+        model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+        _load_package(model, source)
+    model = model.to(frozen_dtype or torch.float32)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    _for_training(model)
+    return model
+
+
+def _for_training(model) -> None:
+    """Instance settings for the loop: the causal-LM loss named (transformers warns when a new
+    model leaves it unset), and no padding check, which reads the batch back from the GPU on
+    every forward to warn about padding that okto's rows keep at their ends, unattended by
+    real tokens under the causal mask and ignored by the loss."""
+    from transformers import PreTrainedModel
+
+    model.loss_type = "ForCausalLM"
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            module.warn_if_padding_and_no_attention_mask = _no_padding_check
+
+
+def _no_padding_check(input_ids, attention_mask) -> None:
+    return None
+
+
+def _load_package(model, source: ModelSource) -> None:
+    missing, unexpected = model.load_state_dict(source.package.tensors(), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise UsageError(
+            f"{source.where}: its weights do not fit a {model.config.model_type} model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.tie_weights()
+
+
+def parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_warning(model, hint) -> str | None:
+    """A warning when MODEL.parameters differs from the built model by more than 10%."""
+    if hint is None:
+        return None
+    expected, actual = float(hint.base), parameters(model)
+    if abs(actual - expected) <= SIZE_TOLERANCE * expected:
+        return None
+    return (
+        f"MODEL.parameters says {expected:,.0f}, the model has {actual:,} "
+        f"({100 * (actual - expected) / expected:+.0f}%)"
+    )

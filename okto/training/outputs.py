@@ -1,0 +1,113 @@
+"""The run folder and what goes into it.
+
+    runs/<project>/            (OUTPUT.dir, when set, is the folder itself)
+      okto_config.json         the resolved configuration, command-line values included
+      tokenizer/               the run's tokenizer
+      checkpoints/step-*/      resumable checkpoints (TRAIN.checkpoint_path moves them)
+      final/                   the final model: a Hugging Face folder with config.json,
+                               model.safetensors, the tokenizer and okto_config.json
+      adapter/                 a LoRA run's adapter on its own (PEFT layout)
+      saved/<label>/           models CONTROL `SAVE model` / `SAVE "label"` asked for
+      export/                  EXPORT's outputs (EXPORT.path; relative paths are taken from here)
+      metrics.jsonl            metrics as JSON lines (LOGGING.metrics_file moves it)
+      train.log                what the terminal showed (LOGGING.training_file moves it)
+
+Relative OUTPUT, checkpoint, metrics and log paths are taken from the working
+directory. Models are written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "okto_config.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    run: Path
+    checkpoints: Path
+    final: Path
+    adapter: Path
+    saved: Path
+    export: Path
+    metrics: Path
+    log: Path | None
+    name: str  # file name for exports: MODEL.name or the project's
+
+    @classmethod
+    def resolve(cls, program, config) -> RunPaths:
+        project = slug(config.project.name)
+        output_set = str(program.source_map.get("output.dir", "default")) != "default"
+        run = Path(config.output.dir) if output_set else Path(config.output.dir) / project
+        export = Path(config.export.path).expanduser()
+        log = config.logging.training_file or (run / "train.log")
+        return cls(
+            run=run,
+            checkpoints=Path(config.train.checkpoint_path or run / "checkpoints"),
+            final=run / "final",
+            adapter=run / "adapter",
+            saved=run / "saved",
+            export=export if export.is_absolute() else run / export,
+            metrics=Path(config.logging.metrics_file or run / "metrics.jsonl"),
+            log=Path(log) if config.logging.save_logs else None,
+            name=slug(config.model.name or config.project.name),
+        )
+
+
+def slug(name: str) -> str:
+    """A name usable as a file name: `My model v2` -> `My-model-v2`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def write_config(folder: Path, config: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
+    """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
+    from transformers.utils import logging as hf_logging
+
+    staging = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the run's own output says what was saved
+    try:
+        model.save_pretrained(str(staging), state_dict=state_dict)
+        tokenizer.save_pretrained(str(staging))
+        write_config(staging, config)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
+    return folder
+
+
+def export(final: Path, export_cfg, folder: Path, name: str) -> list[Path]:
+    """EXPORT's formats from the final model: okm (one file), hf (a folder), safetensors (weights)."""
+    from okto.package import export_model, open_checkpoint
+    from okto.package.weights import serialize, torch_dtype
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = export_cfg.quantization
+    written = []
+    for fmt in export_cfg.format:
+        if fmt == "okm":
+            written.append(export_model(final, folder / f"{name}.okm", "okm", dtype))
+        elif fmt == "hf":
+            written.append(export_model(final, folder / name, "hf", dtype))
+        else:
+            path = folder / f"{name}.safetensors"
+            tensors = open_checkpoint(final).tensors()
+            path.write_bytes(serialize(tensors, torch_dtype(dtype) if dtype else None))
+            written.append(path)
+    return written

@@ -1,0 +1,472 @@
+"""`okto.train`: from a `.okt` file to a trained model in runs/<project>/.
+
+The order is chosen so that mistakes surface early and cheap: the file and
+the machine are checked (plan), the model source located, the tokenizer
+and the data prepared (cached after the first run), and only then is the
+model built and trained. Bad input raises an `OktoError` with a message
+(exit 2); a machine that lacks what is asked raises exit 4; a run that
+went wrong (NaN, divergence) saves a checkpoint and raises `TrainingFailed`
+(exit 3); Ctrl-C or SIGTERM saves a checkpoint and raises
+`TrainingInterrupted` (exit 130 or 143).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from okto.errors import OktoError, RunError, UsageError
+from okto.training.display import Display, human, percent
+from okto.training.outputs import RunPaths, save_model, write_config
+
+DEFAULT_LENGTH_CAP = 2048
+
+
+class TrainingFailed(RunError):
+    """The loss went NaN or diverged; a checkpoint was saved."""
+
+
+class TrainingInterrupted(OktoError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the exit code is 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    outcome: str  # completed, stopped or early_stopping
+    steps: int
+    first_loss: float | None
+    last_loss: float | None
+    best_loss: float | None
+    val_loss: float | None
+    final: Path | None
+    checkpoint: Path | None
+    metrics_file: Path
+    exports: list[Path] = field(default_factory=list)
+
+
+def train(
+    source,
+    *,
+    max_steps: int | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    resume: str | None = None,
+    verbose: bool = False,
+    show_tflops: bool = False,
+    console=None,
+) -> TrainResult:
+    """Train what a `.okt` file (a path or an `okto.Program`) describes.
+
+    `overrides` are `BLOCK.field=value` strings (`--set`), `max_steps`
+    replaces TRAIN's epochs or max_steps, `resume` is "auto" or a checkpoint
+    folder (default: TRAIN.resume_from_checkpoint).
+    """
+    program = _program(source, overrides, max_steps)
+    config = program.config
+    display = Display(console, verbose, show_tflops)
+    try:
+        return _train(program, config, display, resume)
+    finally:
+        display.close_log()
+
+
+def _program(source, overrides, max_steps):
+    from okto.language import Program, apply_overrides, load
+
+    program = source if isinstance(source, Program) else load(source)
+    if overrides:
+        program = apply_overrides(program, list(overrides))
+    if max_steps is not None:
+        if max_steps < 1:
+            raise UsageError(f"--max-steps must be at least 1, not {max_steps}")
+        program.config.train.max_steps = max_steps
+        program.config.train.epochs = None
+    if not program.config.project.name:
+        raise UsageError('okto train needs a PROJECT name: add a line like PROJECT "my-model"')
+    return program
+
+
+def _train(program, config, display: Display, resume: str | None) -> TrainResult:
+    import torch
+
+    from okto.training.hub import go_offline
+    from okto.training.plan import make_plan
+
+    started = time.perf_counter()
+    for diagnostic in program.warnings:
+        display.print(diagnostic.render())
+    base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
+    paths = RunPaths.resolve(program, config)
+    plan = make_plan(program, config)
+    resume_from = _resume_point(resume or config.train.resume_from_checkpoint, paths, display)
+    if paths.log is not None:
+        display.keep_log(paths.log, append=resume_from is not None)
+    display.table("plan", plan.rows)
+    for note in plan.notes:
+        display.note(note)
+    seed = next((s for s in (config.train.seed, config.env.seed) if s is not None), 0)
+    _seed_everything(seed)
+    if config.env.network == "offline":
+        go_offline()
+
+    model_source, tokenizer, splits = _prepare_data(config, base_dir, paths, seed, display)
+    model, adapted = _build_model(config, model_source, tokenizer, splits, plan, display)
+    write_config(paths.run, program.to_dict())
+    if plan.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = config.optimize.cudnn_benchmark
+    trainer = _trainer(
+        program, plan, model, adapted, splits, seed, display, paths, tokenizer, resume_from
+    )
+    if resume_from is not None:
+        state = trainer.restore(resume_from)
+        display.print(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
+        if state["rows"] != trainer.train_stream.rows:
+            display.warn(
+                f"the training data changed since the checkpoint ({state['rows']:,} rows then, "
+                f"{trainer.train_stream.rows:,} now): the run continues, but not as it would have"
+            )
+    trainer.metrics.write(
+        "start",
+        project=config.project.name,
+        device=str(plan.device),
+        precision=plan.precision,
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in trainer.trained),
+        rows=trainer.train_stream.rows,
+        seq_len=trainer.train_stream.seq_len,
+        total_steps=trainer.total,
+        resumed_from=str(resume_from) if resume_from else None,
+    )
+    try:
+        outcome = trainer.fit()
+        return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
+    finally:
+        trainer.metrics.close()
+
+
+def _resume_point(choice: str | None, paths: RunPaths, display: Display) -> Path | None:
+    from okto.training.checkpoint import latest_checkpoint
+
+    if choice is None:
+        stale = list(paths.checkpoints.glob("step-*")) if paths.checkpoints.is_dir() else []
+        if stale:
+            shutil.rmtree(paths.checkpoints)
+            display.note(
+                f"removed {len(stale)} checkpoint(s) of an earlier run in {paths.checkpoints} "
+                "(--resume auto continues a run instead)"
+            )
+        return None
+    if str(choice).lower() == "auto":
+        found = latest_checkpoint(paths.checkpoints)
+        if found is None:
+            display.note(f"no checkpoint in {paths.checkpoints} to resume from: starting afresh")
+        return found
+    path = Path(choice).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"--resume {choice}: no such checkpoint folder")
+    return path
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_cache_dir() -> Path:
+    """Where tokenized data is cached: $OKTO_CACHE_DIR/data, default ~/.cache/okto/data."""
+    root = os.environ.get("OKTO_CACHE_DIR") or Path.home() / ".cache" / "okto"
+    return Path(root) / "data"
+
+
+def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: Display):
+    from okto.data import DataWarning, build_datasets, resolve_tokenizer
+    from okto.training import models
+
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        with tempfile.TemporaryDirectory() as scratch:
+            offline = config.env.network == "offline"
+            source = models.locate(config.model, base_dir, offline, Path(scratch))
+            tokenizer = resolve_tokenizer(
+                config.dataset,
+                model_path=source.tokenizer_path,
+                run_dir=paths.run,
+                seed=seed,
+                base_dir=base_dir,
+            )
+        window = source.context_window or DEFAULT_LENGTH_CAP
+        max_length = (
+            config.dataset.max_length
+            or config.model.context_window
+            or min(window, DEFAULT_LENGTH_CAP)
+        )
+        splits = build_datasets(
+            config.dataset,
+            tokenizer,
+            seed=seed,
+            cache_dir=data_cache_dir(),
+            base_dir=base_dir,
+            max_length=max_length,
+        )
+    for warning in caught:
+        if issubclass(warning.category, DataWarning):
+            display.warn(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    stats = splits.stats
+    validation = (
+        f"validation {stats.validation.examples:,} rows ({stats.validation_from})"
+        if stats.validation
+        else "no validation data"
+    )
+    display.print(
+        f"data     {stats.train.records:,} records -> {stats.train.examples:,} rows of "
+        f"{max_length} tokens ({human(stats.train.tokens)} tokens, "
+        f"{100 * (1 - stats.train.masked_fraction):.0f}% trained); {validation}; "
+        f"tokenizer {len(tokenizer):,} entries; "
+        f"{'from the cache' if stats.cache_hit else 'prepared'} in {time.perf_counter() - started:.1f}s"
+    )
+    return source, tokenizer, splits
+
+
+def _build_model(config, source, tokenizer, splits, plan, display: Display):
+    import torch
+
+    from okto.training import models
+    from okto.training.lora import apply_lora
+
+    seq_len = len(splits.train[0]["input_ids"])
+    adapter = config.model.adapter
+    frozen = (
+        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision) if adapter else None
+    )
+    model = models.build(source, config.model, tokenizer, seq_len, frozen)
+    warning = models.size_warning(model, config.model.parameters)
+    if warning:
+        display.warn(warning)
+    adapted = apply_lora(model, adapter) if adapter else []
+    if plan.memory_efficient:
+        if model.supports_gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        else:
+            display.warn(f"a {model.config.model_type} model cannot checkpoint activations")
+    model.to(plan.device)
+    total = models.parameters(model)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = f", LoRA on {len(adapted)} layers" if adapted else ""
+    display.print(
+        f"model    {source.where}: {total / 1e6:,.2f}M parameters, "
+        f"{trained / 1e6:,.2f}M trained{lora}"
+    )
+    return model, adapted
+
+
+def _trainer(program, plan, model, adapted, splits, seed, display, paths, tokenizer, resume_from):
+    import torch
+
+    from okto.training.flops import flops_model, peak_tflops
+    from okto.training.loop import Live, Trainer
+    from okto.training.lora import merged_state_dict
+    from okto.training.metrics import MetricsFile
+    from okto.training.optim import build_optimizer, build_scheduler
+    from okto.training.outputs import slug
+
+    config = program.config
+    train = config.train
+    live = Live(
+        batch_size=train.batch_size,
+        gradient_accumulation=train.gradient_accumulation,
+        weight_decay=train.weight_decay,
+        gradient_clip=train.gradient_clip,
+        logging_steps=_logging_steps(program),
+        eval_steps=train.eval_steps,
+        save_steps=train.save_steps,
+    )
+    rows = len(splits.train)
+    per_step = live.batch_size * live.gradient_accumulation
+    total = train.max_steps or math.ceil(train.epochs * rows / per_step)
+    optimizer = build_optimizer(
+        model, train.optimizer, train.learning_rate, train.weight_decay, plan.device
+    )
+    scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
+    scaler = torch.amp.GradScaler(plan.device.type) if plan.precision == "fp16" else None
+    forward = model
+    if plan.compile:
+        forward = torch.compile(model, mode="reduce-overhead" if plan.cuda_graphs else None)
+    resolved = program.to_dict()
+
+    def save(label: str) -> Path:
+        state = merged_state_dict(model) if adapted else None
+        return save_model(model, tokenizer, resolved, paths.saved / slug(label), state)
+
+    return Trainer(
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        plan=plan,
+        config=config,
+        train_rows=splits.train,
+        val_rows=splits.validation,
+        seed=seed,
+        total_steps=total,
+        live=live,
+        flops=flops_model(model),
+        peak=peak_tflops(plan.device, plan.precision, plan.tf32),
+        display=display,
+        metrics=MetricsFile(paths.metrics, append=resume_from is not None),
+        checkpoints=paths.checkpoints,
+        save_model=save,
+    )
+
+
+def _logging_steps(program) -> int:
+    """TRAIN.logging_steps, or LOGGING.log_every when only that is set."""
+    config = program.config
+    train_set = str(program.source_map.get("train.logging_steps", "default")) != "default"
+    if not train_set and config.logging.log_every is not None:
+        return config.logging.log_every
+    return config.train.logging_steps
+
+
+def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started):
+    """Final model, adapter and exports for a run that ended well; the summary in any case."""
+    import torch
+
+    from okto.training.lora import merged_state_dict, save_adapter
+    from okto.training.outputs import export
+
+    config, model = program.config, trainer.model
+    final, exports = None, []
+    if outcome.reason in ("completed", "stopped", "early_stopping") and config.output.save_model:
+        state = merged_state_dict(model) if adapted else None
+        final = save_model(model, tokenizer, program.to_dict(), paths.final, state)
+        if config.output.save_optimizer:
+            torch.save(trainer.optimizer.state_dict(), final / "optimizer.pt")
+        if adapted:
+            save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
+        if any(
+            str(program.source_map.get(f"export.{name}", "default")) != "default"
+            for name in ("format", "path", "quantization")
+        ):
+            exports = export(final, config.export, paths.export, paths.name)
+    rates = trainer.throughput()
+    totals = trainer.totals
+    last_eval = totals.last_eval
+    trainer.metrics.write(
+        "summary",
+        outcome=outcome.reason,
+        steps=trainer.step,
+        epoch=trainer.epoch,
+        seconds=time.perf_counter() - started,
+        train_seconds=trainer.wall_seconds,
+        first_loss=totals.first_loss,
+        last_loss=totals.last_loss,
+        best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
+        val_loss=last_eval.get("val_loss"),
+        perplexity=last_eval.get("perplexity"),
+        final=str(final) if final else None,
+        checkpoint=str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
+        exports=[str(p) for p in exports],
+        **rates,
+    )
+    _summary(trainer, outcome, rates, final, exports, paths, display, started)
+    if outcome.reason in ("nan", "diverged"):
+        raise TrainingFailed(outcome.message)
+    if outcome.reason == "interrupted":
+        raise TrainingInterrupted(outcome.message, outcome.signal_exit_code)
+    return TrainResult(
+        run_dir=paths.run,
+        outcome=outcome.reason,
+        steps=trainer.step,
+        first_loss=totals.first_loss,
+        last_loss=totals.last_loss,
+        best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
+        val_loss=last_eval.get("val_loss"),
+        final=final,
+        checkpoint=trainer.last_checkpoint,
+        metrics_file=paths.metrics,
+        exports=exports,
+    )
+
+
+def _summary(trainer, outcome, rates, final, exports, paths, display, started) -> None:
+    from okto.training.loop import peak_memory
+
+    totals, last_eval = trainer.totals, trainer.totals.last_eval
+    rows = [
+        ("outcome", outcome.message),
+        ("steps", f"{trainer.step:,} of {trainer.total:,} (epoch {trainer.epoch:.2f})"),
+        (
+            "time",
+            f"{_duration(trainer.wall_seconds)} training, "
+            f"{_duration(time.perf_counter() - started)} in all",
+        ),
+    ]
+    if totals.first_loss is not None:
+        rows.append(
+            (
+                "loss",
+                f"first {totals.first_loss:.4f} -> last {totals.last_loss:.4f} "
+                f"(best {totals.best_loss:.4f})",
+            )
+        )
+    if last_eval:
+        rows.append(
+            (
+                "validation",
+                f"loss {last_eval['val_loss']:.4f}, perplexity {last_eval['perplexity']:.2f}, "
+                f"accuracy {100 * last_eval['accuracy']:.1f}% (step {last_eval['step']})",
+            )
+        )
+    if rates:
+        rows += [
+            (
+                "throughput",
+                f"{human(rates['tokens_per_second'])} tokens/s over {rates['steady_steps']} steps "
+                "(the first steps, with compilation, left out)",
+            ),
+            (
+                "compute",
+                f"{rates['tflops']:.3g} TFLOP/s, MFU {percent(rates['mfu'], trainer.peak_note)}",
+            ),
+            ("data wait", f"{rates['data_wait_percent']:.2f}% of step time"),
+        ]
+    memory, what = peak_memory(trainer.device)
+    rows.append(("peak memory", f"{memory:.2f} GB ({what})"))
+    if final is not None:
+        rows.append(("final model", str(final)))
+    if trainer.last_checkpoint is not None:
+        rows.append(("checkpoint", str(trainer.last_checkpoint)))
+    rows += [("export", str(path)) for path in exports]
+    rows.append(("metrics", str(paths.metrics)))
+    display.table("summary", rows)
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
