@@ -155,24 +155,38 @@ def run(args) -> int:
     prompts = _prompts(args)
     model = load(args, values)
     options = {k: v for k, v in values.items() if k in GENERATE_FIELDS}
-    if args.json:
-        for g in model.generate(prompts, **options):
-            print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
-        return 0
+    texts = _rendered(model, prompts, options, values.get("mode"))
     if args.stream:
-        for prompt in prompts:
+        for prompt, text in zip(prompts, texts, strict=True):
             sys.stdout.write(prompt)
             sys.stdout.flush()
-            (g,) = model.generate(prompt, **options, stream=write)
+            (g,) = model.generate(text, **options, stream=write)
             print(flush=True)
             print(stats_line(g.stats), file=sys.stderr)
         return 0
-    generations = model.generate(prompts, **options)
+    generations = model.generate(texts, **options)
     for g in generations:
-        print(g.prompt + g.text, flush=True)
-    for stats in {id(g.stats): g.stats for g in generations}.values():
-        print(stats_line(stats), file=sys.stderr)
+        g.prompt = prompts[g.index]  # as the user gave it, not as rendered for the model
+        if args.json:
+            print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
+        else:
+            print(g.prompt + g.text, flush=True)
+    if not args.json:
+        for stats in {id(g.stats): g.stats for g in generations}.values():
+            print(stats_line(stats), file=sys.stderr)
     return 0
+
+
+def _rendered(model, prompts: list[str], options: dict, mode: str | None) -> list[str]:
+    """The prompts as the model sees them: unchanged, or one-turn chats in chat mode."""
+    settings = model.settings(**options, mode=mode)
+    if settings.mode != "chat":
+        return prompts
+    from okto.inference.chat import Conversation
+
+    chat = Conversation(model, settings)
+    options.update(template="{input}", stop=chat.stop)
+    return [chat.render(p, []) for p in prompts]
 
 
 def write(_index: int, text: str) -> None:

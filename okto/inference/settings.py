@@ -29,6 +29,7 @@ MODEL_DEFAULTS = (
     "repetition_penalty",
     "stop",
     "template",
+    "mode",
     "exit_command",
 )
 # INFERENCE `precision` and `backend` values -> load_model's
@@ -49,6 +50,7 @@ class Settings:
     seed: int | None = None
     batch_size: int | None = None
     template: str = "{input}"
+    mode: str = "completion"
     exit_command: str = "exit"
     model: str | None = None
     dtype: str | None = None
@@ -76,6 +78,8 @@ class Settings:
             raise UsageError(f"repetition_penalty must be above 0, got {self.repetition_penalty}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.mode not in ("completion", "chat"):
+            raise UsageError(f"mode must be completion or chat, got {self.mode!r}")
         if "{input}" not in self.template:
             raise UsageError(f"the prompt format {self.template!r} has no {{input}} placeholder")
         if any(not s for s in self.stop):

@@ -152,7 +152,7 @@ def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
 
 
 def test_chat_history_stays_in_the_context_window(loaded):
-    from okto.cli.chat import Conversation
+    from okto.inference.chat import Conversation
 
     model = loaded["gpt2"]
     chat = Conversation(model, model.settings(max_tokens=8))
@@ -174,3 +174,15 @@ def test_export_round_trip(hf_dirs, capsys, tmp_path):
         main(["export", "--model", str(out), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
     )
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_chat_mode_renders_each_prompt_as_a_turn(okm_files, capsys, stdin, tmp_path):
+    stdin("")
+    okt = tmp_path / "chat.okt"
+    okt.write_text(f'INFERENCE {{\n  model: "{okm_files["gpt2"]}"\n  mode: "chat"\n}}\n')
+    options = ["--json", "-p", "Hello", "--max-tokens", "3"]
+    assert main(["infer", "-f", str(okt), *options]) == 0
+    (chat,) = records(capsys.readouterr().out)
+    assert main(["infer", "--model", str(okm_files["gpt2"]), *options]) == 0
+    assert chat["prompt"] == "Hello"
+    assert chat["prompt_tokens"] > records(capsys.readouterr().out)[0]["prompt_tokens"]

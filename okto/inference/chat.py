@@ -1,0 +1,56 @@
+"""Chat turns rendered into prompts: a `format` template, the tokenizer's chat template, or plain lines.
+
+Used by `okto chat` (a conversation) and by `okto infer` when the INFERENCE
+block's `mode` is chat (each prompt a one-turn conversation).
+"""
+
+from __future__ import annotations
+
+PLAIN_TEMPLATE = "User: {input}\nAssistant:"
+PLAIN_STOP = "\nUser:"
+
+
+class Conversation:
+    """The turns so far, rendered into one prompt that fits the model's context window.
+
+    A `format` template (settings.template) wins; else the tokenizer's chat
+    template; else "User: ... / Assistant:" lines, with "\\nUser:" as a stop.
+    """
+
+    def __init__(self, model, settings):
+        self.model, self.settings = model, settings
+        self.turns: list[tuple[str, str]] = []
+        custom = settings.template != "{input}"
+        has_chat_template = bool(getattr(model.tokenizer, "chat_template", None))
+        self.use_chat_template = not custom and has_chat_template
+        self.plain = not custom and not has_chat_template
+        self.template = PLAIN_TEMPLATE if self.plain else settings.template
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return (*self.settings.stop, PLAIN_STOP) if self.plain else self.settings.stop
+
+    def render(self, user: str, turns: list[tuple[str, str]]) -> str:
+        if self.use_chat_template:
+            messages = []
+            for asked, answered in turns:
+                messages += [
+                    {"role": "user", "content": asked},
+                    {"role": "assistant", "content": answered},
+                ]
+            messages.append({"role": "user", "content": user})
+            return self.model.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        past = "".join(self.template.replace("{input}", a) + " " + b + "\n" for a, b in turns)
+        return past + self.template.replace("{input}", user)
+
+    def prompt(self, user: str) -> str | None:
+        """This turn with as much history as fits, or None when even the turn alone does not."""
+        window = self.model.context_window
+        room = window - min(self.settings.max_tokens, window // 2)
+        for start in range(len(self.turns) + 1):
+            text = self.render(user, self.turns[start:])
+            if len(self.model.encode(text)) <= room:
+                return text
+        return None
