@@ -94,7 +94,7 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
     """Read a model from an `.okm` file, a Hugging Face directory, or a run directory."""
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such file or directory")
+        path = _hub_cache(str(path))
     if path.is_file():
         return _from_package(Package(path))
     if (path / "config.json").is_file():
@@ -106,6 +106,19 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
         f"{path}: not a model: expected an .okm file, a Hugging Face directory "
         "(with config.json), or a run directory (with final/config.json)"
     )
+
+
+def _hub_cache(name: str) -> Path:
+    """A hub name ("org/model") already in the local Hugging Face cache; okto downloads nothing."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except (HFValidationError, LocalEntryNotFoundError):
+        raise UsageError(
+            f"{name}: no such file or directory (nor a model in the local Hugging Face cache)"
+        ) from None
 
 
 def _from_package(package: Package) -> Checkpoint:

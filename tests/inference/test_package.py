@@ -210,3 +210,20 @@ def test_damaged_package_is_refused(damage, okm_files, tmp_path):
         Package(path)
     assert message in str(error.value)
     assert str(path) in str(error.value)
+
+
+def test_hub_name_from_the_local_cache(hf_dirs, tmp_path, monkeypatch):
+    """A hub name resolves to the local Hugging Face cache, never to a download."""
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "models--okto--tiny" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name, data in files_of(hf_dirs["gpt2"]).items():
+        (snapshot / name).write_bytes(data)
+    (tmp_path / "models--okto--tiny" / "refs").mkdir()
+    (tmp_path / "models--okto--tiny" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert open_checkpoint("okto/tiny").path == snapshot
+    with pytest.raises(UsageError, match="local Hugging Face cache"):
+        open_checkpoint("okto/absent")
