@@ -55,6 +55,8 @@ def _(dy, x, weight, bias, mean, rstd, dsum):
 def _setup_context(ctx, inputs, output):
     x, weight, bias, residual, _ = inputs
     _, s, mean, rstd = output
+    # Unused outputs get None, not zeros: no [M, N] zeros for an unused sum.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(mean, rstd)
     ctx.has_residual = residual is not None
     ctx.save_for_backward(s if ctx.has_residual else x, weight, bias, mean, rstd)
@@ -62,9 +64,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dsum, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_backward_op(
-        dy, x, weight, bias, mean, rstd, dsum if ctx.has_residual else None
-    )
+    dy = torch.zeros_like(x) if dy is None else dy  # only the sum was used
+    dsum = dsum if ctx.has_residual else None  # without a residual the sum output is empty
+    dx, dw, db = _layer_norm_backward_op(dy, x, weight, bias, mean, rstd, dsum)
     return (
         dx,
         dw if weight is not None else None,

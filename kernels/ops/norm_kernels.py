@@ -41,6 +41,8 @@ BWD_MAX_BLOCK = 8192
 CHUNK_BLOCK = 4096
 # Persistent backward programs per SM: enough loads in flight to saturate HBM.
 BWD_PROGRAMS_PER_SM = 4
+# Tile of the final sum over the backward programs' partial dweight/dbias rows.
+SUM_BLOCK_G, SUM_BLOCK_N = 64, 32
 
 
 # Rows per program x warps; the first (several rows) is what the interpreter runs.
@@ -324,6 +326,40 @@ def _norm_bwd_kernel(
             tl.debug_barrier()
 
 
+@triton.jit
+def _sum_parts_kernel(
+    part_ptr,
+    dw_ptr,
+    db_ptr,
+    G,
+    N,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dweight and dbias: column sums of the backward's G partial rows, in the parameters' dtypes."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = cols < N
+    db_parts = part_ptr
+    if HAS_W:
+        db_parts += G.to(tl.int64) * N
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(0, G, BLOCK_G):
+        rows = (start + tl.arange(0, BLOCK_G)).to(tl.int64)
+        mask = (rows < G)[:, None] & mask_n[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        if HAS_W:
+            dw += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0), 0)
+        if HAS_B:
+            db += tl.sum(tl.load(db_parts + offs, mask=mask, other=0.0), 0)
+    if HAS_W:
+        tl.store(dw_ptr + cols, dw.to(dw_ptr.dtype.element_ty), mask=mask_n)
+    if HAS_B:
+        tl.store(db_ptr + cols, db.to(db_ptr.dtype.element_ty), mask=mask_n)
+
+
 def check_inputs(x: torch.Tensor, residual: torch.Tensor | None, what: str, **params) -> None:
     """Dtype, shape and device checks shared by both norms; `params` are weight/bias (or None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
@@ -427,9 +463,20 @@ def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool):
             CHUNKED=N > BWD_MAX_BLOCK,
             BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
         )
-    # Separate sums, so dweight and dbias never share storage (custom-op outputs must not alias).
-    dw = parts[0].sum(0).to(weight.dtype) if weight is not None else x.new_empty(0)
-    db = parts[-1].sum(0).to(bias.dtype) if bias is not None else x.new_empty(0)
+    dw = backend.empty_like(weight) if weight is not None else x.new_empty(0)
+    db = backend.empty_like(bias) if bias is not None else x.new_empty(0)
+    if weight is not None or bias is not None:
+        _sum_parts_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](
+            parts,
+            dw,
+            db,
+            programs,
+            N,
+            HAS_W=weight is not None,
+            HAS_B=bias is not None,
+            BLOCK_G=SUM_BLOCK_G,
+            BLOCK_N=SUM_BLOCK_N,
+        )
     return dx.view(x.shape), dw, db
 
 

@@ -51,6 +51,8 @@ def _(dy, x, weight, rstd, dsum):
 def _setup_context(ctx, inputs, output):
     x, weight, residual, _ = inputs
     _, s, rstd = output
+    # Unused outputs get None, not zeros: no [M, N] zeros for an unused sum.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(rstd)
     ctx.has_residual = residual is not None
     ctx.save_for_backward(s if ctx.has_residual else x, weight, rstd)
@@ -58,7 +60,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dsum, _drstd):
     x, weight, rstd = ctx.saved_tensors
-    dx, dw = _rms_norm_backward_op(dy, x, weight, rstd, dsum if ctx.has_residual else None)
+    dy = torch.zeros_like(x) if dy is None else dy  # only the sum was used
+    dsum = dsum if ctx.has_residual else None  # without a residual the sum output is empty
+    dx, dw = _rms_norm_backward_op(dy, x, weight, rstd, dsum)
     return dx, dw if weight is not None else None, dx if ctx.has_residual else None, None
 
 

@@ -117,6 +117,38 @@ def test_residual_gradients_are_separate_tensors():
     assert not torch.equal(x.grad, r.grad)
 
 
+@pytest.mark.parametrize("used", ["y", "sum"])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_one_output_unused(kind, used):
+    """Only y, or only x + residual, reaches the loss: the other's gradient is None, not zeros."""
+    x, r, w = (torch.randn(5, 37, device=DEVICE, requires_grad=True) for _ in range(3))
+    w = w[0].detach().requires_grad_()
+    norm = layer_norm if kind == "layer_norm" else rms_norm
+    y, s = norm(x, w, residual=r)
+    (y if used == "y" else s).pow(2).sum().backward()
+    x64, r64, w64 = (t.detach().double().requires_grad_() for t in (x, r, w))
+    y64, s64 = _reference64(kind, x64, w64, None, r64, 1e-5 if kind == "layer_norm" else 1e-6)
+    (y64 if used == "y" else s64).pow(2).sum().backward()
+    for got, want in ((x, x64), (r, r64)):
+        assert rel_error(got.grad, want.grad) < TOL[torch.float32]
+    if used == "y":
+        assert rel_error(w.grad, w64.grad) < TOL[torch.float32]
+    else:  # the weight never reached the loss
+        assert w.grad is None or not w.grad.any()
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_native_path_agrees(monkeypatch, dtype):
+    """OKTO_KERNELS=native (the PyTorch reference) returns what the kernels return."""
+    x, r = (torch.randn(5, 37, device=DEVICE).to(dtype) for _ in range(2))
+    w, b = (torch.randn(37, device=DEVICE).to(dtype) for _ in range(2))
+    triton_out = (*layer_norm(x, w, b, residual=r), rms_norm(x, w))
+    monkeypatch.setenv("OKTO_KERNELS", "native")
+    native_out = (*layer_norm(x, w, b, residual=r), rms_norm(x, w))
+    for got, want in zip(triton_out, native_out, strict=True):
+        assert got.dtype == want.dtype and rel_error(got, want) < TOL[dtype]
+
+
 def test_numpy_in_numpy_out():
     x = np.random.default_rng(0).standard_normal((4, 37)).astype(np.float32)
     y = okto.kernels.layer_norm(x, None, None)
