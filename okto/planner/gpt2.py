@@ -14,17 +14,18 @@ from okto.planner.architecture import Architecture
 
 def _patch(model, choices, patches) -> None:
     from torch import nn
-    from transformers.models.gpt2.modeling_gpt2 import GPT2MLP
-    from transformers.pytorch_utils import Conv1D
+    from transformers.models.gpt2 import modeling_gpt2  # its Conv1D, wherever that lives
 
     from okto.planner import forwards
 
     if choices["gemm"].impl == "okto":
-        forwards.patch_each(model, Conv1D, patches, forwards.gemm_forward, layout="in_out")
+        forwards.patch_each(
+            model, modeling_gpt2.Conv1D, patches, forwards.gemm_forward, layout="in_out"
+        )
     if choices["activation"].impl == "okto":
         forwards.patch_each(
             model,
-            GPT2MLP,
+            modeling_gpt2.GPT2MLP,
             patches,
             forwards.gpt2_mlp_forward,
             approximate=GPT2.gelu[model.config.activation_function],

@@ -87,7 +87,7 @@ def _asked(sources: Sources, kind: str) -> LayerChoice:
             "blas.backend",
             sources.origin("blas.backend"),
         )
-    return LayerChoice(kind, OKTO, "", "auto")
+    return LayerChoice(kind, OKTO, "", "auto: okto where its kernels run")
 
 
 def _machine_blocks(machine: Machine, device: Setting) -> str | None:

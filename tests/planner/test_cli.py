@@ -1,0 +1,80 @@
+"""`okto plan -f FILE [--json] [--set ...]`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from okto.cli import main
+from okto.errors import EXIT_MACHINE, EXIT_OK
+
+TINY_GPT2 = """PROJECT "tiny"
+MODEL {
+  architecture: "gpt2"
+  pretrained: false
+  config { n_layer: 2  n_head: 4  n_embd: 128 }
+}
+ACCELERATE { layernorm: native }
+TRAIN { seed: 5 }
+"""
+
+
+@pytest.fixture
+def okt(tmp_path, monkeypatch):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+
+    def write(text: str) -> str:
+        path = tmp_path / "train.okt"
+        path.write_text(text)
+        return str(path)
+
+    return write
+
+
+def test_json(okt, capsys):
+    path = okt(TINY_GPT2)
+    assert main(["plan", "-f", path, "--json", "--set", "TRAIN.seed=6"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["file"] == path and plan["project"] == "tiny"
+    assert plan["model"]["architecture"] == "gpt2" and plan["model"]["head_dim"] == 32
+    assert plan["settings"]["seed"] == {
+        "value": 6,
+        "field": "TRAIN.seed",
+        "origin": "command line",
+        "reason": "",
+    }
+    layernorm = plan["layers"]["layernorm"]
+    assert (layernorm["impl"], layernorm["field"]) == ("native", "ACCELERATE.layernorm")
+    assert layernorm["origin"] == f"{path}:7:25"
+    assert set(plan["layers"]) == {
+        "gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation",
+    }  # fmt: skip
+    assert plan["notes"][0] == "model config from MODEL.architecture gpt2"
+
+
+def test_table(okt, capsys):
+    assert main(["plan", "-f", okt(TINY_GPT2)]) == EXIT_OK
+    out = capsys.readouterr()
+    assert "okto plan: tiny" in out.out and "ACCELERATE.layernorm" in out.out
+    assert "GPT-2 and Llama" not in out.out  # gpt2 is planned
+    assert "model config from MODEL.architecture gpt2" in out.err
+
+
+def test_unknown_model(okt, capsys):
+    path = okt('PROJECT "x"\nMODEL { base: "nobody/no-such-model-here" }\n')
+    assert main(["plan", "-f", path, "--json"]) == EXIT_OK
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model"] is None
+    assert "not in the local hub cache" in plan["notes"][0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("as_json", [False, True])
+def test_gpu_file_on_a_cpu_machine_exits_4(okt, capsys, as_json):
+    path = okt('ENV { accelerator: "cuda" }\n')
+    assert main(["plan", "-f", path, *(["--json"] if as_json else [])]) == EXIT_MACHINE
+    out = capsys.readouterr()
+    message = json.loads(out.out)["error"] if as_json else out.err
+    assert "ENV.accelerator" in message and "no" in message

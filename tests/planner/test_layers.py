@@ -1,0 +1,133 @@
+"""Which implementation runs each layer kind, and the reason the plan gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import MistralConfig
+
+from okto.planner import KINDS, Machine
+from tests.planner.util import CPU, H100, gpt2, gpt2_config, llama_config, plan
+
+GPT2 = gpt2_config()
+
+# (text, machine, model, kind, impl, words the reason (or what runs) must hold)
+CASES = [
+    ("", H100, GPT2, "gemm", "okto", "Conv1D"),
+    ("", H100, GPT2, "attention", "okto", "flash attention"),
+    ("", H100, GPT2, "layernorm", "okto", "layer_norm"),
+    ("", H100, GPT2, "softmax", "okto", "inside okto flash attention"),
+    ("", H100, GPT2, "cross_entropy", "okto", "ACCELERATE.fused_ops is false (default)"),
+    ("", H100, GPT2, "activation", "okto", "okto gelu (tanh) after mlp.c_fc"),
+    ("ACCELERATE { fused_ops: true }", H100, GPT2, "activation", "okto", "epilogue"),
+    ("ACCELERATE { fused_ops: true }", H100, GPT2, "cross_entropy", "okto", "never materialised"),
+    (
+        "ACCELERATE { gemm: native\nfused_ops: true }",
+        H100,
+        GPT2,
+        "gemm",
+        "native",
+        "ACCELERATE.gemm: native",
+    ),
+    (
+        "ACCELERATE { gemm: native\nfused_ops: true }",
+        H100,
+        GPT2,
+        "activation",
+        "okto",
+        "the GEMM is native",
+    ),
+    ('BLAS { backend: "cublas" }', H100, GPT2, "layernorm", "native", "BLAS.backend: cublas"),
+    (
+        'BLAS { backend: "cublas" }\nACCELERATE { attention: oktoblas }',
+        H100,
+        GPT2,
+        "attention",
+        "okto",
+        "ACCELERATE.attention: oktoblas",
+    ),
+    ('BLAS { backend: "oktoblas" }', H100, GPT2, "gemm", "okto", "BLAS.backend: oktoblas"),
+    ("ACCELERATE { softmax: native }", H100, GPT2, "softmax", "okto", "has no effect"),
+    ("ACCELERATE { attention: native }", H100, GPT2, "softmax", "native", "attention is native"),
+    ("", CPU, GPT2, "gemm", "native", "no CUDA"),
+    (
+        'TRAIN { device: "cpu" }',
+        H100,
+        GPT2,
+        "gemm",
+        "native",
+        "the device is the CPU (TRAIN.device)",
+    ),
+    (
+        "",
+        Machine(triton=True, kernel_mode="triton", interpreter=True),
+        GPT2,
+        "gemm",
+        "okto",
+        "interpreter",
+    ),
+    (
+        "",
+        Machine(gpus=H100.gpus, triton=True, kernel_mode="native"),
+        GPT2,
+        "gemm",
+        "native",
+        "OKTO_KERNELS=native",
+    ),
+    ("", Machine(gpus=H100.gpus, triton=False), GPT2, "attention", "native", "Triton is not"),
+    ("", H100, gpt2_config(dropout=0.1), "attention", "native", "attention dropout 0.1"),
+    ("", H100, gpt2_config(dropout=0.1), "softmax", "native", "attention is native"),
+    ("", H100, gpt2_config(activation_function="relu"), "activation", "native", "relu"),
+    ("", H100, gpt2_config(activation_function="gelu"), "activation", "okto", "gelu (erf)"),
+    ("", H100, llama_config(), "gemm", "okto", "gate/up/down_proj"),
+    ("", H100, llama_config(), "layernorm", "okto", "rms_norm"),
+    ("", H100, llama_config(), "attention", "okto", "rotary"),
+    ("", H100, llama_config(), "activation", "native", "silu has no okto kernel"),
+    ("", H100, llama_config(head_dim=256), "attention", "native", "head dim 256 > 128"),
+    (
+        "",
+        H100,
+        {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 2},
+        "gemm",
+        "okto",
+        "q/k/v/o_proj",
+    ),
+    (
+        "",
+        H100,
+        MistralConfig(hidden_size=64, num_attention_heads=2),
+        "gemm",
+        "native",
+        "architecture mistral: the planner patches GPT-2 and Llama",
+    ),
+    ("", H100, None, "gemm", "okto", "auto"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "model", "kind", "impl", "words"),
+    CASES,
+    ids=[f"{c[3]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_layer_choice(text, machine, model, kind, impl, words):
+    choice = plan(text, machine, model=model).layers[kind]
+    assert choice.impl == impl
+    assert words in f"{choice.runs} {choice.reason}"
+
+
+def test_the_deciding_field_and_its_origin():
+    text = 'PROJECT "p"\nACCELERATE {\n  layernorm: native\n}'
+    choice = plan(text, H100, model=GPT2).layers["layernorm"]
+    assert (choice.to_dict()["field"], choice.origin) == ("ACCELERATE.layernorm", "t.okt:3:14")
+
+
+def test_modules_of_other_classes_and_dtypes():
+    model = gpt2().to(torch.float64)
+    layers = plan("", H100, model=model).layers
+    assert all(c.impl == "native" for c in layers.values())
+    assert "parameters are float64" in layers["gemm"].reason
+    assert plan("", H100, model=model.transformer).model.supported is False
+
+
+def test_every_kind_is_planned():
+    assert tuple(plan("", H100, model=GPT2).layers) == KINDS

@@ -1,0 +1,219 @@
+"""Patched models compute what the unpatched ones do, and patches leave no trace.
+
+The interpreter tests run okto's Triton kernels (OKTO_KERNELS=triton; on a CPU
+through Triton's interpreter, which conftest turns on). The others plan for a
+fake H100 and run on CPU tensors, where each okto op takes its PyTorch
+reference: fast, and enough to check the forwards' plumbing (casts, shapes,
+dropout, the loss) and the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+import okto
+from okto.planner import build_plan
+from tests.planner.util import H100, LLAMA_SIZES, gpt2, gpt2_config, llama
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FUSED = okto.parse("ACCELERATE { fused_ops: true }", "t.okt")
+UNFUSED = okto.parse("", "t.okt")
+
+
+def batch(vocab: int = 101, device: str = "cpu") -> torch.Tensor:
+    return torch.randint(0, vocab, (2, 16), device=device)
+
+
+def step(model, ids, **kwargs):
+    """(loss, logits, {name: grad}) of one forward and backward with labels = ids."""
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, labels=ids, **kwargs)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.loss.detach(), out.logits, grads
+
+
+def assert_same_step(expected, actual, tol=None):
+    tol = tol or {}
+    torch.testing.assert_close(actual[0], expected[0], **tol)
+    assert actual[2].keys() == expected[2].keys()
+    for name, grad in expected[2].items():
+        torch.testing.assert_close(actual[2][name], grad, **tol, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "program"), [("gpt2", FUSED), ("llama", UNFUSED)])
+def test_kernels_match_the_framework(monkeypatch, family, program):
+    """Logits, loss and every gradient through okto's Triton kernels, fp32."""
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    model = (gpt2() if family == "gpt2" else llama()).to(DEVICE)
+    ids = batch(device=DEVICE)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    expected = step(model, ids)
+    plan = build_plan(program, model=model)
+    expected_okto = {"activation"} if family == "llama" else set()
+    assert {k for k, c in plan.layers.items() if c.impl == "native"} == expected_okto
+    with plan.apply(model):
+        actual = step(model, ids)
+        if family == "gpt2":  # the fused loss never makes logits: ask for them alone
+            assert actual[1] is None
+            with torch.no_grad():
+                actual = (actual[0], model(input_ids=ids).logits, actual[2])
+    torch.testing.assert_close(actual[1], logits if family == "gpt2" else expected[1])
+    assert_same_step(expected, actual)
+
+
+@pytest.mark.parametrize("program", [FUSED, UNFUSED], ids=["fused", "unfused"])
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_forwards_match_with_reference_ops(monkeypatch, family, program):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2() if family == "gpt2" else llama()
+    ids = batch()
+    expected = step(model, ids)
+    with build_plan(program, machine=H100, model=model).apply(model) as patches:
+        assert len(patches) > 0
+        actual = step(model, ids)
+    assert_same_step(expected, actual)
+
+
+def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
+    """Same seed, same masks: GPT-2 with every dropout at 0.1, in training mode."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2(dropout=0.1).train()
+    ids = batch()
+    torch.manual_seed(1)
+    expected = step(model, ids)
+    plan = build_plan(FUSED, machine=H100, model=model)
+    assert plan.layers["attention"].impl == "native"
+    with plan.apply(model):
+        torch.manual_seed(1)
+        actual = step(model, ids)
+        torch.manual_seed(2)
+        other = step(model, ids)
+    assert_same_step(expected, actual)
+    assert not torch.equal(actual[0], other[0])
+
+
+def test_autocast_operands_are_cast(monkeypatch):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2()
+    ids = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(input_ids=ids, labels=ids).loss
+        with build_plan(FUSED, machine=H100, model=model).apply(model):
+            actual = model(input_ids=ids, labels=ids).loss
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual, expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_loss_options_match_transformers(monkeypatch):
+    """num_items_in_batch (sum / count), padding labels (-100) and return_dict=False."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = llama()
+    ids = batch()
+    labels = ids.clone()
+    labels[:, :5] = -100
+    items = torch.tensor(40)
+    expected = model(input_ids=ids, labels=labels, num_items_in_batch=items).loss
+    with build_plan(FUSED, machine=H100, model=model).apply(model):
+        actual = model(input_ids=ids, labels=labels, num_items_in_batch=items).loss
+        as_tuple = model(ids, labels=labels, return_dict=False)
+    torch.testing.assert_close(actual, expected)
+    torch.testing.assert_close(as_tuple[0], model(input_ids=ids, labels=labels).loss)
+
+
+def _snapshot(model):
+    """Identity of every module's own forward/config, children, parameters; classes' forwards."""
+    modules = {
+        name: (
+            id(m.__dict__.get("forward")),
+            id(m.__dict__.get("config")),
+            [(k, id(v)) for k, v in m._modules.items()],
+            [(k, id(v)) for k, v in m._parameters.items()],
+        )
+        for name, m in model.named_modules()
+    }
+    classes = {cls: cls.__dict__.get("forward") for m in model.modules() for cls in type(m).__mro__}
+    return modules, classes
+
+
+def _outputs(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_undo_leaves_no_trace(monkeypatch, family):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = (gpt2() if family == "gpt2" else llama()).eval()
+    ids = batch()
+    before, logits = _snapshot(model), _outputs(model, ids)
+    state = model.state_dict()
+    config = model.config
+    patches = build_plan(FUSED, machine=H100, model=model).apply(model)
+    assert model.config is not config and model.config._attn_implementation == "okto"
+    assert config._attn_implementation != "okto"
+    during = model.state_dict()
+    assert list(during) == list(state)
+    assert all(during[k].data_ptr() == v.data_ptr() for k, v in state.items())
+    assert _snapshot(model)[1] == before[1]  # no class was touched
+    fresh = type(model)(config)
+    fresh.load_state_dict(during)  # loadable by the unpatched class, strict
+    patches.undo()
+    assert _snapshot(model) == before
+    assert model.config is config
+    assert torch.equal(_outputs(model, ids), logits)
+    assert len(patches) == 0
+
+
+def test_two_models_one_patched(monkeypatch):
+    """Models built from one config object share it: patching one leaves the other alone."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    config = gpt2_config()
+    patched, other = GPT2LMHeadModel(config).eval(), GPT2LMHeadModel(config).eval()
+    ids = batch()
+    before, logits = _snapshot(other), _outputs(other, ids)
+    implementation = config._attn_implementation
+    with build_plan(FUSED, machine=H100, model=patched).apply(patched) as patches:
+        assert len(patches) > 0
+        assert _snapshot(other) == before
+        assert other.config is config and config._attn_implementation == implementation
+        assert torch.equal(_outputs(other, ids), logits)
+        assert not any("forward" in m.__dict__ for m in other.modules())
+
+
+def test_a_deep_copy_runs_on_its_own_modules(monkeypatch):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2()
+    with build_plan(FUSED, machine=H100, model=model).apply(model):
+        twin = copy.deepcopy(model)
+    assert twin.lm_head.forward.__self__ is twin.lm_head
+    assert twin.forward.__self__ is twin
+    assert twin.transformer.h[0].attn.config is twin.config
+
+
+def test_generate_while_patched(monkeypatch):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = llama().eval()
+    ids = batch()[:1, :4]
+    expected = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with build_plan(FUSED, machine=H100, model=model).apply(model):
+        actual = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(actual, expected)
+
+
+def test_other_architectures_train_natively(monkeypatch):
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = MistralForCausalLM(MistralConfig(**LLAMA_SIZES))
+    plan = build_plan(FUSED, machine=H100, model=model)
+    assert all(c.impl == "native" for c in plan.layers.values())
+    assert "MistralForCausalLM (mistral)" in plan.layers["gemm"].reason
+    with plan.apply(model) as patches:
+        assert len(patches) == 0
+        loss, _, grads = step(model, batch())
+    assert torch.isfinite(loss) and grads

@@ -1,0 +1,178 @@
+"""Resolution of the run-wide settings: values, the field that decided each, its origin."""
+
+from __future__ import annotations
+
+import pytest
+
+import okto
+from okto.errors import EXIT_MACHINE, MachineError
+from okto.language import apply_overrides
+from okto.planner import build_plan
+from tests.planner.util import CPU, H100, T4, plan
+
+
+def at(text: str, needle: str) -> str:
+    """The origin `t.okt:line:column` of the first `needle` in `text`."""
+    offset = text.index(needle)
+    line = text.count("\n", 0, offset) + 1
+    return f"t.okt:{line}:{offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
+
+
+# (text, machine, setting, value, deciding field or None, needle locating the origin or None)
+CASES = [
+    ("", CPU, "device", "cpu", None, None),
+    ("", H100, "device", "cuda:0", None, None),
+    ("", CPU, "precision", "fp32", None, None),
+    ("", H100, "precision", "bf16", None, None),
+    ("", T4, "precision", "fp32", None, None),
+    (
+        'ENV { accelerator: "cuda" }\nTRAIN { device: "cpu" }',
+        CPU,
+        "device",
+        "cpu",
+        "TRAIN.device",
+        '"cpu"',
+    ),
+    ('ENV { accelerator: "gpu" }', H100, "device", "cuda:0", "ENV.accelerator", '"gpu"'),
+    (
+        'MODEL { device: "cpu" }\nENV { accelerator: "cuda" }',
+        H100,
+        "device",
+        "cpu",
+        "MODEL.device",
+        '"cpu"',
+    ),
+    (
+        "ENV { precision: bf16 }\nTRAIN { precision: fp16 }",
+        H100,
+        "precision",
+        "fp16",
+        "TRAIN.precision",
+        "fp16",
+    ),
+    ("ENV { precision: bf16 }", H100, "precision", "bf16", "ENV.precision", "bf16"),
+    ("TRAIN { mixed_precision: true }", T4, "precision", "fp16", "TRAIN.mixed_precision", "true"),
+    ("TRAIN { mixed_precision: true }", T4, "loss_scaling", True, "TRAIN.mixed_precision", "true"),
+    ("TRAIN { mixed_precision: true }", H100, "precision", "bf16", "TRAIN.mixed_precision", "true"),
+    ("TRAIN { mixed_precision: true }", CPU, "precision", "fp32", "TRAIN.mixed_precision", "true"),
+    (
+        "ENV { precision: fp16 }\nTRAIN { mixed_precision: true }",
+        H100,
+        "precision",
+        "fp16",
+        "ENV.precision",
+        "fp16",
+    ),
+    ("ENV { precision: bf16 }", CPU, "precision", "bf16", "ENV.precision", "bf16"),
+    ('MODEL { dtype: "bfloat16" }', H100, "weights", "bf16", "MODEL.precision", '"bfloat16"'),
+    ('MODEL { dtype: "bfloat16" }', H100, "precision", "bf16", "MODEL.precision", '"bfloat16"'),
+    ("", H100, "weights", "fp32", None, None),
+    ('BLAS { precision: "tf32" }', H100, "precision", "fp32", "BLAS.precision", '"tf32"'),
+    ('BLAS { precision: "tf32" }', H100, "tf32", True, "BLAS.precision", '"tf32"'),
+    (
+        'TENSOR_CORES { enabled: false }\nBLAS { precision: "tf32" }',
+        H100,
+        "tf32",
+        False,
+        "TENSOR_CORES.enabled",
+        "false",
+    ),
+    (
+        "OPTIMIZE { tf32: true }\nTENSOR_CORES { enabled: false }",
+        H100,
+        "tf32",
+        True,
+        "OPTIMIZE.tf32",
+        "true",
+    ),
+    ("OPTIMIZE { tf32: true }", CPU, "tf32", False, "OPTIMIZE.tf32", "true"),
+    ("OPTIMIZE { tf32: true }", T4, "tf32", False, "OPTIMIZE.tf32", "true"),
+    ("", H100, "tf32", False, None, None),
+    ("OPTIMIZE { cuda_graphs: true }", H100, "cuda_graphs", True, "OPTIMIZE.cuda_graphs", "true"),
+    ("OPTIMIZE { cuda_graphs: true }", CPU, "cuda_graphs", False, "OPTIMIZE.cuda_graphs", "true"),
+    ("OPTIMIZE { compile: true }", CPU, "compile", True, "OPTIMIZE.compile", "true"),
+    (
+        "OPTIMIZE { memory_efficient: true }",
+        CPU,
+        "memory_efficient",
+        True,
+        "OPTIMIZE.memory_efficient",
+        "true",
+    ),
+    ("BLAS { streams: 4 }", H100, "streams", 4, "BLAS.streams", "4"),
+    ("BLAS { streams: 4 }", CPU, "streams", 1, "BLAS.streams", "4"),
+    ("ENV { seed: 1 }\nTRAIN { seed: 2 }", CPU, "seed", 2, "TRAIN.seed", "2"),
+    ("ENV { seed: 1 }", CPU, "seed", 1, "ENV.seed", "1"),
+    ("ACCELERATE { fused_ops: true }", CPU, "fused_ops", True, "ACCELERATE.fused_ops", "true"),
+    ("ENV { min_memory: 16GB }", H100, "memory", "80.0 GB", "ENV.min_memory", "16GB"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "name", "value", "field", "needle"),
+    CASES,
+    ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)],
+)
+def test_resolution(text, machine, name, value, field, needle):
+    setting = plan(text, machine).settings[name]
+    assert setting.value == value
+    assert setting.to_dict()["field"] == field
+    assert setting.origin == (at(text, needle) if needle else "default")
+
+
+# (text, machine, words the message must hold)
+FAILURES = [
+    ('ENV { accelerator: "cuda" }', CPU, ["ENV.accelerator", "t.okt:1:20", "no", "cpu"]),
+    ('TRAIN { device: "cuda:1" }', H100, ["TRAIN.device", "cuda:1", "1 GPU"]),
+    ("TRAIN { precision: fp16 }", CPU, ["TRAIN.precision", "fp16", "CUDA GPU", "fp32"]),
+    ('MODEL { dtype: "float16" }', CPU, ["MODEL.precision", "fp16"]),
+    ("ENV { precision: bf16 }", T4, ["ENV.precision", "Tesla T4", "sm_75", "fp16"]),
+    ("ENV { min_memory: 100GB }", H100, ["ENV.min_memory", "100GB", "80.0 GB"]),
+]
+
+
+@pytest.mark.parametrize(("text", "machine", "words"), FAILURES)
+def test_machine_errors(text, machine, words):
+    with pytest.raises(MachineError) as raised:
+        plan(text, machine)
+    assert raised.value.exit_code == EXIT_MACHINE
+    for word in words:
+        assert word in str(raised.value)
+
+
+NOTES = [
+    ("TRAIN { mixed_precision: true }", CPU, "TRAIN.mixed_precision (t.okt:1:26)"),
+    ("OPTIMIZE { tf32: true }", CPU, "TF32"),
+    ("OPTIMIZE { cuda_graphs: true }", CPU, "OPTIMIZE.cuda_graphs"),
+    ("BLAS { streams: 2 }", CPU, "BLAS.streams"),
+    ('ENV { precision: fp16 }\nBLAS { precision: "bf16" }', H100, "matmuls run in fp16"),
+    ('TENSOR_CORES { precision: "fp8" }', H100, "fp8"),
+    ('BLAS { kernel: "fast" }', H100, "named kernel"),
+    ("TENSOR_CORES { min_matrix_size: 64 }", H100, "no effect"),
+]
+
+
+@pytest.mark.parametrize(("text", "machine", "words"), NOTES)
+def test_notes(text, machine, words):
+    assert any(words in note for note in plan(text, machine).notes)
+
+
+def test_command_line_beats_the_file():
+    program = okto.parse("TRAIN { precision: fp32 }\nENV { seed: 3 }", "t.okt")
+    program = apply_overrides(program, ["TRAIN.precision=bf16", "TRAIN.seed=9"])
+    settings = build_plan(program, machine=H100).settings
+    assert (settings["precision"].value, settings["precision"].origin) == ("bf16", "command line")
+    assert (settings["seed"].value, settings["seed"].to_dict()["field"]) == (9, "TRAIN.seed")
+    assert settings["seed"].origin == "command line"
+
+
+def test_device_argument_overrides_the_file():
+    setting = plan('ENV { accelerator: "cuda" }', CPU, device="cpu").settings["device"]
+    assert (setting.value, setting.origin) == ("cpu", "caller")
+
+
+def test_a_bare_config_has_no_positions():
+    config = okto.parse("TRAIN { precision: bf16 }").config
+    settings = build_plan(config, machine=H100).settings
+    assert settings["precision"].origin == "set in the config"
+    assert settings["device"].origin == "default"
