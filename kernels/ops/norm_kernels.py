@@ -58,16 +58,17 @@ _MIN_PER_THREAD, _MAX_PER_THREAD = 8, 16
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep configs whose tile gives each thread 8 to 16 elements and has no more rows than M."""
-    block_n, rows = kwargs["BLOCK_N"], triton.next_power_of_2(named_args["M"])
+    """Keep configs whose tile gives each thread 8 to 16 elements.
 
-    def per_thread(c):
-        return c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps)
-
+    The row count is deliberately ignored: the tuning key is the row width, so a
+    first call with a handful of rows (decoding) must not narrow the choice that
+    later calls with thousands of rows (training) inherit.
+    """
+    block_n = kwargs["BLOCK_N"]
     keep = [
         c
         for c in configs
-        if _MIN_PER_THREAD <= per_thread(c) <= _MAX_PER_THREAD and c.kwargs["BLOCK_M"] <= rows
+        if _MIN_PER_THREAD <= c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps) <= _MAX_PER_THREAD
     ]
     return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], c.num_warps))]
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import triton
 
 import okto.kernels
 from okto.kernels import KernelError, layer_norm, rms_norm
@@ -228,15 +227,14 @@ def test_torch_compile_fullgraph_forward_and_backward():
 # --- GPU: real sizes, bf16, torch.compile with inductor -----------------------------------
 
 
-@pytest.mark.parametrize("m", [1, 7, 16384])
 @pytest.mark.parametrize("n", [37, 768, 4096, 8192, 20000])
-def test_autotune_configs_fit_the_row(m, n):
+def test_autotune_configs_fit_the_row(n):
     """The sm_90 tuning space (the interpreter only runs the first config): 8-16 elements a thread."""
     for max_block in (norm_kernels.FWD_MAX_BLOCK, norm_kernels.BWD_MAX_BLOCK):
         block_n = norm_kernels._block_n(n, max_block)
-        kept = norm_kernels._prune(norm_kernels._CONFIGS, {"M": m}, BLOCK_N=block_n)
-        assert kept and all(c.kwargs["BLOCK_M"] <= triton.next_power_of_2(m) for c in kept)
-        if n >= 768 and m > 1:
+        kept = norm_kernels._prune(norm_kernels._CONFIGS, {}, BLOCK_N=block_n)
+        assert kept
+        if n >= 768:
             assert all(8 <= c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps) <= 16 for c in kept)
 
 
