@@ -29,6 +29,8 @@ from okto.language.diagnostics import suggestion
 from okto.language.fieldtypes import (
     NO_EFFECT,
     Device,
+    Integer,
+    NonNegativeInt,
     PositiveInt,
     Precision,
     aliases,
@@ -127,7 +129,7 @@ class EnvConfig(BlockModel):
     min_memory: Size | None = Field(
         None, description="Memory the device must have; checked before training starts."
     )
-    seed: int | None = Field(None, description="Random seed; TRAIN.seed overrides it.")
+    seed: Integer | None = Field(None, description="Random seed; TRAIN.seed overrides it.")
     network: choice("online", "offline") = Field(
         "online", description="`offline` sets the hub libraries offline: no downloads."
     )
@@ -330,7 +332,7 @@ class TrainConfig(BlockModel):
         "constant_with_warmup",
         "step",
     ) = Field("linear", description="Learning-rate schedule after warmup.")
-    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0.")
+    warmup_steps: NonNegativeInt = Field(0, description="Steps of linear warmup from 0.")
     gradient_clip: float | None = Field(
         1.0,
         gt=0,
@@ -342,7 +344,7 @@ class TrainConfig(BlockModel):
     )
     precision: Precision = Field("auto", description="Training precision; overrides ENV.precision.")
     device: Device = Field("auto", description="Training device; overrides ENV.accelerator.")
-    seed: int | None = Field(None, description="Random seed; overrides ENV.seed.")
+    seed: Integer | None = Field(None, description="Random seed; overrides ENV.seed.")
     logging_steps: PositiveInt = Field(
         10,
         validation_alias=aliases("logging_steps", "log_interval", "log_every"),
@@ -445,8 +447,8 @@ class TensorCoresConfig(BlockModel):
     precision: choice("fp16", "bf16", "tf32", "fp8") | None = Field(
         None, description="Tensor-core precision; unset, the training precision."
     )
-    min_matrix_size: int = Field(
-        0, ge=0, description="Smallest matrix dimension sent to tensor cores; 0 = no minimum."
+    min_matrix_size: NonNegativeInt = Field(
+        0, description="Smallest matrix dimension sent to tensor cores; 0 = no minimum."
     )
 
 
@@ -481,7 +483,7 @@ class InferenceConfig(BlockModel):
     )
     temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int = Field(0, ge=0, description="Sample from the k likeliest tokens; 0 = off.")
+    top_k: NonNegativeInt = Field(0, description="Sample from the k likeliest tokens; 0 = off.")
     do_sample: Bool = Field(True, description="Sample; false decodes greedily.")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens.")
     stop_sequences: Annotated[list[str], BeforeValidator(one_or_many)] = Field(

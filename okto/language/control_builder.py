@@ -260,7 +260,7 @@ class ControlBuilder:
         field = self._train_field(item.target, item.target_span, "SET")
         if field is None:
             return None
-        if not isinstance(item.value, Str | Num | Bool | Ident):
+        if not isinstance(item.value, Str | Num | Qty | Bool | Ident):
             self.collect.error(item.value.span, f"SET {field} needs a single value")
             return None
         raw = item.value.name if isinstance(item.value, Ident) else item.value.value

@@ -41,8 +41,9 @@ class Source:
         return self.filename or "<string>"
 
     def line_text(self, line: int) -> str:
-        lines = self.text.splitlines()
-        return lines[line - 1] if 0 < line <= len(lines) else ""
+        """Line `line` (1-based); only `\n` ends a line, as for the parser."""
+        lines = self.text.split("\n")
+        return lines[line - 1].rstrip("\r") if 0 < line <= len(lines) else ""
 
     def span_at(self, offset: int) -> Span:
         """The one-character span at `offset` (clamped to the text)."""
@@ -78,7 +79,7 @@ class Diagnostic:
         if self.span is None:
             head = f"{self.source.name}: {self.severity}: {self.message}"
             return head if self.hint is None else f"{head}\n  = {self.hint}"
-        text = self.source.line_text(self.span.line).rstrip("\r")
+        text = self.source.line_text(self.span.line)
         # Copy the line's own tabs into the caret's indentation so that it
         # lines up however the terminal renders tabs.
         prefix = "".join(c if c == "\t" else " " for c in text[: self.span.column - 1])

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 import annotated_types
 from pydantic import AliasChoices, BeforeValidator, WithJsonSchema
 
+from okto.language.quantities import Quantity
+
 
 def choice(*values: str, variants: dict[str, str] | None = None):
     """A `Literal[values]` that also accepts upper case and `variants`."""
@@ -75,4 +77,16 @@ Device = Annotated[
     WithJsonSchema({"type": "string", "pattern": "^(auto|cpu|gpu|cuda(:[0-9]+)?)$"}),
 ]
 
-PositiveInt = Annotated[int, annotated_types.Ge(1)]
+
+def _count_as_int(value: object) -> object:
+    """Let an integer field take a count: `max_steps: 10K` is 10000."""
+    if isinstance(value, Quantity) and value.kind == "count" and float(value.base).is_integer():
+        return int(value.base)
+    return value
+
+
+# Integers that also take a count quantity (`10K`, `1.5M`). The bound comes
+# before the validator so that the JSON Schema states it as `minimum`.
+Integer = Annotated[int, BeforeValidator(_count_as_int)]
+NonNegativeInt = Annotated[int, annotated_types.Ge(0), BeforeValidator(_count_as_int)]
+PositiveInt = Annotated[int, annotated_types.Ge(1), BeforeValidator(_count_as_int)]

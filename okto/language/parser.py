@@ -258,7 +258,7 @@ def parse_value(text: str, source: Source) -> Value:
 def read_version(source: Source) -> VersionHeader | None:
     """The `# okto_version: "x"` comment among the comments before the first statement."""
     offset = 0
-    for line in source.text.splitlines(keepends=True):
+    for line in source.text.split("\n"):
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             return None
@@ -267,7 +267,7 @@ def read_version(source: Source) -> VersionHeader | None:
             column = line.index("#")
             span = source.span_at(offset + column)
             return VersionHeader(match["version"], span)
-        offset += len(line)
+        offset += len(line) + 1
     return None
 
 
