@@ -136,7 +136,11 @@ def test_integer_fields_take_counts():
     p = program("TRAIN { max_steps: 10K  warmup_steps: 1.5K }\nDATASET { vocab_size: 32K }")
     assert (p.config.train.max_steps, p.config.train.warmup_steps) == (10_000, 1_500)
     assert p.config.dataset.vocab_size == 32_000
-    assert error("TRAIN { max_steps: 2GB }") == (1, 20, "max_steps: expected a whole number, got 2GB")
+    assert error("TRAIN { max_steps: 2GB }") == (
+        1,
+        20,
+        "max_steps: expected a whole number, got 2GB",
+    )
 
 
 def test_booleans_are_lower_case_only():
