@@ -109,11 +109,10 @@ class Trainer:
         optimizer,
         scheduler,
         scaler,
-        plan,
+        settings,
         config,
         train_rows,
         val_rows,
-        seed: int,
         total_steps: int,
         live: Live,
         flops: FlopsModel,
@@ -125,11 +124,11 @@ class Trainer:
     ):
         self.model, self.forward = model, forward
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.plan, self.config = plan, config
-        self.device = plan.device
-        self.train_stream = ExampleStream(train_rows, seed, config.dataset.shuffle)
-        self.val_stream = ExampleStream(val_rows, seed, shuffle=False) if val_rows else None
-        self.seed, self.total, self.live = seed, total_steps, live
+        self.settings, self.config = settings, config
+        self.device, self.seed = settings.device, settings.seed
+        self.train_stream = ExampleStream(train_rows, self.seed, config.dataset.shuffle)
+        self.val_stream = ExampleStream(val_rows, self.seed, shuffle=False) if val_rows else None
+        self.total, self.live = total_steps, live
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
         self.checkpoints, self.save_model = checkpoints, save_model
@@ -161,7 +160,7 @@ class Trainer:
             self.device,
             self.live.batch_size,
             self.position,
-            copy_streams=self.plan.streams,
+            copy_streams=self.settings.streams,
         )
         self.model.train()
         self.display.start(self.total, self.step)
@@ -241,7 +240,7 @@ class Trainer:
         return StepResult(loss_value, norm_value, finite, examples, tokens)
 
     def _autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.plan.precision)
+        dtype = self.settings.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _count(self, result: StepResult, seconds: float, wait_before: float) -> None:

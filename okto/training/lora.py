@@ -148,3 +148,29 @@ def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> P
     }
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+@torch.no_grad()
+def check_lora_reached(model: nn.Module) -> None:
+    """Fail when an adapted layer never runs its update: a fused kernel (say GELU in the MLP's
+    first GEMM) may compute a layer's output without calling the layer, and its hook."""
+    reached: set[str] = set()
+    handles = [
+        layer.lora.register_forward_pre_hook(lambda module, args, name=name: reached.add(name))
+        for name, layer in lora_layers(model).items()
+    ]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        model(input_ids=torch.zeros((1, 4), dtype=torch.long, device=device))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    missed = sorted(set(lora_layers(model)) - reached)
+    if missed:
+        raise UsageError(
+            f"ADAPTER: the layers {missed[:4]} run inside a fused kernel, which bypasses LoRA; "
+            "set ACCELERATE { fused_ops: false } or choose other target_modules"
+        )

@@ -100,36 +100,38 @@ def _program(source, overrides, max_steps):
 
 
 def _train(program, config, display: Display, resume: str | None) -> TrainResult:
-    import torch
-
+    from okto.planner import build_plan
     from okto.training.hub import go_offline
-    from okto.training.plan import make_plan
+    from okto.training.lora import check_lora_reached
+    from okto.training.plan import apply_switches, run_settings
 
     started = time.perf_counter()
     for diagnostic in program.warnings:
         display.print(diagnostic.render())
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
     paths = RunPaths.resolve(program, config)
-    plan = make_plan(program, config)
+    settings = run_settings(build_plan(program))  # the machine's checks, before any data work
     resume_from = _resume_point(resume or config.train.resume_from_checkpoint, paths, display)
     if paths.log is not None:
         display.keep_log(paths.log, append=resume_from is not None)
-    display.table("plan", plan.rows)
-    for note in plan.notes:
-        display.note(note)
-    seed = next((s for s in (config.train.seed, config.env.seed) if s is not None), 0)
-    _seed_everything(seed)
+    _seed_everything(settings.seed)
     if config.env.network == "offline":
         go_offline()
 
-    model_source, tokenizer, splits = _prepare_data(config, base_dir, paths, seed, display)
-    model, adapted = _build_model(config, model_source, tokenizer, splits, plan, display)
+    source, tokenizer, splits = _prepare_data(config, base_dir, paths, settings.seed, display)
+    model, adapted = _build_model(config, source, tokenizer, splits, settings, display)
+    plan = build_plan(program, model=model)
+    display.print(plan.table())
+    for note in plan.notes:
+        display.note(note)
+    model.to(settings.device)
+    plan.apply(model)
+    if adapted:
+        check_lora_reached(model)
+    apply_switches(settings)
     write_config(paths.run, program.to_dict())
-    if plan.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = config.optimize.cudnn_benchmark
     trainer = _trainer(
-        program, plan, model, adapted, splits, seed, display, paths, tokenizer, resume_from
+        program, settings, model, adapted, splits, display, paths, tokenizer, resume_from
     )
     if resume_from is not None:
         state = trainer.restore(resume_from)
@@ -142,8 +144,8 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
     trainer.metrics.write(
         "start",
         project=config.project.name,
-        device=str(plan.device),
-        precision=plan.precision,
+        device=str(settings.device),
+        precision=settings.precision,
         parameters=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in trainer.trained),
         rows=trainer.train_stream.rows,
@@ -250,30 +252,24 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
     return source, tokenizer, splits
 
 
-def _build_model(config, source, tokenizer, splits, plan, display: Display):
-    import torch
-
+def _build_model(config, source, tokenizer, splits, settings, display: Display):
     from okto.training import models
     from okto.training.lora import apply_lora
 
     seq_len = len(splits.train[0]["input_ids"])
     adapter = config.model.adapter
-    frozen = (
-        {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision) if adapter else None
-    )
-    model = models.build(source, config.model, tokenizer, seq_len, frozen)
+    model = models.build(source, config.model, tokenizer, seq_len, settings.weights_dtype)
     warning = models.size_warning(model, config.model.parameters)
     if warning:
         display.warn(warning)
     adapted = apply_lora(model, adapter) if adapter else []
-    if plan.memory_efficient:
+    if settings.memory_efficient:
         if model.supports_gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         else:
             display.warn(f"a {model.config.model_type} model cannot checkpoint activations")
-    model.to(plan.device)
     total = models.parameters(model)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lora = f", LoRA on {len(adapted)} layers" if adapted else ""
@@ -284,7 +280,7 @@ def _build_model(config, source, tokenizer, splits, plan, display: Display):
     return model, adapted
 
 
-def _trainer(program, plan, model, adapted, splits, seed, display, paths, tokenizer, resume_from):
+def _trainer(program, settings, model, adapted, splits, display, paths, tokenizer, resume_from):
     import torch
 
     from okto.training.flops import flops_model, peak_tflops
@@ -309,13 +305,13 @@ def _trainer(program, plan, model, adapted, splits, seed, display, paths, tokeni
     per_step = live.batch_size * live.gradient_accumulation
     total = train.max_steps or math.ceil(train.epochs * rows / per_step)
     optimizer = build_optimizer(
-        model, train.optimizer, train.learning_rate, train.weight_decay, plan.device
+        model, train.optimizer, train.learning_rate, train.weight_decay, settings.device
     )
     scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
-    scaler = torch.amp.GradScaler(plan.device.type) if plan.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
     forward = model
-    if plan.compile:
-        forward = torch.compile(model, mode="reduce-overhead" if plan.cuda_graphs else None)
+    if settings.compile:
+        forward = torch.compile(model, mode="reduce-overhead" if settings.cuda_graphs else None)
     resolved = program.to_dict()
 
     def save(label: str) -> Path:
@@ -328,15 +324,14 @@ def _trainer(program, plan, model, adapted, splits, seed, display, paths, tokeni
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
-        plan=plan,
+        settings=settings,
         config=config,
         train_rows=splits.train,
         val_rows=splits.validation,
-        seed=seed,
         total_steps=total,
         live=live,
         flops=flops_model(model),
-        peak=peak_tflops(plan.device, plan.precision, plan.tf32),
+        peak=peak_tflops(settings.device, settings.precision, settings.tf32),
         display=display,
         metrics=MetricsFile(paths.metrics, append=resume_from is not None),
         checkpoints=paths.checkpoints,

@@ -1,0 +1,91 @@
+"""`okto train` end to end on a tiny GPT-2: the loss falls, the run folder is complete,
+and bad input gives a clear message and exit code 2, without a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+import okto
+from okto.training.metrics import read_metrics
+from tests.training.conftest import steps, train
+
+
+def test_trains_and_the_loss_falls(project, capsys):
+    path = project(train='max_steps: 30 scheduler: "cosine" warmup_steps: 3 save_steps: 10')
+    assert train(path, "--show-tflops", "--verbose") == 0
+    losses = [record["loss"] for record in steps()]
+    assert len(losses) == 30
+    assert losses[-1] < losses[0] - 1.0
+    out = capsys.readouterr().out
+    assert "summary" in out and "MFU n/a (CPU)" in out and "first" in out
+    run = Path("runs/tiny")
+    final = run / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "okto_config.json"):
+        assert (final / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step-0000010",
+        "step-0000020",
+        "step-0000030",
+    ]
+    assert json.loads((run / "okto_config.json").read_text())["train"]["max_steps"] == 30
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+    assert "summary" in (run / "train.log").read_text()
+    summary = read_metrics(run / "metrics.jsonl", "summary")[0]
+    assert summary["outcome"] == "completed" and summary["last_loss"] < summary["first_loss"]
+    assert AutoModelForCausalLM.from_pretrained(str(final)).config.vocab_size == 300
+
+
+def test_python_api_with_overrides_and_exports(project):
+    path = project(extra='EXPORT { format: ["okm", "safetensors"] quantization: "fp16" }')
+    result = okto.train(path, max_steps=4, overrides=["TRAIN.batch_size=2"])
+    assert result.steps == 4 and result.outcome == "completed"
+    assert read_metrics(result.metrics_file, "start")[0]["total_steps"] == 4
+    assert sorted(p.name for p in result.exports) == ["tiny.okm", "tiny.safetensors"]
+    generated = okto.load_model(result.exports[0]).generate(["the cat"], max_tokens=4)
+    assert generated[0].generated_tokens >= 1
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        (None, "does not exist"),
+        ([], "is empty"),
+        ([{"count": 1}, {"count": 2}], "text"),
+        ("{broken\n{also broken\n", "JSON"),
+    ],
+    ids=["missing", "empty", "no-text-field", "broken-json"],
+)
+def test_bad_data_is_a_clear_error(project, capsys, tmp_path, records, expected):
+    path = project()
+    data = tmp_path / "data.jsonl"
+    if records is None:
+        data.unlink()
+    elif isinstance(records, str):
+        data.write_text(records)
+    else:
+        data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert train(path) == 2
+    err = capsys.readouterr().err
+    assert expected.lower() in err.lower()
+    assert "Traceback" not in err
+
+
+def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
+    assert train(tmp_path / "nothing.okt") == 2
+    assert "no such file" in capsys.readouterr().err
+    path = project(model='base: "nobody/no-such-model"', extra='ENV { network: "offline" }')
+    assert train(path) == 2
+    err = capsys.readouterr().err
+    assert "pretrained: false" in err and "Traceback" not in err
+    path = project(model='architecture: "gpt2" pretrained: false config { n_layers: 2 }')
+    assert train(path) == 2
+    assert "did you mean 'n_layer'" in capsys.readouterr().err
+    (tmp_path / "noproject.okt").write_text(
+        (tmp_path / "train.okt").read_text().replace('PROJECT "tiny"', "")
+    )
+    assert train(tmp_path / "noproject.okt") == 2
+    assert "PROJECT" in capsys.readouterr().err

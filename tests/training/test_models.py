@@ -1,0 +1,110 @@
+"""Where models come from (a local checkpoint folder, an .okm package) and LoRA: the base
+stays frozen, the adapter is saved on its own, and the merged model equals the adapted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from okto.language.config import AdapterConfig
+from okto.package import export_model
+from okto.training.lora import apply_lora, merged_state_dict
+from tests.training.conftest import steps, train
+
+
+@pytest.fixture
+def base_dir(tmp_path, tokenizer_dir) -> Path:
+    """A local Hugging Face checkpoint: a tiny GPT-2 and the tests' tokenizer."""
+    folder = tmp_path / "base"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_head=2,
+            n_embd=64,
+            vocab_size=300,
+            n_positions=64,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    ).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_merged_weights_equal_the_adapted_model(family):
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=2, n_head=2, n_embd=32, vocab_size=64, bos_token_id=0, eos_token_id=0
+            )
+        )
+        targets = ["c_attn", "c_proj", "c_fc"]
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                vocab_size=64,
+            )
+        )
+        targets = None  # the attention projections
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    adapted = apply_lora(model, AdapterConfig(rank=4, alpha=8, target_modules=targets))
+    assert len(adapted) == 8  # per layer: c_attn, both c_proj, c_fc / q, k, v, o
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".lora." not in n)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("lora.B"):
+                param.normal_()
+    model.eval()
+    ids = torch.randint(0, 64, (2, 12))
+    adapted_logits = model(input_ids=ids).logits
+    fresh = type(model)(model.config).eval()
+    fresh.load_state_dict(merged_state_dict(model))
+    torch.testing.assert_close(fresh(input_ids=ids).logits, adapted_logits, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fresh.state_dict()[f"{adapted[0]}.weight"], base[f"{adapted[0]}.weight"])
+
+
+def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir):
+    path = project(
+        train="max_steps: 6",
+        model='base: "base" ADAPTER { rank: 4 alpha: 8 }',
+    )
+    assert train(path) == 0
+    run = Path("runs/tiny")
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    assert sorted(config["target_modules"]) == ["c_attn", "c_proj"]
+    base = load_file(str(base_dir / "model.safetensors"))
+    final = load_file(str(run / "final" / "model.safetensors"))
+    changed = set()
+    for name, weight in base.items():
+        prefix = f"base_model.model.{name.removesuffix('.weight')}"
+        if f"{prefix}.lora_A.weight" in adapter:
+            a, b = adapter[f"{prefix}.lora_A.weight"], adapter[f"{prefix}.lora_B.weight"]
+            delta = (b @ a * config["lora_alpha"] / config["r"]).t()  # Conv1D: (in, out)
+            torch.testing.assert_close(final[name], weight + delta)
+            changed.add(name)
+        else:
+            assert torch.equal(final[name], weight), name
+    assert len(changed) == 4  # attn.c_attn and attn.c_proj in both layers
+    assert any(adapter[k].abs().sum() > 0 for k in adapter if "lora_B" in k)  # it trained
+
+
+def test_fine_tune_from_an_okm_package(project, base_dir):
+    export_model(base_dir, Path("base.okm"), "okm")
+    path = project(train="max_steps: 8", model='base: "base.okm"')
+    assert train(path) == 0
+    losses = [r["loss"] for r in steps()]
+    assert len(losses) == 8 and losses[-1] < losses[0]

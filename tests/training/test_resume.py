@@ -1,0 +1,82 @@
+"""Checkpoints and resuming: a run stopped at step k and resumed logs exactly the losses of
+an uninterrupted run (data order, RNG, optimizer and schedule restored), and a checkpoint
+cut short mid-write leaves the previous one whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from okto.training import checkpoint as ckpt
+from okto.training.loop import Trainer
+from tests.training.conftest import steps, train
+
+# Dropout on (GPT-2's default 0.1), so the RNG state matters; cosine so the schedule does.
+SCHEDULE = 'max_steps: 12 scheduler: "cosine" warmup_steps: 2 save_steps: 4'
+FIELDS = ("step", "loss", "lr", "grad_norm")
+
+
+def curve(run: Path) -> list[tuple]:
+    return [tuple(record[f] for f in FIELDS) for record in steps(run)]
+
+
+def test_resume_after_a_stop_reproduces_the_uninterrupted_losses(project):
+    whole = project(train=SCHEDULE)
+    assert train(whole, "--set", "OUTPUT.dir=runs/whole") == 0
+    stopped = project(train=SCHEDULE, extra="CONTROL { IF step == 6 { STOP } }", name="stop.okt")
+    assert train(stopped, "--set", "OUTPUT.dir=runs/parts") == 0
+    assert [r["step"] for r in steps(Path("runs/parts"))] == [1, 2, 3, 4, 5, 6]
+    assert train(whole, "--set", "OUTPUT.dir=runs/parts", "--resume", "auto") == 0
+    assert curve(Path("runs/parts")) == curve(Path("runs/whole"))
+    assert len(curve(Path("runs/whole"))) == 12
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, capsys):
+    def log_and_kill(self, text):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "log", log_and_kill)
+    path = project(train=SCHEDULE, extra='CONTROL { IF step == 5 { LOG "now" } }')
+    assert train(path) == 143
+    assert "resume with --resume auto" in capsys.readouterr().err
+    assert ckpt.latest_checkpoint(Path("runs/tiny/checkpoints")).name == "step-0000005"
+    assert not Path("runs/tiny/final").exists()
+    monkeypatch.undo()
+    assert train(path, "--resume", "auto") == 0
+    assert [r["step"] for r in steps()] == list(range(1, 13))
+
+
+def test_a_checkpoint_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    folder = tmp_path / "checkpoints"
+    first = ckpt.save_checkpoint(folder, 1, model, {"optimizer": {}}, {"step": 1})
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", fail)
+    with torch.no_grad():
+        model.transformer.wte.weight.add_(1.0)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save_checkpoint(folder, 2, model, {"optimizer": {}}, {"step": 2})
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000001"]
+    assert ckpt.latest_checkpoint(folder) == first
+    weights, states, trainer = ckpt.read_checkpoint(first)
+    assert trainer == {"step": 1} and "rng" in states
+    assert not torch.equal(weights["transformer.wte.weight"], model.transformer.wte.weight)
+
+
+def test_a_leftover_temporary_folder_is_never_read_and_is_swept(tmp_path):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
+    folder = tmp_path / "checkpoints"
+    (folder / ".tmp-step-0000009-123").mkdir(parents=True)  # a killed write
+    (folder / "step-0000008").mkdir()  # incomplete: no files
+    assert ckpt.latest_checkpoint(folder) is None
+    ckpt.save_checkpoint(folder, 3, model, {}, {"step": 3})
+    assert ckpt.latest_checkpoint(folder).name == "step-0000003"
+    assert not (folder / ".tmp-step-0000009-123").exists()

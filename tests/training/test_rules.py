@@ -1,0 +1,85 @@
+"""CONTROL rules at their events and STABILITY stops, through `okto train`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from okto.training.metrics import read_metrics
+from okto.training.stability import LossGuard, Plateau
+from tests.training.conftest import steps, train
+
+METRICS = Path("runs/tiny/metrics.jsonl")
+
+
+def test_set_adjust_log_save_and_stop(project):
+    path = project(
+        train='max_steps: 20 scheduler: "constant" eval_steps: 4',
+        extra="""CONTROL {
+  IF step == 3 { SET learning_rate = 0.0005 }
+  IF step == 5 { DECREASE LR BY 50% }
+  WHEN step >= 2 { LOG "loss {loss:.2f} at step {step}" }
+  EVERY 4 steps { SAVE "at-{step}" }
+  on_eval { IF step == 8 { INCREASE batch_size BY 2 } }
+  IF step == 10 { STOP }
+}""",
+    )
+    assert train(path) == 0
+    records = steps()
+    lr = {r["step"]: r["lr"] for r in records}
+    assert lr[2] == 3e-3 and lr[3] == 5e-4 and math.isclose(lr[5], 2.5e-4)
+    assert records[-1]["step"] == 10
+    logs = read_metrics(METRICS, "log")
+    assert len(logs) == 1 and logs[0]["message"].endswith("at step 2")
+    assert sorted(p.name for p in Path("runs/tiny/saved").iterdir()) == ["at-4", "at-8"]
+    assert (Path("runs/tiny/saved/at-8/model.safetensors")).is_file()
+    changes = {(r["step"], r["field"]): r["after"] for r in read_metrics(METRICS, "set")}
+    assert changes[(8, "batch_size")] == 6
+    start = read_metrics(METRICS, "start")[0]
+    # The examples consumed show the new batch size took effect after step 8.
+    assert math.isclose(records[-1]["epoch"] * start["rows"], 8 * 4 + 2 * 6)
+    assert read_metrics(METRICS, "summary")[0]["outcome"] == "stopped"
+
+
+def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
+    path = project(
+        train='max_steps: 20 scheduler: "constant"',
+        extra="""CONTROL {
+  IF step == 2 { SET learning_rate = 1e30 }
+  on_nan { LOG "nan seen" }
+}""",
+    )
+    assert train(path) == 3
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and "checkpoint" in err
+    nan = read_metrics(METRICS, "nan")
+    assert len(nan) == 1
+    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["nan seen"]
+    assert Path(f"runs/tiny/checkpoints/step-{nan[0]['step']:07d}").is_dir()
+    assert not Path("runs/tiny/final").exists()
+
+
+def test_early_stopping_fires_on_plateau(project):
+    path = project(
+        train='max_steps: 40 scheduler: "constant" eval_steps: 2 early_stopping: 2',
+        extra='CONTROL { on_plateau { LOG "plateau" } }',
+    )
+    assert train(path, "--set", "TRAIN.learning_rate=1e-9") == 0
+    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["plateau"]
+    assert steps()[-1]["step"] < 40
+    assert read_metrics(METRICS, "summary")[0]["outcome"] == "early_stopping"
+
+
+def test_divergence_guard_and_plateau_counting():
+    guard = LossGuard()
+    assert not any(guard.diverged(2.0) for _ in range(20))
+    assert any(guard.diverged(50.0) for _ in range(5))
+    plateau = Plateau(patience=2, min_improvement=0.1)
+    assert [plateau.update(v) for v in (3.0, 2.95, 2.97, 2.0, 1.99, 1.98)] == [
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
