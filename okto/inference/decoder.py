@@ -35,13 +35,6 @@ class KVCache:
         # Zeros, not empty: masked-out entries still meet the values in a matmul, and 0 * NaN is NaN.
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.batch, self.length = batch, length
-
-    @property
-    def bytes_per_token(self) -> int:
-        """Bytes of keys and values one cached token holds across all layers."""
-        k = self.k
-        return 2 * k.shape[0] * k.shape[2] * k.shape[4] * k.element_size()
 
 
 class Norm(nn.Module):

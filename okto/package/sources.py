@@ -50,7 +50,6 @@ class Checkpoint:
     """A model's parts: config, weights, tokenizer files, and what produced it."""
 
     path: Path
-    kind: str  # "okm", "hf" or "run"
     config: dict
     tokenizer_files: dict[str, bytes]
     generation_config: bytes | None = None
@@ -98,10 +97,10 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
     if path.is_file():
         return _from_package(Package(path))
     if (path / "config.json").is_file():
-        return _from_hf_dir(path, "hf")
+        return _from_hf_dir(path)
     final = path / "final"
     if (final / "config.json").is_file():
-        return _from_hf_dir(final, "run")
+        return _from_hf_dir(final)
     raise UsageError(
         f"{path}: not a model: expected an .okm file, a Hugging Face directory "
         "(with config.json), or a run directory (with final/config.json)"
@@ -129,7 +128,6 @@ def _from_package(package: Package) -> Checkpoint:
     generation = package.names("generation_config")
     return Checkpoint(
         path=package.path,
-        kind="okm",
         config=json.loads(bytes(package.member(CONFIG))),
         tokenizer_files=tokenizer,
         generation_config=bytes(package.member(generation[0])) if generation else None,
@@ -138,7 +136,7 @@ def _from_package(package: Package) -> Checkpoint:
     )
 
 
-def _from_hf_dir(path: Path, kind: str) -> Checkpoint:
+def _from_hf_dir(path: Path) -> Checkpoint:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -151,7 +149,6 @@ def _from_hf_dir(path: Path, kind: str) -> Checkpoint:
     generation = path / GENERATION_CONFIG
     return Checkpoint(
         path=path,
-        kind=kind,
         config=config,
         tokenizer_files={
             n: (path / n).read_bytes() for n in TOKENIZER_FILES if (path / n).is_file()
