@@ -48,6 +48,11 @@ def _as(dtype: torch.dtype, *tensors):
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """A module with forward hooks (a LoRA adapter, say) must be called, not bypassed."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def gemm_forward(self, x, *, layout: str):
     """nn.Linear (`layout="out_in"`) or GPT-2's Conv1D (`"in_out"`) on okto's GEMM."""
     x, weight, bias = _as(compute_dtype(x), x, self.weight, self.bias)
@@ -56,7 +61,7 @@ def gemm_forward(self, x, *, layout: str):
 
 def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
     """GPT2MLP: c_fc with GELU in its epilogue (or okto's gelu after it), c_proj, dropout."""
-    if fused:
+    if fused and not _hooked(self.c_fc):
         fc = self.c_fc
         x, weight, bias = _as(compute_dtype(x), x, fc.weight, fc.bias)
         h = kernels.linear(
@@ -102,7 +107,8 @@ def install_loss(model: torch.nn.Module, patches: Patches, fused: bool) -> None:
 
 def causal_lm_forward(self, *args, okto_names: tuple[str, ...], okto_fused: bool, **kwargs):
     """With `labels`: the base model, then okto's loss on the shifted labels, the logits
-    never materialised when `okto_fused` (`logits=None`). Otherwise the class's forward.
+    never materialised when `okto_fused` (`logits=None`) and the head has no hooks.
+    Otherwise the class's forward.
 
     The loss matches transformers' causal-LM loss: labels shifted left with -100
     padding (or `shift_labels`), mean over the counted tokens, or a sum divided by
@@ -124,7 +130,7 @@ def causal_lm_forward(self, *args, okto_names: tuple[str, ...], okto_fused: bool
     reduction = "mean" if items is None else "sum"
     head = self.get_output_embeddings()
     logits = None
-    if okto_fused:
+    if okto_fused and not _hooked(head):
         h = hidden.reshape(-1, hidden.shape[-1])
         h, weight, bias = _as(compute_dtype(h), h, head.weight, head.bias)
         loss = kernels.fused_linear_cross_entropy(h, weight, target, bias, reduction=reduction)

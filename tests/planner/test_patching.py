@@ -99,6 +99,20 @@ def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
     assert not torch.equal(actual[0], other[0])
 
 
+def test_forward_hooks_on_fused_layers_still_run(monkeypatch):
+    """A hook on mlp.c_fc or lm_head (how LoRA adapts a layer) is not bypassed by fusion."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2()
+    for module in (model.transformer.h[1].mlp.c_fc, model.lm_head):
+        module.register_forward_hook(lambda _module, _args, out: out * 1.5)
+    ids = batch()
+    expected = step(model, ids)
+    with build_plan(FUSED, machine=H100, model=model).apply(model):
+        actual = step(model, ids)
+    assert actual[1] is not None  # the hooked head made its logits
+    assert_same_step(expected, actual)
+
+
 def test_autocast_operands_are_cast(monkeypatch):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = gpt2()
