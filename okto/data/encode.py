@@ -1,0 +1,77 @@
+"""Tokenizing rendered records into ids and labels, inside `datasets.map` workers.
+
+Labels are the ids themselves (unshifted, as Hugging Face causal LMs expect)
+where a token starts inside a trained character span, and -100 elsewhere.
+Every record ends with EOS, the separator packing relies on; an EOS okto adds
+is trained when the token before it is.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from okto.data.fields import Unusable
+from okto.data.templates import Renderer, Span
+
+IGNORE = -100
+
+
+class Encoder:
+    """Callable for `Dataset.map(batched=True)`; picklable for `num_proc` workers."""
+
+    def __init__(self, tokenizer):
+        from tokenizers import Tokenizer
+
+        # The Rust tokenizer itself, without any truncation or padding a
+        # tokenizer.json may carry: cheaper than the Python wrapper per call.
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.renderer = Renderer(tokenizer)
+        self.eos_id = tokenizer.eos_token_id
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        count = len(batch["roles"])
+        rendered: list[tuple[str, list[Span]] | None] = [None] * count
+        dropped = [""] * count
+        for i in range(count):
+            try:
+                rendered[i] = self.renderer.render(
+                    batch["roles"][i],
+                    batch["texts"][i],
+                    batch["templated"][i],
+                    batch["train_all"][i],
+                )
+            except Unusable as error:
+                dropped[i] = str(error)
+        empty = np.zeros(0, np.int32)  # a dropped record: typed, so batches concatenate
+        ids: list = [empty] * count
+        labels: list = [empty] * count
+        # A template carries its own BOS; raw text gets what the tokenizer adds.
+        for templated in (True, False):
+            rows = [i for i in range(count) if rendered[i] and batch["templated"][i] == templated]
+            if not rows:
+                continue
+            encodings = self.backend.encode_batch(
+                [rendered[i][0] for i in rows], add_special_tokens=not templated
+            )
+            for encoding, i in zip(encodings, rows, strict=True):
+                ids[i], labels[i] = self._label(encoding.ids, encoding.offsets, rendered[i][1])
+        return {"input_ids": ids, "labels": labels, "dropped": dropped}
+
+    def _label(
+        self, ids: list[int], offsets: list, spans: list[Span]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        token_ids = np.asarray(ids, dtype=np.int32)
+        labels = np.full(len(token_ids), IGNORE, dtype=np.int32)
+        if spans and len(token_ids):
+            starts = np.fromiter((start for start, _ in offsets), np.int64, len(offsets))
+            span_starts, span_ends = np.asarray(spans, dtype=np.int64).T
+            which = np.searchsorted(span_starts, starts, side="right") - 1
+            inside = (which >= 0) & (starts < span_ends[np.maximum(which, 0)])
+            labels[inside] = token_ids[inside]
+        if not len(token_ids) or token_ids[-1] != self.eos_id:
+            trained = bool(len(labels)) and labels[-1] != IGNORE
+            token_ids = np.append(token_ids, np.int32(self.eos_id))
+            labels = np.append(labels, np.int32(self.eos_id if trained else IGNORE))
+        return token_ids, labels

@@ -1,0 +1,213 @@
+"""Which fields of a record hold the text, and turning a record into turns.
+
+Every record becomes turns (role, text): chat data keeps its turns; an
+input/output pair becomes a user turn and an assistant turn; plain text is one
+`text` turn. Detection follows the spec's order when no field is named:
+chat turns (`conversations` / `messages`), input+output, input+target, then
+okto's additions (instruction+output, instruction+response,
+prompt+completion, prompt+response, question+answer), then `text`, then the
+first string field. With input+output, an `instruction` field (Alpaca) is put
+before the input; for `qa` data a `context` field is put before the question
+unless `context_fields` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from okto.data.errors import DataError
+from okto.data.settings import DataSettings
+
+CHAT_FIELDS = ("conversations", "messages")
+PAIR_FIELDS = (
+    ("input", "output"),
+    ("input", "target"),
+    ("instruction", "output"),
+    ("instruction", "response"),
+    ("prompt", "completion"),
+    ("prompt", "response"),
+    ("question", "answer"),
+)
+ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
+ROLE_KEYS = ("from", "role")
+CONTENT_KEYS = ("value", "content", "text")
+# Types whose data must have a prompt and a response (pairs or turns).
+NEEDS_TURNS = ("instruction", "chat", "qa")
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """The fields one file's records are read from."""
+
+    shape: str  # "chat", "pair" or "text"
+    source: str  # the turns field (chat), the output field (pair) or the text field
+    prompt: str = ""  # pair: the input field
+    before: tuple[str, ...] = ()  # pair: fields joined before the input
+
+    def describe(self) -> str:
+        if self.shape == "chat":
+            return f"chat turns in {self.source!r}"
+        if self.shape == "pair":
+            prompt = " + ".join(repr(f) for f in (*self.before, self.prompt))
+            return f"input {prompt}, output {self.source!r}"
+        return f"text in {self.source!r}"
+
+    def default_type(self) -> str:
+        return {"chat": "chat", "pair": "instruction", "text": "text"}[self.shape]
+
+
+class Unusable(Exception):
+    """A record okto skips; the message is the reason counted in the statistics."""
+
+
+def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
+    """The plan for a record's fields, or None when this record has none usable."""
+    if settings.input_field or settings.output_field:
+        prompt = settings.input_field or _first_present(record, (i for i, _ in PAIR_FIELDS))
+        output = settings.output_field or _first_present(record, (o for _, o in PAIR_FIELDS))
+        if prompt not in record or output not in record:
+            return None
+        return _pair(record, prompt, output, settings)
+    if settings.text_field:
+        value = record.get(settings.text_field)
+        if isinstance(value, list):
+            return FieldPlan("chat", settings.text_field)
+        return FieldPlan("text", settings.text_field) if value is not None else None
+    for name in CHAT_FIELDS:
+        if isinstance(record.get(name), list):
+            return FieldPlan("chat", name)
+    for prompt, output in PAIR_FIELDS:
+        if prompt in record and output in record:
+            return _pair(record, prompt, output, settings)
+    if isinstance(record.get("text"), str):
+        return FieldPlan("text", "text")
+    name = next((k for k, v in record.items() if isinstance(v, str)), None)
+    return FieldPlan("text", name) if name else None
+
+
+def _first_present(record: dict, names) -> str | None:
+    return next((n for n in names if n in record), None)
+
+
+def _pair(record: dict, prompt: str, output: str, settings: DataSettings) -> FieldPlan:
+    before = list(settings.context_fields)
+    if not before and settings.type == "qa" and "context" in record:
+        before.append("context")
+    if prompt == "input" and "instruction" in record:
+        before.insert(0, "instruction")
+    return FieldPlan("pair", output, prompt=prompt, before=tuple(before))
+
+
+def check_type(plan: FieldPlan, kind: str, path, fields: list[str]) -> None:
+    """Refuse a type the detected fields cannot serve, saying which fields to set."""
+    if kind in NEEDS_TURNS and plan.shape == "text":
+        raise DataError(
+            f"{path}: DATASET type {kind!r} needs input and output fields or chat turns, "
+            f"but okto found only {plan.describe()} (fields: {', '.join(fields)}); "
+            f"set input_field and output_field"
+        )
+
+
+def no_fields_error(path, fields: list[str], settings: DataSettings) -> DataError:
+    named = [
+        f"{key} {value!r}"
+        for key, value in (
+            ("text_field", settings.text_field),
+            ("input_field", settings.input_field),
+            ("output_field", settings.output_field),
+        )
+        if value
+    ]
+    found = ", ".join(fields) or "none"
+    if named:
+        return DataError(f"{path}: no record has {' and '.join(named)} (fields found: {found})")
+    return DataError(
+        f"{path}: no usable text field (fields found: {found}); "
+        f"set DATASET text_field, or input_field and output_field"
+    )
+
+
+def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[str], list[str]]:
+    """(roles, texts) of one record; `assistant_only` trims turns no label will cover."""
+    if plan.shape == "text":
+        text = _text(record, plan.source)
+        if not text.strip():
+            raise Unusable("empty text")
+        return ["text"], [text]
+    if plan.shape == "pair":
+        parts = [_text(record, f) for f in (*plan.before, plan.prompt)]
+        prompt = "\n\n".join(p for p in parts if p.strip())
+        response = _text(record, plan.source)
+        if not response.strip():
+            raise Unusable(f"empty {plan.source!r}")
+        return (
+            (["user", "assistant"], [prompt, response]) if prompt else (["assistant"], [response])
+        )
+    return _chat_turns(record.get(plan.source), plan.source, assistant_only)
+
+
+def _text(record: dict, name: str) -> str:
+    value = record.get(name)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise Unusable(f"missing {name!r}")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):  # bool included: CSV and Parquet cells
+        return str(value)
+    raise Unusable(f"{name!r} is not text")
+
+
+def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list[str]]:
+    if not isinstance(turns, list):
+        raise Unusable(f"{name!r} is not a list of turns")
+    roles, texts = [], []
+    for message in turns:
+        if not isinstance(message, dict):
+            raise Unusable(f"a turn in {name!r} is not an object")
+        speaker = next((message[k] for k in ROLE_KEYS if k in message), None)
+        role = ROLES.get(str(speaker).lower())
+        if role is None:
+            raise Unusable(f"unknown role {speaker!r}")
+        content = _content(next((message[k] for k in CONTENT_KEYS if k in message), None))
+        if content.strip():
+            roles.append(role)
+            texts.append(content)
+    if assistant_only:
+        while roles and roles[-1] != "assistant":
+            roles.pop()
+            texts.pop()
+        if not roles:
+            raise Unusable("no assistant turn")
+    if not roles:
+        raise Unusable("empty conversation")
+    return roles, texts
+
+
+def _content(value) -> str:
+    """A turn's text; OpenAI-style lists of parts keep their text parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [
+            p if isinstance(p, str) else p.get("text") for p in value if isinstance(p, (str, dict))
+        ]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    if value is None:
+        return ""
+    raise Unusable("a turn's content is not text")

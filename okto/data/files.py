@@ -1,0 +1,189 @@
+"""Finding data files (a path, a directory, a glob), telling their format, hashing them.
+
+Paths are local. Relative ones are taken from `base_dir` (the `.okt` file's
+folder). `pkg:NAME/sub/path` names a file shipped inside an installed Python
+package, so examples can train on packaged data without knowing where
+site-packages lives.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import importlib.resources
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from okto.data.errors import DataError
+from okto.data.settings import DataSettings, Source
+
+EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "txt",
+    ".text": "txt",
+    ".md": "txt",
+    ".parquet": "parquet",
+}
+PACKAGE_PREFIX = "pkg:"
+_SNIFF_CHARS = 1 << 16
+
+
+def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
+    """The files a DATASET path names, sorted; an error when there are none."""
+    path = _package_path(pattern) if pattern.startswith(PACKAGE_PREFIX) else Path(pattern)
+    path = path.expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if glob.has_magic(str(path)):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"no files match {pattern!r} (looked for {path})")
+        return files
+    if path.is_dir():
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            known = ", ".join(EXTENSIONS)
+            raise DataError(f"directory {path} holds no data files ({known})")
+        return files
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    return [path]
+
+
+def _package_path(pattern: str) -> Path:
+    package, _, inner = pattern[len(PACKAGE_PREFIX) :].partition("/")
+    try:
+        root = importlib.resources.files(package)
+    except ModuleNotFoundError:
+        raise DataError(
+            f"{pattern!r} names the Python package {package!r}, which is not installed"
+        ) from None
+    return Path(str(root.joinpath(inner)))
+
+
+def detect_format(path: Path, requested: str) -> str:
+    """The reader for a file: jsonl, json, csv, tsv, txt or parquet.
+
+    `format: auto` goes by the extension. JSON (and ShareGPT) files are told
+    apart by content, an array or object versus one object per line, so a
+    `.json` file holding JSON lines reads correctly.
+    """
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+    suffix = path.suffix.lower()
+    if requested == "auto":
+        requested = EXTENSIONS.get(suffix) or _sniff_kind(path)
+    if requested in ("json", "sharegpt"):
+        return _json_layout(path)
+    if requested == "csv" and suffix == ".tsv":
+        return "tsv"
+    return requested
+
+
+def _sniff_kind(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_CHARS)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
+        return "json"
+    raise DataError(
+        f"cannot tell the format of {path} from its extension {path.suffix!r}: "
+        f"set DATASET format (jsonl, json, csv, txt, parquet)"
+    )
+
+
+def _json_layout(path: Path) -> str:
+    """`json` for an array or a single object, `jsonl` for one value per line."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        head = f.read(_SNIFF_CHARS).lstrip()
+    if head.startswith("["):
+        return "json"
+    first, _, rest = head.partition("\n")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        # A pretty-printed document, JSON lines whose first line is broken, or
+        # a broken document (the JSON reader then names the line and column).
+        if _parses_whole(path) or not _another_line_parses(rest):
+            return "json"
+        return "jsonl"
+    return "jsonl" if rest.strip() else "json"
+
+
+def _parses_whole(path: Path) -> bool:
+    try:
+        json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _another_line_parses(text: str) -> bool:
+    for line in text.splitlines()[:-1]:  # the last may be cut by the sniff window
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except json.JSONDecodeError:
+            continue
+    return False
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Every file a DATASET block names, resolved before anything is read."""
+
+    train: list[tuple[Source, list[Path]]]
+    validation: list[Path]
+    test: list[Path]
+
+    @classmethod
+    def resolve(cls, settings: DataSettings, base_dir: Path) -> DataFiles:
+        def files(patterns: tuple[str, ...]) -> list[Path]:
+            return [f for pattern in patterns for f in resolve_files(pattern, base_dir)]
+
+        return cls(
+            train=[(source, files(source.paths)) for source in settings.train],
+            validation=files(settings.validation),
+            test=files(settings.test),
+        )
+
+    def fingerprints(self, training_only: bool = False) -> dict:
+        """Content hashes of the files, for cache keys."""
+        parts = {"train": [_fingerprints(files) for _, files in self.train]}
+        if not training_only:
+            parts["validation"] = _fingerprints(self.validation)
+            parts["test"] = _fingerprints(self.test)
+        return parts
+
+
+def _fingerprints(files: list[Path]) -> list[tuple[str, str]]:
+    return [(str(p), _content_hash(str(p), *_identity(p))) for p in files]
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    status = path.stat()
+    return status.st_size, status.st_mtime_ns, status.st_ino
+
+
+@functools.lru_cache(maxsize=256)
+def _content_hash(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    """A hash of the file's content (so the cache survives copies and touches), computed
+    once per process for an unchanged file: the tokenizer and the data both need it."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

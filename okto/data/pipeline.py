@@ -1,0 +1,213 @@
+"""From a DATASET block to fixed-length training rows: read, select, tokenize, pack, cache.
+
+`build_datasets` is what the trainer calls. Tokenizing is parallel twice over:
+the Rust tokenizer encodes each batch on every core, and with more than two
+CPUs and enough records `datasets.map` also runs `num_proc` worker processes
+(at most one per CPU, one per `RECORDS_PER_WORKER` records), since rendering
+templates and building label masks is Python work. Workers tokenize on one
+thread each, so the two kinds of parallelism do not oversubscribe the CPUs.
+The finished splits are cached, keyed on the files' content, the tokenizer
+and the settings (see `cache`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from okto.data import cache
+from okto.data.encode import IGNORE, Encoder
+from okto.data.errors import DataError, warn
+from okto.data.files import DataFiles
+from okto.data.packing import NO_TRAINED_TOKENS, flatten, to_rows
+from okto.data.progress import quiet_datasets
+from okto.data.selection import hold_out, shuffled, training_mix
+from okto.data.settings import DataSettings
+from okto.data.sources import read_files
+from okto.data.stats import DataStats, SplitStats
+from okto.data.tokenizer import check_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+RECORDS_PER_WORKER = 2000
+MAP_BATCH = 256
+
+
+@dataclass
+class DataSplits:
+    """Fixed-length rows (torch format): input_ids, labels, attention_mask, position_ids."""
+
+    train: Dataset
+    validation: Dataset | None
+    test: Dataset | None
+    stats: DataStats
+
+
+def build_datasets(
+    cfg,
+    tokenizer,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    base_dir: str | Path | None = None,
+    max_length: int | None = None,
+    num_proc: int | None = None,
+) -> DataSplits:
+    """Train, validation and test rows for a DATASET config.
+
+    `base_dir` anchors relative paths (the `.okt` file's folder; default the
+    working directory); `max_length` overrides the config's; `cache_dir=None`
+    turns caching off; `num_proc=None` picks the worker count.
+    """
+    started = time.perf_counter()
+    settings = DataSettings.from_config(cfg, max_length)
+    files = DataFiles.resolve(settings, Path(base_dir or Path.cwd()))
+    check_tokenizer(tokenizer)
+    key = cache.make_key(
+        {
+            "settings": settings.as_key(),
+            "files": files.fingerprints(),
+            "tokenizer": cache.tokenizer_fingerprint(tokenizer),
+            "seed": seed,
+        }
+    )
+    if cache_dir is not None and (entry := cache.load(Path(cache_dir), key)) is not None:
+        splits, stats = entry[0], DataStats.from_dict(entry[1])
+        for note in stats.warnings:
+            warn(note, [])
+        stats.cache_hit = True
+        stats.seconds = {"total": time.perf_counter() - started}
+        return _torch_format(splits, stats)
+
+    stats = DataStats(cache_key=key)
+    tables = _select(settings, files, seed, stats)
+    stats.seconds["read"] = time.perf_counter() - started
+    tokenize_started = time.perf_counter()
+    splits = {}
+    for name, table in tables.items():
+        # datasets caps fingerprints at 64 characters, worker suffixes included.
+        splits[name], split_stats = _rows(
+            table, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
+        )
+        setattr(stats, name, split_stats)
+    stats.seconds["tokenize"] = time.perf_counter() - tokenize_started
+    if not splits["train"].num_rows:
+        raise DataError("no training rows are left: every record was dropped (see the warnings)")
+    if cache_dir is not None:
+        save_started = time.perf_counter()
+        cache.save(Path(cache_dir), key, splits, stats.to_dict())
+        stats.seconds["cache_write"] = time.perf_counter() - save_started
+    stats.seconds["total"] = time.perf_counter() - started
+    return _torch_format(splits, stats)
+
+
+def _select(settings: DataSettings, files: DataFiles, seed: int, stats: DataStats) -> dict:
+    """The records of each split, by name; sources, the mix and warnings go into `stats`."""
+    notes = stats.warnings
+    train, stats.mix = training_mix(settings, files.train, seed, stats.files, notes)
+    if files.validation:
+        validation = read_files(files.validation, settings, stats.files, notes)
+        stats.validation_from = "file"
+    else:
+        train, validation = hold_out(train, seed)
+        stats.validation_from = "split of the training data"
+        if validation is None:
+            stats.validation_from = "none"
+            warn("the training data has a single record: no validation split", notes)
+    tables = {"train": shuffled(train, seed) if settings.shuffle else train}
+    if validation is not None:
+        tables["validation"] = validation
+    if files.test:
+        tables["test"] = read_files(files.test, settings, stats.files, notes)
+    return tables
+
+
+def _torch_format(splits: dict, stats: DataStats) -> DataSplits:
+    def torch(name: str):
+        return splits[name].with_format("torch") if name in splits else None
+
+    return DataSplits(torch("train"), torch("validation"), torch("test"), stats)
+
+
+def _rows(table: pa.Table, tokenizer, settings: DataSettings, num_proc, fingerprint: str):
+    """Tokenize records in parallel, then cut them into fixed-length rows."""
+    import datasets
+
+    # Fingerprints given, not computed: datasets would hash every byte of the table.
+    records = datasets.Dataset(table, fingerprint=f"{fingerprint}-records")
+    workers = num_proc or _workers(records.num_rows)
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "dropped": datasets.Value("string"),
+        }
+    )
+    with quiet_datasets(), _single_threaded_tokenizers(workers > 1):
+        encoded = records.map(
+            Encoder(tokenizer),
+            batched=True,
+            batch_size=MAP_BATCH,
+            num_proc=workers if workers > 1 else None,
+            remove_columns=records.column_names,
+            features=features,
+            new_fingerprint=f"{fingerprint}-encoded",
+        )
+    dropped = Counter(reason for reason in encoded["dropped"] if reason)
+    ids, lengths = flatten(encoded.data.column("input_ids"))
+    labels, _ = flatten(encoded.data.column("labels"))
+    lengths = lengths[lengths > 0]
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    rows = to_rows(ids, labels, lengths, settings.max_length, pad_id, settings.packing)
+    if rows.dropped:
+        dropped[
+            NO_TRAINED_TOKENS if not settings.packing else "packed rows without trained tokens"
+        ] = rows.dropped
+    stats = SplitStats(
+        records=table.num_rows,
+        examples=len(rows.input_ids),
+        tokens=int(rows.attention_mask.sum()),
+        trained_tokens=int((rows.labels != IGNORE).sum()),
+        truncated=rows.truncated,
+        dropped=dict(dropped),
+    )
+    return datasets.Dataset(rows.to_arrow(), fingerprint=f"{fingerprint}-rows"), stats
+
+
+def _workers(records: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cpus or 1) <= 2:
+        return 1  # the tokenizer's own threads already use both cores
+    return max(1, min(cpus, math.ceil(records / RECORDS_PER_WORKER)))
+
+
+@contextmanager
+def _single_threaded_tokenizers(active: bool) -> Iterator[None]:
+    """Workers started while this is active encode on one thread each.
+
+    N workers each running the tokenizer's own N threads would oversubscribe
+    the CPUs, and a thread pool does not survive the fork that starts a worker.
+    The `tokenizers` library reads TOKENIZERS_PARALLELISM in the worker; a value
+    the user set is left alone.
+    """
+    name = "TOKENIZERS_PARALLELISM"
+    if not active or name in os.environ:
+        yield
+        return
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        del os.environ[name]

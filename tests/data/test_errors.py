@@ -1,0 +1,169 @@
+"""Bad data gives a clear DataError (exit code 2) naming the file, never a traceback."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from okto.data import DataError, DataWarning, build_datasets
+from okto.errors import EXIT_INVALID, OktoError
+from tests.data.helpers import config, write_jsonl
+
+
+def _build(tokenizer, path, **fields):
+    return build_datasets(config(train=str(path), **fields), tokenizer)
+
+
+def test_data_errors_are_invalid_input():
+    assert issubclass(DataError, OktoError) and DataError.exit_code == EXIT_INVALID == 2
+
+
+def test_missing_file(tmp_path, tokenizer):
+    with pytest.raises(DataError, match=r"data file .*nothere.jsonl does not exist"):
+        _build(tokenizer, tmp_path / "nothere.jsonl")
+
+
+def test_no_match_and_empty_directory(tmp_path, tokenizer):
+    with pytest.raises(DataError, match=r"no files match '.*\*.jsonl'"):
+        _build(tokenizer, tmp_path / "*.jsonl")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"folder holds no data files \(.jsonl"):
+        _build(tokenizer, tmp_path / "folder")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.jsonl", "", r"empty.jsonl is empty"),
+        ("blank.jsonl", "\n  \n", r"blank.jsonl is empty \(no records\)"),
+        ("empty.json", "[]", r"empty.json is empty \(no records\)"),
+        ("header.csv", "text,label\n", r"header.csv is empty \(no records\)"),
+    ],
+)
+def test_empty_files(tmp_path, tokenizer, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        _build(tokenizer, path)
+
+
+def test_parquet_without_rows(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "none.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), path)
+    with pytest.raises(DataError, match=r"none.parquet is empty \(no records\)"):
+        _build(tokenizer, path)
+
+
+def test_no_usable_text_field_lists_the_fields(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "numbers.jsonl", [{"score": 1, "tags": ["a"]}] * 3)
+    with pytest.raises(
+        DataError,
+        match=r"numbers.jsonl: no usable text field \(fields found: score, tags\); "
+        r"set DATASET text_field",
+    ):
+        _build(tokenizer, path)
+
+
+def test_named_field_missing_from_every_record(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"body": "hello"}] * 3)
+    with pytest.raises(DataError, match=r"no record has text_field 'text' \(fields found: body\)"):
+        _build(tokenizer, path, text_field="text")
+
+
+def test_broken_json_lines_are_refused_past_the_threshold(tmp_path, tokenizer):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "hello"}\n{"text": "world"\n{"text": "again"}\n')
+    with pytest.raises(
+        DataError, match=r"broken.jsonl: 1 of 3 lines are not valid JSON \(first at line 2: "
+    ):
+        _build(tokenizer, path)
+
+
+def test_a_few_broken_lines_are_skipped_with_a_warning(tmp_path, tokenizer):
+    lines = [json.dumps({"text": f"hello {i}"}) for i in range(40)]
+    lines[16] = '{"text": "cut'
+    lines[30] = b"\xff\xfe".decode("latin-1")
+    path = tmp_path / "mostly.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    validation = write_jsonl(tmp_path / "val.jsonl", [{"text": "hello"}])
+    with pytest.warns(DataWarning, match=r"skipped 2 of 40 lines .*first at line 17"):
+        splits = _build(tokenizer, path, validation=str(validation), packing=False)
+    assert splits.stats.files[0].broken_lines == 2
+    assert splits.stats.dropped == {"broken JSON line": 2}
+    assert len(splits.train) == 38
+
+
+def test_wrong_types_everywhere(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "wrong.jsonl", [{"input": "a", "output": {"x": 1}}] * 3)
+    with pytest.raises(
+        DataError, match=r"none of its 3 records is usable \(3 'output' is not text\)"
+    ):
+        _build(tokenizer, path)
+
+
+def test_type_that_the_fields_cannot_serve(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "plain.jsonl", [{"text": "hello", "id": "1"}] * 3)
+    with pytest.raises(
+        DataError,
+        match=r"type 'instruction' needs input and output fields .* \(fields: text, id\); "
+        r"set input_field and output_field",
+    ):
+        _build(tokenizer, path, type="instruction")
+    with pytest.raises(DataError, match="format sharegpt needs chat turns"):
+        _build(tokenizer, path, format="sharegpt")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.json", '{"data": [1, 2,]}', r"bad.json, line 1 column 16: invalid JSON"),
+        ("bad.csv", "a,b\n1,2\n3,4,5,6\n", r"bad.csv: cannot read it as csv: .*line 3"),
+        ("bad.txt", b"caf\xe9\n", r"bad.txt is not UTF-8 text"),
+        ("bad.parquet", "not parquet at all", r"bad.parquet: cannot read it as parquet"),
+        ("data.xyz", "plain words", r"cannot tell the format of .*data.xyz .* set DATASET format"),
+    ],
+)
+def test_unreadable_files(tmp_path, tokenizer, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        _build(tokenizer, path)
+
+
+def test_json_array_that_is_not_utf8(tmp_path, tokenizer):
+    path = tmp_path / "latin.json"
+    path.write_bytes(b'[{"text": "caf\xe9"}]')
+    with pytest.raises(DataError, match=r"latin.json is not UTF-8 text \(byte 14\)"):
+        _build(tokenizer, path)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "DATASET has no training data"),
+        ({"train": "x", "format": "xml"}, "DATASET format 'xml' is not one of"),
+        ({"train": "x", "type": "poem"}, "DATASET type 'poem' is not one of"),
+        ({"train": "x", "dataset_percent": 0}, r"dataset_percent must be in \(0, 100\]"),
+        ({"train": "x", "vocab_size": 100}, "vocab_size must be at least 300"),
+        ({"train": "x", "max_length": 1}, "max_length must be at least 2"),
+        ({"mix_datasets": [{"path": "x", "weight": 0}]}, "weight for 'x' must be positive"),
+    ],
+)
+def test_settings_read_by_attribute(tokenizer, fields, message):
+    with pytest.raises(DataError, match=message):
+        build_datasets(SimpleNamespace(**fields), tokenizer)
+
+
+def test_slow_tokenizers_are_refused(tmp_path):
+    slow = SimpleNamespace(is_fast=False, eos_token_id=0, name_or_path="slow")
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "hi"}])
+    with pytest.raises(DataError, match="needs a fast tokenizer"):
+        build_datasets(config(train=str(path)), slow)

@@ -1,0 +1,205 @@
+"""Field detection order, explicit fields, types, and records that do not fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from okto.data import DataWarning, build_datasets
+from okto.data.fields import FieldPlan, Unusable, detect, to_turns
+from okto.data.settings import DataSettings
+from tests.data.helpers import config, real_text, trained_runs, write_jsonl
+
+
+def _detect(record: dict, **fields) -> str | None:
+    plan = detect(record, DataSettings.from_config(config(train="x", **fields)))
+    return plan and plan.describe()
+
+
+@pytest.mark.parametrize(
+    ("record", "found"),
+    [
+        # The spec's order: chat turns, input+output, input+target, text, first string field.
+        (
+            {"text": "t", "input": "i", "output": "o", "messages": [], "conversations": []},
+            "chat turns in 'conversations'",
+        ),
+        ({"text": "t", "input": "i", "output": "o", "messages": []}, "chat turns in 'messages'"),
+        (
+            {"text": "t", "target": "g", "input": "i", "output": "o"},
+            "input 'input', output 'output'",
+        ),
+        ({"text": "t", "target": "g", "input": "i"}, "input 'input', output 'target'"),
+        ({"title": "x", "text": "t"}, "text in 'text'"),
+        ({"n": 3, "title": "x", "body": "t"}, "text in 'title'"),
+        # okto's additions, after the spec's pairs and before text.
+        (
+            {"instruction": "do", "input": "", "output": "o"},
+            "input 'instruction' + 'input', output 'output'",
+        ),
+        (
+            {"instruction": "do", "response": "o", "text": "t"},
+            "input 'instruction', output 'response'",
+        ),
+        ({"prompt": "p", "completion": "c"}, "input 'prompt', output 'completion'"),
+        ({"question": "q", "answer": "a"}, "input 'question', output 'answer'"),
+        ({"n": 3, "tags": ["x"]}, None),
+    ],
+)
+def test_detection_order(record, found):
+    assert _detect(record) == found
+
+
+def test_named_fields_win():
+    record = {
+        "text": "t",
+        "body": "b",
+        "q": "x",
+        "a": "y",
+        "turns": [{"role": "user", "content": "hi"}],
+    }
+    assert _detect(record, text_field="body") == "text in 'body'"
+    assert _detect(record, text_field="turns") == "chat turns in 'turns'"
+    assert _detect(record, input_field="q", output_field="a") == "input 'q', output 'a'"
+    assert _detect(record, text_field="missing") is None
+
+
+def test_context_fields_go_before_the_input():
+    record = {"question": "Why?", "context": "Because.", "answer": "So."}
+    qa = DataSettings.from_config(config(train="x", type="qa"))
+    plan = detect(record, qa)
+    assert plan.describe() == "input 'context' + 'question', output 'answer'"
+    assert to_turns(record, plan, True) == (["user", "assistant"], ["Because.\n\nWhy?", "So."])
+    menu = DataSettings.from_config(config(train="x", context_fields=["menu"]))
+    plan = detect({"menu": "soup", "input": "order", "output": "ok"}, menu)
+    assert plan.before == ("menu",)
+
+
+def test_chat_turns_roles_and_trimming():
+    plan = FieldPlan("chat", "messages")
+    record = {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, "there"]},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "   "},
+            {"role": "user", "content": "bye"},
+        ]
+    }
+    roles, texts = to_turns(record, plan, assistant_only=True)
+    assert roles == ["system", "user", "assistant"]
+    assert texts == ["be brief", "hi\nthere", "hello"]
+    assert to_turns(record, plan, assistant_only=False)[0][-1] == "user"
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+        ({"messages": []}, "no assistant turn"),
+        ({"messages": "hi"}, "'messages' is not a list of turns"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "unknown role 'wizard'"),
+        ({"messages": [{"role": "user", "content": {"a": 1}}]}, "a turn's content is not text"),
+        ({"messages": ["hi"]}, "a turn in 'messages' is not an object"),
+    ],
+)
+def test_unusable_turns(record, reason):
+    with pytest.raises(Unusable, match=reason):
+        to_turns(record, FieldPlan("chat", "messages"), assistant_only=True)
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"text": None}, "missing 'text'"),
+        ({"text": float("nan")}, "missing 'text'"),
+        ({"text": {"a": 1}}, "'text' is not text"),
+        ({"text": "  \n"}, "empty text"),
+    ],
+)
+def test_unusable_text(record, reason):
+    with pytest.raises(Unusable, match=reason):
+        to_turns(record, FieldPlan("text", "text"), assistant_only=False)
+
+
+def test_numbers_in_cells_are_text():
+    assert to_turns({"q": "2+2?", "a": 4}, FieldPlan("pair", "a", prompt="q"), True)[1] == [
+        "2+2?",
+        "4",
+    ]
+
+
+def _first_row(tmp_path, tokenizer, records, **fields):
+    path = write_jsonl(tmp_path / "data.jsonl", records)
+    cfg = config(train=str(path), validation=str(path), packing=False, max_length=64, **fields)
+    splits = build_datasets(cfg, tokenizer)
+    return splits, splits.train[0]
+
+
+PAIR = {"input": "hello world", "output": "answer one"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "trained"),
+    [
+        # instruction (the default for pairs) and qa: chat template, answer trained.
+        (
+            None,
+            "<|user|>\nhello world\n<|assistant|>\nanswer one<|endoftext|>",
+            ["answer one<|endoftext|>"],
+        ),
+        (
+            "qa",
+            "<|user|>\nhello world\n<|assistant|>\nanswer one<|endoftext|>",
+            ["answer one<|endoftext|>"],
+        ),
+        (
+            "chat",
+            "<|user|>\nhello world\n<|assistant|>\nanswer one<|endoftext|>",
+            ["answer one<|endoftext|>"],
+        ),
+        # generation: no template, the continuation trained.
+        ("generation", "hello world\nanswer one<|endoftext|>", ["answer one<|endoftext|>"]),
+        # text: no template, everything trained.
+        ("text", "hello world\nanswer one<|endoftext|>", ["hello world\nanswer one<|endoftext|>"]),
+    ],
+)
+def test_types_of_pair_data(tmp_path, tokenizer, kind, text, trained):
+    _, row = _first_row(tmp_path, tokenizer, [PAIR], type=kind)
+    assert real_text(tokenizer, row) == text
+    assert trained_runs(tokenizer, row) == trained
+
+
+def test_chat_typed_text_trains_everything(tmp_path, tokenizer):
+    record = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    }
+    _, row = _first_row(tmp_path, tokenizer, [record], type="text")
+    assert trained_runs(tokenizer, row) == ["<|user|>\nhi\n<|assistant|>\nyo<|endoftext|>"]
+
+
+def test_alpaca_instruction_and_input(tmp_path, tokenizer):
+    records = [
+        {"instruction": "answer", "input": "hello world", "output": "one"},
+        {"instruction": "answer", "input": "", "output": "two"},
+    ]
+    splits, row = _first_row(tmp_path, tokenizer, records)
+    assert real_text(tokenizer, row).startswith("<|user|>\nanswer\n\nhello world\n<|assistant|>")
+    assert real_text(tokenizer, splits.train[1]).startswith("<|user|>\nanswer\n<|assistant|>")
+
+
+def test_records_that_do_not_fit_are_dropped_and_counted(tmp_path, tokenizer):
+    records = [{"input": "a", "output": "one"}] * 30 + [
+        {"input": "a"},
+        {"input": "a", "output": ""},
+        {"input": "a", "output": ["x"]},
+        7,
+    ]
+    with pytest.warns(DataWarning, match=r"dropped 4 of 34 records .*the first at line 31"):
+        splits, _ = _first_row(tmp_path, tokenizer, records)
+    assert splits.stats.files[0].dropped == {
+        "missing 'output'": 1,
+        "empty 'output'": 1,
+        "'output' is not text": 1,
+        "not an object": 1,
+    }
+    assert splits.stats.train.records == 30

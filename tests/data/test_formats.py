@@ -1,0 +1,106 @@
+"""Every file format, format detection, and path forms (file, directory, glob, package)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from okto.data import build_datasets
+from okto.data.files import detect_format, resolve_files
+from tests.data.helpers import (
+    config,
+    real_text,
+    write_csv,
+    write_json,
+    write_jsonl,
+    write_parquet,
+)
+
+RECORDS = [{"id": i, "text": f"hello world {i}"} for i in range(4)]
+EXPECTED = [f"hello world {i}<|endoftext|>" for i in range(4)]
+
+
+def _rows_text(path: Path, tokenizer, **fields) -> list[str]:
+    """Decoded rows, one per record; validating on the same file keeps all four in train."""
+    cfg = config(
+        train=str(path), validation=str(path), packing=False, max_length=32, shuffle=False, **fields
+    )
+    splits = build_datasets(cfg, tokenizer)
+    return [real_text(tokenizer, row) for row in splits.train]
+
+
+@pytest.mark.parametrize(
+    ("name", "writer"),
+    [
+        ("data.jsonl", write_jsonl),
+        ("data.json", write_json),
+        ("data.csv", write_csv),
+        ("data.tsv", lambda path, records: write_csv(path, records, delimiter="\t")),
+        ("data.parquet", write_parquet),
+    ],
+)
+def test_structured_formats(tmp_path, tokenizer, name, writer):
+    path = writer(tmp_path / name, RECORDS)
+    assert _rows_text(path, tokenizer) == EXPECTED
+
+
+def test_txt_blocks_between_blank_lines_are_records(tmp_path, tokenizer):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello world 0\n\n\nhello world 1\nsecond line\n\nhello world 2\n")
+    assert _rows_text(path, tokenizer) == [
+        "hello world 0<|endoftext|>",
+        "hello world 1\nsecond line<|endoftext|>",
+        "hello world 2<|endoftext|>",
+    ]
+
+
+def test_json_lines_in_a_json_file_and_a_wrapped_list(tmp_path, tokenizer):
+    lines = write_jsonl(tmp_path / "lines.json", RECORDS)
+    wrapped = write_json(tmp_path / "wrapped.json", {"data": RECORDS})
+    assert detect_format(lines, "auto") == "jsonl"
+    assert detect_format(wrapped, "auto") == "json"
+    assert _rows_text(lines, tokenizer) == EXPECTED
+    assert _rows_text(wrapped, tokenizer) == EXPECTED
+
+
+def test_format_from_content_when_the_extension_says_nothing(tmp_path):
+    array = tmp_path / "records.dat"
+    array.write_text(json.dumps(RECORDS))
+    parquet = write_parquet(tmp_path / "table.bin", RECORDS)
+    assert detect_format(array, "auto") == "json"
+    assert detect_format(parquet, "auto") == "parquet"
+    assert detect_format(write_jsonl(tmp_path / "x.jsonl", RECORDS), "json") == "jsonl"
+
+
+def test_json_strings_are_text_records(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "strings.jsonl", [f"hello world {i}" for i in range(4)])
+    assert _rows_text(path, tokenizer) == EXPECTED
+
+
+def test_sharegpt_format_reads_turns(tmp_path, tokenizer):
+    record = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    }
+    path = write_jsonl(tmp_path / "chats.jsonl", [record] * 2)
+    text = _rows_text(path, tokenizer, format="sharegpt")[0]
+    assert text == "<|user|>\nhi\n<|assistant|>\nhello<|endoftext|>"
+
+
+def test_directory_and_glob(tmp_path, tokenizer):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", RECORDS[:2])
+    write_csv(folder / "b.csv", RECORDS[2:])
+    (folder / "README").write_text("not data")
+    (folder / ".hidden").mkdir()
+    write_jsonl(folder / ".hidden" / "c.jsonl", RECORDS)
+    assert [p.name for p in resolve_files(str(folder), tmp_path)] == ["a.jsonl", "b.csv"]
+    assert [p.name for p in resolve_files("parts/*.jsonl", tmp_path)] == ["a.jsonl"]
+    assert _rows_text(folder, tokenizer) == EXPECTED
+
+
+def test_package_paths_name_files_inside_installed_packages(tmp_path):
+    (found,) = resolve_files("pkg:json/decoder.py", tmp_path)
+    assert found.is_file() and found.parent.name == "json"

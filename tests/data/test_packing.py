@@ -1,0 +1,88 @@
+"""Packing to max_length (boundaries, masks carried across rows) and truncate-and-pad."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from okto.data import build_datasets
+from okto.data.encode import IGNORE
+from okto.data.packing import to_rows
+from tests.data.helpers import config, real_text, trained_runs, write_jsonl
+
+PAD = 99
+
+
+def _records(*lengths: int, first_masked: int = 0):
+    """Records of ids 1..n each (n = length); the first `first_masked` labels of each are -100."""
+    ids = np.concatenate([np.arange(1, n + 1) for n in lengths]).astype(np.int32)
+    labels = ids.copy()
+    start = 0
+    for n in lengths:
+        labels[start : start + min(first_masked, n)] = IGNORE
+        start += n
+    return ids, labels, np.asarray(lengths)
+
+
+def test_packing_concatenates_and_restarts_positions():
+    ids, labels, lengths = _records(3, 5, 2)
+    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=True)
+    assert rows.input_ids.tolist() == [[1, 2, 3, 1], [2, 3, 4, 5], [1, 2, PAD, PAD]]
+    assert rows.labels.tolist() == [[1, 2, 3, 1], [2, 3, 4, 5], [1, 2, IGNORE, IGNORE]]
+    assert rows.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
+    # Positions restart where a record starts and where a row starts.
+    assert rows.position_ids.tolist() == [[0, 1, 2, 0], [0, 1, 2, 3], [0, 1, 0, 1]]
+
+
+def test_packing_carries_masks_and_drops_rows_without_labels():
+    ids, labels, lengths = _records(6, 2)
+    labels[[0, 1, 2, 3, 6]] = IGNORE  # a 4-token prompt, then a 1-token prompt
+    rows = to_rows(ids, labels, lengths, max_length=3, pad_id=PAD, packing=True)
+    # Row 0 holds only masked prompt tokens: dropped.
+    assert rows.dropped == 1
+    assert rows.input_ids.tolist() == [[4, 5, 6], [1, 2, PAD]]
+    assert rows.labels.tolist() == [[IGNORE, 5, 6], [IGNORE, 2, IGNORE]]
+
+
+def test_without_packing_records_with_nothing_trained_are_dropped():
+    ids, labels, lengths = _records(6, 3, 5, first_masked=3)
+    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=False)
+    # The middle record is all prompt; the others keep one trained token after the cut.
+    assert rows.truncated == 2 and rows.dropped == 1
+    assert rows.labels.tolist() == [[IGNORE, IGNORE, IGNORE, 4]] * 2
+
+
+def test_without_packing_one_record_per_row():
+    ids, labels, lengths = _records(2, 6, 4, first_masked=1)
+    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=False)
+    assert rows.input_ids.tolist() == [[1, 2, PAD, PAD], [1, 2, 3, 4], [1, 2, 3, 4]]
+    assert rows.labels.tolist() == [
+        [IGNORE, 2, IGNORE, IGNORE],
+        [IGNORE, 2, 3, 4],
+        [IGNORE, 2, 3, 4],
+    ]
+    assert rows.attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3]] * 3
+    assert rows.truncated == 1
+
+
+def test_packed_pipeline_rows_have_eos_between_records(tmp_path, tokenizer):
+    records = [{"input": f"hello {i}", "output": f"answer {i}"} for i in range(6)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", records)
+    cfg = config(train=str(path), validation=str(path), max_length=16, shuffle=False)
+    splits = build_datasets(cfg, tokenizer)
+    assert splits.train[:]["input_ids"].shape == (len(splits.train), 16)
+    text = "".join(real_text(tokenizer, row) for row in splits.train)
+    assert text == "".join(
+        f"<|user|>\nhello {i}\n<|assistant|>\nanswer {i}<|endoftext|>" for i in range(6)
+    )
+    trained = [run for row in splits.train for run in trained_runs(tokenizer, row)]
+    assert "".join(trained) == "".join(f"answer {i}<|endoftext|>" for i in range(6))
+    eos = tokenizer.eos_token_id
+    for row in splits.train:
+        ids, positions = row["input_ids"].tolist(), row["position_ids"].tolist()
+        for k in range(1, 16):
+            if row["attention_mask"][k] and ids[k - 1] == eos:
+                assert positions[k] == 0  # a new record starts after every EOS
+            elif row["attention_mask"][k]:
+                assert positions[k] == positions[k - 1] + 1
+    assert splits.stats.train.examples == len(splits.train)

@@ -1,0 +1,111 @@
+"""Tokenizers: trained on the data and saved with the run, from a path, from the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from okto.data import DataError, build_datasets, resolve_tokenizer
+from okto.data import tokenizer as tokenizer_module
+from okto.data.templates import PLAIN_CHAT_TEMPLATE, ROLE_TAGS
+from tests.data.helpers import chat, config, trained_runs, write_jsonl
+
+
+def _chats(tmp_path, count: int = 40):
+    records = [
+        chat(("human", f"what is {i} plus {i}?"), ("gpt", f"{i} plus {i} is {2 * i}."))
+        for i in range(count)
+    ]
+    return write_jsonl(tmp_path / "chats.jsonl", records)
+
+
+def test_trained_tokenizer_round_trips_through_the_run(tmp_path):
+    cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=320)
+    tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    saved = tmp_path / "run" / "tokenizer"
+    loaded = AutoTokenizer.from_pretrained(saved)
+    assert len(tokenizer) == len(loaded) <= 320  # a tiny corpus runs out of merges
+    assert loaded.eos_token == "<|endoftext|>" and loaded.pad_token == "<|pad|>"
+    assert loaded.bos_token == "<|startoftext|>"
+    assert loaded.chat_template == PLAIN_CHAT_TEMPLATE
+    for tag in ROLE_TAGS:
+        assert len(loaded.encode(tag, add_special_tokens=False)) == 1
+    text = "<|user|>\nwhat is 7 plus 7?\n<|assistant|>\n7 plus 7 is 14. Ünïcode ✓<|endoftext|>"
+    ids = loaded.encode(text, add_special_tokens=False)
+    assert ids == tokenizer.encode(text, add_special_tokens=False)
+    assert loaded.decode(ids) == text
+    meta = json.loads((saved / tokenizer_module.META_FILE).read_text())
+    assert meta["vocab_size"] == len(loaded) and meta["sample_records"] == meta["records"] == 40
+
+
+def test_a_second_run_reuses_the_saved_tokenizer(tmp_path, monkeypatch):
+    cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=320)
+    first = resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the saved tokenizer should be reused")
+
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", no_training)
+    second = resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    assert second.get_vocab() == first.get_vocab()
+    other = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=330)
+    with pytest.raises(AssertionError, match="reused"):
+        resolve_tokenizer(other, run_dir=tmp_path / "run")
+
+
+def test_training_sample_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(tokenizer_module, "SAMPLE_CHARS", 200)
+    cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=300)
+    with pytest.warns(UserWarning, match=r"trained the tokenizer on \d+ of 40 records"):
+        resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "tokenizer" / tokenizer_module.META_FILE).read_text())
+    assert 200 <= meta["sample_chars"] < 400 and meta["sample_records"] < 40
+
+
+def test_trained_tokenizer_masks_chat(tmp_path):
+    path = _chats(tmp_path, 4)
+    cfg = config(
+        train=str(path),
+        validation=str(path),
+        tokenizer="train",
+        vocab_size=300,
+        packing=False,
+        shuffle=False,
+    )
+    tokenizer = resolve_tokenizer(cfg)
+    row = build_datasets(cfg, tokenizer).train[0]
+    assert trained_runs(tokenizer, row) == ["0 plus 0 is 0.<|endoftext|>"]
+
+
+def test_from_a_path_and_from_the_model(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tok")
+    by_path = resolve_tokenizer(config(train="x", tokenizer="tok"), base_dir=tmp_path)
+    by_model = resolve_tokenizer(
+        config(train="x"), model_path=tmp_path / "tok", run_dir=tmp_path / "r"
+    )
+    assert by_path.get_vocab() == by_model.get_vocab() == tokenizer.get_vocab()
+    assert (tmp_path / "r" / "tokenizer" / "tokenizer.json").is_file()
+    bare = resolve_tokenizer(config(train="x", tokenizer=str(tmp_path / "tok" / "tokenizer.json")))
+    assert bare.get_vocab() == tokenizer.get_vocab()
+
+
+def test_a_bare_tokenizer_json_finds_its_eos(tmp_path, tokenizer):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    tokenizer.backend_tokenizer.save(str(alone / "tokenizer.json"))
+    bare = resolve_tokenizer(config(train="x", tokenizer=str(alone / "tokenizer.json")))
+    assert bare.eos_token == "<|endoftext|>"
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(DataError, match='set DATASET tokenizer: "train"'):
+        resolve_tokenizer(config(train="x"))
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_tokenizer(config(train="x", tokenizer="nowhere"), base_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot load a tokenizer"):
+        resolve_tokenizer(config(train="x", tokenizer="empty"), base_dir=tmp_path)
+    with pytest.raises(DataError, match="cannot load the tokenizer of model"):
+        resolve_tokenizer(config(train="x"), model_path=tmp_path / "empty")
