@@ -51,50 +51,113 @@ MAX_DECODE_ROWS = 128  # query heads per KV head x new tokens, one tile in the d
 LOG2E = 1.4426950408889634
 
 
+SMALL_HEAD_DIM = 64  # head dims up to this use the "small" tile lists below
+
+
+def _tiles(bm: int, bn: int, warps: int, stages: int) -> triton.Config:
+    return config(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
+
+
 def _configs(interpreter: triton.Config, hopper: list[triton.Config]) -> list[triton.Config]:
     """Hopper configurations on a GPU; under the interpreter one small tile that still spans
     several blocks at the tests' odd sizes, so the block loops and diagonal masks run."""
     return [interpreter] if backend.interpreting() else hopper
 
 
+def _by_head_dim(small: list[triton.Config], large: list[triton.Config]) -> list[triton.Config]:
+    """`small` serves head dims up to SMALL_HEAD_DIM, `large` the rest (`_prune_by_head_dim`
+    keeps the matching list). Each list holds tiles that compile for sm_90 with no (or a few
+    bytes of) register spills at that head dim, checked with ptxas -v on Triton's PTX."""
+    for c in small:
+        c.large_head_dim = False
+    for c in large:
+        c.large_head_dim = True
+    return small + large
+
+
+def _prune_by_head_dim(configs, named_args, **kwargs):
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
+    large = head_dim > SMALL_HEAD_DIM
+    return [c for c in configs if getattr(c, "large_head_dim", large) == large] or configs
+
+
 _FWD_CONFIGS = _configs(
-    config(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1),
-    [
-        config(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=4),
-        config(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-        config(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
-        config(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-        config(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3),
-        config(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=4),
-    ],
+    _tiles(32, 16, 4, 1),
+    _by_head_dim(
+        small=[
+            _tiles(128, 64, 4, 3),
+            _tiles(128, 64, 8, 3),
+            _tiles(128, 64, 4, 4),
+            _tiles(128, 128, 8, 2),
+            _tiles(128, 128, 8, 3),
+            _tiles(128, 32, 4, 4),
+            _tiles(64, 64, 4, 3),
+            _tiles(64, 128, 4, 3),
+            _tiles(64, 32, 4, 4),
+        ],
+        large=[
+            _tiles(128, 64, 8, 3),
+            _tiles(128, 64, 8, 2),
+            _tiles(128, 64, 8, 4),
+            _tiles(128, 128, 8, 2),
+            _tiles(128, 128, 8, 3),
+            _tiles(128, 32, 8, 4),
+            _tiles(128, 32, 4, 4),
+            _tiles(64, 64, 4, 3),
+            _tiles(64, 64, 4, 4),
+            _tiles(64, 32, 4, 3),
+        ],
+    ),
 )
-# dK/dV: BLOCK_N keys stay in registers while BLOCK_M query rows stream past.
+# dK/dV: BLOCK_N keys and both fp32 accumulators stay in registers while BLOCK_M query
+# rows stream past; at head dim 128 that leaves room for few rows per step.
 _DKDV_CONFIGS = _configs(
-    config(BLOCK_M=16, BLOCK_N=32, num_warps=4, num_stages=1),
-    [
-        config(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3),
-        config(BLOCK_M=32, BLOCK_N=128, num_warps=4, num_stages=4),
-        config(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),
-        config(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-        config(BLOCK_M=32, BLOCK_N=64, num_warps=4, num_stages=4),
-    ],
+    _tiles(16, 32, 4, 1),
+    _by_head_dim(
+        small=[
+            _tiles(64, 128, 8, 3),
+            _tiles(32, 128, 8, 3),
+            _tiles(32, 128, 8, 4),
+            _tiles(64, 64, 8, 3),
+            _tiles(32, 64, 4, 3),
+            _tiles(32, 64, 4, 4),
+            _tiles(16, 128, 4, 3),
+        ],
+        large=[
+            _tiles(32, 64, 8, 3),
+            _tiles(32, 64, 8, 4),
+            _tiles(16, 128, 8, 3),
+            _tiles(16, 128, 8, 4),
+            _tiles(16, 64, 8, 3),
+            _tiles(32, 128, 8, 3),
+            _tiles(64, 64, 8, 3),
+        ],
+    ),
 )
 # dQ: BLOCK_M query rows stay in registers while BLOCK_N keys stream past.
 _DQ_CONFIGS = _configs(
-    config(BLOCK_M=32, BLOCK_N=16, num_warps=4, num_stages=1),
-    [
-        config(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=32, num_warps=4, num_stages=4),
-        config(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-        config(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-        config(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3),
-    ],
+    _tiles(32, 16, 4, 1),
+    _by_head_dim(
+        small=[
+            _tiles(128, 64, 8, 3),
+            _tiles(128, 32, 4, 4),
+            _tiles(64, 64, 4, 3),
+            _tiles(128, 128, 8, 2),
+            _tiles(64, 128, 4, 3),
+        ],
+        large=[
+            _tiles(128, 64, 8, 3),
+            _tiles(128, 64, 8, 2),
+            _tiles(128, 32, 8, 3),
+            _tiles(128, 32, 8, 4),
+            _tiles(64, 64, 8, 3),
+            _tiles(64, 64, 4, 3),
+            _tiles(64, 64, 4, 4),
+            _tiles(64, 32, 4, 4),
+        ],
+    ),
 )
-# Decoding is bandwidth-bound: wide key blocks and deep pipelines.
+# Decoding is bandwidth-bound: wide key blocks and deep pipelines (no head-dim split).
 _DECODE_CONFIGS = _configs(
     config(BLOCK_N=16, num_warps=4, num_stages=1),
     [
@@ -110,6 +173,9 @@ DELTA_BLOCK_M = 64
 # Decode key ranges start on a multiple of every BLOCK_N tried, as the kernel's loop assumes.
 SPLIT_ALIGN = max(c.kwargs["BLOCK_N"] for c in _DECODE_CONFIGS)
 _FWD_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_KPM", "PRECISION"]
+_tuned = functools.partial(
+    autotune, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_by_head_dim}
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +321,7 @@ def _kv_len(LENS, b, Skv, HAS_LENS: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 
 
-@autotune(_FWD_CONFIGS, key=_FWD_KEY)
+@_tuned(_FWD_CONFIGS)
 @triton.jit
 def _attn_fwd_kernel(
     Q, K, V, Out, LSE, KPM, LENS,
@@ -398,7 +464,7 @@ def _dkdv_rows(
     return dk, dv
 
 
-@autotune(_DKDV_CONFIGS, key=_FWD_KEY)
+@_tuned(_DKDV_CONFIGS)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, KPM, LENS,
@@ -520,7 +586,7 @@ def _dq_cols(
     return dq
 
 
-@autotune(_DQ_CONFIGS, key=_FWD_KEY)
+@_tuned(_DQ_CONFIGS)
 @triton.jit
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, KPM, LENS,
@@ -727,6 +793,7 @@ def _mask_args(q, key_padding_mask, seq_lens):
     return kpm, lens, strides, flags
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::attention", mutates_args=())
 def _attention_op(
     q: torch.Tensor,
@@ -757,6 +824,7 @@ def _(q, k, v, key_padding_mask, seq_lens, causal, scale):
     return _fake_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::attention_backward", mutates_args=())
 def _attention_backward_op(
     do: torch.Tensor,
@@ -839,6 +907,7 @@ def decode_splits(batch: int, kv_heads: int, cache_len: int, device: torch.devic
     return max(1, min(wanted, triton.cdiv(cache_len, 256)))
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::decode_attention", mutates_args=())
 def _decode_op(
     q: torch.Tensor,
