@@ -68,13 +68,16 @@ def add_parser(subparsers) -> None:
 
 
 def inference_block(path: Path) -> dict:
-    """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's).
+    """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's),
+    and OPTIMIZE's `cuda_graphs` when the file sets it.
 
     A relative `model` path that does not exist from here is taken relative to the file.
     """
     import okto
 
-    block = okto.load(path).config.inference.model_dump(exclude_unset=True)
+    config = okto.load(path).config
+    block = config.inference.model_dump(exclude_unset=True)
+    block.update(config.optimize.model_dump(include={"cuda_graphs"}, exclude_unset=True))
     model = block.get("model")
     if model and not Path(model).exists() and (path.parent / model).exists():
         block["model"] = str(path.parent / model)
@@ -114,7 +117,7 @@ def load(args, values: dict):
         device=args.device,
         dtype=values.get("dtype"),
         backend=values.get("backend", "auto"),
-        cuda_graphs=not args.no_cuda_graphs,
+        cuda_graphs=values.get("cuda_graphs", True) and not args.no_cuda_graphs,
     )
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)
