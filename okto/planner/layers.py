@@ -63,7 +63,8 @@ def requests(sources: Sources, machine: Machine, device: Setting) -> dict[str, L
     for kind in KINDS:
         asked = _asked(sources, kind)
         if asked.impl == OKTO and blocked:
-            asked = replace(asked, impl=NATIVE, reason=f"{blocked} ({asked.reason})")
+            reason = f"{blocked}, although {asked.reason}" if asked.field else blocked
+            asked = replace(asked, impl=NATIVE, reason=reason)
         elif asked.impl == OKTO and device.value == "cpu":
             asked = replace(asked, reason=f"{asked.reason}; Triton's interpreter (OKTO_KERNELS)")
         out[kind] = asked
