@@ -10,6 +10,7 @@ bandwidth).
 from __future__ import annotations
 
 import dataclasses
+import json
 import secrets
 import tempfile
 import time
@@ -346,8 +347,6 @@ def peak_gb_per_s(device) -> float | None:
 
 def _eos_ids(checkpoint, tokenizer) -> set[int]:
     """EOS tokens from the generation config, the model config and the tokenizer, together."""
-    import json
-
     ids: set[int] = set()
     sources = [checkpoint.config]
     if checkpoint.generation_config:
@@ -436,6 +435,8 @@ def _tokenizer(checkpoint):
     with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
         for name, data in checkpoint.tokenizer_files.items():
             (Path(folder) / name).write_bytes(data)
+        # AutoTokenizer reads the model config when tokenizer_config.json names no class
+        (Path(folder) / "config.json").write_text(json.dumps(checkpoint.config))
         return AutoTokenizer.from_pretrained(folder)
 
 
