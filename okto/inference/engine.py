@@ -143,16 +143,10 @@ class Engine:
         return 2 * spec.n_layer * spec.n_kv_head * spec.head_dim * size
 
     def _shape(self, batch: int, width: int, length: int) -> tuple[int, int, int]:
-        """Batch, prompt width and cache length, bucketed on CUDA so that graphs are reused.
-
-        Exact on CPU. The width stays within the model's positions, the cache at least as wide.
-        """
+        """Batch, prompt width and cache length: bucketed on CUDA so that graphs are reused, exact on CPU."""
         if self.device.type != "cuda":
             return batch, width, length
-        batch = 1 << (batch - 1).bit_length() if batch <= 64 else _round_up(batch, 64)
-        bucket = max(16, 1 << (width - 1).bit_length()) if width <= 512 else _round_up(width, 256)
-        width = max(width, min(bucket, self.model.spec.max_positions))
-        return batch, width, max(width, _round_up(length, _GRAPH_LENGTH_STEP))
+        return bucketed(batch, width, length, self.model.spec.max_positions)
 
     def _slot(self, batch: int, length: int, sampler: Sampler) -> Slot:
         key = (batch, length, sampler)
@@ -206,6 +200,19 @@ class Engine:
             pending = (buf, event)
         if pending is not None:
             _deliver(*pending, len(prompts), push)
+
+
+def bucketed(batch: int, width: int, length: int, max_positions: int) -> tuple[int, int, int]:
+    """Batch, prompt width and cache length rounded up to buckets.
+
+    Batches to powers of two (multiples of 64 past 64), widths to powers of
+    two from 16 (multiples of 256 past 512) but not past the model's
+    positions, cache lengths to multiples of 256 and at least the width.
+    """
+    batch = 1 << (batch - 1).bit_length() if batch <= 64 else _round_up(batch, 64)
+    bucket = max(16, 1 << (width - 1).bit_length()) if width <= 512 else _round_up(width, 256)
+    width = max(width, min(bucket, max_positions))
+    return batch, width, max(width, _round_up(length, _GRAPH_LENGTH_STEP))
 
 
 def _round_up(n: int, step: int) -> int:

@@ -214,3 +214,30 @@ def test_rows_with_little_room_share_a_batch(loaded):
     assert cramped.generated_tokens == room and cramped.finish_reason == "length"
     assert short.generated_tokens == 20
     assert short.token_ids == model.generate(PROMPTS[2], max_tokens=20, temperature=0)[0].token_ids
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_bucketed_shapes_give_the_same_tokens(kind, loaded, monkeypatch):
+    """CUDA's padded shapes (dummy rows, wider prompts, longer cache), run on the CPU."""
+    from okto.inference import engine
+
+    model = loaded[kind]
+    exact = model.generate(PROMPTS[:3], max_tokens=12, temperature=0)
+    spec = model.engine.model.spec
+    monkeypatch.setattr(
+        model.engine, "_shape", lambda *shape: engine.bucketed(*shape, spec.max_positions)
+    )
+    padded = model.generate(PROMPTS[:3], max_tokens=12, temperature=0)
+    assert [g.token_ids for g in padded] == [g.token_ids for g in exact]
+    assert len(model.engine.slots) and next(reversed(model.engine.slots))[:2] == (4, 256)
+
+
+def test_buckets_stay_inside_the_model():
+    from okto.inference.engine import bucketed
+
+    assert bucketed(3, 5, 69, 1024) == (4, 16, 256)
+    assert bucketed(33, 700, 764, 1024) == (64, 768, 768)
+    assert bucketed(100, 1984, 2048, 2048) == (128, 2048, 2048)
+    # a width bucket never passes the model's positions, nor falls below the prompt
+    assert bucketed(1, 990, 1000, 1000) == (1, 1000, 1024)
+    assert bucketed(1, 300, 310, 300) == (1, 300, 512)
