@@ -12,6 +12,7 @@ import functools
 import os
 
 import torch
+from torch._library.custom_ops import CustomOpDef
 
 MODES = ("auto", "triton", "native")
 
@@ -88,3 +89,80 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.
 
 def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return empty(*t.shape, dtype=dtype or t.dtype, device=t.device)
+
+
+# ---------------------------------------------------------------------------
+# Calling custom ops without the dispatcher in plain eager mode
+
+
+def _plain_eager(args: tuple) -> bool:
+    """True when a call can skip the dispatcher: eager mode, plain tensors, no modes."""
+    if (
+        torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return False
+    return all(type(a) in _PLAIN_TENSORS for a in args if isinstance(a, torch.Tensor))
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+class _EagerOp(CustomOpDef):
+    """A functional custom op that, in plain eager mode, runs its Python function directly.
+
+    A `torch.library.custom_op` call hops Python -> C++ dispatcher -> Python
+    autograd wrapper -> dispatcher -> Python implementation, with alias checks,
+    about 20-30 us a call on the Hopper hosts: more than a small kernel takes on
+    the GPU. Eager calls on plain tensors with no modes active take the same
+    implementation and the same setup_context/backward through an
+    `autograd.Function` instead; anything else (torch.compile, fake or
+    functional tensors, dispatch or function modes, vmap) goes through the
+    dispatcher as before.
+    """
+
+    def __call__(self, *args, **kwargs):
+        if kwargs or not _plain_eager(args):
+            return self._opoverload(*args, **kwargs)
+        if (
+            self._backward_fn is not None
+            and torch.is_grad_enabled()
+            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        ):
+            return self._eager_function().apply(*args)
+        return self._init_fn(*args)
+
+    def _eager_function(self) -> type[torch.autograd.Function]:
+        fn = self.__dict__.get("_eager_autograd")
+        if fn is None:
+            op = self
+
+            class EagerAutograd(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, *args):
+                    output = op._init_fn(*args)
+                    if op._setup_context_fn is not None:
+                        op._setup_context_fn(ctx=ctx, inputs=args, output=output)
+                    return output
+
+                @staticmethod
+                def backward(ctx, *grads):
+                    return op._backward_fn(ctx, *grads)
+
+            fn = self.__dict__["_eager_autograd"] = EagerAutograd
+        return fn
+
+
+def eager_fast_path(op: CustomOpDef) -> CustomOpDef:
+    """Decorate a functional `torch.library.custom_op` so eager calls skip the dispatcher.
+
+    The op stays the same registered op (opcheck, register_fake and
+    register_autograd work as before); only its `__call__` gains the fast path.
+    Ops that mutate their arguments keep the dispatcher, which bumps version counters.
+    """
+    if op._opoverload._schema.is_mutable:
+        raise TypeError(f"{op._name}: the eager fast path is for functional ops only")
+    op.__class__ = _EagerOp
+    return op

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
-from okto.kernels.autotune import autotune, config
+from okto.kernels.autotune import autotune, config, launch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
@@ -810,11 +810,15 @@ def _attention_op(
     lse = backend.empty(b, h, sq, dtype=torch.float32, device=q.device)
     if o.numel():
         kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
-        _attn_fwd_kernel[lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), h, b)](
+        head = _head_meta(q)
+        key = (_bucket(sq), _bucket(skv), causal, *flags.values(), *head.values(), q.dtype,
+               kpm.dtype, lens.dtype)  # fmt: skip
+        launch(
+            _attn_fwd_kernel, lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), h, b), key,
             q, k, v, o, lse, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *kpm_strides,
             h, h // hkv, sq, skv, scale * LOG2E, _bucket(sq), _bucket(skv),
-            CAUSAL=causal, **flags, **_head_meta(q),
+            CAUSAL=causal, **flags, **head,
         )  # fmt: skip
     return o, lse
 

@@ -220,6 +220,7 @@ def reduce_loss(loss_rows, n_valid, reduction: str, dtype: torch.dtype) -> torch
     return (total / n_valid if reduction == "mean" else total).to(dtype)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::cross_entropy", mutates_args=())
 def _cross_entropy_op(
     logits: torch.Tensor,

@@ -38,6 +38,7 @@ def chunk_rows(n: int, vocab: int) -> int:
     return min(rows, max(n, 1))
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::fused_linear_cross_entropy", mutates_args=())
 def _fused_linear_cross_entropy_op(
     hidden: torch.Tensor,

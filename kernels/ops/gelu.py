@@ -35,6 +35,7 @@ def _gelu_bwd_kernel(dy_ptr, x_ptr, dx_ptr, n, APPROXIMATE: tl.constexpr, BLOCK:
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::gelu", mutates_args=())
 def _gelu_op(x: torch.Tensor, approximate: str) -> torch.Tensor:
     x = x.contiguous()
@@ -52,6 +53,7 @@ def _(x, approximate):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::gelu_backward", mutates_args=())
 def _gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tensor:
     x, dy = x.contiguous(), dy.contiguous()

@@ -16,6 +16,7 @@ from okto.kernels import backend
 from okto.kernels.ops import norm_kernels
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::layer_norm", mutates_args=())
 def _layer_norm_op(
     x: torch.Tensor,
@@ -33,6 +34,7 @@ def _(x, weight, bias, residual, eps):
     return norm_kernels.fake_forward(x, residual, rms=False)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::layer_norm_backward", mutates_args=())
 def _layer_norm_backward_op(
     dy: torch.Tensor,

@@ -14,6 +14,7 @@ from okto.kernels import backend
 from okto.kernels.ops import norm_kernels
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::rms_norm", mutates_args=())
 def _rms_norm_op(
     x: torch.Tensor, weight: torch.Tensor | None, residual: torch.Tensor | None, eps: float
@@ -29,6 +30,7 @@ def _(x, weight, residual, eps):
     return y, s, rstd
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::rms_norm_backward", mutates_args=())
 def _rms_norm_backward_op(
     dy: torch.Tensor,

@@ -113,6 +113,7 @@ def _launch(kernel, tensors, out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::softmax", mutates_args=())
 def _softmax_op(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension."""
@@ -125,6 +126,7 @@ def _(x):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::softmax_backward", mutates_args=())
 def _softmax_backward_op(dy: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     dy, y = dy.contiguous(), y.contiguous()
