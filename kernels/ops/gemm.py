@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
-from okto.kernels.autotune import autotune, config
+from okto.kernels.autotune import autotune, config, launch
 from okto.kernels.ops.activations import gelu, gelu_grad
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -97,13 +97,14 @@ def _epilogue(
 
 def _simple_configs() -> list[triton.Config]:
     # In the interpreter only the first is used: small tiles so tests see several tiles and K steps.
+    # On the GPU the first fits fp32 operands too (OKTO_AUTOTUNE=first takes it untimed).
     small = [config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, num_warps=4, num_stages=1)]
     return (small if backend.interpreting() else []) + [
+        config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
         config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
         config(BLOCK_M=256, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
         config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
         config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
-        config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
         config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
         config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
         config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
@@ -480,6 +481,7 @@ SPLIT_K_MAX = 8
 _TILE_STEP_BYTES = 20_000
 
 
+@functools.lru_cache(maxsize=1024)
 def _split_k(m: int, n: int, k: int, sms: int) -> int:
     """K slices for a plain GEMM with few output tiles and a long reduction (1: no split).
 
@@ -517,10 +519,12 @@ def _launch_tma(a, b, out, preact, bias, residual, m, n, k, r_strides, flags):
         return (min(sms, tiles * split),)
 
     triton.set_allocator(_tma_workspace)  # per launch: the allocator is a context variable
-    _gemm_tma_kernel[grid](
+    m_bucket = triton.next_power_of_2(m)
+    key = (m_bucket, n, k, a_col, b_col, split, *flags.values(), a.dtype, target.dtype)
+    launch(
+        _gemm_tma_kernel, grid, key,
         a, b, target, preact, bias, residual, m, n, k, m_pad, stride_a, stride_b, *r_strides,
-        triton.next_power_of_2(m), A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split,
-        NUM_SMS=sms, **flags,
+        m_bucket, A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split, NUM_SMS=sms, **flags,
     )  # fmt: skip
     if split > 1:  # a fixed-order sum: deterministic, unlike atomics
         out.view(m, n).copy_(target.view(split, m_pad, n)[:, :m].sum(0))
@@ -535,11 +539,14 @@ def _launch_simple(a3, b3, out, preact, bias, residual3, batch, m, n, k, flags):
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), batch)
 
-    _gemm_kernel[grid](
+    m_bucket = triton.next_power_of_2(m * batch)
+    key = (m_bucket, n, k, layout, precision, *flags.values(), a3.dtype, out.dtype)
+    launch(
+        _gemm_kernel, grid, key,
         a3, b3, out, preact, bias, residual3, m, n, k,
         _batch_stride(a3), a3.stride(1), a3.stride(2),
         _batch_stride(b3), b3.stride(1), b3.stride(2),
-        *residual3.stride(), triton.next_power_of_2(m * batch), layout,
+        *residual3.stride(), m_bucket, layout,
         INPUT_PRECISION=precision, **flags,
     )  # fmt: skip
 
@@ -629,6 +636,7 @@ def _act_grad(dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool
 # Custom ops and autograd
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::gemm", mutates_args=())
 def _gemm_op(
     a: torch.Tensor,
@@ -649,6 +657,7 @@ def _(a, b, bias, residual, activation, save_preact):
     return a.new_empty(shape), a.new_empty(shape if saving else (0,))
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::gemm_act_backward", mutates_args=())
 def _act_grad_op(
     dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool

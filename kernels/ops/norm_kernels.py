@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
-from okto.kernels.autotune import autotune, config
+from okto.kernels.autotune import autotune, config, launch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -414,7 +414,13 @@ def forward(x, weight, bias, residual, eps: float, rms: bool):
     rstd = backend.empty(M, dtype=torch.float32, device=x.device)
     mean = rstd if rms else backend.empty(M, dtype=torch.float32, device=x.device)
     if M:
-        _norm_fwd_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)](
+        block_n = _block_n(N, FWD_MAX_BLOCK)
+        params = (weight, bias, residual)
+        key = (N, block_n, rms, x.dtype, *(None if t is None else t.dtype for t in params))
+        launch(
+            _norm_fwd_kernel,
+            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),),
+            key,
             x2,
             _rows(residual) if residual is not None else x2,
             weight if weight is not None else x2,
@@ -431,7 +437,7 @@ def forward(x, weight, bias, residual, eps: float, rms: bool):
             HAS_B=bias is not None,
             HAS_RES=residual is not None,
             CHUNKED=N > FWD_MAX_BLOCK,
-            BLOCK_N=_block_n(N, FWD_MAX_BLOCK),
+            BLOCK_N=block_n,
         )
     return y.view(x.shape), s.view(x.shape) if residual is not None else s, mean, rstd
 
