@@ -854,7 +854,7 @@ def _attention_backward_op(
         _bwd_delta_kernel[(triton.cdiv(sq, DELTA_BLOCK_M), h, b)](
             o, do, delta, *o.stride(), *do.stride(), h, sq,
             HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"], EVEN_D=meta["EVEN_D"],
-            BLOCK_M=DELTA_BLOCK_M,
+            BLOCK_M=DELTA_BLOCK_M, num_warps=4 if meta["BLOCK_D"] <= 64 else 8,
         )  # fmt: skip
         _attn_bwd_dq_kernel[lambda m: (triton.cdiv(sq, m["BLOCK_M"]), h, b)](
             q, k, v, do, lse, delta, dq, kpm, lens,
