@@ -907,7 +907,8 @@ def decode_splits(batch: int, kv_heads: int, cache_len: int, device: torch.devic
     with at least 256 keys per range so the partials stay cheap to merge."""
     if device.type != "cuda":
         return 1
-    wanted = triton.cdiv(4 * _sm_count(device.index or 0), max(batch * kv_heads, 1))
+    index = torch.cuda.current_device() if device.index is None else device.index
+    wanted = triton.cdiv(4 * _sm_count(index), max(batch * kv_heads, 1))
     return max(1, min(wanted, triton.cdiv(cache_len, 256)))
 
 
