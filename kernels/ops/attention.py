@@ -172,7 +172,9 @@ _DECODE_CONFIGS = _configs(
 DELTA_BLOCK_M = 64
 # Decode key ranges start on a multiple of every BLOCK_N tried, as the kernel's loop assumes.
 SPLIT_ALIGN = max(c.kwargs["BLOCK_N"] for c in _DECODE_CONFIGS)
-_FWD_KEY = ["SQ_BUCKET", "SKV_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_KPM", "PRECISION"]
+# Shape classes (powers of two of Sq, Skv and batch x query heads: tiny grids want other
+# tiles than full ones) and everything that changes the compiled kernel.
+_FWD_KEY = ["SQ_BUCKET", "SKV_BUCKET", "BH_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_KPM", "PRECISION"]
 _tuned = functools.partial(
     autotune, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_by_head_dim}
 )
@@ -330,7 +332,7 @@ def _attn_fwd_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_pb, stride_pn,
-    H, GROUP, Sq, Skv, qk_scale, SQ_BUCKET, SKV_BUCKET,
+    H, GROUP, Sq, Skv, qk_scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -475,7 +477,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
     stride_pb, stride_pn,
-    H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET,
+    H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -596,7 +598,7 @@ def _attn_bwd_dq_kernel(
     stride_db, stride_dh, stride_dm, stride_dd,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_pb, stride_pn,
-    H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET,
+    H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -811,13 +813,14 @@ def _attention_op(
     if o.numel():
         kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
         head = _head_meta(q)
-        key = (_bucket(sq), _bucket(skv), causal, *flags.values(), *head.values(), q.dtype,
-               kpm.dtype, lens.dtype)  # fmt: skip
+        buckets = (_bucket(sq), _bucket(skv), _bucket(b * h))
+        key = (*buckets, causal, *flags.values(), *head.values(), q.dtype, kpm.dtype,
+               lens.dtype)  # fmt: skip
         launch(
             _attn_fwd_kernel, lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), h, b), key,
             q, k, v, o, lse, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *kpm_strides,
-            h, h // hkv, sq, skv, scale * LOG2E, _bucket(sq), _bucket(skv),
+            h, h // hkv, sq, skv, scale * LOG2E, *buckets,
             CAUSAL=causal, **flags, **head,
         )  # fmt: skip
     return o, lse
@@ -848,7 +851,8 @@ def _attention_backward_op(
     meta = _head_meta(q)
     kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
     common = dict(CAUSAL=causal, **flags, **meta)
-    scalars = (h, h // hkv, sq, skv, scale * LOG2E, scale, _bucket(sq), _bucket(skv))
+    buckets = (_bucket(sq), _bucket(skv), _bucket(b * h))
+    scalars = (h, h // hkv, sq, skv, scale * LOG2E, scale, *buckets)
     if dq.numel():
         delta = backend.empty(b, h, sq, dtype=torch.float32, device=q.device)
         _bwd_delta_kernel[(triton.cdiv(sq, DELTA_BLOCK_M), h, b)](
