@@ -276,10 +276,10 @@ def _attend(
             q, k_ptrs, v_ptrs, kpm_ptr, start, col_end, row_limit, stride_kn, stride_vn,
             stride_pn, d_ok, BLOCK_N, MASKED, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
         )  # fmt: skip
-        qk = qk * qk_scale
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # Scale the row maxima, not the tile, so that the exponent is one FMA per score.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(qk - shift[:, None])
+        p = tl.exp2(qk * qk_scale - shift[:, None])
         alpha = tl.exp2(m_i - shift)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
