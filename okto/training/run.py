@@ -229,9 +229,12 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
             base_dir=base_dir,
             max_length=max_length,
         )
+    shown = set()  # the tokenizer and the data read the same files: say each thing once
     for warning in caught:
         if issubclass(warning.category, DataWarning):
-            display.warn(str(warning.message))
+            if str(warning.message) not in shown:
+                shown.add(str(warning.message))
+                display.warn(str(warning.message))
         else:
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno

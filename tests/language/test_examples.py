@@ -8,6 +8,7 @@ import re
 import pytest
 
 import okto
+from okto.data.files import resolve_files
 from okto.language import docs
 from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, NOT_EXECUTED_BLOCKS, OktoConfig
 from okto.language.schema import json_schema
@@ -49,7 +50,10 @@ def test_example_data_files_exist(path):
     dataset = loaded(path).config.dataset
     paths = [dataset.train, dataset.validation] + [m.path for m in dataset.mix_datasets or []]
     for relative in filter(None, paths):
-        assert (path.parent / relative).is_file(), relative
+        if relative.startswith("pkg:"):  # a file inside an installed package (okto.data.files)
+            assert resolve_files(relative, path.parent), relative
+        else:
+            assert (path.parent / relative).is_file(), relative
 
 
 def test_the_examples_cover_every_syntax_element():

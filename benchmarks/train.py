@@ -1,0 +1,255 @@
+"""GPT-2 124M training throughput from scratch: Hugging Face eager and compiled, okto's plan.
+
+    python benchmarks/train.py [--steps 30] [--batch 16] [--seq 1024]
+                               [--only hf-eager okto-kernels ...] [--out train.jsonl]
+                               [--markdown train.md]
+
+Every configuration trains the same model (GPT-2 small, vocabulary padded to
+50,304, dropout off, same seed) on the same synthetic tokens with bf16
+autocast, fused AdamW, gradient clipping at 1.0, in one process:
+
+- hf-eager: the Hugging Face model as it is (SDPA attention);
+- hf-compile: the same under torch.compile;
+- okto-native: okto's plan with ACCELERATE native for every kind (nothing patched);
+- okto-kernels: okto's plan with every kernel on (GEMMs with fused GELU, flash
+  attention, LayerNorm, fused linear + cross-entropy);
+- okto-kernels-compile: the same under torch.compile;
+- okto-trainer: okto's own training loop (okto.training.loop.Trainer) with the
+  kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream.
+
+Each reports tokens/s, TFLOP/s and MFU (the FLOPs formula of docs/training.md
+over the device's datasheet bf16 peak), peak memory and the last loss (the
+configurations should agree on it). Needs a CUDA GPU; takes a few minutes,
+most of it compiling and autotuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from okto.kernels.device import get_device_info
+from okto.training.flops import flops_model, peak_tflops
+
+VOCAB = 50304
+WARMUP = 5
+CONFIGS = (
+    "hf-eager",
+    "hf-compile",
+    "okto-native",
+    "okto-kernels",
+    "okto-kernels-compile",
+    "okto-trainer",
+)
+KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
+
+
+def okt(backend: str, seq: int, batch: int) -> str:
+    accelerate = " ".join(f'{kind}: "{backend}"' for kind in KINDS)
+    return f"""PROJECT "bench-gpt2-124m"
+ENV {{ accelerator: "gpu" precision: "bf16" seed: 0 }}
+MODEL {{ architecture: "gpt2" pretrained: false }}
+TRAIN {{ batch_size: {batch} learning_rate: 6e-4 weight_decay: 0.1 gradient_clip: 1.0
+        scheduler: "constant" save_strategy: "no" logging_steps: 1000 }}
+DATASET {{ shuffle: false max_length: {seq} }}
+BLAS {{ streams: 2 }}
+ACCELERATE {{ {accelerate} fused_ops: {"true" if backend == "oktoblas" else "false"} }}
+"""
+
+
+def new_model(seq: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=12,
+        n_head=12,
+        n_embd=768,
+        n_positions=seq,
+        vocab_size=VOCAB,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config).cuda()
+
+
+def planned(model, backend: str, seq: int, batch: int):
+    import okto
+    from okto.planner import build_plan
+
+    program = okto.parse(okt(backend, seq, batch), "bench.okt")
+    plan = build_plan(program, model=model)
+    plan.apply(model)
+    return program, plan
+
+
+def step_loop(model, forward, tokens: torch.Tensor) -> tuple[float, float]:
+    """(seconds for the timed steps, last loss): the loop every non-trainer config shares."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.1, fused=True)
+    loss = None
+    for index, batch in enumerate(tokens):
+        if index == WARMUP:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = forward(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - started, loss.detach().item()
+
+
+def trainer_run(model, program, plan, tokens: torch.Tensor) -> tuple[float, float, int]:
+    """(seconds, last loss, steps timed) of okto's Trainer over the same tokens."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    from rich.console import Console
+
+    from okto.training.display import Display
+    from okto.training.loop import WARMUP_STEPS, Live, Trainer
+    from okto.training.metrics import MetricsFile
+    from okto.training.optim import build_optimizer, build_scheduler
+    from okto.training.plan import run_settings
+
+    steps, batch, seq = tokens.shape
+    flat = tokens.reshape(steps * batch, seq).cpu().numpy().astype(np.int32)
+    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), seq)
+    rows = datasets.Dataset(pa.table({"input_ids": column, "labels": column}))
+    settings = run_settings(plan)
+    config = program.config
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, settings.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = Trainer(
+            model=model,
+            forward=model,
+            optimizer=optimizer,
+            scheduler=build_scheduler(optimizer, "constant", 0, steps),
+            scaler=None,
+            settings=settings,
+            config=config,
+            train_rows=rows,
+            val_rows=None,
+            total_steps=steps,
+            live=Live(batch, 1, 0.1, 1.0, steps, None, None),
+            flops=flops_model(model),
+            peak=peak_tflops(settings.device, "bf16", False),
+            display=Display(Console(quiet=True), False, False),
+            metrics=MetricsFile(Path(scratch) / "metrics.jsonl", append=False),
+            checkpoints=Path(scratch) / "checkpoints",
+            save_model=lambda label: Path(scratch),
+        )
+        trainer.fit()
+        trainer.metrics.close()
+    timed = trainer.session[WARMUP_STEPS:]
+    return sum(s for s, _, _ in timed), trainer.totals.last_loss, len(timed)
+
+
+def run(name: str, steps: int, batch: int, seq: int) -> dict:
+    generator = torch.Generator("cuda").manual_seed(1)
+    shape = (WARMUP + steps, batch, seq)
+    tokens = torch.randint(0, VOCAB, shape, device="cuda", generator=generator)
+    model = new_model(seq)
+    torch.cuda.reset_peak_memory_stats()
+    forward = model
+    timed_steps = steps
+    if name.startswith("okto"):
+        backend = "native" if name == "okto-native" else "oktoblas"
+        program, plan = planned(model, backend, seq, batch)
+    if name.endswith("compile"):
+        forward = torch.compile(model)
+    if name == "okto-trainer":
+        seconds, loss, timed_steps = trainer_run(model, program, plan, tokens)
+    else:
+        seconds, loss = step_loop(model, forward, tokens)
+    tokens_per_s = timed_steps * batch * seq / seconds
+    tflops = tokens_per_s * flops_model(model).per_token(seq) / 1e12
+    peak, _ = peak_tflops(torch.device("cuda"), "bf16", False)
+    record = {
+        "config": name,
+        "tokens_per_s": tokens_per_s,
+        "tflops": tflops,
+        "mfu": tflops / peak if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+        "ms_per_step": 1000 * seconds / timed_steps,
+        "last_loss": loss,
+        "steps": timed_steps,
+    }
+    del model, forward
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return record
+
+
+def markdown(records: list[dict], command: str, batch: int, seq: int) -> str:
+    info = get_device_info()
+    base = next((r for r in records if r["config"] == "hf-compile"), None)
+    lines = [
+        f"Device: {info.name}; torch {torch.__version__}. Command: `{command}`.",
+        f"GPT-2 124M from scratch, batch {batch} x {seq} tokens, bf16 autocast, fused AdamW.",
+        "",
+        "| config | tokens/s | vs hf-compile | TFLOP/s | MFU | peak memory | ms/step | last loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        lines.append(
+            f"| {r['config']} | {r['tokens_per_s'] / 1e3:,.0f}k | {ratio} | {r['tflops']:.0f} "
+            f"| {mfu} | {r['peak_memory_gb']:.1f} GB | {r['ms_per_step']:.1f} "
+            f"| {r['last_loss']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per config")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--only", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--out", type=Path, help="write the records as JSON lines")
+    parser.add_argument("--markdown", type=Path, help="write a table for docs/benchmarks.md")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("benchmarks/train.py needs a CUDA GPU", file=sys.stderr)
+        return 4
+    torch.backends.cuda.matmul.allow_tf32 = True
+    records = []
+    for name in args.only:
+        started = time.perf_counter()
+        record = run(name, args.steps, args.batch, args.seq)
+        records.append(record)
+        mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
+        print(
+            f"{name:22s} {record['tokens_per_s'] / 1e3:8.1f}k tokens/s  {record['tflops']:6.1f} "
+            f"TFLOP/s  MFU {mfu:>6s}  peak {record['peak_memory_gb']:5.1f} GB  "
+            f"loss {record['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)",
+            flush=True,
+        )
+    command = "python " + " ".join(sys.argv)
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = markdown(records, command, args.batch, args.seq)
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
