@@ -21,6 +21,11 @@ from okto.errors import UsageError
 from okto.training.hub import hub_snapshot
 
 SIZE_TOLERANCE = 0.10
+# Config values derived from others when a config is made, and what they derive from.
+DERIVED = {
+    "head_dim": ("hidden_size", "num_attention_heads"),
+    "num_key_value_heads": ("num_attention_heads",),
+}
 
 
 @dataclass
@@ -45,12 +50,11 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
     from transformers import AutoConfig
 
     if model_cfg.base is None:
-        config = AutoConfig.for_model(model_cfg.architecture)
-        _override(config, model_cfg.config, model_cfg.architecture)
+        config = _override(AutoConfig.for_model(model_cfg.architecture), model_cfg.config)
         return ModelSource(f"new {model_cfg.architecture}", None, config, pretrained=False)
     source = _from_base(model_cfg.base, base_dir, offline, scratch)
     if not model_cfg.pretrained:
-        _override(source.config, model_cfg.config, source.config.model_type)
+        source.config = _override(source.config, model_cfg.config)
         source.where = f"new {source.config.model_type} shaped like {source.where}"
         source.folder = source.package = None
         source.pretrained = False
@@ -110,15 +114,24 @@ def _config(folder: Path):
         raise UsageError(f"{folder}: cannot read its config.json ({error})") from None
 
 
-def _override(config, overrides: dict, architecture: str) -> None:
-    """MODEL.config values, refusing names the architecture does not have."""
-    for key, value in overrides.items():
+def _override(config, overrides: dict):
+    """The config rebuilt with MODEL.config's values (so derived ones, like Llama's key-value
+    heads and head size, follow), refusing names the architecture does not have."""
+    for key in overrides:
         if not hasattr(config, key):
             known = [k for k in config.to_dict() if not k.startswith("_")]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UsageError(f"MODEL.config: a {architecture} model has no setting '{key}'{hint}")
-        setattr(config, key, value)
+            raise UsageError(
+                f"MODEL.config: a {config.model_type} model has no setting '{key}'{hint}"
+            )
+    if not overrides:
+        return config
+    values = config.to_dict()
+    for derived, sources in DERIVED.items():
+        if derived not in overrides and any(key in overrides for key in sources):
+            values.pop(derived, None)  # recomputed from the new values
+    return type(config).from_dict({**values, **overrides})
 
 
 def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 import okto
@@ -89,3 +90,9 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     )
     assert train(tmp_path / "noproject.okt") == 2
     assert "PROJECT" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_asking_for_a_gpu_without_one_is_exit_4(project, capsys):
+    assert train(project(), "--set", "ENV.accelerator=gpu") == 4
+    assert "GPU" in capsys.readouterr().err

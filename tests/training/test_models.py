@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from okto.language.config import AdapterConfig
 from okto.package import export_model
 from okto.training.lora import apply_lora, merged_state_dict
+from tests.inference import models
 from tests.training.conftest import steps, train
 
 
@@ -21,43 +22,16 @@ from tests.training.conftest import steps, train
 def base_dir(tmp_path, tokenizer_dir) -> Path:
     """A local Hugging Face checkpoint: a tiny GPT-2 and the tests' tokenizer."""
     folder = tmp_path / "base"
-    torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2,
-            n_head=2,
-            n_embd=64,
-            vocab_size=300,
-            n_positions=64,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    ).save_pretrained(str(folder))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    models.model("gpt2", tokenizer).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
     return folder
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_merged_weights_equal_the_adapted_model(family):
-    torch.manual_seed(0)
-    if family == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                n_layer=2, n_head=2, n_embd=32, vocab_size=64, bos_token_id=0, eos_token_id=0
-            )
-        )
-        targets = ["c_attn", "c_proj", "c_fc"]
-    else:
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                vocab_size=64,
-            )
-        )
-        targets = None  # the attention projections
+    model = models.model(family, models.tokenizer(family))
+    targets = ["c_attn", "c_proj", "c_fc"] if family == "gpt2" else None  # None: q, k, v, o
     base = {k: v.clone() for k, v in model.state_dict().items()}
     adapted = apply_lora(model, AdapterConfig(rank=4, alpha=8, target_modules=targets))
     assert len(adapted) == 8  # per layer: c_attn, both c_proj, c_fc / q, k, v, o
@@ -66,8 +40,7 @@ def test_merged_weights_equal_the_adapted_model(family):
         for name, param in model.named_parameters():
             if name.endswith("lora.B"):
                 param.normal_()
-    model.eval()
-    ids = torch.randint(0, 64, (2, 12))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
     adapted_logits = model(input_ids=ids).logits
     fresh = type(model)(model.config).eval()
     fresh.load_state_dict(merged_state_dict(model))
@@ -108,3 +81,15 @@ def test_fine_tune_from_an_okm_package(project, base_dir):
     assert train(path) == 0
     losses = [r["loss"] for r in steps()]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_llama_from_scratch_with_config_overrides(project):
+    path = project(
+        train="max_steps: 4",
+        model='architecture: "llama" pretrained: false config { hidden_size: 64 '
+        "intermediate_size: 128 num_hidden_layers: 2 num_attention_heads: 4 }",
+    )
+    assert train(path) == 0
+    config = json.loads(Path("runs/tiny/final/config.json").read_text())
+    assert config["num_key_value_heads"] == 4 and config["head_dim"] == 16
+    assert config["max_position_embeddings"] == 32 and config["vocab_size"] == 300
