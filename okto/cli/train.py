@@ -15,6 +15,9 @@ def add_parser(subparsers) -> None:
         "train",
         help="train the model a .okt file describes",
         description="Train the model a .okt file describes; outputs go to runs/<project>/.",
+        epilog="exit codes: 0 trained, 2 invalid file, arguments or data, 3 training failed "
+        "(NaN or divergence; a checkpoint was saved), 4 the machine lacks what the file asks "
+        "for, 130/143 stopped by Ctrl-C/SIGTERM (a checkpoint was saved; --resume auto goes on)",
     )
     p.add_argument("-f", "--file", required=True, help="the .okt file")
     p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (replaces epochs)")
@@ -28,7 +31,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--resume",
         metavar="auto|PATH",
-        help="continue from the latest checkpoint (auto) or from a checkpoint folder",
+        help="continue from the run's latest checkpoint (auto), a checkpoint folder, "
+        "or the latest checkpoint in a folder of them",
     )
     p.add_argument("--verbose", action="store_true", help="more detail in the log lines")
     p.add_argument(

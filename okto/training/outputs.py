@@ -1,6 +1,6 @@
 """The run folder and what goes into it.
 
-    runs/<project>/            (OUTPUT.dir, when set, is the folder itself)
+    runs/<project>/            (OUTPUT.dir replaces `runs`)
       okto_config.json         the resolved configuration, command-line values included
       tokenizer/               the run's tokenizer
       checkpoints/step-*/      resumable checkpoints (TRAIN.checkpoint_path moves them)
@@ -41,10 +41,8 @@ class RunPaths:
     name: str  # file name for exports: MODEL.name or the project's
 
     @classmethod
-    def resolve(cls, program, config) -> RunPaths:
-        project = slug(config.project.name)
-        output_set = str(program.source_map.get("output.dir", "default")) != "default"
-        run = Path(config.output.dir) if output_set else Path(config.output.dir) / project
+    def resolve(cls, config) -> RunPaths:
+        run = Path(config.output.dir) / slug(config.project.name)
         export = Path(config.export.path).expanduser()
         log = config.logging.training_file or (run / "train.log")
         return cls(

@@ -76,7 +76,7 @@ def train(
     """
     program = _program(source, overrides, max_steps)
     config = program.config
-    display = Display(console, verbose, show_tflops)
+    display = Display(console, verbose or config.logging.log_level == "debug", show_tflops)
     try:
         return _train(program, config, display, resume)
     finally:
@@ -109,7 +109,7 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
     for diagnostic in program.warnings:
         display.print(diagnostic.render())
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
-    paths = RunPaths.resolve(program, config)
+    paths = RunPaths.resolve(config)
     settings = run_settings(build_plan(program))  # the machine's checks, before any data work
     resume_from = _resume_point(resume or config.train.resume_from_checkpoint, paths, display)
     if paths.log is not None:
@@ -180,7 +180,7 @@ def _resume_point(choice: str | None, paths: RunPaths, display: Display) -> Path
     path = Path(choice).expanduser()
     if not path.is_dir():
         raise UsageError(f"--resume {choice}: no such checkpoint folder")
-    return path
+    return latest_checkpoint(path) or path  # a folder of checkpoints: its latest
 
 
 def _seed_everything(seed: int) -> None:

@@ -27,13 +27,13 @@ def curve(run: Path) -> list[tuple]:
 
 def test_resume_after_a_stop_reproduces_the_uninterrupted_losses(project):
     whole = project(train=SCHEDULE)
-    assert train(whole, "--set", "OUTPUT.dir=runs/whole") == 0
+    assert train(whole, "--set", "OUTPUT.dir=whole") == 0
     stopped = project(train=SCHEDULE, extra="CONTROL { IF step == 6 { STOP } }", name="stop.okt")
-    assert train(stopped, "--set", "OUTPUT.dir=runs/parts") == 0
-    assert [r["step"] for r in steps(Path("runs/parts"))] == [1, 2, 3, 4, 5, 6]
-    assert train(whole, "--set", "OUTPUT.dir=runs/parts", "--resume", "auto") == 0
-    assert curve(Path("runs/parts")) == curve(Path("runs/whole"))
-    assert len(curve(Path("runs/whole"))) == 12
+    assert train(stopped, "--set", "OUTPUT.dir=parts") == 0
+    assert [r["step"] for r in steps(Path("parts/tiny"))] == [1, 2, 3, 4, 5, 6]
+    assert train(whole, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
+    assert curve(Path("parts/tiny")) == curve(Path("whole/tiny"))
+    assert len(curve(Path("whole/tiny"))) == 12
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, capsys):
