@@ -146,9 +146,8 @@ class Trainer:
         self.checkpoint_wanted = False
         self.last_checkpoint: Path | None = None
         self.last_grad_norm: float | None = None
-        self.session: list[
-            tuple[float, int, float]
-        ] = []  # this session's steps: seconds, tokens, wait
+        # This session's steps: (seconds, tokens, seconds waiting for data).
+        self.session: list[tuple[float, int, float]] = []
         self.wall_seconds = 0.0
 
     # ---- the loop ---------------------------------------------------------------
@@ -299,11 +298,11 @@ class Trainer:
             self._checkpoint()
 
     def _finish(self) -> Outcome:
-        self._log_window()
         if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
             self._evaluate()
         if self.config.train.save_strategy != "no" or self.checkpoint_wanted:
             self._checkpoint()
+        self._log_window()  # after the checkpoint, which keeps the window for a resumed run
         if self.stop_reason == "early_stopping":
             return Outcome("early_stopping", f"early stopping at step {self.step}")
         if self.stop_reason is not None:
@@ -449,9 +448,14 @@ class Trainer:
     # ---- CONTROL actions (okto.training.control.Actions) ----------------------------
 
     def get(self, name: str) -> float:
+        """A live value; unset ones read as what they mean: no clipping is an infinite
+        threshold, no eval_steps or save_steps is 0."""
         if name == "learning_rate":
             return current_lr(self.optimizer)
-        return getattr(self.live, name)
+        value = getattr(self.live, name)
+        if value is None:
+            return math.inf if name == "gradient_clip" else 0
+        return value
 
     def set(self, name: str, value: float) -> None:
         before = self.get(name)
