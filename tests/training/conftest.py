@@ -79,7 +79,9 @@ def project(tmp_path, tokenizer_dir):
         model: str = "",
         records: list | None = None,
         name: str = "train.okt",
+        device: str = "cpu",
     ) -> Path:
+        """The CPU by default, where runs are bit-for-bit repeatable, also on a GPU machine."""
         data = tmp_path / "data.jsonl"
         if not data.exists() or records is not None:
             rows = records if records is not None else [{"text": s} for s in sentences(160)]
@@ -92,7 +94,7 @@ def project(tmp_path, tokenizer_dir):
             f"""PROJECT "tiny"
 DATASET {{ train: "data.jsonl" tokenizer: "{tokenizer_dir}" max_length: 32 }}
 MODEL {{ {model} }}
-TRAIN {{ batch_size: 4 learning_rate: 3e-3 logging_steps: 1 seed: 3 {train} }}
+TRAIN {{ batch_size: 4 learning_rate: 3e-3 logging_steps: 1 seed: 3 device: "{device}" {train} }}
 {extra}
 """
         )

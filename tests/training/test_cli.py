@@ -94,5 +94,5 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_asking_for_a_gpu_without_one_is_exit_4(project, capsys):
-    assert train(project(), "--set", "ENV.accelerator=gpu") == 4
+    assert train(project(), "--set", "TRAIN.device=gpu") == 4
     assert "GPU" in capsys.readouterr().err
