@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 
 class Display:
@@ -29,23 +31,28 @@ class Display:
         handle = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
         self._log = Console(file=handle, width=120, color_system=None, soft_wrap=True)
 
-    def print(self, *items) -> None:
-        self.console.print(*items, highlight=False)
+    def print(self, *items, markup: bool = True) -> None:
+        """Tables, and okto's own lines with rich markup."""
+        self.console.print(*items, highlight=False, markup=markup)
         if self._log is not None:
-            self._log.print(*items, highlight=False)
+            self._log.print(*items, highlight=False, markup=markup)
+
+    def text(self, line: str) -> None:
+        """A line as it is: brackets in messages, paths and source lines are not markup."""
+        self.print(line, markup=False)
 
     def note(self, text: str) -> None:
-        self.print(f"[dim]{text}[/dim]" if not self.verbose else text)
+        self.print(f"[dim]{escape(text)}[/dim]")
 
     def warn(self, text: str) -> None:
-        self.print(f"[yellow]warning:[/yellow] {text}")
+        self.print(f"[yellow]warning:[/yellow] {escape(text)}")
 
     def table(self, title: str, rows: list[tuple[str, ...]]) -> None:
         table = Table(title=title, show_header=False, title_justify="left", box=None)
         for index in range(len(rows[0]) if rows else 0):
             table.add_column(style="bold" if index == 0 else ("dim" if index == 2 else None))
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         self.print(table)
 
     def start(self, total: int, done: int) -> None:

@@ -470,11 +470,11 @@ class Trainer:
         if name == "batch_size" and self.batches is not None:
             self.batches.resize(int(value))
         self.metrics.write("set", step=self.step, field=name, before=before, after=value)
-        self.display.print(f"CONTROL  step {self.step}: {name} {before:g} -> {value:g}")
+        self.display.text(f"CONTROL  step {self.step}: {name} {before:g} -> {value:g}")
 
     def log(self, text: str) -> None:
         self.metrics.write("log", step=self.step, message=text)
-        self.display.print(f"LOG      step {self.step}: {text}")
+        self.display.text(f"LOG      step {self.step}: {text}")
 
     def save(self, target: str, label: str | None) -> None:
         if target == "checkpoint":
@@ -482,7 +482,7 @@ class Trainer:
             return
         path = self.save_model(label or f"step-{self.step:07d}")
         self.metrics.write("save", step=self.step, what="model", path=str(path))
-        self.display.print(f"SAVE     step {self.step}: model -> {path}")
+        self.display.text(f"SAVE     step {self.step}: model -> {path}")
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason

@@ -12,6 +12,7 @@ went wrong (NaN, divergence) saves a checkpoint and raises `TrainingFailed`
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -92,6 +93,8 @@ def _program(source, overrides, max_steps):
     if max_steps is not None:
         if max_steps < 1:
             raise UsageError(f"--max-steps must be at least 1, not {max_steps}")
+        program = copy.copy(program)  # the caller's Program stays as it was
+        program.config = program.config.model_copy(deep=True)
         program.config.train.max_steps = max_steps
         program.config.train.epochs = None
     if not program.config.project.name:
@@ -107,7 +110,7 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
 
     started = time.perf_counter()
     for diagnostic in program.warnings:
-        display.print(diagnostic.render())
+        display.text(diagnostic.render())
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
     paths = RunPaths.resolve(config)
     settings = run_settings(build_plan(program))  # the machine's checks, before any data work
@@ -135,7 +138,7 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
     )
     if resume_from is not None:
         state = trainer.restore(resume_from)
-        display.print(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
+        display.text(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
         if state["rows"] != trainer.train_stream.rows:
             display.warn(
                 f"the training data changed since the checkpoint ({state['rows']:,} rows then, "
@@ -245,7 +248,7 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
         if stats.validation
         else "no validation data"
     )
-    display.print(
+    display.text(
         f"data     {stats.train.records:,} records -> {stats.train.examples:,} rows of "
         f"{max_length} tokens ({human(stats.train.tokens)} tokens, "
         f"{100 * (1 - stats.train.masked_fraction):.0f}% trained); {validation}; "
@@ -276,7 +279,7 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     total = models.parameters(model)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lora = f", LoRA on {len(adapted)} layers" if adapted else ""
-    display.print(
+    display.text(
         f"model    {source.where}: {total / 1e6:,.2f}M parameters, "
         f"{trained / 1e6:,.2f}M trained{lora}"
     )

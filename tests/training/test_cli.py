@@ -42,8 +42,10 @@ def test_trains_and_the_loss_falls(project, capsys):
 
 def test_python_api_with_overrides_and_exports(project):
     path = project(extra='EXPORT { format: ["okm", "safetensors"] quantization: "fp16" }')
-    result = okto.train(path, max_steps=4, overrides=["TRAIN.batch_size=2"])
+    program = okto.load(path)
+    result = okto.train(program, max_steps=4, overrides=["TRAIN.batch_size=2"])
     assert result.steps == 4 and result.outcome == "completed"
+    assert program.config.train.max_steps == 12  # the caller's program is left alone
     assert read_metrics(result.metrics_file, "start")[0]["total_steps"] == 4
     assert sorted(p.name for p in result.exports) == ["tiny.okm", "tiny.safetensors"]
     generated = okto.load_model(result.exports[0]).generate(["the cat"], max_tokens=4)

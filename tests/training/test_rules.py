@@ -12,13 +12,13 @@ from tests.training.conftest import steps, train
 METRICS = Path("runs/tiny/metrics.jsonl")
 
 
-def test_set_adjust_log_save_and_stop(project):
+def test_set_adjust_log_save_and_stop(project, capsys):
     path = project(
         train='max_steps: 20 scheduler: "constant" eval_steps: 4',
         extra="""CONTROL {
   IF step == 3 { SET learning_rate = 0.0005 }
   IF step == 5 { DECREASE LR BY 50% }
-  WHEN step >= 2 { LOG "loss {loss:.2f} at step {step}" }
+  WHEN step >= 2 { LOG "[once] loss {loss:.2f} at step {step}" }
   EVERY 4 steps { SAVE "at-{step}" }
   on_eval { IF step == 8 { INCREASE batch_size BY 2 } }
   IF step == 10 { STOP }
@@ -31,6 +31,7 @@ def test_set_adjust_log_save_and_stop(project):
     assert records[-1]["step"] == 10
     logs = read_metrics(METRICS, "log")
     assert len(logs) == 1 and logs[0]["message"].endswith("at step 2")
+    assert "LOG      step 2: [once] loss " in capsys.readouterr().out  # brackets are not markup
     assert sorted(p.name for p in Path("runs/tiny/saved").iterdir()) == ["at-4", "at-8"]
     assert (Path("runs/tiny/saved/at-8/model.safetensors")).is_file()
     changes = {(r["step"], r["field"]): r["after"] for r in read_metrics(METRICS, "set")}
