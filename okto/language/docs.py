@@ -171,9 +171,11 @@ def type_text(info: FieldInfo) -> str:
 
 
 def _annotation_text(annotation: Any) -> str:
-    named = {id(Size): "size (12GB)", id(Count): "count (120M)", id(Percent): "percent (90%)"}
-    if id(annotation) in named:
-        return named[id(annotation)]
+    # Compared by equality, not identity: typing's cache of Annotated types is
+    # bounded, so a rebuilt annotation may be an equal but new object.
+    for named, text in ((Size, "size (12GB)"), (Count, "count (120M)"), (Percent, "percent (90%)")):
+        if annotation == named:
+            return text
     if annotation == Device:
         return "device: auto, cpu, gpu, cuda, cuda:N"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
