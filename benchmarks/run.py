@@ -3,8 +3,8 @@
     python benchmarks/run.py [--suites gemm attention norm loss] [--dtypes fp16 bf16]
                              [--out results.jsonl] [--markdown results.md]
 
-Prints one line per case as it finishes, then writes every record as a JSON
-line and, with --markdown, a table ready for docs/benchmarks.md (the device,
+Prints one line per case as it finishes and appends it to --out as a JSON
+line; with --markdown, a table ready for docs/benchmarks.md (the device,
 the versions and this command line in its header).
 """
 
@@ -66,11 +66,15 @@ def main() -> int:
         return 4
 
     records = []
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below, written per record
     for dtype_name in args.dtypes:
 
         def report(result, dtype_name=dtype_name):
             record = result.as_record() | {"dtype": dtype_name}
             records.append(record)
+            if out:  # written as they come, so a run cut short keeps what it measured
+                out.write(json.dumps(record) + "\n")
+                out.flush()
             ratios = "  ".join(f"{b['label']} x{b['ratio']:.2f}" for b in record["baselines"])
             print(
                 f"{record['suite']:9} {dtype_name} {record['case']:36} {_rate(record['okto'])}  {ratios}",
@@ -79,9 +83,8 @@ def main() -> int:
 
         bench.run(args.suites, DTYPES[dtype_name], report)
 
-    if args.out:
-        with open(args.out, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+    if out:
+        out.close()
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(markdown(records, "python " + " ".join(sys.argv)))
