@@ -445,11 +445,12 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
             )
         )
     if rates:
+        left_out = len(trainer.session) - rates["steady_steps"]
         rows += [
             (
                 "throughput",
-                f"{human(rates['tokens_per_second'])} tokens/s over {rates['steady_steps']} steps "
-                "(the first steps, with compilation, left out)",
+                f"{human(rates['tokens_per_second'])} tokens/s over {rates['steady_steps']} steps"
+                + (f" (the first {left_out}, with any compilation, left out)" if left_out else ""),
             ),
             (
                 "compute",
