@@ -71,16 +71,18 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The `step-N` folders in `folder` (complete or not), by step."""
+    if not folder.is_dir():
+        return []
+    found = [path for path in folder.iterdir() if path.is_dir() and _NAME.match(path.name)]
+    return sorted(found, key=lambda path: int(_NAME.match(path.name).group(1)))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The complete checkpoint with the highest step in `folder`, if any."""
-    if not folder.is_dir():
-        return None
-    done = [
-        path
-        for path in folder.iterdir()
-        if _NAME.match(path.name) and all((path / name).is_file() for name in FILES)
-    ]
-    return max(done, key=lambda path: int(_NAME.match(path.name).group(1)), default=None)
+    done = [p for p in checkpoints_in(folder) if all((p / name).is_file() for name in FILES)]
+    return done[-1] if done else None
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:

@@ -164,12 +164,13 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
 
 
 def _resume_point(choice: str | None, paths: RunPaths, display: Display) -> Path | None:
-    from okto.training.checkpoint import latest_checkpoint
+    from okto.training.checkpoint import checkpoints_in, latest_checkpoint
 
     if choice is None:
-        stale = list(paths.checkpoints.glob("step-*")) if paths.checkpoints.is_dir() else []
+        stale = checkpoints_in(paths.checkpoints)
+        for folder in stale:  # only checkpoints: the folder may hold other things
+            shutil.rmtree(folder)
         if stale:
-            shutil.rmtree(paths.checkpoints)
             display.note(
                 f"removed {len(stale)} checkpoint(s) of an earlier run in {paths.checkpoints} "
                 "(--resume auto continues a run instead)"
