@@ -109,14 +109,14 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
     from okto.training.plan import apply_switches, run_settings
 
     started = time.perf_counter()
-    for diagnostic in program.warnings:
-        display.text(diagnostic.render())
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
     paths = RunPaths.resolve(config)
-    settings = run_settings(build_plan(program))  # the machine's checks, before any data work
+    settings = run_settings(build_plan(program))  # the machine's checks, before anything else
     resume_from = _resume_point(resume or config.train.resume_from_checkpoint, paths, display)
     if paths.log is not None:
         display.keep_log(paths.log, append=resume_from is not None)
+    for diagnostic in program.warnings:
+        display.text(diagnostic.render())
     _seed_everything(settings.seed)
     if config.env.network == "offline":
         go_offline()
