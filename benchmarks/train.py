@@ -10,17 +10,17 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 
 - hf-eager: the Hugging Face model as it is (SDPA attention);
 - hf-compile: the same under torch.compile;
-- okto-native: okto's plan with ACCELERATE native for every kind (nothing patched);
 - okto-kernels: okto's plan with every kernel on (GEMMs with fused GELU, flash
   attention, LayerNorm, fused linear + cross-entropy);
-- okto-kernels-compile: the same under torch.compile;
+- okto-native: okto's plan with ACCELERATE native for every kind (nothing patched);
 - okto-trainer: okto's own training loop (okto.training.loop.Trainer) with the
-  kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream.
+  kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream;
+- okto-kernels-compile: the kernels under torch.compile.
 
 Each reports tokens/s, TFLOP/s and MFU (the FLOPs formula of docs/training.md
 over the device's datasheet bf16 peak), peak memory and the last loss (the
-configurations should agree on it). Needs a CUDA GPU; takes a few minutes,
-most of it compiling and autotuning.
+configurations should agree on it), each written as soon as it is measured.
+Needs a CUDA GPU; takes a few minutes, most of it compiling and autotuning.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ from okto.training.flops import flops_model, peak_tflops
 
 VOCAB = 50304
 WARMUP = 5
+# The comparisons that matter first, so a time limit cuts the least important.
 CONFIGS = (
     "hf-eager",
     "hf-compile",
-    "okto-native",
     "okto-kernels",
-    "okto-kernels-compile",
+    "okto-native",
     "okto-trainer",
+    "okto-kernels-compile",
 )
 KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
 
@@ -95,8 +96,10 @@ def planned(model, backend: str, seq: int, batch: int):
 
 def step_loop(model, forward, tokens: torch.Tensor) -> tuple[float, float]:
     """(seconds for the timed steps, last loss): the loop every non-trainer config shares."""
+    from okto.training.optim import build_optimizer
+
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=6e-4, weight_decay=0.1, fused=True)
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, torch.device("cuda"))  # as okto's
     loss = None
     for index, batch in enumerate(tokens):
         if index == WARMUP:
@@ -230,10 +233,18 @@ def main() -> int:
         return 4
     torch.backends.cuda.matmul.allow_tf32 = True
     records = []
+    command = "python " + " ".join(sys.argv)
+    if args.out:
+        args.out.write_text("")
     for name in args.only:
         started = time.perf_counter()
         record = run(name, args.steps, args.batch, args.seq)
         records.append(record)
+        if args.out:  # as each is measured, so a time limit keeps what was done
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if args.markdown:
+            args.markdown.write_text(markdown(records, command, args.batch, args.seq))
         mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
         print(
             f"{name:22s} {record['tokens_per_s'] / 1e3:8.1f}k tokens/s  {record['tflops']:6.1f} "
@@ -241,13 +252,7 @@ def main() -> int:
             f"loss {record['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)",
             flush=True,
         )
-    command = "python " + " ".join(sys.argv)
-    if args.out:
-        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
-    table = markdown(records, command, args.batch, args.seq)
-    if args.markdown:
-        args.markdown.write_text(table)
-    print(table)
+    print(markdown(records, command, args.batch, args.seq))
     return 0
 
 
