@@ -64,21 +64,24 @@ def _configs(interpreter: triton.Config, hopper: list[triton.Config]) -> list[tr
     return [interpreter] if backend.interpreting() else hopper
 
 
+# ids of the configs meant for large head dims. Kept beside the configs, not as an
+# attribute on them: Triton's on-disk autotune cache rebuilds a Config from its
+# __dict__, and an extra attribute makes that fail in every later process.
+_LARGE_HEAD_DIM: set[int] = set()
+
+
 def _by_head_dim(small: list[triton.Config], large: list[triton.Config]) -> list[triton.Config]:
     """`small` serves head dims up to SMALL_HEAD_DIM, `large` the rest (`_prune_by_head_dim`
     keeps the matching list). Each list holds tiles that compile for sm_90 with no (or a few
     bytes of) register spills at that head dim, checked with ptxas -v on Triton's PTX."""
-    for c in small:
-        c.large_head_dim = False
-    for c in large:
-        c.large_head_dim = True
+    _LARGE_HEAD_DIM.update(id(c) for c in large)
     return small + large
 
 
 def _prune_by_head_dim(configs, named_args, **kwargs):
     head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
     large = head_dim > SMALL_HEAD_DIM
-    return [c for c in configs if getattr(c, "large_head_dim", large) == large] or configs
+    return [c for c in configs if (id(c) in _LARGE_HEAD_DIM) == large] or configs
 
 
 _FWD_CONFIGS = _configs(
