@@ -6,11 +6,11 @@ everything that needs torch loads on first use.
 
 from __future__ import annotations
 
-import importlib
+from okto.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it. Resolved lazily by __getattr__.
+# Public name -> module that defines it, imported on first use.
 _EXPORTS = {
     "parse": "okto.language",
     "load": "okto.language",
@@ -22,11 +22,4 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'okto' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

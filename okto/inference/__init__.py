@@ -6,7 +6,7 @@ Names load on first use, so that `okto.inference.settings` stays free of torch.
 
 from __future__ import annotations
 
-import importlib
+from okto.lazy import lazy_exports
 
 _EXPORTS = {
     "load_model": "okto.inference.generate",
@@ -18,9 +18,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'okto.inference' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

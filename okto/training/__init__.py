@@ -10,7 +10,7 @@ folder), `signals`. See docs/training.md.
 
 from __future__ import annotations
 
-import importlib
+from okto.lazy import lazy_exports
 
 _EXPORTS = {
     "train": "okto.training.run",
@@ -21,9 +21,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'okto.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
