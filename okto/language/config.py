@@ -130,6 +130,12 @@ class EnvConfig(BlockModel):
         None, description="Memory the device must have; checked before training starts."
     )
     seed: Integer | None = Field(None, description="Random seed; TRAIN.seed overrides it.")
+    gpus: PositiveInt | None = Field(
+        None,
+        description="Training processes, one per GPU, started through torchrun "
+        "(`okto train --gpus N`); with the device set to cpu, N CPU processes (gloo). "
+        "Unset: one, or as many as an outside torchrun started.",
+    )
     network: choice("online", "offline") = Field(
         "online", description="`offline` sets the hub libraries offline: no downloads."
     )
@@ -307,7 +313,9 @@ class TrainConfig(BlockModel):
     max_steps: PositiveInt | None = Field(
         None, description="Optimizer steps to run, instead of epochs."
     )
-    batch_size: PositiveInt = Field(8, description="Sequences per batch on each device.")
+    batch_size: PositiveInt = Field(
+        8, description="Sequences per batch in each process (each GPU)."
+    )
     gradient_accumulation: PositiveInt = Field(
         1,
         validation_alias=aliases("gradient_accumulation", "gradient_accumulation_steps"),
@@ -344,6 +352,12 @@ class TrainConfig(BlockModel):
     )
     precision: Precision = Field("auto", description="Training precision; overrides ENV.precision.")
     device: Device = Field("auto", description="Training device; overrides ENV.accelerator.")
+    strategy: choice("ddp", "fsdp") = Field(
+        "ddp",
+        description="How several processes share the model: `ddp` (a full replica each, "
+        "gradients all-reduced) or `fsdp` (parameters, gradients and optimizer state "
+        "sharded, FSDP2).",
+    )
     seed: Integer | None = Field(None, description="Random seed; overrides ENV.seed.")
     logging_steps: PositiveInt = Field(
         10,
