@@ -341,11 +341,14 @@ class TrainConfig(BlockModel):
         "step",
     ) = Field("linear", description="Learning-rate schedule after warmup.")
     warmup_steps: NonNegativeInt = Field(0, description="Steps of linear warmup from 0.")
-    gradient_clip: float | None = Field(
+    gradient_clip: Annotated[
+        float | None,
+        WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": False}]}),
+    ] = Field(
         1.0,
         gt=0,
         validation_alias=aliases("gradient_clip", "max_grad_norm"),
-        description="Clip the gradient norm to this; null for no clipping.",
+        description="Clip the gradient norm to this; false for no clipping.",
     )
     mixed_precision: Bool = Field(
         False, description="Train in bf16/fp16 autocast with fp32 master weights."
@@ -395,9 +398,18 @@ class TrainConfig(BlockModel):
     @model_validator(mode="before")
     @classmethod
     def _flags(cls, data: Any) -> Any:
-        """`resume_from_checkpoint: true|false` and `early_stopping: true|false`."""
+        """`resume_from_checkpoint: true|false`, `early_stopping: true|false` and
+        `gradient_clip: false` (no clipping)."""
         if isinstance(data, dict):
             data = dict(data)
+            for key in ("gradient_clip", "max_grad_norm"):
+                if data.get(key) is True:
+                    raise FieldConflict(
+                        "gradient_clip",
+                        "gradient_clip takes the norm to clip to (default 1.0), or false for no clipping",
+                    )
+                if data.get(key) is False:
+                    data[key] = None
             for key, on in (
                 ("resume_from_checkpoint", "auto"),
                 ("early_stopping", DEFAULT_PATIENCE),
@@ -451,7 +463,9 @@ class AccelerateConfig(BlockModel):
     softmax: OpBackend = Field("auto", description="Softmax.")
     cross_entropy: OpBackend = Field("auto", description="Cross-entropy loss.")
     activation: OpBackend = Field("auto", description="Activations (GELU, SiLU).")
-    fused_ops: Bool = Field(False, description="Fused epilogues: bias+GELU, linear+cross-entropy.")
+    fused_ops: Bool = Field(
+        True, description="Fused epilogues: bias+GELU in the GEMM, linear+cross-entropy in one op."
+    )
 
 
 class TensorCoresConfig(BlockModel):

@@ -10,7 +10,6 @@ does not cast, and they take one dtype for all operands.
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 import types
 
@@ -28,8 +27,23 @@ EPILOGUE = {"tanh": "gelu_tanh", "none": "gelu"}  # gelu approximation -> GEMM e
 
 def install(patches: Patches, module: torch.nn.Module, fn, **params) -> None:
     """Make `fn(module, ...)` (with `params` as keywords) the instance's forward."""
-    bound = functools.partial(fn, **params) if params else fn
-    patches.set(module, "forward", types.MethodType(bound, module))
+    patches.set(module, "forward", types.MethodType(with_keywords(fn, params), module))
+
+
+def with_keywords(fn, params: dict):
+    """`fn` with `params` added to every call, as a plain function.
+
+    Not a `functools.partial`: torch.compile looks up the source file of a
+    module's bound `forward`, and a method over a partial has none (dynamo's
+    trace_rules raise an AssertionError before compiling anything).
+    """
+    if not params:
+        return fn
+
+    def forward(self, *args, **kwargs):
+        return fn(self, *args, **kwargs, **params)
+
+    return forward
 
 
 def patch_each(model: torch.nn.Module, cls: type, patches: Patches, fn, **params) -> None:
@@ -100,9 +114,9 @@ def install_loss(model: torch.nn.Module, patches: Patches, fused: bool) -> None:
     signature = inspect.signature(type(model).forward)
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     names = tuple(p.name for p in list(signature.parameters.values())[1:] if p.kind in positional)
-    bound = functools.partial(causal_lm_forward, okto_names=names, okto_fused=fused)
-    bound.__signature__ = signature  # generate() and trainers read the forward's parameters
-    patches.set(model, "forward", types.MethodType(bound, model))
+    forward = with_keywords(causal_lm_forward, {"okto_names": names, "okto_fused": fused})
+    forward.__signature__ = signature  # generate() and trainers read the forward's parameters
+    patches.set(model, "forward", types.MethodType(forward, model))
 
 
 def causal_lm_forward(self, *args, okto_names: tuple[str, ...], okto_fused: bool, **kwargs):

@@ -1,5 +1,6 @@
-"""Resolution of the run-wide settings: device, precision, TF32, fused epilogues,
-compile, CUDA graphs, activation checkpointing, streams, seed and memory.
+"""Resolution of the run-wide settings: device, training processes and how they share
+the model, precision, TF32, fused epilogues, compile, CUDA graphs, activation
+checkpointing, streams, seed and memory.
 
 Precedence is the spec's: the command line (it rewrites the field, so its
 origin says "command line"), then the most specific block, then defaults. A
@@ -14,12 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from okto.errors import MachineError
+from okto.errors import MachineError, UsageError
 from okto.planner.machine import Gpu, Machine
 from okto.planner.sources import DEFAULT, Sources, display
 
 HALF = ("fp16", "bf16")
 CALLER = "caller"
+LAUNCHER = "torchrun"
+STRATEGIES = {
+    "ddp": "a full replica per process; gradients all-reduced in buckets during the backward",
+    "fsdp": "parameters, gradients and optimizer state sharded per transformer block (FSDP2)",
+}
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,11 @@ def resolve_settings(
     gpu = machine.gpus[int(dev.value.partition(":")[2])] if dev.value != "cpu" else None
     precision = _precision(sources, gpu, notes)
     weights = _weights(sources, precision, gpu)
+    processes = _processes(sources, machine, dev, notes)
     settings = {
         "device": dev,
+        "processes": processes,
+        "strategy": _strategy(sources, processes, precision, notes),
         "precision": precision,
         "weights": weights,
         "loss_scaling": Setting(
@@ -68,7 +77,11 @@ def resolve_settings(
             "fp16 gradients underflow without it" if precision.value == "fp16" else "",
         ),
         "tf32": _tf32(sources, gpu, precision.value, notes),
-        "fused_ops": from_field(sources, "accelerate.fused_ops"),
+        "fused_ops": from_field(
+            sources,
+            "accelerate.fused_ops",
+            "GELU in the MLP's first GEMM; LM head + loss as one op",
+        ),
         "compile": from_field(sources, "optimize.compile"),
         "cuda_graphs": _gpu_switch(sources, "optimize.cuda_graphs", gpu, notes),
         "memory_efficient": from_field(
@@ -128,6 +141,79 @@ def _check_device(setting: Setting, where: str, path: str | None, machine: Machi
             f"cuda:0 to cuda:{len(machine.gpus) - 1}"
         )
     return replace(setting, reason=setting.reason or machine.gpus[index].name)
+
+
+def _processes(sources: Sources, machine: Machine, device: Setting, notes: list[str]) -> Setting:
+    """ENV.gpus, or the processes torchrun started (it decides when it is the launcher).
+
+    One process per GPU; on the CPU only when the device is cpu on purpose (gloo, a
+    test set-up), since `auto` finding no GPU is more likely a mistake than a wish.
+    """
+    path = "env.gpus"
+    asked = sources.value(path)
+    if machine.world is not None:
+        local = machine.local_world or machine.world
+        if asked is not None and asked != local:
+            notes.append(
+                f"{sources.where(path)} is {asked}, but torchrun started {local} process(es) "
+                "on this node; the launcher's count holds"
+            )
+        setting = Setting(
+            machine.world, None, LAUNCHER, f"started by torchrun, {local} on this node"
+        )
+        count = local
+    elif asked is None:
+        return Setting(1, reason="one process")
+    else:
+        setting = from_field(sources, path)
+        count = asked
+    if count == 1 and machine.world is None:
+        return setting
+    where = sources.where(path) if machine.world is None else "torchrun"
+    if device.value == "cpu":
+        if device.origin == DEFAULT and machine.world is None:
+            raise MachineError(
+                f"{where} asks for {count} GPUs, but this machine has none{_cpu_build(machine)}; "
+                f"to train {count} processes on the CPU (gloo), set the device to cpu "
+                f"(--set TRAIN.device=cpu)"
+            )
+        return replace(setting, reason=f"{setting.reason}; CPU processes (gloo)".lstrip("; "))
+    if device.field is not None and ":" in str(sources.value(device.field)):
+        raise UsageError(
+            f"{sources.where(device.field)} names one GPU, but each of the {count} processes "
+            f"takes its own (cuda:0 to cuda:{count - 1}): set it to gpu or auto"
+        )
+    if count > len(machine.gpus):
+        raise MachineError(
+            f"{where} asks for {count} processes, one per GPU, but this machine has "
+            f"{len(machine.gpus)} GPU(s)"
+        )
+    gpus = f"one per GPU, cuda:0 to cuda:{count - 1}"
+    return replace(setting, reason=f"{setting.reason}; {gpus}".lstrip("; "))
+
+
+def _strategy(
+    sources: Sources, processes: Setting, precision: Setting, notes: list[str]
+) -> Setting:
+    """TRAIN.strategy: ddp or fsdp, for more than one process."""
+    path = "train.strategy"
+    value = sources.value(path)
+    if processes.value == 1:
+        if sources.is_set(path):
+            notes.append(f"{sources.where(path)}: one process, nothing to share; no effect")
+        return from_field(sources, path, "one process: no effect")
+    if value == "fsdp" and precision.value == "fp16":
+        raise UsageError(
+            f"{sources.where(path)} is fsdp, which trains in bf16 or fp32 here: fp16 needs "
+            "loss scaling, which okto does not run on sharded gradients; use bf16, or "
+            "strategy ddp"
+        )
+    if value == "fsdp" and sources.config.model.adapter is not None:
+        raise UsageError(
+            f"{sources.where(path)} is fsdp, but LoRA (MODEL.ADAPTER) trains with ddp here: "
+            "the frozen base is replicated and only the adapters' gradients are all-reduced"
+        )
+    return from_field(sources, path, STRATEGIES[value])
 
 
 def _precision(sources: Sources, gpu: Gpu | None, notes: list[str]) -> Setting:

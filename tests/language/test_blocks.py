@@ -161,6 +161,14 @@ def test_train_flags_read_as_values():
     assert (t.early_stopping, t.resume_from_checkpoint) == (3, None)
 
 
+def test_gradient_clip_false_turns_clipping_off():
+    assert program("TRAIN { gradient_clip: false }").config.train.gradient_clip is None
+    assert program("TRAIN { max_grad_norm: false }").config.train.gradient_clip is None
+    assert program("").config.train.gradient_clip == 1.0
+    line, column, message = error("TRAIN { gradient_clip: true }")
+    assert (line, column) == (1, 24) and "false for no clipping" in message
+
+
 def test_save_steps_implies_the_steps_strategy():
     assert program("TRAIN { save_steps: 10 }").config.train.save_strategy == "steps"
 

@@ -21,17 +21,18 @@ from tests.planner.util import H100, LLAMA_SIZES, gpt2, gpt2_config, llama
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FUSED = okto.parse("ACCELERATE { fused_ops: true }", "t.okt")
-UNFUSED = okto.parse("", "t.okt")
+UNFUSED = okto.parse("ACCELERATE { fused_ops: false }", "t.okt")
 
 
 def batch(vocab: int = 101, device: str = "cpu") -> torch.Tensor:
     return torch.randint(0, vocab, (2, 16), device=device)
 
 
-def step(model, ids, **kwargs):
-    """(loss, logits, {name: grad}) of one forward and backward with labels = ids."""
+def step(model, ids, forward=None, **kwargs):
+    """(loss, logits, {name: grad}) of one forward and backward with labels = ids;
+    `forward` (say the compiled model) runs in place of the model."""
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=ids, labels=ids, **kwargs)
+    out = (model if forward is None else forward)(input_ids=ids, labels=ids, **kwargs)
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach(), out.logits, grads

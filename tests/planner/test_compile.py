@@ -1,0 +1,86 @@
+"""torch.compile over okto's patched models, and over plain models in the same process.
+
+`torch.compile(model)` reads the source file of the module's bound `forward`
+before compiling anything; a forward that was a method over a
+`functools.partial` made dynamo raise an AssertionError there. The CPU tests run
+the aot_eager backend (the whole dynamo and AOT-autograd path, no code
+generation: inductor takes ~40 s on a 2-core CPU); the GPU test runs inductor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import okto
+from okto.planner import build_plan
+from tests.planner.test_patching import FUSED, assert_same_step, batch, step
+from tests.planner.util import H100, gpt2
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _compiled_step(model, ids, **options):
+    return step(model, ids, torch.compile(model, backend="aot_eager", **options))
+
+
+def test_plain_model_compiles_beside_a_patched_one(monkeypatch):
+    """What benchmarks/train.py does: okto patches (and unpatches) one model, then a plain
+    Hugging Face model is compiled in the same process, while the other is patched and after."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    ids = batch()
+    plain = gpt2()
+    expected = step(plain, ids)
+    other = gpt2()
+    patches = build_plan(FUSED, machine=H100, model=other).apply(other)
+    step(other, ids)
+    assert_same_step(expected, _compiled_step(plain, ids))
+    patches.undo()
+    torch._dynamo.reset()
+    assert_same_step(expected, _compiled_step(plain, ids))
+
+
+def test_patched_forwards_are_plain_functions(monkeypatch):
+    """Every forward okto installs has a source file, so dynamo's trace rules accept it."""
+    import inspect
+
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2()
+    with build_plan(FUSED, machine=H100, model=model).apply(model) as patches:
+        assert len(patches) > 0
+        forwards = [m.__dict__["forward"] for m in model.modules() if "forward" in m.__dict__]
+        assert len(forwards) > 1
+        for forward in forwards:
+            assert inspect.getfile(forward).endswith("forwards.py")
+        # generate() and trainers read the LM's parameters off the patched forward
+        assert "labels" in inspect.signature(model.forward).parameters
+
+
+@pytest.mark.slow
+def test_patched_model_compiles_in_one_graph(monkeypatch):
+    """okto-kernels-compile: the model on okto's Triton kernels (the interpreter on a CPU)
+    under torch.compile with fullgraph: the custom ops are traced without a graph break,
+    and loss and gradients match the unpatched model."""
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    model = gpt2().to(DEVICE)
+    ids = batch(device=DEVICE)
+    expected = step(model, ids)
+    plan = build_plan(okto.parse("", "t.okt"), model=model)  # the default plan: fused on
+    assert plan.layers["cross_entropy"].fused and plan.layers["activation"].fused
+    with plan.apply(model):
+        actual = _compiled_step(model, ids, fullgraph=True)
+    assert actual[1] is None  # the fused loss made no logits
+    assert_same_step(expected, actual)
+
+
+@pytest.mark.gpu
+def test_patched_model_compiles_with_inductor_on_the_gpu(monkeypatch):
+    """okto-kernels-compile as benchmarks/train.py runs it: bf16 autocast, inductor, one graph."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2().cuda()
+    ids = batch(device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = step(model, ids)
+        with build_plan(okto.parse("", "t.okt"), model=model).apply(model):
+            actual = step(model, ids, torch.compile(model, fullgraph=True))
+    assert_same_step(expected, actual, tol={"rtol": 5e-2, "atol": 5e-2})
