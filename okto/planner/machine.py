@@ -1,4 +1,5 @@
-"""What this machine offers a plan: CUDA GPUs, memory, Triton, kernel mode.
+"""What this machine offers a plan: CUDA GPUs, memory, Triton, kernel mode, and
+the processes a launcher (torchrun) started.
 
 A snapshot, so the resolution rules are pure functions of (configuration,
 machine), and tests can plan for an H100 on a CPU-only host.
@@ -37,6 +38,8 @@ class Machine:
     kernel_mode: str = "auto"  # OKTO_KERNELS
     interpreter: bool = False  # TRITON_INTERPRET=1: Triton kernels run on CPU tensors
     cuda_build: bool = True  # torch was built with CUDA
+    world: int | None = None  # WORLD_SIZE, when a launcher (torchrun) started this process
+    local_world: int | None = None  # LOCAL_WORLD_SIZE: the launcher's processes on this node
 
     @property
     def cuda(self) -> bool:
@@ -60,7 +63,19 @@ class Machine:
             kernel_mode=mode,
             interpreter=os.environ.get("TRITON_INTERPRET", "0") == "1",
             cuda_build=torch.version.cuda is not None,
+            world=_launcher_count("WORLD_SIZE"),
+            local_world=_launcher_count("LOCAL_WORLD_SIZE"),
         )
+
+
+def _launcher_count(name: str) -> int | None:
+    """A process count torchrun put in the environment, or None outside a launcher."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise UsageError(f"{name}={value!r} is not a process count (torchrun sets it)")
+    return int(value)
 
 
 def _physical_memory() -> int | None:
