@@ -8,7 +8,6 @@ Triton is importable.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -28,13 +27,21 @@ def mode() -> str:
     return value
 
 
-@functools.cache
+_TRITON: list[bool] = []  # the answer, once known
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    """Whether Triton imports. Cached by hand, not with functools.cache: every op asks
+    this, also under torch.compile, where dynamo warns about (and traces through) an
+    lru_cache wrapper."""
+    if not _TRITON:
+        try:
+            import triton  # noqa: F401
+        except Exception:
+            _TRITON.append(False)
+        else:
+            _TRITON.append(True)
+    return _TRITON[0]
 
 
 def interpreting() -> bool:
