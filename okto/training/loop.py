@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from okto.training import checkpoint as ckpt
 from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
+from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
 from okto.training.optim import current_lr, set_lr
 from okto.training.signals import StopSignals
@@ -335,24 +335,16 @@ class Trainer:
         if stream is None:
             return
         self.model.eval()
-        loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.int64)
-        tokens = torch.zeros((), device=self.device, dtype=torch.int64)
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, tokens
         for start in range(0, stream.rows, batch_size):
             batch = stream.host_batch(start, min(batch_size, stream.rows - start), pin=False)
             batch = Batch(batch.input_ids.to(self.device), batch.labels.to(self.device))
             with self._autocast():
-                logits = self.model(input_ids=batch.input_ids).logits
-            logits, labels = logits[:, :-1].float(), batch.labels[:, 1:]
-            mask = labels != -100
-            loss += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum"
-            )
-            correct += ((logits.argmax(-1) == labels) & mask).sum()
-            tokens += mask.sum()
+                sums += batch_sums(self.model, batch.input_ids, batch.labels)
         self.model.train()
+        loss, correct, tokens = sums.tolist()
         count = max(int(tokens), 1)
-        val_loss = float(loss) / count
+        val_loss = loss / count
         self.totals.evals += 1
         self.totals.last_eval = {
             "step": self.step,
