@@ -162,7 +162,7 @@ class DataFiles:
 
     def fingerprints(self, training_only: bool = False) -> dict:
         """Content hashes of the files, for cache keys."""
-        parts = {"train": [_fingerprints(files) for _, files in self.train]}
+        parts = {"train": source_fingerprints(self.train)}
         if not training_only:
             parts["validation"] = _fingerprints(self.validation)
             parts["test"] = _fingerprints(self.test)
@@ -171,6 +171,11 @@ class DataFiles:
 
 def _fingerprints(files: list[Path]) -> list[tuple[str, str]]:
     return [(str(p), _content_hash(str(p), *_identity(p))) for p in files]
+
+
+def source_fingerprints(sources: list[tuple[Source, list[Path]]]) -> list:
+    """Content hashes of the training sources' files, as `DataFiles.fingerprints` gives them."""
+    return [_fingerprints(files) for _, files in sources]
 
 
 def _identity(path: Path) -> tuple[int, int, int]:

@@ -15,12 +15,16 @@ All choices are seeded and each has its own random stream, so changing one
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from okto.data import cache
+from okto.data.errors import warn
+from okto.data.files import source_fingerprints
 from okto.data.settings import DataSettings, Source
 from okto.data.sources import read_files
 from okto.data.stats import FileStats
@@ -35,14 +39,52 @@ def rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream])
 
 
+# Settings that do not change which training records are read and mixed.
+NOT_READING = ("validation", "test", "max_length", "packing")
+# The one training mix kept for the next `training_mix` call: (key, table, mix, stats, notes).
+_kept: list[tuple] = []
+
+
 def training_mix(
     settings: DataSettings,
     sources: list[tuple[Source, list[Path]]],
     seed: int,
     file_stats: list[FileStats],
     notes: list[str],
+    *,
+    keep: bool = False,
 ) -> tuple[pa.Table, list[dict]]:
-    """The training records of every source, sampled to the mix weights; and what each gave."""
+    """The training records of every source, sampled to the mix weights; and what each gave.
+
+    With `keep`, the result is also held for the next call with the same files
+    (by content), settings and seed, which takes it instead of reading again,
+    with the same file statistics and warnings: on a first run with
+    `tokenizer: "train"` the tokenizer and then the rows need the same records.
+    """
+    key = cache.make_key(
+        {
+            "files": source_fingerprints(sources),
+            "settings": {k: v for k, v in settings.as_key().items() if k not in NOT_READING},
+            "seed": seed,
+        }
+    )
+    if _kept and _kept[0][0] == key:
+        _, table, mix, kept_stats, kept_notes = _kept.pop()
+        file_stats.extend(copy.deepcopy(kept_stats))
+        for note in kept_notes:
+            warn(note, notes)
+    else:
+        _kept.clear()
+        stats_before, notes_before = len(file_stats), len(notes)
+        table, mix = _read_mix(settings, sources, seed, file_stats, notes)
+        if keep:
+            _kept.append(
+                (key, table, mix, copy.deepcopy(file_stats[stats_before:]), notes[notes_before:])
+            )
+    return table, copy.deepcopy(mix)
+
+
+def _read_mix(settings, sources, seed: int, file_stats, notes) -> tuple[pa.Table, list[dict]]:
     tables = [
         _percent(read_files(files, settings, file_stats, notes), settings, rng(seed, PERCENT))
         for _, files in sources

@@ -21,7 +21,7 @@ from pathlib import Path
 from okto.data import cache
 from okto.data.errors import DataError, DataWarning, warn
 from okto.data.files import DataFiles
-from okto.data.selection import TOKENIZER_SAMPLE, rng, training_mix
+from okto.data.selection import NOT_READING, TOKENIZER_SAMPLE, rng, training_mix
 from okto.data.settings import DataSettings
 from okto.data.templates import PLAIN_CHAT_TEMPLATE, ROLE_TAGS
 
@@ -115,9 +115,7 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
         {
             "files": files.fingerprints(training_only=True),
             "settings": {
-                name: value
-                for name, value in settings.as_key().items()
-                if name not in ("validation", "test", "max_length", "packing")
+                name: value for name, value in settings.as_key().items() if name not in NOT_READING
             },
             "sample_chars": SAMPLE_CHARS,
             "seed": seed,
@@ -128,7 +126,7 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
     with warnings.catch_warnings():
         # What reading finds (a cut, skipped lines) build_datasets reports once.
         warnings.simplefilter("ignore", DataWarning)
-        table, _ = training_mix(settings, files.train, seed, [], [])
+        table, _ = training_mix(settings, files.train, seed, [], [], keep=True)
     texts = sample_texts(table, seed)
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, settings.vocab_size)

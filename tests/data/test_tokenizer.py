@@ -109,3 +109,28 @@ def test_tokenizer_errors(tmp_path):
         resolve_tokenizer(config(train="x", tokenizer="empty"), base_dir=tmp_path)
     with pytest.raises(DataError, match="cannot load the tokenizer of model"):
         resolve_tokenizer(config(train="x"), model_path=tmp_path / "empty")
+
+
+def test_a_first_run_reads_the_training_files_once(tmp_path, monkeypatch):
+    """The trained tokenizer's records serve the rows too, warnings and statistics included."""
+    from okto.data import DataWarning, selection
+
+    lines = [json.dumps({"text": f"record {i} says hello"}) for i in range(40)]
+    lines[7] = '{"text": "cut'
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    reads = []
+    real = selection.read_files
+    monkeypatch.setattr(
+        selection, "read_files", lambda files, *a: reads.append(files) or real(files, *a)
+    )
+    cfg = config(train=str(path), tokenizer="train", vocab_size=300, packing=False)
+    tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    with pytest.warns(DataWarning, match="skipped 1 of 40 lines"):
+        splits = build_datasets(cfg, tokenizer, cache_dir=None)
+    assert reads == [[path]]
+    assert splits.stats.files[0].broken_lines == 1
+    assert any("skipped 1 of 40 lines" in note for note in splits.stats.warnings)
+    assert len(splits.train) + len(splits.validation) == 39
+    build_datasets(cfg, tokenizer, cache_dir=None)  # held once: a later build reads afresh
+    assert reads == [[path], [path]]
