@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--steps 30] [--batch 16] [--seq 1024]
                                [--only hf-eager okto-kernels ...] [--out train.jsonl]
-                               [--markdown train.md]
+                               [--markdown train.md] [--timeout 600]
 
 Every configuration trains the same model (GPT-2 small, vocabulary padded to
 50,304, dropout off, same seed) on the same synthetic tokens with bf16
@@ -15,22 +15,28 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 - okto-native: okto's plan with ACCELERATE native for every kind (nothing patched);
 - okto-trainer: okto's own training loop (okto.training.loop.Trainer) with the
   kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream;
-- okto-kernels-compile: the kernels under torch.compile.
+- okto-kernels-compile: the patched model (every kernel on) under torch.compile:
+  inductor fuses what lies between okto's custom ops, which it traces as they are.
 
-Each reports tokens/s, TFLOP/s and MFU (the FLOPs formula of docs/training.md
-over the device's datasheet bf16 peak), peak memory and the last loss (the
-configurations should agree on it), each written as soon as it is measured.
-Needs a CUDA GPU; takes a few minutes, most of it compiling and autotuning.
+Each configuration runs in a process of its own (this script with `--one`), so
+one that crashes, hangs past `--timeout` or corrupts the CUDA context costs
+only its own row, and each peak memory is its own. Each reports tokens/s,
+TFLOP/s and MFU (the FLOPs formula of docs/training.md over the device's
+datasheet bf16 peak), peak memory and the last loss (the configurations should
+agree on it), each written as soon as it is measured; the final table gives
+every throughput and peak memory against hf-compile and hf-eager of the same
+run. Needs a CUDA GPU; takes a few minutes, most of it compiling and autotuning.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -191,29 +197,69 @@ def run(name: str, steps: int, batch: int, seq: int) -> dict:
         "last_loss": loss,
         "steps": timed_steps,
     }
-    del model, forward
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch._dynamo.reset()
     return record
+
+
+def run_one(name: str, args, record_path: Path) -> int:
+    """`--one`: measure one configuration in this process and write its record (or its error)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        record = run(name, args.steps, args.batch, args.seq)
+    except Exception as error:  # the parent reports it and goes on with the next config
+        traceback.print_exc()
+        record = {"config": name, "error": _first_line(f"{type(error).__name__}: {error}")}
+    record_path.write_text(json.dumps(record))
+    return 0 if "error" not in record else 1
+
+
+def measure(name: str, args) -> dict:
+    """One configuration in a child process: its record, or {"config", "error"}."""
+    with tempfile.TemporaryDirectory() as scratch:
+        record_path = Path(scratch) / "record.json"
+        command = [sys.executable, __file__, "--one", name, "--record", str(record_path)]
+        command += ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+        try:
+            done = subprocess.run(command, timeout=args.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return {"config": name, "error": f"timed out after {args.timeout}s"}
+        if record_path.is_file():
+            return json.loads(record_path.read_text())
+        return {"config": name, "error": f"the process exited with code {done.returncode}"}
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "failed"
 
 
 def markdown(records: list[dict], command: str, batch: int, seq: int) -> str:
     info = get_device_info()
-    base = next((r for r in records if r["config"] == "hf-compile"), None)
+    measured = {r["config"]: r for r in records if "error" not in r}
+    bases = [name for name in ("hf-compile", "hf-eager") if name in measured]
     lines = [
         f"Device: {info.name}; torch {torch.__version__}. Command: `{command}`.",
         f"GPT-2 124M from scratch, batch {batch} x {seq} tokens, bf16 autocast, fused AdamW.",
+        "Ratios are against the baselines of this run: throughput x, peak memory x.",
         "",
-        "| config | tokens/s | vs hf-compile | TFLOP/s | MFU | peak memory | ms/step | last loss |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | tokens/s | "
+        + "".join(f"vs {b} | " for b in bases)
+        + "TFLOP/s | MFU | peak memory | "
+        + "".join(f"memory vs {b} | " for b in bases)
+        + "ms/step | last loss |",
+        "|---" * (7 + 2 * len(bases)) + "|",
     ]
     for r in records:
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        if "error" in r:
+            lines.append(f"| {r['config']} | failed: {r['error']} |")
+            continue
+        speed = "".join(f"{r['tokens_per_s'] / measured[b]['tokens_per_s']:.2f}x | " for b in bases)
+        memory = "".join(
+            f"{r['peak_memory_gb'] / measured[b]['peak_memory_gb']:.2f}x | " for b in bases
+        )
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(
-            f"| {r['config']} | {r['tokens_per_s'] / 1e3:,.0f}k | {ratio} | {r['tflops']:.0f} "
-            f"| {mfu} | {r['peak_memory_gb']:.1f} GB | {r['ms_per_step']:.1f} "
+            f"| {r['config']} | {r['tokens_per_s'] / 1e3:,.0f}k | {speed}{r['tflops']:.0f} "
+            f"| {mfu} | {r['peak_memory_gb']:.1f} GB | {memory}{r['ms_per_step']:.1f} "
             f"| {r['last_loss']:.4f} |"
         )
     return "\n".join(lines) + "\n"
@@ -227,33 +273,43 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--out", type=Path, help="write the records as JSON lines")
     parser.add_argument("--markdown", type=Path, help="write a table for docs/benchmarks.md")
+    parser.add_argument(
+        "--timeout", type=float, default=600, help="seconds one configuration may take"
+    )
+    parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)  # a child's config
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)  # where a child writes
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("benchmarks/train.py needs a CUDA GPU", file=sys.stderr)
         return 4
-    torch.backends.cuda.matmul.allow_tf32 = True
+    if args.one:
+        return run_one(args.one, args, args.record)
     records = []
     command = "python " + " ".join(sys.argv)
     if args.out:
         args.out.write_text("")
     for name in args.only:
         started = time.perf_counter()
-        record = run(name, args.steps, args.batch, args.seq)
+        record = measure(name, args)
         records.append(record)
         if args.out:  # as each is measured, so a time limit keeps what was done
             with open(args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if args.markdown:
             args.markdown.write_text(markdown(records, command, args.batch, args.seq))
+        took = f"({time.perf_counter() - started:.0f}s)"
+        if "error" in record:
+            print(f"{name:22s} FAILED: {record['error']}  {took}", flush=True)
+            continue
         mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
         print(
             f"{name:22s} {record['tokens_per_s'] / 1e3:8.1f}k tokens/s  {record['tflops']:6.1f} "
             f"TFLOP/s  MFU {mfu:>6s}  peak {record['peak_memory_gb']:5.1f} GB  "
-            f"loss {record['last_loss']:.4f}  ({time.perf_counter() - started:.0f}s)",
+            f"loss {record['last_loss']:.4f}  {took}",
             flush=True,
         )
     print(markdown(records, command, args.batch, args.seq))
-    return 0
+    return 0 if all("error" not in r for r in records) else 1
 
 
 if __name__ == "__main__":

@@ -39,3 +39,11 @@ def test_resume_on_the_gpu_follows_the_uninterrupted_run(project):
     resumed = [r["loss"] for r in steps(Path("parts/tiny"))]
     # GPU reductions may differ in the last bits between runs; a lost state would not.
     assert resumed == pytest.approx(expected, rel=1e-3)
+
+
+def test_compiled_run_with_the_kernels(project):
+    """OPTIMIZE.compile over the patched model: the loss falls as in the eager run."""
+    path = project(train="max_steps: 30", device="cuda")
+    assert train(path, *GPU, "--set", "OPTIMIZE.compile=true") == 0
+    losses = [record["loss"] for record in steps()]
+    assert losses[-1] < losses[0] - 1.0
