@@ -16,7 +16,11 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 - okto-trainer: okto's own training loop (okto.training.loop.Trainer) with the
   kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream;
 - okto-kernels-compile: the patched model (every kernel on) under torch.compile:
-  inductor fuses what lies between okto's custom ops, which it traces as they are.
+  inductor fuses what lies between okto's custom ops, which it traces as they are;
+- okto-attention-loss-compile: only attention and the fused linear + cross-entropy
+  on okto, GEMMs on cuBLAS and LayerNorm, GELU and the residual adds left to
+  inductor (which fuses them): whether okto's GEMM and norm kernels pay for
+  themselves in the compiled step.
 
 Each configuration runs in a process of its own (this script with `--one`), so
 one that crashes, hangs past `--timeout` or corrupts the CUDA context costs
@@ -54,12 +58,25 @@ CONFIGS = (
     "okto-native",
     "okto-trainer",
     "okto-kernels-compile",
+    "okto-attention-loss-compile",
 )
 KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
 
 
-def okt(backend: str, seq: int, batch: int) -> str:
-    accelerate = " ".join(f'{kind}: "{backend}"' for kind in KINDS)
+def backends(name: str) -> dict[str, str]:
+    """ACCELERATE's choice per layer kind for an okto configuration."""
+    if name == "okto-native":
+        return dict.fromkeys(KINDS, "native")
+    if name == "okto-attention-loss-compile":
+        return dict.fromkeys(KINDS, "native") | {
+            "attention": "oktoblas",
+            "cross_entropy": "oktoblas",
+        }
+    return dict.fromkeys(KINDS, "oktoblas")
+
+
+def okt(kinds: dict[str, str], seq: int, batch: int) -> str:
+    accelerate = " ".join(f'{kind}: "{backend}"' for kind, backend in kinds.items())
     return f"""PROJECT "bench-gpt2-124m"
 ENV {{ accelerator: "gpu" precision: "bf16" seed: 0 }}
 MODEL {{ architecture: "gpt2" pretrained: false }}
@@ -67,7 +84,7 @@ TRAIN {{ batch_size: {batch} learning_rate: 6e-4 weight_decay: 0.1 gradient_clip
         scheduler: "constant" save_strategy: "no" logging_steps: 1000 }}
 DATASET {{ shuffle: false max_length: {seq} }}
 BLAS {{ streams: 2 }}
-ACCELERATE {{ {accelerate} fused_ops: {"true" if backend == "oktoblas" else "false"} }}
+ACCELERATE {{ {accelerate} fused_ops: true }}
 """
 
 
@@ -90,11 +107,11 @@ def new_model(seq: int):
     return GPT2LMHeadModel(config).cuda()
 
 
-def planned(model, backend: str, seq: int, batch: int):
+def planned(model, kinds: dict[str, str], seq: int, batch: int):
     import okto
     from okto.planner import build_plan
 
-    program = okto.parse(okt(backend, seq, batch), "bench.okt")
+    program = okto.parse(okt(kinds, seq, batch), "bench.okt")
     plan = build_plan(program, model=model)
     plan.apply(model)
     return program, plan
@@ -176,8 +193,7 @@ def run(name: str, steps: int, batch: int, seq: int) -> dict:
     forward = model
     timed_steps = steps
     if name.startswith("okto"):
-        backend = "native" if name == "okto-native" else "oktoblas"
-        program, plan = planned(model, backend, seq, batch)
+        program, plan = planned(model, backends(name), seq, batch)
     if name.endswith("compile"):
         forward = torch.compile(model)
     if name == "okto-trainer":
