@@ -1,4 +1,4 @@
-"""okto's inference engine against Hugging Face `generate`, GPT-2 124M in fp16, in one process.
+"""okto's inference engine against Hugging Face `generate`, GPT-2 124M in fp16, in under four minutes.
 
     python benchmarks/inference.py --out inference.json [--markdown inference.md]
 
@@ -10,32 +10,73 @@ n tokens. EOS is disabled on both sides so every row generates exactly the
 asked number of tokens.
 
 Cases: batch 1, 8 and 32 (5-token prompts, 64 new tokens) and the time to the
-first token of a 1,984-token prompt. Engines: okto (its kernels where they
-pass their probe, CUDA graphs), okto on PyTorch ops, okto without CUDA graphs,
-HF `generate`, and HF with a static cache (which `generate` compiles with
-torch.compile, mode reduce-overhead) while the time budget lasts. tokens/s is
-new tokens of the whole batch over wall time, prefill included. `--smoke`
-runs a tiny model on whatever device there is, to check the script itself.
+first token of a 1,984-token prompt. tokens/s is new tokens of the whole batch
+over wall time, prefill included; GB/s is the bytes the decode steps must read
+(weights once a step, plus each row's cached keys and values) over that same
+wall time, against the GPU's datasheet bandwidth.
+
+Engines, in this order: Hugging Face with a static cache (which `generate`
+compiles with torch.compile) first, in a worker process with its own time
+limit, so a slow compilation shows as "did not finish in N s" instead of
+taking the rest of the run; Hugging Face `generate`; okto as `load_model`
+sets it up; okto varied one setting at a time (PyTorch ops only, 1 and 8
+decode steps per CUDA graph, no CUDA graphs); okto with a compiled decode
+step, also in a time-limited worker. Every okto row has its ratio to both
+Hugging Face rows of the same run. `--smoke` runs a tiny model on whatever
+device there is, to check the script itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 TARGETS = {"decode_b1": 1500.0, "decode_b32": 10000.0, "ttft_ms": 5.0, "vs_hf_static": 2.0}
 LONG_TEXT = "The quick brown fox jumps over the lazy dog, and the dog does not mind. " * 40
+ALL_CASES = ("decode_b1", "decode_b8", "decode_b32", "ttft")
+DECODE_CASES = ("decode_b1", "decode_b8", "decode_b32")
+COMPILED_CASES = ("decode_b1", "decode_b32", "decode_b8")  # one compilation per batch size
+HF, HF_STATIC = "hf", "hf static+compile"
 
 
-def build(folder: Path, smoke: bool) -> tuple[Path, Path]:
-    """A random GPT-2 saved as a Hugging Face directory and as an .okm; (hf dir, okm file)."""
+@dataclass(frozen=True)
+class Variant:
+    """One engine setup; with `budget`, it runs in a worker process killed after that many seconds."""
+
+    label: str
+    kind: str  # "okto" or "hf"
+    options: dict = field(default_factory=dict)
+    cases: tuple[str, ...] = ALL_CASES
+    budget: float | None = None
+    cuda_only: bool = False
+
+
+VARIANTS = (
+    # a 1,984-token prefill would be one more compilation; the TTFT target is absolute
+    Variant(HF_STATIC, "hf", {"static": True}, COMPILED_CASES, budget=75, cuda_only=True),
+    Variant(HF, "hf", {"static": False}),
+    Variant("okto", "okto"),
+    Variant("okto (PyTorch ops)", "okto", {"backend": "native"}),
+    Variant("okto (1 step per graph)", "okto", {"decode_steps": 1}, DECODE_CASES),
+    Variant("okto (8 steps per graph)", "okto", {"decode_steps": 8}, DECODE_CASES),
+    Variant("okto (no CUDA graphs)", "okto", {"cuda_graphs": False}),
+    Variant("okto (compiled decode)", "okto", {"compile": True}, COMPILED_CASES, budget=70),
+)
+
+
+def build(folder: Path, smoke: bool) -> dict:
+    """A random GPT-2 saved as a Hugging Face directory and as an .okm, with its decode sizes."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -61,11 +102,25 @@ def build(folder: Path, smoke: bool) -> tuple[Path, Path]:
     hf_dir = folder / "gpt2"
     model.save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    return hf_dir, export_model(hf_dir, folder / "gpt2.okm")
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "hf_dir": str(hf_dir),
+        "okm": str(export_model(hf_dir, folder / "gpt2.okm")),
+        # a decode step reads every weight but the position embeddings (2 bytes each) ...
+        "weight_bytes": 2 * (params - model.transformer.wpe.weight.numel()),
+        # ... and, per cached token, a key and a value per layer
+        "kv_bytes_per_token": 2 * 2 * config.n_layer * config.n_embd,
+    }
 
 
 def prompts(batch: int) -> list[str]:
     return [f"abcd{chr(97 + i % 26)}" for i in range(batch)]  # 5 tokens each
+
+
+def case_inputs(case: str, smoke: bool) -> tuple[list[str], int]:
+    if case == "ttft":
+        return [LONG_TEXT[: 200 if smoke else 1984]], 1
+    return prompts(int(case.removeprefix("decode_b"))), 8 if smoke else 64
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -84,14 +139,13 @@ def timed(fn, repeats: int) -> list[float]:
 class Okto:
     """An okto engine variant: generate() wrapped to record okto's own figures."""
 
-    def __init__(self, label: str, okm: Path, device: str, **options):
+    def __init__(self, files: dict, device: str, **options):
         from okto.inference import load_model
 
-        self.label = label
-        self.model = load_model(okm, device=device, dtype="fp16", **options)
+        self.model = load_model(files["okm"], device=device, dtype="fp16", **options)
         self.model.eos_ids = set()  # exactly max_tokens per row, as HF with min_new_tokens
         self.notes = self.model.notes
-        self.skip: set[str] = set()
+        self.plan = self.model.engine.model.plan.reasons
         self.last = None
 
     def generate(self, texts: list[str], new: int) -> None:
@@ -102,24 +156,23 @@ class Okto:
         return {
             "decode_tokens_per_s": stats.decode_tokens_per_s,
             "ttft_ms": stats.ttft_s * 1e3,
-            "decode_gb_per_s": stats.decode_gb_per_s,
-            "bandwidth_utilization": stats.bandwidth_utilization,
+            "okto_decode_gb_per_s": stats.decode_gb_per_s,
+            "engine_description": stats.engine,
         }
 
 
-class HF:
+class HFGenerate:
     """Hugging Face generate, eager (dynamic cache) or with a static cache (compiled by generate)."""
 
-    def __init__(self, label: str, hf_dir: Path, device: str, static: bool):
+    def __init__(self, files: dict, device: str, static: bool):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.label, self.static = label, static
-        # a 1,984-token prefill would be one more compilation; the TTFT target is absolute
-        self.skip = {"ttft"} if static else set()
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float16).to(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        self.static = static
+        model = AutoModelForCausalLM.from_pretrained(files["hf_dir"], dtype=torch.float16)
+        self.model = model.to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(files["hf_dir"])
         self.device = device
-        self.notes = ()
+        self.notes, self.plan = (), ()
 
     def generate(self, texts: list[str], new: int) -> None:
         ids = torch.tensor([self.tokenizer(t)["input_ids"] for t in texts], device=self.device)
@@ -138,13 +191,19 @@ class HF:
         return {}
 
 
-def run_case(engine, case: str, texts: list[str], new: int, repeats: int) -> dict:
+def make(variant: Variant, files: dict, device: str):
+    if variant.kind == "hf":
+        return HFGenerate(files, device, **variant.options)
+    return Okto(files, device, **variant.options)
+
+
+def run_case(engine, label: str, case: str, files: dict, smoke: bool, repeats: int) -> dict:
+    texts, new = case_inputs(case, smoke)
     engine.generate(texts, new)  # warm-up: CUDA graph capture, compilation, autotuning
-    times = timed(lambda: engine.generate(texts, new), repeats)
-    seconds = statistics.median(times)
+    seconds = statistics.median(timed(lambda: engine.generate(texts, new), repeats))
     record = {
         "case": case,
-        "engine": engine.label,
+        "engine": label,
         "batch": len(texts),
         "prompt_tokens": len(texts[0]),
         "new_tokens": new,
@@ -154,39 +213,191 @@ def run_case(engine, case: str, texts: list[str], new: int, repeats: int) -> dic
     }
     if case == "ttft":
         record["ttft_ms"] = record.get("ttft_ms", seconds * 1e3)
+    else:
+        from okto.inference.generate import decode_bytes
+
+        moved = decode_bytes(
+            new - 1, [len(t) for t in texts], files["weight_bytes"], files["kv_bytes_per_token"]
+        )
+        record["gb_per_s"] = moved / seconds / 1e9
     return record
 
 
-def cases(smoke: bool) -> list[tuple[str, list[str], int]]:
-    new = 8 if smoke else 64
-    long_prompt = LONG_TEXT[: 200 if smoke else 1984]
-    return [
-        ("decode_b1", prompts(1), new),
-        ("decode_b8", prompts(8), new),
-        ("decode_b32", prompts(32), new),
-        ("ttft", [long_prompt], 1),
+def worker(args) -> int:
+    """Run one variant's cases and print each record as a JSON line as soon as it is measured."""
+    variant = next(v for v in VARIANTS if v.label == args.worker)
+    files = json.loads(args.files)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = make(variant, files, device)
+    for case in variant.cases:
+        try:
+            record = run_case(engine, variant.label, case, files, args.smoke, args.repeats)
+        except Exception as e:  # reported as the case's row; the next case may still run
+            record = {"case": case, "engine": variant.label, "failed": f"{type(e).__name__}: {e}"}
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+def in_worker(variant: Variant, files: dict, args, limit: float) -> list[dict]:
+    """The variant's records from a worker process given `limit` seconds; a case it did not
+    reach in time gets a "did not finish" row."""
+    if limit < 10:
+        return [
+            {"case": c, "engine": variant.label, "unfinished": "skipped: over the run's budget"}
+            for c in variant.cases
+        ]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant.label]
+    command += ["--files", json.dumps(files), "--repeats", str(args.repeats)]
+    command += ["--smoke"] if args.smoke else []
+    # its own process group, so that compiler processes it starts end with it
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=limit)
+        why = f"worker failed: {_last_line(err)}" if proc.returncode else "not run"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        why = f"did not finish in {limit:.0f} s"
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = {r["case"] for r in records}
+    return records + [
+        {"case": c, "engine": variant.label, "unfinished": why}
+        for c in variant.cases
+        if c not in done
     ]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def in_process(variant: Variant, files: dict, args, deadline: float) -> tuple[list[dict], tuple]:
+    """The variant's records, measured here (cases that would start past `deadline` are
+    skipped), and its kernel plan."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        engine = make(variant, files, device)
+    except Exception as e:  # unattended: report the engine and go on with the others
+        failed = f"{type(e).__name__}: {e}"
+        return [{"case": c, "engine": variant.label, "failed": failed} for c in variant.cases], ()
+    for note in engine.notes:
+        print(f"  note ({variant.label}): {note}")
+    records = []
+    for case in variant.cases:
+        if time.perf_counter() > deadline:
+            records.append(
+                {
+                    "case": case,
+                    "engine": variant.label,
+                    "unfinished": "skipped: over the run's budget",
+                }
+            )
+            continue
+        try:
+            records.append(run_case(engine, variant.label, case, files, args.smoke, args.repeats))
+        except Exception as e:
+            records.append(
+                {"case": case, "engine": variant.label, "failed": f"{type(e).__name__}: {e}"}
+            )
+    plan = engine.plan
+    del engine
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return records, plan
+
+
+def measured(r: dict) -> bool:
+    return "tokens_per_s" in r
+
+
+def compare(results: list[dict]) -> list[str]:
+    """Ratios against both Hugging Face rows in each record, and the issue's targets as verdicts."""
+    by = {(r["case"], r["engine"]): r for r in results if measured(r)}
+    for r in filter(measured, results):
+        for key, base_label in (("vs_hf", HF), ("vs_hf_static", HF_STATIC)):
+            base = by.get((r["case"], base_label))
+            if base is None or r["engine"] in (HF, base_label):
+                continue
+            if r["case"] == "ttft":
+                r[key] = base["ttft_ms"] / r["ttft_ms"]
+            else:
+                r[key] = r["tokens_per_s"] / base["tokens_per_s"]
+    okto = {r["case"]: r for r in results if r["engine"] == "okto" and measured(r)}
+    verdicts = []
+    for case in ("decode_b1", "decode_b32"):
+        if case in okto:
+            got, target = okto[case]["tokens_per_s"], TARGETS[case]
+            verdicts.append(
+                f"okto {case}: {got:,.0f} tokens/s, target {target:,.0f}: {_verdict(got >= target)}"
+            )
+    if "ttft" in okto:
+        got = okto["ttft"]["ttft_ms"]
+        verdicts.append(
+            f"okto ttft (1,984 tokens): {got:.2f} ms, target < 5 ms: {_verdict(got < TARGETS['ttft_ms'])}"
+        )
+    static = [r["vs_hf_static"] for r in okto.values() if r.get("vs_hf_static")]
+    if static:
+        worst = min(static)
+        verdicts.append(
+            f"okto vs HF static+compile: at least {worst:.1f}x, target 2x: {_verdict(worst >= 2)}"
+        )
+    else:
+        verdicts.append("okto vs HF static+compile: no HF static+compile figure in this run")
+    for case in DECODE_CASES:
+        rows = [
+            r
+            for r in results
+            if r["case"] == case and r["engine"].startswith("okto") and measured(r)
+        ]
+        if rows:
+            best = max(rows, key=lambda r: r["tokens_per_s"])
+            verdicts.append(
+                f"fastest okto setup for {case}: {best['engine']}, {best['tokens_per_s']:,.0f} tokens/s"
+            )
+    return verdicts
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
 
 
 def markdown(report: dict) -> str:
+    peak = report["peak_gb_per_s"]
     lines = [
         f"Device: {report['device']}; torch {report['torch']}, transformers {report['transformers']}, "
-        f"triton {report['triton']}. GPT-2 124M (random init, n_positions 2048), fp16.",
-        f"Command: `{report['command']}`. tokens/s = new tokens of the batch / wall time.",
+        f"triton {report['triton']}. GPT-2 124M (random init, n_positions 2048), fp16, greedy.",
+        f"Command: `{report['command']}` ({report['seconds']:.0f} s). tokens/s = new tokens of the "
+        "batch / wall time, prefill included; GB/s = bytes the decode steps read / the same wall time"
+        + (f", against {peak:,.0f} GB/s." if peak else "."),
         "",
-        "| case | engine | tokens/s | decode tok/s | TTFT ms | decode GB/s | vs HF | vs HF static |",
+        "| case | engine | tokens/s | vs HF | vs HF static+compile | TTFT ms | decode tok/s | GB/s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        gbps = r.get("decode_gb_per_s")
-        util = r.get("bandwidth_utilization")
-        bandwidth = "" if gbps is None else f"{gbps:,.0f}" + (f" ({util:.0%})" if util else "")
-        lines.append(
-            f"| {r['case']} | {r['engine']} | {r['tokens_per_s']:,.0f} "
-            f"| {_num(r.get('decode_tokens_per_s'))} | {_num(r.get('ttft_ms'), 2)} | {bandwidth} "
-            f"| {_ratio(r.get('vs_hf'))} | {_ratio(r.get('vs_hf_static'))} |"
+        if not measured(r):
+            lines.append(
+                f"| {r['case']} | {r['engine']} | {r.get('unfinished') or r.get('failed')} | | | | | |"
+            )
+            continue
+        gbps = r.get("gb_per_s")
+        bandwidth = (
+            "" if gbps is None else f"{gbps:,.0f}" + (f" ({gbps / peak:.0%})" if peak else "")
         )
-    lines += ["", *report["verdicts"]]
+        lines.append(
+            f"| {r['case']} | {r['engine']} | {r['tokens_per_s']:,.0f} | {_ratio(r.get('vs_hf'))} "
+            f"| {_ratio(r.get('vs_hf_static'))} | {_num(r.get('ttft_ms'), 2)} "
+            f"| {_num(r.get('decode_tokens_per_s'))} | {bandwidth} |"
+        )
+    lines += [
+        "",
+        *report["verdicts"],
+        "",
+        "okto's kernel plan:",
+        *[f"- {line}" for line in report["plan"]],
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -198,59 +409,39 @@ def _ratio(x):
     return "" if x is None else f"{x:.1f}x"
 
 
-def compare(results: list[dict]) -> list[str]:
-    """Ratios against HF in each record, and the issue's targets as pass/fail lines."""
-    by = {(r["case"], r["engine"]): r for r in results}
-    for r in results:
-        for key, engine in (("vs_hf", "hf"), ("vs_hf_static", "hf static+compile")):
-            base = by.get((r["case"], engine))
-            if base is None or not r["engine"].startswith("okto"):
-                continue
-            if r["case"] == "ttft":
-                r[key] = base["ttft_ms"] / r["ttft_ms"]
-            else:
-                r[key] = r["tokens_per_s"] / base["tokens_per_s"]
-    okto = {r["case"]: r for r in results if r["engine"] == "okto"}
-    verdicts = []
-    for case, target in (
-        ("decode_b1", TARGETS["decode_b1"]),
-        ("decode_b32", TARGETS["decode_b32"]),
-    ):
-        if case in okto:
-            got = okto[case]["tokens_per_s"]
-            verdicts.append(
-                f"{case}: {got:,.0f} tokens/s, target {target:,.0f}: {_verdict(got >= target)}"
-            )
-    if "ttft" in okto:
-        got = okto["ttft"]["ttft_ms"]
-        verdicts.append(
-            f"ttft (1,984 tokens): {got:.2f} ms, target < 5 ms: {_verdict(got < TARGETS['ttft_ms'])}"
+def _printed(r: dict) -> None:
+    if measured(r):
+        print(
+            f"{r['engine']:26} {r['case']:10} {r['tokens_per_s']:10,.0f} tokens/s  {r['seconds'] * 1e3:9.2f} ms",
+            flush=True,
         )
-    static = [r["vs_hf_static"] for r in okto.values() if r.get("vs_hf_static")]
-    if static:
-        worst = min(static)
-        verdicts.append(
-            f"vs HF static+compile: at least {worst:.1f}x, target 2x: {_verdict(worst >= 2)}"
+    else:
+        print(
+            f"{r['engine']:26} {r['case']:10} {r.get('unfinished') or r.get('failed')}", flush=True
         )
-    return verdicts
-
-
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="JSON report")
+    parser.add_argument("--out", type=Path, help="JSON report (required)")
     parser.add_argument("--markdown", type=Path, help="also write a markdown table here")
     parser.add_argument(
-        "--budget", type=float, default=150.0, help="seconds; no new case starts past it"
+        "--budget",
+        type=float,
+        default=220.0,
+        help="seconds for the whole run; no case starts past it",
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--smoke", action="store_true", help="tiny model, any device: checks the script"
     )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one variant
+    parser.add_argument("--files", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.out is None:
+        parser.error("--out is required")
     start = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:
@@ -266,48 +457,24 @@ def main() -> int:
         triton_version = None
     from okto.inference.generate import peak_gb_per_s
 
+    variants = [v for v in VARIANTS if device == "cuda" or not v.cuda_only]
+    results, plan = [], []
     with tempfile.TemporaryDirectory(prefix="okto-bench-") as folder:
-        hf_dir, okm = build(Path(folder), args.smoke)
-        engines = [
-            lambda: Okto("okto", okm, device),
-            lambda: Okto("okto (PyTorch ops)", okm, device, backend="native"),
-            lambda: Okto("okto (no CUDA graphs)", okm, device, cuda_graphs=False),
-            lambda: HF("hf", hf_dir, device, static=False),
-        ]
-        if device == "cuda":
-            engines.append(lambda: HF("hf static+compile", hf_dir, device, static=True))
-        results, skipped, failed = [], [], []
-        for make in engines:
-            try:
-                engine = make()
-            except Exception as e:  # unattended: report the engine and go on with the others
-                failed.append(f"{type(e).__name__}: {e}")
-                continue
-            for case, texts, new in cases(args.smoke):
-                if case in engine.skip:
-                    continue
-                if time.perf_counter() - start > args.budget:
-                    skipped.append(f"{engine.label} {case}")
-                    continue
-                try:
-                    record = run_case(engine, case, texts, new, args.repeats)
-                except Exception as e:
-                    failed.append(f"{engine.label} {case}: {type(e).__name__}: {e}")
-                    continue
-                print(
-                    f"{record['engine']:24} {case:10} {record['tokens_per_s']:10,.0f} tokens/s  "
-                    f"{record['seconds'] * 1e3:9.2f} ms",
-                    flush=True,
-                )
-                results.append(record)
-            for note in engine.notes:
-                print(f"  note ({engine.label}): {note}")
-            del engine
-            if device == "cuda":
-                torch.cuda.empty_cache()
-    verdicts = compare(results) + [
-        f"skipped (over the {args.budget:.0f} s budget): {s}" for s in skipped
-    ]
+        files = build(Path(folder), args.smoke)
+        deadline = start + args.budget
+        for i, variant in enumerate(variants):
+            # time kept for the workers still to come
+            kept = sum(v.budget for v in variants[i + 1 :] if v.budget)
+            if variant.budget:
+                limit = min(variant.budget, deadline - time.perf_counter() - kept)
+                records = in_worker(variant, files, args, limit)
+            else:
+                records, engine_plan = in_process(variant, files, args, deadline - kept)
+                plan = list(engine_plan) if variant.label == "okto" else plan
+            for r in records:
+                _printed(r)
+            results += records
+    verdicts = compare(results)
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "peak_gb_per_s": peak_gb_per_s(torch.device(device)),
@@ -318,6 +485,7 @@ def main() -> int:
         "seconds": time.perf_counter() - start,
         "results": results,
         "verdicts": verdicts,
+        "plan": plan,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)

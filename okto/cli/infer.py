@@ -48,6 +48,9 @@ def add_generation_arguments(p) -> None:
         help="okto's engine (with its kernels on CUDA), native (PyTorch ops), hf (HF generate)",
     )
     p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA")
+    p.add_argument(
+        "--compile", action="store_true", help="compile the decode step with torch.compile"
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -69,7 +72,7 @@ def add_parser(subparsers) -> None:
 
 def inference_block(path: Path) -> dict:
     """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's),
-    and OPTIMIZE's `cuda_graphs` when the file sets it.
+    and OPTIMIZE's `cuda_graphs` and `compile` when the file sets them.
 
     A relative `model` path that does not exist from here is taken relative to the file.
     """
@@ -77,7 +80,7 @@ def inference_block(path: Path) -> dict:
 
     config = okto.load(path).config
     block = config.inference.model_dump(exclude_unset=True)
-    block.update(config.optimize.model_dump(include={"cuda_graphs"}, exclude_unset=True))
+    block.update(config.optimize.model_dump(include={"cuda_graphs", "compile"}, exclude_unset=True))
     model = block.get("model")
     if model and not Path(model).exists() and (path.parent / model).exists():
         block["model"] = str(path.parent / model)
@@ -118,6 +121,7 @@ def load(args, values: dict):
         dtype=values.get("dtype"),
         backend=values.get("backend", "auto"),
         cuda_graphs=values.get("cuda_graphs", True) and not args.no_cuda_graphs,
+        compile=values.get("compile", False) or args.compile,
     )
     for note in model.notes:
         print(f"note: {note}", file=sys.stderr)

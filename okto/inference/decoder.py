@@ -4,8 +4,13 @@ Two entry points: `prefill` runs whole prompts (right-padded, every row from
 position 0) and fills the cache; `decode` runs one token per row at that
 row's own position. Each row's valid cache entries are [0, length), so rows of
 different lengths share one batch without masks in the cache. Every matmul,
-norm and attention call goes through `ops` (see `okto.inference.ops`), the one
-place where okto's kernels replace PyTorch's.
+norm and attention call goes through the `Ops` of its phase (see
+`okto.inference.ops`, the one place where okto's kernels replace PyTorch's).
+
+Few kernels per decode step, since at small batches a step costs about a
+launch per kernel: each residual add happens inside the next norm (okto's
+norm kernels take the residual), a layer's keys and values are cached by one
+write into one tensor, and the decode attention's mask is made once per step.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from okto.inference.ops import FUSED_ACTIVATIONS, Ops
+from okto.inference.ops import FUSED_ACTIVATIONS, Ops, Plan
 from okto.inference.spec import Spec
 
 _ACT = {
@@ -28,113 +33,116 @@ _ACT = {
 
 
 class KVCache:
-    """Keys and values of every layer for `batch` rows of up to `length` tokens: [L, B, H_kv, S, D]."""
+    """Keys and values of `batch` rows of up to `length` tokens: per layer one [B, 2, H_kv, S, D] tensor."""
 
     def __init__(self, spec: Spec, batch: int, length: int, dtype, device):
-        shape = (spec.n_layer, batch, spec.n_kv_head, length, spec.head_dim)
+        shape = (batch, 2, spec.n_kv_head, length, spec.head_dim)
         # Zeros, not empty: masked-out entries still meet the values in a matmul, and 0 * NaN is NaN.
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.layers = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(spec.n_layer)]
+        self.length = length
 
 
 class Norm(nn.Module):
-    def __init__(self, spec: Spec, ops: Ops):
+    def __init__(self, spec: Spec):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(spec.dim))
         self.bias = nn.Parameter(torch.zeros(spec.dim)) if spec.family == "gpt2" else None
-        self.eps, self.ops = spec.norm_eps, ops
+        self.eps = spec.norm_eps
 
-    def forward(self, x):
+    def forward(self, ops: Ops, x, residual):
+        """(norm(x + residual), x + residual); a None residual adds nothing."""
+        if residual is None:
+            if self.bias is None:
+                return ops.rms_norm(x, self.weight, self.eps), x
+            return ops.layer_norm(x, self.weight, self.bias, self.eps), x
         if self.bias is None:
-            return self.ops.rms_norm(x, self.weight, self.eps)
-        return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
+            return ops.rms_norm(x, self.weight, self.eps, residual=residual)
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, residual=residual)
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: Spec, layer: int, ops: Ops):
+    def __init__(self, spec: Spec, layer: int):
         super().__init__()
         h, kv, d = spec.n_head, spec.n_kv_head, spec.head_dim
         self.wqkv = nn.Linear(spec.dim, (h + 2 * kv) * d, bias=spec.attn_bias)
         self.wo = nn.Linear(h * d, spec.dim, bias=spec.attn_bias)
-        self.sizes = (h * d, kv * d, kv * d)
         self.n_head, self.n_kv_head, self.head_dim = h, kv, d
         self.scale = 1 / math.sqrt(d) / (layer + 1 if spec.scale_by_layer else 1)
         self.rotary = spec.family == "llama"
-        self.ops = ops
 
-    def _qkv(self, x, rope):
-        b, t, _ = x.shape
-        q, k, v = self.ops.linear(x, self.wqkv.weight, self.wqkv.bias).split(self.sizes, dim=-1)
-        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if self.rotary:
-            cos, sin = rope
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        return q, k, v
+    def _project(self, ops: Ops, h, rope):
+        """Queries [B, H, T, D] and the keys and values to cache, stacked: [B, 2, H_kv, T, D]."""
+        b, t, _ = h.shape
+        heads = self.n_head + 2 * self.n_kv_head
+        qkv = ops.linear(h, self.wqkv.weight, self.wqkv.bias).view(b, t, heads, self.head_dim)
+        qkv = qkv.transpose(1, 2)
+        if not self.rotary:  # views of the projection: no copy
+            return qkv[:, : self.n_head], qkv[:, self.n_head :].unflatten(1, (2, self.n_kv_head))
+        # queries and keys share the positions: one rotation for both
+        qk = _rotate(qkv[:, : self.n_head + self.n_kv_head], *rope)
+        k, v = qk[:, self.n_head :], qkv[:, self.n_head + self.n_kv_head :]
+        return qk[:, : self.n_head], torch.stack((k, v), dim=1)
 
-    def _out(self, y, residual):
+    def _out(self, ops: Ops, y):
         b, _, t, _ = y.shape
         y = y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim)
-        return self.ops.linear(y, self.wo.weight, self.wo.bias, residual=residual)
+        return ops.linear(y, self.wo.weight, self.wo.bias)
 
-    def prefill(self, x, h, rope, k_cache, v_cache):
-        """`x` plus attention over the normed `h`, caching keys and values at [0, T)."""
-        q, k, v = self._qkv(h, rope)
-        t = h.shape[1]
-        k_cache[:, :, :t] = k
-        v_cache[:, :, :t] = v
-        return self._out(self.ops.prefill_attention(q, k, v, self.scale), x)
+    def prefill(self, ops: Ops, h, rope, cache):
+        """Attention over the normed `h`, caching keys and values at [0, T)."""
+        q, kv = self._project(ops, h, rope)
+        cache[:, :, :, : h.shape[1]] = kv
+        k, v = kv.unbind(1)
+        return self._out(ops, ops.prefill_attention(q, k, v, self.scale))
 
-    def decode(self, x, h, rope, k_cache, v_cache, rows, positions, lengths):
-        """`x` plus attention of one new token per row, cached at `positions`."""
-        q, k, v = self._qkv(h, rope)
-        k_cache[rows, :, positions] = k[:, :, 0]
-        v_cache[rows, :, positions] = v[:, :, 0]
-        y = self.ops.decode_attention(q[:, :, 0], k_cache, v_cache, lengths, self.scale)
-        return self._out(y[:, :, None], x)
+    def decode(self, ops: Ops, h, rope, cache, rows, positions, mask):
+        """Attention of one new token per row, cached at `positions`; `mask` from `ops.decode_mask`."""
+        q, kv = self._project(ops, h, rope)
+        cache[rows, :, :, positions] = kv[:, :, :, 0]
+        y = ops.decode_attention(q[:, :, 0], cache[:, 0], cache[:, 1], mask, self.scale)
+        return self._out(ops, y[:, :, None])
 
 
 class FeedForward(nn.Module):
-    def __init__(self, spec: Spec, ops: Ops):
+    def __init__(self, spec: Spec):
         super().__init__()
         self.gated = spec.family == "llama"
         width = 2 * spec.hidden if self.gated else spec.hidden  # Llama: gate and up fused
         self.w1 = nn.Linear(spec.dim, width, bias=spec.mlp_bias)
         self.w2 = nn.Linear(spec.hidden, spec.dim, bias=spec.mlp_bias)
-        self.activation, self.ops = spec.activation, ops
+        self.activation = spec.activation
 
-    def forward(self, x, h):
-        """`x` plus the MLP of the normed `h` (activation and residual in the matmuls' epilogues)."""
+    def forward(self, ops: Ops, h):
+        """The MLP of the normed `h` (a GELU in the first matmul's epilogue when a kernel fuses it)."""
         if self.gated:
-            gate, up = self.ops.linear(h, self.w1.weight, self.w1.bias).chunk(2, dim=-1)
+            gate, up = ops.linear(h, self.w1.weight, self.w1.bias).chunk(2, dim=-1)
             h = _ACT[self.activation](gate) * up
         elif self.activation in FUSED_ACTIVATIONS:
-            h = self.ops.linear(h, self.w1.weight, self.w1.bias, activation=self.activation)
+            h = ops.linear(h, self.w1.weight, self.w1.bias, activation=self.activation)
         else:
-            h = _ACT[self.activation](self.ops.linear(h, self.w1.weight, self.w1.bias))
-        return self.ops.linear(h, self.w2.weight, self.w2.bias, residual=x)
+            h = _ACT[self.activation](ops.linear(h, self.w1.weight, self.w1.bias))
+        return ops.linear(h, self.w2.weight, self.w2.bias)
 
 
 class Block(nn.Module):
-    def __init__(self, spec: Spec, layer: int, ops: Ops):
+    def __init__(self, spec: Spec, layer: int):
         super().__init__()
-        self.attention_norm = Norm(spec, ops)
-        self.attention = Attention(spec, layer, ops)
-        self.ffn_norm = Norm(spec, ops)
-        self.feed_forward = FeedForward(spec, ops)
+        self.attention_norm = Norm(spec)
+        self.attention = Attention(spec, layer)
+        self.ffn_norm = Norm(spec)
+        self.feed_forward = FeedForward(spec)
 
 
 class Decoder(nn.Module):
-    def __init__(self, spec: Spec, ops: Ops):
+    def __init__(self, spec: Spec, plan: Plan):
         super().__init__()
-        self.spec, self.ops = spec, ops
+        self.spec, self.plan = spec, plan
         self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.dim)
         self.pos_embeddings = (
             nn.Embedding(spec.max_positions, spec.dim) if spec.family == "gpt2" else None
         )
-        self.layers = nn.ModuleList(Block(spec, i, ops) for i in range(spec.n_layer))
-        self.norm = Norm(spec, ops)
+        self.layers = nn.ModuleList(Block(spec, i) for i in range(spec.n_layer))
+        self.norm = Norm(spec)
         self.output = nn.Linear(spec.dim, spec.vocab_size, bias=False)
         self.rope_cos = self.rope_sin = None
 
@@ -156,34 +164,50 @@ class Decoder(nn.Module):
         return self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
 
     def _embed(self, tokens, positions):
+        """The token embeddings and what the first norm adds to them (GPT-2's position embeddings)."""
         x = self.tok_embeddings(tokens)
-        if self.pos_embeddings is not None:
-            x = x + self.pos_embeddings(positions)
-        return x
+        return x, None if self.pos_embeddings is None else self.pos_embeddings(positions)
 
-    def _logits(self, x):
-        return self.ops.linear(self.norm(x), self.output.weight, None).float()
+    def _blocks(self, ops: Ops, x, residual, attend):
+        """Every block; `attend(attention, h, i)` runs layer i's attention. (stream, its pending add)."""
+        for i, layer in enumerate(self.layers):
+            h, x = layer.attention_norm(ops, x, residual)
+            residual = attend(layer.attention, h, i)
+            h, x = layer.ffn_norm(ops, x, residual)
+            residual = layer.feed_forward(ops, h)
+        return x, residual
+
+    def _logits(self, ops: Ops, x, residual):
+        h, _ = self.norm(ops, x, residual)
+        return ops.linear(h, self.output.weight, None).float()
 
     def prefill(self, tokens, lengths, cache: KVCache):
         """Logits [B, V] at each row's last prompt token; fills cache positions [0, T)."""
         b, t = tokens.shape
+        ops = self.plan.prefill
         positions = torch.arange(t, device=tokens.device).expand(b, t)
-        x, rope = self._embed(tokens, positions), self._rope(positions)
-        for i, layer in enumerate(self.layers):
-            x = layer.attention.prefill(x, layer.attention_norm(x), rope, cache.k[i], cache.v[i])
-            x = layer.feed_forward(x, layer.ffn_norm(x))
-        last = x[torch.arange(b, device=x.device), lengths - 1]
-        return self._logits(last)
+        x, residual = self._embed(tokens, positions)
+        rope = self._rope(positions)
+
+        def attend(attention, h, i):
+            return attention.prefill(ops, h, rope, cache.layers[i])
+
+        x, residual = self._blocks(ops, x, residual, attend)
+        last = (torch.arange(b, device=tokens.device), lengths - 1)
+        return self._logits(ops, x[last], residual[last])
 
     def decode(self, tokens, positions, rows, cache: KVCache):
         """Logits [B, V] for one new token per row at `positions` (also where it is cached)."""
-        x = self._embed(tokens[:, None], positions[:, None])
-        rope, lengths = self._rope(positions[:, None]), positions + 1
-        for i, layer in enumerate(self.layers):
-            h = layer.attention_norm(x)
-            x = layer.attention.decode(x, h, rope, cache.k[i], cache.v[i], rows, positions, lengths)
-            x = layer.feed_forward(x, layer.ffn_norm(x))
-        return self._logits(x[:, 0])
+        ops = self.plan.decode
+        x, residual = self._embed(tokens[:, None], positions[:, None])
+        rope = self._rope(positions[:, None])
+        mask = ops.decode_mask(positions + 1, cache.length, x.dtype)
+
+        def attend(attention, h, i):
+            return attention.decode(ops, h, rope, cache.layers[i], rows, positions, mask)
+
+        x, residual = self._blocks(ops, x, residual, attend)
+        return self._logits(ops, x[:, 0], residual[:, 0])
 
     def weight_bytes_per_step(self) -> int:
         """Bytes of weights one decode step reads: all but the embedding rows it does not touch."""
@@ -270,10 +294,10 @@ def _fuse(out: dict, ours: str, state: dict, theirs: list[str]) -> None:
             out[f"{ours}.{part}"] = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
-def build(spec: Spec, state: dict, ops: Ops, device, dtype) -> Decoder:
+def build(spec: Spec, state: dict, plan: Plan, device, dtype) -> Decoder:
     """A Decoder holding the Hugging Face `state` weights on `device` in `dtype`."""
     with torch.device("meta"):
-        model = Decoder(spec, ops)
+        model = Decoder(spec, plan)
     weights = hf_to_okto(spec, state)
     missing = [k for k in model.state_dict() if k not in weights and k != "output.weight"]
     if missing:

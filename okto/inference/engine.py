@@ -1,36 +1,51 @@
-"""Running a batch: prefill, then one decode step per token, captured as a CUDA graph on CUDA.
+"""Running a batch: prefill, then decode steps, several per CUDA graph on CUDA.
 
 An `Engine.run` call pads the batch to a bucket size, takes (or builds) the
 `Slot` for that bucket, cache length and sampler — a preallocated KV cache
-and the static buffers of the decode step — prefills, then steps. Each step
-updates the slot's buffers in place (token, position, step counter, seen
-tokens), so on CUDA the step is captured once per slot and replayed: one
-launch per token instead of hundreds. The host reads each step's tokens one
-step late, while the next step runs, so the GPU does not wait on Python.
+and the static buffers of the decode step — prefills, then steps. The decode
+steps run in chunks of `decode_steps`, unrolled: each step updates the slot's
+buffers in place (position, step counter, seen tokens) and writes its tokens
+to a [steps, batch] buffer, so on CUDA a chunk is captured once per slot and
+replayed: one launch per chunk instead of hundreds per token. The host reads
+each chunk's tokens while the next chunk runs, so the GPU does not wait on
+Python; tokens a chunk made after every row had finished are dropped.
+`compile` runs the decoder's step through torch.compile (fused kernels) before capture.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import torch
 
+from okto.errors import RunError, UsageError
 from okto.inference.decoder import Decoder, KVCache
 from okto.inference.sampling import Sampler
 
 _MAX_SLOTS = 3
 _GRAPH_LENGTH_STEP = 256
+DECODE_STEPS = 4  # decode steps per chunk (one CUDA graph); see docs/inference.md
 
 
 class Slot:
     """Static state of the decode step for one (batch, cache length, sampler)."""
 
-    def __init__(self, model: Decoder, batch: int, length: int, sampler: Sampler, graphs: bool):
+    def __init__(
+        self,
+        model: Decoder,
+        batch: int,
+        length: int,
+        sampler: Sampler,
+        graphs: bool,
+        steps: int,
+        decode,
+    ):
         device = model.tok_embeddings.weight.device
         dtype = model.tok_embeddings.weight.dtype
-        self.model, self.sampler = model, sampler
+        self.model, self.sampler, self.steps = model, sampler, steps
         self.cache = KVCache(model.spec, batch, length, dtype, device)
         self.tokens = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.out = torch.zeros(steps, batch, dtype=torch.int64, device=device)
         self.positions = torch.zeros(batch, dtype=torch.int64, device=device)
         self.rows = torch.arange(batch, device=device)
         self.keys = torch.zeros(batch, dtype=torch.int64, device=device)
@@ -39,10 +54,11 @@ class Slot:
         self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         self.last_position = min(length, model.spec.max_positions) - 1
         self.use_graph = graphs
+        self.decode = decode  # model.decode, or its compiled form
         # One memory pool for the slot's graphs: they never run at once, and
         # nothing they allocate outlives a replay (results land in the buffers above).
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
-        self.decode_graph = None
+        self.chunk_graph = None
         self.prefills: dict[int, tuple] = {}  # prompt width -> (graph, its static inputs)
 
     def _prefill(self, prompts: torch.Tensor, lengths: torch.Tensor) -> None:
@@ -51,7 +67,7 @@ class Slot:
             self.seen.scatter_(1, prompts, True)
         self.step_no.zero_()
         logits = self.model.prefill(prompts, lengths, self.cache)
-        self._advance(self.sampler(logits, self.seen, self.keys, self.step_no))
+        self.tokens.copy_(self._sample(logits))
         self.positions.copy_(lengths)
 
     def start(self, prompts: torch.Tensor, lengths: torch.Tensor, keys: list[int]) -> torch.Tensor:
@@ -73,34 +89,46 @@ class Slot:
         graph.replay()
         return self.tokens
 
-    def _advance(self, tokens: torch.Tensor) -> None:
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next tokens [B] from `logits`, marked as seen; the step counter moves on."""
+        tokens = self.sampler(logits, self.seen, self.keys, self.step_no)
         if self.sampler.tracks_seen:
             self.seen.scatter_(1, tokens[:, None], True)
-        self.tokens.copy_(tokens)
         self.step_no.add_(1)
+        return tokens
 
-    def _step(self) -> None:
-        logits = self.model.decode(self.tokens, self.positions, self.rows, self.cache)
-        self._advance(self.sampler(logits, self.seen, self.keys, self.step_no))
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One decode step: the tokens that follow `tokens` [B], each at its row's position."""
+        logits = self.decode(tokens, self.positions, self.rows, self.cache)
         # Rows past their own limit keep stepping with the batch (their tokens are
         # ignored); the clamp keeps their positions inside the cache and the model.
         self.positions.add_(1).clamp_(max=self.last_position)
+        return self._sample(logits)
+
+    def _chunk(self) -> None:
+        """`steps` decode steps, unrolled, from `self.tokens`: step j's tokens land in `self.out[j]`."""
+        tokens = self.tokens
+        for j in range(self.steps):
+            tokens = self._step(tokens)
+            self.out[j].copy_(tokens)
+        self.tokens.copy_(tokens)
 
     def step(self) -> None:
-        """Decode one token per row into `self.tokens` (a CUDA-graph replay when captured)."""
+        """Decode a chunk of `steps` tokens per row into `self.out` (a CUDA-graph replay when captured)."""
         if not self.use_graph:
-            self._step()
+            self._chunk()
             return
-        if self.decode_graph is None:
-            self.decode_graph = self._capture(self._step)
-        self.decode_graph.replay()
+        if self.chunk_graph is None:
+            self.chunk_graph = self._capture(self._chunk)
+        self.chunk_graph.replay()
 
     def _capture(self, fn) -> torch.cuda.CUDAGraph:
-        """Capture `fn`, warming up on a side stream first (autotuning, workspaces) with the state put back.
+        """Capture `fn`, warming up on a side stream first (compilation, autotuning, workspaces)
+        with the state put back.
 
-        A warm-up decode step writes the cache at the rows' current positions,
-        which the real step overwrites with the same values, so nothing is lost;
-        a prefill rewrites all the state it reads.
+        A warm-up chunk writes the cache from the rows' current positions on; the
+        real chunk rewrites each of those entries before any step reads it, so
+        nothing is lost. A prefill rewrites all the state it reads.
         """
         state = (self.tokens, self.positions, self.step_no, self.seen)
         saved = [t.clone() for t in state]
@@ -118,25 +146,60 @@ class Slot:
         return graph
 
 
+def _compiled(decode):
+    """The decoder's step through torch.compile (one graph, static shapes); a failure to compile
+    is a RunError. Sampling stays eager: a few kernels, and Inductor's CPU code for the hashed
+    noise crashes (torch 2.13)."""
+    compiled = torch.compile(decode, fullgraph=True, dynamic=False)
+
+    def call(*args):
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.TorchDynamoException as e:
+            cause = getattr(e, "inner_exception", None) or e  # the backend's own error
+            detail = next((line for line in str(cause).splitlines() if line.strip()), "")
+            raise RunError(
+                f"torch.compile could not compile the decode step ({type(cause).__name__}: "
+                f"{detail.strip()}); run without compile (no --compile, OPTIMIZE compile: false)"
+            ) from None
+
+    return call
+
+
 class Engine:
     """okto's decoder with its slots: the generation backend for the GPT-2 and Llama families."""
 
-    def __init__(self, model: Decoder, cuda_graphs: bool = True):
+    def __init__(
+        self,
+        model: Decoder,
+        cuda_graphs: bool = True,
+        decode_steps: int = DECODE_STEPS,
+        compile: bool = False,
+    ):
+        if decode_steps < 1:
+            raise UsageError(f"decode_steps must be at least 1, got {decode_steps}")
         self.model = model
         self.device = model.tok_embeddings.weight.device
         self.graphs = cuda_graphs and self.device.type == "cuda"
+        self.decode_steps, self.compile = decode_steps, compile
+        self.decode = _compiled(model.decode) if compile else model.decode
         self.slots: OrderedDict[tuple, Slot] = OrderedDict()
         self.weight_bytes = model.weight_bytes_per_step()
 
     @property
     def description(self) -> str:
-        kernels = ", ".join(self.model.ops.kernels) or "none"
-        graphs = "CUDA graphs" if self.graphs else "eager"
-        return f"okto engine ({self.device.type}, {graphs}, okto kernels: {kernels})"
+        if self.graphs:
+            steps = "step" if self.decode_steps == 1 else "steps"
+            running = f"CUDA graphs of {self.decode_steps} decode {steps}"
+        else:
+            running = "eager"
+        if self.compile:
+            running += ", compiled decode step"
+        return f"okto engine ({self.device.type}, {running}; {self.model.plan.describe()})"
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return self.model.ops.notes
+        return self.model.plan.notes
 
     def kv_bytes_per_token(self) -> int:
         spec, size = self.model.spec, self.model.tok_embeddings.weight.element_size()
@@ -154,7 +217,9 @@ class Engine:
         if slot is None:
             while len(self.slots) >= _MAX_SLOTS:
                 self.slots.popitem(last=False)
-            slot = Slot(self.model, batch, length, sampler, self.graphs)
+            slot = Slot(
+                self.model, batch, length, sampler, self.graphs, self.decode_steps, self.decode
+            )
         self.slots[key] = slot
         return slot
 
@@ -171,11 +236,11 @@ class Engine:
         `tracker.push` gets one token per prompt and returns True once every
         row is finished, which ends the run; `tracker.keys` are the rows' random keys.
         """
-        push = tracker.push
+        push, n = tracker.push, len(prompts)
         longest = max(len(p) for p in prompts)
-        batch, width, length = self._shape(len(prompts), longest, longest + max_new)
-        rows = prompts + [prompts[0][:1]] * (batch - len(prompts))
-        keys = tracker.keys + [0] * (batch - len(prompts))
+        batch, width, length = self._shape(n, longest, longest + max_new)
+        rows = prompts + [prompts[0][:1]] * (batch - n)
+        keys = tracker.keys + [0] * (batch - n)
         # Pad each row with its own last token: the padding is never attended, and it
         # adds no new token to the row's repetition-penalty set.
         padded = [p + [p[-1]] * (width - len(p)) for p in rows]
@@ -183,23 +248,28 @@ class Engine:
         lengths = torch.tensor([len(p) for p in rows], dtype=torch.int64).to(self.device)
         slot = self._slot(batch, length, sampler)
         first = slot.start(tokens, lengths, keys)
-        if push(first.tolist()[: len(prompts)]):
+        if push(first.tolist()[:n]):
             return
         cuda = self.device.type == "cuda"
-        buffers = [torch.empty(batch, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
-        events = [torch.cuda.Event() if cuda else None for _ in range(2)]
-        pending = None
-        for i in range(max_new - 1):
+        lag = 1 if cuda else 0  # chunks left running while the host reads: overlap needs a GPU
+        buffers = [
+            torch.empty(slot.out.shape, dtype=torch.int64, pin_memory=cuda) for _ in range(lag + 1)
+        ]
+        events = [torch.cuda.Event() if cuda else None for _ in buffers]
+        pending: deque = deque()
+        for i in range(-(-(max_new - 1) // self.decode_steps)):
             slot.step()
-            buf, event = buffers[i % 2], events[i % 2]
-            buf.copy_(slot.tokens, non_blocking=cuda)
+            buf, event = buffers[i % len(buffers)], events[i % len(buffers)]
+            buf.copy_(slot.out, non_blocking=cuda)
             if event is not None:
                 event.record()
-            if pending is not None and _deliver(*pending, len(prompts), push):
+            pending.append((buf, event))
+            while len(pending) > lag:
+                if _deliver(*pending.popleft(), n, push):
+                    return
+        while pending:
+            if _deliver(*pending.popleft(), n, push):
                 return
-            pending = (buf, event)
-        if pending is not None:
-            _deliver(*pending, len(prompts), push)
 
 
 def bucketed(batch: int, width: int, length: int, max_positions: int) -> tuple[int, int, int]:
@@ -220,6 +290,7 @@ def _round_up(n: int, step: int) -> int:
 
 
 def _deliver(buf, event, n: int, push) -> bool:
+    """Hand a chunk's tokens to the tracker step by step; True (and the rest dropped) once every row is done."""
     if event is not None:
         event.synchronize()
-    return push(buf.tolist()[:n])
+    return any(push(step[:n]) for step in buf.tolist())

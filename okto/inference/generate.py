@@ -325,12 +325,17 @@ class Model:
         per_token = self.engine.kv_bytes_per_token()
         if steps < 1 or seconds <= 0 or not per_token:
             return None
-        rows = tracker.rows
-        # a row attends to its prompt plus the tokens generated so far, at every step
-        kv_tokens = (
-            steps * sum(len(r.prompt_ids) for r in rows) + len(rows) * steps * (steps + 1) // 2
-        )
-        return (steps * self.engine.weight_bytes + kv_tokens * per_token) / seconds / 1e9
+        prompts = [len(r.prompt_ids) for r in tracker.rows]
+        return decode_bytes(steps, prompts, self.engine.weight_bytes, per_token) / seconds / 1e9
+
+
+def decode_bytes(
+    steps: int, prompt_lengths: list[int], weight_bytes: int, kv_per_token: int
+) -> int:
+    """Bytes `steps` decode steps read: the weights once a step, and at every step each row's
+    cached keys and values (its prompt plus the tokens generated so far)."""
+    kv_tokens = steps * sum(prompt_lengths) + len(prompt_lengths) * steps * (steps + 1) // 2
+    return steps * weight_bytes + kv_tokens * kv_per_token
 
 
 def peak_gb_per_s(device) -> float | None:
@@ -365,6 +370,8 @@ def load_model(
     dtype: str | None = None,
     backend: str = "auto",
     cuda_graphs: bool = True,
+    decode_steps: int | None = None,
+    compile: bool = False,
 ) -> Model:
     """Load an `.okm`, a Hugging Face directory or a run directory for generation.
 
@@ -372,11 +379,13 @@ def load_model(
     defaults to the stored one, with half precision widened to fp32 on the
     CPU. `backend`: auto / okto (okto's engine, with okto's kernels on CUDA),
     native (okto's engine on PyTorch ops), hf (Hugging Face generate).
+    okto's engine runs `decode_steps` decode steps per CUDA graph (default
+    `engine.DECODE_STEPS`) and, with `compile`, its decode step through torch.compile.
     """
     import torch
 
     from okto.inference import decoder, ops
-    from okto.inference.engine import Engine
+    from okto.inference.engine import DECODE_STEPS, Engine
     from okto.inference.hf import HFEngine, build_model
     from okto.inference.spec import spec_for
     from okto.package import open_checkpoint
@@ -402,10 +411,21 @@ def load_model(
         pad = tokenizer.pad_token_id
         pad = pad if pad is not None else (tokenizer.eos_token_id or 0)
         engine = HFEngine(build_model(config, state, device, target), pad, note)
+        asked = (("compile", compile), ("decode_steps", decode_steps is not None))
+        unused = [name for name, given in asked if given]
+        if unused:
+            engine.notes += (
+                f"okto engine settings not used by Hugging Face generate: {', '.join(unused)}",
+            )
         context = _context_window(config, tokenizer)
     else:
-        chosen = ops.select(device, target, spec, backend)
-        engine = Engine(decoder.build(spec, state, chosen, device, target), cuda_graphs)
+        plan = ops.plan(device, target, spec, backend, compile)
+        engine = Engine(
+            decoder.build(spec, state, plan, device, target),
+            cuda_graphs,
+            DECODE_STEPS if decode_steps is None else decode_steps,
+            compile,
+        )
         context = spec.max_positions
     defaults = Settings().merged(checkpoint.generation_defaults)
     return Model(checkpoint, tokenizer, engine, defaults, context)

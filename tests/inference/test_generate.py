@@ -151,8 +151,9 @@ def test_figures_are_reported(loaded):
 def test_hf_backend_and_unsupported_architecture_fall_back(hf_dirs, loaded, tmp_path):
     import transformers
 
-    via_hf = load_model(hf_dirs["llama"], device="cpu", backend="hf")
+    via_hf = load_model(hf_dirs["llama"], device="cpu", backend="hf", decode_steps=2)
     assert "Hugging Face generate" in via_hf.notes[0]
+    assert via_hf.notes[1] == "okto engine settings not used by Hugging Face generate: decode_steps"
     ours = loaded["llama"].generate(PROMPTS, max_tokens=10, temperature=0)
     theirs = via_hf.generate(PROMPTS, max_tokens=10, temperature=0)
     assert [g.text for g in theirs] == [g.text for g in ours]
@@ -191,14 +192,14 @@ def test_okto_kernels_plug_in(loaded, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     model = loaded["llama"]
     expected = model.generate(PROMPTS[2], max_tokens=3, temperature=0)[0].token_ids
-    adapters = ops._kernel_adapters(okto.kernels)
-    assert set(adapters) == {f.name for f in dataclasses.fields(ops.Ops)} - {"kernels", "notes"}
-    kernel_ops = dataclasses.replace(ops.Ops(), **adapters)
+    # every op of both phases on okto's kernels, the decode step's matmuls included
+    fields = ops.kernel_ops(okto.kernels, ops._kernel_adapters(okto.kernels))
+    assert set(fields) == {f.name for f in dataclasses.fields(ops.Ops)} - {"kernels"}
+    kernel_ops = dataclasses.replace(ops.Ops(), **fields)
     spec = model.engine.model.spec
+    plan = ops.Plan(prefill=kernel_ops, decode=kernel_ops)
     engine = Engine(
-        decoder.build(
-            spec, model.checkpoint.tensors(), kernel_ops, torch.device("cpu"), torch.float32
-        )
+        decoder.build(spec, model.checkpoint.tensors(), plan, torch.device("cpu"), torch.float32)
     )
     monkeypatch.setattr(model, "engine", engine)
     assert model.generate(PROMPTS[2], max_tokens=3, temperature=0)[0].token_ids == expected

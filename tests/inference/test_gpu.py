@@ -1,4 +1,5 @@
-"""On a CUDA device: fp16 against Hugging Face, and CUDA-graph decoding against eager decoding.
+"""On a CUDA device: fp16 against Hugging Face (eager and compiled decode steps), CUDA-graph
+decoding (one or several steps per graph) against eager decoding, and the kernel plan.
 
 Tolerance: fp16 last-token logits within 3e-2 (absolute and relative) of
 Hugging Face's fp16 logits on the tiny models; greedy tokens equal Hugging
@@ -26,6 +27,11 @@ def hf_model(path):
 def test_kernels_pass_their_probe(kind, okm_files):
     model = load_model(okm_files[kind], device="cuda", dtype="fp16")
     assert model.notes == (), model.notes
+    plan, norm = model.engine.model.plan, "rms_norm" if kind == "llama" else "layer_norm"
+    assert plan.prefill.kernels == ("linear", norm, "prefill_attention")
+    assert plan.decode.kernels == (norm, "decode_attention")  # matmuls stay on cuBLAS
+    compiled = load_model(okm_files[kind], device="cuda", dtype="fp16", compile=True)
+    assert compiled.engine.model.plan.decode.kernels == ()
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -41,9 +47,11 @@ def test_fp16_logits_match_hf(kind, okm_files, hf_dirs):
         torch.testing.assert_close(ours, theirs, atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.parametrize("compile", [False, True])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_fp16_greedy_matches_hf_until_a_near_tie(kind, okm_files, hf_dirs):
-    model, hf = load_model(okm_files[kind], device="cuda", dtype="fp16"), hf_model(hf_dirs[kind])
+def test_fp16_greedy_matches_hf_until_a_near_tie(kind, compile, okm_files, hf_dirs):
+    model = load_model(okm_files[kind], device="cuda", dtype="fp16", compile=compile)
+    hf = hf_model(hf_dirs[kind])
     for g in model.generate(PROMPTS, max_tokens=24, temperature=0):
         ids = torch.tensor([model.encode(g.prompt)], device="cuda")
         out = hf.generate(
@@ -63,10 +71,14 @@ def test_fp16_greedy_matches_hf_until_a_near_tie(kind, okm_files, hf_dirs):
                 break
 
 
+@pytest.mark.parametrize("steps", [1, 4, 7])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_cuda_graph_decoding_equals_eager(kind, okm_files):
-    graphs = load_model(okm_files[kind], device="cuda", dtype="fp16")
-    eager = load_model(okm_files[kind], device="cuda", dtype="fp16", cuda_graphs=False)
+def test_cuda_graph_decoding_equals_eager(kind, steps, okm_files):
+    """Graphs of `steps` decode steps (7 does not divide the 39 steps: the last chunk overshoots)."""
+    graphs = load_model(okm_files[kind], device="cuda", dtype="fp16", decode_steps=steps)
+    eager = load_model(
+        okm_files[kind], device="cuda", dtype="fp16", cuda_graphs=False, decode_steps=1
+    )
     assert graphs.engine.graphs and not eager.engine.graphs
     for options in ({"temperature": 0}, {"temperature": 0.9, "top_p": 0.9, "seed": 5}):
         a = graphs.generate(PROMPTS, max_tokens=40, **options)
