@@ -15,14 +15,14 @@ over wall time, prefill included; GB/s is the bytes the decode steps must read
 (weights once a step, plus each row's cached keys and values) over that same
 wall time, against the GPU's datasheet bandwidth.
 
-Engines, in this order: Hugging Face with a static cache (which `generate`
-compiles with torch.compile) first, in a worker process with its own time
-limit, so a slow compilation shows as "did not finish in N s" instead of
-taking the rest of the run; Hugging Face `generate`; okto as `load_model`
-sets it up; okto varied one setting at a time (PyTorch ops only, 1 and 8
-decode steps per CUDA graph, no CUDA graphs); okto with a compiled decode
-step, also in a time-limited worker. Every okto row has its ratio to both
-Hugging Face rows of the same run. `--smoke` runs a tiny model on whatever
+Engines, most important first (no case starts past `--budget`): Hugging Face
+with a static cache (which `generate` compiles with torch.compile), in a
+worker process with its own time limit, so a slow compilation shows as "did
+not finish in N s" instead of taking the rest of the run; Hugging Face
+`generate`; okto as `load_model` sets it up; okto with a compiled decode step,
+also in a time-limited worker; okto varied one setting at a time (PyTorch ops
+only, 1 and 8 decode steps per CUDA graph, no CUDA graphs). Every okto row has
+its ratio to both Hugging Face rows of the same run. `--smoke` runs a tiny model on whatever
 device there is, to check the script itself.
 """
 
@@ -48,6 +48,7 @@ ALL_CASES = ("decode_b1", "decode_b8", "decode_b32", "ttft")
 DECODE_CASES = ("decode_b1", "decode_b8", "decode_b32")
 COMPILED_CASES = ("decode_b1", "decode_b32", "decode_b8")  # one compilation per batch size
 HF, HF_STATIC = "hf", "hf static+compile"
+SKIPPED = "skipped: over the run's budget"
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,16 @@ class Variant:
     cuda_only: bool = False
 
 
-VARIANTS = (
+VARIANTS = (  # in order of importance: when the run's budget runs out, the last ones go
     # a 1,984-token prefill would be one more compilation; the TTFT target is absolute
     Variant(HF_STATIC, "hf", {"static": True}, COMPILED_CASES, budget=75, cuda_only=True),
     Variant(HF, "hf", {"static": False}),
     Variant("okto", "okto"),
+    Variant("okto (compiled decode)", "okto", {"compile": True}, COMPILED_CASES, budget=70),
     Variant("okto (PyTorch ops)", "okto", {"backend": "native"}),
     Variant("okto (1 step per graph)", "okto", {"decode_steps": 1}, DECODE_CASES),
     Variant("okto (8 steps per graph)", "okto", {"decode_steps": 8}, DECODE_CASES),
     Variant("okto (no CUDA graphs)", "okto", {"cuda_graphs": False}),
-    Variant("okto (compiled decode)", "okto", {"compile": True}, COMPILED_CASES, budget=70),
 )
 
 
@@ -223,6 +224,15 @@ def run_case(engine, label: str, case: str, files: dict, smoke: bool, repeats: i
     return record
 
 
+def unmeasured(variant: Variant, cases, **why) -> list[dict]:
+    """Rows for cases without a figure, with the reason (`unfinished=...` or `failed=...`)."""
+    return [{"case": c, "engine": variant.label, **why} for c in cases]
+
+
+def _failure(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 def worker(args) -> int:
     """Run one variant's cases and print each record as a JSON line as soon as it is measured."""
     variant = next(v for v in VARIANTS if v.label == args.worker)
@@ -233,7 +243,7 @@ def worker(args) -> int:
         try:
             record = run_case(engine, variant.label, case, files, args.smoke, args.repeats)
         except Exception as e:  # reported as the case's row; the next case may still run
-            record = {"case": case, "engine": variant.label, "failed": f"{type(e).__name__}: {e}"}
+            (record,) = unmeasured(variant, [case], failed=_failure(e))
         print(json.dumps(record), flush=True)
     return 0
 
@@ -242,10 +252,7 @@ def in_worker(variant: Variant, files: dict, args, limit: float) -> list[dict]:
     """The variant's records from a worker process given `limit` seconds; a case it did not
     reach in time gets a "did not finish" row."""
     if limit < 10:
-        return [
-            {"case": c, "engine": variant.label, "unfinished": "skipped: over the run's budget"}
-            for c in variant.cases
-        ]
+        return unmeasured(variant, variant.cases, unfinished=SKIPPED)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", variant.label]
     command += ["--files", json.dumps(files), "--repeats", str(args.repeats)]
     command += ["--smoke"] if args.smoke else []
@@ -262,11 +269,9 @@ def in_worker(variant: Variant, files: dict, args, limit: float) -> list[dict]:
         why = f"did not finish in {limit:.0f} s"
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     done = {r["case"] for r in records}
-    return records + [
-        {"case": c, "engine": variant.label, "unfinished": why}
-        for c in variant.cases
-        if c not in done
-    ]
+    return records + unmeasured(
+        variant, [c for c in variant.cases if c not in done], unfinished=why
+    )
 
 
 def _last_line(text: str) -> str:
@@ -281,27 +286,18 @@ def in_process(variant: Variant, files: dict, args, deadline: float) -> tuple[li
     try:
         engine = make(variant, files, device)
     except Exception as e:  # unattended: report the engine and go on with the others
-        failed = f"{type(e).__name__}: {e}"
-        return [{"case": c, "engine": variant.label, "failed": failed} for c in variant.cases], ()
+        return unmeasured(variant, variant.cases, failed=_failure(e)), ()
     for note in engine.notes:
         print(f"  note ({variant.label}): {note}")
     records = []
     for case in variant.cases:
         if time.perf_counter() > deadline:
-            records.append(
-                {
-                    "case": case,
-                    "engine": variant.label,
-                    "unfinished": "skipped: over the run's budget",
-                }
-            )
+            records += unmeasured(variant, [case], unfinished=SKIPPED)
             continue
         try:
             records.append(run_case(engine, variant.label, case, files, args.smoke, args.repeats))
         except Exception as e:
-            records.append(
-                {"case": case, "engine": variant.label, "failed": f"{type(e).__name__}: {e}"}
-            )
+            records += unmeasured(variant, [case], failed=_failure(e))
     plan = engine.plan
     del engine
     if device == "cuda":
@@ -462,14 +458,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="okto-bench-") as folder:
         files = build(Path(folder), args.smoke)
         deadline = start + args.budget
-        for i, variant in enumerate(variants):
-            # time kept for the workers still to come
-            kept = sum(v.budget for v in variants[i + 1 :] if v.budget)
+        for variant in variants:
             if variant.budget:
-                limit = min(variant.budget, deadline - time.perf_counter() - kept)
+                limit = min(variant.budget, deadline - time.perf_counter())
                 records = in_worker(variant, files, args, limit)
             else:
-                records, engine_plan = in_process(variant, files, args, deadline - kept)
+                records, engine_plan = in_process(variant, files, args, deadline)
                 plan = list(engine_plan) if variant.label == "okto" else plan
             for r in records:
                 _printed(r)
