@@ -113,6 +113,26 @@ def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
     assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
 
 
+def test_compile_from_the_file_or_the_flag(okm_files, capsys, stdin, tmp_path, monkeypatch):
+    """OPTIMIZE compile and --compile both reach the engine (torch.compile itself is tested in
+    test_engine.py; here it hands the step back as it is)."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: fn)
+    stdin("")
+    okt = tmp_path / "compiled.okt"
+    okt.write_text(
+        f'PROJECT "demo"\nOPTIMIZE {{ compile: true }}\nINFERENCE {{ model: "{okm_files["gpt2"]}" }}\n'
+    )
+    argv = ["--json", "-p", "Hello", "--max-tokens", "2"]
+    assert main(["infer", "-f", str(okt), *argv]) == 0
+    assert "compiled decode step" in records(capsys.readouterr().out)[0]["engine"]
+    assert main(["infer", "-m", str(okm_files["gpt2"]), "--compile", *argv]) == 0
+    assert "compiled decode step" in records(capsys.readouterr().out)[0]["engine"]
+    assert main(["infer", "-m", str(okm_files["gpt2"]), *argv]) == 0
+    assert "compiled" not in records(capsys.readouterr().out)[0]["engine"]
+
+
 def test_damaged_package_exits_with_a_message(okm_files, capsys, stdin, tmp_path):
     stdin("")
     damaged = tmp_path / "damaged.okm"
