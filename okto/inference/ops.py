@@ -202,6 +202,26 @@ def _tensors(out) -> tuple:
     return out if isinstance(out, tuple) else (out,)
 
 
+def probe(kernels, names, spec: Spec, dtype, device) -> tuple[list[str], list[str], list[str]]:
+    """The ops among `names` whose okto kernel agrees with PyTorch on inputs shaped like the
+    model's calls; a note for each that does not; a reason line for each op."""
+    torch_ops, adapters = Ops(), _kernel_adapters(kernels)
+    passed, notes, reasons = [], [], []
+    for name in names:
+        fn, reference = adapters[name], getattr(torch_ops, name)
+        if name == "decode_attention":
+            fn = _with_mask(fn, cache_lengths)
+            reference = _with_mask(reference, torch_ops.decode_mask)
+        problem = _disagreement(fn, reference, _probe_inputs(name, spec, dtype, device))
+        if problem is None:
+            passed.append(name)
+            reasons.append(f"{name}: okto's kernel (it agrees with PyTorch on the model's shapes)")
+        else:
+            notes.append(f"kernel {name} not used: {problem}")
+            reasons.append(f"{name}: PyTorch (okto's kernel failed its probe)")
+    return passed, notes, reasons
+
+
 def phases(passed: list[str], compile: bool) -> tuple[list[str], list[str], list[str]]:
     """The ops whose kernels passed their probe that run them in prefill and in the decode step,
     and why the decode step leaves some out."""
@@ -233,25 +253,13 @@ def plan(
     except ImportError as e:  # no usable Triton here: PyTorch runs everything
         return Plan(notes=(f"okto kernels not used: {e}",))
     norm = "rms_norm" if spec.family == "llama" else "layer_norm"
-    torch_ops, adapters = Ops(), _kernel_adapters(okto.kernels)
-    passed, notes, reasons = [], [], []
-    for name in ("linear", norm, "prefill_attention", *(() if compile else ("decode_attention",))):
-        fn, reference = adapters[name], getattr(torch_ops, name)
-        if name == "decode_attention":
-            fn = _with_mask(fn, cache_lengths)
-            reference = _with_mask(reference, torch_ops.decode_mask)
-        problem = _disagreement(fn, reference, _probe_inputs(name, spec, dtype, device))
-        if problem is None:
-            passed.append(name)
-            reasons.append(f"{name}: okto's kernel (it agrees with PyTorch on the model's shapes)")
-        else:
-            notes.append(f"kernel {name} not used: {problem}")
-            reasons.append(f"{name}: PyTorch (okto's kernel failed its probe)")
+    names = ("linear", norm, "prefill_attention", *(() if compile else ("decode_attention",)))
+    passed, notes, reasons = probe(okto.kernels, names, spec, dtype, device)
     prefill, decode, why = phases(passed, compile)
-    reasons += why
+    torch_ops = Ops()
     return Plan(
         prefill=replace(torch_ops, **kernel_ops(okto.kernels, prefill), kernels=tuple(prefill)),
         decode=replace(torch_ops, **kernel_ops(okto.kernels, decode), kernels=tuple(decode)),
-        reasons=tuple(reasons),
+        reasons=tuple(reasons + why),
         notes=tuple(notes),
     )

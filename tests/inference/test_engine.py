@@ -138,3 +138,21 @@ def test_a_step_that_cannot_compile_is_a_clear_error(loaded, with_engine, monkey
         RunError, match=r"could not compile the decode step .* no C\+\+ compiler here"
     ):
         model.generate(PROMPTS[0], max_tokens=3, temperature=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, test_gpu.py probes the kernels")
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_every_kernel_passes_its_probe(kind, loaded, monkeypatch):
+    """The probes plan() runs on CUDA, here through Triton's interpreter: every adapter calls
+    its kernel right (norms with the residual, decode attention on the cache's layout)."""
+    import okto.kernels
+
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    norm = "rms_norm" if kind == "llama" else "layer_norm"
+    names = ("linear", norm, "prefill_attention", "decode_attention")
+    spec = loaded[kind].engine.model.spec
+    passed, notes, reasons = ops.probe(okto.kernels, names, spec, torch.float32, "cpu")
+    assert (passed, notes) == (list(names), [])
+    assert len(reasons) == len(names)
