@@ -110,7 +110,9 @@ class Plan:
     def describe(self) -> str:
         """Which ops run okto's kernels, per phase, for the engine's one-line description."""
         return "; ".join(
-            f"{phase}: okto kernels for {', '.join(ops.kernels) or 'no op'}"
+            f"{phase}: okto kernels for {', '.join(ops.kernels)}"
+            if ops.kernels
+            else f"{phase}: PyTorch"
             for phase, ops in (("prefill", self.prefill), ("decode", self.decode))
         )
 
