@@ -29,6 +29,7 @@ device there is, to check the script itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -264,7 +265,8 @@ def in_worker(variant: Variant, files: dict, args, limit: float) -> list[dict]:
         out, err = proc.communicate(timeout=limit)
         why = f"worker failed: {_last_line(err)}" if proc.returncode else "not run"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may have ended just now
+            os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         why = f"did not finish in {limit:.0f} s"
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
