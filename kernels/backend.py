@@ -44,6 +44,16 @@ def triton_available() -> bool:
     return _TRITON[0]
 
 
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division for host code (`triton.cdiv` is a constexpr function: ~3 us a call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (0 for 0), for host code, as `triton.next_power_of_2`."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def interpreting() -> bool:
     """True when Triton kernels run in the interpreter (CPU tensors allowed)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -81,15 +91,21 @@ def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) ->
         )
 
 
+# Read once, when okto.kernels is imported (tests/conftest.py sets it before that):
+# every kernel output is allocated through `empty`, and an environment lookup per
+# allocation was a measurable part of a small op's host time.
+_POISON = os.environ.get("OKTO_POISON_OUTPUTS", "0") == "1"
+
+
 def poisoning() -> bool:
     """Tests set OKTO_POISON_OUTPUTS=1 so that any output element a kernel fails to write is NaN."""
-    return os.environ.get("OKTO_POISON_OUTPUTS", "0") == "1"
+    return _POISON
 
 
 def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     """Allocate a kernel's output; NaN-filled when poisoning is on."""
-    out = torch.empty(*shape, dtype=dtype, device=device)
-    if poisoning() and out.is_floating_point():
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if _POISON and out.is_floating_point():
         out.fill_(float("nan"))
     return out
 
@@ -118,7 +134,7 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 class _EagerOp(CustomOpDef):
-    """A functional custom op that, in plain eager mode, runs its Python function directly.
+    """A custom op that, in plain eager mode, runs its Python function directly.
 
     A `torch.library.custom_op` call hops Python -> C++ dispatcher -> Python
     autograd wrapper -> dispatcher -> Python implementation, with alias checks,
@@ -127,19 +143,27 @@ class _EagerOp(CustomOpDef):
     implementation and the same setup_context/backward through an
     `autograd.Function` instead; anything else (torch.compile, fake or
     functional tensors, dispatch or function modes, vmap) goes through the
-    dispatcher as before.
+    dispatcher as before. Ops that mutate arguments (no autograd of their own)
+    take the fast path only where autograd is not involved, and bump the mutated
+    tensors' version counters as the dispatcher would.
     """
+
+    _okto_mutated: tuple[int, ...] = ()
 
     def __call__(self, *args, **kwargs):
         if kwargs or not _plain_eager(args):
             return self._opoverload(*args, **kwargs)
-        if (
-            self._backward_fn is not None
-            and torch.is_grad_enabled()
-            and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-        ):
+        grad = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in args
+        )
+        if grad and self._okto_mutated:
+            return self._opoverload(*args)
+        if grad and self._backward_fn is not None:
             return self._eager_function().apply(*args)
-        return self._init_fn(*args)
+        output = self._init_fn(*args)
+        for i in self._okto_mutated:
+            torch.autograd.graph.increment_version(args[i])
+        return output
 
     def _eager_function(self) -> type[torch.autograd.Function]:
         fn = self.__dict__.get("_eager_autograd")
@@ -163,13 +187,17 @@ class _EagerOp(CustomOpDef):
 
 
 def eager_fast_path(op: CustomOpDef) -> CustomOpDef:
-    """Decorate a functional `torch.library.custom_op` so eager calls skip the dispatcher.
+    """Decorate a `torch.library.custom_op` so eager calls skip the dispatcher.
 
     The op stays the same registered op (opcheck, register_fake and
     register_autograd work as before); only its `__call__` gains the fast path.
-    Ops that mutate their arguments keep the dispatcher, which bumps version counters.
     """
-    if op._opoverload._schema.is_mutable:
-        raise TypeError(f"{op._name}: the eager fast path is for functional ops only")
+    schema = op._opoverload._schema
+    mutated = tuple(
+        i
+        for i, a in enumerate(schema.arguments)
+        if a.alias_info is not None and a.alias_info.is_write
+    )
     op.__class__ = _EagerOp
+    op._okto_mutated = mutated
     return op

@@ -6,6 +6,11 @@ runs okto's kernel on bound inputs, closures for the framework baselines
 reference), and the work one call does (FLOPs or bytes). The runner times
 every closure with `triton.testing.do_bench` medians and reports ratios as
 baseline time / okto time, so a ratio above 1 means okto is faster.
+
+Two diagnostics say where a time comes from: `host_us`, the Python/driver time
+one call takes to enqueue its work (every closure), and `gpu_us`, okto's time with
+the host taken out (a CUDA graph of several calls, replayed). A case whose
+`do_bench` time is near `host_us` and well above `gpu_us` is host-bound.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Timing:
     label: str
     ms: float
     peak_mib: float | None = None
+    host_us: float | None = None  # enqueueing one call, GPU not waited for
+    gpu_us: float | None = None  # one call replayed from a CUDA graph (okto only)
 
     def rate(self, case: Case) -> str:
         if case.flops:
@@ -63,8 +70,9 @@ class Result:
                 record["gbps"] = self.case.bytes / t.ms / 1e6
             if self.case.per_item:
                 record[f"us_per_{self.case.per_item[0]}"] = t.ms * 1e3 / self.case.per_item[1]
-            if t.peak_mib is not None:
-                record["peak_mib"] = t.peak_mib
+            for name in ("peak_mib", "host_us", "gpu_us"):
+                if getattr(t, name) is not None:
+                    record[name] = getattr(t, name)
             return record
 
         return {
@@ -100,6 +108,46 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def host_us(fn: Callable[[], object], calls: int = 10, rounds: int = 5) -> float:
+    """Microseconds of host time per call: `calls` calls enqueued back to back (few enough
+    that the launch queue never fills), the least of `rounds` tries."""
+    import time
+
+    best = float("inf")
+    for _ in range(rounds):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return best / calls * 1e6
+
+
+def gpu_us(fn: Callable[[], object], calls: int = 10) -> float | None:
+    """Microseconds of GPU time per call with no host in the loop: `calls` calls captured
+    in a CUDA graph and replayed (None where the closure cannot be captured)."""
+    import triton.testing
+
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        ms = triton.testing.do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
+    except Exception as error:  # reported, not fatal: some closures cannot be captured
+        print(f"  CUDA graph capture failed: {type(error).__name__}: {error}")
+        return None
+    finally:
+        torch.cuda.synchronize()
+    return ms * 1e3 / calls
+
+
 def measure(case: Case) -> Result:
     def one(label: str, fn: Callable[[], object]) -> Timing:
         try:
@@ -109,7 +157,10 @@ def measure(case: Case) -> Result:
         ) as error:  # a baseline that cannot run (e.g. compile) is reported, not fatal
             print(f"  {case.name}: {label} failed: {type(error).__name__}: {error}")
             return Timing(label, float("nan"))
-        return Timing(label, ms, peak_mib(fn) if case.measure_memory else None)
+        timing = Timing(label, ms, peak_mib(fn) if case.measure_memory else None, host_us(fn))
+        if label == "okto":
+            timing.gpu_us = gpu_us(fn)
+        return timing
 
     result = Result(case, one("okto", case.okto))
     result.baselines = [one(label, fn) for label, fn in case.baselines.items()]

@@ -779,12 +779,12 @@ def _fake_like(t: torch.Tensor) -> torch.Tensor:
 
 def _bucket(n: int) -> int:
     """Autotuning shape class: the next power of two, so new lengths reuse a tuned config."""
-    return triton.next_power_of_2(max(n, 16))
+    return backend.next_power_of_2(max(n, 16))
 
 
 def _head_meta(q: torch.Tensor) -> dict:
     d = q.shape[-1]
-    block_d = max(16, triton.next_power_of_2(d))
+    block_d = max(16, backend.next_power_of_2(d))
     # fp32 inputs get exact fp32 products, not TF32.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     return {"HEAD_DIM": d, "BLOCK_D": block_d, "EVEN_D": d == block_d, "PRECISION": precision}
@@ -820,7 +820,7 @@ def _attention_op(
         key = (*buckets, causal, *flags.values(), *head.values(), q.dtype, kpm.dtype,
                lens.dtype)  # fmt: skip
         launch(
-            _attn_fwd_kernel, lambda meta: (triton.cdiv(sq, meta["BLOCK_M"]), h, b), key,
+            _attn_fwd_kernel, lambda meta: (backend.cdiv(sq, meta["BLOCK_M"]), h, b), key,
             q, k, v, o, lse, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *kpm_strides,
             h, h // hkv, sq, skv, scale * LOG2E, *buckets,
@@ -858,12 +858,14 @@ def _attention_backward_op(
     scalars = (h, h // hkv, sq, skv, scale * LOG2E, scale, *buckets)
     if dq.numel():
         delta = backend.empty(b, h, sq, dtype=torch.float32, device=q.device)
-        _bwd_delta_kernel[(triton.cdiv(sq, DELTA_BLOCK_M), h, b)](
+        launch(
+            _bwd_delta_kernel, (backend.cdiv(sq, DELTA_BLOCK_M), h, b), (),
             o, do, delta, *o.stride(), *do.stride(), h, sq,
             HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"], EVEN_D=meta["EVEN_D"],
             BLOCK_M=DELTA_BLOCK_M, num_warps=4 if meta["BLOCK_D"] <= 64 else 8,
         )  # fmt: skip
-        _attn_bwd_dq_kernel[lambda m: (triton.cdiv(sq, m["BLOCK_M"]), h, b)](
+        launch(
+            _attn_bwd_dq_kernel, lambda m: (backend.cdiv(sq, m["BLOCK_M"]), h, b), buckets,
             q, k, v, do, lse, delta, dq, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *kpm_strides,
             *scalars, **common,
@@ -871,7 +873,8 @@ def _attention_backward_op(
     else:
         delta = lse  # no query rows: the dK/dV kernel reads nothing from it
     if dk.numel():
-        _attn_bwd_dkdv_kernel[lambda m: (triton.cdiv(skv, m["BLOCK_N"]), hkv, b)](
+        launch(
+            _attn_bwd_dkdv_kernel, lambda m: (backend.cdiv(skv, m["BLOCK_N"]), hkv, b), buckets,
             q, k, v, do, lse, delta, dk, dv, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             *kpm_strides, *scalars, **common,
@@ -915,8 +918,8 @@ def decode_splits(batch: int, kv_heads: int, cache_len: int, device: torch.devic
     if device.type != "cuda":
         return 1
     index = torch.cuda.current_device() if device.index is None else device.index
-    wanted = triton.cdiv(4 * _sm_count(index), max(batch * kv_heads, 1))
-    return max(1, min(wanted, triton.cdiv(cache_len, 256)))
+    wanted = backend.cdiv(4 * _sm_count(index), max(batch * kv_heads, 1))
+    return max(1, min(wanted, backend.cdiv(cache_len, 256)))
 
 
 @backend.eager_fast_path
@@ -935,24 +938,27 @@ def _decode_op(
     o = _like(q)
     if not o.numel():
         return o
-    split_len = SPLIT_ALIGN * triton.cdiv(triton.cdiv(max(s_cache, 1), num_splits), SPLIT_ALIGN)
-    splits = triton.cdiv(max(s_cache, 1), split_len)
+    split_len = SPLIT_ALIGN * backend.cdiv(backend.cdiv(max(s_cache, 1), num_splits), SPLIT_ALIGN)
+    splits = backend.cdiv(max(s_cache, 1), split_len)
     meta = _head_meta(q)
     if splits > 1:
         o_part = backend.empty(b, h, sq, splits, d, dtype=torch.float32, device=q.device)
         lse_part = backend.empty(b, h, sq, splits, dtype=torch.float32, device=q.device)
     else:
         o_part = lse_part = o  # the single-split kernel writes the output directly
-    _decode_kernel[(splits, hkv, b)](
+    split_bucket = _bucket(split_len)
+    launch(
+        _decode_kernel, (splits, hkv, b), (split_bucket,),
         q, k_cache, v_cache, cache_lens, o, o_part, lse_part,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *o.stride(),
-        hkv, group, sq, s_cache, split_len, scale * LOG2E, _bucket(split_len),
-        ROWS=max(16, triton.next_power_of_2(group * sq)), SPLIT=splits > 1, **meta,
+        hkv, group, sq, s_cache, split_len, scale * LOG2E, split_bucket,
+        ROWS=max(16, backend.next_power_of_2(group * sq)), SPLIT=splits > 1, **meta,
     )  # fmt: skip
     if splits > 1:
-        _decode_combine_kernel[(b * h * sq,)](
+        launch(
+            _decode_combine_kernel, (b * h * sq,), (),
             o_part, lse_part, o, *o.stride(), h, sq, splits,
-            HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], BLOCK_S=max(2, backend.next_power_of_2(splits)),
         )  # fmt: skip
     return o
 

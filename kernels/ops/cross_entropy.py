@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
-from okto.kernels.autotune import autotune, config
+from okto.kernels.autotune import autotune, config, launch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TARGET_DTYPES = (torch.int64, torch.int32)
@@ -45,7 +45,7 @@ SCALE_BLOCK = 4096
 
 def _prune(configs, named_args, **kwargs):
     """No vocabulary block wider than the vocabulary itself."""
-    widest = max(1024, triton.next_power_of_2(named_args["V"]))
+    widest = max(1024, backend.next_power_of_2(named_args["V"]))
     return [c for c in configs if c.kwargs["BLOCK_V"] <= widest]
 
 
@@ -136,6 +136,7 @@ def _scale_rows_kernel(x_ptr, g_ptr, numel, C, PER_ROW: tl.constexpr, BLOCK: tl.
     tl.store(x_ptr + offs, (x * g).to(x_ptr.dtype.element_ty), mask=todo)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::scale_rows_", mutates_args=("x",))
 def scale_rows_(x: torch.Tensor, g: torch.Tensor) -> None:
     """In place, x (contiguous) times g: a scalar, or one factor per row (along dim 0).
@@ -146,15 +147,11 @@ def scale_rows_(x: torch.Tensor, g: torch.Tensor) -> None:
     numel = x.numel()
     if numel == 0:
         return
-    _scale_rows_kernel[(triton.cdiv(numel, SCALE_BLOCK),)](
-        x,
-        g.contiguous(),
-        numel,
-        numel // x.shape[0],
-        PER_ROW=g.numel() > 1,
-        BLOCK=SCALE_BLOCK,
-        num_warps=8,
-    )
+    launch(
+        _scale_rows_kernel, (backend.cdiv(numel, SCALE_BLOCK),), (),
+        x, g.contiguous(), numel, numel // x.shape[0],
+        PER_ROW=g.numel() > 1, BLOCK=SCALE_BLOCK, num_warps=8,
+    )  # fmt: skip
 
 
 @scale_rows_.register_fake
@@ -191,7 +188,10 @@ def run_rows(
     from_lse = grad_loss is not None
     if from_lse:
         grad = logits
-    _ce_kernel[(n,)](
+    launch(
+        _ce_kernel,
+        (n,),
+        (V,),
         logits,
         target,
         loss_rows if loss_rows is not None else lse,
@@ -260,6 +260,7 @@ def _(logits, target, ignore_index, label_smoothing, reduction, compute_grad):
     return loss, logits.new_empty(N, dtype=torch.float32), grad
 
 
+@backend.eager_fast_path
 @torch.library.custom_op("okto::cross_entropy_backward_inplace_", mutates_args=("logits",))
 def _cross_entropy_backward_inplace_op(
     logits: torch.Tensor,
@@ -293,6 +294,9 @@ def _setup_context(ctx, inputs, output):
     logits, target, ignore_index, label_smoothing, reduction, compute_grad = inputs
     _, lse, grad = output
     ctx.mark_non_differentiable(lse, grad)
+    # No zeros for the gradients of lse and grad (never used): for grad that would be a
+    # logits-sized allocation and memset on every backward.
+    ctx.set_materialize_grads(False)
     ctx.compute_grad = compute_grad
     ctx.options = (ignore_index, label_smoothing, reduction)
     if compute_grad:
@@ -302,6 +306,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_loss, _dlse, _dgrad):
+    if grad_loss is None:  # the loss did not reach the output being differentiated
+        return None, None, None, None, None, None
     if ctx.compute_grad:
         (grad,) = ctx.saved_tensors
         scale_rows_(grad, grad_loss)

@@ -123,11 +123,16 @@ def _(
 def _setup_context(ctx, inputs, output):
     _, grad_hidden, grad_weight, grad_bias = output
     ctx.mark_non_differentiable(grad_hidden, grad_weight, grad_bias)
+    # No zeros for the gradients of the gradient outputs (never used): that would be a
+    # hidden-sized and a weight-sized allocation and memset on every backward.
+    ctx.set_materialize_grads(False)
     ctx.needed = inputs[-3:]
     ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
 
 
 def _backward(ctx, grad_loss, *_):
+    if grad_loss is None:  # the loss did not reach the output being differentiated
+        return (None,) * 10
     grads = []
     for grad, needed in zip(ctx.saved_tensors, ctx.needed, strict=True):
         if needed:

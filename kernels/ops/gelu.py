@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
+from okto.kernels.autotune import launch
 from okto.kernels.ops.activations import gelu as _gelu
 from okto.kernels.ops.activations import gelu_grad as _gelu_grad
 
@@ -42,9 +43,10 @@ def _gelu_op(x: torch.Tensor, approximate: str) -> torch.Tensor:
     y = backend.empty_like(x)
     n = x.numel()
     if n:
-        _gelu_fwd_kernel[(triton.cdiv(n, BLOCK),)](
-            x, y, n, APPROXIMATE=approximate == "tanh", BLOCK=BLOCK
-        )
+        launch(
+            _gelu_fwd_kernel, (backend.cdiv(n, BLOCK),), (),
+            x, y, n, APPROXIMATE=approximate == "tanh", BLOCK=BLOCK,
+        )  # fmt: skip
     return y
 
 
@@ -60,9 +62,10 @@ def _gelu_backward_op(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> to
     dx = backend.empty_like(x)
     n = x.numel()
     if n:
-        _gelu_bwd_kernel[(triton.cdiv(n, BLOCK),)](
-            dy, x, dx, n, APPROXIMATE=approximate == "tanh", BLOCK=BLOCK
-        )
+        launch(
+            _gelu_bwd_kernel, (backend.cdiv(n, BLOCK),), (),
+            dy, x, dx, n, APPROXIMATE=approximate == "tanh", BLOCK=BLOCK,
+        )  # fmt: skip
     return dx
 
 

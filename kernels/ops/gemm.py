@@ -38,6 +38,7 @@ import triton.language as tl
 from okto.kernels import backend
 from okto.kernels.autotune import autotune, config, launch
 from okto.kernels.ops.activations import gelu, gelu_grad
+from okto.kernels.ops.reduce import sum_rows
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Public activation names -> the epilogue's ACTIVATION code (0 none, 1 erf GELU, 2 tanh GELU).
@@ -120,7 +121,6 @@ _EPILOGUE_KEY = ["HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "SAVE_PREACT"]
     _simple_configs(),
     key=["M_BUCKET", "N", "K", "LAYOUT", "INPUT_PRECISION", *_EPILOGUE_KEY],
 )
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def _gemm_kernel(
     a_ptr,
@@ -148,11 +148,11 @@ def _gemm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PREACT: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K is a multiple of every BLOCK_K in the configurations (64)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
-    EVEN_K: tl.constexpr,
 ):
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -381,12 +381,23 @@ def _gemm_tma_kernel(
 # Backward's elementwise pass: dZ = dY * gelu'(Z) and the bias gradient
 
 
+def _act_grad_configs() -> list[triton.Config]:
+    # Memory-bound (read dY and Z, write dZ): tiles of 4-8K elements, 16-32 a thread.
+    if backend.interpreting():  # several row steps and column blocks at the tests' sizes
+        return [config(BLOCK_M=8, BLOCK_N=32, num_warps=4, num_stages=1)]
+    return [
+        config(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1)
+        for bm, bn, w in ((32, 128, 4), (16, 256, 4), (32, 256, 8), (64, 128, 8), (8, 512, 4))
+    ]
+
+
+@autotune(_act_grad_configs(), key=["N", "ACTIVATION", "HAS_BIAS"])
 @triton.jit
 def _act_grad_kernel(
     dy_ptr,
     z_ptr,
     dz_ptr,
-    dbias_ptr,
+    part_ptr,
     M,
     N,
     ACTIVATION: tl.constexpr,
@@ -394,23 +405,33 @@ def _act_grad_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile; the bias gradient leaves as per-row-block partial sums."""
-    pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    """dZ = dY * gelu'(Z) for one column block of one row group (rows g, g + G, ... in
+    BLOCK_M steps), and that group's partial bias gradient (the column sums of dZ) in fp32."""
+    group = tl.program_id(0)
+    groups = tl.num_programs(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-    dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION != 0:
-        z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dz = dz * gelu_grad(z, ACTIVATION == 2)
-        tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+    mask_n = offs_n < N
+    dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for start in range(group * BLOCK_M, M, groups * BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mask = (offs_m < M)[:, None] & mask_n[None, :]
+        offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if ACTIVATION != 0:
+            z = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dz = dz * gelu_grad(z, ACTIVATION == 2)
+            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            dbias += tl.sum(dz, axis=0)
     if HAS_BIAS:
-        tl.store(dbias_ptr + pid_m * N + offs_n, tl.sum(dz, axis=0), mask=offs_n < N)
+        tl.store(part_ptr + group * N + offs_n, dbias, mask=mask_n)
 
 
-ACT_GRAD_BLOCK_M = 64
-ACT_GRAD_BLOCK_N = 128
+# Row groups of the activation-gradient pass: its bias gradient leaves as this many
+# partial rows (few enough for a cheap final sum, enough programs to fill the GPU with
+# the column blocks), each group taking at least ACT_GRAD_MIN_ROWS rows.
+ACT_GRAD_GROUPS = 64
+ACT_GRAD_MIN_ROWS = 128
 
 
 # ---------------------------------------------------------------------------
@@ -476,28 +497,31 @@ def _use_tma(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> bool:
 SPLIT_K_MIN_K = 4096  # shorter reductions are never split
 SPLIT_K_MIN_SLICE = 512  # nor into slices shorter than this
 SPLIT_K_MAX = 8
-# One SM takes a 128x128 tile one element further along K (2*128*128 FLOPs) in about
-# the time HBM moves this many bytes (Hopper: ~5 dense fp16 TFLOP/s per SM, ~3 TB/s).
-_TILE_STEP_BYTES = 20_000
+# The tile the model counts in (the autotuner's usual winner on sm_90), and the HBM
+# traffic that costs as much time as one step of it along K: an SM takes a 128x256 tile
+# one element further along K (2*128*256 FLOPs) in about the time HBM moves this many
+# bytes (Hopper: ~5 dense fp16 TFLOP/s per SM, ~3 TB/s).
+_MODEL_TILE = (128, 256)
+_TILE_STEP_BYTES = 40_000
 
 
 @functools.lru_cache(maxsize=1024)
 def _split_k(m: int, n: int, k: int, sms: int) -> int:
     """K slices for a plain GEMM with few output tiles and a long reduction (1: no split).
 
-    Too few tiles leave SMs idle (GPT-2's weight gradients: a 768x3072 output over
-    16384 tokens is 144 tiles on 132 SMs, two waves for one's work). Splitting K
-    makes more work units; each slice costs an fp32 [M, N] write and read back.
-    The model: waves of units times the slice length, plus that traffic.
+    Too few tiles leave SMs idle (GPT-2's weight gradients: a 768x3072 output is 72
+    tiles of 128x256 for 132 SMs). Splitting K makes more work units; each slice
+    costs an fp32 [M, N] write and read back (`reduce.sum_rows`). The model: waves
+    of units times the slice length, plus that traffic.
     """
-    tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
+    tiles = backend.cdiv(m, _MODEL_TILE[0]) * backend.cdiv(n, _MODEL_TILE[1])
     if k < SPLIT_K_MIN_K or tiles >= 2 * sms:
         return 1
 
     def cost(s: int) -> float:
-        waves = triton.cdiv(tiles * s, sms)
+        waves = backend.cdiv(tiles * s, sms)
         traffic = s * m * n * 8 if s > 1 else 0
-        return waves * triton.cdiv(k, s) + traffic / _TILE_STEP_BYTES
+        return waves * backend.cdiv(k, s) + traffic / _TILE_STEP_BYTES
 
     splits = [s for s in range(1, SPLIT_K_MAX + 1) if s == 1 or k // s >= SPLIT_K_MIN_SLICE]
     return min(splits, key=cost)
@@ -509,25 +533,24 @@ def _launch_tma(a, b, out, preact, bias, residual, m, n, k, r_strides, flags):
     plain = not any(flags.values())
     split = _split_k(m, n, k, sms) if plain else 1
     # Partial sums go to fp32 slabs whose row count is a multiple of every BLOCK_M.
-    m_pad = triton.cdiv(m, 256) * 256 if split > 1 else m
+    m_pad = backend.cdiv(m, 256) * 256 if split > 1 else m
     target = (
         backend.empty(split * m_pad, n, dtype=torch.float32, device=a.device) if split > 1 else out
     )
 
     def grid(meta):
-        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        tiles = backend.cdiv(m, meta["BLOCK_M"]) * backend.cdiv(n, meta["BLOCK_N"])
         return (min(sms, tiles * split),)
 
     triton.set_allocator(_tma_workspace)  # per launch: the allocator is a context variable
-    m_bucket = triton.next_power_of_2(m)
-    key = (m_bucket, n, k, a_col, b_col, split, *flags.values(), a.dtype, target.dtype)
+    m_bucket = backend.next_power_of_2(m)
     launch(
-        _gemm_tma_kernel, grid, key,
+        _gemm_tma_kernel, grid, (m_bucket, n, k),
         a, b, target, preact, bias, residual, m, n, k, m_pad, stride_a, stride_b, *r_strides,
         m_bucket, A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split, NUM_SMS=sms, **flags,
     )  # fmt: skip
     if split > 1:  # a fixed-order sum: deterministic, unlike atomics
-        out.view(m, n).copy_(target.view(split, m_pad, n)[:, :m].sum(0))
+        sum_rows(target, split, m * n, m_pad * n, out)
 
 
 def _launch_simple(a3, b3, out, preact, bias, residual3, batch, m, n, k, flags):
@@ -537,17 +560,16 @@ def _launch_simple(a3, b3, out, preact, bias, residual3, batch, m, n, k, flags):
     precision = "ieee" if a3.dtype == torch.float32 and not _tf32_allowed() else "tf32"
 
     def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), batch)
+        return (backend.cdiv(m, meta["BLOCK_M"]) * backend.cdiv(n, meta["BLOCK_N"]), batch)
 
-    m_bucket = triton.next_power_of_2(m * batch)
-    key = (m_bucket, n, k, layout, precision, *flags.values(), a3.dtype, out.dtype)
+    m_bucket = backend.next_power_of_2(m * batch)
     launch(
-        _gemm_kernel, grid, key,
+        _gemm_kernel, grid, (m_bucket, n, k, layout),
         a3, b3, out, preact, bias, residual3, m, n, k,
         _batch_stride(a3), a3.stride(1), a3.stride(2),
         _batch_stride(b3), b3.stride(1), b3.stride(2),
         *residual3.stride(), m_bucket, layout,
-        INPUT_PRECISION=precision, **flags,
+        INPUT_PRECISION=precision, EVEN_K=k % 64 == 0, **flags,
     )  # fmt: skip
 
 
@@ -613,22 +635,25 @@ def _gemm_forward(a, b, bias, residual, activation, save_preact):
 
 
 def _act_grad(dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool):
-    """(dZ as [rows, N] or empty, fp32 bias gradient or empty) for contiguous [rows, N] dY, Z."""
+    """(dZ as [rows, N] or empty, bias gradient in dY's dtype or empty) for contiguous
+    [rows, N] dY and Z: one pass over them, then `reduce.sum_rows` over the partial rows."""
     rows, n = dy.shape
     act = ACTIVATIONS[activation]
     dz = backend.empty(rows, n, dtype=dy.dtype, device=dy.device) if act else dy.new_empty(0)
-    grid = (triton.cdiv(rows, ACT_GRAD_BLOCK_M), triton.cdiv(n, ACT_GRAD_BLOCK_N))
-    partial = (
-        backend.empty(grid[0], n, dtype=torch.float32, device=dy.device)
-        if has_bias
-        else dy.new_empty(0, dtype=torch.float32)
-    )
-    if dy.numel():
-        _act_grad_kernel[grid](
-            dy, z if act else dy, dz if act else dy, partial if has_bias else dy, rows, n,
-            ACTIVATION=act, HAS_BIAS=has_bias, BLOCK_M=ACT_GRAD_BLOCK_M, BLOCK_N=ACT_GRAD_BLOCK_N,
-        )  # fmt: skip
-    dbias = partial.sum(0).to(dy.dtype) if has_bias else dy.new_empty(0)
+    dbias = backend.empty(n, dtype=dy.dtype, device=dy.device) if has_bias else dy.new_empty(0)
+    if not dy.numel():
+        if has_bias:
+            dbias.zero_()
+        return dz, dbias
+    groups = max(1, min(ACT_GRAD_GROUPS, backend.cdiv(rows, ACT_GRAD_MIN_ROWS)))
+    parts = backend.empty(groups, n, dtype=torch.float32, device=dy.device) if has_bias else dy
+    launch(
+        _act_grad_kernel, lambda meta: (groups, backend.cdiv(n, meta["BLOCK_N"])), (n,),
+        dy, z if act else dy, dz if act else dy, parts, rows, n,
+        ACTIVATION=act, HAS_BIAS=has_bias,
+    )  # fmt: skip
+    if has_bias:
+        sum_rows(parts, groups, n, n, dbias)
     return dz, dbias
 
 
@@ -678,11 +703,27 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(a, b, bias, preact)
     ctx.activation = activation
     ctx.mark_non_differentiable(preact)
+    # No zeros for the pre-activation's (never used) gradient: that would be an [M, N]
+    # allocation and memset on every backward.
+    ctx.set_materialize_grads(False)
+
+
+def _weight_grad(a, b, dz, n):
+    """dB in B's own memory order: for a column-major 2-D B (nn.Linear's weight.t()) the
+    product is formed transposed, dZ^T A, so that the weight's gradient comes out
+    contiguous in the weight's layout instead of needing a copy."""
+    if b.dim() == 2 and a.dim() == 3:  # B was shared by A's batch: reduce over all rows
+        a, dz = a.reshape(-1, a.shape[-1]), dz.reshape(-1, n)
+    if b.dim() == 2 and b.stride(0) == 1 and b.stride(1) != 1:
+        return _gemm_op(dz.mT, a, None, None, "none", False)[0].mT
+    return _gemm_op(a.mT, dz, None, None, "none", False)[0]
 
 
 def _backward(ctx, dout, _dpreact):
     a, b, bias, preact = ctx.saved_tensors
     need_a, need_b, need_bias, need_res = ctx.needs_input_grad[:4]
+    if dout is None:  # the output did not reach the loss
+        return None, None, None, None, None, None
     activation = ctx.activation
     n = dout.shape[-1]
     dz, dbias = dout, None
@@ -700,13 +741,7 @@ def _backward(ctx, dout, _dpreact):
         if a.dim() == 2 and da.dim() == 3:  # A was broadcast over B's batch
             da = da.sum(0)
     if need_b:
-        if b.dim() == 2 and a.dim() == 3:  # B was shared by A's batch: reduce over all rows
-            db = _gemm_op(
-                a.reshape(-1, a.shape[-1]).mT, dz.reshape(-1, n), None, None, "none", False
-            )
-        else:
-            db = _gemm_op(a.mT, dz, None, None, "none", False)
-        db = db[0]
+        db = _weight_grad(a, b, dz, n)
     return da, db, dbias, dout if need_res else None, None, None
 
 

@@ -9,10 +9,10 @@ so one forward and one backward kernel serve both (IS_RMS).
   through in chunks twice (statistics, then output).
 - Backward: persistent programs, a few per SM, each walk rows pid, pid + G, ...,
   write dx and keep dweight/dbias partial sums in fp32 registers; the G partial
-  rows are summed once at the end (the Apex/Liger scheme), so the weight
-  gradients cost no atomics and no extra pass over the activations. Rows wider
-  than BWD_MAX_BLOCK stream in chunks and keep their partial sums in global
-  memory instead.
+  rows are summed once at the end by `reduce.sum_rows` (the Apex/Liger scheme),
+  so the weight gradients cost no atomics and no extra pass over the
+  activations: two launches in all. Rows wider than BWD_MAX_BLOCK stream in
+  chunks and keep their partial sums in global memory instead.
 
 With a residual, the normalised input is `x + residual` rounded to x's dtype,
 exactly what `x + residual` gives in PyTorch; it is stored for the next
@@ -30,6 +30,7 @@ import triton.language as tl
 
 from okto.kernels import backend
 from okto.kernels.autotune import autotune, config, launch
+from okto.kernels.ops.reduce import sum_rows
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -41,8 +42,6 @@ BWD_MAX_BLOCK = 8192
 CHUNK_BLOCK = 4096
 # Persistent backward programs per SM: enough loads in flight to saturate HBM.
 BWD_PROGRAMS_PER_SM = 4
-# Tile of the final sum over the backward programs' partial dweight/dbias rows.
-SUM_BLOCK_G, SUM_BLOCK_N = 64, 32
 
 
 # Rows per program x warps; the first (several rows) is what the interpreter runs.
@@ -105,7 +104,7 @@ def _affine(xhat, w_ptr, b_ptr, cols, mask_n, HAS_W: tl.constexpr, HAS_B: tl.con
 
 @autotune(
     configs=_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_RES"],
+    key=["N", "BLOCK_N", "HAS_RES", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -228,7 +227,7 @@ def _bwd_dx(
 
 @autotune(
     configs=_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_DRES"],
+    key=["N", "BLOCK_N", "HAS_DRES", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -327,40 +326,6 @@ def _norm_bwd_kernel(
             tl.debug_barrier()
 
 
-@triton.jit
-def _sum_parts_kernel(
-    part_ptr,
-    dw_ptr,
-    db_ptr,
-    G,
-    N,
-    HAS_W: tl.constexpr,
-    HAS_B: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """dweight and dbias: column sums of the backward's G partial rows, in the parameters' dtypes."""
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = cols < N
-    db_parts = part_ptr
-    if HAS_W:
-        db_parts += G.to(tl.int64) * N
-    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for start in range(0, G, BLOCK_G):
-        rows = (start + tl.arange(0, BLOCK_G)).to(tl.int64)
-        mask = (rows < G)[:, None] & mask_n[None, :]
-        offs = rows[:, None] * N + cols[None, :]
-        if HAS_W:
-            dw += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0), 0)
-        if HAS_B:
-            db += tl.sum(tl.load(db_parts + offs, mask=mask, other=0.0), 0)
-    if HAS_W:
-        tl.store(dw_ptr + cols, dw.to(dw_ptr.dtype.element_ty), mask=mask_n)
-    if HAS_B:
-        tl.store(db_ptr + cols, db.to(db_ptr.dtype.element_ty), mask=mask_n)
-
-
 def check_inputs(x: torch.Tensor, residual: torch.Tensor | None, what: str, **params) -> None:
     """Dtype, shape and device checks shared by both norms; `params` are weight/bias (or None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
@@ -394,7 +359,7 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _block_n(n: int, max_block: int) -> int:
-    return triton.next_power_of_2(n) if n <= max_block else CHUNK_BLOCK
+    return backend.next_power_of_2(n) if n <= max_block else CHUNK_BLOCK
 
 
 @functools.cache
@@ -419,7 +384,7 @@ def forward(x, weight, bias, residual, eps: float, rms: bool):
         key = (N, block_n, rms, x.dtype, *(None if t is None else t.dtype for t in params))
         launch(
             _norm_fwd_kernel,
-            lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),),
+            lambda meta: (backend.cdiv(M, meta["BLOCK_M"]),),
             key,
             x2,
             _rows(residual) if residual is not None else x2,
@@ -448,42 +413,20 @@ def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool):
     M, N = x2.shape
     dx = backend.empty_like(x2)
     programs = min(M, _backward_programs(x.device))
-    parts = backend.empty(
-        (weight is not None) + (bias is not None), programs, N, dtype=torch.float32, device=x.device
-    )
+    has_w, has_b = weight is not None, bias is not None
+    parts = backend.empty(has_w + has_b, programs, N, dtype=torch.float32, device=x.device)
     if M:
-        _norm_bwd_kernel[(programs,)](
-            dy2,
-            x2,
-            weight if weight is not None else x2,
-            mean,
-            rstd,
-            _rows(dsum) if dsum is not None else dy2,
-            dx,
-            parts,
-            M,
-            N,
-            IS_RMS=rms,
-            HAS_W=weight is not None,
-            HAS_B=bias is not None,
-            HAS_DRES=dsum is not None,
-            CHUNKED=N > BWD_MAX_BLOCK,
-            BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
-        )
-    dw = backend.empty_like(weight) if weight is not None else x.new_empty(0)
-    db = backend.empty_like(bias) if bias is not None else x.new_empty(0)
-    if weight is not None or bias is not None:
-        _sum_parts_kernel[(triton.cdiv(N, SUM_BLOCK_N),)](
-            parts,
-            dw,
-            db,
-            programs,
-            N,
-            HAS_W=weight is not None,
-            HAS_B=bias is not None,
-            BLOCK_G=SUM_BLOCK_G,
-            BLOCK_N=SUM_BLOCK_N,
-        )
+        launch(
+            _norm_bwd_kernel, (programs,), (N,),
+            dy2, x2, weight if has_w else x2, mean, rstd, _rows(dsum) if dsum is not None else dy2,
+            dx, parts, M, N,
+            IS_RMS=rms, HAS_W=has_w, HAS_B=has_b, HAS_DRES=dsum is not None,
+            CHUNKED=N > BWD_MAX_BLOCK, BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
+        )  # fmt: skip
+    dw = backend.empty_like(weight) if has_w else x.new_empty(0)
+    db = backend.empty_like(bias) if has_b else x.new_empty(0)
+    if has_w or has_b:
+        sum_rows(parts, programs, N, N, dw if has_w else db, db if has_w and has_b else None)
     return dx.view(x.shape), dw, db
 
 

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from okto.kernels import backend
+from okto.kernels.autotune import launch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ONE_PASS_MAX = 16384  # longest row kept whole in registers (16 warps: 32 fp32 values a thread)
@@ -100,16 +101,17 @@ def _launch(kernel, tensors, out: torch.Tensor) -> torch.Tensor:
     rows = out.numel() // n if n else 0
     if rows == 0:
         return out
-    block = triton.next_power_of_2(n)
+    block = backend.next_power_of_2(n)
     one_pass = block <= ONE_PASS_MAX
     if not one_pass:
         block = CHUNK
     per_program = max(1, ROW_ELEMENTS // block) if one_pass else 1
     warps = min(16, max(4, per_program * block // 1024))
-    grid = (triton.cdiv(rows, per_program),)
-    kernel[grid](
-        *tensors, out, rows, n, ROWS=per_program, BLOCK_N=block, ONE_PASS=one_pass, num_warps=warps
-    )
+    grid = (backend.cdiv(rows, per_program),)
+    launch(
+        kernel, grid, (), *tensors, out, rows, n,
+        ROWS=per_program, BLOCK_N=block, ONE_PASS=one_pass, num_warps=warps,
+    )  # fmt: skip
     return out
 
 

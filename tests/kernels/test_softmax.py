@@ -25,12 +25,16 @@ def _check(x, dim, dtype, mask=None):
     y = softmax(x_lp, dim=dim)
     dy = torch.randn_like(y)
     y.backward(dy)
-    x64 = x_lp.detach().double().requires_grad_()
-    y64 = torch.softmax(x64, dim=dim)
-    y64.backward(dy.double())
+    y64 = torch.softmax(x_lp.detach().double(), dim=dim)
     assert y.dtype == dtype and y.shape == x.shape
     assert rel_error(y, y64) < TOL[dtype]
-    assert rel_error(x_lp.grad, x64.grad) < TOL[dtype]
+    # The backward reads the forward's output as rounded to `dtype`, so its oracle is the
+    # exact gradient at that output: dx = y * (dy - sum(dy * y)). Against the gradient at
+    # the unrounded softmax, fp16 rounding of y alone exceeds TOL whenever dy - sum(dy * y)
+    # nearly cancels (about one fresh seed in thirty for a 7-element row).
+    y_used, dy64 = y.detach().double(), dy.double()
+    dx64 = y_used * (dy64 - (dy64 * y_used).sum(dim, keepdim=True))
+    assert rel_error(x_lp.grad, dx64) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
