@@ -140,6 +140,37 @@ def test_non_contiguous_inputs():
     assert rel_error(loss, F.cross_entropy(logits.double(), target, reduction="none")) < 1e-5
 
 
+def test_backward_allocates_no_zeros_for_the_gradient_outputs():
+    """The gradients computed in the forward are non-differentiable outputs: autograd must
+    not build logits- (or weight-) sized zeros as their gradients on every backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    target = _targets(9, 37)
+    logits = torch.randn(9, 37, device=DEVICE, requires_grad=True)
+    hidden = torch.randn(9, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(37, 8, device=DEVICE, requires_grad=True)
+    losses = [cross_entropy(logits, target), fused_linear_cross_entropy(hidden, weight, target)]
+    for loss in losses:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss.backward()
+        assert not [e.name for e in prof.events() if e.name == "aten::zeros"]
+
+
+@pytest.mark.gpu
+def test_gpu_peak_memory_is_one_gradient_buffer():
+    """Default cross-entropy forward+backward at GPT-2's size: the logits-sized gradient
+    buffer is all it allocates (no second one of zeros in the backward)."""
+    logits = torch.randn(4096, 50304, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    target = _targets(4096, 50304)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    torch.autograd.grad(cross_entropy(logits, target), logits)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra < 1.1 * logits.numel() * logits.element_size()
+
+
 def test_cross_entropy_bad_inputs_raise():
     logits = torch.randn(4, 10, device=DEVICE)
     target = torch.zeros(4, dtype=torch.long, device=DEVICE)

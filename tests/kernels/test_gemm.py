@@ -140,6 +140,46 @@ def test_tma_falls_back_when_strides_do_not_fit(monkeypatch, tma_launches):
     assert tma_launches == []
 
 
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_linear_backward_stays_on_the_tma_kernel(monkeypatch, tma_launches, layout):
+    """Forward, dX and dW of both weight layouts reach the TMA kernel with no copies, and
+    the weight gradient comes out in the weight's own layout (no transposing copy)."""
+    monkeypatch.setenv("OKTO_GEMM", "tma")
+    simple = []
+    monkeypatch.setattr(gemm_module, "_launch_simple", lambda *a: simple.append(a))
+    x = torch.randn(40, 72).to(torch.float16)  # 16-byte rows, ragged tiles
+    w_in_out = (torch.randn(72, 56) / math.sqrt(72)).to(torch.float16)
+    weight = w_in_out.T.contiguous() if layout == "out_in" else w_in_out
+    bias = torch.randn(56).to(torch.float16)
+
+    def fn(x, weight, bias):
+        return linear(x, weight, bias, "gelu_tanh", weight_layout=layout)
+
+    def ref(x, weight, bias):
+        w = weight.T if layout == "out_in" else weight
+        return torch.nn.functional.gelu(x @ w + bias, approximate="tanh")
+
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    fn(*leaves).backward(torch.randn(40, 56).to(torch.float16))
+    assert len(tma_launches) == 3 and simple == []
+    assert leaves[1].grad.stride() == weight.stride()
+    _check_against_float64(fn, ref, [x, weight, bias], TOL[torch.float16])
+
+
+def test_backward_allocates_no_zeros_for_unused_outputs():
+    """The pre-activation output is not differentiable: autograd must not build an [M, N]
+    tensor of zeros as its gradient on every backward (set_materialize_grads(False))."""
+    from torch.profiler import ProfilerActivity, profile
+
+    a, b = _operands((37, 71), (71, 53), torch.float32)
+    bias = torch.randn(53, device=DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (a, b, bias)]
+    out = gemm(*leaves, None, "gelu_tanh")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out.backward(torch.randn_like(out))
+    assert not [e.name for e in prof.events() if e.name == "aten::zeros"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_transposed_and_strided_inputs(dtype):
     m, k, n = 37, 71, 53
@@ -472,16 +512,17 @@ def test_gpu_fp32(monkeypatch, allow_tf32):
 
 
 @pytest.mark.gpu
-def test_gpu_hopper_takes_the_tma_path_at_gpt2_shapes(tma_launches):
+def test_gpu_hopper_takes_the_tma_path_at_gpt2_shapes_forward_and_backward(tma_launches):
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("TMA kernels need sm_90+")
-    x = torch.randn(16384, 768, device="cuda", dtype=torch.float16)
-    for weight, layout in [
-        (torch.randn(768, 3072, device="cuda", dtype=torch.float16), "in_out"),
-        (torch.randn(3072, 768, device="cuda", dtype=torch.float16), "out_in"),
-    ]:
-        linear(x, weight, activation="gelu_tanh", weight_layout=layout)
-    assert len(tma_launches) == 2
+    x = torch.randn(16384, 768, device="cuda", dtype=torch.float16, requires_grad=True)
+    bias = torch.randn(3072, device="cuda", dtype=torch.float16, requires_grad=True)
+    for shape, layout in [((768, 3072), "in_out"), ((3072, 768), "out_in")]:
+        weight = (torch.randn(shape, device="cuda") / 28).half().requires_grad_()
+        out = linear(x, weight, bias, activation="gelu_tanh", weight_layout=layout)
+        out.backward(torch.randn_like(out))
+        assert weight.grad.is_contiguous()
+    assert len(tma_launches) == 6  # forward, dX and dW of each layout
 
 
 @pytest.mark.gpu
