@@ -80,22 +80,35 @@ def specialization(args: tuple) -> tuple:
     Integers: the value 1 (compiled in as a constant), divisibility by 16, and the
     integer type (i32, i64, u64); tensors: the dtype and a 16-byte-aligned address;
     floats and bools are not specialised; anything else by value. Two argument
-    lists with equal results here get the same compiled kernel from Triton.
+    lists with equal results here get the same compiled kernel from Triton. (One
+    comprehension over the common types: this runs for every launch.)
     """
-    out = []
-    for a in args:
-        kind = type(a)
-        if kind is int:
-            out.append(
-                1 if a == 1 else 2 + (a % 16 == 0) + 2 * (-(2**31) <= a < 2**31) + 4 * (a >= 2**63)
+    return tuple(
+        [
+            (a.dtype, a.data_ptr() & 15 == 0)
+            if (kind := type(a)) is _TENSOR
+            else (
+                1
+                if a == 1
+                else 2 + (a & 15 == 0) + 2 * (_I32_MIN <= a <= _I32_MAX) + 4 * (a > _I64_MAX)
             )
-        elif kind is float or kind is bool:
-            out.append(kind)
-        elif isinstance(a, torch.Tensor):
-            out.append((a.dtype, a.data_ptr() % 16 == 0))
-        else:
-            out.append(a)
-    return tuple(out)
+            if kind is int
+            else _other_specialization(a, kind)
+            for a in args
+        ]
+    )
+
+
+_TENSOR = torch.Tensor
+_I32_MIN, _I32_MAX, _I64_MAX = -(2**31), 2**31 - 1, 2**63 - 1
+
+
+def _other_specialization(a, kind):
+    if kind is float or kind is bool:
+        return kind
+    if isinstance(a, torch.Tensor):  # subclasses such as Parameter
+        return (a.dtype, a.data_ptr() & 15 == 0)
+    return a
 
 
 class _Direct:

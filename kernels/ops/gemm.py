@@ -480,18 +480,20 @@ def _tma_layout(t: torch.Tensor) -> tuple[bool, int] | None:
     return None
 
 
-def _use_tma(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> bool:
+def _tma_layouts(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> tuple | None:
+    """The (column-major?, row stride) of A and B when the TMA kernel takes this problem."""
     path = _path()
     if path == "simple" or not _HAS_TENSOR_DESCRIPTORS or k == 0:
-        return False
+        return None
     if a.dtype not in (torch.float16, torch.bfloat16) or (n * a.element_size()) % 16:
-        return False
+        return None
     if backend.interpreting():
         if path != "tma":
-            return False
+            return None
     elif not (a.is_cuda and _is_hopper_or_newer(a.device)):
-        return False
-    return _tma_layout(a) is not None and _tma_layout(b) is not None
+        return None
+    a_layout, b_layout = _tma_layout(a), _tma_layout(b)
+    return None if a_layout is None or b_layout is None else (a_layout, b_layout)
 
 
 SPLIT_K_MIN_K = 4096  # shorter reductions are never split
@@ -527,8 +529,8 @@ def _split_k(m: int, n: int, k: int, sms: int) -> int:
     return min(splits, key=cost)
 
 
-def _launch_tma(a, b, out, preact, bias, residual, m, n, k, r_strides, flags):
-    (a_col, stride_a), (b_col, stride_b) = _tma_layout(a), _tma_layout(b)
+def _launch_tma(a, b, layouts, out, preact, bias, residual, m, n, k, r_strides, flags):
+    (a_col, stride_a), (b_col, stride_b) = layouts
     sms = 3 if backend.interpreting() else _sm_count(a.device)
     plain = not any(flags.values())
     split = _split_k(m, n, k, sms) if plain else 1
@@ -617,9 +619,12 @@ def _gemm_forward(a, b, bias, residual, activation, save_preact):
     if a2 is not None and b.dim() == 2:
         rows = a2.shape[0]
         r_strides = (0, 0) if r2 is None else r2.stride()
-        if _use_tma(a2, b, n, k):
+        layouts = _tma_layouts(a2, b, n, k)
+        if layouts is not None:
             res_arg = out if r2 is None else r2
-            _launch_tma(a2, b, out, preact, bias_arg, res_arg, rows, n, k, r_strides, flags)
+            _launch_tma(
+                a2, b, layouts, out, preact, bias_arg, res_arg, rows, n, k, r_strides, flags
+            )
             return out, preact
         a3, b3, batch, m = a2.unsqueeze(0), b.unsqueeze(0), 1, rows
         res3 = out.view(1, rows, n) if r2 is None else r2.unsqueeze(0)
