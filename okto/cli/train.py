@@ -5,9 +5,18 @@ run), 2 invalid file, arguments or data, 3 training failed (NaN or divergent
 loss; a checkpoint was saved), 4 the machine lacks what the file asks for,
 130 / 143 stopped by Ctrl-C / SIGTERM (a checkpoint was saved; `--resume
 auto` continues).
+
+With `--gpus N` (or ENV.gpus) this command starts N processes through
+torchrun, each running `okto train` with the same arguments, and exits with
+the code of the process that failed first (docs/distributed.md). In a process
+a launcher started, a failure is said with the process's rank and recorded for
+torchrun; what every process meets alike (a NaN, a stop signal, rank 0 failing
+to prepare the data) rank 0 alone says.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 def add_parser(subparsers) -> None:
@@ -38,18 +47,78 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--show-tflops", action="store_true", help="achieved TFLOP/s and MFU in every log line"
     )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="train in N processes, one per GPU, started through torchrun (sets ENV.gpus; "
+        "with TRAIN.device cpu, N CPU processes over gloo)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from okto.training import train
+    from okto.errors import UsageError
+    from okto.training.launch import processes_to_start, torchrun
+    from okto.training.run import load_program
 
-    train(
-        args.file,
-        max_steps=args.max_steps,
-        overrides=args.set,
-        resume=args.resume,
-        verbose=args.verbose,
-        show_tflops=args.show_tflops,
+    if args.gpus is not None and args.gpus < 1:
+        raise UsageError(f"--gpus must be at least 1, not {args.gpus}")
+    gpus = [f"ENV.gpus={args.gpus}"] if args.gpus is not None else []
+    program = load_program(args.file, [*args.set, *gpus], args.max_steps)
+    processes = processes_to_start(program)
+    if processes:
+        return torchrun(processes, ["okto", *_arguments(args)], module=True)
+    return _train_here(program, args)
+
+
+def _arguments(args) -> list[str]:
+    """This command's arguments, for the processes it starts."""
+    argv = ["train", "-f", args.file]
+    if args.max_steps is not None:
+        argv += ["--max-steps", str(args.max_steps)]
+    for override in args.set:
+        argv += ["--set", override]
+    if args.resume is not None:
+        argv += ["--resume", args.resume]
+    argv += [
+        flag
+        for flag, on in (("--verbose", args.verbose), ("--show-tflops", args.show_tflops))
+        if on
+    ]
+    if args.gpus is not None:
+        argv += ["--gpus", str(args.gpus)]
+    return argv
+
+
+def _train_here(program, args) -> int:
+    from okto.errors import OktoError
+    from okto.training import TrainingFailed, TrainingInterrupted, train
+    from okto.training.distributed import (
+        PeerFailed,
+        peer_lost,
+        ranks_from_environment,
+        record_failure,
     )
+
+    ranks = ranks_from_environment()
+    try:
+        train(program, resume=args.resume, verbose=args.verbose, show_tflops=args.show_tflops)
+    except BaseException as error:
+        if ranks.world == 1:
+            raise
+        record_failure(error)
+        if isinstance(error, (TrainingFailed, TrainingInterrupted, PeerFailed)):
+            if ranks.is_main:
+                raise  # every process ends so; rank 0 says it
+            return error.exit_code
+        if isinstance(error, OktoError):
+            print(f"[rank {ranks.rank}] {error.render()}", file=sys.stderr)
+            return error.exit_code
+        if peer_lost(error):
+            print(
+                f"[rank {ranks.rank}] stopped: another process of the job failed", file=sys.stderr
+            )
+            return 1
+        raise
     return 0

@@ -6,7 +6,11 @@ counts the examples consumed since the start. A batch is the next
 `batch_size` positions, so the order depends only on the seed and the
 position: a resumed run continues with exactly the batches an uninterrupted
 one would have seen, and a live change of `batch_size` simply takes more or
-fewer positions from there.
+fewer positions from there. In a job of several processes a step's batch is
+the next `batch_size` x processes positions, of which process r takes the r-th
+`batch_size` (the same seeded order in every process, a slice each, as
+DistributedSampler gives); the position stays a count of the whole job's
+examples, so it means the same for any number of processes.
 
 A worker thread gathers the next batches into pinned host memory; on CUDA each
 batch is copied to the device one step ahead, on a side stream when
@@ -86,7 +90,8 @@ def _column(dataset, name: str) -> np.ndarray:
 
 
 class Batches:
-    """The next batches of an `ExampleStream`, on the training device, prepared `depth` ahead."""
+    """The next batches of an `ExampleStream` (process `rank`'s slice of each), on the
+    training device, prepared `depth` ahead."""
 
     def __init__(
         self,
@@ -96,9 +101,12 @@ class Batches:
         position: int = 0,
         depth: int = 2,
         copy_streams: int = 1,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.stream, self.device, self.depth = stream, device, depth
         self.batch_size, self.position = batch_size, position
+        self.rank, self.world = rank, world
         self.wait_seconds = 0.0
         self._cuda = device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(device) if self._cuda and copy_streams > 1 else None
@@ -117,7 +125,7 @@ class Batches:
             main.wait_event(copied)
             for tensor in _fields(batch):  # keep the allocator from reusing them too early
                 tensor.record_stream(main)
-        self.position += batch.input_ids.shape[0]
+        self.position += batch.input_ids.shape[0] * self.world
         if self._cuda:  # the next copy runs while this batch's step does
             self._ready = self._to_device(self._take_host())
         return batch
@@ -133,7 +141,8 @@ class Batches:
 
     def _take_host(self) -> Batch:
         while len(self._pending) < self.depth:
-            start, self._next_start = self._next_start, self._next_start + self.batch_size
+            start = self._next_start + self.rank * self.batch_size  # this process's slice
+            self._next_start += self.batch_size * self.world
             self._pending.append(
                 self._worker.submit(self.stream.host_batch, start, self.batch_size, self._cuda)
             )

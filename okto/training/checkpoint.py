@@ -13,7 +13,9 @@ A checkpoint is a folder `step-NNNNNNN/` under the run's checkpoint folder:
 It is written under a temporary name and renamed, so a folder named
 `step-*` is always complete: a write cut short (a crash, a full disk, a
 kill) leaves a `.tmp-*` folder that is never read and is swept away by the
-next save, and the previous checkpoint untouched.
+next save, and the previous checkpoint untouched. A job of several processes
+writes its checkpoints through torch.distributed.checkpoint instead
+(distributed_checkpoint.py), in the same folders and under the same rules.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ WEIGHTS = "trainable.safetensors"
 STATE = "state.pt"
 TRAINER = "trainer.json"
 FILES = (WEIGHTS, STATE, TRAINER)
+DISTRIBUTED_FILES = ("dcp/.metadata", STATE, TRAINER)  # distributed_checkpoint.py's
 _NAME = re.compile(r"^step-(\d+)$")
 _TEMP_PREFIX = ".tmp-"
 
@@ -43,7 +46,7 @@ _TEMP_PREFIX = ".tmp-"
 def save_checkpoint(folder: Path, step: int, model: nn.Module, states: dict, trainer: dict) -> Path:
     """Write a checkpoint for `step` atomically; `states` holds state dicts (optimizer, ...)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _sweep(folder)
+    sweep(folder)
     final = folder / f"step-{step:07d}"
     staging = folder / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}"
     try:
@@ -52,11 +55,11 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, states: dict, tra
         torch.save({**states, "rng": rng_state()}, staging / STATE)
         (staging / TRAINER).write_text(json.dumps(trainer, indent=1))
         for name in FILES:
-            _fsync(staging / name)
+            fsync(staging / name)
         if final.exists():  # `SAVE checkpoint` and a periodic save at the same step
             shutil.rmtree(final)
         os.rename(staging, final)
-        _fsync(folder)
+        fsync(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
@@ -81,7 +84,11 @@ def checkpoints_in(folder: Path) -> list[Path]:
 
 def latest_checkpoint(folder: Path) -> Path | None:
     """The complete checkpoint with the highest step in `folder`, if any."""
-    done = [p for p in checkpoints_in(folder) if all((p / name).is_file() for name in FILES)]
+    done = [
+        p
+        for p in checkpoints_in(folder)
+        if any(all((p / name).is_file() for name in files) for files in (FILES, DISTRIBUTED_FILES))
+    ]
     return done[-1] if done else None
 
 
@@ -103,14 +110,19 @@ def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Pa
     if set(weights) != set(expected):
         missing = sorted(set(expected) - set(weights))[:3]
         extra = sorted(set(weights) - set(expected))[:3]
-        raise UsageError(
-            f"{where} does not fit this model (missing {missing}, unexpected {extra}): "
-            "was it written by a run with another MODEL block?"
-        )
+        raise misfit(where, f"missing {missing}, unexpected {extra}")
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in weights:
                 param.copy_(weights[name])
+
+
+def misfit(where: Path, detail) -> UsageError:
+    """The error for a checkpoint whose tensors are not this model's."""
+    return UsageError(
+        f"{where} does not fit this model ({detail}): "
+        "was it written by a run with another MODEL block?"
+    )
 
 
 def rng_state() -> dict:
@@ -140,13 +152,13 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _sweep(folder: Path) -> None:
+def sweep(folder: Path) -> None:
     """Remove what interrupted saves left behind."""
     for path in folder.glob(f"{_TEMP_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -12,7 +12,12 @@ and checkpoint when they go by epochs), evaluation every `eval_steps`
 step starts from, and resuming from it reproduces the uninterrupted run.
 
 Epochs are turned into a step count at the start: ceil(epochs x rows /
-(batch_size x gradient_accumulation)).
+(batch_size x gradient_accumulation x processes)).
+
+In a job of several processes (okto.training.distributed) each process runs
+this loop on its slice of every batch; the loss is averaged over them, the
+throughput counts the whole job's tokens, and only rank 0 shows and writes
+what the run reports.
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ from pathlib import Path
 
 import torch
 
+from okto.errors import UsageError
 from okto.training import checkpoint as ckpt
+from okto.training import distributed_checkpoint as dckpt
 from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
+from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
 from okto.training.optim import current_lr, set_lr
@@ -38,6 +46,8 @@ from okto.training.stability import LossGuard, Plateau
 DEFAULT_PATIENCE = 3
 # Steps left out of the summary's throughput: compilation and CUDA-graph capture happen there.
 WARMUP_STEPS = 3
+# CONTROL metrics each process measures for itself: rules on them read rank 0's values.
+PER_PROCESS_METRICS = ("tokens_per_second", "gpu_memory", "gpu_usage", "gpu_temperature")
 
 
 @dataclass
@@ -121,8 +131,10 @@ class Trainer:
         metrics,
         checkpoints: Path,
         save_model,
+        parallel: Parallel | None = None,
     ):
         self.model, self.forward = model, forward
+        self.parallel = parallel or Parallel(device=settings.device)
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.settings, self.config = settings, config
         self.device, self.seed = settings.device, settings.seed
@@ -140,7 +152,11 @@ class Trainer:
         self.early_stopping = patience is not None
         self.plateau = Plateau(patience or DEFAULT_PATIENCE, config.stability.min_improvement or 0)
         self.controller = Controller(config.control, self)
-        self.device_metrics = any(n.startswith("gpu_") for n in metric_names(config.control))
+        read = metric_names(config.control)
+        self.device_metrics = any(n.startswith("gpu_") for n in read)
+        self.rank_zero_metrics = self.parallel.distributed and any(
+            n in PER_PROCESS_METRICS for n in read
+        )
         self.batches: Batches | None = None
         self.stop_reason: str | None = None
         self.checkpoint_wanted = False
@@ -160,6 +176,8 @@ class Trainer:
             self.live.batch_size,
             self.position,
             copy_streams=self.settings.streams,
+            rank=self.parallel.rank,
+            world=self.parallel.world,
         )
         self.model.train()
         self.display.start(self.total, self.step)
@@ -193,12 +211,14 @@ class Trainer:
                 )
             else:
                 self._after_step(result, epochs_before)
-            if signals.received is not None:
+            # A signal to any process stops them all after this same step.
+            received = self.parallel.max(signals.received or 0)
+            if received:
                 self._checkpoint()
                 return Outcome(
                     "interrupted",
                     f"interrupted at step {self.step}; resume with --resume auto",
-                    signals.exit_code,
+                    128 + received,
                 )
             if self.stop_reason is not None:
                 break
@@ -209,19 +229,21 @@ class Trainer:
         accumulation = self.live.gradient_accumulation
         loss_sum = torch.zeros((), device=self.device)
         examples = tokens = 0
-        for _ in range(accumulation):
+        for index in range(accumulation):
             batch = self.batches.next()
-            with self._autocast():
-                loss = self.forward(input_ids=batch.input_ids, labels=batch.labels).loss
-            loss = loss.float() / accumulation
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            with self.parallel.micro_step(last=index == accumulation - 1):
+                with self._autocast():
+                    loss = self.forward(input_ids=batch.input_ids, labels=batch.labels).loss
+                loss = loss.float() / accumulation
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.detach()
             examples += batch.input_ids.shape[0]
             tokens += batch.tokens
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.live.gradient_clip
-        norm = torch.nn.utils.clip_grad_norm_(self.trained, clip if clip else math.inf)
+        norm = self.parallel.clip_grad_norm(self.trained, clip if clip else math.inf)
+        loss_sum = self.parallel.mean(loss_sum)  # the job's loss, the same in every process
         loss_value, norm_value = torch.stack([loss_sum, norm.float()]).tolist()
         # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
         finite = math.isfinite(loss_value) and (
@@ -236,7 +258,8 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return StepResult(loss_value, norm_value, finite, examples, tokens)
+        world = self.parallel.world
+        return StepResult(loss_value, norm_value, finite, examples * world, tokens * world)
 
     def _autocast(self):
         dtype = self.settings.autocast_dtype
@@ -331,18 +354,24 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> None:
+        """Validation loss, perplexity and accuracy. Each process takes its `batch_size` of
+        every `batch_size` x processes rows, all of them as many batches (one past the end
+        counts nothing), since a sharded model's forward is a collective."""
         stream, batch_size = self.val_stream, self.live.batch_size
         if stream is None:
             return
+        rank, world = self.parallel.rank, self.parallel.world
         self.model.eval()
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, tokens
-        for start in range(0, stream.rows, batch_size):
-            batch = stream.host_batch(start, min(batch_size, stream.rows - start), pin=False)
-            batch = Batch(batch.input_ids.to(self.device), batch.labels.to(self.device))
+        for start in range(rank * batch_size, stream.rows + rank * batch_size, batch_size * world):
+            count = min(batch_size, stream.rows - start)
+            batch = stream.host_batch(start if count > 0 else 0, max(count, 1), pin=False)
+            labels = batch.labels if count > 0 else torch.full_like(batch.labels, -100)
+            batch = Batch(batch.input_ids.to(self.device), labels.to(self.device))
             with self._autocast():
                 sums += batch_sums(self.model, batch.input_ids, batch.labels)
         self.model.train()
-        loss, correct, tokens = sums.tolist()
+        loss, correct, tokens = self.parallel.sum(sums).tolist()
         count = max(int(tokens), 1)
         val_loss = loss / count
         self.totals.evals += 1
@@ -390,7 +419,7 @@ class Trainer:
             values["perplexity"] = math.exp(min(self.totals.last_loss, 700))
         if self.device_metrics and self.device.type == "cuda":
             values.update(_device_metrics(self.device))
-        return values
+        return self.parallel.agree(values) if self.rank_zero_metrics else values
 
     def _window_rate(self) -> float:
         return self.window.tokens / self.window.seconds if self.window.seconds else 0.0
@@ -399,8 +428,6 @@ class Trainer:
         window = self.window
         if not window.steps:
             return
-        tokens_per_s = self._window_rate()
-        tflops = tokens_per_s * self.flops.per_token(self.train_stream.seq_len) / 1e12
         record = {
             "step": self.step,
             "epoch": self.epoch,
@@ -408,9 +435,7 @@ class Trainer:
             "lr": current_lr(self.optimizer),
             "grad_norm": window.grad_norm / window.steps,
             "examples_per_second": window.examples / window.seconds,
-            "tokens_per_second": tokens_per_s,
-            "tflops": tflops,
-            "mfu": tflops / self.peak if self.peak else None,
+            **self._rates(self._window_rate()),
             "step_ms": 1000 * window.seconds / window.steps,
             "data_wait_percent": 100 * window.wait / window.seconds,
             "memory_gb": _memory_gb(self.device),
@@ -427,15 +452,27 @@ class Trainer:
         seconds = sum(s for s, _, _ in steps)
         if not seconds:
             return {}
-        tokens_per_s = sum(t for _, t, _ in steps) / seconds
-        tflops = tokens_per_s * self.flops.per_token(self.train_stream.seq_len) / 1e12
         return {
             "steady_steps": len(steps),
-            "tokens_per_second": tokens_per_s,
-            "tflops": tflops,
-            "mfu": tflops / self.peak if self.peak else None,
+            **self._rates(sum(t for _, t, _ in steps) / seconds),
             "data_wait_percent": 100 * sum(w for _, _, w in steps) / seconds,
         }
+
+    def _rates(self, tokens_per_s: float) -> dict:
+        """The whole job's tokens/s and TFLOP/s, and with several processes each GPU's
+        share; MFU is the same either way (the job's rate over the job's GPUs' peak)."""
+        world = self.parallel.world
+        tflops = tokens_per_s * self.flops.per_token(self.train_stream.seq_len) / 1e12
+        rates = {
+            "tokens_per_second": tokens_per_s,
+            "tflops": tflops,
+            "mfu": tflops / (self.peak * world) if self.peak else None,
+        }
+        if world > 1:
+            rates["processes"] = world
+            rates["tokens_per_second_per_gpu"] = tokens_per_s / world
+            rates["tflops_per_gpu"] = tflops / world
+        return rates
 
     # ---- CONTROL actions (okto.training.control.Actions) ----------------------------
 
@@ -488,15 +525,24 @@ class Trainer:
             and self.last_checkpoint.name == f"step-{self.step:07d}"
         ):
             return self.last_checkpoint
-        states = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
+        states = {"scheduler": self.scheduler.state_dict()}
         if self.scaler is not None:
             states["scaler"] = self.scaler.state_dict()
-        path = ckpt.save_checkpoint(
-            self.checkpoints, self.step, self.model, states, self.state_dict()
-        )
+        if self.parallel.distributed:
+            path = dckpt.save_checkpoint(
+                self.checkpoints,
+                self.step,
+                self.model,
+                self.optimizer,
+                states,
+                self.state_dict(),
+                self.parallel,
+            )
+        else:
+            states["optimizer"] = self.optimizer.state_dict()
+            path = ckpt.save_checkpoint(
+                self.checkpoints, self.step, self.model, states, self.state_dict()
+            )
         self.last_checkpoint = path
         self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))
         return path
@@ -516,19 +562,39 @@ class Trainer:
             "plateau": self.plateau.state_dict(),
             "controller": self.controller.state_dict(),
             "stop_reason": self.stop_reason,
+            "world": self.parallel.world,
         }
 
     def restore(self, path: Path) -> dict:
-        """Continue from a checkpoint; its trainer state (for the caller's messages)."""
-        weights, states, state = ckpt.read_checkpoint(path)
-        ckpt.load_trainable(self.model, weights, path)
-        self.optimizer.load_state_dict(states["optimizer"])
+        """Continue from a checkpoint; its trainer state (for the caller's messages).
+
+        A checkpoint of several processes loads on any number of them (one included); one
+        written by a single process loads where the parameters are whole (one process, or
+        DDP's replicas). When the number of processes changed, each process's batch is
+        resized to keep the global batch, and the random generators go on from the seed.
+        """
+        if dckpt.is_distributed(path):
+            states, state, rng = dckpt.load_checkpoint(
+                path, self.model, self.optimizer, self.parallel
+            )
+        elif self.parallel.sharded:
+            raise UsageError(
+                f"{path} was written by a run in one process, whose checkpoints fsdp cannot "
+                "shard: resume it in one process, or with strategy ddp"
+            )
+        else:
+            weights, states, state = ckpt.read_checkpoint(path)
+            ckpt.load_trainable(self.model, weights, path)
+            self.optimizer.load_state_dict(states["optimizer"])
+            rng = states["rng"] if self.parallel.world == 1 else {}
         self.scheduler.load_state_dict(states["scheduler"])
         if self.scaler is not None and "scaler" in states:
             self.scaler.load_state_dict(states["scaler"])
-        ckpt.set_rng_state(states["rng"])
+        if rng:
+            ckpt.set_rng_state(rng)
         self.step, self.position = state["step"], state["position"]
         self.live = Live(**state["live"])
+        self._regroup(state.get("world", 1))
         self.window = Window(**state["window"])
         self.totals = Totals(**state["totals"])
         self.last_grad_norm = state["last_grad_norm"]
@@ -537,6 +603,34 @@ class Trainer:
         self.controller.load_state_dict(state["controller"])
         self.last_checkpoint = path
         return state
+
+    def _regroup(self, written_by: int) -> None:
+        """After a checkpoint of `written_by` processes, keep the global batch when the number
+        of processes changed: through the accumulation where it divides (every micro-batch
+        then holds the rows it held, and the steps compute what they would have), else
+        through each process's batch."""
+        world, live = self.parallel.world, self.live
+        if written_by == world:
+            return
+        before = (live.batch_size, live.gradient_accumulation)
+        micro_steps = live.gradient_accumulation * written_by  # micro-batches of a step, in all
+        rows = live.batch_size * written_by  # rows of a micro-step, in all
+        if micro_steps % world == 0:
+            live.gradient_accumulation = micro_steps // world
+        elif rows % world == 0:
+            live.batch_size = rows // world
+        what = (
+            f"the checkpoint was written by {written_by} process(es), this run has {world}: "
+            f"batch_size x gradient_accumulation {before[0]} x {before[1]} -> "
+            f"{live.batch_size} x {live.gradient_accumulation} per process"
+        )
+        if live.batch_size * live.gradient_accumulation * world == rows * before[1]:
+            self.display.note(
+                f"{what} keeps the global batch of {rows * before[1]} sequences; the random "
+                "generators start again from the seed"
+            )
+        else:
+            self.display.warn(f"{what}: the global batch of {rows * before[1]} cannot be kept")
 
 
 def _memory_gb(device: torch.device) -> float | None:

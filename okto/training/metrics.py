@@ -3,7 +3,9 @@
 One object per line, each with an `event`: `start` (the run's settings),
 `step` (every `logging_steps`), `eval`, `log` (CONTROL `LOG` lines), `save`,
 `stop` and `summary`. A resumed run appends to the same file, so the file
-tells the whole run; floats are written as JSON numbers (NaN as null).
+tells the whole run; floats are written as JSON numbers (NaN as null). In a
+job of several processes rank 0 writes it; the others hold a `MetricsFile`
+without a path, which writes nothing.
 """
 
 from __future__ import annotations
@@ -14,18 +16,23 @@ from pathlib import Path
 
 
 class MetricsFile:
-    def __init__(self, path: Path, append: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, append: bool):
         self.path = path
-        self._file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        self._file = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
 
     def write(self, event: str, **fields) -> None:
+        if self._file is None:
+            return
         record = {"event": event, **{k: _plain(v) for k, v in fields.items() if v is not None}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _plain(value):

@@ -19,6 +19,8 @@ DEFAULT_SEED = 0
 @dataclass(frozen=True)
 class RunSettings:
     device: torch.device
+    processes: int  # training processes (one per GPU)
+    strategy: str  # ddp or fsdp, for more than one process
     precision: str  # the autocast dtype: fp32 means no autocast
     weights: str  # the parameters' dtype
     loss_scaling: bool  # fp16: a GradScaler
@@ -44,6 +46,8 @@ def run_settings(plan) -> RunSettings:
     value = {name: setting.value for name, setting in plan.settings.items()}
     return RunSettings(
         device=torch.device(value["device"]),
+        processes=value["processes"],
+        strategy=value["strategy"],
         precision=value["precision"],
         weights=value["weights"],
         loss_scaling=value["loss_scaling"],

@@ -8,6 +8,12 @@ model built and trained. Bad input raises an `OktoError` with a message
 went wrong (NaN, divergence) saves a checkpoint and raises `TrainingFailed`
 (exit 3); Ctrl-C or SIGTERM saves a checkpoint and raises
 `TrainingInterrupted` (exit 130 or 143).
+
+In a process a launcher (torchrun) started, the same steps run in every
+process of the job (okto.training.distributed): rank 0 prepares the tokenizer
+and the data first and the others read them from the caches, the model is
+wrapped (DDP or FSDP2) once the planner patched it, and only rank 0 prints,
+writes the log, the metrics, the final model and the exports.
 """
 
 from __future__ import annotations
@@ -75,16 +81,25 @@ def train(
     replaces TRAIN's epochs or max_steps, `resume` is "auto" or a checkpoint
     folder (default: TRAIN.resume_from_checkpoint).
     """
-    program = _program(source, overrides, max_steps)
+    from rich.console import Console
+
+    from okto.training.distributed import ranks_from_environment
+
+    program = load_program(source, overrides, max_steps)
     config = program.config
+    ranks = ranks_from_environment()
+    if not ranks.is_main:  # rank 0 speaks for the job
+        console = Console(quiet=True)
     display = Display(console, verbose or config.logging.log_level == "debug", show_tflops)
     try:
-        return _train(program, config, display, resume)
+        return _train(program, config, display, resume, ranks)
     finally:
         display.close_log()
 
 
-def _program(source, overrides, max_steps):
+def load_program(source, overrides=(), max_steps: int | None = None):
+    """The `okto.Program` a run trains: `source` (a path or a Program) with `--set`
+    overrides and `--max-steps` applied, and a PROJECT name checked."""
     from okto.language import Program, apply_overrides, load
 
     program = source if isinstance(source, Program) else load(source)
@@ -102,18 +117,46 @@ def _program(source, overrides, max_steps):
     return program
 
 
-def _train(program, config, display: Display, resume: str | None) -> TrainResult:
+def _train(program, config, display: Display, resume: str | None, ranks) -> TrainResult:
+    from okto.planner import build_plan
+    from okto.training.distributed import Parallel
+    from okto.training.plan import run_settings
+
+    plan = build_plan(program)  # the machine's checks, before anything else
+    settings = run_settings(plan)
+    if settings.processes > 1 and ranks.world == 1:
+        processes = plan.settings["processes"]
+        raise UsageError(
+            f"{_where(processes)} asks for {settings.processes} training processes: "
+            "`okto train` starts them through torchrun; from Python, run under torchrun"
+        )
+    parallel, settings = Parallel.start(ranks, settings)
+    result = _run(program, config, display, resume, settings, parallel)
+    # Only on the way out of a run that went well: after a failure a clean shutdown could
+    # wait on peers that wait for this process, which is about to exit anyway.
+    parallel.close()
+    return result
+
+
+def _where(setting) -> str:
+    """Where a planner setting came from: `ENV.gpus (file.okt:3:7)`, or its origin."""
+    from okto.planner.sources import display
+
+    return f"{display(setting.field)} ({setting.origin})" if setting.field else setting.origin
+
+
+def _run(program, config, display: Display, resume, settings, parallel) -> TrainResult:
     from okto.planner import build_plan
     from okto.training.hub import go_offline
     from okto.training.lora import check_lora_reached
-    from okto.training.plan import apply_switches, run_settings
+    from okto.training.plan import apply_switches
 
     started = time.perf_counter()
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
     paths = RunPaths.resolve(config)
-    settings = run_settings(build_plan(program))  # the machine's checks, before anything else
-    resume_from = _resume_point(resume or config.train.resume_from_checkpoint, paths, display)
-    if paths.log is not None:
+    choice = resume or config.train.resume_from_checkpoint
+    resume_from = _resume_point(choice, paths, display, parallel.is_main)
+    if paths.log is not None and parallel.is_main:
         display.keep_log(paths.log, append=resume_from is not None)
     for diagnostic in program.warnings:
         display.text(diagnostic.render())
@@ -121,21 +164,32 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
     if config.env.network == "offline":
         go_offline()
 
-    source, tokenizer, splits = _prepare_data(config, base_dir, paths, settings.seed, display)
+    source, tokenizer, splits = parallel.main_first(
+        lambda: _prepare_data(config, base_dir, paths, settings.seed, display, parallel.is_main)
+    )
     model, adapted = _build_model(config, source, tokenizer, splits, settings, display)
     plan = build_plan(program, model=model)
     display.print(plan.table())
     for note in plan.notes:
         display.note(note)
-    model.to(settings.device)
+    if not parallel.sharded:  # FSDP moves each parameter as it shards it
+        model.to(settings.device)
     plan.apply(model)
     if adapted:
         check_lora_reached(model)
+    forward = parallel.wrap(model, settings)
+    if parallel.distributed:
+        train = config.train
+        display.text(
+            f"parallel {parallel.describe()}; global batch {train.batch_size} x "
+            f"{parallel.world} x {train.gradient_accumulation} sequences"
+        )
+        _seed_everything(settings.seed + parallel.rank)  # each process its own dropout masks
     apply_switches(settings)
-    write_config(paths.run, program.to_dict())
-    trainer = _trainer(
-        program, settings, model, adapted, splits, display, paths, tokenizer, resume_from
-    )
+    if parallel.is_main:
+        write_config(paths.run, program.to_dict())
+    job = (program, settings, parallel)
+    trainer = _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from)
     if resume_from is not None:
         state = trainer.restore(resume_from)
         display.text(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
@@ -149,6 +203,8 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
         project=config.project.name,
         device=str(settings.device),
         precision=settings.precision,
+        processes=parallel.world,
+        strategy=parallel.strategy if parallel.distributed else None,
         parameters=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in trainer.trained),
         rows=trainer.train_stream.rows,
@@ -163,11 +219,11 @@ def _train(program, config, display: Display, resume: str | None) -> TrainResult
         trainer.metrics.close()
 
 
-def _resume_point(choice: str | None, paths: RunPaths, display: Display) -> Path | None:
+def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: bool) -> Path | None:
     from okto.training.checkpoint import checkpoints_in, latest_checkpoint
 
     if choice is None:
-        stale = checkpoints_in(paths.checkpoints)
+        stale = checkpoints_in(paths.checkpoints) if main else []
         for folder in stale:  # only checkpoints: the folder may hold other things
             shutil.rmtree(folder)
         if stale:
@@ -202,7 +258,12 @@ def data_cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: Display):
+def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: Display, main):
+    """The model's source, the tokenizer and the rows. In a job of several processes rank 0
+    runs this first; the others then read its tokenizer from the run folder and the rows
+    from the cache."""
+    from transformers import AutoTokenizer
+
     from okto.data import DataWarning, build_datasets, resolve_tokenizer
     from okto.training import models
 
@@ -212,13 +273,16 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
         with tempfile.TemporaryDirectory() as scratch:
             offline = config.env.network == "offline"
             source = models.locate(config.model, base_dir, offline, Path(scratch))
-            tokenizer = resolve_tokenizer(
-                config.dataset,
-                model_path=source.tokenizer_path,
-                run_dir=paths.run,
-                seed=seed,
-                base_dir=base_dir,
-            )
+            if main:
+                tokenizer = resolve_tokenizer(
+                    config.dataset,
+                    model_path=source.tokenizer_path,
+                    run_dir=paths.run,
+                    seed=seed,
+                    base_dir=base_dir,
+                )
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(str(paths.run / "tokenizer"))
         window = source.context_window or DEFAULT_LENGTH_CAP
         max_length = (
             config.dataset.max_length
@@ -287,16 +351,19 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     return model, adapted
 
 
-def _trainer(program, settings, model, adapted, splits, display, paths, tokenizer, resume_from):
+def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from):
+    """The Trainer over `model` (as the planner patched it), with `forward` what the loop
+    calls (the model, or DDP around it; compiled when the plan says so). `job` is
+    (program, settings, parallel)."""
     import torch
 
     from okto.training.flops import flops_model, peak_tflops
     from okto.training.loop import Live, Trainer
-    from okto.training.lora import merged_state_dict
     from okto.training.metrics import MetricsFile
     from okto.training.optim import build_optimizer, build_scheduler
     from okto.training.outputs import slug
 
+    program, settings, parallel = job
     config = program.config
     train = config.train
     live = Live(
@@ -309,21 +376,21 @@ def _trainer(program, settings, model, adapted, splits, display, paths, tokenize
         save_steps=train.save_steps,
     )
     rows = len(splits.train)
-    per_step = live.batch_size * live.gradient_accumulation
+    per_step = live.batch_size * live.gradient_accumulation * parallel.world
     total = train.max_steps or math.ceil(train.epochs * rows / per_step)
     optimizer = build_optimizer(
         model, train.optimizer, train.learning_rate, train.weight_decay, settings.device
     )
     scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
-    forward = model
     if settings.compile:
-        forward = torch.compile(model, mode="reduce-overhead" if settings.cuda_graphs else None)
+        forward = torch.compile(forward, mode="reduce-overhead" if settings.cuda_graphs else None)
     resolved = program.to_dict()
 
     def save(label: str) -> Path:
-        state = merged_state_dict(model) if adapted else None
-        return save_model(model, tokenizer, resolved, paths.saved / slug(label), state)
+        folder = paths.saved / slug(label)
+        _save_final(parallel, model, adapted, tokenizer, resolved, folder)
+        return folder
 
     return Trainer(
         model=model,
@@ -340,10 +407,24 @@ def _trainer(program, settings, model, adapted, splits, display, paths, tokenize
         flops=flops_model(model),
         peak=peak_tflops(settings.device, settings.precision, settings.tf32),
         display=display,
-        metrics=MetricsFile(paths.metrics, append=resume_from is not None),
+        metrics=MetricsFile(
+            paths.metrics if parallel.is_main else None, append=resume_from is not None
+        ),
         checkpoints=paths.checkpoints,
         save_model=save,
+        parallel=parallel,
     )
+
+
+def _save_final(parallel, model, adapted, tokenizer, config: dict, folder: Path) -> None:
+    """The model as a Hugging Face folder, LoRA merged, written by rank 0 (under FSDP every
+    process takes part in gathering the shards)."""
+    from okto.training.lora import merged_state_dict
+
+    whole = parallel.model_to_save(model)
+    if whole is not None:
+        state = merged_state_dict(whole) if adapted else None
+        save_model(whole, tokenizer, config, folder, state)
 
 
 def _logging_steps(program) -> int:
@@ -359,19 +440,24 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
     """Final model, adapter and exports for a run that ended well; the summary in any case."""
     import torch
 
-    from okto.training.lora import merged_state_dict, save_adapter
+    from okto.training.lora import save_adapter
     from okto.training.outputs import export
 
-    config, model = program.config, trainer.model
+    config, model, parallel = program.config, trainer.model, trainer.parallel
     final, exports = None, []
     if outcome.reason in ("completed", "stopped", "early_stopping") and config.output.save_model:
-        state = merged_state_dict(model) if adapted else None
-        final = save_model(model, tokenizer, program.to_dict(), paths.final, state)
-        if config.output.save_optimizer:
-            torch.save(trainer.optimizer.state_dict(), final / "optimizer.pt")
-        if adapted:
+        final = paths.final
+        _save_final(parallel, model, adapted, tokenizer, program.to_dict(), final)
+        optimizer = (
+            parallel.optimizer_state_to_save(model, trainer.optimizer)
+            if config.output.save_optimizer
+            else None
+        )
+        if optimizer is not None:
+            torch.save(optimizer, final / "optimizer.pt")
+        if adapted and parallel.is_main:
             save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
-        if any(
+        if parallel.is_main and any(
             str(program.source_map.get(f"export.{name}", "default")) != "default"
             for name in ("format", "path", "quantization")
         ):
@@ -447,15 +533,20 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
         )
     if rates:
         left_out = len(trainer.session) - rates["steady_steps"]
+        gpus = rates.get("processes")
+        per_gpu = f" ({human(rates['tokens_per_second_per_gpu'])} per GPU x {gpus})" if gpus else ""
+        tflops = f" ({rates['tflops_per_gpu']:.3g} per GPU)" if gpus else ""
         rows += [
             (
                 "throughput",
-                f"{human(rates['tokens_per_second'])} tokens/s over {rates['steady_steps']} steps"
+                f"{human(rates['tokens_per_second'])} tokens/s{per_gpu} over "
+                f"{rates['steady_steps']} steps"
                 + (f" (the first {left_out}, with any compilation, left out)" if left_out else ""),
             ),
             (
                 "compute",
-                f"{rates['tflops']:.3g} TFLOP/s, MFU {percent(rates['mfu'], trainer.peak_note)}",
+                f"{rates['tflops']:.3g} TFLOP/s{tflops}, "
+                f"MFU {percent(rates['mfu'], trainer.peak_note)}",
             ),
             ("data wait", f"{rates['data_wait_percent']:.2f}% of step time"),
         ]

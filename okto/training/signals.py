@@ -32,10 +32,6 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
 
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.received or 0)
-
     def _handle(self, number: int, frame) -> None:
         if self.received is not None:
             raise KeyboardInterrupt
