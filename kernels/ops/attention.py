@@ -93,6 +93,7 @@ _FWD_CONFIGS = _configs(
             _tiles(128, 64, 4, 4),
             _tiles(128, 128, 8, 2),
             _tiles(128, 128, 8, 3),
+            _tiles(128, 128, 8, 4),
             _tiles(128, 32, 4, 4),
             _tiles(64, 64, 4, 3),
             _tiles(64, 128, 4, 3),
