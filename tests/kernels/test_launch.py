@@ -19,6 +19,7 @@ from triton.runtime.jit import JITFunction
 
 from okto.kernels import autotune, backend, gelu
 from okto.kernels.ops.gelu import _gelu_fwd_kernel
+from tests.kernels.numerics import DEVICE
 
 
 def _kernel_body(x_ptr, y_ptr, n, scale, FLAG: tl.constexpr, BLOCK: tl.constexpr):
@@ -140,6 +141,12 @@ def test_specialization_is_at_least_as_fine_as_tritons():
         pytest.skip("this Triton has no native_specialize_impl")
     from triton.backends.compiler import BaseBackend
 
+    def tritons(a):
+        try:
+            return native(BaseBackend, a, False, True, True)
+        except TypeError:  # another signature in this Triton version
+            pytest.skip("native_specialize_impl takes other arguments in this Triton")
+
     base = torch.zeros(64, dtype=torch.float16)
     values = [0, 1, 2, 15, 16, 17, 48, -1, -16, 2**31 - 16, 2**31, 2**31 + 16, -(2**31)]
     values += [-(2**31) - 16, 2**40, 2**63, 2**63 + 16, 0.5, 1.0, True, False, None]
@@ -147,9 +154,36 @@ def test_specialization_is_at_least_as_fine_as_tritons():
     for a in values:
         for b in values:
             if autotune.specialization((a,)) == autotune.specialization((b,)):
-                assert native(BaseBackend, a, False, True, True) == native(
-                    BaseBackend, b, False, True, True
-                ), (a, b)
+                assert tritons(a) == tritons(b), (a, b)
+
+
+def test_without_direct_launches_the_tuned_configuration_goes_through_triton(stub, monkeypatch):
+    """OKTO_DIRECT_LAUNCH=0: every call takes Triton's JIT path, with the autotuner's
+    choice applied directly (its per-call key building skipped)."""
+    monkeypatch.setattr(autotune, "_DIRECT", False)
+    tuned = autotune.autotune([triton.Config({"BLOCK": 32}, num_warps=2)], key=["n"])(stub.jit)
+    x, y = _tensors()
+    for _ in range(3):
+        autotune.launch(tuned, (1,), (64,), x, y, 64, 1.0, FLAG=False)
+    assert len(stub.slow) == 3 and stub.compiled.launches == []
+    assert all(kwargs["BLOCK"] == 32 and kwargs["num_warps"] == 2 for _, kwargs in stub.slow)
+
+
+def test_mutating_ops_skip_the_dispatcher_and_bump_versions(monkeypatch):
+    """scale_rows_ in eager mode: run directly, and x's version counter moves as it would
+    through the dispatcher (autograd relies on it to catch in-place changes)."""
+    from okto.kernels.ops.cross_entropy import scale_rows_
+
+    dispatched = []
+    monkeypatch.setattr(scale_rows_, "_opoverload", lambda *args: dispatched.append(args))
+    x = torch.randn(4, 8, device=DEVICE)
+    want = x * 2
+    before = x._version
+    scale_rows_(x, torch.full((4,), 2.0, device=DEVICE))
+    assert x._version > before and torch.equal(x, want) and not dispatched
+    # With autograd recording, the dispatcher keeps the call (and its checks).
+    scale_rows_(torch.randn(4, 8, device=DEVICE, requires_grad=True), torch.ones(4, device=DEVICE))
+    assert len(dispatched) == 1
 
 
 @pytest.mark.gpu
