@@ -114,23 +114,31 @@ def _other_specialization(a, kind):
 class _Direct:
     """One compiled kernel and the constexpr arguments that follow the positional ones."""
 
-    __slots__ = ("configs", "kernel", "meta", "tail")
+    __slots__ = ("configs", "function", "kernel", "launcher", "meta", "packed", "tail")
 
     def __init__(self, configs, kernel, tail: tuple, meta: dict):
         self.configs, self.kernel, self.tail, self.meta = configs, kernel, tail, meta
+        self.launcher, self.function, self.packed = (
+            kernel.run,
+            kernel.function,
+            kernel.packed_metadata,
+        )
 
     def __call__(self, grid, device: int, args: tuple, kwargs: dict) -> None:
-        kernel = self.kernel
         if callable(grid):
             grid = grid(self.meta)
         size = len(grid)
         stream = driver.active.get_current_stream(device)
         params = (*args, *self.tail)
-        hooks = (None, None) if knobs is None else _hooks()
-        kernel.run(
+        enter, leave = _hooks()
+        metadata = (
+            None
+            if enter is None and leave is None
+            else self.kernel.launch_metadata(grid, stream, *params)
+        )
+        self.launcher(
             grid[0], grid[1] if size > 1 else 1, grid[2] if size > 2 else 1, stream,
-            kernel.function, kernel.packed_metadata, kernel.launch_metadata(grid, stream, *params),
-            *hooks, *params,
+            self.function, self.packed, metadata, enter, leave, *params,
         )  # fmt: skip
 
 
@@ -147,7 +155,16 @@ class _Tuned:
 
 
 def _hooks() -> tuple:
-    return knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    """Triton's launch hooks (profilers), each None when nothing is registered: the
+    launcher then skips the call, and the launch metadata need not be built."""
+    if knobs is None:
+        return None, None
+    return _active(knobs.runtime.launch_enter_hook), _active(knobs.runtime.launch_exit_hook)
+
+
+def _active(hook):
+    # Triton 3.9 keeps a HookChain that is never None; older versions a callable or None.
+    return hook if hook is not None and getattr(hook, "calls", True) else None
 
 
 def _is_compiled(kernel) -> bool:

@@ -82,8 +82,24 @@ def test_second_call_launches_the_compiled_kernel_directly(stub):
     assert len(stub.slow) == 1
     (launched,) = stub.compiled.launches
     assert launched[:6] == (4, 1, 1, 7, "function-handle", "packed")
+    assert launched[6:9] == (None, None, None)  # no profiler hooks: no metadata built
     assert launched[9:] == (x2, y2, 64, 0.25, True, 16)  # runtime args, then constexprs in order
     assert grids[-1]["BLOCK"] == 16 and grids[-1]["FLAG"] is True
+
+
+def test_registered_launch_hooks_get_their_metadata(stub, monkeypatch):
+    """A profiler's hook (Triton's knobs) is passed on, with the metadata it reads."""
+    hook = types.SimpleNamespace(calls=[print])  # a non-empty HookChain
+    empty = types.SimpleNamespace(calls=[])
+    monkeypatch.setattr(autotune, "knobs", types.SimpleNamespace(
+        runtime=types.SimpleNamespace(launch_enter_hook=hook, launch_exit_hook=empty)
+    ))  # fmt: skip
+    stub.compiled.launch_metadata = lambda grid, stream, *params: ("metadata", grid)
+    x, y = _tensors()
+    for _ in range(2):
+        autotune.launch(stub.jit, (3,), (), x, y, 64, 0.5, FLAG=True, BLOCK=16)
+    (launched,) = stub.compiled.launches
+    assert launched[6:9] == (("metadata", (3,)), hook, None)
 
 
 @pytest.mark.parametrize(
