@@ -2,7 +2,7 @@
 
     python benchmarks/train.py [--steps 30] [--batch 16] [--seq 1024]
                                [--only hf-eager okto-kernels ...] [--out train.jsonl]
-                               [--markdown train.md] [--timeout 600]
+                               [--markdown train.md] [--timeout 600] [--gpus 2]
 
 Every configuration trains the same model (GPT-2 small, vocabulary padded to
 50,304, dropout off, same seed) on the same synthetic tokens with bf16
@@ -20,7 +20,12 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 - okto-attention-loss-compile: only attention and the fused linear + cross-entropy
   on okto, GEMMs on cuBLAS and LayerNorm, GELU and the residual adds left to
   inductor (which fuses them): whether okto's GEMM and norm kernels pay for
-  themselves in the compiled step.
+  themselves in the compiled step;
+- okto-ddp, okto-fsdp (on a machine with `--gpus` GPUs, 2 by default): okto-trainer's
+  plan and loop in `--gpus` processes started through torchrun, wrapped as
+  `okto train --gpus N` wraps it (DDP; FSDP2), batch 16 x 1,024 in each process:
+  the table gives their tokens/s against okto-trainer's on one GPU (the target for
+  two GPUs is 1.9x).
 
 Each configuration runs in a process of its own (this script with `--one`), so
 one that crashes, hangs past `--timeout` or corrupts the CUDA context costs
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,7 @@ import torch
 
 from okto.kernels.device import get_device_info
 from okto.training.flops import flops_model, peak_tflops
+from okto.training.plan import run_settings
 
 VOCAB = 50304
 WARMUP = 5
@@ -57,9 +64,14 @@ CONFIGS = (
     "okto-kernels",
     "okto-native",
     "okto-trainer",
+    "okto-ddp",
+    "okto-fsdp",
     "okto-kernels-compile",
     "okto-attention-loss-compile",
 )
+# Configurations in several processes, one per GPU (--gpus), started through torchrun.
+DISTRIBUTED = ("okto-ddp", "okto-fsdp")
+SINGLE_GPU_BASE = "okto-trainer"
 KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
 
 
@@ -75,13 +87,13 @@ def backends(name: str) -> dict[str, str]:
     return dict.fromkeys(KINDS, "oktoblas")
 
 
-def okt(kinds: dict[str, str], seq: int, batch: int) -> str:
+def okt(kinds: dict[str, str], seq: int, batch: int, strategy: str = "ddp") -> str:
     accelerate = " ".join(f'{kind}: "{backend}"' for kind, backend in kinds.items())
     return f"""PROJECT "bench-gpt2-124m"
 ENV {{ accelerator: "gpu" precision: "bf16" seed: 0 }}
 MODEL {{ architecture: "gpt2" pretrained: false }}
 TRAIN {{ batch_size: {batch} learning_rate: 6e-4 weight_decay: 0.1 gradient_clip: 1.0
-        scheduler: "constant" save_strategy: "no" logging_steps: 1000 }}
+        scheduler: "constant" save_strategy: "no" logging_steps: 1000 strategy: "{strategy}" }}
 DATASET {{ shuffle: false max_length: {seq} }}
 BLAS {{ streams: 2 }}
 ACCELERATE {{ {accelerate} fused_ops: true }}
@@ -138,8 +150,11 @@ def step_loop(model, forward, tokens: torch.Tensor) -> tuple[float, float]:
     return time.perf_counter() - started, loss.detach().item()
 
 
-def trainer_run(model, program, plan, tokens: torch.Tensor) -> tuple[float, float, int]:
-    """(seconds, last loss, steps timed) of okto's Trainer over the same tokens."""
+def trainer_run(
+    model, forward, program, settings, tokens: torch.Tensor, parallel=None
+) -> tuple[float, float, int]:
+    """(seconds, last loss, steps timed) of okto's Trainer over the same tokens; `forward`
+    is the model, or its DDP wrapper in a job of several processes (`parallel`)."""
     import datasets
     import numpy as np
     import pyarrow as pa
@@ -149,19 +164,17 @@ def trainer_run(model, program, plan, tokens: torch.Tensor) -> tuple[float, floa
     from okto.training.loop import WARMUP_STEPS, Live, Trainer
     from okto.training.metrics import MetricsFile
     from okto.training.optim import build_optimizer, build_scheduler
-    from okto.training.plan import run_settings
 
     steps, batch, seq = tokens.shape
     flat = tokens.reshape(steps * batch, seq).cpu().numpy().astype(np.int32)
     column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), seq)
     rows = datasets.Dataset(pa.table({"input_ids": column, "labels": column}))
-    settings = run_settings(plan)
     config = program.config
     optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, settings.device)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             model=model,
-            forward=model,
+            forward=forward,
             optimizer=optimizer,
             scheduler=build_scheduler(optimizer, "constant", 0, steps),
             scaler=None,
@@ -177,6 +190,7 @@ def trainer_run(model, program, plan, tokens: torch.Tensor) -> tuple[float, floa
             metrics=MetricsFile(Path(scratch) / "metrics.jsonl", append=False),
             checkpoints=Path(scratch) / "checkpoints",
             save_model=lambda label: Path(scratch),
+            parallel=parallel,
         )
         trainer.fit()
         trainer.metrics.close()
@@ -184,10 +198,16 @@ def trainer_run(model, program, plan, tokens: torch.Tensor) -> tuple[float, floa
     return sum(s for s, _, _ in timed), trainer.totals.last_loss, len(timed)
 
 
-def run(name: str, steps: int, batch: int, seq: int) -> dict:
+def synthetic_tokens(steps: int, batch: int, seq: int) -> torch.Tensor:
     generator = torch.Generator("cuda").manual_seed(1)
     shape = (WARMUP + steps, batch, seq)
-    tokens = torch.randint(0, VOCAB, shape, device="cuda", generator=generator)
+    return torch.randint(0, VOCAB, shape, device="cuda", generator=generator)
+
+
+def run(name: str, steps: int, batch: int, seq: int) -> dict:
+    if name in DISTRIBUTED:
+        return run_distributed(name, steps, batch, seq)
+    tokens = synthetic_tokens(steps, batch, seq)
     model = new_model(seq)
     torch.cuda.reset_peak_memory_stats()
     forward = model
@@ -197,23 +217,51 @@ def run(name: str, steps: int, batch: int, seq: int) -> dict:
     if name.endswith("compile"):
         forward = torch.compile(model)
     if name == "okto-trainer":
-        seconds, loss, timed_steps = trainer_run(model, program, plan, tokens)
+        settings = run_settings(plan)
+        seconds, loss, timed_steps = trainer_run(model, model, program, settings, tokens)
     else:
         seconds, loss = step_loop(model, forward, tokens)
-    tokens_per_s = timed_steps * batch * seq / seconds
+    return measured(name, model, seconds, loss, timed_steps, batch, seq)
+
+
+def run_distributed(name: str, steps: int, batch: int, seq: int) -> dict | None:
+    """One process of a job torchrun started: okto-trainer's plan and loop on this process's
+    GPU, wrapped as `okto train --gpus N` wraps it; rank 0's record (None elsewhere)."""
+    import okto
+    from okto.planner import build_plan
+    from okto.training.distributed import Parallel, ranks_from_environment
+
+    text = okt(backends(name), seq, batch, strategy=name.removeprefix("okto-"))
+    program = okto.parse(text, "bench.okt")
+    ranks = ranks_from_environment()
+    parallel, settings = Parallel.start(ranks, run_settings(build_plan(program)))
+    tokens = synthetic_tokens(steps, batch, seq)
+    model = new_model(seq)  # on this process's GPU: the one Parallel.start made current
+    torch.cuda.reset_peak_memory_stats()
+    build_plan(program, model=model).apply(model)
+    forward = parallel.wrap(model, settings)
+    seconds, loss, timed_steps = trainer_run(model, forward, program, settings, tokens, parallel)
+    record = measured(name, model, seconds, loss, timed_steps, batch, seq, parallel.world)
+    parallel.close()
+    return record if parallel.is_main else None
+
+
+def measured(name, model, seconds, loss, timed_steps, batch, seq, gpus: int = 1) -> dict:
+    """The record of a configuration: the whole job's tokens/s and TFLOP/s, MFU per GPU."""
+    tokens_per_s = timed_steps * batch * seq * gpus / seconds
     tflops = tokens_per_s * flops_model(model).per_token(seq) / 1e12
     peak, _ = peak_tflops(torch.device("cuda"), "bf16", False)
-    record = {
+    return {
         "config": name,
+        "gpus": gpus,
         "tokens_per_s": tokens_per_s,
         "tflops": tflops,
-        "mfu": tflops / peak if peak else None,
+        "mfu": tflops / (peak * gpus) if peak else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
         "ms_per_step": 1000 * seconds / timed_steps,
         "last_loss": loss,
         "steps": timed_steps,
     }
-    return record
 
 
 def run_one(name: str, args, record_path: Path) -> int:
@@ -224,8 +272,9 @@ def run_one(name: str, args, record_path: Path) -> int:
     except Exception as error:  # the parent reports it and goes on with the next config
         traceback.print_exc()
         record = {"config": name, "error": _first_line(f"{type(error).__name__}: {error}")}
-    record_path.write_text(json.dumps(record))
-    return 0 if "error" not in record else 1
+    if record is not None and os.environ.get("RANK", "0") == "0":  # rank 0 speaks for a job
+        record_path.write_text(json.dumps(record))
+    return 0 if record is None or "error" not in record else 1
 
 
 def measure(name: str, args) -> dict:
@@ -234,6 +283,9 @@ def measure(name: str, args) -> dict:
         record_path = Path(scratch) / "record.json"
         command = [sys.executable, __file__, "--one", name, "--record", str(record_path)]
         command += ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+        if name in DISTRIBUTED:  # one process per GPU, started by torchrun
+            launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
+            command[1:1] = [*launcher, "--nproc-per-node", str(args.gpus)]
         try:
             done = subprocess.run(command, timeout=args.timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -250,8 +302,8 @@ def _first_line(text: str) -> str:
 
 def markdown(records: list[dict], command: str, batch: int, seq: int) -> str:
     info = get_device_info()
-    measured = {r["config"]: r for r in records if "error" not in r}
-    bases = [name for name in ("hf-compile", "hf-eager") if name in measured]
+    done = {r["config"]: r for r in records if "error" not in r}
+    bases = [name for name in ("hf-compile", "hf-eager") if name in done]
     lines = [
         f"Device: {info.name}; torch {torch.__version__}. Command: `{command}`.",
         f"GPT-2 124M from scratch, batch {batch} x {seq} tokens, bf16 autocast, fused AdamW.",
@@ -268,17 +320,41 @@ def markdown(records: list[dict], command: str, batch: int, seq: int) -> str:
         if "error" in r:
             lines.append(f"| {r['config']} | failed: {r['error']} |")
             continue
-        speed = "".join(f"{r['tokens_per_s'] / measured[b]['tokens_per_s']:.2f}x | " for b in bases)
+        speed = "".join(f"{r['tokens_per_s'] / done[b]['tokens_per_s']:.2f}x | " for b in bases)
         memory = "".join(
-            f"{r['peak_memory_gb'] / measured[b]['peak_memory_gb']:.2f}x | " for b in bases
+            f"{r['peak_memory_gb'] / done[b]['peak_memory_gb']:.2f}x | " for b in bases
         )
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(
-            f"| {r['config']} | {r['tokens_per_s'] / 1e3:,.0f}k | {speed}{r['tflops']:.0f} "
+            f"| {label(r)} | {r['tokens_per_s'] / 1e3:,.0f}k | {speed}{r['tflops']:.0f} "
             f"| {mfu} | {r['peak_memory_gb']:.1f} GB | {memory}{r['ms_per_step']:.1f} "
             f"| {r['last_loss']:.4f} |"
         )
+    scaling = scaling_lines(done)
+    if scaling:
+        lines += ["", *scaling]
     return "\n".join(lines) + "\n"
+
+
+def label(record: dict) -> str:
+    gpus = record.get("gpus", 1)
+    return f"{record['config']} ({gpus} GPUs)" if gpus > 1 else record["config"]
+
+
+def scaling_lines(done: dict) -> list[str]:
+    """Each configuration of several GPUs against okto-trainer (the same plan) on one:
+    the whole job's tokens/s over one GPU's, the ratio the 1.9x target for two is about.
+    MFU and peak memory are per GPU (rank 0's)."""
+    base = done.get(SINGLE_GPU_BASE)
+    if base is None:
+        return []
+    return [
+        f"- {name} on {r['gpus']} GPUs: {r['tokens_per_s'] / base['tokens_per_s']:.2f}x "
+        f"{SINGLE_GPU_BASE} on 1 GPU ({r['tokens_per_s'] / r['gpus'] / 1e3:,.0f}k tokens/s "
+        f"per GPU against {base['tokens_per_s'] / 1e3:,.0f}k)"
+        for name, r in done.items()
+        if r.get("gpus", 1) > 1
+    ]
 
 
 def main() -> int:
@@ -286,7 +362,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per config")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--only", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=CONFIGS,
+        help="configurations to run (default: all; okto-ddp and okto-fsdp where --gpus GPUs are)",
+    )
+    parser.add_argument(
+        "--gpus", type=int, default=2, help="processes (GPUs) for okto-ddp and okto-fsdp"
+    )
     parser.add_argument("--out", type=Path, help="write the records as JSON lines")
     parser.add_argument("--markdown", type=Path, help="write a table for docs/benchmarks.md")
     parser.add_argument(
@@ -300,6 +384,8 @@ def main() -> int:
         return 4
     if args.one:
         return run_one(args.one, args, args.record)
+    several = torch.cuda.device_count() >= args.gpus > 1
+    args.only = args.only or [c for c in CONFIGS if several or c not in DISTRIBUTED]
     records = []
     command = "python " + " ".join(sys.argv)
     if args.out:
@@ -319,7 +405,8 @@ def main() -> int:
             continue
         mfu = f"{100 * record['mfu']:.1f}%" if record["mfu"] is not None else "n/a"
         print(
-            f"{name:22s} {record['tokens_per_s'] / 1e3:8.1f}k tokens/s  {record['tflops']:6.1f} "
+            f"{label(record):27s} {record['tokens_per_s'] / 1e3:8.1f}k tokens/s  "
+            f"{record['tflops']:6.1f} "
             f"TFLOP/s  MFU {mfu:>6s}  peak {record['peak_memory_gb']:5.1f} GB  "
             f"loss {record['last_loss']:.4f}  {took}",
             flush=True,

@@ -244,3 +244,24 @@ def test_python_api_outside_a_launcher_says_how_to_start_processes(project):
 
     with pytest.raises(UsageError, match="starts them through torchrun"):
         okto.train(project(extra="ENV { gpus: 2 }"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpus_follow_one_with_the_same_global_batch(project, strategy):
+    """NCCL on two GPUs, bf16, okto's kernels: the losses follow one GPU's (bf16 sums in
+    another order, hence the tolerance), and a checkpoint of the two resumes on one."""
+    one = project(train=f"{SCHEDULE} gradient_accumulation: 4", model=MODEL, device="gpu")
+    assert train(one, "--set", "OUTPUT.dir=one") == 0
+    settings = f'{SCHEDULE} gradient_accumulation: 2 strategy: "{strategy}"'
+    path = project(train=settings, model=MODEL, device="gpu", name="two.okt")
+    done = okto_cli("train", "-f", str(path), "--gpus", "2", "--set", "OUTPUT.dir=two")
+    assert done.returncode == 0, done.stderr
+    assert f"parallel 2 processes, {strategy} over nccl" in done.stdout
+    two = Path("two/tiny")
+    losses = [[r[1]] for r in curve(two)]
+    torch.testing.assert_close(losses, [[r[1]] for r in curve(Path("one/tiny"))], rtol=0, atol=2e-2)
+    middle = two / "checkpoints" / "step-0000003"
+    assert train(path, "--set", "OUTPUT.dir=two", "--resume", str(middle)) == 0
+    assert [r[0] for r in curve(two)[-3:]] == [4, 5, 6]
