@@ -83,7 +83,7 @@ def resolve_settings(
             "GELU in the MLP's first GEMM; LM head + loss as one op",
         ),
         "compile": from_field(sources, "optimize.compile"),
-        "cuda_graphs": _gpu_switch(sources, "optimize.cuda_graphs", gpu, notes),
+        "cuda_graphs": _cuda_graphs(sources, gpu, processes, notes),
         "memory_efficient": from_field(
             sources, "optimize.memory_efficient", "activation checkpointing"
         ),
@@ -311,6 +311,21 @@ def _gpu_switch(sources: Sources, path: str, gpu: Gpu | None, notes: list[str]) 
     if setting.value and gpu is None:
         notes.append(f"{sources.where(path)}: needs a CUDA GPU; off on the CPU")
         return replace(setting, value=False, reason="needs a CUDA GPU")
+    return setting
+
+
+def _cuda_graphs(
+    sources: Sources, gpu: Gpu | None, processes: Setting, notes: list[str]
+) -> Setting:
+    """OPTIMIZE.cuda_graphs, for one process: captured graphs and the collectives of DDP's
+    and FSDP's hooks have not been checked together here, and the switch only tunes speed."""
+    setting = _gpu_switch(sources, "optimize.cuda_graphs", gpu, notes)
+    if setting.value and processes.value > 1:
+        notes.append(
+            f"{sources.where('optimize.cuda_graphs')}: not with {processes.value} processes "
+            "(okto captures CUDA graphs in one process only); off"
+        )
+        return replace(setting, value=False, reason="several processes")
     return setting
 
 

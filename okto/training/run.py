@@ -89,7 +89,10 @@ def train(
     config = program.config
     ranks = ranks_from_environment()
     if not ranks.is_main:  # rank 0 speaks for the job
+        from transformers.utils import logging as hf_logging
+
         console = Console(quiet=True)
+        hf_logging.disable_progress_bar()
     display = Display(console, verbose or config.logging.log_level == "debug", show_tflops)
     try:
         return _train(program, config, display, resume, ranks)

@@ -75,3 +75,10 @@ def test_an_outside_torchrun_decides_the_count():
         plan("", replace(TWO, world=4, local_world=4))
     on_cpu, _, _ = settings("", replace(CPU, world=2, local_world=2))  # its own choice: gloo
     assert on_cpu.value == 2 and "gloo" in on_cpu.reason
+
+
+def test_cuda_graphs_stay_with_one_process():
+    resolved = plan("ENV { gpus: 2 }\nOPTIMIZE { cuda_graphs: true }", TWO)
+    assert resolved.settings["cuda_graphs"].value is False
+    assert any("cuda_graphs" in note and "2 processes" in note for note in resolved.notes)
+    assert plan("OPTIMIZE { cuda_graphs: true }", TWO).settings["cuda_graphs"].value is True
