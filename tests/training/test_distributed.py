@@ -95,13 +95,15 @@ def _rank(rank: int, world: int, port: int, argv: list[str], before, errors) -> 
 def run_ranks(
     world: int, *argv: str, before=None, errors: list[Path] | None = None, timeout: float = 120
 ) -> list[int]:
-    """`okto` with `argv` in `world` processes forked from this one, set up as torchrun sets
-    up its processes (`before(rank)` runs first in each; `errors`: torchrun's error files);
-    their exit codes."""
-    fork = multiprocessing.get_context("fork")
+    """`okto` with `argv` in `world` processes forked from this one (spawned after CUDA was
+    used here), set up as torchrun sets up its processes (`before(rank)` runs first in
+    each; `errors`: torchrun's error files); their exit codes."""
+    # A process that has used CUDA cannot be forked into processes that use it again.
+    start = "spawn" if torch.cuda.is_initialized() else "fork"
+    context = multiprocessing.get_context(start)
     port = free_port()
     processes = [
-        fork.Process(target=_rank, args=(r, world, port, list(argv), before, errors))
+        context.Process(target=_rank, args=(r, world, port, list(argv), before, errors))
         for r in range(world)
     ]
     for process in processes:
