@@ -230,9 +230,12 @@ def test_torch_compile_fullgraph_forward_and_backward():
 @pytest.mark.parametrize("n", [37, 768, 4096, 8192, 20000])
 def test_autotune_configs_fit_the_row(n):
     """The sm_90 tuning space (the interpreter only runs the first config): 8-16 elements a thread."""
-    for max_block in (norm_kernels.FWD_MAX_BLOCK, norm_kernels.BWD_MAX_BLOCK):
+    for max_block, configs in (
+        (norm_kernels.FWD_MAX_BLOCK, norm_kernels._CONFIGS),
+        (norm_kernels.BWD_MAX_BLOCK, norm_kernels._BWD_CONFIGS),
+    ):
         block_n = norm_kernels._block_n(n, max_block)
-        kept = norm_kernels._prune(norm_kernels._CONFIGS, {}, BLOCK_N=block_n)
+        kept = norm_kernels._prune(configs, {}, BLOCK_N=block_n)
         assert kept
         if n >= 768:
             assert all(8 <= c.kwargs["BLOCK_M"] * block_n / (32 * c.num_warps) <= 16 for c in kept)
