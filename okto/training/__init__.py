@@ -5,7 +5,9 @@ step and its events), `batches` (data order and prefetching), `models` and
 `hub` (where the model comes from), `lora`, `optim`, `checkpoint`,
 `control` (CONTROL rules), `stability` (NaN, divergence, plateaus), `flops`
 (MFU), `plan` (resolved settings), `display`, `metrics`, `outputs` (the run
-folder), `signals`. See docs/training.md.
+folder), `signals`; for several processes `distributed` (process group,
+DDP/FSDP, collectives), `distributed_checkpoint` (DCP) and `launch`
+(torchrun). See docs/training.md and docs/distributed.md.
 """
 
 from __future__ import annotations

@@ -160,8 +160,8 @@ def test_okto_train_gpus_2_matches_one_process_and_resumes_elsewhere(project, re
 
 
 @pytest.mark.slow
-def test_the_planners_kernels_train_under_ddp(project, monkeypatch, capfd):
-    """okto's Triton kernels in 2 DDP processes give the loss and the all-reduced gradient
+def test_the_planners_kernels_train_under_ddp_and_fsdp(project, monkeypatch, capfd):
+    """okto's Triton kernels in 2 processes, DDP and FSDP, give the loss and the gradient
     norm of PyTorch's own ops in one process. Triton's interpreter is slow, so the model is
     small and the kernels are LayerNorm and the LM head fused with the loss (its weight
     tied to the embeddings): custom ops whose backward makes the parameters' gradients."""
@@ -175,13 +175,18 @@ def test_the_planners_kernels_train_under_ddp(project, monkeypatch, capfd):
     native = project(train=f"{run} gradient_accumulation: 4", model=small, name="native.okt")
     short = ("--set", "DATASET.max_length=16", "--set", "TRAIN.batch_size=1")
     assert train(native, "--set", "OUTPUT.dir=native", *short) == 0
+    (expected,) = steps(Path("native/tiny"))
     monkeypatch.setenv("OKTO_KERNELS", "triton")
-    assert run_ranks(2, "train", "-f", str(path), "--set", "OUTPUT.dir=okto", *short) == [0, 0]
-    plan = capfd.readouterr().out
-    assert re.search(r"layernorm\s*│\s*okto", plan) and re.search(r"cross_entropy\s*│\s*okto", plan)
-    (expected,), (actual,) = steps(Path("native/tiny")), steps(Path("okto/tiny"))
-    for field in ("loss", "grad_norm"):
-        assert actual[field] == pytest.approx(expected[field], rel=1e-4), field
+    for strategy in ("ddp", "fsdp"):
+        job = ("--set", f"TRAIN.strategy={strategy}", "--set", f"OUTPUT.dir={strategy}")
+        assert run_ranks(2, "train", "-f", str(path), *job, *short) == [0, 0]
+        plan = capfd.readouterr().out
+        assert f"{strategy} over gloo" in plan
+        assert re.search(r"layernorm\s*│\s*okto", plan)
+        assert re.search(r"cross_entropy\s*│\s*okto", plan)
+        (actual,) = steps(Path(f"{strategy}/tiny"))
+        for field in ("loss", "grad_norm"):
+            assert actual[field] == pytest.approx(expected[field], rel=1e-4), (strategy, field)
 
 
 @pytest.mark.slow
