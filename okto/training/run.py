@@ -206,7 +206,7 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         project=config.project.name,
         device=str(settings.device),
         precision=settings.precision,
-        processes=parallel.world,
+        processes=parallel.world if parallel.distributed else None,
         strategy=parallel.strategy if parallel.distributed else None,
         parameters=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in trainer.trained),
