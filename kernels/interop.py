@@ -17,8 +17,10 @@ def accepts_numpy(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        used_numpy = any(isinstance(a, np.ndarray) for a in (*args, *kwargs.values()))
-        if not used_numpy:
+        for a in (*args, *kwargs.values()):  # a loop, not any(generator): every call pays it
+            if isinstance(a, np.ndarray):
+                break
+        else:
             return fn(*args, **kwargs)
         device = "cuda" if torch.cuda.is_available() else "cpu"
 

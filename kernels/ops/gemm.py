@@ -828,8 +828,11 @@ def gemm(
     if not backend.use_triton(a, b):
         return gemm_reference(a, b, bias, residual, activation)
     backend.check_dtype(a, DTYPES, "matmul operand")
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (a, b, bias, residual)
+    grad = torch.is_grad_enabled() and (
+        a.requires_grad
+        or b.requires_grad
+        or (bias is not None and bias.requires_grad)
+        or (residual is not None and residual.requires_grad)
     )
     return _gemm_op(a, b, bias, residual, activation, grad)[0]
 
