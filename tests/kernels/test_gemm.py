@@ -459,6 +459,24 @@ def test_gpu_tma_split_k_each_tile_shape(monkeypatch, tma_launches, dtype):
     assert tma_launches
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_every_act_grad_config(monkeypatch, dtype):
+    """dZ = dY * gelu'(Z) and the bias gradient, for each tile the autotuner may pick, on
+    rows that leave the 64 row groups uneven and columns that leave the last block ragged."""
+    dy = torch.randn(5000, 3000, device="cuda").to(dtype)
+    z = (torch.randn(5000, 3000, device="cuda") * 2).to(dtype)
+    z64 = z.double().requires_grad_()
+    torch.nn.functional.gelu(z64, approximate="tanh").backward(dy.double())
+    want_dz, want_db = z64.grad, z64.grad.sum(0)
+
+    def run():
+        dz, db = gemm_module._act_grad_op(dy, z, "gelu_tanh", True)
+        assert rel_error(dz, want_dz) < TOL[dtype] and rel_error(db, want_db) < TOL[dtype]
+
+    _each_config(monkeypatch, gemm_module._act_grad_kernel, run)
+
+
 GPU_SHAPES = [(4096, 4096, 4096), (2048, 768, 3072), (2048, 3072, 768), (1000, 1000, 1000)]
 
 

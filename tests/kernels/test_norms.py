@@ -262,6 +262,21 @@ def test_gpu_real_sizes(kind, m, n, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [768, 4096])
+def test_gpu_every_backward_config(monkeypatch, n):
+    """Each backward tile the autotuner may pick, with and without the pipelined row loop
+    (the other GPU tests take the first configuration only)."""
+    kept = norm_kernels._prune(
+        norm_kernels._BWD_CONFIGS, {}, BLOCK_N=norm_kernels._block_n(n, norm_kernels.BWD_MAX_BLOCK)
+    )
+    assert any(c.kwargs["LOOP_STAGES"] == 2 for c in kept)
+    for cfg in kept:
+        monkeypatch.setattr(norm_kernels._norm_bwd_kernel, "configs", [cfg])
+        _check("layer_norm", (2000, n), torch.bfloat16, affine=True, residual=True)
+        _check("rms_norm", (2000, n), torch.bfloat16, affine=True, residual=False)
+
+
+@pytest.mark.gpu
 def test_gpu_torch_compile_inductor():
     inputs = _block_inputs(dtype=torch.bfloat16)
     grads = torch.autograd.grad(_block(*inputs), inputs)
