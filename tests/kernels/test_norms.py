@@ -263,14 +263,15 @@ def test_gpu_real_sizes(kind, m, n, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [768, 4096])
-def test_gpu_every_backward_config(monkeypatch, n):
-    """Each backward tile the autotuner may pick, with and without the pipelined row loop
-    (the other GPU tests take the first configuration only)."""
+def test_gpu_every_pipelined_backward_config(monkeypatch, n):
+    """Each backward tile the autotuner may pick with the pipelined row loop (LOOP_STAGES=2;
+    the other GPU tests take the first configuration, which does not pipeline)."""
     kept = norm_kernels._prune(
         norm_kernels._BWD_CONFIGS, {}, BLOCK_N=norm_kernels._block_n(n, norm_kernels.BWD_MAX_BLOCK)
     )
-    assert any(c.kwargs["LOOP_STAGES"] == 2 for c in kept)
-    for cfg in kept:
+    pipelined = [c for c in kept if c.kwargs["LOOP_STAGES"] == 2]
+    assert pipelined
+    for cfg in pipelined:
         monkeypatch.setattr(norm_kernels._norm_bwd_kernel, "configs", [cfg])
         _check("layer_norm", (2000, n), torch.bfloat16, affine=True, residual=True)
         _check("rms_norm", (2000, n), torch.bfloat16, affine=True, residual=False)
