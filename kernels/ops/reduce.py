@@ -24,6 +24,7 @@ TILE = 4096
 @triton.jit
 def _sum_rows_kernel(
     part_ptr,
+    part2_ptr,
     out_ptr,
     out2_ptr,
     G,
@@ -34,19 +35,19 @@ def _sum_rows_kernel(
     BLOCK_L: tl.constexpr,
 ):
     """out[i] = sum over g < G of part[g * stride_g + i], for i < L; with TWO, out2 likewise
-    from the G rows that follow (part + G * stride_g)."""
+    from part2 (the G rows that follow, addressed by the caller: G may arrive as a Python int
+    when Triton specialises it to 1, so no pointer arithmetic on it here)."""
     cols = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_l = cols < L
     acc = tl.zeros([BLOCK_L], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_L], dtype=tl.float32)
-    plane2 = part_ptr + G.to(tl.int64) * stride_g
     for start in range(0, G, BLOCK_G):
         rows = (start + tl.arange(0, BLOCK_G)).to(tl.int64)
         mask = (rows < G)[:, None] & mask_l[None, :]
         offs = rows[:, None] * stride_g + cols[None, :]
         acc += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0), 0)
         if TWO:
-            acc2 += tl.sum(tl.load(plane2 + offs, mask=mask, other=0.0), 0)
+            acc2 += tl.sum(tl.load(part2_ptr + offs, mask=mask, other=0.0), 0)
     tl.store(out_ptr + cols, acc.to(out_ptr.dtype.element_ty), mask=mask_l)
     if TWO:
         tl.store(out2_ptr + cols, acc2.to(out2_ptr.dtype.element_ty), mask=mask_l)
@@ -68,6 +69,7 @@ def sum_rows(
     block_l = TILE // block_g
     launch(
         _sum_rows_kernel, (backend.cdiv(length, block_l),), (),
-        parts, out, out if out2 is None else out2, groups, length, stride,
+        parts, parts if out2 is None else parts.view(-1)[groups * stride :],
+        out, out if out2 is None else out2, groups, length, stride,
         TWO=out2 is not None, BLOCK_G=block_g, BLOCK_L=block_l,
     )  # fmt: skip
