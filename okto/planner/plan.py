@@ -100,7 +100,7 @@ def build_plan(
     sources = Sources(program_or_config)
     machine = machine or Machine.detect()
     settings, notes = resolve_settings(sources, machine, device)
-    asked = layers.requests(sources, machine, settings["device"])
+    asked = layers.requests(sources, machine, settings["device"], settings["compile"])
     facts = describe(model) if model is not None else None
     return Plan(
         settings=settings,

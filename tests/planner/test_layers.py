@@ -108,6 +108,19 @@ CASES = [
         "architecture mistral: the planner patches GPT-2 and Llama",
     ),
     ("", H100, None, "gemm", "okto", "auto"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "gemm", "native", "auto under OPTIMIZE.compile"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "layernorm", "native", "inductor"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "activation", "native", "inductor"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "attention", "okto", "flash attention"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "cross_entropy", "okto", "never materialised"),
+    (
+        "OPTIMIZE { compile: true }\nACCELERATE { gemm: oktoblas }",
+        H100,
+        GPT2,
+        "gemm",
+        "okto",
+        "ACCELERATE.gemm: oktoblas",
+    ),
 ]
 
 
