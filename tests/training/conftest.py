@@ -62,6 +62,9 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 def _isolated(tmp_path, monkeypatch, tmp_path_factory):
     """Runs write under the test's folder; tokenized data is cached once per session."""
     monkeypatch.chdir(tmp_path)
+    # PyTorch's ops unless a test asks for okto's kernels itself: in Triton's interpreter a
+    # few training steps take minutes (a clean-venv CI run once stalled here that way).
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
     monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "okto-cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steadier on a shared CPU; results do not depend on it
