@@ -244,9 +244,19 @@ def test_backward_recomputes_an_unsaved_preactivation_and_takes_broadcast_grads(
         assert rel_error(got.grad, want.grad) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("allow_tf32", [False, True])
-def test_fp32_exact_and_tf32(monkeypatch, allow_tf32):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+@pytest.fixture(params=[False, True], ids=["exact", "tf32"])
+def allow_tf32(request):
+    """Sets torch's TF32 switch for one test and restores it. Not `monkeypatch`: since
+    pytest 9.2 it deletes, on undo, an attribute it did not find in the object's
+    `__dict__`, and `allow_tf32` lives behind `__getattr__`."""
+    matmul_backend = torch.backends.cuda.matmul
+    before = matmul_backend.allow_tf32
+    matmul_backend.allow_tf32 = request.param
+    yield request.param
+    matmul_backend.allow_tf32 = before
+
+
+def test_fp32_exact_and_tf32(allow_tf32):
     a, b = _operands((37, 71), (71, 53), torch.float32)
     tol = TF32_TOL if allow_tf32 and DEVICE == "cuda" else TOL[torch.float32]
     _check_against_float64(matmul, torch.matmul, [a, b], tol)
@@ -522,9 +532,7 @@ def test_gpu_odd_batched_and_strided(dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("allow_tf32", [False, True])
-def test_gpu_fp32(monkeypatch, allow_tf32):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", allow_tf32)
+def test_gpu_fp32(allow_tf32):
     a, b = _operands((1024, 2048), (2048, 1536), torch.float32)
     _check_against_float64(matmul, torch.matmul, [a, b], TF32_TOL if allow_tf32 else 1e-5)
 
