@@ -16,7 +16,7 @@ for stage in "$@"; do
     train) timeout 560 python benchmarks/train.py --only hf-eager hf-compile okto-kernels okto-kernels-compile --steps 20 --timeout 200 --out "$out/train.jsonl" --markdown "$out/train.md" 2>&1 | tail -20 ;;
     inference) timeout 250 python benchmarks/inference.py --out "$out/inference.json" --markdown "$out/inference.md" 2>&1 | tail -60 ;;
     kernels) timeout 420 python benchmarks/run.py --out "$out/kernels.jsonl" --markdown "$out/kernels.md" 2>&1 | tail -70 ;;
-    distributed) timeout 380 python benchmarks/train.py --only okto-trainer okto-ddp okto-fsdp --gpus 2 --steps 30 --timeout 150 --out "$out/distributed.jsonl" --markdown "$out/distributed.md" 2>&1 | tail -20
+    distributed) timeout 380 python benchmarks/train.py --only okto-trainer okto-ddp okto-fsdp --gpus 2 --steps 60 --timeout 150 --out "$out/distributed.jsonl" --markdown "$out/distributed.md" 2>&1 | tail -20
       timeout 170 python -m pytest -m gpu -q -p no:cacheprovider tests/training/test_distributed.py 2>&1 | tee "$out/distributed-tests.log" | tail -5 ;;
     *) echo "unknown stage $stage" ;;
   esac

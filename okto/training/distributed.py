@@ -253,15 +253,16 @@ class Parallel:
         """`tensor` averaged over the processes (gloo has no AVG: a sum, divided)."""
         return self.sum(tensor) / self.world if self.distributed else tensor
 
-    def max(self, value: int) -> int:
-        """The largest of the processes' `value`s."""
-        if not self.distributed:
-            return value
-        import torch.distributed as dist
+    def largest(self, value: int) -> torch.Tensor:
+        """The largest of the processes' `value`s, as a tensor on the device that is not
+        read here: the caller reads it with what it already waits for, so the collective
+        costs no synchronisation of its own."""
+        tensor = torch.full((), value, device=self.device, dtype=torch.float32)
+        if self.distributed:
+            import torch.distributed as dist
 
-        tensor = torch.tensor([value], device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return int(tensor.item())
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
 
     def agree(self, value: T) -> T:
         """Rank 0's `value`, in every process."""

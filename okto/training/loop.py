@@ -99,6 +99,7 @@ class StepResult:
     finite: bool
     examples: int
     tokens: int
+    signal: int  # the largest stop signal any process had received by the step's end
 
 
 @dataclass
@@ -195,7 +196,7 @@ class Trainer:
             epochs_before = self.completed_epochs
             step_started = time.perf_counter()
             wait_before = self.batches.wait_seconds
-            result = self._optimizer_step()
+            result = self._optimizer_step(signals)
             self.step += 1
             self.position = self.batches.position
             self._count(result, time.perf_counter() - step_started, wait_before)
@@ -211,8 +212,9 @@ class Trainer:
                 )
             else:
                 self._after_step(result, epochs_before)
-            # A signal to any process stops them all after this same step.
-            received = self.parallel.max(signals.received or 0)
+            # A signal stops the run after this step. Processes of a job agree on it through
+            # the step's own reduction, so one arriving after that stops them after the next.
+            received = result.signal if self.parallel.distributed else signals.received
             if received:
                 self._checkpoint()
                 return Outcome(
@@ -224,7 +226,7 @@ class Trainer:
                 break
         return self._finish()
 
-    def _optimizer_step(self) -> StepResult:
+    def _optimizer_step(self, signals: StopSignals) -> StepResult:
         """One update, skipped when the loss or the gradient norm is not finite."""
         accumulation = self.live.gradient_accumulation
         loss_sum = torch.zeros((), device=self.device)
@@ -244,7 +246,8 @@ class Trainer:
         clip = self.live.gradient_clip
         norm = self.parallel.clip_grad_norm(self.trained, clip if clip else math.inf)
         loss_sum = self.parallel.mean(loss_sum)  # the job's loss, the same in every process
-        loss_value, norm_value = torch.stack([loss_sum, norm.float()]).tolist()
+        signal = self.parallel.largest(signals.received or 0)
+        loss_value, norm_value, received = torch.stack([loss_sum, norm.float(), signal]).tolist()
         # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
         finite = math.isfinite(loss_value) and (
             self.scaler is not None or math.isfinite(norm_value)
@@ -259,7 +262,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         world = self.parallel.world
-        return StepResult(loss_value, norm_value, finite, examples * world, tokens * world)
+        return StepResult(
+            loss_value, norm_value, finite, examples * world, tokens * world, int(received)
+        )
 
     def _autocast(self):
         dtype = self.settings.autocast_dtype

@@ -210,11 +210,11 @@ def _fail_on_rank_1_at_step_2(rank: int) -> None:
     if rank == 1:
         original = Trainer._optimizer_step
 
-        def failing(self):
+        def failing(self, signals):
             if self.step == 2:
                 Path("failed-at").write_text(str(time.time()))
                 raise RunError("rank 1 cannot go on: its disk is full")
-            return original(self)
+            return original(self, signals)
 
         Trainer._optimizer_step = failing
 
