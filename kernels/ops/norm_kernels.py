@@ -51,15 +51,6 @@ _CONFIGS = [config(BLOCK_M=4, num_warps=4, num_stages=1)] + [
     for w in (4, 8, 16, 32)
     if (m, w) != (4, 4)
 ]
-# The backward's persistent row loop, with its loads pipelined one row block ahead
-# (LOOP_STAGES=2: cp.async into shared memory) or not. With 32 warps a thread has at most
-# 64 registers, and ptxas spills the backward's several-row tiles (sm_90, Triton 3.9).
-_BWD_CONFIGS = [
-    config(LOOP_STAGES=stages, **c.kwargs, num_warps=c.num_warps, num_stages=1)
-    for c in _CONFIGS
-    for stages in (1, 2)
-    if not (c.num_warps == 32 and c.kwargs["BLOCK_M"] > 1)
-]
 # Elements per thread: 8 make one 16-byte load of fp16/bf16; above 16 the backward
 # spills on sm_90 (measured with ptxas: 16 per thread is ~128 registers there).
 _MIN_PER_THREAD, _MAX_PER_THREAD = 8, 16
@@ -73,8 +64,6 @@ def _prune(configs, named_args, **kwargs):
     later calls with thousands of rows (training) inherit.
     """
     block_n = kwargs["BLOCK_N"]
-    if kwargs.get("CHUNKED"):  # the pipelined row loop is the non-chunked path's
-        configs = [c for c in configs if c.kwargs.get("LOOP_STAGES", 1) == 1]
     keep = [
         c
         for c in configs
@@ -187,18 +176,20 @@ def _norm_fwd_kernel(
 
 
 @triton.jit
-def _weight(w_ptr, cols, mask_n, HAS_W: tl.constexpr):
-    """The weight over `cols` in fp32 (ones without a weight)."""
-    if HAS_W:
-        w = tl.load(w_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)
-    else:
-        w = tl.full(cols.shape, 1.0, tl.float32)
-    return w
-
-
-@triton.jit
-def _bwd_terms(x_ptr, dy_ptr, w, mean, rstd, offs, mask, IS_RMS: tl.constexpr, HAS_W: tl.constexpr):
-    """x-hat, dy and w * dy for a tile, in fp32 (zero where masked); `w` from `_weight`."""
+def _bwd_terms(
+    x_ptr,
+    dy_ptr,
+    w_ptr,
+    mean,
+    rstd,
+    offs,
+    cols,
+    mask,
+    mask_n,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+):
+    """x-hat, dy and w * dy for a tile, in fp32 (zero where masked)."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if not IS_RMS:
@@ -206,7 +197,7 @@ def _bwd_terms(x_ptr, dy_ptr, w, mean, rstd, offs, mask, IS_RMS: tl.constexpr, H
     xhat = x * rstd[:, None]
     wdy = dy
     if HAS_W:
-        wdy = dy * w[None, :]
+        wdy = dy * tl.load(w_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     return xhat, dy, wdy
 
 
@@ -235,7 +226,7 @@ def _bwd_dx(
 
 
 @autotune(
-    configs=_BWD_CONFIGS,
+    configs=_CONFIGS,
     key=["N", "BLOCK_N", "HAS_DRES", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
@@ -258,7 +249,6 @@ def _norm_bwd_kernel(
     CHUNKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    LOOP_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -270,15 +260,16 @@ def _norm_bwd_kernel(
     if not CHUNKED:
         cols = tl.arange(0, BLOCK_N)
         mask_n = cols < N
-        w = _weight(w_ptr, cols, mask_n, HAS_W)  # once per program, not per row block
         dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for start in tl.range(pid * BLOCK_M, M, programs * BLOCK_M, num_stages=LOOP_STAGES):
+        for start in range(pid * BLOCK_M, M, programs * BLOCK_M):
             rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
             row_mask = rows < M
             _, _, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
             mean, rstd = _row_stats(mean_ptr, rstd_ptr, rows, row_mask, IS_RMS)
-            xhat, dy, wdy = _bwd_terms(x_ptr, dy_ptr, w, mean, rstd, offs, mask, IS_RMS, HAS_W)
+            xhat, dy, wdy = _bwd_terms(
+                x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+            )
             c1 = tl.sum(xhat * wdy, 1) / N
             c2 = tl.sum(wdy, 1) / N
             dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
@@ -311,16 +302,18 @@ def _norm_bwd_kernel(
             acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for start in range(0, N, BLOCK_N):
                 cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
-                w = _weight(w_ptr, cols, mask_n, HAS_W)
-                xhat, dy, wdy = _bwd_terms(x_ptr, dy_ptr, w, mean, rstd, offs, mask, IS_RMS, HAS_W)
+                xhat, dy, wdy = _bwd_terms(
+                    x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+                )
                 acc1 += xhat * wdy
                 acc2 += wdy
             c1 = tl.sum(acc1, 1) / N
             c2 = tl.sum(acc2, 1) / N
             for start in range(0, N, BLOCK_N):
                 cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
-                w = _weight(w_ptr, cols, mask_n, HAS_W)
-                xhat, dy, wdy = _bwd_terms(x_ptr, dy_ptr, w, mean, rstd, offs, mask, IS_RMS, HAS_W)
+                xhat, dy, wdy = _bwd_terms(
+                    x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
+                )
                 dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
                 tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
                 if HAS_W:

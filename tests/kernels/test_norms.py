@@ -232,7 +232,7 @@ def test_autotune_configs_fit_the_row(n):
     """The sm_90 tuning space (the interpreter only runs the first config): 8-16 elements a thread."""
     for max_block, configs in (
         (norm_kernels.FWD_MAX_BLOCK, norm_kernels._CONFIGS),
-        (norm_kernels.BWD_MAX_BLOCK, norm_kernels._BWD_CONFIGS),
+        (norm_kernels.BWD_MAX_BLOCK, norm_kernels._CONFIGS),
     ):
         block_n = norm_kernels._block_n(n, max_block)
         kept = norm_kernels._prune(configs, {}, BLOCK_N=block_n)
@@ -263,15 +263,13 @@ def test_gpu_real_sizes(kind, m, n, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("n", [768, 4096])
-def test_gpu_every_pipelined_backward_config(monkeypatch, n):
-    """Each backward tile the autotuner may pick with the pipelined row loop (LOOP_STAGES=2;
-    the other GPU tests take the first configuration, which does not pipeline)."""
+def test_gpu_every_backward_config(monkeypatch, n):
+    """Each backward tile the autotuner may pick (the other GPU tests take the first)."""
     kept = norm_kernels._prune(
-        norm_kernels._BWD_CONFIGS, {}, BLOCK_N=norm_kernels._block_n(n, norm_kernels.BWD_MAX_BLOCK)
+        norm_kernels._CONFIGS, {}, BLOCK_N=norm_kernels._block_n(n, norm_kernels.BWD_MAX_BLOCK)
     )
-    pipelined = [c for c in kept if c.kwargs["LOOP_STAGES"] == 2]
-    assert pipelined
-    for cfg in pipelined:
+    assert kept
+    for cfg in kept:
         monkeypatch.setattr(norm_kernels._norm_bwd_kernel, "configs", [cfg])
         _check("layer_norm", (2000, n), torch.bfloat16, affine=True, residual=True)
         _check("rms_norm", (2000, n), torch.bfloat16, affine=True, residual=False)
