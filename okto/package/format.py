@@ -78,6 +78,13 @@ def _header_bytes(file_length: int, manifest_offset: int, manifest: bytes) -> by
     return head + struct.pack("<I", zlib.crc32(head))
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_package(
     path: Path | str, members: Iterable[tuple[str, str, bytes | Path]], manifest: dict
 ) -> Path:
@@ -116,6 +123,7 @@ def write_package(
             out.write(_header_bytes(manifest_offset + len(blob), manifest_offset, blob))
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

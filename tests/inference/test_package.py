@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import stat
 import struct
 import zlib
 
@@ -89,6 +91,16 @@ def test_write_is_atomic(okm_files, tmp_path):
     with pytest.raises(FileNotFoundError):
         okm.write_package(tmp_path / "x.okm", [("config.json", "config", tmp_path / "nope")], {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_package_has_the_users_file_mode(tmp_path):
+    """Not the private 0600 of the temporary file it was written as: the umask decides."""
+    mask = os.umask(0o027)
+    try:
+        path = okm.write_package(tmp_path / "x.okm", [("a", "config", b"{}")], {})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 # --- damage -------------------------------------------------------------------------------
