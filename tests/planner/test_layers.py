@@ -7,6 +7,7 @@ import torch
 from transformers import MistralConfig
 
 from okto.planner import KINDS, Machine
+from okto.planner.plan import TUNING_NOTE
 from tests.planner.util import CPU, H100, gpt2, gpt2_config, llama_config, plan
 
 GPT2 = gpt2_config()
@@ -151,3 +152,12 @@ def test_modules_of_other_classes_and_dtypes():
 
 def test_every_kind_is_planned():
     assert tuple(plan("", H100, model=GPT2).layers) == KINDS
+
+
+def test_first_run_tuning_is_announced_only_where_okto_kernels_run_on_a_gpu():
+    """A first GPU run spends minutes autotuning before step one; the plan says so."""
+    assert TUNING_NOTE in plan("", H100, model=gpt2_config()).notes
+    native = 'ACCELERATE { gemm: "native" attention: "native" layernorm: "native" '
+    native += 'cross_entropy: "native" activation: "native" softmax: "native" }'
+    assert TUNING_NOTE not in plan(native, H100, model=gpt2_config()).notes
+    assert TUNING_NOTE not in plan("", CPU, model=gpt2_config()).notes
