@@ -99,7 +99,7 @@ class StepResult:
     finite: bool
     examples: int
     tokens: int
-    signal: int  # the largest stop signal any process had received by the step's end
+    signal: int  # the largest stop signal any process had received when the step reduced its loss
 
 
 @dataclass
