@@ -13,7 +13,7 @@ for stage in "$@"; do
   echo "== $stage"
   case "$stage" in
     tests) timeout 360 python -m pytest -m gpu -n 8 -q -p no:cacheprovider tests 2>&1 | tee "$out/gpu-tests.log" | tail -25 ;;
-    train) timeout 560 python benchmarks/train.py --only hf-eager hf-compile okto-kernels okto-kernels-compile --steps 20 --timeout 200 --out "$out/train.jsonl" --markdown "$out/train.md" 2>&1 | tail -20 ;;
+    train) timeout 560 python benchmarks/train.py --only hf-eager hf-compile okto-native okto-trainer okto-attention-loss-compile okto-kernels-compile --steps 20 --timeout 200 --out "$out/train.jsonl" --markdown "$out/train.md" 2>&1 | tail -20 ;;
     inference) timeout 250 python benchmarks/inference.py --out "$out/inference.json" --markdown "$out/inference.md" 2>&1 | tail -60 ;;
     kernels) timeout 420 python benchmarks/run.py --out "$out/kernels.jsonl" --markdown "$out/kernels.md" 2>&1 | tail -70 ;;
     distributed) timeout 380 python benchmarks/train.py --only okto-trainer okto-ddp okto-fsdp --gpus 2 --steps 60 --timeout 150 --out "$out/distributed.jsonl" --markdown "$out/distributed.md" 2>&1 | tail -20
