@@ -110,9 +110,7 @@ def build_plan(
     asked = layers.requests(sources, machine, settings["device"], settings["compile"])
     facts = describe(model) if model is not None else None
     chosen = layers.choose(asked, settings["fused_ops"], facts)
-    if str(settings["device"].value).startswith("cuda") and any(
-        c.impl == OKTO for c in chosen.values()
-    ):
+    if settings["device"].value != "cpu" and any(c.impl == OKTO for c in chosen.values()):
         notes.append(TUNING_NOTE)
     return Plan(
         settings=settings,
