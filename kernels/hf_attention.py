@@ -6,11 +6,13 @@
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="okto")
     # or, on a built model: model.set_attn_implementation("okto")
 
-`register` adds `attention_forward` to `transformers.AttentionInterface` and SDPA's
-mask builder to `AttentionMaskInterface` under the same name, so models hand this
-function exactly what they hand SDPA: `attention_mask=None` when plain causal (or
-full) attention is meant, otherwise a 4-D bool mask `[B, 1, Sq, Skv]`, True where
-a query may attend. What okto's kernel can express runs on it:
+`register` adds `attention_forward` to `transformers.AttentionInterface` and
+`attention_mask` (SDPA's mask builder with one more shortcut) to
+`AttentionMaskInterface` under the same name, so models hand this function what
+they hand SDPA: `attention_mask=None` when plain causal (or full) attention is
+meant, otherwise a 4-D bool mask `[B, 1, Sq, Skv]`, True where a query may attend.
+The shortcut: transformers before torch 2.14 never skips the causal mask while
+compiling, and a materialised mask sent every compiled call to SDPA. What okto's kernel can express runs on it:
 - no mask: causal when the module is causal and Sq > 1 (one query sees every key);
 - a bool mask that is a key-padding mask, alone or combined with the bottom-right
   causal mask (right or left padding, with or without a dynamic cache).
@@ -27,7 +29,7 @@ import weakref
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
 
 from okto.kernels.ops.attention import DTYPES, MAX_HEAD_DIM, attention
 
@@ -43,8 +45,45 @@ _last_mask: tuple | None = (
 def register(name: str = NAME) -> str:
     """Make `attn_implementation=name` use okto attention; returns the name."""
     AttentionInterface.register(name, attention_forward)
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, attention_mask)
     return name
+
+
+def attention_mask(*args, **kwargs) -> torch.Tensor | None:
+    """SDPA's mask builder, except that plain causal self-attention gives None (the kernel's
+    own causal flag) under torch.compile too: no padding mask, no extra mask pattern, no
+    window, and queries that are the whole key range (training, a first prefill). Those
+    are Python facts, known while tracing, so no tensor value is read; a symbolic length
+    (dynamic shapes, export) is not an int and keeps the mask."""
+    if not args and _plain_causal(**kwargs):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+def _plain_causal(
+    *,
+    q_length=None,
+    kv_length=None,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=None,
+    attention_mask=None,
+    local_size=None,
+    allow_is_causal_skip=True,
+    **_,
+) -> bool:
+    return (
+        allow_is_causal_skip
+        and attention_mask is None
+        and mask_function is causal_mask_function
+        and local_size is None
+        and type(q_length) is int
+        and q_length > 1
+        and q_length == kv_length
+        and type(q_offset) is int
+        and q_offset == 0
+        and kv_offset == 0
+    )
 
 
 def _padding_analysis(mask: torch.Tensor, sq: int, skv: int):

@@ -321,6 +321,46 @@ def test_hf_adapter_falls_back_to_sdpa(gpt2):
     assert calls == {"okto": 0, "sdpa": 2}
 
 
+
+def test_hf_adapter_runs_okto_under_torch_compile(gpt2):
+    """Compiled, transformers builds the causal mask while tracing; okto's mask builder
+    must still give None for plain causal attention, or every call goes to SDPA."""
+    model, calls = gpt2
+    model.set_attn_implementation("okto")
+    ids = torch.randint(0, 97, (2, 13), device=DEVICE)
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        got = compiled(ids).logits
+    assert calls == {"okto": 2, "sdpa": 0}
+    assert rel_error(got, _logits(model, "eager", ids)) < 1e-5
+
+
+def test_hf_mask_builder_keeps_masks_it_cannot_skip():
+    """Outside the plain causal case okto's mask builder gives exactly SDPA's mask."""
+    from transformers.masking_utils import and_masks, causal_mask_function, sdpa_mask
+
+    from okto.kernels import hf_attention
+
+    plain = {
+        "batch_size": 2, "q_length": 5, "kv_length": 5, "q_offset": 0, "kv_offset": 0,
+        "mask_function": causal_mask_function, "attention_mask": None, "device": "cpu",
+    }  # fmt: skip
+    assert hf_attention.attention_mask(**plain) is None
+    padding = torch.ones(2, 5, dtype=torch.bool)
+    padding[1, 3:] = False
+    window = and_masks(causal_mask_function, lambda b, h, q, kv: q - kv < 2)
+    for change in (
+        {"attention_mask": padding},
+        {"mask_function": window, "allow_is_causal_skip": False},
+        {"kv_length": 8, "q_offset": 3},
+        {"q_offset": torch.tensor(0)},
+        {"allow_is_causal_skip": False},
+    ):
+        got = hf_attention.attention_mask(**(plain | change))
+        want = sdpa_mask(**(plain | change))
+        assert (got is None) == (want is None), change
+        assert got is None or torch.equal(got, want), change
+
 # --- GPU: real sizes, bf16, D128 -------------------------------------------------------------
 
 GPU_DTYPES = [torch.float16, torch.bfloat16]
