@@ -20,6 +20,7 @@ from okto.kernels.ops.gemm import linear as _linear
 from okto.kernels.ops.gemm import matmul as _matmul
 from okto.kernels.ops.gemm import matmul_fp16 as _matmul_fp16
 from okto.kernels.ops.layer_norm import layer_norm as _layer_norm
+from okto.kernels.ops.packed_attention import packed_attention as _packed_attention
 from okto.kernels.ops.rms_norm import rms_norm as _rms_norm
 from okto.kernels.ops.softmax import softmax as _softmax
 
@@ -32,6 +33,7 @@ layer_norm = accepts_numpy(_layer_norm)
 linear = accepts_numpy(_linear)
 matmul = accepts_numpy(_matmul)
 matmul_fp16 = accepts_numpy(_matmul_fp16)
+packed_attention = accepts_numpy(_packed_attention)
 rms_norm = accepts_numpy(_rms_norm)
 softmax = accepts_numpy(_softmax)
 
@@ -49,6 +51,7 @@ __all__ = [
     "linear",
     "matmul",
     "matmul_fp16",
+    "packed_attention",
     "rms_norm",
     "softmax",
 ]

@@ -6,6 +6,12 @@ and its cuDNN backends (so the table shows which one the default picked; a backe
 this build lacks is reported as failed). FLOPs count the two matmuls of the forward (4 B H Sq Skv D) and, for
 forward+backward, the five more of the backward (14 B H S^2 D in all); causal
 cases count half. The decode case reports bandwidth over the KV cache it reads.
+
+The packed case is GPT-2 124M's training attention (B16 H12 S1024 D64, causal) as a
+model computes it: from the fused QKV projection's output, forward and backward to
+that output's gradient. okto's `packed_attention` takes the projection whole; SDPA
+takes the q, k, v views a model splits off it, and autograd concatenates their
+gradients.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from okto.kernels import attention, decode_attention
+from okto.kernels import attention, decode_attention, packed_attention
 from okto.kernels.bench import Case
 
 # (batch, heads, seq, head dim, causal)
@@ -32,6 +38,8 @@ FORWARD = [
     (8, 16, 2048, 128, True),
     (2, 16, 8192, 128, True),
 ]
+# (batch, heads, seq, head dim): causal self-attention on a packed QKV projection
+PACKED = [(16, 12, 1024, 64)]
 # (batch, query heads, KV heads, new tokens, cache length, head dim)
 DECODE = [(8, 12, 12, 1, 4096, 64)]
 
@@ -92,6 +100,30 @@ def _backward_case(b, h, s, d, causal, dtype) -> Case:
     )
 
 
+def _packed_case(b, h, s, d, dtype) -> Case:
+    qkv = torch.randn(b, s, 3 * h * d, device="cuda", dtype=dtype, requires_grad=True)
+    dout = torch.randn(b, s, h * d, device="cuda", dtype=dtype)
+
+    def split(fn):
+        def call():
+            q, k, v = (t.transpose(1, 2) for t in qkv.view(b, s, 3, h, d).unbind(2))
+            return fn(q, k, v, True).transpose(1, 2).reshape(b, s, h * d)
+
+        return call
+
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(), qkv, dout)
+
+    return Case(
+        suite="attention",
+        name=f"packed QKV causal B{b} H{h} S{s} D{d} fwd+bwd",
+        okto=step(lambda: packed_attention(qkv, h, causal=True)),
+        baselines={label: step(split(fn)) for label, fn in _SDPA.items()},
+        flops=14 * b * h * s * s * d * 0.5,
+        per_item=("sequence", b),
+    )
+
+
 def _decode_case(b, hq, hkv, sq, cache, d, dtype) -> Case:
     q = torch.randn(b, hq, sq, d, device="cuda", dtype=dtype)
     k_cache, v_cache = (torch.randn(b, hkv, cache, d, device="cuda", dtype=dtype) for _ in range(2))
@@ -115,5 +147,7 @@ def cases(dtype: torch.dtype) -> Iterator[Case]:
     for shape in FORWARD:
         if shape[-1]:  # causal shapes also run forward+backward
             yield _backward_case(*shape, dtype)
+    for shape in PACKED:
+        yield _packed_case(*shape, dtype)
     for shape in DECODE:
         yield _decode_case(*shape, dtype)

@@ -799,17 +799,8 @@ def _mask_args(q, key_padding_mask, seq_lens):
     return kpm, lens, strides, flags
 
 
-@backend.eager_fast_path
-@torch.library.custom_op("okto::attention", mutates_args=())
-def _attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    seq_lens: torch.Tensor | None,
-    causal: bool,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(q, k, v, key_padding_mask, seq_lens, causal: bool, scale: float):
+    """(o, lse) for `[B, H, S, D]` views of any strides; o takes q's memory order."""
     b, h, sq, _ = q.shape
     hkv, skv = k.shape[1], k.shape[2]
     o = _like(q)
@@ -830,28 +821,10 @@ def _attention_op(
     return o, lse
 
 
-@_attention_op.register_fake
-def _(q, k, v, key_padding_mask, seq_lens, causal, scale):
-    return _fake_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@backend.eager_fast_path
-@torch.library.custom_op("okto::attention_backward", mutates_args=())
-def _attention_backward_op(
-    do: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    o: torch.Tensor,
-    lse: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    seq_lens: torch.Tensor | None,
-    causal: bool,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def backward_into(dq, dk, dv, do, q, k, v, o, lse, key_padding_mask, seq_lens, causal, scale):
+    """Write the gradients into `dq`, `dk`, `dv` (`[B, H, S, D]` views of any strides)."""
     b, h, sq, _ = q.shape
     hkv, skv = k.shape[1], k.shape[2]
-    dq, dk, dv = _like(q), _like(k), _like(v)
     meta = _head_meta(q)
     kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
     common = dict(CAUSAL=causal, **flags, **meta)
@@ -880,6 +853,43 @@ def _attention_backward_op(
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(),
             *kpm_strides, *scalars, **common,
         )  # fmt: skip
+
+
+@backend.eager_fast_path
+@torch.library.custom_op("okto::attention", mutates_args=())
+def _attention_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    seq_lens: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return forward(q, k, v, key_padding_mask, seq_lens, causal, scale)
+
+
+@_attention_op.register_fake
+def _(q, k, v, key_padding_mask, seq_lens, causal, scale):
+    return _fake_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@backend.eager_fast_path
+@torch.library.custom_op("okto::attention_backward", mutates_args=())
+def _attention_backward_op(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    seq_lens: torch.Tensor | None,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv = _like(q), _like(k), _like(v)
+    backward_into(dq, dk, dv, do, q, k, v, o, lse, key_padding_mask, seq_lens, causal, scale)
     return dq, dk, dv
 
 

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from okto import kernels
 from okto.kernels import hf_attention
+from okto.kernels.ops.attention import DTYPES as ATTENTION_DTYPES
 from okto.planner.patches import Patches
 
 IGNORE_INDEX = -100
@@ -94,6 +95,45 @@ def rms_norm_forward(self, x):
     return kernels.rms_norm(x, self.weight, self.variance_epsilon)
 
 
+def gpt2_attention_forward(
+    self,
+    hidden_states,
+    past_key_values=None,
+    attention_mask=None,
+    encoder_hidden_states=None,
+    encoder_attention_mask=None,
+    output_attentions=False,
+    **kwargs,
+):
+    """GPT2Attention's causal self-attention with c_attn's output handed whole to okto's
+    packed kernel, so the backward writes one gradient for it instead of three that
+    autograd concatenates (see okto.kernels.ops.packed_attention). Calls it cannot take (a
+    mask, a cache, cross-attention, attention dropout, attention weights) run the class's
+    forward, which reaches okto's kernel through the attention hook where it can."""
+    if (
+        past_key_values is not None
+        or attention_mask is not None
+        or encoder_hidden_states is not None
+        or output_attentions
+        or (self.training and self.attn_dropout.p > 0)
+        or compute_dtype(hidden_states) not in ATTENTION_DTYPES
+        or not hasattr(self, "scaling")  # transformers before 5 computed the scale inline
+    ):
+        return type(self).forward(
+            self,
+            hidden_states,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask,
+            output_attentions=output_attentions,
+            **kwargs,
+        )
+    qkv = self.c_attn(hidden_states)
+    out = kernels.packed_attention(qkv, self.num_heads, causal=True, scale=self.scaling)
+    return self.resid_dropout(self.c_proj(out)), None
+
+
 def use_okto_attention(model: torch.nn.Module, patches: Patches) -> None:
     """Point transformers' attention hook (`config._attn_implementation`) at okto.
 
@@ -126,13 +166,16 @@ def causal_lm_forward(self, *args, okto_names: tuple[str, ...], okto_fused: bool
 
     The loss matches transformers' causal-LM loss: labels shifted left with -100
     padding (or `shift_labels`), mean over the counted tokens, or a sum divided by
-    `num_items_in_batch` when given.
+    `num_items_in_batch` when given. Unless the caller asks for one, no KV cache is
+    built: transformers' default copies every layer's keys and values into one.
     """
     named = dict(zip(okto_names, args, strict=False)) | kwargs
     labels = named.pop("labels", None)
     keep = named.pop("logits_to_keep", 0)
     if labels is None or not (isinstance(keep, int) and keep == 0):
         return type(self).forward(self, *args, **kwargs)
+    if "use_cache" in okto_names and named.get("use_cache") is None:
+        named["use_cache"] = False  # a loss needs no KV cache (transformers' default builds one)
     return_dict = named.pop("return_dict", None)
     shift_labels = named.pop("shift_labels", None)
     items = named.get("num_items_in_batch")

@@ -1,5 +1,5 @@
 """GPT-2 (`GPT2LMHeadModel`): Conv1D GEMMs read in place, GELU in the first MLP
-GEMM's epilogue, LayerNorm on okto's kernel.
+GEMM's epilogue, LayerNorm on okto's kernel, attention on c_attn's packed output.
 
 Conv1D keeps its weight as [in, out], which okto's `linear` takes as it is
 (`weight_layout="in_out"`), so nothing is transposed or copied. Dropout stays
@@ -33,6 +33,10 @@ def _patch(model, choices, patches) -> None:
         )
     if choices["layernorm"].impl == "okto":
         forwards.patch_each(model, nn.LayerNorm, patches, forwards.layer_norm_forward)
+    if choices["attention"].impl == "okto":
+        forwards.patch_each(
+            model, modeling_gpt2.GPT2Attention, patches, forwards.gpt2_attention_forward
+        )
 
 
 GPT2 = Architecture(
@@ -41,7 +45,8 @@ GPT2 = Architecture(
     okto={
         "gemm": "okto linear: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (Conv1D, "
         "weights read in place), lm_head",
-        "attention": 'okto flash attention (attn_implementation "okto")',
+        "attention": "okto flash attention on c_attn's packed output (masked or cached "
+        'calls: attn_implementation "okto")',
         "layernorm": "okto layer_norm: ln_1, ln_2, ln_f",
     },
     gelu={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},

@@ -321,7 +321,6 @@ def test_hf_adapter_falls_back_to_sdpa(gpt2):
     assert calls == {"okto": 0, "sdpa": 2}
 
 
-
 def test_hf_adapter_runs_okto_under_torch_compile(gpt2):
     """Compiled, transformers builds the causal mask while tracing; okto's mask builder
     must still give None for plain causal attention, or every call goes to SDPA."""
@@ -360,6 +359,7 @@ def test_hf_mask_builder_keeps_masks_it_cannot_skip():
         want = sdpa_mask(**(plain | change))
         assert (got is None) == (want is None), change
         assert got is None or torch.equal(got, want), change
+
 
 # --- GPU: real sizes, bf16, D128 -------------------------------------------------------------
 

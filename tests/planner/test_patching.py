@@ -59,8 +59,14 @@ def test_kernels_match_the_framework(monkeypatch, family, program):
     plan = build_plan(program, model=model)
     native = {"activation"} if family == "llama" else set()  # SwiGLU's SiLU
     assert {k for k, c in plan.layers.items() if c.impl == "native"} == native
+    packed = []  # GPT-2's training step runs attention on c_attn's packed output
+    original = okto.kernels.packed_attention
+    monkeypatch.setattr(
+        okto.kernels, "packed_attention", lambda *a, **k: packed.append(1) or original(*a, **k)
+    )
     with plan.apply(model):
         actual = step(model, ids)
+        assert len(packed) == (model.config.num_hidden_layers if family == "gpt2" else 0)
         if family == "gpt2":  # the fused loss never makes logits: ask for them alone
             assert actual[1] is None
             with torch.no_grad():
