@@ -15,7 +15,10 @@ import types
 
 import torch
 import torch.nn.functional as F
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    CausalLMOutputWithPast,
+)
 
 from okto import kernels
 from okto.kernels import hf_attention
@@ -93,6 +96,32 @@ def layer_norm_forward(self, x):
 
 def rms_norm_forward(self, x):
     return kernels.rms_norm(x, self.weight, self.variance_epsilon)
+
+
+def gpt2_model_forward(self, *args, **kwargs):
+    """GPT2Model for a plain training call: token ids and `use_cache=False`, nothing else
+    given or asked for. The blocks then get no attention mask at all, so attention runs
+    on okto's packed kernel. transformers would build a mask while compiling: with no
+    cache it checks the positions for packed sequences, which it cannot read while
+    tracing, and a mask sends every layer to SDPA. Here the positions are the model's
+    own `arange`, one sequence per row. Every other call runs the class's forward."""
+    named = dict(zip(("input_ids", "past_key_values"), args, strict=False)) | kwargs
+    ids = named.pop("input_ids", None)
+    use_cache = named.pop("use_cache", None)
+    if (
+        len(args) > 1
+        or ids is None
+        or ids.dim() != 2
+        or use_cache is not False
+        or any(value is not None and value is not False for value in named.values())
+    ):
+        return type(self).forward(self, *args, **kwargs)
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    hidden = self.drop(self.wte(ids) + self.wpe(positions))
+    for block in self.h:
+        out = block(hidden, use_cache=False)
+        hidden = out[0] if isinstance(out, tuple) else out  # a tuple before transformers 5
+    return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden))
 
 
 def gpt2_attention_forward(

@@ -37,6 +37,7 @@ def _patch(model, choices, patches) -> None:
         forwards.patch_each(
             model, modeling_gpt2.GPT2Attention, patches, forwards.gpt2_attention_forward
         )
+        forwards.install(patches, model.base_model, forwards.gpt2_model_forward)
 
 
 GPT2 = Architecture(

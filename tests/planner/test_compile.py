@@ -67,8 +67,14 @@ def test_patched_model_compiles_in_one_graph(monkeypatch):
     expected = step(model, ids)
     plan = build_plan(okto.parse("", "t.okt"), model=model)  # the default plan: fused on
     assert plan.layers["cross_entropy"].fused and plan.layers["activation"].fused
+    packed = []  # traced calls: attention must reach okto's packed kernel, not SDPA
+    original = okto.kernels.packed_attention
+    monkeypatch.setattr(
+        okto.kernels, "packed_attention", lambda *a, **k: packed.append(1) or original(*a, **k)
+    )
     with plan.apply(model):
         actual = _compiled_step(model, ids, fullgraph=True)
+    assert len(packed) == model.config.n_layer
     assert actual[1] is None  # the fused loss made no logits
     assert_same_step(expected, actual)
 
