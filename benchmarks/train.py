@@ -21,6 +21,9 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
   on okto, GEMMs on cuBLAS and LayerNorm, GELU and the residual adds left to
   inductor (which fuses them): whether okto's GEMM and norm kernels pay for
   themselves in the compiled step;
+- okto-attention-loss-graphs: the same plan compiled in reduce-overhead mode (CUDA
+  graphs: each compiled graph replayed with no host launches), as OPTIMIZE
+  cuda_graphs gives it;
 - okto-ddp, okto-fsdp (on a machine with `--gpus` GPUs, 2 by default): okto-trainer's
   plan and loop in `--gpus` processes started through torchrun, wrapped as
   `okto train --gpus N` wraps it (DDP; FSDP2), batch 16 x 1,024 in each process:
@@ -68,6 +71,7 @@ CONFIGS = (
     "okto-fsdp",
     "okto-kernels-compile",
     "okto-attention-loss-compile",
+    "okto-attention-loss-graphs",
 )
 # Configurations in several processes, one per GPU (--gpus), started through torchrun.
 DISTRIBUTED = ("okto-ddp", "okto-fsdp")
@@ -79,7 +83,7 @@ def backends(name: str) -> dict[str, str]:
     """ACCELERATE's choice per layer kind for an okto configuration."""
     if name == "okto-native":
         return dict.fromkeys(KINDS, "native")
-    if name == "okto-attention-loss-compile":
+    if name.startswith("okto-attention-loss"):
         return dict.fromkeys(KINDS, "native") | {
             "attention": "oktoblas",
             "cross_entropy": "oktoblas",
@@ -216,6 +220,8 @@ def run(name: str, steps: int, batch: int, seq: int) -> dict:
         program, plan = planned(model, backends(name), seq, batch)
     if name.endswith("compile"):
         forward = torch.compile(model)
+    if name.endswith("graphs"):
+        forward = torch.compile(model, mode="reduce-overhead")
     if name == "okto-trainer":
         settings = run_settings(plan)
         seconds, loss, timed_steps = trainer_run(model, model, program, settings, tokens)
