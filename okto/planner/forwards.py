@@ -108,11 +108,13 @@ def gpt2_model_forward(self, *args, **kwargs):
     named = dict(zip(("input_ids", "past_key_values"), args, strict=False)) | kwargs
     ids = named.pop("input_ids", None)
     use_cache = named.pop("use_cache", None)
+    return_dict = named.pop("return_dict", None)
     if (
         len(args) > 1
         or ids is None
         or ids.dim() != 2
         or use_cache is not False
+        or return_dict is False
         or any(value is not None and value is not False for value in named.values())
     ):
         return type(self).forward(self, *args, **kwargs)

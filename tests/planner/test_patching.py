@@ -228,6 +228,30 @@ def test_generate_while_patched(monkeypatch):
     assert torch.equal(actual, expected)
 
 
+def test_gpt2_base_model_calls_match_the_class(monkeypatch):
+    """The planner's GPT-2 model forward (no mask for a plain training call) and the
+    calls it hands to the class's forward (a mask, a cache, a tuple) give what the
+    unpatched model gives."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2().eval()
+    ids = batch()
+    mask = torch.ones_like(ids)
+    mask[1, 11:] = 0
+    calls = [
+        {"use_cache": False},
+        {"use_cache": False, "return_dict": False},
+        {"use_cache": False, "attention_mask": mask},
+        {},
+    ]
+    with torch.no_grad():
+        expected = [model.transformer(ids, **kwargs)[0] for kwargs in calls]
+        with build_plan(FUSED, machine=H100, model=model).apply(model):
+            actual = [model.transformer(ids, **kwargs) for kwargs in calls]
+    assert isinstance(actual[1], tuple) and actual[3].past_key_values is not None
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got[0], want)
+
+
 def test_other_architectures_train_natively(monkeypatch):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = MistralForCausalLM(MistralConfig(**LLAMA_SIZES))
