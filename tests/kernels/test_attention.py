@@ -10,13 +10,12 @@ fp16 results (fp16 probabilities into the P V product) are held to numerics.TOL.
 import numpy as np
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import okto.kernels
 from okto.kernels import KernelError, attention, decode_attention
 from okto.kernels.ops import attention as attention_module
 from okto.kernels.ops.attention import attention_reference, decode_attention_reference
-from tests.kernels.numerics import DEVICE, TOL, rel_error
+from tests.kernels.numerics import DEVICE, TOL, assert_fake_matches, rel_error
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -155,27 +154,17 @@ def test_decode_agrees_with_causal_attention_and_takes_one_token():
     assert rel_error(one, full[:, :, -1]) < TOL[torch.float32]
 
 
-def _assert_fake_matches(op, *args):
-    real = op(*args)
-    with FakeTensorMode() as mode:
-        fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
-    real = real if isinstance(real, tuple) else (real,)
-    fake = fake if isinstance(fake, tuple) else (fake,)
-    for r, f in zip(real, fake, strict=True):
-        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
-
-
 @pytest.mark.parametrize("bshd", [False, True])
 def test_fake_implementations_match(bshd):
     q, k, v = _qkv(2, 2, 1, 9, 11, 16, torch.float16, bshd=bshd)
     kpm = torch.rand(2, 11, device=DEVICE) > 0.2
     lens = torch.tensor([11, 5], device=DEVICE)
     ops = torch.ops.okto
-    _assert_fake_matches(ops.attention, q, k, v, kpm, lens, True, 0.2)
+    assert_fake_matches(ops.attention, q, k, v, kpm, lens, True, 0.2)
     out, lse = ops.attention(q, k, v, kpm, lens, True, 0.2)
     dout = torch.randn_like(out)
-    _assert_fake_matches(ops.attention_backward, dout, q, k, v, out, lse, kpm, lens, True, 0.2)
-    _assert_fake_matches(ops.decode_attention, q[:, :, :2], k, v, lens, 0.2, 2)
+    assert_fake_matches(ops.attention_backward, dout, q, k, v, out, lse, kpm, lens, True, 0.2)
+    assert_fake_matches(ops.decode_attention, q[:, :, :2], k, v, lens, 0.2, 2)
 
 
 def test_opcheck():

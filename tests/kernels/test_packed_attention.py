@@ -15,7 +15,7 @@ from okto.kernels.ops.packed_attention import (
     _packed_attention_op,
     packed_attention_reference,
 )
-from tests.kernels.numerics import DEVICE, TOL, rel_error
+from tests.kernels.numerics import DEVICE, TOL, assert_fake_matches, rel_error
 
 
 def _qkv(b, s, heads, d, dtype, device=DEVICE):
@@ -56,24 +56,12 @@ def test_agrees_with_attention_on_the_split_views():
     assert rel_error(got, split.transpose(1, 2).reshape(2, 21, 64)) < 1e-6
 
 
-def _assert_fake_matches(op, *args):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    real = op(*args)
-    with FakeTensorMode() as mode:
-        fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
-    real = real if isinstance(real, tuple) else (real,)
-    fake = fake if isinstance(fake, tuple) else (fake,)
-    for r, f in zip(real, fake, strict=True):
-        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
-
-
 def test_fake_implementations_and_opcheck():
     qkv = _qkv(2, 9, 2, 16, torch.float16).detach()
-    _assert_fake_matches(torch.ops.okto.packed_attention, qkv, 2, True, 0.25)
+    assert_fake_matches(torch.ops.okto.packed_attention, qkv, 2, True, 0.25)
     out, lse = torch.ops.okto.packed_attention(qkv, 2, True, 0.25)
     dout = torch.randn_like(out)
-    _assert_fake_matches(
+    assert_fake_matches(
         torch.ops.okto.packed_attention_backward, dout, qkv, out, lse, 2, True, 0.25
     )
     torch.library.opcheck(_packed_attention_op, (qkv.float().requires_grad_(), 2, True, 0.25))
