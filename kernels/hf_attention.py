@@ -11,8 +11,9 @@
 `AttentionMaskInterface` under the same name, so models hand this function what
 they hand SDPA: `attention_mask=None` when plain causal (or full) attention is
 meant, otherwise a 4-D bool mask `[B, 1, Sq, Skv]`, True where a query may attend.
-The shortcut: transformers before torch 2.14 never skips the causal mask while
-compiling, and a materialised mask sent every compiled call to SDPA. What okto's kernel can express runs on it:
+The shortcut: with torch before 2.14, transformers never skips the causal mask
+while compiling, and a materialised mask sent every compiled call to SDPA.
+What okto's kernel can express runs on it:
 - no mask: causal when the module is causal and Sq > 1 (one query sees every key);
 - a bool mask that is a key-padding mask, alone or combined with the bottom-right
   causal mask (right or left padding, with or without a dynamic cache).
