@@ -16,6 +16,7 @@ import types
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithPast,
 )
@@ -98,14 +99,11 @@ def rms_norm_forward(self, x):
     return kernels.rms_norm(x, self.weight, self.variance_epsilon)
 
 
-def gpt2_model_forward(self, *args, **kwargs):
-    """GPT2Model for a plain training call: token ids and `use_cache=False`, nothing else
-    given or asked for. The blocks then get no attention mask at all, so attention runs
-    on okto's packed kernel. transformers would build a mask while compiling: with no
-    cache it checks the positions for packed sequences, which it cannot read while
-    tracing, and a mask sends every layer to SDPA. Here the positions are the model's
-    own `arange`, one sequence per row. Every other call runs the class's forward."""
-    named = dict(zip(("input_ids", "past_key_values"), args, strict=False)) | kwargs
+def _plain_call_ids(config, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The token ids of a plain training call on a base model (ids, `use_cache=False`,
+    nothing else given or asked for, here or by the config's defaults), or None for any
+    other call."""
+    named = dict(zip(("input_ids",), args, strict=False)) | kwargs
     ids = named.pop("input_ids", None)
     use_cache = named.pop("use_cache", None)
     return_dict = named.pop("return_dict", None)
@@ -116,14 +114,52 @@ def gpt2_model_forward(self, *args, **kwargs):
         or use_cache is not False
         or return_dict is False
         or any(value is not None and value is not False for value in named.values())
+        or getattr(config, "output_hidden_states", False)
+        or getattr(config, "output_attentions", False)
     ):
+        return None
+    return ids
+
+
+def _hidden(out):
+    """A decoder block's hidden states: its output, or a tuple's first (before transformers 5)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def gpt2_model_forward(self, *args, **kwargs):
+    """GPT2Model for a plain training call: the blocks get no attention mask at all, so
+    attention runs on okto's packed kernel. transformers would build a mask while
+    compiling: with no cache it checks the positions for packed sequences, which it
+    cannot read while tracing, and a mask sends every layer to SDPA. Here the positions
+    are the model's own `arange`, one sequence per row. Every other call runs the
+    class's forward."""
+    ids = _plain_call_ids(self.config, args, kwargs)
+    if ids is None:
         return type(self).forward(self, *args, **kwargs)
     positions = torch.arange(ids.shape[1], device=ids.device)
     hidden = self.drop(self.wte(ids) + self.wpe(positions))
     for block in self.h:
-        out = block(hidden, use_cache=False)
-        hidden = out[0] if isinstance(out, tuple) else out  # a tuple before transformers 5
+        hidden = _hidden(block(hidden, use_cache=False))
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden))
+
+
+def llama_model_forward(self, *args, **kwargs):
+    """LlamaModel for a plain training call, for the reason `gpt2_model_forward` gives:
+    the layers get no mask, so attention reaches okto's kernel through the attention
+    hook (causal, grouped-query heads as they are) under torch.compile too. The rotary
+    embeddings come from the model's own positions, `arange` over one sequence per row.
+    Every other call runs the class's forward."""
+    ids = _plain_call_ids(self.config, args, kwargs)
+    if ids is None:
+        return type(self).forward(self, *args, **kwargs)
+    hidden = self.embed_tokens(ids)
+    positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+    rotary = self.rotary_emb(hidden, position_ids=positions)
+    for layer in self.layers[: self.config.num_hidden_layers]:
+        hidden = _hidden(
+            layer(hidden, position_embeddings=rotary, position_ids=positions, use_cache=False)
+        )
+    return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden))
 
 
 def gpt2_attention_forward(

@@ -4,7 +4,9 @@ kernel, attention on okto's kernel after the model's own rotary embeddings.
 The SwiGLU MLP keeps its three GEMMs separate: fusing gate and up would need a
 concatenated weight (a copy), and the GEMM epilogue fuses GELU only, so the
 SiLU-times-up product stays a framework op. Grouped-query attention goes to the
-kernel as it is.
+kernel as it is. For a plain training call the model's own forward is replaced by
+one that builds no attention mask (see `forwards.llama_model_forward`), so that
+attention stays on okto's kernel under torch.compile.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def _patch(model, choices, patches) -> None:
 
     if choices["layernorm"].impl == "okto":
         forwards.patch_each(model, LlamaRMSNorm, patches, forwards.rms_norm_forward)
+    if choices["attention"].impl == "okto":
+        forwards.install(patches, model.base_model, forwards.llama_model_forward)
 
 
 LLAMA = Architecture(

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import okto
+from okto.kernels import hf_attention
 from okto.planner import build_plan
 from tests.planner.test_patching import FUSED, assert_same_step, batch, step
-from tests.planner.util import H100, gpt2
+from tests.planner.util import H100, gpt2, llama
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -56,25 +57,31 @@ def test_patched_forwards_are_plain_functions(monkeypatch):
         assert "labels" in inspect.signature(model.forward).parameters
 
 
+# Where each family's attention reaches okto: GPT-2's packed kernel on c_attn's output,
+# Llama's kernel through transformers' attention hook.
+ATTENTION_ENTRY = {"gpt2": (okto.kernels, "packed_attention"), "llama": (hf_attention, "attention")}
+
+
 @pytest.mark.slow
-def test_patched_model_compiles_in_one_graph(monkeypatch):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_patched_model_compiles_in_one_graph(monkeypatch, family):
     """okto-kernels-compile: the model on okto's Triton kernels (the interpreter on a CPU)
     under torch.compile with fullgraph: the custom ops are traced without a graph break,
-    and loss and gradients match the unpatched model."""
+    every layer's attention reaches okto's kernel (no mask built while tracing sends it to
+    SDPA), and loss and gradients match the unpatched model."""
     monkeypatch.setenv("OKTO_KERNELS", "triton")
-    model = gpt2().to(DEVICE)
+    model = (gpt2() if family == "gpt2" else llama()).to(DEVICE)
     ids = batch(device=DEVICE)
     expected = step(model, ids)
     plan = build_plan(okto.parse("", "t.okt"), model=model)  # the default plan: fused on
-    assert plan.layers["cross_entropy"].fused and plan.layers["activation"].fused
-    packed = []  # traced calls: attention must reach okto's packed kernel, not SDPA
-    original = okto.kernels.packed_attention
-    monkeypatch.setattr(
-        okto.kernels, "packed_attention", lambda *a, **k: packed.append(1) or original(*a, **k)
-    )
+    assert plan.layers["cross_entropy"].fused
+    calls = []  # traced calls of okto's attention kernel
+    owner, name = ATTENTION_ENTRY[family]
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     with plan.apply(model):
         actual = _compiled_step(model, ids, fullgraph=True)
-    assert len(packed) == model.config.n_layer
+    assert len(calls) == model.config.num_hidden_layers
     assert actual[1] is None  # the fused loss made no logits
     assert_same_step(expected, actual)
 

@@ -228,12 +228,14 @@ def test_generate_while_patched(monkeypatch):
     assert torch.equal(actual, expected)
 
 
-def test_gpt2_base_model_calls_match_the_class(monkeypatch):
-    """The planner's GPT-2 model forward (no mask for a plain training call) and the
-    calls it hands to the class's forward (a mask, a cache, a tuple) give what the
-    unpatched model gives."""
+@pytest.mark.parametrize("family", [gpt2, llama])
+def test_base_model_calls_match_the_class(monkeypatch, family):
+    """The planner's base-model forward (no mask for a plain training call) and the
+    calls it hands to the class's forward (a mask, a cache, a tuple, hidden states
+    asked for by the config) give what the unpatched model gives."""
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
-    model = gpt2().eval()
+    model = family().eval()
+    base = model.base_model
     ids = batch()
     mask = torch.ones_like(ids)
     mask[1, 11:] = 0
@@ -244,10 +246,15 @@ def test_gpt2_base_model_calls_match_the_class(monkeypatch):
         {},
     ]
     with torch.no_grad():
-        expected = [model.transformer(ids, **kwargs)[0] for kwargs in calls]
+        expected = [base(ids, **kwargs)[0] for kwargs in calls]
         with build_plan(FUSED, machine=H100, model=model).apply(model):
-            actual = [model.transformer(ids, **kwargs) for kwargs in calls]
+            assert "forward" in base.__dict__
+            actual = [base(ids, **kwargs) for kwargs in calls]
+            base.config.output_hidden_states = True
+            with_states = base(ids, use_cache=False)
+            base.config.output_hidden_states = False
     assert isinstance(actual[1], tuple) and actual[3].past_key_values is not None
+    assert len(with_states.hidden_states) == base.config.num_hidden_layers + 1
     for got, want in zip(actual, expected, strict=True):
         torch.testing.assert_close(got[0], want)
 
