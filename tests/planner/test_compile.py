@@ -87,13 +87,21 @@ def test_patched_model_compiles_in_one_graph(monkeypatch, family):
 
 
 @pytest.mark.gpu
-def test_patched_model_compiles_with_inductor_on_the_gpu(monkeypatch):
-    """okto-kernels-compile as benchmarks/train.py runs it: bf16 autocast, inductor, one graph."""
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_patched_model_compiles_with_inductor_on_the_gpu(monkeypatch, family):
+    """okto-kernels-compile as benchmarks/train.py runs it: bf16 autocast, inductor, one
+    graph, every layer's attention on okto's kernel."""
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
-    model = gpt2().cuda()
+    model = (gpt2() if family == "gpt2" else llama()).cuda()
     ids = batch(device="cuda")
+    calls = []
+    owner, name = ATTENTION_ENTRY[family]
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         expected = step(model, ids)
+        calls.clear()
         with build_plan(okto.parse("", "t.okt"), model=model).apply(model):
             actual = step(model, ids, torch.compile(model, fullgraph=True))
+    assert len(calls) == model.config.num_hidden_layers
     assert_same_step(expected, actual, tol={"rtol": 5e-2, "atol": 5e-2})
