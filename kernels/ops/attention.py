@@ -126,8 +126,6 @@ _DKDV_CONFIGS = _configs(
             _tiles(32, 64, 4, 3),
             _tiles(32, 64, 4, 4),
             _tiles(16, 128, 4, 3),
-            _tiles(32, 128, 4, 5),
-            _tiles(64, 128, 4, 3),
         ],
         large=[
             _tiles(32, 64, 8, 3),
@@ -150,8 +148,6 @@ _DQ_CONFIGS = _configs(
             _tiles(64, 64, 4, 3),
             _tiles(128, 128, 8, 2),
             _tiles(64, 128, 4, 3),
-            _tiles(128, 32, 4, 5),
-            _tiles(64, 64, 4, 4),
         ],
         large=[
             _tiles(128, 64, 8, 3),
