@@ -143,6 +143,14 @@ def _plan(module, query, key, value, attention_mask, dropout, kwargs):
     return causal, kpm.expand(query.shape[0], skv)
 
 
+def _autocast_operands(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return list(tensors)
+    dtype = torch.get_autocast_dtype(device)
+    return [t if t.dtype == dtype or not t.is_floating_point() else t.to(dtype) for t in tensors]
+
+
 def attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -154,7 +162,12 @@ def attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query `[B, Hq, Sq, D]`, key and value
-    `[B, Hkv, Skv, D]`; returns (`[B, Sq, Hq, D]` output, no attention weights)."""
+    `[B, Hkv, Skv, D]`; returns (`[B, Sq, Hq, D]` output, no attention weights).
+
+    Under autocast the three are cast to its dtype first, as autocast casts SDPA's
+    operands: Llama-style rotary embeddings computed in fp32 leave query and key in
+    fp32 beside a half-precision value."""
+    query, key, value = _autocast_operands(query, key, value)
     plan = _plan(module, query, key, value, attention_mask, dropout, kwargs)
     if plan is None:
         return sdpa_attention_forward(

@@ -16,6 +16,7 @@ import torch
 from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
 import okto
+from okto.kernels import hf_attention
 from okto.planner import build_plan
 from tests.planner.util import H100, LLAMA_SIZES, gpt2, gpt2_config, llama
 
@@ -120,15 +121,29 @@ def test_forward_hooks_on_fused_layers_still_run(monkeypatch):
     assert_same_step(expected, actual)
 
 
-def test_autocast_operands_are_cast(monkeypatch):
+@pytest.mark.parametrize("family", [gpt2, llama])
+def test_autocast_operands_are_cast(monkeypatch, family):
+    """Under bf16 autocast okto's ops get operands of one dtype, attention included:
+    Llama's rotary embeddings leave query and key in fp32 beside a bf16 value, and the
+    attention hook must cast them as autocast casts SDPA's rather than hand the call on."""
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
-    model = gpt2()
+    model = family()
     ids = batch()
+    padded = torch.ones_like(ids)
+    padded[1, 11:] = 0
+    calls = []
+    original = hf_attention.attention
+    monkeypatch.setattr(
+        hf_attention, "attention", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(input_ids=ids, labels=ids).loss
         with build_plan(FUSED, machine=H100, model=model).apply(model):
             actual = model(input_ids=ids, labels=ids).loss
+            model(input_ids=ids, attention_mask=padded)  # through the hook, GPT-2 too
     assert actual.dtype == torch.float32
+    # GPT-2's training call runs its packed kernel; Llama's reaches the hook as well.
+    assert len(calls) == (1 if family is gpt2 else 2) * model.config.num_hidden_layers
     torch.testing.assert_close(actual, expected.float(), rtol=2e-2, atol=2e-2)
 
 
