@@ -1,11 +1,13 @@
 """GPT-2 124M training throughput from scratch: Hugging Face eager and compiled, okto's plan.
 
-    python benchmarks/train.py [--steps 30] [--batch 16] [--seq 1024]
+    python benchmarks/train.py [--steps 30] [--batch 16] [--seq 1024] [--model gpt2|llama]
                                [--only hf-eager okto-kernels ...] [--out train.jsonl]
                                [--markdown train.md] [--timeout 600] [--gpus 2]
 
 Every configuration trains the same model (GPT-2 small, vocabulary padded to
-50,304, dropout off, same seed) on the same synthetic tokens with bf16
+50,304, dropout off, same seed; with `--model llama` a Llama of the same width
+and depth with grouped-query attention, 12 query and 4 key/value heads, SwiGLU
+MLP 2,048 wide, ~134M parameters) on the same synthetic tokens with bf16
 autocast, fused AdamW, gradient clipping at 1.0, in one process:
 
 - hf-eager: the Hugging Face model as it is (SDPA attention);
@@ -24,6 +26,10 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 - okto-attention-loss-graphs: the same plan compiled in reduce-overhead mode (CUDA
   graphs: each compiled graph replayed with no host launches), as OPTIMIZE
   cuda_graphs gives it;
+- okto-attention-loss-layernorm-graphs, okto-attention-loss-gemm-graphs,
+  okto-kernels-graphs: that plan with okto's LayerNorm, with okto's GEMMs (GELU
+  fused), with every kernel: with no host launches left, whether okto's GEMM and
+  norm kernels beat inductor's fusions around cuBLAS on GPU time alone;
 - okto-ddp, okto-fsdp (on a machine with `--gpus` GPUs, 2 by default): okto-trainer's
   plan and loop in `--gpus` processes started through torchrun, wrapped as
   `okto train --gpus N` wraps it (DDP; FSDP2), batch 16 x 1,024 in each process:
@@ -72,6 +78,9 @@ CONFIGS = (
     "okto-kernels-compile",
     "okto-attention-loss-compile",
     "okto-attention-loss-graphs",
+    "okto-attention-loss-layernorm-graphs",
+    "okto-attention-loss-gemm-graphs",
+    "okto-kernels-graphs",
 )
 # Configurations in several processes, one per GPU (--gpus), started through torchrun.
 DISTRIBUTED = ("okto-ddp", "okto-fsdp")
@@ -84,18 +93,18 @@ def backends(name: str) -> dict[str, str]:
     if name == "okto-native":
         return dict.fromkeys(KINDS, "native")
     if name.startswith("okto-attention-loss"):
-        return dict.fromkeys(KINDS, "native") | {
-            "attention": "oktoblas",
-            "cross_entropy": "oktoblas",
-        }
+        okto = ["attention", "cross_entropy"]
+        okto += ["layernorm"] if "-layernorm" in name else []
+        okto += ["gemm", "activation"] if "-gemm" in name else []
+        return dict.fromkeys(KINDS, "native") | dict.fromkeys(okto, "oktoblas")
     return dict.fromkeys(KINDS, "oktoblas")
 
 
-def okt(kinds: dict[str, str], seq: int, batch: int, strategy: str = "ddp") -> str:
+def okt(kinds: dict[str, str], seq: int, batch: int, family: str, strategy: str = "ddp") -> str:
     accelerate = " ".join(f'{kind}: "{backend}"' for kind, backend in kinds.items())
     return f"""PROJECT "bench-gpt2-124m"
 ENV {{ accelerator: "gpu" precision: "bf16" seed: 0 }}
-MODEL {{ architecture: "gpt2" pretrained: false }}
+MODEL {{ architecture: "{family}" pretrained: false }}
 TRAIN {{ batch_size: {batch} learning_rate: 6e-4 weight_decay: 0.1 gradient_clip: 1.0
         scheduler: "constant" save_strategy: "no" logging_steps: 1000 strategy: "{strategy}" }}
 DATASET {{ shuffle: false max_length: {seq} }}
@@ -104,10 +113,21 @@ ACCELERATE {{ {accelerate} fused_ops: true }}
 """
 
 
-def new_model(seq: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def new_model(seq: int, family: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    if family == "llama":
+        config = LlamaConfig(
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            vocab_size=VOCAB,
+            max_position_embeddings=seq,
+        )
+        return LlamaForCausalLM(config).cuda()
     config = GPT2Config(
         n_layer=12,
         n_head=12,
@@ -127,7 +147,7 @@ def planned(model, kinds: dict[str, str], seq: int, batch: int):
     import okto
     from okto.planner import build_plan
 
-    program = okto.parse(okt(kinds, seq, batch), "bench.okt")
+    program = okto.parse(okt(kinds, seq, batch, model.config.model_type), "bench.okt")
     plan = build_plan(program, model=model)
     plan.apply(model)
     return program, plan
@@ -208,11 +228,11 @@ def synthetic_tokens(steps: int, batch: int, seq: int) -> torch.Tensor:
     return torch.randint(0, VOCAB, shape, device="cuda", generator=generator)
 
 
-def run(name: str, steps: int, batch: int, seq: int) -> dict:
+def run(name: str, steps: int, batch: int, seq: int, family: str) -> dict:
     if name in DISTRIBUTED:
-        return run_distributed(name, steps, batch, seq)
+        return run_distributed(name, steps, batch, seq, family)
     tokens = synthetic_tokens(steps, batch, seq)
-    model = new_model(seq)
+    model = new_model(seq, family)
     torch.cuda.reset_peak_memory_stats()
     forward = model
     timed_steps = steps
@@ -230,19 +250,19 @@ def run(name: str, steps: int, batch: int, seq: int) -> dict:
     return measured(name, model, seconds, loss, timed_steps, batch, seq)
 
 
-def run_distributed(name: str, steps: int, batch: int, seq: int) -> dict | None:
+def run_distributed(name: str, steps: int, batch: int, seq: int, family: str) -> dict | None:
     """One process of a job torchrun started: okto-trainer's plan and loop on this process's
     GPU, wrapped as `okto train --gpus N` wraps it; rank 0's record (None elsewhere)."""
     import okto
     from okto.planner import build_plan
     from okto.training.distributed import Parallel, ranks_from_environment
 
-    text = okt(backends(name), seq, batch, strategy=name.removeprefix("okto-"))
+    text = okt(backends(name), seq, batch, family, strategy=name.removeprefix("okto-"))
     program = okto.parse(text, "bench.okt")
     ranks = ranks_from_environment()
     parallel, settings = Parallel.start(ranks, run_settings(build_plan(program)))
     tokens = synthetic_tokens(steps, batch, seq)
-    model = new_model(seq)  # on this process's GPU: the one Parallel.start made current
+    model = new_model(seq, family)  # on this process's GPU: the one Parallel.start made current
     torch.cuda.reset_peak_memory_stats()
     build_plan(program, model=model).apply(model)
     forward = parallel.wrap(model, settings)
@@ -274,7 +294,7 @@ def run_one(name: str, args, record_path: Path) -> int:
     """`--one`: measure one configuration in this process and write its record (or its error)."""
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        record = run(name, args.steps, args.batch, args.seq)
+        record = run(name, args.steps, args.batch, args.seq, args.model)
     except Exception as error:  # the parent reports it and goes on with the next config
         traceback.print_exc()
         record = {"config": name, "error": _first_line(f"{type(error).__name__}: {error}")}
@@ -289,6 +309,7 @@ def measure(name: str, args) -> dict:
         record_path = Path(scratch) / "record.json"
         command = [sys.executable, __file__, "--one", name, "--record", str(record_path)]
         command += ["--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+        command += ["--model", args.model]
         if name in DISTRIBUTED:  # one process per GPU, started by torchrun
             launcher = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
             command[1:1] = [*launcher, "--nproc-per-node", str(args.gpus)]
@@ -306,13 +327,17 @@ def _first_line(text: str) -> str:
     return lines[0][:300] if lines else "failed"
 
 
-def markdown(records: list[dict], command: str, batch: int, seq: int) -> str:
+MODEL_NAMES = {"gpt2": "GPT-2 124M", "llama": "Llama 134M (GQA 12/4 heads)"}
+
+
+def markdown(records: list[dict], command: str, batch: int, seq: int, family: str) -> str:
     info = get_device_info()
     done = {r["config"]: r for r in records if "error" not in r}
     bases = [name for name in ("hf-compile", "hf-eager") if name in done]
     lines = [
         f"Device: {info.name}; torch {torch.__version__}. Command: `{command}`.",
-        f"GPT-2 124M from scratch, batch {batch} x {seq} tokens, bf16 autocast, fused AdamW.",
+        f"{MODEL_NAMES[family]} from scratch, batch {batch} x {seq} tokens, bf16 autocast, "
+        "fused AdamW.",
         "Ratios are against the baselines of this run: throughput x, peak memory x.",
         "",
         "| config | tokens/s | "
@@ -368,6 +393,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per config")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--model", choices=("gpt2", "llama"), default="gpt2")
     parser.add_argument(
         "--only",
         nargs="+",
@@ -404,7 +430,7 @@ def main() -> int:
             with open(args.out, "a") as f:
                 f.write(json.dumps(record) + "\n")
         if args.markdown:
-            args.markdown.write_text(markdown(records, command, args.batch, args.seq))
+            args.markdown.write_text(markdown(records, command, args.batch, args.seq, args.model))
         took = f"({time.perf_counter() - started:.0f}s)"
         if "error" in record:
             print(f"{name:22s} FAILED: {record['error']}  {took}", flush=True)
@@ -417,7 +443,7 @@ def main() -> int:
             f"loss {record['last_loss']:.4f}  {took}",
             flush=True,
         )
-    print(markdown(records, command, args.batch, args.seq))
+    print(markdown(records, command, args.batch, args.seq, args.model))
     return 0 if all("error" not in r for r in records) else 1
 
 
