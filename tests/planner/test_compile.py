@@ -16,7 +16,7 @@ import okto
 from okto.kernels import hf_attention
 from okto.planner import build_plan
 from tests.planner.test_patching import FUSED, assert_same_step, batch, step
-from tests.planner.util import H100, gpt2, llama
+from tests.planner.util import H100, count_calls, gpt2, llama
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -75,10 +75,7 @@ def test_patched_model_compiles_in_one_graph(monkeypatch, family):
     expected = step(model, ids)
     plan = build_plan(okto.parse("", "t.okt"), model=model)  # the default plan: fused on
     assert plan.layers["cross_entropy"].fused
-    calls = []  # traced calls of okto's attention kernel
-    owner, name = ATTENTION_ENTRY[family]
-    original = getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    calls = count_calls(monkeypatch, *ATTENTION_ENTRY[family])  # traced calls
     with plan.apply(model):
         actual = _compiled_step(model, ids, fullgraph=True)
     assert len(calls) == model.config.num_hidden_layers
@@ -94,13 +91,9 @@ def test_patched_model_compiles_with_inductor_on_the_gpu(monkeypatch, family):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = (gpt2() if family == "gpt2" else llama()).cuda()
     ids = batch(device="cuda")
-    calls = []
-    owner, name = ATTENTION_ENTRY[family]
-    original = getattr(owner, name)
-    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     with torch.autocast("cuda", dtype=torch.bfloat16):
         expected = step(model, ids)
-        calls.clear()
+        calls = count_calls(monkeypatch, *ATTENTION_ENTRY[family])
         with build_plan(okto.parse("", "t.okt"), model=model).apply(model):
             actual = step(model, ids, torch.compile(model, fullgraph=True))
     assert len(calls) == model.config.num_hidden_layers

@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 import okto
 from okto.kernels import hf_attention
 from okto.planner import build_plan
-from tests.planner.util import H100, LLAMA_SIZES, gpt2, gpt2_config, llama
+from tests.planner.util import H100, LLAMA_SIZES, count_calls, gpt2, gpt2_config, llama
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FUSED = okto.parse("ACCELERATE { fused_ops: true }", "t.okt")
@@ -131,11 +131,7 @@ def test_autocast_operands_are_cast(monkeypatch, family):
     ids = batch()
     padded = torch.ones_like(ids)
     padded[1, 11:] = 0
-    calls = []
-    original = hf_attention.attention
-    monkeypatch.setattr(
-        hf_attention, "attention", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    calls = count_calls(monkeypatch, hf_attention, "attention")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(input_ids=ids, labels=ids).loss
         with build_plan(FUSED, machine=H100, model=model).apply(model):

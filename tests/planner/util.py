@@ -44,5 +44,13 @@ def llama(**overrides) -> LlamaForCausalLM:
     return LlamaForCausalLM(llama_config(**overrides))
 
 
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Wrap `owner.name` (for the test's duration) so each call appends to the returned list."""
+    calls = []
+    original = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
 def plan(text: str, machine: Machine = CPU, **kwargs):
     return build_plan(okto.parse(text, "t.okt"), machine=machine, **kwargs)
