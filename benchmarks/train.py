@@ -8,7 +8,8 @@ Every configuration trains the same model (GPT-2 small, vocabulary padded to
 50,304, dropout off, same seed; with `--model llama` a Llama of the same width
 and depth with grouped-query attention, 12 query and 4 key/value heads, SwiGLU
 MLP 2,048 wide, ~134M parameters) on the same synthetic tokens with bf16
-autocast, fused AdamW, gradient clipping at 1.0, in one process:
+autocast, fused AdamW, gradient clipping at 1.0 (`clip_grad_norm_` for hf-*; okto-*
+fold the clipping into the AdamW step, as okto's Trainer does), in one process:
 
 - hf-eager: the Hugging Face model as it is (SDPA attention);
 - hf-compile: the same under torch.compile;
@@ -26,6 +27,9 @@ autocast, fused AdamW, gradient clipping at 1.0, in one process:
 - okto-attention-loss-graphs: the same plan compiled in reduce-overhead mode (CUDA
   graphs: each compiled graph replayed with no host launches), as OPTIMIZE
   cuda_graphs gives it;
+- okto-attention-loss-mlp-compile, okto-attention-loss-mlp-graphs: that plan with
+  GPT-2's MLP as okto's gelu_mlp op (GEMMs still cuBLAS; GELU's forward in c_fc's
+  GEMM epilogue and its backward in c_proj's input-gradient GEMM epilogue);
 - okto-attention-loss-layernorm-graphs, okto-attention-loss-gemm-graphs,
   okto-kernels-graphs: that plan with okto's LayerNorm, with okto's GEMMs (GELU
   fused), with every kernel: with no host launches left, whether okto's GEMM and
@@ -78,6 +82,8 @@ CONFIGS = (
     "okto-kernels-compile",
     "okto-attention-loss-compile",
     "okto-attention-loss-graphs",
+    "okto-attention-loss-mlp-compile",
+    "okto-attention-loss-mlp-graphs",
     "okto-attention-loss-layernorm-graphs",
     "okto-attention-loss-gemm-graphs",
     "okto-kernels-graphs",
@@ -95,6 +101,7 @@ def backends(name: str) -> dict[str, str]:
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]
         okto += ["layernorm"] if "-layernorm" in name else []
+        okto += ["activation"] if "-mlp" in name else []
         okto += ["gemm", "activation"] if "-gemm" in name else []
         return dict.fromkeys(KINDS, "native") | dict.fromkeys(okto, "oktoblas")
     return dict.fromkeys(KINDS, "oktoblas")
@@ -153,9 +160,11 @@ def planned(model, kinds: dict[str, str], seq: int, batch: int):
     return program, plan
 
 
-def step_loop(model, forward, tokens: torch.Tensor) -> tuple[float, float]:
-    """(seconds for the timed steps, last loss): the loop every non-trainer config shares."""
-    from okto.training.optim import build_optimizer
+def step_loop(model, forward, tokens: torch.Tensor, okto_clip: bool) -> tuple[float, float]:
+    """(seconds for the timed steps, last loss): the loop every non-trainer config shares.
+    With `okto_clip` the clipping is folded into the fused AdamW step as okto's Trainer
+    folds it; otherwise `clip_grad_norm_` clips the gradients before the step."""
+    from okto.training.optim import build_optimizer, clip_in_step
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, torch.device("cuda"))  # as okto's
@@ -167,7 +176,11 @@ def step_loop(model, forward, tokens: torch.Tensor) -> tuple[float, float]:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = forward(input_ids=batch, labels=batch).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if okto_clip:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            clip_in_step(optimizer, norm, 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
@@ -246,7 +259,7 @@ def run(name: str, steps: int, batch: int, seq: int, family: str) -> dict:
         settings = run_settings(plan)
         seconds, loss, timed_steps = trainer_run(model, model, program, settings, tokens)
     else:
-        seconds, loss = step_loop(model, forward, tokens)
+        seconds, loss = step_loop(model, forward, tokens, name.startswith("okto"))
     return measured(name, model, seconds, loss, timed_steps, batch, seq)
 
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from okto.errors import EXIT_FAILURE, OktoError, UsageError
+from okto.training import optim
 
 T = TypeVar("T")
 # Rank 0 prepares the data while the others wait in a collective: give it time.
@@ -188,9 +189,16 @@ class Parallel:
             return self._ddp.no_sync()
         return contextlib.nullcontext()
 
-    def clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-        """The global gradient norm, gradients clipped to `max_norm`; sharded ones too."""
+    def clip_grad_norm(
+        self, params: list[nn.Parameter], max_norm: float, optimizer=None
+    ) -> torch.Tensor:
+        """The global gradient norm, gradients clipped to `max_norm`; sharded ones too.
+        Given an optimizer that can, the clipping is left to its next step (`optim.clip_in_step`)."""
         if not self.sharded:
+            if optimizer is not None and optim.folds_clipping(optimizer):
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+                optim.clip_in_step(optimizer, norm, max_norm)
+                return norm
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
         from torch.distributed.tensor import DTensor
 

@@ -244,7 +244,9 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.live.gradient_clip
-        norm = self.parallel.clip_grad_norm(self.trained, clip if clip else math.inf)
+        # Under fp16 loss scaling GradScaler drives the optimizer's grad_scale itself.
+        folding = self.optimizer if self.scaler is None else None
+        norm = self.parallel.clip_grad_norm(self.trained, clip if clip else math.inf, folding)
         loss_sum = self.parallel.mean(loss_sum)  # the job's loss, the same in every process
         signal = self.parallel.largest(signals.received or 0)
         loss_value, norm_value, received = torch.stack([loss_sum, norm.float(), signal]).tolist()

@@ -9,6 +9,8 @@ and again at three quarters of the steps (the classic multi-step decay).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -35,6 +37,24 @@ def build_optimizer(
     if name == "adafactor":
         return torch.optim.Adafactor(groups, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def folds_clipping(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's own step can apply gradient clipping: fused Adam and
+    AdamW divide every gradient by their `grad_scale` as they read it (what GradScaler
+    uses to unscale), which saves clipping's separate read and write of every gradient."""
+    return isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) and all(
+        group.get("fused") for group in optimizer.param_groups
+    )
+
+
+def clip_in_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm: float) -> None:
+    """Have the next step clip the gradients, whose global norm is `norm`, to `max_norm`:
+    `clip_grad_norm_`'s factor min(1, max_norm / (norm + 1e-6)), applied as a divisor."""
+    if max_norm == math.inf:
+        optimizer.grad_scale = None
+        return
+    optimizer.grad_scale = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
 
 
 def build_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
