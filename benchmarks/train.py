@@ -27,9 +27,6 @@ fold the clipping into the AdamW step, as okto's Trainer does), in one process:
 - okto-attention-loss-graphs: the same plan compiled in reduce-overhead mode (CUDA
   graphs: each compiled graph replayed with no host launches), as OPTIMIZE
   cuda_graphs gives it;
-- okto-attention-loss-mlp-compile, okto-attention-loss-mlp-graphs: that plan with
-  GPT-2's MLP as okto's gelu_mlp op (GEMMs still cuBLAS; GELU's forward in c_fc's
-  GEMM epilogue and its backward in c_proj's input-gradient GEMM epilogue);
 - okto-attention-loss-layernorm-graphs, okto-attention-loss-gemm-graphs,
   okto-kernels-graphs: that plan with okto's LayerNorm, with okto's GEMMs (GELU
   fused), with every kernel: with no host launches left, whether okto's GEMM and
@@ -82,8 +79,6 @@ CONFIGS = (
     "okto-kernels-compile",
     "okto-attention-loss-compile",
     "okto-attention-loss-graphs",
-    "okto-attention-loss-mlp-compile",
-    "okto-attention-loss-mlp-graphs",
     "okto-attention-loss-layernorm-graphs",
     "okto-attention-loss-gemm-graphs",
     "okto-kernels-graphs",
@@ -101,7 +96,6 @@ def backends(name: str) -> dict[str, str]:
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]
         okto += ["layernorm"] if "-layernorm" in name else []
-        okto += ["activation"] if "-mlp" in name else []
         okto += ["gemm", "activation"] if "-gemm" in name else []
         return dict.fromkeys(KINDS, "native") | dict.fromkeys(okto, "oktoblas")
     return dict.fromkeys(KINDS, "oktoblas")

@@ -248,36 +248,23 @@ def _tma_store_tile(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PREACT: tl.constexpr,
-    ACT_GRAD: tl.constexpr,
     TILE_M: tl.constexpr,
     TILE_N: tl.constexpr,
 ):
     offs_m = off_m + tl.arange(0, TILE_M)
     offs_n = off_n + tl.arange(0, TILE_N)
-    if ACT_GRAD != 0:
-        # The product is dH = d(loss)/d(gelu(Z)); Z comes in where a residual would.
-        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-        z_ptrs = r_ptr + offs_m.to(tl.int64)[:, None] * stride_rm + offs_n[None, :] * stride_rn
-        z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
-        out = acc * gelu_grad(z, ACT_GRAD == 2)
-        if SAVE_PREACT:  # gelu(Z) again, for the weight gradient of the GEMM it fed
-            p_desc.store([off_m, off_n], gelu(z, ACT_GRAD == 2).to(dtype))
-        if HAS_BIAS:  # this tile's column sums of dZ: one row of the bias gradient's partials
-            part = bias_ptr + (off_m // TILE_M).to(tl.int64) * N + offs_n
-            tl.store(part, tl.sum(out, axis=0), mask=offs_n < N)
-    else:
-        pre, out = _epilogue(
-            acc, offs_m, offs_n, M, N, bias_ptr, r_ptr, stride_rm, stride_rn,
-            HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-        )  # fmt: skip
-        if SAVE_PREACT:
-            p_desc.store([off_m, off_n], pre.to(dtype))
+    pre, out = _epilogue(
+        acc, offs_m, offs_n, M, N, bias_ptr, r_ptr, stride_rm, stride_rn,
+        HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+    )  # fmt: skip
+    if SAVE_PREACT:
+        p_desc.store([off_m, off_n], pre.to(dtype))
     c_desc.store([row, off_n], out.to(dtype))
 
 
 @autotune(
     _tma_configs(),
-    key=["M_BUCKET", "N", "K", "A_COL_MAJOR", "B_COL_MAJOR", "SPLIT_K", "ACT_GRAD", *_EPILOGUE_KEY],
+    key=["M_BUCKET", "N", "K", "A_COL_MAJOR", "B_COL_MAJOR", "SPLIT_K", *_EPILOGUE_KEY],
 )
 @triton.jit
 def _gemm_tma_kernel(
@@ -302,7 +289,6 @@ def _gemm_tma_kernel(
     ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     SAVE_PREACT: tl.constexpr,
-    ACT_GRAD: tl.constexpr,
     SPLIT_K: tl.constexpr,
     NUM_SMS: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -378,19 +364,16 @@ def _gemm_tma_kernel(
             acc0, acc1 = tl.split(halves)
             _tma_store_tile(
                 acc0, off_m, off_n, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
-                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, ACT_GRAD, BLOCK_M,
-                SUB_N,
+                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, SUB_N,
             )  # fmt: skip
             _tma_store_tile(
                 acc1, off_m, off_n + SUB_N, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
-                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, ACT_GRAD, BLOCK_M,
-                SUB_N,
+                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, SUB_N,
             )  # fmt: skip
         else:
             _tma_store_tile(
                 acc, off_m, off_n, row, c_desc, p_desc, bias_ptr, r_ptr, M, N, stride_rm,
-                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, ACT_GRAD, BLOCK_M,
-                BLOCK_N,
+                stride_rn, dtype, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, SAVE_PREACT, BLOCK_M, BLOCK_N,
             )  # fmt: skip
 
 
@@ -546,10 +529,10 @@ def _split_k(m: int, n: int, k: int, sms: int) -> int:
     return min(splits, key=cost)
 
 
-def _launch_tma(a, b, layouts, out, preact, bias, residual, m, n, k, r_strides, flags, act_grad=0):
+def _launch_tma(a, b, layouts, out, preact, bias, residual, m, n, k, r_strides, flags):
     (a_col, stride_a), (b_col, stride_b) = layouts
     sms = 3 if backend.interpreting() else _sm_count(a.device)
-    plain = not any(flags.values()) and not act_grad
+    plain = not any(flags.values())
     split = _split_k(m, n, k, sms) if plain else 1
     # Partial sums go to fp32 slabs whose row count is a multiple of every BLOCK_M.
     m_pad = backend.cdiv(m, 256) * 256 if split > 1 else m
@@ -566,8 +549,7 @@ def _launch_tma(a, b, layouts, out, preact, bias, residual, m, n, k, r_strides, 
     launch(
         _gemm_tma_kernel, grid, (m_bucket, n, k),
         a, b, target, preact, bias, residual, m, n, k, m_pad, stride_a, stride_b, *r_strides,
-        m_bucket, A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split, NUM_SMS=sms,
-        ACT_GRAD=act_grad, **flags,
+        m_bucket, A_COL_MAJOR=a_col, B_COL_MAJOR=b_col, SPLIT_K=split, NUM_SMS=sms, **flags,
     )  # fmt: skip
     if split > 1:  # a fixed-order sum: deterministic, unlike atomics
         sum_rows(target, split, m * n, m_pad * n, out)
@@ -610,9 +592,7 @@ def _merged_rows(t: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def gemm_forward(a, b, bias, residual, activation, save_preact):
-    """(act(a @ b + bias) + residual, the pre-activation or an empty tensor): the kernels
-    without the custom op around them, for ops built on this GEMM."""
+def _gemm_forward(a, b, bias, residual, activation, save_preact):
     shape = _out_shape(a, b)
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     out = backend.empty(*shape, dtype=a.dtype, device=a.device)
@@ -682,54 +662,6 @@ def _act_grad(dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool
     return dz, dbias
 
 
-# The activation gradient fused into the GEMM that produces its input: dZ = (dY @ B) *
-# gelu'(Z), as in the backward of `gelu(Z) @ B^T`. Its bias gradient leaves as one row
-# of partial column sums per output row tile, in rows of the smallest tile height.
-_PART_ROWS = min(c.kwargs["BLOCK_M"] for c in _tma_configs())
-
-
-def tma_takes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the TMA kernel takes a [M, K] @ b [K, N] (so `gelu_grad_gemm` does too)."""
-    return a.dim() == 2 and b.dim() == 2 and _tma_layouts(a, b, b.shape[1], b.shape[0]) is not None
-
-
-def gelu_grad_gemm(dy, b, z, activation: str, bias_grad: bool, save_activation: bool):
-    """(dZ = (dY @ B) * gelu'(Z), gelu(Z) or empty, column sums of dZ or empty) from one
-    GEMM whose epilogue does the rest, where `tma_takes(dy, b)`; Z [M, N], any strides.
-
-    `activation` is "gelu" or "gelu_tanh". This is the backward of `gelu(Z) @ B^T`
-    through the GEMM into Z, with gelu(Z) recomputed for that GEMM's weight gradient.
-    """
-    if activation not in ("gelu", "gelu_tanh"):
-        raise backend.KernelError(f"activation={activation!r}; use 'gelu' or 'gelu_tanh'")
-    if not tma_takes(dy, b):
-        raise backend.KernelError("gelu_grad_gemm needs operands the TMA GEMM takes (sm_90+)")
-    m, k, n = dy.shape[0], dy.shape[1], b.shape[1]
-    dz = backend.empty(m, n, dtype=dy.dtype, device=dy.device)
-    act = backend.empty(m, n, dtype=dy.dtype, device=dy.device) if save_activation else dz
-    dbias = backend.empty(n, dtype=dy.dtype, device=dy.device) if bias_grad else dy.new_empty(0)
-    if dz.numel() == 0:
-        if bias_grad:
-            dbias.zero_()
-        return dz, act if save_activation else dy.new_empty(0), dbias
-    # Tiles taller than _PART_ROWS leave some partial rows unwritten: those stay zero.
-    rows = backend.cdiv(m, _PART_ROWS)
-    parts = torch.zeros(rows, n, dtype=torch.float32, device=dy.device) if bias_grad else dz
-    flags = {
-        "HAS_BIAS": bias_grad,
-        "ACTIVATION": 0,
-        "HAS_RESIDUAL": False,
-        "SAVE_PREACT": save_activation,
-    }
-    _launch_tma(
-        dy, b, _tma_layouts(dy, b, n, k), dz, act, parts, z, m, n, k, z.stride(), flags,
-        act_grad=ACTIVATIONS[activation],
-    )  # fmt: skip
-    if bias_grad:
-        sum_rows(parts, rows, n, n, dbias)
-    return dz, act if save_activation else dy.new_empty(0), dbias
-
-
 # ---------------------------------------------------------------------------
 # Custom ops and autograd
 
@@ -745,7 +677,7 @@ def _gemm_op(
     save_preact: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(act(a @ b + bias) + residual, the pre-activation if saved else an empty tensor)."""
-    return gemm_forward(a, b, bias, residual, activation, save_preact)
+    return _gemm_forward(a, b, bias, residual, activation, save_preact)
 
 
 @_gemm_op.register_fake
@@ -757,14 +689,14 @@ def _(a, b, bias, residual, activation, save_preact):
 
 @backend.eager_fast_path
 @torch.library.custom_op("okto::gemm_act_backward", mutates_args=())
-def act_grad_op(
+def _act_grad_op(
     dy: torch.Tensor, z: torch.Tensor, activation: str, has_bias: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dY * gelu'(Z) or empty without activation, bias gradient or empty) for [rows, N] inputs."""
     return _act_grad(dy.contiguous(), z.contiguous(), activation, has_bias)
 
 
-@act_grad_op.register_fake
+@_act_grad_op.register_fake
 def _(dy, z, activation, has_bias):
     dz = dy.new_empty(dy.shape if activation != "none" else (0,))
     return dz, dy.new_empty((dy.shape[1],) if has_bias else (0,))
@@ -804,7 +736,7 @@ def _backward(ctx, dout, _dpreact):
         if activation != "none" and preact.numel() == 0:  # not saved: recompute it
             preact = _gemm_op(a, b, bias, None, "none", False)[0]
         flat_z = preact.reshape(-1, n) if activation != "none" else dout.reshape(-1, n)
-        dz_flat, dbias = act_grad_op(dout.reshape(-1, n), flat_z, activation, need_bias)
+        dz_flat, dbias = _act_grad_op(dout.reshape(-1, n), flat_z, activation, need_bias)
         if activation != "none":
             dz = dz_flat.view(dout.shape)
         dbias = dbias if need_bias else None

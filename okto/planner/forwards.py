@@ -91,16 +91,6 @@ def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
     return self.dropout(self.c_proj(h))
 
 
-def gpt2_gelu_mlp_forward(self, x, *, approximate: str):
-    """GPT2MLP as okto's gelu_mlp op (GELU fused into c_fc's GEMM and, in backward, into
-    c_proj's input-gradient GEMM; the other products on cuBLAS), then dropout."""
-    if _hooked(self.c_fc) or _hooked(self.c_proj):
-        return self.dropout(self.c_proj(kernels.gelu(self.c_fc(x), approximate=approximate)))
-    fc, proj = self.c_fc, self.c_proj
-    x, *params = _as(compute_dtype(x), x, fc.weight, fc.bias, proj.weight, proj.bias)
-    return self.dropout(kernels.gelu_mlp(x, *params, approximate=approximate))
-
-
 def layer_norm_forward(self, x):
     return kernels.layer_norm(x, self.weight, self.bias, self.eps)
 

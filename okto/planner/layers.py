@@ -174,16 +174,9 @@ def _okto(
         if fused_ops.value and decided["gemm"].impl == OKTO:
             runs = f"GELU ({form}) fused into {arch.mlp_in}'s GEMM epilogue"
             return replace(choice, runs=runs, fused=True)
-        if fused_ops.value:
-            runs = (
-                f"okto gelu_mlp: GELU ({form}) in {arch.mlp_in}'s GEMM epilogue, its backward "
-                "in the input-gradient GEMM's; the other MLP products on cuBLAS"
-            )
-            return replace(choice, runs=runs, fused=True)
+        why = unfused if not fused_ops.value else "the GEMM is native"
         return replace(
-            choice,
-            runs=f"okto gelu ({form}) after {arch.mlp_in}",
-            reason=f"{choice.reason}; {unfused}",
+            choice, runs=f"okto gelu ({form}) after {arch.mlp_in}", reason=f"{choice.reason}; {why}"
         )
     if kind == "cross_entropy":
         if fused_ops.value:
