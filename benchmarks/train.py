@@ -171,8 +171,7 @@ def step_loop(model, forward, tokens: torch.Tensor, okto_clip: bool) -> tuple[fl
             loss = forward(input_ids=batch, labels=batch).loss
         loss.backward()
         if okto_clip:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            clip_in_step(optimizer, norm, 1.0)
+            clip_in_step(optimizer, params, 1.0)
         else:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

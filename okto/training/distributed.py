@@ -196,9 +196,7 @@ class Parallel:
         Given an optimizer that can, the clipping is left to its next step (`optim.clip_in_step`)."""
         if not self.sharded:
             if optimizer is not None and optim.folds_clipping(optimizer):
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-                optim.clip_in_step(optimizer, norm, max_norm)
-                return norm
+                return optim.clip_in_step(optimizer, params, max_norm)
             return torch.nn.utils.clip_grad_norm_(params, max_norm)
         from torch.distributed.tensor import DTensor
 

@@ -48,13 +48,14 @@ def folds_clipping(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
-def clip_in_step(optimizer: torch.optim.Optimizer, norm: torch.Tensor, max_norm: float) -> None:
-    """Have the next step clip the gradients, whose global norm is `norm`, to `max_norm`:
-    `clip_grad_norm_`'s factor min(1, max_norm / (norm + 1e-6)), applied as a divisor."""
-    if max_norm == math.inf:
-        optimizer.grad_scale = None
-        return
-    optimizer.grad_scale = torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
+def clip_in_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> torch.Tensor:
+    """The global norm of the parameters' gradients; the optimizer's next step clips them
+    to `max_norm` (`clip_grad_norm_`'s factor min(1, max_norm / (norm + 1e-6)), applied as
+    a divisor). For optimizers that `folds_clipping`."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    inf = max_norm == math.inf
+    optimizer.grad_scale = None if inf else torch.clamp((norm.float() + 1e-6) / max_norm, min=1.0)
+    return norm
 
 
 def build_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
