@@ -37,12 +37,13 @@ a reduce kernel merges the splits (flash-decoding).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from okto.kernels import backend
+from okto.kernels import backend, tma
 from okto.kernels.autotune import autotune, config, launch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -178,7 +179,9 @@ DELTA_BLOCK_M = 64
 SPLIT_ALIGN = max(c.kwargs["BLOCK_N"] for c in _DECODE_CONFIGS)
 # Shape classes (powers of two of Sq, Skv and batch x query heads: tiny grids want other
 # tiles than full ones) and everything that changes the compiled kernel.
-_FWD_KEY = ["SQ_BUCKET", "SKV_BUCKET", "BH_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_KPM", "PRECISION"]
+_FWD_KEY = [
+    "SQ_BUCKET", "SKV_BUCKET", "BH_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_KPM", "PRECISION", "USE_TMA",
+]  # fmt: skip
 _tuned = functools.partial(
     autotune, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune_by_head_dim}
 )
@@ -204,10 +207,18 @@ def _load_tile(ptrs, row_ok, d_ok, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr
 
 
 @triton.jit
+def _rows_desc(base, rows, stride, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """A TMA descriptor over one head's `[rows, HEAD_DIM]` matrix (row stride `stride`)."""
+    return tl.make_tensor_descriptor(
+        base, shape=[rows, HEAD_DIM], strides=[stride, 1], block_shape=[BLOCK_R, HEAD_DIM]
+    )
+
+
+@triton.jit
 def _scores(
     q,
-    k_ptrs,
-    v_ptrs,
+    k_src,
+    v_src,
     kpm_ptr,
     start,
     col_end,
@@ -222,16 +233,22 @@ def _scores(
     HAS_KPM: tl.constexpr,
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Load the key/value block at `start`; return q k^T (unscaled, -inf where masked), k, v.
 
-    MASKED blocks drop keys at or past `col_end` and, when CAUSAL, keys past each
-    row's `row_limit`; the key-padding mask applies to every block.
+    `k_src`, `v_src` are tensor descriptors when USE_TMA, else tiles of pointers to the
+    first block. MASKED blocks drop keys at or past `col_end` and, when CAUSAL, keys
+    past each row's `row_limit`; the key-padding mask applies to every block.
     """
     cols = start + tl.arange(0, BLOCK_N)
     col_ok = cols < col_end
-    k = _load_tile(k_ptrs + start * stride_kn, col_ok, d_ok, MASKED, EVEN_D)
-    v = _load_tile(v_ptrs + start * stride_vn, col_ok, d_ok, MASKED, EVEN_D)
+    if USE_TMA:  # rows past the keys' end come back as zeros
+        k = k_src.load([start, 0])
+        v = v_src.load([start, 0])
+    else:
+        k = _load_tile(k_src + start * stride_kn, col_ok, d_ok, MASKED, EVEN_D)
+        v = _load_tile(v_src + start * stride_vn, col_ok, d_ok, MASKED, EVEN_D)
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if MASKED:
         keep = col_ok[None, :]
@@ -250,8 +267,8 @@ def _attend(
     m_i,
     l_i,
     q,
-    k_ptrs,
-    v_ptrs,
+    k_src,
+    v_src,
     kpm_ptr,
     lo,
     hi,
@@ -268,6 +285,7 @@ def _attend(
     HAS_KPM: tl.constexpr,
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Online softmax of the query tile over the key blocks in [lo, hi), in base 2.
 
@@ -277,8 +295,8 @@ def _attend(
     for start in range(lo, hi, BLOCK_N):
         start = tl.multiple_of(start, BLOCK_N)
         qk, _, v = _scores(
-            q, k_ptrs, v_ptrs, kpm_ptr, start, col_end, row_limit, stride_kn, stride_vn,
-            stride_pn, d_ok, BLOCK_N, MASKED, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+            q, k_src, v_src, kpm_ptr, start, col_end, row_limit, stride_kn, stride_vn,
+            stride_pn, d_ok, BLOCK_N, MASKED, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
         )  # fmt: skip
         # Scale the row maxima, not the tile, so that the exponent is one FMA per score.
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
@@ -339,7 +357,8 @@ def _attn_fwd_kernel(
     H, GROUP, Sq, Skv, qk_scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     if CAUSAL:  # the longest rows first, so the short ones fill the tail
@@ -357,13 +376,18 @@ def _attn_fwd_kernel(
     d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < Sq
 
-    q_ptrs = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
-    q_ptrs += offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = _load_tile(q_ptrs, row_ok, d_ok, True, EVEN_D)
-    k_ptrs = K + b64 * stride_kb + hk64 * stride_kh
-    k_ptrs += offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V + b64 * stride_vb + hk64 * stride_vh
-    v_ptrs += offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    q_base = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
+    k_base = K + b64 * stride_kb + hk64 * stride_kh
+    v_base = V + b64 * stride_vb + hk64 * stride_vh
+    if USE_TMA:
+        q = _rows_desc(q_base, Sq, stride_qm, BLOCK_M, HEAD_DIM).load([m0, 0])
+        k_src = _rows_desc(k_base, Skv, stride_kn, BLOCK_N, HEAD_DIM)
+        v_src = _rows_desc(v_base, Skv, stride_vn, BLOCK_N, HEAD_DIM)
+    else:
+        q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+        q = _load_tile(q_ptrs, row_ok, d_ok, True, EVEN_D)
+        k_src = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_src = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     kpm_ptr = KPM + b64 * stride_pb
 
     off = Skv - Sq
@@ -373,14 +397,14 @@ def _attn_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     acc, m_i, l_i = _attend(
-        acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, 0, full_end, kv_len, row_limit,
+        acc, m_i, l_i, q, k_src, v_src, kpm_ptr, 0, full_end, kv_len, row_limit,
         stride_kn, stride_vn, stride_pn, d_ok, qk_scale,
-        BLOCK_N, False, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+        BLOCK_N, False, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
     )  # fmt: skip
     acc, m_i, l_i = _attend(
-        acc, m_i, l_i, q, k_ptrs, v_ptrs, kpm_ptr, full_end, end, kv_len, row_limit,
+        acc, m_i, l_i, q, k_src, v_src, kpm_ptr, full_end, end, kv_len, row_limit,
         stride_kn, stride_vn, stride_pn, d_ok, qk_scale,
-        BLOCK_N, True, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+        BLOCK_N, True, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
     )  # fmt: skip
     out, lse = _finish(acc, m_i, l_i)
 
@@ -427,8 +451,8 @@ def _dkdv_rows(
     dv,
     k,
     v,
-    q_ptrs,
-    do_ptrs,
+    q_src,
+    do_src,
     lse_ptr,
     delta_ptr,
     lo,
@@ -444,19 +468,25 @@ def _dkdv_rows(
     MASKED: tl.constexpr,
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Accumulate dK, dV (transposed products, keys as rows) over query blocks [lo, hi).
 
-    Rows past Sq load lse = +inf, so their probabilities are 0; MASKED blocks
-    straddle the causal diagonal.
+    `q_src`, `do_src` are tensor descriptors when USE_TMA, else pointer tiles. Rows
+    past Sq load lse = +inf, so their probabilities are 0; MASKED blocks straddle the
+    causal diagonal.
     """
     offs_m = tl.arange(0, BLOCK_M)
     for start in range(lo, hi, BLOCK_M):
         start = tl.multiple_of(start, BLOCK_M)
         rows = start + offs_m
         row_ok = rows < Sq
-        q = _load_tile(q_ptrs + start * stride_qm, row_ok, d_ok, True, EVEN_D)
-        do = _load_tile(do_ptrs + start * stride_dm, row_ok, d_ok, True, EVEN_D)
+        if USE_TMA:
+            q = q_src.load([start, 0])
+            do = do_src.load([start, 0])
+        else:
+            q = _load_tile(q_src + start * stride_qm, row_ok, d_ok, True, EVEN_D)
+            do = _load_tile(do_src + start * stride_dm, row_ok, d_ok, True, EVEN_D)
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(delta_ptr + rows, mask=row_ok, other=0.0)
         qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
@@ -484,7 +514,8 @@ def _attn_bwd_dkdv_kernel(
     H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """dK, dV for BLOCK_N keys of one KV head, summed over the query heads of its group."""
     hk = tl.program_id(1)
@@ -520,20 +551,24 @@ def _attn_bwd_dkdv_kernel(
     for g in range(GROUP):
         h = hk * GROUP + g
         h64 = h.to(tl.int64)
-        q_ptrs = Q + b64 * stride_qb + h64 * stride_qh
-        q_ptrs += offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        do_ptrs = DO + b64 * stride_db + h64 * stride_dh
-        do_ptrs += offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
+        q_base = Q + b64 * stride_qb + h64 * stride_qh
+        do_base = DO + b64 * stride_db + h64 * stride_dh
+        if USE_TMA:
+            q_src = _rows_desc(q_base, Sq, stride_qm, BLOCK_M, HEAD_DIM)
+            do_src = _rows_desc(do_base, Sq, stride_dm, BLOCK_M, HEAD_DIM)
+        else:
+            q_src = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
+            do_src = do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
         row0 = (b64 * H + h64) * Sq
         dk, dv = _dkdv_rows(
-            dk, dv, k, v, q_ptrs, do_ptrs, LSE + row0, DELTA + row0,
+            dk, dv, k, v, q_src, do_src, LSE + row0, DELTA + row0,
             lo, tl.minimum(mid, m_end), Sq, cols, off, stride_qm, stride_dm, d_ok, qk_scale,
-            BLOCK_M, True, EVEN_D, PRECISION,
+            BLOCK_M, True, EVEN_D, PRECISION, USE_TMA,
         )  # fmt: skip
         dk, dv = _dkdv_rows(
-            dk, dv, k, v, q_ptrs, do_ptrs, LSE + row0, DELTA + row0,
+            dk, dv, k, v, q_src, do_src, LSE + row0, DELTA + row0,
             mid, m_end, Sq, cols, off, stride_qm, stride_dm, d_ok, qk_scale,
-            BLOCK_M, False, EVEN_D, PRECISION,
+            BLOCK_M, False, EVEN_D, PRECISION, USE_TMA,
         )  # fmt: skip
 
     # Dropped keys (padding, past seq_lens) get zero gradients; their rows above used
@@ -559,8 +594,8 @@ def _dq_cols(
     do,
     lse,
     delta,
-    k_ptrs,
-    v_ptrs,
+    k_src,
+    v_src,
     kpm_ptr,
     lo,
     hi,
@@ -577,13 +612,14 @@ def _dq_cols(
     HAS_KPM: tl.constexpr,
     EVEN_D: tl.constexpr,
     PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Accumulate dQ (unscaled) over the key blocks in [lo, hi)."""
     for start in range(lo, hi, BLOCK_N):
         start = tl.multiple_of(start, BLOCK_N)
         qk, k, v = _scores(
-            q, k_ptrs, v_ptrs, kpm_ptr, start, col_end, row_limit, stride_kn, stride_vn,
-            stride_pn, d_ok, BLOCK_N, MASKED, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+            q, k_src, v_src, kpm_ptr, start, col_end, row_limit, stride_kn, stride_vn,
+            stride_pn, d_ok, BLOCK_N, MASKED, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
         )  # fmt: skip
         p = tl.exp2(qk * qk_scale - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -605,7 +641,8 @@ def _attn_bwd_dq_kernel(
     H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, HAS_LENS: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """dQ for BLOCK_M query rows of one query head."""
     pid_m = tl.program_id(0)
@@ -633,10 +670,14 @@ def _attn_bwd_dq_kernel(
     row0 = (b64 * H + h64) * Sq
     lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + row0 + offs_m, mask=row_ok, other=0.0)
-    k_ptrs = K + b64 * stride_kb + hk64 * stride_kh
-    k_ptrs += offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-    v_ptrs = V + b64 * stride_vb + hk64 * stride_vh
-    v_ptrs += offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_base = K + b64 * stride_kb + hk64 * stride_kh
+    v_base = V + b64 * stride_vb + hk64 * stride_vh
+    if USE_TMA:
+        k_src = _rows_desc(k_base, Skv, stride_kn, BLOCK_N, HEAD_DIM)
+        v_src = _rows_desc(v_base, Skv, stride_vn, BLOCK_N, HEAD_DIM)
+    else:
+        k_src = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
+        v_src = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
     kpm_ptr = KPM + b64 * stride_pb
 
     off = Skv - Sq
@@ -644,14 +685,14 @@ def _attn_bwd_dq_kernel(
     full_end, end = _key_blocks(m0, off, kv_len, BLOCK_M, BLOCK_N, CAUSAL)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dq = _dq_cols(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, 0, full_end, kv_len, row_limit,
+        dq, q, do, lse, delta, k_src, v_src, kpm_ptr, 0, full_end, kv_len, row_limit,
         stride_kn, stride_vn, stride_pn, d_ok, qk_scale,
-        BLOCK_N, False, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+        BLOCK_N, False, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
     )  # fmt: skip
     dq = _dq_cols(
-        dq, q, do, lse, delta, k_ptrs, v_ptrs, kpm_ptr, full_end, end, kv_len, row_limit,
+        dq, q, do, lse, delta, k_src, v_src, kpm_ptr, full_end, end, kv_len, row_limit,
         stride_kn, stride_vn, stride_pn, d_ok, qk_scale,
-        BLOCK_N, True, CAUSAL, HAS_KPM, EVEN_D, PRECISION,
+        BLOCK_N, True, CAUSAL, HAS_KPM, EVEN_D, PRECISION, USE_TMA,
     )  # fmt: skip
     dq_ptrs = DQ + b64 * stride_dqb + h64 * stride_dqh
     dq_ptrs += offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd
@@ -711,7 +752,7 @@ def _decode_kernel(
     acc, m_i, l_i = _attend(
         acc, m_i, l_i, q, k_ptrs, v_ptrs, K, start, end, end, kv_len - SQ + t,
         stride_kn, stride_vn, 0, d_ok, qk_scale,
-        BLOCK_N, True, True, False, EVEN_D, PRECISION,
+        BLOCK_N, True, True, False, EVEN_D, PRECISION, False,
     )  # fmt: skip
     out, lse = _finish(acc, m_i, l_i)
     if SPLIT:
@@ -791,6 +832,27 @@ def _head_meta(q: torch.Tensor) -> dict:
     return {"HEAD_DIM": d, "BLOCK_D": block_d, "EVEN_D": d == block_d, "PRECISION": precision}
 
 
+def _tma_reads(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels read these `[B, H, S, D]` tensors through TMA descriptors.
+
+    OKTO_ATTENTION_TMA: `auto` (Hopper GPUs), `1` (also Triton's interpreter, for the
+    tests), `0` (never: pointer loads, for comparison).
+    """
+    setting = os.environ.get("OKTO_ATTENTION_TMA", "auto")
+    q = tensors[0]
+    if setting == "0" or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if not tma.usable(q, forced=setting == "1"):
+        return False
+    d = q.shape[-1]
+    if d < 16 or d & (d - 1):  # the tile spans the whole head: a power of two
+        return False
+    for t in tensors:  # noqa: SIM110 (a loop, not all(generator): every call runs this)
+        if not t.shape[2] or not tma.rows_aligned(t):
+            return False
+    return True
+
+
 def _mask_args(q, key_padding_mask, seq_lens):
     kpm = q if key_padding_mask is None else key_padding_mask.view(torch.uint8)
     strides = (0, 0) if key_padding_mask is None else kpm.stride()
@@ -808,15 +870,18 @@ def forward(q, k, v, key_padding_mask, seq_lens, causal: bool, scale: float):
     if o.numel():
         kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
         head = _head_meta(q)
+        use_tma = _tma_reads(q, k, v)
         buckets = (_bucket(sq), _bucket(skv), _bucket(b * h))
-        key = (*buckets, causal, *flags.values(), *head.values(), q.dtype, kpm.dtype,
+        key = (*buckets, causal, *flags.values(), *head.values(), use_tma, q.dtype, kpm.dtype,
                lens.dtype)  # fmt: skip
+        if use_tma:
+            tma.set_workspace()
         launch(
             _attn_fwd_kernel, lambda meta: (backend.cdiv(sq, meta["BLOCK_M"]), h, b), key,
             q, k, v, o, lse, kpm, lens,
             *q.stride(), *k.stride(), *v.stride(), *o.stride(), *kpm_strides,
             h, h // hkv, sq, skv, scale * LOG2E, *buckets,
-            CAUSAL=causal, **flags, **head,
+            CAUSAL=causal, **flags, **head, USE_TMA=use_tma,
         )  # fmt: skip
     return o, lse
 
@@ -827,7 +892,10 @@ def backward_into(dq, dk, dv, do, q, k, v, o, lse, key_padding_mask, seq_lens, c
     hkv, skv = k.shape[1], k.shape[2]
     meta = _head_meta(q)
     kpm, lens, kpm_strides, flags = _mask_args(q, key_padding_mask, seq_lens)
-    common = dict(CAUSAL=causal, **flags, **meta)
+    use_tma = _tma_reads(q, k, v, do)
+    if use_tma:
+        tma.set_workspace()
+    common = dict(CAUSAL=causal, **flags, **meta, USE_TMA=use_tma)
     buckets = (_bucket(sq), _bucket(skv), _bucket(b * h))
     scalars = (h, h // hkv, sq, skv, scale * LOG2E, scale, *buckets)
     if dq.numel():

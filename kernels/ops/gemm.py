@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from okto.kernels import backend
+from okto.kernels import backend, tma
 from okto.kernels.autotune import autotune, config, launch
 from okto.kernels.ops.activations import gelu, gelu_grad
 from okto.kernels.ops.reduce import sum_rows
@@ -45,7 +45,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
 PATHS = ("auto", "tma", "simple")
 WEIGHT_LAYOUTS = ("out_in", "in_out")
-_HAS_TENSOR_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
 
 
 # ---------------------------------------------------------------------------
@@ -457,16 +456,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-@functools.cache
-def _is_hopper_or_newer(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _tma_workspace(size: int, alignment: int, stream):
-    """Global scratch the TMA kernel writes its device-side descriptors into."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def _tma_layout(t: torch.Tensor) -> tuple[bool, int] | None:
     """(column-major?, row stride as stored) if TMA can read 2-D `t` in place, else None."""
     item = t.element_size()
@@ -483,14 +472,9 @@ def _tma_layout(t: torch.Tensor) -> tuple[bool, int] | None:
 def _tma_layouts(a: torch.Tensor, b: torch.Tensor, n: int, k: int) -> tuple | None:
     """The (column-major?, row stride) of A and B when the TMA kernel takes this problem."""
     path = _path()
-    if path == "simple" or not _HAS_TENSOR_DESCRIPTORS or k == 0:
+    if path == "simple" or k == 0 or not tma.usable(a, forced=path == "tma"):
         return None
     if a.dtype not in (torch.float16, torch.bfloat16) or (n * a.element_size()) % 16:
-        return None
-    if backend.interpreting():
-        if path != "tma":
-            return None
-    elif not (a.is_cuda and _is_hopper_or_newer(a.device)):
         return None
     a_layout, b_layout = _tma_layout(a), _tma_layout(b)
     return None if a_layout is None or b_layout is None else (a_layout, b_layout)
@@ -544,7 +528,7 @@ def _launch_tma(a, b, layouts, out, preact, bias, residual, m, n, k, r_strides, 
         tiles = backend.cdiv(m, meta["BLOCK_M"]) * backend.cdiv(n, meta["BLOCK_N"])
         return (min(sms, tiles * split),)
 
-    triton.set_allocator(_tma_workspace)  # per launch: the allocator is a context variable
+    tma.set_workspace()
     m_bucket = backend.next_power_of_2(m)
     launch(
         _gemm_tma_kernel, grid, (m_bucket, n, k),

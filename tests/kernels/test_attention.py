@@ -111,6 +111,42 @@ def test_strided_bshd_inputs_and_output_layout(dtype):
     assert rel_error(contiguous, out) < TOL[dtype]
 
 
+@pytest.mark.parametrize(
+    ("hq", "hkv", "sq", "skv", "d", "causal", "bshd", "masks"),
+    [
+        pytest.param(4, 2, 37, 37, 32, True, False, False, id="gqa-causal-37"),
+        pytest.param(2, 2, 20, 45, 64, True, True, False, id="bshd-queries-end-cache"),
+        pytest.param(2, 1, 29, 41, 16, False, False, True, id="masks-29x41"),
+    ],
+)
+def test_tma_reads_match_float64(monkeypatch, hq, hkv, sq, skv, d, causal, bshd, masks):
+    """The kernels' TMA-descriptor loads (Hopper's path, forced here under the
+    interpreter): rows past the ends come back as zeros instead of masked loads."""
+    monkeypatch.setenv("OKTO_ATTENTION_TMA", "1")
+    q, k, v = _qkv(2, hq, hkv, sq, skv, d, torch.float16, bshd=bshd)
+    if DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9:
+        assert attention_module._tma_reads(q, k, v)
+    kwargs = {}
+    if masks:
+        kwargs = {
+            "key_padding_mask": torch.rand(2, skv, device=DEVICE) > 0.3,
+            "seq_lens": torch.tensor([skv, skv - 9], device=DEVICE),
+        }
+    _check(q, k, v, TOL[torch.float16], causal=causal, **kwargs)
+
+
+def test_tma_reads_only_where_rows_are_aligned(monkeypatch):
+    monkeypatch.setenv("OKTO_ATTENTION_TMA", "1")
+    q, k, v = _qkv(1, 2, 2, 8, 8, 32, torch.float16)
+    assert attention_module._tma_reads(q, k, v)
+    odd = torch.randn(1, 2, 8, 36, device=DEVICE).half()[..., :32]  # rows of 72 bytes
+    assert not attention_module._tma_reads(odd, k, v)
+    assert not attention_module._tma_reads(*_qkv(1, 2, 2, 8, 8, 80, torch.float16))
+    assert not attention_module._tma_reads(q.float(), k.float(), v.float())
+    monkeypatch.setenv("OKTO_ATTENTION_TMA", "0")
+    assert not attention_module._tma_reads(q, k, v)
+
+
 def test_scale_and_defaults():
     q, k, v = _qkv(1, 2, 2, 17, 17, 64, torch.float32)
     _check(q, k, v, TOL[torch.float32], causal=True, scale=0.3)
