@@ -116,6 +116,7 @@ def test_strided_bshd_inputs_and_output_layout(dtype):
     [
         pytest.param(4, 2, 37, 37, 32, True, False, False, id="gqa-causal-37"),
         pytest.param(2, 2, 20, 45, 64, True, True, False, id="bshd-queries-end-cache"),
+        pytest.param(2, 2, 33, 33, 128, True, False, False, id="d128-forward-too"),
         pytest.param(2, 1, 29, 41, 16, False, False, True, id="masks-29x41"),
     ],
 )
@@ -418,6 +419,14 @@ def test_gpu_masks_and_fp32(dtype):
     args = _qkv(b, 8, 2, 1500, skv, 128, dtype)
     _check(*args, TOL[dtype], causal=True, key_padding_mask=kpm, seq_lens=lens)
     _check(*_qkv(2, 4, 4, 300, 300, 64, torch.float32), TOL[torch.float32], causal=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_pointer_loads_match_float64(monkeypatch, d):
+    """The pointer-load path that GPUs before Hopper (and unaligned rows) take."""
+    monkeypatch.setenv("OKTO_ATTENTION_TMA", "0")
+    _check(*_qkv(2, 8, 2, 1000, 1000, d, torch.bfloat16), TOL[torch.bfloat16], causal=True)
 
 
 @pytest.mark.gpu
