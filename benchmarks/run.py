@@ -27,19 +27,25 @@ def markdown(records: list[dict], command: str) -> str:
     info = get_device_info()
     lines = [
         f"Device: {info.name}; torch {torch.__version__}, triton {triton.__version__}.",
-        f"Command: `{command}`. Ratio = framework time / okto time (above 1: okto faster).",
+        f"Command: `{command}`. Ratio = framework time / okto time (above 1: okto faster);",
+        "GPU ratio: the same with both replayed from CUDA graphs (no host time; forward cases).",
         "",
-        "| suite | dtype | case | okto | baseline | baseline rate | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| suite | dtype | case | okto | baseline | baseline rate | ratio | GPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         okto = r["okto"]
         for b in r["baselines"]:
             lines.append(
                 f"| {r['suite']} | {r['dtype']} | {r['case']} | {_rate(okto)} | {b['label']} "
-                f"| {_rate(b)} | {b['ratio']:.2f}x |"
+                f"| {_rate(b)} | {b['ratio']:.2f}x | {_gpu(b)} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _gpu(baseline: dict) -> str:
+    ratio = baseline.get("gpu_ratio")
+    return "" if ratio is None else f"{ratio:.2f}x"
 
 
 def _rate(timing: dict) -> str:
@@ -75,7 +81,10 @@ def main() -> int:
             if out:  # written as they come, so a run cut short keeps what it measured
                 out.write(json.dumps(record) + "\n")
                 out.flush()
-            ratios = "  ".join(f"{b['label']} x{b['ratio']:.2f}" for b in record["baselines"])
+            ratios = "  ".join(
+                f"{b['label']} x{b['ratio']:.2f}" + (f" (GPU {_gpu(b)})" if _gpu(b) else "")
+                for b in record["baselines"]
+            )
             print(
                 f"{record['suite']:9} {dtype_name} {record['case']:36} {_rate(record['okto'])}  {ratios}",
                 flush=True,

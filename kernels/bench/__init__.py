@@ -8,9 +8,13 @@ every closure with `triton.testing.do_bench` medians and reports ratios as
 baseline time / okto time, so a ratio above 1 means okto is faster.
 
 Two diagnostics say where a time comes from: `host_us`, the Python/driver time
-one call takes to enqueue its work (every closure), and `gpu_us`, okto's time with
+one call takes to enqueue its work (every closure), and `gpu_us`, the time with
 the host taken out (a CUDA graph of several calls, replayed). A case whose
-`do_bench` time is near `host_us` and well above `gpu_us` is host-bound.
+`do_bench` time is near `host_us` and well above `gpu_us` is host-bound. Where
+both sides have a `gpu_us`, the GPU-time ratio compares the kernels alone.
+Baselines are captured only in forward-only cases: capturing closures that run
+the autograd engine failed in a probe on an H100 host and left the process's
+CUDA generator unusable, so those cases capture okto's closure alone.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Case:
     bytes: float | None = None  # fewest bytes one call must move through device memory
     per_item: tuple[str, int] | None = None  # e.g. ("sequence", 256): also report us per item
     measure_memory: bool = False  # report peak memory of each closure
+    backward: bool = False  # the closures run autograd: no CUDA graphs of the baselines
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Timing:
     ms: float
     peak_mib: float | None = None
     host_us: float | None = None  # enqueueing one call, GPU not waited for
-    gpu_us: float | None = None  # one call replayed from a CUDA graph (okto only)
+    gpu_us: float | None = None  # one call replayed from a CUDA graph
 
     def rate(self, case: Case) -> str:
         if case.flops:
@@ -60,6 +65,12 @@ class Result:
 
     def ratio(self, baseline: Timing) -> float:
         return baseline.ms / self.okto.ms
+
+    def gpu_ratio(self, baseline: Timing) -> float | None:
+        """The ratio of GPU times alone, where both sides were replayed from CUDA graphs."""
+        if baseline.gpu_us is None or self.okto.gpu_us is None:
+            return None
+        return baseline.gpu_us / self.okto.gpu_us
 
     def as_record(self) -> dict:
         def timing(t: Timing) -> dict:
@@ -79,7 +90,10 @@ class Result:
             "suite": self.case.suite,
             "case": self.case.name,
             "okto": timing(self.okto),
-            "baselines": [timing(b) | {"ratio": self.ratio(b)} for b in self.baselines],
+            "baselines": [
+                timing(b) | {"ratio": self.ratio(b), "gpu_ratio": self.gpu_ratio(b)}
+                for b in self.baselines
+            ],
         }
 
 
@@ -158,7 +172,7 @@ def measure(case: Case) -> Result:
             print(f"  {case.name}: {label} failed: {type(error).__name__}: {error}")
             return Timing(label, float("nan"))
         timing = Timing(label, ms, peak_mib(fn) if case.measure_memory else None, host_us(fn))
-        if label == "okto":
+        if label == "okto" or not case.backward:
             timing.gpu_us = gpu_us(fn)
         return timing
 

@@ -97,6 +97,7 @@ def _backward_case(b, h, s, d, causal, dtype) -> Case:
         },
         flops=14 * b * h * s * s * d * (0.5 if causal else 1.0),
         per_item=("sequence", b),
+        backward=True,
     )
 
 
@@ -121,6 +122,7 @@ def _packed_case(b, h, s, d, dtype) -> Case:
         baselines={label: step(split(fn)) for label, fn in _SDPA.items()},
         flops=14 * b * h * s * s * d * 0.5,
         per_item=("sequence", b),
+        backward=True,
     )
 
 

@@ -90,6 +90,7 @@ def _fused_backward_case(dtype: torch.dtype) -> Case:
             "torch.compile": step(lambda: compiled(x, w, bias)),
         },
         flops=6 * GPT2_TOKENS * GPT2_WIDTH * MLP_HIDDEN,
+        backward=True,
     )
 
 

@@ -46,6 +46,7 @@ def _cross_entropy_case(dtype: torch.dtype, inplace: bool) -> Case:
         baselines={"eager": step(F.cross_entropy), "torch.compile": step(compiled)},
         bytes=2 * TOKENS * VOCAB * logits.element_size(),
         measure_memory=True,
+        backward=True,
     )
 
 
@@ -69,6 +70,7 @@ def _fused_case(dtype: torch.dtype) -> Case:
         baselines={"lm_head + eager CE": step(_lm_head_loss), "torch.compile": step(compiled)},
         flops=6 * TOKENS * WIDTH * VOCAB,
         measure_memory=True,
+        backward=True,
     )
 
 

@@ -81,6 +81,7 @@ def _case(kind: str, m: int, n: int, dtype: torch.dtype, backward: bool, residua
             "copy (same bytes)": _copy(nbytes),
         },
         bytes=nbytes,
+        backward=backward,
     )
 
 

@@ -48,15 +48,24 @@ def run(args) -> int:
 
 def _line(result) -> str:
     parts = [f"{result.case.suite:9} {result.case.name:32} okto {result.okto.ms * 1e3:9.1f} us"]
-    parts += [f"{b.label} x{result.ratio(b):.2f}" for b in result.baselines]
+    parts += [f"{b.label} x{result.ratio(b):.2f}{_gpu(result, b)}" for b in result.baselines]
     return "  ".join(parts)
+
+
+def _gpu(result, baseline) -> str:
+    ratio = result.gpu_ratio(baseline)
+    return "" if ratio is None else f" (GPU x{ratio:.2f})"
 
 
 def _table(results):
     from rich.table import Table
 
-    table = Table(title="okto vs framework (ratio = framework time / okto time)")
-    for column in ("suite", "case", "okto", "okto rate", "baseline", "baseline rate", "ratio"):
+    table = Table(
+        title="okto vs framework (ratio = framework time / okto time; "
+        "GPU: both replayed from CUDA graphs, no host time)"
+    )
+    columns = ("suite", "case", "okto", "okto rate", "baseline", "baseline rate", "ratio", "GPU")
+    for column in columns:
         table.add_column(
             column, justify="right" if column not in ("suite", "case", "baseline") else "left"
         )
@@ -70,5 +79,6 @@ def _table(results):
                 b.label,
                 b.rate(r.case),
                 f"{r.ratio(b):.2f}x",
+                "" if r.gpu_ratio(b) is None else f"{r.gpu_ratio(b):.2f}x",
             )
     return table

@@ -1,0 +1,33 @@
+"""The benchmark runner's bookkeeping, on CPU: ratios, GPU-time ratios and the CLI's output."""
+
+import pytest
+
+from okto.cli import bench as bench_cli
+from okto.kernels.bench import Case, Result, Timing
+
+
+def _result(okto_gpu, baseline_gpu):
+    case = Case("gemm", "2048x2048x2048", okto=lambda: None, baselines={}, flops=2 * 2048**3)
+    okto = Timing("okto", ms=0.05, host_us=60.0, gpu_us=okto_gpu)
+    cublas = Timing("cuBLAS", ms=0.03, host_us=20.0, gpu_us=baseline_gpu)
+    return Result(case, okto, [cublas])
+
+
+def test_gpu_ratio_compares_graph_replays_only_where_both_sides_have_one():
+    both = _result(okto_gpu=27.5, baseline_gpu=28.0)
+    assert both.ratio(both.baselines[0]) == pytest.approx(0.6)
+    assert both.gpu_ratio(both.baselines[0]) == pytest.approx(28.0 / 27.5)
+    assert _result(okto_gpu=27.5, baseline_gpu=None).gpu_ratio(Timing("x", 1.0)) is None
+    assert _result(okto_gpu=None, baseline_gpu=28.0).gpu_ratio(Timing("x", 1.0, gpu_us=2)) is None
+
+
+def test_record_and_cli_output_carry_both_ratios():
+    result = _result(okto_gpu=27.5, baseline_gpu=28.0)
+    baseline = result.as_record()["baselines"][0]
+    assert baseline["ratio"] == pytest.approx(0.6)
+    assert baseline["gpu_ratio"] == pytest.approx(28.0 / 27.5)
+    assert baseline["gpu_us"] == 28.0 and baseline["host_us"] == 20.0
+    assert "cuBLAS x0.60 (GPU x1.02)" in bench_cli._line(result)
+    row = next(iter(bench_cli._table([result]).columns[-1].cells))
+    assert row == "1.02x"
+    assert "GPU" not in bench_cli._line(_result(okto_gpu=27.5, baseline_gpu=None))
