@@ -207,11 +207,26 @@ def _load_tile(ptrs, row_ok, d_ok, MASK_ROWS: tl.constexpr, EVEN_D: tl.constexpr
 
 
 @triton.jit
-def _rows_desc(base, rows, stride, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """A TMA descriptor over one head's `[rows, HEAD_DIM]` matrix (row stride `stride`)."""
-    return tl.make_tensor_descriptor(
-        base, shape=[rows, HEAD_DIM], strides=[stride, 1], block_shape=[BLOCK_R, HEAD_DIM]
-    )
+def _row_source(
+    base,
+    rows,
+    stride_r,
+    stride_d,
+    offs_r,
+    offs_d,
+    BLOCK_R: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
+    """Where a kernel reads one head's `[rows, HEAD_DIM]` tiles from: a TMA descriptor,
+    or a tile of pointers to the first block (the reader adds `start * stride_r`)."""
+    if USE_TMA:
+        src = tl.make_tensor_descriptor(
+            base, shape=[rows, HEAD_DIM], strides=[stride_r, 1], block_shape=[BLOCK_R, HEAD_DIM]
+        )
+    else:
+        src = base + offs_r[:, None] * stride_r + offs_d[None, :] * stride_d
+    return src
 
 
 @triton.jit
@@ -379,15 +394,19 @@ def _attn_fwd_kernel(
     q_base = Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b64 * stride_kb + hk64 * stride_kh
     v_base = V + b64 * stride_vb + hk64 * stride_vh
-    if USE_TMA:
-        q = _rows_desc(q_base, Sq, stride_qm, BLOCK_M, HEAD_DIM).load([m0, 0])
-        k_src = _rows_desc(k_base, Skv, stride_kn, BLOCK_N, HEAD_DIM)
-        v_src = _rows_desc(v_base, Skv, stride_vn, BLOCK_N, HEAD_DIM)
+    q_src = _row_source(
+        q_base, Sq, stride_qm, stride_qd, offs_m, offs_d, BLOCK_M, HEAD_DIM, USE_TMA
+    )
+    if USE_TMA:  # noqa: SIM108 (a constexpr branch: only the taken side is compiled)
+        q = q_src.load([m0, 0])
     else:
-        q_ptrs = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-        q = _load_tile(q_ptrs, row_ok, d_ok, True, EVEN_D)
-        k_src = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_src = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        q = _load_tile(q_src, row_ok, d_ok, True, EVEN_D)
+    k_src = _row_source(
+        k_base, Skv, stride_kn, stride_kd, offs_n, offs_d, BLOCK_N, HEAD_DIM, USE_TMA
+    )
+    v_src = _row_source(
+        v_base, Skv, stride_vn, stride_vd, offs_n, offs_d, BLOCK_N, HEAD_DIM, USE_TMA
+    )
     kpm_ptr = KPM + b64 * stride_pb
 
     off = Skv - Sq
@@ -553,12 +572,12 @@ def _attn_bwd_dkdv_kernel(
         h64 = h.to(tl.int64)
         q_base = Q + b64 * stride_qb + h64 * stride_qh
         do_base = DO + b64 * stride_db + h64 * stride_dh
-        if USE_TMA:
-            q_src = _rows_desc(q_base, Sq, stride_qm, BLOCK_M, HEAD_DIM)
-            do_src = _rows_desc(do_base, Sq, stride_dm, BLOCK_M, HEAD_DIM)
-        else:
-            q_src = q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-            do_src = do_base + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
+        q_src = _row_source(
+            q_base, Sq, stride_qm, stride_qd, offs_m, offs_d, BLOCK_M, HEAD_DIM, USE_TMA
+        )
+        do_src = _row_source(
+            do_base, Sq, stride_dm, stride_dd, offs_m, offs_d, BLOCK_M, HEAD_DIM, USE_TMA
+        )
         row0 = (b64 * H + h64) * Sq
         dk, dv = _dkdv_rows(
             dk, dv, k, v, q_src, do_src, LSE + row0, DELTA + row0,
@@ -672,12 +691,12 @@ def _attn_bwd_dq_kernel(
     delta = tl.load(DELTA + row0 + offs_m, mask=row_ok, other=0.0)
     k_base = K + b64 * stride_kb + hk64 * stride_kh
     v_base = V + b64 * stride_vb + hk64 * stride_vh
-    if USE_TMA:
-        k_src = _rows_desc(k_base, Skv, stride_kn, BLOCK_N, HEAD_DIM)
-        v_src = _rows_desc(v_base, Skv, stride_vn, BLOCK_N, HEAD_DIM)
-    else:
-        k_src = k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd
-        v_src = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    k_src = _row_source(
+        k_base, Skv, stride_kn, stride_kd, offs_n, offs_d, BLOCK_N, HEAD_DIM, USE_TMA
+    )
+    v_src = _row_source(
+        v_base, Skv, stride_vn, stride_vd, offs_n, offs_d, BLOCK_N, HEAD_DIM, USE_TMA
+    )
     kpm_ptr = KPM + b64 * stride_pb
 
     off = Skv - Sq
