@@ -18,6 +18,9 @@ fold the clipping into the AdamW step, as okto's Trainer does), in one process:
 - okto-native: okto's plan with ACCELERATE native for every kind (nothing patched);
 - okto-trainer: okto's own training loop (okto.training.loop.Trainer) with the
   kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream;
+- okto-trainer-compile, okto-trainer-graphs: that loop on the plan a user gets from
+  ACCELERATE on auto and `OPTIMIZE { compile: true }` (or `cuda_graphs: true`), as
+  `okto train` runs it: what `okto train` itself reaches with the fastest plan;
 - okto-kernels-compile: the patched model (every kernel on) under torch.compile:
   inductor fuses what lies between okto's custom ops, which it traces as they are;
 - okto-attention-loss-compile: only attention and the fused linear + cross-entropy
@@ -63,7 +66,7 @@ import torch
 
 from okto.kernels.device import get_device_info
 from okto.training.flops import flops_model, peak_tflops
-from okto.training.plan import run_settings
+from okto.training.plan import compiled, run_settings
 
 VOCAB = 50304
 WARMUP = 5
@@ -74,6 +77,8 @@ CONFIGS = (
     "okto-kernels",
     "okto-native",
     "okto-trainer",
+    "okto-trainer-compile",
+    "okto-trainer-graphs",
     "okto-ddp",
     "okto-fsdp",
     "okto-kernels-compile",
@@ -93,6 +98,8 @@ def backends(name: str) -> dict[str, str]:
     """ACCELERATE's choice per layer kind for an okto configuration."""
     if name == "okto-native":
         return dict.fromkeys(KINDS, "native")
+    if name.startswith("okto-trainer-"):
+        return dict.fromkeys(KINDS, "auto")
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]
         okto += ["layernorm"] if "-layernorm" in name else []
@@ -101,7 +108,9 @@ def backends(name: str) -> dict[str, str]:
     return dict.fromkeys(KINDS, "oktoblas")
 
 
-def okt(kinds: dict[str, str], seq: int, batch: int, family: str, strategy: str = "ddp") -> str:
+def okt(
+    kinds: dict[str, str], seq: int, batch: int, family: str, strategy: str = "ddp", optimize=""
+) -> str:
     accelerate = " ".join(f'{kind}: "{backend}"' for kind, backend in kinds.items())
     return f"""PROJECT "bench-gpt2-124m"
 ENV {{ accelerator: "gpu" precision: "bf16" seed: 0 }}
@@ -111,6 +120,7 @@ TRAIN {{ batch_size: {batch} learning_rate: 6e-4 weight_decay: 0.1 gradient_clip
 DATASET {{ shuffle: false max_length: {seq} }}
 BLAS {{ streams: 2 }}
 ACCELERATE {{ {accelerate} fused_ops: true }}
+OPTIMIZE {{ {optimize} }}
 """
 
 
@@ -144,11 +154,20 @@ def new_model(seq: int, family: str):
     return GPT2LMHeadModel(config).cuda()
 
 
-def planned(model, kinds: dict[str, str], seq: int, batch: int):
+def optimize(name: str) -> str:
+    """The OPTIMIZE block of an okto-trainer configuration."""
+    return {
+        "okto-trainer-compile": "compile: true",
+        "okto-trainer-graphs": "cuda_graphs: true",
+    }.get(name, "")
+
+
+def planned(model, name: str, seq: int, batch: int):
     import okto
     from okto.planner import build_plan
 
-    program = okto.parse(okt(kinds, seq, batch, model.config.model_type), "bench.okt")
+    text = okt(backends(name), seq, batch, model.config.model_type, optimize=optimize(name))
+    program = okto.parse(text, "bench.okt")
     plan = build_plan(program, model=model)
     plan.apply(model)
     return program, plan
@@ -243,15 +262,16 @@ def run(name: str, steps: int, batch: int, seq: int, family: str) -> dict:
     forward = model
     timed_steps = steps
     if name.startswith("okto"):
-        program, plan = planned(model, backends(name), seq, batch)
-    if name.endswith("compile"):
-        forward = torch.compile(model)
-    if name.endswith("graphs"):
-        forward = torch.compile(model, mode="reduce-overhead")
-    if name == "okto-trainer":
+        program, plan = planned(model, name, seq, batch)
+    if name.startswith("okto-trainer"):  # compiled as `okto train` compiles, if the plan says
         settings = run_settings(plan)
-        seconds, loss, timed_steps = trainer_run(model, model, program, settings, tokens)
+        forward = compiled(model, settings)
+        seconds, loss, timed_steps = trainer_run(model, forward, program, settings, tokens)
     else:
+        if name.endswith("compile"):
+            forward = torch.compile(model)
+        if name.endswith("graphs"):
+            forward = torch.compile(model, mode="reduce-overhead")
         seconds, loss = step_loop(model, forward, tokens, name.startswith("okto"))
     return measured(name, model, seconds, loss, timed_steps, batch, seq)
 

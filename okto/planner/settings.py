@@ -64,6 +64,7 @@ def resolve_settings(
     precision = _precision(sources, gpu, notes)
     weights = _weights(sources, precision, gpu)
     processes = _processes(sources, machine, dev, notes)
+    cuda_graphs = _cuda_graphs(sources, gpu, processes, notes)
     settings = {
         "device": dev,
         "processes": processes,
@@ -82,8 +83,8 @@ def resolve_settings(
             "accelerate.fused_ops",
             "GELU in the MLP's first GEMM; LM head + loss as one op",
         ),
-        "compile": from_field(sources, "optimize.compile"),
-        "cuda_graphs": _cuda_graphs(sources, gpu, processes, notes),
+        "compile": _compile(sources, cuda_graphs),
+        "cuda_graphs": cuda_graphs,
         "memory_efficient": from_field(
             sources, "optimize.memory_efficient", "activation checkpointing"
         ),
@@ -326,6 +327,16 @@ def _cuda_graphs(
             "(okto captures CUDA graphs in one process only); off"
         )
         return replace(setting, value=False, reason="several processes")
+    return setting
+
+
+def _compile(sources: Sources, cuda_graphs: Setting) -> Setting:
+    """OPTIMIZE.compile; on whenever CUDA graphs are, as okto captures them through
+    torch.compile's reduce-overhead mode (so the layer choices for a compiled step apply)."""
+    setting = from_field(sources, "optimize.compile")
+    if cuda_graphs.value and not setting.value:
+        reason = "OPTIMIZE.cuda_graphs: graphs are captured through torch.compile"
+        return Setting(True, cuda_graphs.field, cuda_graphs.origin, reason)
     return setting
 
 

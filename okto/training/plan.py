@@ -52,13 +52,21 @@ def run_settings(plan) -> RunSettings:
         weights=value["weights"],
         loss_scaling=value["loss_scaling"],
         tf32=value["tf32"],
-        compile=value["compile"] or value["cuda_graphs"],
+        compile=value["compile"],
         cuda_graphs=value["cuda_graphs"],
         memory_efficient=value["memory_efficient"],
         cudnn_benchmark=value["cudnn_benchmark"],
         streams=value["streams"],
         seed=DEFAULT_SEED if value["seed"] is None else value["seed"],
     )
+
+
+def compiled(forward, settings: RunSettings):
+    """What the loop calls: `forward` itself, or through torch.compile when the plan
+    compiles, in reduce-overhead mode (CUDA graphs of the step) when it asks for graphs."""
+    if not settings.compile:
+        return forward
+    return torch.compile(forward, mode="reduce-overhead" if settings.cuda_graphs else None)
 
 
 def apply_switches(settings: RunSettings) -> None:

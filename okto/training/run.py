@@ -365,6 +365,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     from okto.training.metrics import MetricsFile
     from okto.training.optim import build_optimizer, build_scheduler
     from okto.training.outputs import slug
+    from okto.training.plan import compiled
 
     program, settings, parallel = job
     config = program.config
@@ -386,8 +387,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     )
     scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
-    if settings.compile:
-        forward = torch.compile(forward, mode="reduce-overhead" if settings.cuda_graphs else None)
+    forward = compiled(forward, settings)
     resolved = program.to_dict()
 
     def save(label: str) -> Path:

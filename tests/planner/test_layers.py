@@ -110,6 +110,7 @@ CASES = [
     ),
     ("", H100, None, "gemm", "okto", "auto"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "gemm", "native", "auto under OPTIMIZE.compile"),
+    ("OPTIMIZE { cuda_graphs: true }", H100, GPT2, "gemm", "native", "auto under OPTIMIZE.compile"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "layernorm", "native", "inductor"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "activation", "native", "inductor"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "attention", "okto", "flash attention"),

@@ -91,6 +91,8 @@ CASES = [
     ("OPTIMIZE { cuda_graphs: true }", H100, "cuda_graphs", True, "OPTIMIZE.cuda_graphs", "true"),
     ("OPTIMIZE { cuda_graphs: true }", CPU, "cuda_graphs", False, "OPTIMIZE.cuda_graphs", "true"),
     ("OPTIMIZE { compile: true }", CPU, "compile", True, "OPTIMIZE.compile", "true"),
+    ("OPTIMIZE { cuda_graphs: true }", H100, "compile", True, "OPTIMIZE.cuda_graphs", "true"),
+    ("OPTIMIZE { cuda_graphs: true }", CPU, "compile", False, "OPTIMIZE.compile", None),
     (
         "OPTIMIZE { memory_efficient: true }",
         CPU,
