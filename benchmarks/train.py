@@ -180,7 +180,7 @@ def step_loop(model, forward, tokens: torch.Tensor, okto_clip: bool) -> tuple[fl
     from okto.training.optim import build_optimizer, clip_in_step
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, torch.device("cuda"))  # as okto's
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1)  # as okto's
     loss = None
     for index, batch in enumerate(tokens):
         if index == WARMUP:
@@ -219,7 +219,7 @@ def trainer_run(
     column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), seq)
     rows = datasets.Dataset(pa.table({"input_ids": column, "labels": column}))
     config = program.config
-    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, settings.device)
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             model=model,

@@ -135,6 +135,11 @@ class Batches:
         self._drop_prepared()
         self.batch_size = batch_size
 
+    def rewind(self, position: int) -> None:
+        """Go back to `position` (batches taken since are taken again)."""
+        self.position = position
+        self._drop_prepared()
+
     def close(self) -> None:
         self._drop_prepared()
         self._worker.shutdown(wait=True)

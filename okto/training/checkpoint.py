@@ -43,8 +43,11 @@ _NAME = re.compile(r"^step-(\d+)$")
 _TEMP_PREFIX = ".tmp-"
 
 
-def save_checkpoint(folder: Path, step: int, model: nn.Module, states: dict, trainer: dict) -> Path:
-    """Write a checkpoint for `step` atomically; `states` holds state dicts (optimizer, ...)."""
+def save_checkpoint(
+    folder: Path, step: int, model: nn.Module, states: dict, trainer: dict, rng: dict | None = None
+) -> Path:
+    """Write a checkpoint for `step` atomically; `states` holds state dicts (optimizer, ...),
+    `rng` the random generators' states to record (by default, as they are now)."""
     folder.mkdir(parents=True, exist_ok=True)
     sweep(folder)
     final = folder / f"step-{step:07d}"
@@ -52,7 +55,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, states: dict, tra
     try:
         staging.mkdir()
         save_file(trainable_state(model), str(staging / WEIGHTS), metadata={"step": str(step)})
-        torch.save({**states, "rng": rng_state()}, staging / STATE)
+        torch.save({**states, "rng": rng or rng_state()}, staging / STATE)
         (staging / TRAINER).write_text(json.dumps(trainer, indent=1))
         for name in FILES:
             fsync(staging / name)

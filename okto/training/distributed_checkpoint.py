@@ -45,9 +45,17 @@ def is_distributed(path: Path) -> bool:
 
 
 def save_checkpoint(
-    folder: Path, step: int, model: nn.Module, optimizer, states: dict, trainer: dict, parallel
+    folder: Path,
+    step: int,
+    model: nn.Module,
+    optimizer,
+    states: dict,
+    trainer: dict,
+    parallel,
+    rng: dict | None = None,
 ) -> Path:
-    """Write the checkpoint for `step` from every process (each calls this); its folder."""
+    """Write the checkpoint for `step` from every process (each calls this); its folder.
+    `rng`: this process's random generators' states to record (by default, as they are now)."""
     import torch.distributed.checkpoint as dcp
 
     final = folder / f"step-{step:07d}"
@@ -59,9 +67,9 @@ def save_checkpoint(
     parallel.barrier()
     try:
         dcp.save(_state(model, optimizer), checkpoint_id=str(staging / DCP))
-        rng = staging / RNG / f"rank-{parallel.rank:05d}.pt"
-        torch.save(ckpt.rng_state(), rng)
-        ckpt.fsync(rng)
+        rng_file = staging / RNG / f"rank-{parallel.rank:05d}.pt"
+        torch.save(rng or ckpt.rng_state(), rng_file)
+        ckpt.fsync(rng_file)
         if parallel.is_main:
             torch.save(states, staging / ckpt.STATE)
             (staging / ckpt.TRAINER).write_text(json.dumps(trainer, indent=1))

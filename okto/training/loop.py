@@ -2,9 +2,20 @@
 
 One optimizer step: `gradient_accumulation` micro-batches forward and
 backward under autocast (bf16, or fp16 with a gradient scaler), the gradient
-norm taken (and clipped when TRAIN.gradient_clip is set), then, after one
-synchronisation that reads the loss and the norm, the update, unless either
-is NaN or infinite (STABILITY). After the step, in this order: CONTROL's
+norm taken (and clipped when TRAIN.gradient_clip is set), then the update,
+unless the loss or the norm is NaN or infinite (STABILITY).
+
+With a fused Adam or AdamW (and no fp16 scaler) the loop looks one step ahead:
+the device itself skips a non-finite update, and the next step's forward and
+backward are queued before this step's loss and norm are read, so the GPU
+never idles while the host logs, fires rules or launches the next step. What
+follows a step still sees the state right after it (the next step's update is
+queued only afterwards); a checkpoint records the random generators as they
+were before the queued passes, and a rule that changes the batch size or the
+accumulation has them computed again. Other optimizers read the loss and the
+norm before the update, and the host decides (one synchronisation a step).
+
+After the step, in this order: CONTROL's
 `on_step_end` rules, the log line, epoch ends (`on_epoch_end`, and evaluation
 and checkpoint when they go by epochs), evaluation every `eval_steps`
 (`on_eval`, early stopping, `on_plateau`), and a checkpoint every
@@ -23,6 +34,7 @@ what the run reports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import resource
 import time
@@ -39,7 +51,7 @@ from okto.training.control import Controller, metric_names
 from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
-from okto.training.optim import current_lr, set_lr
+from okto.training.optim import current_lr, folds_clipping, set_lr
 from okto.training.signals import StopSignals
 from okto.training.stability import LossGuard, Plateau
 
@@ -103,12 +115,57 @@ class StepResult:
 
 
 @dataclass
+class Gradients:
+    """One step's forward and backward passes, queued: the loss (on the device), what the
+    step took from the data, and the state a checkpoint taken before it must record (the
+    random generators' states before it, when the loop looks ahead)."""
+
+    loss: torch.Tensor
+    examples: int
+    tokens: int
+    position: int  # the data position after the step's batches
+    rng: dict | None
+    shape: tuple[int, int]  # (batch_size, gradient_accumulation) it was computed with
+
+
+class Values:
+    """A step's (loss, gradient norm, signal) on the device and their copy to the host,
+    started as soon as they are computed: `read` waits for that copy only."""
+
+    def __init__(self, values: torch.Tensor):
+        self.device = values
+        if values.is_cuda:
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+        else:
+            self.host, self.copied = values, None
+
+    def read(self) -> list[float]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host.tolist()
+
+
+@dataclass
 class Outcome:
     """How the run ended: completed, stopped, early_stopping, nan, diverged or interrupted."""
 
     reason: str
     message: str
     signal_exit_code: int | None = None
+
+
+def _paused(method):
+    """A Trainer method whose time is left out of the step times (`Trainer._pause`)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._pause():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class Trainer:
@@ -166,6 +223,14 @@ class Trainer:
         # This session's steps: (seconds, tokens, seconds waiting for data).
         self.session: list[tuple[float, int, float]] = []
         self.wall_seconds = 0.0
+        # Look ahead where the optimizer can skip a non-finite update on the device: the
+        # next step's passes are queued before this step's loss is read, so the device
+        # never waits for the host between steps.
+        self.looks_ahead = (
+            scaler is None and folds_clipping(optimizer) and not self.parallel.sharded
+        )
+        self.ahead: Gradients | None = None  # the next step's gradients, while queued
+        self._clock, self._carried, self._pauses = time.perf_counter(), 0.0, 0
 
     # ---- the loop ---------------------------------------------------------------
 
@@ -192,42 +257,63 @@ class Trainer:
         return outcome
 
     def _run(self, signals: StopSignals) -> Outcome:
-        while self.step < self.total:
-            epochs_before = self.completed_epochs
-            step_started = time.perf_counter()
-            wait_before = self.batches.wait_seconds
-            result = self._optimizer_step(signals)
-            self.step += 1
-            self.position = self.batches.position
-            self._count(result, time.perf_counter() - step_started, wait_before)
-            if not result.finite:
-                failed = self._nan_step()
-                if failed is not None:
-                    return failed
-            elif self.config.stability.stop_if_diverges and self.guard.diverged(result.loss):
-                return self._fail(
-                    "diverged",
-                    f"the loss diverged at step {self.step} (its moving average rose above "
-                    f"1.5x its lowest; this step's loss is {result.loss:.4g})",
+        ahead = None  # the next step's gradients, queued while this step's values come back
+        self._clock, self._carried, self._pauses = time.perf_counter(), 0.0, 0
+        try:
+            while self.step < self.total:
+                epochs_before = self.completed_epochs
+                wait_before = self.batches.wait_seconds
+                gradients = ahead or self._gradients()
+                values = self._update(gradients, signals)
+                ahead = self.ahead = (
+                    self._gradients() if self.looks_ahead and self.step + 1 < self.total else None
                 )
-            else:
-                self._after_step(result, epochs_before)
-            # A signal stops the run after this step. Processes of a job agree on it through
-            # the step's own reduction, so one arriving after that stops them after the next.
-            received = result.signal if self.parallel.distributed else signals.received
-            if received:
-                self._checkpoint()
-                return Outcome(
-                    "interrupted",
-                    f"interrupted at step {self.step}; resume with --resume auto",
-                    128 + received,
-                )
-            if self.stop_reason is not None:
-                break
-        return self._finish()
+                result = self._result(gradients, values.read())
+                self.step += 1
+                self.position = gradients.position
+                self._count(result, self._lap(), self.batches.wait_seconds - wait_before)
+                outcome = self._handle(result, epochs_before, signals)
+                if outcome is not None:
+                    return outcome
+                if self.stop_reason is not None:
+                    break
+                ahead = self._still_valid(ahead)
+            return self._finish()
+        finally:
+            if ahead is not None:  # computed for a step that will not run
+                self.optimizer.zero_grad(set_to_none=True)
+            self.ahead = None
 
-    def _optimizer_step(self, signals: StopSignals) -> StepResult:
-        """One update, skipped when the loss or the gradient norm is not finite."""
+    def _handle(self, result: StepResult, epochs_before: int, signals) -> Outcome | None:
+        """What follows a step: STABILITY's checks, then the logs, rules, evaluation and
+        checkpoints; an outcome when the run ends here."""
+        if not result.finite:
+            failed = self._nan_step()
+            if failed is not None:
+                return failed
+        elif self.config.stability.stop_if_diverges and self.guard.diverged(result.loss):
+            return self._fail(
+                "diverged",
+                f"the loss diverged at step {self.step} (its moving average rose above "
+                f"1.5x its lowest; this step's loss is {result.loss:.4g})",
+            )
+        else:
+            self._after_step(result, epochs_before)
+        # A signal stops the run after this step. Processes of a job agree on it through
+        # the step's own reduction, so one arriving after that stops them after the next.
+        received = result.signal if self.parallel.distributed else signals.received
+        if received:
+            self._checkpoint()
+            return Outcome(
+                "interrupted",
+                f"interrupted at step {self.step}; resume with --resume auto",
+                128 + received,
+            )
+        return None
+
+    def _gradients(self) -> Gradients:
+        """One step's forward and backward passes over its micro-batches, queued."""
+        rng = ckpt.rng_state() if self.looks_ahead else None
         accumulation = self.live.gradient_accumulation
         loss_sum = torch.zeros((), device=self.device)
         examples = tokens = 0
@@ -241,20 +327,28 @@ class Trainer:
             loss_sum += loss.detach()
             examples += batch.input_ids.shape[0]
             tokens += batch.tokens
+        shape = (self.live.batch_size, accumulation)
+        return Gradients(loss_sum, examples, tokens, self.batches.position, rng, shape)
+
+    def _update(self, gradients: Gradients, signals: StopSignals) -> Values:
+        """The update from `gradients`, unless the loss or the gradient norm is NaN or
+        infinite; the step's (loss, norm, signal). Looking ahead, the device itself skips
+        such an update (the fused optimizer's `found_inf`) and nothing here waits for it;
+        otherwise the values are read first and the host decides."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         clip = self.live.gradient_clip
         # Under fp16 loss scaling GradScaler drives the optimizer's grad_scale itself.
         folding = self.optimizer if self.scaler is None else None
         norm = self.parallel.clip_grad_norm(self.trained, clip if clip else math.inf, folding)
-        loss_sum = self.parallel.mean(loss_sum)  # the job's loss, the same in every process
+        loss = self.parallel.mean(gradients.loss)  # the job's loss, the same in every process
         signal = self.parallel.largest(signals.received or 0)
-        loss_value, norm_value, received = torch.stack([loss_sum, norm.float(), signal]).tolist()
-        # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
-        finite = math.isfinite(loss_value) and (
-            self.scaler is not None or math.isfinite(norm_value)
-        )
-        if finite:
+        values = Values(torch.stack([loss, norm.float(), signal]))
+        if self.looks_ahead:
+            self.optimizer.found_inf = (~torch.isfinite(values.device[:2]).all()).float()
+            self.optimizer.step()
+            self.optimizer.found_inf = None
+        elif self._finite(*values.read()[:2]):
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
             else:
@@ -263,17 +357,64 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+        return values
+
+    def _finite(self, loss: float, norm: float) -> bool:
+        # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
+        return math.isfinite(loss) and (self.scaler is not None or math.isfinite(norm))
+
+    def _result(self, gradients: Gradients, values: list[float]) -> StepResult:
+        loss, norm, received = values
         world = self.parallel.world
         return StepResult(
-            loss_value, norm_value, finite, examples * world, tokens * world, int(received)
+            loss,
+            norm,
+            self._finite(loss, norm),
+            gradients.examples * world,
+            gradients.tokens * world,
+            int(received),
         )
+
+    def _still_valid(self, ahead: Gradients | None) -> Gradients | None:
+        """The next step's gradients, computed again if CONTROL changed the batch size or
+        the accumulation after they were queued: from the same data position and the
+        same random state, so the step is the one the new values give."""
+        if ahead is None or ahead.shape == (self.live.batch_size, self.live.gradient_accumulation):
+            return ahead
+        self.optimizer.zero_grad(set_to_none=True)
+        self.batches.rewind(self.position)
+        ckpt.set_rng_state(ahead.rng)
+        ahead = self.ahead = self._gradients()
+        return ahead
+
+    def _lap(self) -> float:
+        """Seconds since the last step was counted, pauses (evaluation, checkpoints) left out."""
+        now = time.perf_counter()
+        seconds = self._carried + now - self._clock
+        self._clock, self._carried = now, 0.0
+        return seconds
+
+    @contextlib.contextmanager
+    def _pause(self):
+        """Leave what runs inside (evaluation, checkpoints, saves) out of the step times.
+        The device first finishes what is queued, which belongs to the next step."""
+        self._pauses += 1
+        if self._pauses == 1:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self._carried += time.perf_counter() - self._clock
+        try:
+            yield
+        finally:
+            self._pauses -= 1
+            if self._pauses == 0:
+                self._clock = time.perf_counter()
 
     def _autocast(self):
         dtype = self.settings.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    def _count(self, result: StepResult, seconds: float, wait_before: float) -> None:
-        wait = self.batches.wait_seconds - wait_before
+    def _count(self, result: StepResult, seconds: float, wait: float) -> None:
         for sums in (self.window, self.totals):
             sums.examples += result.examples
             sums.tokens += result.tokens
@@ -359,6 +500,7 @@ class Trainer:
     def completed_epochs(self) -> int:
         return self.position // self.train_stream.rows
 
+    @_paused
     @torch.no_grad()
     def _evaluate(self) -> None:
         """Validation loss, perplexity and accuracy. Each process takes its `batch_size` of
@@ -512,6 +654,7 @@ class Trainer:
         self.metrics.write("log", step=self.step, message=text)
         self.display.text(f"LOG      step {self.step}: {text}")
 
+    @_paused
     def save(self, target: str, label: str | None) -> None:
         if target == "checkpoint":
             self.checkpoint_wanted = True
@@ -525,6 +668,7 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------
 
+    @_paused
     def _checkpoint(self) -> Path:
         self.checkpoint_wanted = False
         if (
@@ -533,6 +677,8 @@ class Trainer:
         ):
             return self.last_checkpoint
         states = {"scheduler": self.scheduler.state_dict()}
+        # The next step's passes may be queued already: the generators as they were before.
+        rng = self.ahead.rng if self.ahead is not None else None
         if self.scaler is not None:
             states["scaler"] = self.scaler.state_dict()
         if self.parallel.distributed:
@@ -544,11 +690,12 @@ class Trainer:
                 states,
                 self.state_dict(),
                 self.parallel,
+                rng,
             )
         else:
             states["optimizer"] = self.optimizer.state_dict()
             path = ckpt.save_checkpoint(
-                self.checkpoints, self.step, self.model, states, self.state_dict()
+                self.checkpoints, self.step, self.model, states, self.state_dict(), rng
             )
         self.last_checkpoint = path
         self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))

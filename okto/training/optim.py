@@ -1,10 +1,12 @@
 """The optimizer and learning-rate schedule of TRAIN, and live learning-rate changes.
 
 Weight decay applies to matrices (2-D and up) only: decaying biases and norm
-gains hurts and is what nanoGPT and the Hugging Face Trainer avoid too. AdamW
-runs fused on CUDA. Schedules are `transformers.get_scheduler`'s, except
-`step`, which is not there: linear warmup, then the rate times 0.1 at half
-and again at three quarters of the steps (the classic multi-step decay).
+gains hurts and is what nanoGPT and the Hugging Face Trainer avoid too. Adam and
+AdamW run fused (one kernel over every parameter, on CUDA and on the CPU): the
+step applies the gradient clipping and skips a non-finite update on the device.
+Schedules are `transformers.get_scheduler`'s, except `step`, which is not
+there: linear warmup, then the rate times 0.1 at half and again at three
+quarters of the steps (the classic multi-step decay).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ STEP_DROPS = (0.5, 0.75)
 
 
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, device: torch.device
+    model: nn.Module, name: str, lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
     trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -27,9 +29,9 @@ def build_optimizer(
     ]
     groups = [g for g in groups if g["params"]]
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, fused=device.type == "cuda")
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, fused=device.type == "cuda")
+        return torch.optim.Adam(groups, lr=lr, fused=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     if name == "rmsprop":

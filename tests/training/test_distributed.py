@@ -208,15 +208,15 @@ def test_fsdp_matches_one_process_and_its_checkpoint_reshards(project, reference
 
 def _fail_on_rank_1_at_step_2(rank: int) -> None:
     if rank == 1:
-        original = Trainer._optimizer_step
+        original = Trainer._update
 
-        def failing(self, signals):
+        def failing(self, gradients, signals):
             if self.step == 2:
                 Path("failed-at").write_text(str(time.time()))
                 raise RunError("rank 1 cannot go on: its disk is full")
-            return original(self, signals)
+            return original(self, gradients, signals)
 
-        Trainer._optimizer_step = failing
+        Trainer._update = failing
 
 
 @pytest.mark.slow
