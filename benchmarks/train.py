@@ -21,6 +21,8 @@ fold the clipping into the AdamW step, as okto's Trainer does), in one process:
 - okto-trainer-compile, okto-trainer-graphs: that loop on the plan a user gets from
   ACCELERATE on auto and `OPTIMIZE { compile: true }` (or `cuda_graphs: true`), as
   `okto train` runs it: what `okto train` itself reaches with the fastest plan;
+- okto-trainer-kernels-graphs: that loop with every kernel on and `cuda_graphs: true`,
+  the plan of examples/gpt2-124m.okt;
 - okto-kernels-compile: the patched model (every kernel on) under torch.compile:
   inductor fuses what lies between okto's custom ops, which it traces as they are;
 - okto-attention-loss-compile: only attention and the fused linear + cross-entropy
@@ -79,6 +81,7 @@ CONFIGS = (
     "okto-trainer",
     "okto-trainer-compile",
     "okto-trainer-graphs",
+    "okto-trainer-kernels-graphs",
     "okto-ddp",
     "okto-fsdp",
     "okto-kernels-compile",
@@ -98,7 +101,7 @@ def backends(name: str) -> dict[str, str]:
     """ACCELERATE's choice per layer kind for an okto configuration."""
     if name == "okto-native":
         return dict.fromkeys(KINDS, "native")
-    if name.startswith("okto-trainer-"):
+    if name.startswith("okto-trainer-") and "-kernels" not in name:
         return dict.fromkeys(KINDS, "auto")
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]
@@ -156,10 +159,9 @@ def new_model(seq: int, family: str):
 
 def optimize(name: str) -> str:
     """The OPTIMIZE block of an okto-trainer configuration."""
-    return {
-        "okto-trainer-compile": "compile: true",
-        "okto-trainer-graphs": "cuda_graphs: true",
-    }.get(name, "")
+    if not name.startswith("okto-trainer-"):
+        return ""
+    return "cuda_graphs: true" if name.endswith("-graphs") else "compile: true"
 
 
 def planned(model, name: str, seq: int, batch: int):
