@@ -22,8 +22,8 @@ expressed as strides.
 
 `OKTO_GEMM=auto|tma|simple` picks the kernel: `auto` uses TMA on sm_90+ where
 the layout allows it, `tma` does so in the interpreter too (tests), `simple`
-never. `OKTO_GEMM_WS=1` adds warp-specialised configurations to the TMA
-autotuning (Hopper support for them arrived in Triton 3.5).
+never. (Triton's warp-specialised loops, `tl.range(warp_specialize=True)`, did
+not compile for sm_90 with Triton 3.6: docs/kernel-notes.md §7.)
 """
 
 from __future__ import annotations
@@ -203,10 +203,10 @@ def _gemm_kernel(
 
 
 def _tma_configs() -> list[triton.Config]:
-    def tma(bm, bn, bk, split, warps, stages, flatten=True, ws=False):
+    def tma(bm, bn, bk, split, warps, stages, flatten=True):
         return config(
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EPILOGUE_SPLIT=split,
-            FLATTEN=flatten, WARP_SPECIALIZE=ws, num_warps=warps, num_stages=stages,
+            FLATTEN=flatten, num_warps=warps, num_stages=stages,
         )  # fmt: skip
 
     if backend.interpreting():  # small tiles: several per program, a split epilogue, K steps
@@ -222,10 +222,7 @@ def _tma_configs() -> list[triton.Config]:
         (128, 128, 128, 1, 8, 3),
         (64, 256, 64, 1, 4, 4),
     ]
-    configs = [tma(*s) for s in shapes] + [tma(*shapes[0], flatten=False)]
-    if os.environ.get("OKTO_GEMM_WS", "0") == "1":
-        configs += [tma(*s, flatten=False, ws=True) for s in shapes]
-    return configs
+    return [tma(*s) for s in shapes] + [tma(*shapes[0], flatten=False)]
 
 
 @triton.jit
@@ -296,7 +293,6 @@ def _gemm_tma_kernel(
     GROUP_M: tl.constexpr,
     EPILOGUE_SPLIT: tl.constexpr,
     FLATTEN: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
 ):
     if A_COL_MAJOR:
         a_desc = tl.make_tensor_descriptor(
@@ -337,9 +333,7 @@ def _gemm_tma_kernel(
     # The epilogue recomputes its unit from a counter of its own, so the pipeliner
     # can overlap it with the next unit's first loads (as in Triton's tutorial).
     work_c = start - NUM_SMS
-    for work in tl.range(
-        start, num_tiles * SPLIT_K, NUM_SMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE
-    ):
+    for work in tl.range(start, num_tiles * SPLIT_K, NUM_SMS, flatten=FLATTEN):
         pid_m, pid_n = _tile_coords(work % num_tiles, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
