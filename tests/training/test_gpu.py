@@ -47,3 +47,27 @@ def test_compiled_run_with_the_kernels(project):
     assert train(path, *GPU, "--set", "OPTIMIZE.compile=true") == 0
     losses = [record["loss"] for record in steps()]
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_cuda_graphs_while_looking_ahead_resume_as_the_uninterrupted_run(project):
+    """The step replayed from CUDA graphs while the loop queues the next step before reading
+    this one's loss: a run stopped with a step queued, and resumed, follows the
+    uninterrupted run, through evaluations and a rule that changes the batch size."""
+    schedule = f"{SCHEDULE} eval_steps: 5"
+    rule = "IF step == 3 { SET batch_size = 6 }"
+    graphs = (*GPU, "--set", "OPTIMIZE.cuda_graphs=true")
+    whole = project(train=schedule, extra=f"CONTROL {{ {rule} }}", device="cuda")
+    assert train(whole, *graphs, "--set", "OUTPUT.dir=whole") == 0
+    stopped = project(
+        train=schedule,
+        extra=f"CONTROL {{ {rule} IF step == 7 {{ STOP }} }}",
+        name="stop.okt",
+        device="cuda",
+    )
+    assert train(stopped, *graphs, "--set", "OUTPUT.dir=parts") == 0
+    assert train(whole, *graphs, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
+    expected = [r["loss"] for r in steps(Path("whole/tiny"))]
+    assert len(expected) == 12
+    assert [r["loss"] for r in steps(Path("parts/tiny"))] == pytest.approx(expected, rel=1e-3)
+    evals = read_metrics(Path("whole/tiny/metrics.jsonl"), "eval")
+    assert [e["step"] for e in evals] == [5, 10, 12]
