@@ -133,7 +133,7 @@ class Values:
     started as soon as they are computed: `read` waits for that copy only."""
 
     def __init__(self, values: torch.Tensor):
-        self.device = values
+        self.on_device = values
         if values.is_cuda:
             self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
             self.host.copy_(values, non_blocking=True)
@@ -257,15 +257,15 @@ class Trainer:
         return outcome
 
     def _run(self, signals: StopSignals) -> Outcome:
-        ahead = None  # the next step's gradients, queued while this step's values come back
-        self._clock, self._carried, self._pauses = time.perf_counter(), 0.0, 0
+        self._clock = time.perf_counter()
         try:
             while self.step < self.total:
                 epochs_before = self.completed_epochs
                 wait_before = self.batches.wait_seconds
-                gradients = ahead or self._gradients()
+                gradients = self.ahead or self._gradients()
                 values = self._update(gradients, signals)
-                ahead = self.ahead = (
+                # The next step's passes, queued while this step's values come back.
+                self.ahead = (
                     self._gradients() if self.looks_ahead and self.step + 1 < self.total else None
                 )
                 result = self._result(gradients, values.read())
@@ -277,12 +277,12 @@ class Trainer:
                     return outcome
                 if self.stop_reason is not None:
                     break
-                ahead = self._still_valid(ahead)
+                self._recompute_if_stale()
             return self._finish()
         finally:
-            if ahead is not None:  # computed for a step that will not run
+            if self.ahead is not None:  # computed for a step that will not run
                 self.optimizer.zero_grad(set_to_none=True)
-            self.ahead = None
+                self.ahead = None
 
     def _handle(self, result: StepResult, epochs_before: int, signals) -> Outcome | None:
         """What follows a step: STABILITY's checks, then the logs, rules, evaluation and
@@ -345,7 +345,7 @@ class Trainer:
         signal = self.parallel.largest(signals.received or 0)
         values = Values(torch.stack([loss, norm.float(), signal]))
         if self.looks_ahead:
-            self.optimizer.found_inf = (~torch.isfinite(values.device[:2]).all()).float()
+            self.optimizer.found_inf = (~torch.isfinite(values.on_device[:2]).all()).float()
             self.optimizer.step()
             self.optimizer.found_inf = None
         elif self._finite(*values.read()[:2]):
@@ -375,17 +375,17 @@ class Trainer:
             int(received),
         )
 
-    def _still_valid(self, ahead: Gradients | None) -> Gradients | None:
-        """The next step's gradients, computed again if CONTROL changed the batch size or
+    def _recompute_if_stale(self) -> None:
+        """Compute the queued step's gradients again if CONTROL changed the batch size or
         the accumulation after they were queued: from the same data position and the
         same random state, so the step is the one the new values give."""
+        ahead = self.ahead
         if ahead is None or ahead.shape == (self.live.batch_size, self.live.gradient_accumulation):
-            return ahead
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.batches.rewind(self.position)
         ckpt.set_rng_state(ahead.rng)
-        ahead = self.ahead = self._gradients()
-        return ahead
+        self.ahead = self._gradients()
 
     def _lap(self) -> float:
         """Seconds since the last step was counted, pauses (evaluation, checkpoints) left out."""
