@@ -20,7 +20,11 @@ fold the clipping into the AdamW step, as okto's Trainer does), in one process:
   kernels: per-step loss/NaN check, batches prefetched to the GPU on a side stream;
 - okto-trainer-compile, okto-trainer-graphs: that loop on the plan a user gets from
   ACCELERATE on auto and `OPTIMIZE { compile: true }` (or `cuda_graphs: true`), as
-  `okto train` runs it: what `okto train` itself reaches with the fastest plan;
+  `okto train` runs it: what `okto train` itself reaches with the fastest plan
+  (GEMMs and LayerNorm on cuBLAS and inductor, GPT-2's MLP as okto's gelu_mlp with
+  the GELU in cuBLASLt's epilogues, okto attention and fused loss);
+- okto-trainer-native-gelu-graphs: okto-trainer-graphs with ACCELERATE
+  `activation: native` (the GELU left to inductor, as before gelu_mlp);
 - okto-trainer-kernels-graphs: that loop with every kernel on and `cuda_graphs: true`,
   the plan of examples/gpt2-124m.okt;
 - okto-kernels-compile: the patched model (every kernel on) under torch.compile:
@@ -81,6 +85,7 @@ CONFIGS = (
     "okto-trainer",
     "okto-trainer-compile",
     "okto-trainer-graphs",
+    "okto-trainer-native-gelu-graphs",
     "okto-trainer-kernels-graphs",
     "okto-ddp",
     "okto-fsdp",
@@ -102,7 +107,8 @@ def backends(name: str) -> dict[str, str]:
     if name == "okto-native":
         return dict.fromkeys(KINDS, "native")
     if name.startswith("okto-trainer-") and "-kernels" not in name:
-        return dict.fromkeys(KINDS, "auto")
+        native = ["activation"] if "-native-gelu" in name else []
+        return dict.fromkeys(KINDS, "auto") | dict.fromkeys(native, "native")
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]
         okto += ["layernorm"] if "-layernorm" in name else []

@@ -16,6 +16,7 @@ from okto.kernels.ops.fused_linear_cross_entropy import (
     fused_linear_cross_entropy as _fused_linear_cross_entropy,
 )
 from okto.kernels.ops.gelu import gelu as _gelu
+from okto.kernels.ops.gelu_mlp import gelu_mlp as _gelu_mlp
 from okto.kernels.ops.gemm import linear as _linear
 from okto.kernels.ops.gemm import matmul as _matmul
 from okto.kernels.ops.gemm import matmul_fp16 as _matmul_fp16
@@ -29,6 +30,7 @@ cross_entropy = accepts_numpy(_cross_entropy)
 decode_attention = accepts_numpy(_decode_attention)
 fused_linear_cross_entropy = accepts_numpy(_fused_linear_cross_entropy)
 gelu = accepts_numpy(_gelu)
+gelu_mlp = accepts_numpy(_gelu_mlp)
 layer_norm = accepts_numpy(_layer_norm)
 linear = accepts_numpy(_linear)
 matmul = accepts_numpy(_matmul)
@@ -44,6 +46,7 @@ __all__ = [
     "decode_attention",
     "fused_linear_cross_entropy",
     "gelu",
+    "gelu_mlp",
     "get_device_info",
     "info",
     "is_cuda_available",

@@ -91,6 +91,16 @@ def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
     return self.dropout(self.c_proj(h))
 
 
+def gpt2_gelu_mlp_forward(self, x, *, approximate: str):
+    """GPT2MLP as okto's gelu_mlp op (GEMMs on cuBLAS, GELU in cuBLASLt's epilogues both
+    ways), then dropout. A hooked c_fc or c_proj (a LoRA adapter) is called as a module."""
+    if _hooked(self.c_fc) or _hooked(self.c_proj):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=approximate)))
+    fc, proj = self.c_fc, self.c_proj
+    x, *params = _as(compute_dtype(x), x, fc.weight, fc.bias, proj.weight, proj.bias)
+    return self.dropout(kernels.gelu_mlp(x, *params, approximate=approximate))
+
+
 def layer_norm_forward(self, x):
     return kernels.layer_norm(x, self.weight, self.bias, self.eps)
 

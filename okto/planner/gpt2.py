@@ -1,5 +1,7 @@
 """GPT-2 (`GPT2LMHeadModel`): Conv1D GEMMs read in place, GELU in the first MLP
 GEMM's epilogue, LayerNorm on okto's kernel, attention on c_attn's packed output.
+With the GEMMs on cuBLAS the MLP runs as okto's gelu_mlp op: GELU in cuBLASLt's
+epilogues, forward in c_fc's GEMM and backward in c_proj's input-gradient GEMM.
 
 Conv1D keeps its weight as [in, out], which okto's `linear` takes as it is
 (`weight_layout="in_out"`), so nothing is transposed or copied. Dropout stays
@@ -22,14 +24,24 @@ def _patch(model, choices, patches) -> None:
         forwards.patch_each(
             model, modeling_gpt2.Conv1D, patches, forwards.gemm_forward, layout="in_out"
         )
-    if choices["activation"].impl == "okto":
+    activation = choices["activation"]
+    approximate = GPT2.gelu[model.config.activation_function]
+    if activation.impl == "okto" and activation.fused and choices["gemm"].impl != "okto":
+        forwards.patch_each(
+            model,
+            modeling_gpt2.GPT2MLP,
+            patches,
+            forwards.gpt2_gelu_mlp_forward,
+            approximate=approximate,
+        )
+    elif activation.impl == "okto":
         forwards.patch_each(
             model,
             modeling_gpt2.GPT2MLP,
             patches,
             forwards.gpt2_mlp_forward,
-            approximate=GPT2.gelu[model.config.activation_function],
-            fused=choices["activation"].fused,
+            approximate=approximate,
+            fused=activation.fused,
         )
     if choices["layernorm"].impl == "okto":
         forwards.patch_each(model, nn.LayerNorm, patches, forwards.layer_norm_forward)

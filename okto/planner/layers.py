@@ -2,9 +2,10 @@
 
 Two steps. `requests` reads the configuration and the machine alone:
 ACCELERATE.<kind> when it is not auto, else BLAS.backend, else okto (but under
-OPTIMIZE.compile, auto leaves GEMM, LayerNorm and activation to cuBLAS and
-inductor, which fuses them: measured faster, docs/benchmarks.md); then okto
-falls back to native when the machine cannot run Triton kernels.
+OPTIMIZE.compile, auto leaves GEMM and LayerNorm to cuBLAS and inductor, which
+fuses them, and puts a tanh GELU into cuBLASLt's GEMM epilogues: measured
+faster, docs/benchmarks.md); then okto falls back to native when the machine
+cannot run Triton kernels.
 `choose` then meets the model: an architecture the planner does not patch, a
 dtype, a head dim or a dropout the kernels lack turns a kind native, and the
 fused epilogues (ACCELERATE.fused_ops) decide how GELU and the loss run.
@@ -59,9 +60,12 @@ class LayerChoice:
 
 
 # Kinds that auto leaves to the framework when the step is compiled: inductor fuses
-# LayerNorm, GELU and the residual adds around cuBLAS's GEMMs, and on an H100 that
-# step ran 1.19x faster than the same step with okto's GEMM and norm kernels.
-COMPILED_NATIVE = ("gemm", "layernorm", "activation")
+# LayerNorm and the residual adds around cuBLAS's GEMMs, and on an H100 that step ran
+# 1.19x faster than the same step with okto's GEMM and norm kernels. The activation
+# stays okto's: with cuBLAS GEMMs a tanh GELU goes into cuBLASLt's epilogues (okto
+# gelu_mlp), which beat inductor's GELU passes; any other GELU is left to inductor.
+COMPILED_NATIVE = ("gemm", "layernorm")
+COMPILED_AUTO = "auto under OPTIMIZE.compile"
 
 
 def requests(
@@ -99,8 +103,11 @@ def _asked(sources: Sources, kind: str, compiled: Setting) -> LayerChoice:
             sources.origin("blas.backend"),
         )
     if compiled.value and kind in COMPILED_NATIVE:
-        reason = "auto under OPTIMIZE.compile: cuBLAS and inductor's fusion (faster compiled)"
+        reason = f"{COMPILED_AUTO}: cuBLAS and inductor's fusion (faster compiled)"
         return LayerChoice(kind, NATIVE, "", reason, compiled.field, compiled.origin)
+    if compiled.value and kind == "activation":
+        reason = f"{COMPILED_AUTO}: GELU in cuBLASLt's GEMM epilogues where it fits"
+        return LayerChoice(kind, OKTO, "", reason, compiled.field, compiled.origin)
     return LayerChoice(kind, OKTO, "", "auto: okto where its kernels run")
 
 
@@ -170,14 +177,7 @@ def _okto(
 ) -> LayerChoice:
     unfused = f"{display('accelerate.fused_ops')} is false ({fused_ops.origin})"
     if kind == "activation":
-        form = "tanh" if arch.gelu[facts.activation] == "tanh" else "erf"
-        if fused_ops.value and decided["gemm"].impl == OKTO:
-            runs = f"GELU ({form}) fused into {arch.mlp_in}'s GEMM epilogue"
-            return replace(choice, runs=runs, fused=True)
-        why = unfused if not fused_ops.value else "the GEMM is native"
-        return replace(
-            choice, runs=f"okto gelu ({form}) after {arch.mlp_in}", reason=f"{choice.reason}; {why}"
-        )
+        return _activation(choice, arch, facts, fused_ops, decided["gemm"], unfused)
     if kind == "cross_entropy":
         if fused_ops.value:
             runs = "okto fused_linear_cross_entropy: lm_head + loss, logits never materialised"
@@ -188,6 +188,35 @@ def _okto(
             reason=f"{choice.reason}; logits materialised: {unfused}",
         )
     return replace(choice, runs=arch.okto[kind])
+
+
+def _activation(
+    choice: LayerChoice,
+    arch: Architecture,
+    facts: ModelFacts,
+    fused_ops: Setting,
+    gemm: LayerChoice,
+    unfused: str,
+) -> LayerChoice:
+    """GELU in okto's GEMM epilogue, in cuBLASLt's (GEMMs on cuBLAS, tanh form), or alone."""
+    form = "tanh" if arch.gelu[facts.activation] == "tanh" else "erf"
+    if fused_ops.value and gemm.impl == OKTO:
+        runs = f"GELU ({form}) fused into {arch.mlp_in}'s GEMM epilogue"
+        return replace(choice, runs=runs, fused=True)
+    if fused_ops.value and form == "tanh":
+        runs = (
+            f"okto gelu_mlp: GELU ({form}) in {arch.mlp_in}'s cuBLASLt GEMM epilogue, its "
+            "backward in the next GEMM's, bias gradients in the weight-gradient GEMMs"
+        )
+        return replace(choice, runs=runs, fused=True)
+    why = unfused if not fused_ops.value else "cuBLASLt's GELU epilogue has the tanh form only"
+    if choice.reason.startswith(COMPILED_AUTO):
+        return replace(
+            choice, impl=NATIVE, runs=NATIVE_RUNS["activation"], reason=f"{COMPILED_AUTO}: {why}"
+        )
+    return replace(
+        choice, runs=f"okto gelu ({form}) after {arch.mlp_in}", reason=f"{choice.reason}; {why}"
+    )
 
 
 def _softmax(asked: LayerChoice, attention: LayerChoice) -> LayerChoice:

@@ -98,3 +98,40 @@ def test_patched_model_compiles_with_inductor_on_the_gpu(monkeypatch, family):
             actual = step(model, ids, torch.compile(model, fullgraph=True))
     assert len(calls) == model.config.num_hidden_layers
     assert_same_step(expected, actual, tol={"rtol": 5e-2, "atol": 5e-2})
+
+
+COMPILED_PLAN = okto.parse("OPTIMIZE { compile: true }", "t.okt")
+
+
+def test_compiled_plan_runs_gpt2_mlp_as_one_op(monkeypatch):
+    """OPTIMIZE.compile's plan leaves GPT-2's GEMMs to cuBLAS and runs each MLP as okto's
+    gelu_mlp op (GELU in cuBLASLt's epilogues on a GPU), traced in one graph."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2()
+    ids = batch()
+    expected = step(model, ids)
+    plan = build_plan(COMPILED_PLAN, machine=H100, model=model)
+    assert plan.layers["gemm"].impl == "native" and plan.layers["activation"].fused
+    calls = count_calls(monkeypatch, okto.kernels, "gelu_mlp")
+    with plan.apply(model):
+        actual = _compiled_step(model, ids, fullgraph=True)
+    assert len(calls) == model.config.num_hidden_layers
+    assert_same_step(expected, actual)
+
+
+@pytest.mark.gpu
+def test_compiled_plan_with_cublaslt_epilogues_on_the_gpu(monkeypatch):
+    """The same plan as `okto train` compiles it on a GPU: bf16 autocast, inductor, the
+    MLPs' GELU in cuBLASLt's epilogues."""
+    from okto.kernels import cublaslt
+
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2().cuda()
+    ids = batch(device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = step(model, ids)
+        calls = count_calls(monkeypatch, cublaslt, "gelu_grad_matmul")
+        with build_plan(COMPILED_PLAN, model=model).apply(model):
+            actual = step(model, ids, torch.compile(model, fullgraph=True))
+    assert len(calls) == model.config.num_hidden_layers
+    assert_same_step(expected, actual, tol={"rtol": 5e-2, "atol": 5e-2})

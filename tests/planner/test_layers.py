@@ -43,7 +43,16 @@ CASES = [
         GPT2,
         "activation",
         "okto",
-        "the GEMM is native",
+        "cuBLASLt GEMM epilogue",
+    ),
+    (
+        "ACCELERATE { gemm: native\nfused_ops: true }",
+        H100,
+        gpt2_config(activation_function="gelu"),
+        "activation",
+        "okto",
+        "gelu (erf) after mlp.c_fc auto: okto where its kernels run; cuBLASLt's GELU epilogue "
+        "has the tanh form only",
     ),
     ('BLAS { backend: "cublas" }', H100, GPT2, "layernorm", "native", "BLAS.backend: cublas"),
     (
@@ -112,7 +121,15 @@ CASES = [
     ("OPTIMIZE { compile: true }", H100, GPT2, "gemm", "native", "auto under OPTIMIZE.compile"),
     ("OPTIMIZE { cuda_graphs: true }", H100, GPT2, "gemm", "native", "auto under OPTIMIZE.compile"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "layernorm", "native", "inductor"),
-    ("OPTIMIZE { compile: true }", H100, GPT2, "activation", "native", "inductor"),
+    ("OPTIMIZE { compile: true }", H100, GPT2, "activation", "okto", "cuBLASLt GEMM epilogue"),
+    (
+        "OPTIMIZE { compile: true }",
+        H100,
+        gpt2_config(activation_function="gelu"),
+        "activation",
+        "native",
+        "auto under OPTIMIZE.compile: cuBLASLt's GELU epilogue has the tanh form only",
+    ),
     ("OPTIMIZE { compile: true }", H100, GPT2, "attention", "okto", "flash attention"),
     ("OPTIMIZE { compile: true }", H100, GPT2, "cross_entropy", "okto", "never materialised"),
     (

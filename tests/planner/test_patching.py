@@ -23,6 +23,8 @@ from tests.planner.util import H100, LLAMA_SIZES, count_calls, gpt2, gpt2_config
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FUSED = okto.parse("ACCELERATE { fused_ops: true }", "t.okt")
 UNFUSED = okto.parse("ACCELERATE { fused_ops: false }", "t.okt")
+# GEMMs on cuBLAS: GPT-2's MLP runs as okto's gelu_mlp op (GELU in cuBLASLt's epilogues)
+CUBLAS_GEMM = okto.parse("ACCELERATE { gemm: native fused_ops: true }", "t.okt")
 
 
 def batch(vocab: int = 101, device: str = "cpu") -> torch.Tensor:
@@ -76,7 +78,9 @@ def test_kernels_match_the_framework(monkeypatch, family, program):
     assert_same_step(expected, actual)
 
 
-@pytest.mark.parametrize("program", [FUSED, UNFUSED], ids=["fused", "unfused"])
+@pytest.mark.parametrize(
+    "program", [FUSED, UNFUSED, CUBLAS_GEMM], ids=["fused", "unfused", "cublas-gemm"]
+)
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_forwards_match_with_reference_ops(monkeypatch, family, program):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
@@ -107,7 +111,8 @@ def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
     assert not torch.equal(actual[0], other[0])
 
 
-def test_forward_hooks_on_fused_layers_still_run(monkeypatch):
+@pytest.mark.parametrize("program", [FUSED, CUBLAS_GEMM], ids=["fused", "cublas-gemm"])
+def test_forward_hooks_on_fused_layers_still_run(monkeypatch, program):
     """A hook on mlp.c_fc or lm_head (how LoRA adapts a layer) is not bypassed by fusion."""
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = gpt2()
@@ -115,7 +120,7 @@ def test_forward_hooks_on_fused_layers_still_run(monkeypatch):
         module.register_forward_hook(lambda _module, _args, out: out * 1.5)
     ids = batch()
     expected = step(model, ids)
-    with build_plan(FUSED, machine=H100, model=model).apply(model):
+    with build_plan(program, machine=H100, model=model).apply(model):
         actual = step(model, ids)
     assert actual[1] is not None  # the hooked head made its logits
     assert_same_step(expected, actual)
