@@ -36,6 +36,7 @@ DTYPES = (torch.float16, torch.bfloat16)
 # gradient in one epilogue, ran at 470 us where DGELU took 155 us on an H100 at GPT-2's
 # shapes (every algorithm the heuristic offered): the bias gradient comes from the
 # weight-gradient GEMM's BGRADA instead.
+DEFAULT = 1
 GELU_AUX = 160
 GELU_AUX_BIAS = 164
 DGELU = 192
@@ -45,7 +46,7 @@ WORKSPACE_BYTES = 32 << 20  # what cuBLAS recommends for Hopper
 
 _COMPUTE_32F = 68  # cublasComputeType_t
 _SCALE_32F = 0  # cudaDataType_t
-_DATA_TYPE = {torch.float16: 2, torch.bfloat16: 14}
+_DATA_TYPE = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 14}
 _OP_N, _OP_T = 0, 1
 # cublasLtMatmulDescAttributes_t
 _TRANSA, _TRANSB, _EPILOGUE, _BIAS_POINTER = 3, 4, 7, 8
@@ -172,9 +173,8 @@ class _Plan:
     """One GEMM's cuBLASLt descriptors and algorithm, made once per shape, layout and
     epilogue (the heuristic query costs far more than the GEMM's launch)."""
 
-    def __init__(self, handle, epilogue, dtype, a, b, out, aux, bias):
+    def __init__(self, handle, epilogue, a, b, out, aux, bias):
         lib = _library()
-        data_type = _DATA_TYPE[dtype]
         self.desc = ctypes.c_void_p()
         _check(
             lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _SCALE_32F), "desc"
@@ -192,12 +192,13 @@ class _Plan:
         if aux is not None:
             _set(set_desc, self.desc, _AUX_LD, ctypes.c_int64(aux.stride(0)))
         self.layouts = []
-        for rows, cols, ld in (
-            (rows_a, cols_a, ld_a),
-            (rows_b, cols_b, ld_b),
-            (out.shape[1], out.shape[0], out.stride(0)),
+        for dtype, rows, cols, ld in (
+            (b.dtype, rows_a, cols_a, ld_a),
+            (a.dtype, rows_b, cols_b, ld_b),
+            (out.dtype, out.shape[1], out.shape[0], out.stride(0)),
         ):
             layout = ctypes.c_void_p()
+            data_type = _DATA_TYPE[dtype]
             status = lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), data_type, rows, cols, ld)
             _check(status, "matrix layout")
             self.layouts.append(layout)
@@ -215,10 +216,7 @@ class _Plan:
             handle, self.desc, layout_a, layout_b, layout_d, layout_d, preference,
             1, ctypes.byref(found), ctypes.byref(count),
         )  # fmt: skip
-        _check(status, "heuristic")
-        if count.value == 0:
-            raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} at this shape")
-        self.algo = found.algo
+        self.algo = found.algo if status == 0 and count.value > 0 else None
 
     def _point(self, aux: torch.Tensor, bias: torch.Tensor) -> None:
         set_desc = _library().cublasLtMatmulDescSetAttribute
@@ -271,42 +269,53 @@ def supports(a: torch.Tensor, b: torch.Tensor, *others: torch.Tensor) -> bool:
     )
 
 
-def _gemm(epilogue: int, a, b, out, aux, bias) -> None:
+def _gemm(epilogue: int, a, b, out, aux, bias) -> bool:
+    """out = a @ b with the epilogue; False (nothing written) if cuBLASLt has no algorithm
+    for this combination, which callers then compute another way."""
     a, b = _usable(a), _usable(b)
     handle = _handle(out.device)
     key = (
-        out.device, epilogue, out.dtype, tuple(a.shape), a.stride(), tuple(b.shape), b.stride(),
-        _alignment(a), _alignment(b), _alignment(out),
+        out.device, epilogue, a.dtype, out.dtype, tuple(a.shape), a.stride(), tuple(b.shape),
+        b.stride(), _alignment(a), _alignment(b), _alignment(out),
     )  # fmt: skip
     with _lock:
         plan = _plans.get(key)
         if plan is None:
-            plan = _plans[key] = _Plan(handle, epilogue, out.dtype, a, b, out, aux, bias)
+            plan = _plans[key] = _Plan(handle, epilogue, a, b, out, aux, bias)
+        if plan.algo is None:
+            return False
         plan.run(handle, a, b, out, aux, bias)
+    return True
+
+
+def _unsupported(epilogue: int) -> CublasLtError:
+    return CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} at this shape")
 
 
 def gelu_linear(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None):
     """(gelu_tanh(z), z) where z = a @ b + bias, for a [M, K], b [K, N], bias [N] or None."""
     out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device=a.device)
     z = torch.empty_like(out)
-    if bias is None:
-        _gemm(GELU_AUX, a, b, out, z, None)
-    else:
-        _gemm(GELU_AUX_BIAS, a, b, out, z, bias.contiguous())
+    epilogue = GELU_AUX if bias is None else GELU_AUX_BIAS
+    if not _gemm(epilogue, a, b, out, z, None if bias is None else bias.contiguous()):
+        raise _unsupported(epilogue)
     return out, z
 
 
 def gelu_grad_matmul(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """(a @ b) * gelu_tanh'(z) for a [M, K], b [K, N], z [M, N] contiguous."""
     dz = torch.empty_like(z)
-    _gemm(DGELU, a, b, dz, z, None)
+    if not _gemm(DGELU, a, b, dz, z, None):
+        raise _unsupported(DGELU)
     return dz
 
 
-def matmul_column_sums(a: torch.Tensor, b: torch.Tensor):
-    """(a @ b, b.sum(0)) for a [M, K], b [K, N]: a weight gradient and, from the same reads of
-    b, the bias gradient that goes with it."""
-    out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype, device=a.device)
-    sums = torch.empty(b.shape[1], dtype=a.dtype, device=a.device)
-    _gemm(BGRADA, a, b, out, None, sums)
-    return out, sums
+def weight_grad(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, bias: bool):
+    """(a @ b, b.sum(0) or None) in `dtype` (fp32 for master weights: no cast pass after),
+    for a [M, K], b [K, N]: a weight gradient and, from the same reads of b, the bias
+    gradient that goes with it (the BGRADA epilogue)."""
+    out = torch.empty(a.shape[0], b.shape[1], dtype=dtype, device=a.device)
+    sums = torch.empty(b.shape[1], dtype=dtype, device=a.device) if bias else None
+    if _gemm(BGRADA if bias else DEFAULT, a, b, out, None, sums):
+        return out, sums
+    return (a @ b).to(dtype), b.sum(0, dtype=dtype) if bias else None

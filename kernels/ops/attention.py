@@ -19,11 +19,11 @@ log-sum-exp is `log2(sum(exp2(scores)))` (+inf for rows that see no key, so the
 backward's `exp2(score - lse)` is 0 there), and only blocks that straddle the
 causal diagonal or the end of the keys pay for masks.
 
-The backward is FlashAttention-2's without atomics: a small kernel computes
-delta = rowsum(dO * O), one kernel per key block accumulates dK and dV over
+The backward is FlashAttention-2's without atomics: one kernel per query block
+accumulates dQ over the key blocks and, on the way, computes and stores its rows'
+delta = rowsum(dO * O); then one kernel per key block accumulates dK and dV over
 every query block of every query head in its group (so grouped-query heads sum
-there, in registers), and one kernel per query block accumulates dQ over the key
-blocks. Recomputing QK^T and dO V^T in the dQ kernel costs 2 of 7 matmuls, but it
+there, in registers). Recomputing QK^T and dO V^T in the dQ kernel costs 2 of 7 matmuls, but it
 avoids fp32 atomics on dQ (a full [BLOCK_M, D] read-modify-write per block pair),
 a zero-fill and a cast pass, keeps the result deterministic, and lets each kernel
 autotune its own tiles.
@@ -174,7 +174,6 @@ _DECODE_CONFIGS = _configs(
         config(BLOCK_N=32, num_warps=2, num_stages=4),
     ],
 )
-DELTA_BLOCK_M = 64
 # Decode key ranges start on a multiple of every BLOCK_N tried, as the kernel's loop assumes.
 SPLIT_ALIGN = max(c.kwargs["BLOCK_N"] for c in _DECODE_CONFIGS)
 # Shape classes (powers of two of Sq, Skv and batch x query heads: tiny grids want other
@@ -441,30 +440,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _bwd_delta_kernel(
-    Out, DO, DELTA,
-    stride_ob, stride_oh, stride_om, stride_od,
-    stride_db, stride_dh, stride_dm, stride_dd,
-    H, Sq,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """delta = rowsum(dO * O), the softmax-backward term shared by every key block."""
-    h = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < Sq
-    d_ok = offs_d < HEAD_DIM
-    o_ptrs = Out + b * stride_ob + h * stride_oh
-    o_ptrs += offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    do_ptrs = DO + b * stride_db + h * stride_dh
-    do_ptrs += offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd
-    o = _load_tile(o_ptrs, row_ok, d_ok, True, EVEN_D).to(tl.float32)
-    do = _load_tile(do_ptrs, row_ok, d_ok, True, EVEN_D).to(tl.float32)
-    tl.store(DELTA + (b * H + h) * Sq + offs_m, tl.sum(o * do, 1), mask=row_ok)
-
-
-@triton.jit
 def _dkdv_rows(
     dk,
     dv,
@@ -650,11 +625,12 @@ def _dq_cols(
 @_tuned(_DQ_CONFIGS)
 @triton.jit
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, KPM, LENS,
+    Q, K, V, DO, Out, LSE, DELTA, DQ, KPM, LENS,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_db, stride_dh, stride_dm, stride_dd,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_pb, stride_pn,
     H, GROUP, Sq, Skv, qk_scale, scale, SQ_BUCKET, SKV_BUCKET, BH_BUCKET,
@@ -663,7 +639,9 @@ def _attn_bwd_dq_kernel(
     PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """dQ for BLOCK_M query rows of one query head."""
+    """dQ for BLOCK_M query rows of one query head. It also computes and stores those rows'
+    delta = rowsum(dO * O), the softmax-backward term the dK/dV kernel launched after it
+    reads (no pass of its own over O and dO)."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -686,9 +664,13 @@ def _attn_bwd_dq_kernel(
     do_ptrs = DO + b64 * stride_db + h64 * stride_dh
     do = _load_tile(do_ptrs + offs_m[:, None] * stride_dm + offs_d[None, :] * stride_dd,
                     row_ok, d_ok, True, EVEN_D)  # fmt: skip
+    o_ptrs = Out + b64 * stride_ob + h64 * stride_oh
+    o = _load_tile(o_ptrs + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                   row_ok, d_ok, True, EVEN_D)  # fmt: skip
     row0 = (b64 * H + h64) * Sq
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + row0 + offs_m, delta, mask=row_ok)
     lse = tl.load(LSE + row0 + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + row0 + offs_m, mask=row_ok, other=0.0)
     k_base = K + b64 * stride_kb + hk64 * stride_kh
     v_base = V + b64 * stride_vb + hk64 * stride_vh
     k_src = _row_source(
@@ -922,17 +904,11 @@ def backward_into(dq, dk, dv, do, q, k, v, o, lse, key_padding_mask, seq_lens, c
     scalars = (h, h // hkv, sq, skv, scale * LOG2E, scale, *buckets)
     if dq.numel():
         delta = backend.empty(b, h, sq, dtype=torch.float32, device=q.device)
-        launch(
-            _bwd_delta_kernel, (backend.cdiv(sq, DELTA_BLOCK_M), h, b), (),
-            o, do, delta, *o.stride(), *do.stride(), h, sq,
-            HEAD_DIM=meta["HEAD_DIM"], BLOCK_D=meta["BLOCK_D"], EVEN_D=meta["EVEN_D"],
-            BLOCK_M=DELTA_BLOCK_M, num_warps=4 if meta["BLOCK_D"] <= 64 else 8,
-        )  # fmt: skip
-        launch(
+        launch(  # writes delta for the dK/dV kernel
             _attn_bwd_dq_kernel, lambda m: (backend.cdiv(sq, m["BLOCK_M"]), h, b), buckets,
-            q, k, v, do, lse, delta, dq, kpm, lens,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(), *kpm_strides,
-            *scalars, **common,
+            q, k, v, do, o, lse, delta, dq, kpm, lens,
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *o.stride(), *dq.stride(),
+            *kpm_strides, *scalars, **common,
         )  # fmt: skip
     else:
         delta = lse  # no query rows: the dK/dV kernel reads nothing from it

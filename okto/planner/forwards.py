@@ -97,7 +97,11 @@ def gpt2_gelu_mlp_forward(self, x, *, approximate: str):
     if _hooked(self.c_fc) or _hooked(self.c_proj):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=approximate)))
     fc, proj = self.c_fc, self.c_proj
-    x, *params = _as(compute_dtype(x), x, fc.weight, fc.bias, proj.weight, proj.bias)
+    dtype = compute_dtype(x)
+    params = (fc.weight, fc.bias, proj.weight, proj.bias)
+    if any(p is not None and p.dtype != torch.float32 for p in params):
+        params = _as(dtype, *params)  # else fp32 master weights: the op casts them
+    x = x if x.dtype == dtype else x.to(dtype)
     return self.dropout(kernels.gelu_mlp(x, *params, approximate=approximate))
 
 

@@ -61,6 +61,24 @@ def test_matches_float64_at_odd_sizes(dtype, bias, approximate):
     _check_against_float64(operands, approximate, TOL[dtype] * 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_master_weights_get_fp32_gradients(dtype):
+    """fp32 parameters with a 16-bit input (autocast's case): cast inside, the output in
+    the input's dtype, the parameters' gradients in fp32."""
+    x, *params = _operands((5, 7), 16, 40, 24, torch.float32)
+    x16 = x.detach().to(dtype).requires_grad_()
+    y = gelu_mlp(x16, *params)
+    assert y.dtype == dtype
+    grads = torch.autograd.grad(y.float().square().sum(), [x16, *params])
+    assert [g.dtype for g in grads] == [dtype] + [torch.float32] * 4
+    as64 = [t.detach().double().requires_grad_() for t in (x16, *params)]
+    y64 = gelu_mlp_reference(*as64)
+    grads64 = torch.autograd.grad(y64.square().sum(), as64)
+    assert rel_error(y, y64) < TOL[dtype] * 4
+    for grad, grad64 in zip(grads, grads64, strict=True):
+        assert rel_error(grad, grad64) < TOL[dtype] * 4
+
+
 def test_gradients_only_where_asked():
     """Frozen weights (LoRA, say) get no gradient; the others are unchanged."""
     x, w_fc, b_fc, w_proj, b_proj = _operands((9,), 8, 24, 8, torch.float32)
@@ -77,10 +95,14 @@ def test_gradients_only_where_asked():
 
 def test_fake_implementations_match():
     x, w_fc, b_fc, w_proj, b_proj = (t.detach() for t in _operands((6,), 8, 16, 8, torch.float32))
-    assert_fake_matches(gelu_mlp_module._gelu_mlp_op, x, w_fc, b_fc, w_proj, b_proj, "tanh")
-    y, z, h = gelu_mlp_module._gelu_mlp_op(x, w_fc, b_fc, w_proj, b_proj, "tanh")
+    op, backward = gelu_mlp_module._gelu_mlp_op, gelu_mlp_module._backward_op
+    assert_fake_matches(op, x, w_fc, b_fc, w_proj, b_proj, "tanh")
+    assert_fake_matches(op, x.half(), w_fc, b_fc, w_proj, b_proj, "tanh")  # master weights
+    y, z, h, *_ = op(x, w_fc, b_fc, w_proj, b_proj, "tanh")
     for needs in ([True] * 5, [False, True, False, True, False]):
-        assert_fake_matches(gelu_mlp_module._backward_op, y, x, z, h, w_fc, w_proj, "tanh", needs)
+        args = (y, x, z, h, w_fc, w_proj, "tanh", needs)
+        assert_fake_matches(backward, *args, torch.float32)
+        assert_fake_matches(backward, *args, torch.float64)
 
 
 def test_compiles_in_one_graph():
@@ -100,7 +122,8 @@ def test_compiles_in_one_graph():
         (lambda o: (o[0][..., :5], *o[1:]), "do not chain"),
         (lambda o: (*o[:2], o[2][:3], *o[3:]), "b_fc has shape"),
         (lambda o: (o[0].double(), *o[1:]), "dtype float64"),
-        (lambda o: (o[0].half(), *o[1:]), "share one dtype"),
+        (lambda o: (o[0], o[1].half(), *o[2:]), "share one dtype"),
+        (lambda o: (o[0].half(), *(t.double() for t in o[1:])), "share one dtype"),
         (lambda o: (o[0], o[1][None], *o[2:]), "2-D"),
     ],
 )
@@ -125,7 +148,7 @@ def epilogue_calls(monkeypatch):
     """Calls of each cuBLASLt entry point, by name."""
     return {
         name: count_calls(monkeypatch, cublaslt, name)
-        for name in ("gelu_linear", "gelu_grad_matmul", "matmul_column_sums")
+        for name in ("gelu_linear", "gelu_grad_matmul", "weight_grad")
     }
 
 
@@ -138,8 +161,25 @@ def test_gpu_cublaslt_epilogues_at_gpt2_sizes(epilogue_calls, dtype, layout):
     assert {name: len(calls) for name, calls in epilogue_calls.items()} == {
         "gelu_linear": 1,
         "gelu_grad_matmul": 1,
-        "matmul_column_sums": 2,
+        "weight_grad": 2,
     }
+
+
+@pytest.mark.gpu
+def test_gpu_master_weights_under_autocast(epilogue_calls):
+    """What the planner runs: bf16 autocast over fp32 parameters, fp32 gradients straight
+    out of cuBLASLt's weight-gradient GEMMs."""
+    x, *params = _operands((2, 512), 768, 3072, 768, torch.float32)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = gelu_mlp(x.to(torch.bfloat16), *params)
+    dy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, params, dy)
+    as64 = [t.detach().double().requires_grad_() for t in (x.to(torch.bfloat16), *params)]
+    grads64 = torch.autograd.grad(gelu_mlp_reference(*as64), as64[1:], dy.double())
+    for grad, grad64 in zip(grads, grads64, strict=True):
+        assert grad.dtype == torch.float32
+        assert rel_error(grad, grad64) < TOL[torch.bfloat16]
+    assert len(epilogue_calls["weight_grad"]) == 2
 
 
 @pytest.mark.gpu
