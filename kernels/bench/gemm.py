@@ -6,8 +6,10 @@ width 768, outputs 768, 2304, 3072 and the 50304 vocabulary), B row-major as in
 GPT-2's Conv1D. The fused case is GPT-2's MLP up-projection with bias and tanh
 GELU, forward in both weight layouts and forward+backward; its baselines are
 `torch.matmul` + bias + GELU in eager mode, the same through `addmm` (cuBLAS adds
-the bias), and the same compiled. FLOPs count the matmuls only: 2MNK forward,
-6MNK forward+backward.
+the bias), and the same compiled. The whole MLP, forward+backward, is okto's
+gelu_mlp (cuBLAS products, GELU in cuBLASLt's epilogues) against the same MLP
+eager and compiled. FLOPs count the matmuls only: 2MNK forward, 6MNK
+forward+backward.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from okto.kernels import linear, matmul
+from okto.kernels import gelu_mlp, linear, matmul
 from okto.kernels.bench import Case
 
 SQUARE = (1024, 2048, 4096, 8192)
@@ -94,6 +96,31 @@ def _fused_backward_case(dtype: torch.dtype) -> Case:
     )
 
 
+def _mlp(x, w_fc, b_fc, w_proj, b_proj):
+    return torch.addmm(b_proj, _mlp_up_addmm(x, w_fc, b_fc), w_proj)
+
+
+def _mlp_case(dtype: torch.dtype) -> Case:
+    x, w_fc, b_fc = _linear_operands("in_out", dtype, requires_grad=True)
+    w_proj = (torch.randn(MLP_HIDDEN, GPT2_WIDTH, device="cuda") / MLP_HIDDEN**0.5).to(dtype)
+    b_proj = torch.randn(GPT2_WIDTH, device="cuda", dtype=dtype)
+    params = (x, w_fc, b_fc, w_proj.requires_grad_(), b_proj.requires_grad_())
+    dy = torch.randn(GPT2_TOKENS, GPT2_WIDTH, device="cuda", dtype=dtype)
+    compiled = torch.compile(_mlp, dynamic=False)
+
+    def step(fn):
+        return lambda: torch.autograd.grad(fn(*params), params, dy)
+
+    return Case(
+        suite="gemm",
+        name=f"gpt2 mlp {GPT2_TOKENS}x{GPT2_WIDTH}x{MLP_HIDDEN} fwd+bwd",
+        okto=step(gelu_mlp),
+        baselines={"eager": step(_mlp), "torch.compile": step(compiled)},
+        flops=2 * 6 * GPT2_TOKENS * GPT2_WIDTH * MLP_HIDDEN,
+        backward=True,
+    )
+
+
 def cases(dtype: torch.dtype) -> Iterator[Case]:
     for n in SQUARE:
         yield _gemm_case(n, n, n, f"{n}x{n}x{n}", dtype)
@@ -102,3 +129,5 @@ def cases(dtype: torch.dtype) -> Iterator[Case]:
     yield _fused_forward_case("in_out", dtype)
     yield _fused_forward_case("out_in", dtype)
     yield _fused_backward_case(dtype)
+    if dtype != torch.float32:  # cuBLASLt's GELU epilogues take 16-bit operands
+        yield _mlp_case(dtype)
