@@ -46,9 +46,11 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def _copy_or_empty(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`t` in `dtype` when that is a new tensor, else an empty one (outputs may not alias
-    inputs)."""
-    return t.to(dtype) if t.dtype != dtype else t.new_empty(0)
+    """`t` in `dtype`, contiguous, when that is a new tensor, else an empty one (outputs may
+    not alias inputs)."""
+    return (
+        t.to(dtype, memory_format=torch.contiguous_format) if t.dtype != dtype else t.new_empty(0)
+    )
 
 
 @backend.eager_fast_path

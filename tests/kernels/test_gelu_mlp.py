@@ -98,6 +98,8 @@ def test_fake_implementations_match():
     op, backward = gelu_mlp_module._gelu_mlp_op, gelu_mlp_module._backward_op
     assert_fake_matches(op, x, w_fc, b_fc, w_proj, b_proj, "tanh")
     assert_fake_matches(op, x.half(), w_fc, b_fc, w_proj, b_proj, "tanh")  # master weights
+    transposed = (w_fc.t().contiguous().t(), b_fc, w_proj.t().contiguous().t(), b_proj)
+    assert_fake_matches(op, x.half(), *transposed, "tanh")
     y, z, h, *_ = op(x, w_fc, b_fc, w_proj, b_proj, "tanh")
     for needs in ([True] * 5, [False, True, False, True, False]):
         args = (y, x, z, h, w_fc, w_proj, "tanh", needs)
