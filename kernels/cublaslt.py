@@ -8,14 +8,15 @@ do both in a GEMM's epilogue, as NVIDIA's Transformer Engine uses it:
 
 - `gelu_linear`: G = gelu_tanh(A @ B + bias), also writing Z = A @ B + bias
   (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`);
-- `gelu_grad_linear`: dZ = (A @ B) * gelu_tanh'(Z) and the column sums of dZ
-  (`CUBLASLT_EPILOGUE_DGELU_BGRAD`).
+- `gelu_grad_matmul`: dZ = (A @ B) * gelu_tanh'(Z) (`CUBLASLT_EPILOGUE_DGELU`);
+- `weight_grad`: a weight gradient and the bias gradient summed from the same
+  operand (`CUBLASLT_EPILOGUE_BGRADA`), written in fp32 for fp32 parameters.
 
-PyTorch exposes neither (`torch._addmm_activation` applies the GELU but does not
-save Z), so the library PyTorch already loaded is called directly. cuBLASLt's
-GELU is the tanh approximation. Everything here is for CUDA tensors of fp16 or
-bf16; `supports` says whether a call can run, and callers fall back to PyTorch
-ops when it cannot.
+PyTorch exposes none of these (`torch._addmm_activation` applies the GELU but
+does not save Z), so the library PyTorch already loaded is called directly.
+cuBLASLt's GELU is the tanh approximation. The operands are CUDA tensors of fp16
+or bf16; `supports` says whether a call can run, and callers fall back to
+PyTorch ops when it cannot.
 
 cuBLASLt is column-major: a row-major [R, C] tensor is its transpose, so the
 row-major D = A @ B is computed as D^T = B^T A^T.
@@ -114,6 +115,7 @@ def _open_library() -> ctypes.CDLL | None:
             lib.cublasLtMatrixLayoutCreate,
             lib.cublasLtMatmulPreferenceCreate,
             lib.cublasLtMatmulPreferenceSetAttribute,
+            lib.cublasLtMatmulPreferenceDestroy,
             lib.cublasLtMatmulAlgoGetHeuristic,
             lib.cublasLtMatmul,
         ):
@@ -216,6 +218,7 @@ class _Plan:
             handle, self.desc, layout_a, layout_b, layout_d, layout_d, preference,
             1, ctypes.byref(found), ctypes.byref(count),
         )  # fmt: skip
+        lib.cublasLtMatmulPreferenceDestroy(preference)
         self.algo = found.algo if status == 0 and count.value > 0 else None
 
     def _point(self, aux: torch.Tensor, bias: torch.Tensor) -> None:
