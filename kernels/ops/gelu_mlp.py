@@ -53,6 +53,11 @@ def _copy_or_empty(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
+def _either(copy: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """The weight in x's dtype: `_copy_or_empty`'s copy, or the original if none was made."""
+    return copy if copy.numel() else original
+
+
 @backend.eager_fast_path
 @torch.library.custom_op("okto::gelu_mlp", mutates_args=())
 def _gelu_mlp_op(
@@ -70,8 +75,7 @@ def _gelu_mlp_op(
     in fp32 straight from the weight-gradient GEMMs, with no cast pass after them.
     """
     w_fc_lp, w_proj_lp = _copy_or_empty(w_fc, x.dtype), _copy_or_empty(w_proj, x.dtype)
-    w_fc16 = w_fc_lp if w_fc_lp.numel() else w_fc
-    w_proj16 = w_proj_lp if w_proj_lp.numel() else w_proj
+    w_fc16, w_proj16 = _either(w_fc_lp, w_fc), _either(w_proj_lp, w_proj)
     b_fc, b_proj = _cast(b_fc, x.dtype), _cast(b_proj, x.dtype)
     if _epilogues(approximate, x, w_fc16, w_proj16):
         h, z = cublaslt.gelu_linear(x, w_fc16, b_fc)
@@ -95,9 +99,7 @@ def _(x, w_fc, b_fc, w_proj, b_proj, approximate):
 def _setup_context(ctx, inputs, output):
     x, w_fc, b_fc, w_proj, b_proj, approximate = inputs
     _, z, h, w_fc_lp, w_proj_lp = output
-    ctx.save_for_backward(
-        x, z, h, w_fc_lp if w_fc_lp.numel() else w_fc, w_proj_lp if w_proj_lp.numel() else w_proj
-    )
+    ctx.save_for_backward(x, z, h, _either(w_fc_lp, w_fc), _either(w_proj_lp, w_proj))
     ctx.approximate = approximate
     ctx.biases = (b_fc is not None, b_proj is not None)
     ctx.param_dtype = w_fc.dtype
