@@ -2,7 +2,9 @@
 
 `layer_norm(x, w, b, residual=r)` computes `s = x + r` and `y = LayerNorm(s)` in
 one pass and returns `(y, s)`: pre-norm transformers feed `s` to the next
-residual branch, so the add costs no extra read or write. The kernels live in
+residual branch, so the add costs no extra read or write. Under autocast the
+residual stream is fp32 and the branch output 16-bit: `s` is then fp32, and
+`out_dtype` writes y in the dtype the next GEMM reads. The kernels live in
 `norm_kernels` (shared with RMSNorm); this module is the op, its autograd and
 its reference.
 """
@@ -24,14 +26,15 @@ def _layer_norm_op(
     bias: torch.Tensor | None,
     residual: torch.Tensor | None,
     eps: float,
+    out_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, x + residual or an empty tensor, mean, rstd); mean and rstd are fp32 per row."""
-    return norm_kernels.forward(x, weight, bias, residual, eps, rms=False)
+    return norm_kernels.forward(x, weight, bias, residual, eps, rms=False, out_dtype=out_dtype)
 
 
 @_layer_norm_op.register_fake
-def _(x, weight, bias, residual, eps):
-    return norm_kernels.fake_forward(x, residual, rms=False)
+def _(x, weight, bias, residual, eps, out_dtype):
+    return norm_kernels.fake_forward(x, residual, rms=False, out_dtype=out_dtype)
 
 
 @backend.eager_fast_path
@@ -44,36 +47,42 @@ def _layer_norm_backward_op(
     mean: torch.Tensor,
     rstd: torch.Tensor,
     dsum: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias); `x` is the normalised input, `dsum` the gradient of x + residual."""
-    return norm_kernels.backward(dy, x, weight, bias, mean, rstd, dsum, rms=False)
+    narrow: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dx in `narrow` or empty, dweight, dbias); `x` is the normalised input, `dsum` the
+    gradient of x + residual."""
+    return norm_kernels.backward(dy, x, weight, bias, mean, rstd, dsum, rms=False, narrow=narrow)
 
 
 @_layer_norm_backward_op.register_fake
-def _(dy, x, weight, bias, mean, rstd, dsum):
-    return norm_kernels.fake_backward(x, weight, bias)
+def _(dy, x, weight, bias, mean, rstd, dsum, narrow):
+    return norm_kernels.fake_backward(x, weight, bias, narrow)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, residual, _ = inputs
+    x, weight, bias, residual, _, _ = inputs
     _, s, mean, rstd = output
     # Unused outputs get None, not zeros: no [M, N] zeros for an unused sum.
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.has_residual = residual is not None
-    ctx.save_for_backward(s if ctx.has_residual else x, weight, bias, mean, rstd)
+    ctx.input_dtypes = norm_kernels.input_dtypes(x, residual)
+    ctx.save_for_backward(s if residual is not None else x, weight, bias, mean, rstd)
 
 
 def _backward(ctx, dy, dsum, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     dy = torch.zeros_like(x) if dy is None else dy  # only the sum was used
-    dsum = dsum if ctx.has_residual else None  # without a residual the sum output is empty
-    dx, dw, db = _layer_norm_backward_op(dy, x, weight, bias, mean, rstd, dsum)
+    x_dtype, residual_dtype = ctx.input_dtypes
+    narrow = norm_kernels.narrow_dtype(x_dtype, residual_dtype, x.dtype)
+    dsum = dsum if residual_dtype is not None else None  # no residual: the sum output is empty
+    dx, dn, dw, db = _layer_norm_backward_op(dy, x, weight, bias, mean, rstd, dsum, narrow)
+    dx, dres = norm_kernels.input_grads(dx, dn, x_dtype, residual_dtype)
     return (
         dx,
         dw if weight is not None else None,
         db if bias is not None else None,
-        dx if ctx.has_residual else None,
+        dres,
+        None,
         None,
     )
 
@@ -81,8 +90,9 @@ def _backward(ctx, dy, dsum, _dmean, _drstd):
 _layer_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def layer_norm_reference(x, weight=None, bias=None, eps=1e-5, residual=None):
-    """PyTorch LayerNorm in fp32, rounded to x's dtype; same returns as `layer_norm`."""
+def layer_norm_reference(x, weight=None, bias=None, eps=1e-5, residual=None, out_dtype=None):
+    """PyTorch LayerNorm in fp32, rounded to `out_dtype` (by default the dtype of x, or of
+    x + residual); same returns as `layer_norm`."""
     s = x if residual is None else x + residual
     y = F.layer_norm(
         s.float(),
@@ -90,20 +100,22 @@ def layer_norm_reference(x, weight=None, bias=None, eps=1e-5, residual=None):
         weight.float() if weight is not None else None,
         bias.float() if bias is not None else None,
         eps,
-    ).to(x.dtype)
+    ).to(out_dtype or s.dtype)
     return y if residual is None else (y, s)
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
+def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, out_dtype=None):
     """LayerNorm of `x` (or of `x + residual`) over its last dimension.
 
     `weight` and `bias` are optional, shape `(x.shape[-1],)`, any float dtype; the
-    statistics are fp32 and y has x's dtype. Returns `y`, or `(y, x + residual)`
-    when `residual` (same shape and dtype as x) is given; gradients flow through both.
+    statistics are fp32. Returns `y`, or `(y, x + residual)` when `residual` (x's shape;
+    x's dtype, or one of the two fp32) is given; the sum has PyTorch's promoted dtype and
+    gradients flow through both. y has the sum's dtype (x's without a residual) unless
+    `out_dtype` names another.
     """
-    norm_kernels.check_inputs(x, residual, "layer_norm", weight=weight, bias=bias)
+    norm_kernels.check_inputs(x, residual, "layer_norm", out_dtype, weight=weight, bias=bias)
     tensors = [t for t in (x, weight, bias, residual) if t is not None]
     if not backend.use_triton(*tensors):
-        return layer_norm_reference(x, weight, bias, eps, residual)
-    y, s, _, _ = _layer_norm_op(x, weight, bias, residual, eps)
+        return layer_norm_reference(x, weight, bias, eps, residual, out_dtype)
+    y, s, _, _ = _layer_norm_op(x, weight, bias, residual, eps, out_dtype)
     return y if residual is None else (y, s)

@@ -14,9 +14,13 @@ so one forward and one backward kernel serve both (IS_RMS).
   activations: two launches in all. Rows wider than BWD_MAX_BLOCK stream in
   chunks and keep their partial sums in global memory instead.
 
-With a residual, the normalised input is `x + residual` rounded to x's dtype,
-exactly what `x + residual` gives in PyTorch; it is stored for the next
-residual branch and saved in place of x for the backward.
+With a residual, the normalised input is `x + residual` in PyTorch's promoted
+dtype, rounded exactly as `x + residual` rounds; it is stored for the next
+residual branch and saved in place of x for the backward. The two may differ in
+width (a bf16 branch output onto an fp32 residual stream, autocast's case): the
+sum is then fp32, y may be written in the branch's dtype for the next GEMM, and
+the backward writes the sum's gradient once in fp32 and once rounded to the
+narrower dtype, so neither side needs a cast pass of its own.
 """
 
 from __future__ import annotations
@@ -82,11 +86,12 @@ def _tile(rows, row_mask, start, N, BLOCK_N: tl.constexpr):
 
 @triton.jit
 def _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES: tl.constexpr, STORE_SUM: tl.constexpr):
-    """The normalised input in fp32: x, or x + residual rounded to x's dtype (stored if STORE_SUM)."""
+    """The normalised input in fp32: x, or x + residual rounded to the sum's dtype (stored if
+    STORE_SUM)."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(r_ptr + offs, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x_ptr.dtype.element_ty)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)
         if STORE_SUM:
             tl.store(s_ptr + offs, x, mask=mask)
     return x.to(tl.float32)
@@ -225,9 +230,17 @@ def _bwd_dx(
     return dx
 
 
+@triton.jit
+def _store_dx(dx, dx_ptr, dn_ptr, offs, mask, HAS_NARROW: tl.constexpr):
+    """dx in the normalised input's dtype, and also rounded to the narrower one if asked."""
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+    if HAS_NARROW:
+        tl.store(dn_ptr + offs, dx.to(dn_ptr.dtype.element_ty), mask=mask)
+
+
 @autotune(
     configs=_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_DRES", "IS_RMS"],
+    key=["N", "BLOCK_N", "HAS_DRES", "HAS_NARROW", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -239,6 +252,7 @@ def _norm_bwd_kernel(
     rstd_ptr,
     ds_ptr,
     dx_ptr,
+    dn_ptr,
     part_ptr,
     M,
     N,
@@ -246,6 +260,7 @@ def _norm_bwd_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_DRES: tl.constexpr,
+    HAS_NARROW: tl.constexpr,
     CHUNKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -273,7 +288,7 @@ def _norm_bwd_kernel(
             c1 = tl.sum(xhat * wdy, 1) / N
             c2 = tl.sum(wdy, 1) / N
             dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
-            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            _store_dx(dx, dx_ptr, dn_ptr, offs, mask, HAS_NARROW)
             if HAS_W:
                 dw_acc += tl.sum(dy * xhat, 0)
             if HAS_B:
@@ -315,7 +330,7 @@ def _norm_bwd_kernel(
                     x_ptr, dy_ptr, w_ptr, mean, rstd, offs, cols, mask, mask_n, IS_RMS, HAS_W
                 )
                 dx = _bwd_dx(xhat, wdy, c1, c2, rstd, ds_ptr, offs, mask, IS_RMS, HAS_DRES)
-                tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+                _store_dx(dx, dx_ptr, dn_ptr, offs, mask, HAS_NARROW)
                 if HAS_W:
                     dw = tl.load(dw_part + cols, mask=mask_n, other=0.0) + tl.sum(dy * xhat, 0)
                     tl.store(dw_part + cols, dw, mask=mask_n)
@@ -326,13 +341,21 @@ def _norm_bwd_kernel(
             tl.debug_barrier()
 
 
-def check_inputs(x: torch.Tensor, residual: torch.Tensor | None, what: str, **params) -> None:
+def check_inputs(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    what: str,
+    out_dtype: torch.dtype | None = None,
+    **params,
+) -> None:
     """Dtype, shape and device checks shared by both norms; `params` are weight/bias (or None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise backend.KernelError(
             f"{what} normalises the last dimension; got shape {tuple(x.shape)}"
         )
+    if out_dtype is not None and out_dtype not in DTYPES:
+        raise backend.KernelError(f"{what} out_dtype is {out_dtype}; use fp32, fp16 or bf16")
     tensors = [x]
     for name, p in params.items():
         if p is None:
@@ -345,13 +368,41 @@ def check_inputs(x: torch.Tensor, residual: torch.Tensor | None, what: str, **pa
             )
         tensors.append(p)
     if residual is not None:
-        if residual.shape != x.shape or residual.dtype != x.dtype:
+        mixed_ok = torch.float32 in (x.dtype, residual.dtype) and residual.dtype in DTYPES
+        if residual.shape != x.shape or (residual.dtype != x.dtype and not mixed_ok):
             raise backend.KernelError(
-                f"{what} residual is {residual.dtype} {tuple(residual.shape)}; it must match the "
-                f"input, {x.dtype} {tuple(x.shape)}"
+                f"{what} residual is {residual.dtype} {tuple(residual.shape)}; it must have the "
+                f"input's shape {tuple(x.shape)} and its dtype {x.dtype} (or one of the two "
+                "float32)"
             )
         tensors.append(residual)
     backend.check_same_device(*tensors)
+
+
+def sum_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+    """The dtype of the normalised input: x's, or that of `x + residual` in PyTorch."""
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
+def narrow_dtype(x_dtype: torch.dtype, residual_dtype: torch.dtype | None, wide: torch.dtype):
+    """The dtype of whichever of x and the residual is narrower than their sum, or None."""
+    narrower = {x_dtype, residual_dtype} - {wide, None}
+    return narrower.pop() if narrower else None
+
+
+def input_dtypes(x: torch.Tensor, residual: torch.Tensor | None):
+    """What the backward needs to know of the inputs: (x's dtype, the residual's or None)."""
+    return x.dtype, None if residual is None else residual.dtype
+
+
+def input_grads(dx, dn, x_dtype, residual_dtype):
+    """(x's gradient, the residual's or None) from the backward's dx (the sum's dtype) and dn
+    (dx rounded to the narrower input's dtype, or empty)."""
+
+    def grad(dtype):
+        return dx if dtype == dx.dtype else dn
+
+    return grad(x_dtype), None if residual_dtype is None else grad(residual_dtype)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -370,12 +421,19 @@ def _backward_programs(device: torch.device) -> int:
     return sms * BWD_PROGRAMS_PER_SM
 
 
-def forward(x, weight, bias, residual, eps: float, rms: bool):
-    """Launch the forward: (y, x + residual or an empty tensor, mean (LayerNorm only), rstd)."""
+def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None):
+    """Launch the forward: (y, x + residual or an empty tensor, mean (LayerNorm only), rstd).
+
+    y is in `out_dtype`, by default the normalised input's dtype (`sum_dtype`)."""
     x2 = _rows(x)
     M, N = x2.shape
-    y = backend.empty_like(x2)
-    s = backend.empty_like(x2) if residual is not None else x2.new_empty(0)
+    wide = sum_dtype(x, residual)
+    y = backend.empty(M, N, dtype=out_dtype or wide, device=x.device)
+    s = (
+        backend.empty(M, N, dtype=wide, device=x.device)
+        if residual is not None
+        else x2.new_empty(0)
+    )
     rstd = backend.empty(M, dtype=torch.float32, device=x.device)
     mean = rstd if rms else backend.empty(M, dtype=torch.float32, device=x.device)
     if M:
@@ -402,14 +460,17 @@ def forward(x, weight, bias, residual, eps: float, rms: bool):
             CHUNKED=N > FWD_MAX_BLOCK,
             BLOCK_N=block_n,
         )
-    return y.view(x.shape), s.view(x.shape) if residual is not None else s, mean, rstd
+    shape = x.shape
+    return y.view(shape), s.view(shape) if residual is not None else s, mean, rstd
 
 
-def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool):
-    """Launch the backward: (dx, dweight or empty, dbias or empty); `x` is the normalised input."""
+def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool, narrow=None):
+    """Launch the backward: (dx, dx rounded to `narrow` or empty, dweight or empty, dbias or
+    empty); `x` is the normalised input and dx has its dtype."""
     x2, dy2 = _rows(x), _rows(dy)
     M, N = x2.shape
     dx = backend.empty_like(x2)
+    dn = backend.empty(M, N, dtype=narrow, device=x.device) if narrow else x2.new_empty(0)
     programs = min(M, _backward_programs(x.device))
     has_w, has_b = weight is not None, bias is not None
     parts = backend.empty(has_w + has_b, programs, N, dtype=torch.float32, device=x.device)
@@ -417,29 +478,32 @@ def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool):
         launch(
             _norm_bwd_kernel, (programs,), (N,),
             dy2, x2, weight if has_w else x2, mean, rstd, _rows(dsum) if dsum is not None else dy2,
-            dx, parts, M, N,
+            dx, dn if narrow else dx, parts, M, N,
             IS_RMS=rms, HAS_W=has_w, HAS_B=has_b, HAS_DRES=dsum is not None,
-            CHUNKED=N > BWD_MAX_BLOCK, BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
+            HAS_NARROW=narrow is not None, CHUNKED=N > BWD_MAX_BLOCK,
+            BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
         )  # fmt: skip
     dw = backend.empty_like(weight) if has_w else x.new_empty(0)
     db = backend.empty_like(bias) if has_b else x.new_empty(0)
     if has_w or has_b:
         sum_rows(parts, programs, N, N, dw if has_w else db, db if has_w and has_b else None)
-    return dx.view(x.shape), dw, db
+    return dx.view(x.shape), dn.view(x.shape) if narrow else dn, dw, db
 
 
-def fake_forward(x, residual, rms: bool):
+def fake_forward(x, residual, rms: bool, out_dtype=None):
     """Shapes and dtypes of `forward`'s outputs, for the fake (meta) implementations."""
     rows = math.prod(x.shape[:-1])
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    s = torch.empty_like(y) if residual is not None else x.new_empty(0)
+    wide = sum_dtype(x, residual)
+    y = x.new_empty(x.shape, dtype=out_dtype or wide)
+    s = x.new_empty(x.shape, dtype=wide) if residual is not None else x.new_empty(0)
     rstd = x.new_empty(rows, dtype=torch.float32)
     return y, s, rstd if rms else x.new_empty(rows, dtype=torch.float32), rstd
 
 
-def fake_backward(x, weight, bias):
+def fake_backward(x, weight, bias, narrow=None):
     """Shapes and dtypes of `backward`'s outputs."""
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dn = x.new_empty(x.shape, dtype=narrow) if narrow else x.new_empty(0)
     dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
     db = torch.empty_like(bias) if bias is not None else x.new_empty(0)
-    return dx, dw, db
+    return dx, dn, dw, db

@@ -35,10 +35,25 @@ def _reference64(kind, x, weight, bias, residual, eps):
     return (y,) if residual is None else (y, s)
 
 
-def _check(kind, shape, dtype, affine, residual, param_dtype=None, device=DEVICE):
-    """Forward and backward (random cotangents on every output) of one norm against float64."""
+def _check(
+    kind,
+    shape,
+    dtype,
+    affine,
+    residual,
+    param_dtype=None,
+    device=DEVICE,
+    residual_dtype=None,
+    out_dtype=None,
+):
+    """Forward and backward (random cotangents on every output) of one norm against float64.
+
+    The sum has the promoted dtype of x and the residual, y `out_dtype` (default: the
+    sum's), and each input's gradient its own dtype."""
     n = shape[-1]
     param_dtype = param_dtype or dtype
+    residual_dtype = residual_dtype or dtype
+    wide = torch.promote_types(dtype, residual_dtype) if residual else dtype
     x = (torch.randn(shape, device=device) * 2 + 0.5).to(dtype).requires_grad_()
     weight = bias = res = None
     if affine:
@@ -46,12 +61,12 @@ def _check(kind, shape, dtype, affine, residual, param_dtype=None, device=DEVICE
         if kind == "layer_norm":
             bias = torch.randn(n, device=device).to(param_dtype).requires_grad_()
     if residual:
-        res = torch.randn(shape, device=device).to(dtype).requires_grad_()
+        res = torch.randn(shape, device=device).to(residual_dtype).requires_grad_()
     eps = 1e-5 if kind == "layer_norm" else 1e-6
     if kind == "layer_norm":
-        out = layer_norm(x, weight, bias, eps=eps, residual=res)
+        out = layer_norm(x, weight, bias, eps=eps, residual=res, out_dtype=out_dtype)
     else:
-        out = rms_norm(x, weight, eps=eps, residual=res)
+        out = rms_norm(x, weight, eps=eps, residual=res, out_dtype=out_dtype)
     outs = out if residual else (out,)
     cotangents = [torch.randn_like(o) for o in outs]
     torch.autograd.backward(outs, cotangents)
@@ -61,14 +76,16 @@ def _check(kind, shape, dtype, affine, residual, param_dtype=None, device=DEVICE
     outs64 = _reference64(kind, *leaves64, eps)
     torch.autograd.backward(outs64, [c.double() for c in cotangents])
 
-    for got, want in zip(outs, outs64, strict=True):
-        assert got.dtype == dtype and got.shape == x.shape
-        assert rel_error(got, want) < TOL[dtype]
+    for got, want, want_dtype in zip(
+        outs, outs64, (out_dtype or wide, wide)[: len(outs)], strict=True
+    ):
+        assert got.dtype == want_dtype and got.shape == x.shape
+        assert rel_error(got, want) < max(TOL[dtype], TOL[got.dtype])
     for got, want in zip(leaves, leaves64, strict=True):
         if got is None:
             continue
         assert got.grad.dtype == got.dtype and got.grad.shape == got.shape
-        assert rel_error(got.grad, want.grad) < TOL[dtype]
+        assert rel_error(got.grad, want.grad) < max(TOL[dtype], TOL[got.dtype])
 
 
 @pytest.mark.parametrize(
@@ -86,6 +103,35 @@ def test_fp32_weights_with_fp16_activations(kind):
     _check(kind, (15, 129), torch.float16, affine=True, residual=True, param_dtype=torch.float32)
 
 
+@pytest.mark.parametrize("n", [37, 1000])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_fp32_residual_stream_with_16_bit_branch(kind, n):
+    """Autocast's pre-norm block: an fp16 branch output onto an fp32 residual stream. The
+    sum is fp32, y comes out in fp16 for the next GEMM, and the backward hands the branch
+    its gradient in fp16 and the stream its own in fp32 (one kernel writes both)."""
+    _check(
+        kind,
+        (3, 5, n),
+        torch.float16,
+        affine=True,
+        residual=True,
+        param_dtype=torch.float32,
+        residual_dtype=torch.float32,
+        out_dtype=torch.float16,
+    )
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_fp32_input_onto_16_bit_residual(kind):
+    """The other way round: y defaults to the fp32 sum's dtype; the residual's gradient is fp16."""
+    _check(kind, (15, 129), torch.float32, affine=True, residual=True, residual_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_out_dtype_without_residual(kind):
+    _check(kind, (7, 129), torch.float32, affine=True, residual=False, out_dtype=torch.float16)
+
+
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_wide_rows_take_the_chunked_path(monkeypatch, kind):
     """Rows of 129 through 32-wide chunks: 5 per row, the last one 1 column wide."""
@@ -94,6 +140,15 @@ def test_wide_rows_take_the_chunked_path(monkeypatch, kind):
     monkeypatch.setattr(norm_kernels, "CHUNK_BLOCK", 32)
     _check(kind, (15, 129), torch.float32, affine=True, residual=True)
     _check(kind, (7, 129), torch.float16, affine=True, residual=False)
+    _check(
+        kind,
+        (15, 129),
+        torch.float16,
+        affine=True,
+        residual=True,
+        residual_dtype=torch.float32,
+        out_dtype=torch.float16,
+    )
 
 
 def test_large_mean_keeps_its_variance_in_the_chunked_path(monkeypatch):
@@ -172,35 +227,49 @@ def test_bad_inputs_raise():
     with pytest.raises(KernelError, match="residual"):
         layer_norm(x, residual=x[:, :4])
     with pytest.raises(KernelError, match="residual"):
-        rms_norm(x, residual=x.half())
+        rms_norm(x.bfloat16(), residual=x.half())
+    with pytest.raises(KernelError, match="out_dtype"):
+        layer_norm(x, out_dtype=torch.float64)
     with pytest.raises(KernelError, match="last dimension"):
         rms_norm(torch.randn(4, 0, device=DEVICE))
 
 
-def _op_args(rms, residual, dtype=torch.float32):
+def _op_args(rms, residual, dtype=torch.float32, residual_dtype=None, out_dtype=None):
     x = torch.randn(7, 37, device=DEVICE, dtype=dtype)
     w = torch.randn(37, device=DEVICE, dtype=dtype)
-    r = torch.randn(7, 37, device=DEVICE, dtype=dtype) if residual else None
+    r = torch.randn(7, 37, device=DEVICE, dtype=residual_dtype or dtype) if residual else None
     if rms:
-        return (x, w, r, 1e-6)
-    return (x, w, torch.randn(37, device=DEVICE, dtype=dtype), r, 1e-5)
+        return (x, w, r, 1e-6, out_dtype)
+    return (x, w, torch.randn(37, device=DEVICE, dtype=dtype), r, 1e-5, out_dtype)
 
 
-@pytest.mark.parametrize("residual", [False, True])
-def test_opcheck_forward_ops(residual):
+@pytest.mark.parametrize(
+    ("residual", "dtype", "residual_dtype", "out_dtype"),
+    [
+        (False, torch.float32, None, None),
+        (True, torch.float32, None, None),
+        (False, torch.float32, None, torch.float16),
+        (True, torch.float16, torch.float32, torch.float16),
+    ],
+)
+def test_opcheck_forward_ops(residual, dtype, residual_dtype, out_dtype):
     """Schema, fake (meta) shapes and dtypes, autograd registration and AOT dispatch."""
-    torch.library.opcheck(_layer_norm_op, _op_args(False, residual))
-    torch.library.opcheck(_rms_norm_op, _op_args(True, residual))
+    args = (residual, dtype, residual_dtype, out_dtype)
+    torch.library.opcheck(_layer_norm_op, _op_args(False, *args))
+    torch.library.opcheck(_rms_norm_op, _op_args(True, *args))
 
 
 def test_opcheck_backward_ops():
-    x, w, b, _, eps = _op_args(False, False)
-    _, _, mean, rstd = _layer_norm_op(x, w, b, None, eps)
+    x, w, b, _, eps, _ = _op_args(False, False)
+    _, _, mean, rstd = _layer_norm_op(x, w, b, None, eps, None)
     dy = torch.randn_like(x)
-    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone()))
-    torch.library.opcheck(_layer_norm_backward_op, (dy, x, None, None, mean, rstd, None))
-    _, _, rstd = _rms_norm_op(x, w, None, 1e-6)
-    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, None))
+    half = torch.float16
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone(), None))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone(), half))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, None, None, mean, rstd, None, None))
+    _, _, rstd = _rms_norm_op(x, w, None, 1e-6, None)
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, None, None))
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, dy.clone(), half))
 
 
 def _block(x, r, w_ln, b_ln, w_rms):
@@ -259,6 +328,17 @@ GPU_SHAPES = [
 def test_gpu_real_sizes(kind, m, n, dtype):
     _check(kind, (m, n), dtype, affine=True, residual=True)
     _check(kind, (m, n), dtype, affine=False, residual=False)
+    if dtype != torch.float32:  # autocast's block: fp32 stream, 16-bit branch and output
+        _check(
+            kind,
+            (m, n),
+            dtype,
+            affine=True,
+            residual=True,
+            param_dtype=torch.float32,
+            residual_dtype=torch.float32,
+            out_dtype=dtype,
+        )
 
 
 @pytest.mark.gpu
