@@ -21,10 +21,14 @@ fold the clipping into the AdamW step, as okto's Trainer does), in one process:
 - okto-trainer-compile, okto-trainer-graphs: that loop on the plan a user gets from
   ACCELERATE on auto and `OPTIMIZE { compile: true }` (or `cuda_graphs: true`), as
   `okto train` runs it: what `okto train` itself reaches with the fastest plan
-  (GEMMs and LayerNorm on cuBLAS and inductor, GPT-2's MLP as okto's gelu_mlp with
-  the GELU in cuBLASLt's epilogues, okto attention and fused loss);
+  (GEMMs on cuBLAS, GPT-2's MLP as okto's gelu_mlp with the GELU in cuBLASLt's
+  epilogues, okto's LayerNorm with the residual adds inside, okto attention and
+  fused loss);
 - okto-trainer-native-gelu-graphs: okto-trainer-graphs with ACCELERATE
   `activation: native` (the GELU left to inductor, as before gelu_mlp);
+- okto-trainer-inductor-norm-graphs: okto-trainer-graphs with ACCELERATE
+  `layernorm: native` (LayerNorm and the residual adds left to inductor, as before
+  okto's norm took the adds);
 - okto-trainer-kernels-graphs: that loop with every kernel on and `cuda_graphs: true`,
   the plan of examples/gpt2-124m.okt;
 - okto-kernels-compile: the patched model (every kernel on) under torch.compile:
@@ -86,6 +90,7 @@ CONFIGS = (
     "okto-trainer-compile",
     "okto-trainer-graphs",
     "okto-trainer-native-gelu-graphs",
+    "okto-trainer-inductor-norm-graphs",
     "okto-trainer-kernels-graphs",
     "okto-ddp",
     "okto-fsdp",
@@ -108,6 +113,7 @@ def backends(name: str) -> dict[str, str]:
         return dict.fromkeys(KINDS, "native")
     if name.startswith("okto-trainer-") and "-kernels" not in name:
         native = ["activation"] if "-native-gelu" in name else []
+        native += ["layernorm"] if "-inductor-norm" in name else []
         return dict.fromkeys(KINDS, "auto") | dict.fromkeys(native, "native")
     if name.startswith("okto-attention-loss"):
         okto = ["attention", "cross_entropy"]

@@ -44,6 +44,7 @@ class Architecture:
     gelu: Mapping[str, str]  # activation name -> okto gelu approximation; empty: none fused
     mlp_in: str | None  # the GEMM whose epilogue takes the activation
     patch: Callable[..., None]
+    residual_norms: bool = False  # its patch fuses each residual add into the norm after it
 
 
 def read_facts(config: Any, class_name: str | None, supported: bool, dtype: str | None):

@@ -140,21 +140,61 @@ def _hidden(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-def gpt2_model_forward(self, *args, **kwargs):
+def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
     """GPT2Model for a plain training call: the blocks get no attention mask at all, so
     attention runs on okto's packed kernel. transformers would build a mask while
     compiling: with no cache it checks the positions for packed sequences, which it
     cannot read while tracing, and a mask sends every layer to SDPA. Here the positions
-    are the model's own `arange`, one sequence per row. Every other call runs the
-    class's forward."""
+    are the model's own `arange`, one sequence per row. With `residual_norms` each
+    residual add runs inside the LayerNorm after it (`gpt2_residual_norm_blocks`).
+    Every other call runs the class's forward."""
     ids = _plain_call_ids(self.config, args, kwargs)
     if ids is None:
         return type(self).forward(self, *args, **kwargs)
     positions = torch.arange(ids.shape[1], device=ids.device)
     hidden = self.drop(self.wte(ids) + self.wpe(positions))
+    if residual_norms and _plain_blocks(self):
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=gpt2_residual_norm_blocks(self, hidden)
+        )
     for block in self.h:
         hidden = _hidden(block(hidden, use_cache=False))
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden))
+
+
+def _plain_blocks(model) -> bool:
+    """Whether GPT-2's blocks may be run step by step here: no block or LayerNorm has hooks,
+    and no block checkpoints its activations (that lives in the block's own call)."""
+    norms = [model.ln_f, *(ln for block in model.h for ln in (block.ln_1, block.ln_2))]
+    return not any(
+        _hooked(m) or getattr(m, "gradient_checkpointing", False) for m in (*model.h, *norms)
+    ) and not getattr(model, "gradient_checkpointing", False)
+
+
+def gpt2_residual_norm_blocks(model, hidden):
+    """GPT-2's blocks with every residual add fused into the LayerNorm that follows it.
+
+    A block is `h += attn(ln_1(h)); h += mlp(ln_2(h))`, and each add is followed by a
+    norm: ln_2, the next block's ln_1, or ln_f. okto's layer_norm takes the branch's
+    output and the residual stream, writes their sum (the new stream) and the norm in
+    one pass, with the norm already in the dtype the next GEMM reads; its backward
+    writes the stream's gradient and the branch's, in their own dtypes, in one pass
+    too. Under autocast the stream stays fp32 as in the class's forward, and the same
+    values come out: ln_f's output is in the stream's dtype.
+    """
+    dtype = compute_dtype(hidden)
+    norms = [block.ln_1 for block in model.h[1:]] + [model.ln_f]
+    x = _norm(model.h[0].ln_1, hidden, None, dtype)
+    for block, next_norm in zip(model.h, norms, strict=True):
+        x, hidden = _norm(block.ln_2, _hidden(block.attn(x)), hidden, dtype)
+        out_dtype = dtype if next_norm is not model.ln_f else None
+        x, hidden = _norm(next_norm, block.mlp(x), hidden, out_dtype)
+    return x
+
+
+def _norm(ln: torch.nn.LayerNorm, x, residual, out_dtype):
+    """`ln(x + residual)` (and the sum) on okto's layer_norm, y in `out_dtype`."""
+    return kernels.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual, out_dtype=out_dtype)
 
 
 def llama_model_forward(self, *args, **kwargs):

@@ -1,5 +1,6 @@
 """GPT-2 (`GPT2LMHeadModel`): Conv1D GEMMs read in place, GELU in the first MLP
-GEMM's epilogue, LayerNorm on okto's kernel, attention on c_attn's packed output.
+GEMM's epilogue, LayerNorm on okto's kernel with each residual add inside the norm
+after it, attention on c_attn's packed output.
 With the GEMMs on cuBLAS the MLP runs as okto's gelu_mlp op: GELU in cuBLASLt's
 epilogues, forward in c_fc's GEMM and backward in c_proj's input-gradient GEMM.
 
@@ -49,7 +50,14 @@ def _patch(model, choices, patches) -> None:
         forwards.patch_each(
             model, modeling_gpt2.GPT2Attention, patches, forwards.gpt2_attention_forward
         )
-        forwards.install(patches, model.base_model, forwards.gpt2_model_forward)
+    residual_norms = choices["layernorm"].impl == "okto"
+    if choices["attention"].impl == "okto" or residual_norms:
+        forwards.install(
+            patches,
+            model.base_model,
+            forwards.gpt2_model_forward,
+            residual_norms=residual_norms,
+        )
 
 
 GPT2 = Architecture(
@@ -60,9 +68,11 @@ GPT2 = Architecture(
         "weights read in place), lm_head",
         "attention": "okto flash attention on c_attn's packed output (masked or cached "
         'calls: attn_implementation "okto")',
-        "layernorm": "okto layer_norm: ln_1, ln_2, ln_f",
+        "layernorm": "okto layer_norm: ln_1, ln_2, ln_f, each with the residual add before "
+        "it (training calls)",
     },
     gelu={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
     mlp_in="mlp.c_fc",
     patch=_patch,
+    residual_norms=True,
 )

@@ -2,10 +2,10 @@
 
 Two steps. `requests` reads the configuration and the machine alone:
 ACCELERATE.<kind> when it is not auto, else BLAS.backend, else okto (but under
-OPTIMIZE.compile, auto leaves GEMM and LayerNorm to cuBLAS and inductor, which
-fuses them, and puts a tanh GELU into cuBLASLt's GEMM epilogues: measured
-faster, docs/benchmarks.md); then okto falls back to native when the machine
-cannot run Triton kernels.
+OPTIMIZE.compile, auto leaves GEMMs to cuBLAS, puts a tanh GELU into cuBLASLt's
+GEMM epilogues and LayerNorm on okto's only where the model's residual adds fuse
+into it: measured faster, docs/benchmarks.md); then okto falls back to native
+when the machine cannot run Triton kernels.
 `choose` then meets the model: an architecture the planner does not patch, a
 dtype, a head dim or a dropout the kernels lack turns a kind native, and the
 fused epilogues (ACCELERATE.fused_ops) decide how GELU and the loss run.
@@ -60,11 +60,14 @@ class LayerChoice:
 
 
 # Kinds that auto leaves to the framework when the step is compiled: inductor fuses
-# LayerNorm and the residual adds around cuBLAS's GEMMs, and on an H100 that step ran
-# 1.19x faster than the same step with okto's GEMM and norm kernels. The activation
-# stays okto's: with cuBLAS GEMMs a tanh GELU goes into cuBLASLt's epilogues (okto
-# gelu_mlp), which beat inductor's GELU passes; any other GELU is left to inductor.
-COMPILED_NATIVE = ("gemm", "layernorm")
+# what lies around cuBLAS's GEMMs, and on an H100 that step ran 1.19x faster than the
+# same step with okto's GEMM and plain norm kernels. The activation stays okto's: with
+# cuBLAS GEMMs a tanh GELU goes into cuBLASLt's epilogues (okto gelu_mlp), which beat
+# inductor's GELU passes; any other GELU is left to inductor. LayerNorm stays okto's
+# where the architecture fuses each residual add into it (GPT-2), which writes the
+# stream, the norm and, backward, both gradients in one pass each; elsewhere inductor
+# fuses the norm with the adds.
+COMPILED_NATIVE = ("gemm",)
 COMPILED_AUTO = "auto under OPTIMIZE.compile"
 
 
@@ -107,6 +110,9 @@ def _asked(sources: Sources, kind: str, compiled: Setting) -> LayerChoice:
         return LayerChoice(kind, NATIVE, "", reason, compiled.field, compiled.origin)
     if compiled.value and kind == "activation":
         reason = f"{COMPILED_AUTO}: GELU in cuBLASLt's GEMM epilogues where it fits"
+        return LayerChoice(kind, OKTO, "", reason, compiled.field, compiled.origin)
+    if compiled.value and kind == "layernorm":
+        reason = f"{COMPILED_AUTO}: okto's where the residual adds fuse into it"
         return LayerChoice(kind, OKTO, "", reason, compiled.field, compiled.origin)
     return LayerChoice(kind, OKTO, "", "auto: okto where its kernels run")
 
@@ -178,6 +184,9 @@ def _okto(
     unfused = f"{display('accelerate.fused_ops')} is false ({fused_ops.origin})"
     if kind == "activation":
         return _activation(choice, arch, facts, fused_ops, decided["gemm"], unfused)
+    if kind == "layernorm" and choice.reason.startswith(COMPILED_AUTO) and not arch.residual_norms:
+        reason = f"{COMPILED_AUTO}: inductor fuses the norm with the residual adds"
+        return replace(choice, impl=NATIVE, runs=NATIVE_RUNS[kind], reason=reason)
     if kind == "cross_entropy":
         if fused_ops.value:
             runs = "okto fused_linear_cross_entropy: lm_head + loss, logits never materialised"

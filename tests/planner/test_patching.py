@@ -148,6 +148,40 @@ def test_autocast_operands_are_cast(monkeypatch, family):
     torch.testing.assert_close(actual, expected.float(), rtol=2e-2, atol=2e-2)
 
 
+# LayerNorm and the loss on okto (the loss makes the base model's call a plain one).
+NORMS_AND_LOSS = okto.parse(
+    "ACCELERATE { layernorm: oktoblas cross_entropy: oktoblas gemm: native attention: native "
+    "activation: native }",
+    "t.okt",
+)
+
+
+@pytest.mark.parametrize("autocast", [None, torch.float16])
+def test_gpt2_residual_adds_run_inside_okto_layer_norm(monkeypatch, autocast):
+    """GPT-2's training call with LayerNorm on okto adds each residual inside the norm
+    after it (ln_2, the next ln_1, ln_f): through the interpreter, with autocast's fp32
+    stream beside fp16 branches too, the loss and every gradient match the class's."""
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    model = gpt2().to(DEVICE)
+    ids = batch(device=DEVICE)
+    context = torch.autocast(DEVICE, dtype=autocast, enabled=autocast is not None)
+    with context:
+        expected = step(model, ids)
+    norms = []
+    original = okto.kernels.layer_norm
+    monkeypatch.setattr(
+        okto.kernels,
+        "layer_norm",
+        lambda *a, **k: norms.append(k.get("residual") is not None) or original(*a, **k),
+    )
+    with build_plan(NORMS_AND_LOSS, model=model).apply(model), context:
+        actual = step(model, ids)
+    layers = model.config.num_hidden_layers
+    assert norms == [False] + [True] * (2 * layers)  # only the first ln_1 has no add before it
+    tol = {} if autocast is None else {"rtol": 1e-2, "atol": 1e-3}
+    assert_same_step(expected, actual, tol)
+
+
 def test_loss_options_match_transformers(monkeypatch):
     """num_items_in_batch (sum / count), padding labels (-100) and return_dict=False."""
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
