@@ -10,6 +10,7 @@ does not cast, and they take one dtype for all operands.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import types
 
@@ -153,7 +154,8 @@ def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
         return type(self).forward(self, *args, **kwargs)
     positions = torch.arange(ids.shape[1], device=ids.device)
     hidden = self.drop(self.wte(ids) + self.wpe(positions))
-    if residual_norms and _plain_blocks(self):
+    norms = [self.ln_f, *(ln for block in self.h for ln in (block.ln_1, block.ln_2))]
+    if residual_norms and _plain_blocks(self, self.h, norms):
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=gpt2_residual_norm_blocks(self, hidden)
         )
@@ -162,58 +164,103 @@ def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden))
 
 
-def _plain_blocks(model) -> bool:
-    """Whether GPT-2's blocks may be run step by step here: no block or LayerNorm has hooks,
-    and no block checkpoints its activations (that lives in the block's own call)."""
-    norms = [model.ln_f, *(ln for block in model.h for ln in (block.ln_1, block.ln_2))]
+def _plain_blocks(model, blocks, norms) -> bool:
+    """Whether the blocks may be run step by step here, bypassing their own calls: no block
+    or norm has hooks, and nothing checkpoints activations (that lives in a block's call)."""
     return not any(
-        _hooked(m) or getattr(m, "gradient_checkpointing", False) for m in (*model.h, *norms)
+        _hooked(m) or getattr(m, "gradient_checkpointing", False) for m in (*blocks, *norms)
     ) and not getattr(model, "gradient_checkpointing", False)
 
 
-def gpt2_residual_norm_blocks(model, hidden):
-    """GPT-2's blocks with every residual add fused into the LayerNorm that follows it.
+def residual_norm_stack(hidden, first_norm, sublayers, norm):
+    """Pre-norm sublayers, `h = h + f(norm(h))` each, with every residual add fused into
+    the norm that follows it: okto's norm takes the sublayer's output and the residual
+    stream, writes their sum (the new stream) and the normalised sum in one pass, the
+    latter already in the dtype the next GEMM reads; its backward writes the stream's
+    gradient and the sublayer's, each in its own dtype, in one pass too. Under autocast
+    the stream stays fp32 as in the model's own forward, and the values are the same; the
+    final norm's output is in the stream's dtype, as the model's is.
 
-    A block is `h += attn(ln_1(h)); h += mlp(ln_2(h))`, and each add is followed by a
-    norm: ln_2, the next block's ln_1, or ln_f. okto's layer_norm takes the branch's
-    output and the residual stream, writes their sum (the new stream) and the norm in
-    one pass, with the norm already in the dtype the next GEMM reads; its backward
-    writes the stream's gradient and the branch's, in their own dtypes, in one pass
-    too. Under autocast the stream stays fp32 as in the class's forward, and the same
-    values come out: ln_f's output is in the stream's dtype.
+    `sublayers`: (f, the norm after f's add) in order, the last norm the model's final
+    one; `norm(module, x, residual, out_dtype)` runs one norm module on okto's kernel.
     """
     dtype = compute_dtype(hidden)
-    norms = [block.ln_1 for block in model.h[1:]] + [model.ln_f]
-    x = _norm(model.h[0].ln_1, hidden, None, dtype)
-    for block, next_norm in zip(model.h, norms, strict=True):
-        x, hidden = _norm(block.ln_2, _hidden(block.attn(x)), hidden, dtype)
-        out_dtype = dtype if next_norm is not model.ln_f else None
-        x, hidden = _norm(next_norm, block.mlp(x), hidden, out_dtype)
+    x = norm(first_norm, hidden, None, dtype)
+    for i, (sublayer, next_norm) in enumerate(sublayers):
+        out_dtype = dtype if i + 1 < len(sublayers) else None
+        x, hidden = norm(next_norm, sublayer(x), hidden, out_dtype)
     return x
 
 
-def _norm(ln: torch.nn.LayerNorm, x, residual, out_dtype):
-    """`ln(x + residual)` (and the sum) on okto's layer_norm, y in `out_dtype`."""
+def _layer_norm(ln, x, residual, out_dtype):
     return kernels.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual, out_dtype=out_dtype)
 
 
-def llama_model_forward(self, *args, **kwargs):
+def _rms_norm(norm, x, residual, out_dtype):
+    eps = norm.variance_epsilon
+    return kernels.rms_norm(x, norm.weight, eps, residual=residual, out_dtype=out_dtype)
+
+
+def gpt2_residual_norm_blocks(model, hidden):
+    """GPT-2's blocks as a `residual_norm_stack`: attn then ln_2, mlp then the next ln_1
+    (ln_f after the last block)."""
+    blocks = list(model.h)
+    after_mlp = [block.ln_1 for block in blocks[1:]] + [model.ln_f]
+    sublayers = []
+    for block, norm in zip(blocks, after_mlp, strict=True):
+        sublayers += [
+            (functools.partial(_gpt2_attention, block.attn), block.ln_2),
+            (block.mlp, norm),
+        ]
+    return residual_norm_stack(hidden, blocks[0].ln_1, sublayers, _layer_norm)
+
+
+def _gpt2_attention(attn, x):
+    return _hidden(attn(x))
+
+
+def llama_model_forward(self, *args, residual_norms: bool, **kwargs):
     """LlamaModel for a plain training call, for the reason `gpt2_model_forward` gives:
     the layers get no mask, so attention reaches okto's kernel through the attention
     hook (causal, grouped-query heads as they are) under torch.compile too. The rotary
     embeddings come from the model's own positions, `arange` over one sequence per row.
-    Every other call runs the class's forward."""
+    With `residual_norms` each residual add runs inside the RMSNorm after it
+    (`residual_norm_stack`). Every other call runs the class's forward."""
     ids = _plain_call_ids(self.config, args, kwargs)
     if ids is None:
         return type(self).forward(self, *args, **kwargs)
     hidden = self.embed_tokens(ids)
     positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     rotary = self.rotary_emb(hidden, position_ids=positions)
-    for layer in self.layers[: self.config.num_hidden_layers]:
+    layers = list(self.layers[: self.config.num_hidden_layers])
+    norms = [
+        self.norm,
+        *(n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)),
+    ]
+    if residual_norms and _plain_blocks(self, layers, norms):
+        after_mlp = [layer.input_layernorm for layer in layers[1:]] + [self.norm]
+        sublayers = []
+        for layer, norm in zip(layers, after_mlp, strict=True):
+            attention = functools.partial(_llama_attention, layer.self_attn, rotary, positions)
+            sublayers += [(attention, layer.post_attention_layernorm), (layer.mlp, norm)]
+        hidden = residual_norm_stack(hidden, layers[0].input_layernorm, sublayers, _rms_norm)
+        return BaseModelOutputWithPast(last_hidden_state=hidden)
+    for layer in layers:
         hidden = _hidden(
             layer(hidden, position_embeddings=rotary, position_ids=positions, use_cache=False)
         )
     return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden))
+
+
+def _llama_attention(attn, rotary, positions, x):
+    out = attn(
+        hidden_states=x,
+        attention_mask=None,
+        position_ids=positions,
+        position_embeddings=rotary,
+        use_cache=False,
+    )
+    return _hidden(out)
 
 
 def gpt2_attention_forward(

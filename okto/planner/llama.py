@@ -1,5 +1,6 @@
 """Llama (`LlamaForCausalLM`): every linear layer on okto's GEMM, RMSNorm on okto's
-kernel, attention on okto's kernel after the model's own rotary embeddings.
+kernel with each residual add inside the norm after it, attention on okto's kernel
+after the model's own rotary embeddings.
 
 The SwiGLU MLP keeps its three GEMMs separate: fusing gate and up would need a
 concatenated weight (a copy), and the GEMM epilogue fuses GELU only, so the
@@ -21,8 +22,11 @@ def _patch(model, choices, patches) -> None:
 
     if choices["layernorm"].impl == "okto":
         forwards.patch_each(model, LlamaRMSNorm, patches, forwards.rms_norm_forward)
-    if choices["attention"].impl == "okto":
-        forwards.install(patches, model.base_model, forwards.llama_model_forward)
+    residual_norms = choices["layernorm"].impl == "okto"
+    if choices["attention"].impl == "okto" or residual_norms:
+        forwards.install(
+            patches, model.base_model, forwards.llama_model_forward, residual_norms=residual_norms
+        )
 
 
 LLAMA = Architecture(
@@ -31,9 +35,11 @@ LLAMA = Architecture(
     okto={
         "gemm": "okto linear: q/k/v/o_proj, gate/up/down_proj, lm_head",
         "attention": "okto flash attention after the model's rotary embeddings (GQA in the kernel)",
-        "layernorm": "okto rms_norm: input_layernorm, post_attention_layernorm, norm",
+        "layernorm": "okto rms_norm: input_layernorm, post_attention_layernorm, norm, each "
+        "with the residual add before it (training calls)",
     },
     gelu={},
     mlp_in=None,
     patch=_patch,
+    residual_norms=True,
 )

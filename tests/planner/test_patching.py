@@ -157,21 +157,24 @@ NORMS_AND_LOSS = okto.parse(
 
 
 @pytest.mark.parametrize("autocast", [None, torch.float16])
-def test_gpt2_residual_adds_run_inside_okto_layer_norm(monkeypatch, autocast):
-    """GPT-2's training call with LayerNorm on okto adds each residual inside the norm
-    after it (ln_2, the next ln_1, ln_f): through the interpreter, with autocast's fp32
-    stream beside fp16 branches too, the loss and every gradient match the class's."""
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_residual_adds_run_inside_okto_norms(monkeypatch, family, autocast):
+    """A training call with the norms on okto adds each residual inside the norm after it
+    (GPT-2: ln_2, the next ln_1, ln_f; Llama: post_attention_layernorm, the next
+    input_layernorm, norm): through the interpreter, with autocast's fp32 stream beside
+    fp16 sublayer outputs too, the loss and every gradient match the class's."""
     monkeypatch.setenv("OKTO_KERNELS", "triton")
-    model = gpt2().to(DEVICE)
+    model = (gpt2() if family == "gpt2" else llama()).to(DEVICE)
     ids = batch(device=DEVICE)
     context = torch.autocast(DEVICE, dtype=autocast, enabled=autocast is not None)
     with context:
         expected = step(model, ids)
     norms = []
-    original = okto.kernels.layer_norm
+    name = "layer_norm" if family == "gpt2" else "rms_norm"
+    original = getattr(okto.kernels, name)
     monkeypatch.setattr(
         okto.kernels,
-        "layer_norm",
+        name,
         lambda *a, **k: norms.append(k.get("residual") is not None) or original(*a, **k),
     )
     with build_plan(NORMS_AND_LOSS, model=model).apply(model), context:
@@ -180,6 +183,31 @@ def test_gpt2_residual_adds_run_inside_okto_layer_norm(monkeypatch, autocast):
     assert norms == [False] + [True] * (2 * layers)  # only the first ln_1 has no add before it
     tol = {} if autocast is None else {"rtol": 1e-2, "atol": 1e-3}
     assert_same_step(expected, actual, tol)
+
+
+@pytest.mark.parametrize("why", ["checkpointing", "hook"])
+def test_residual_norms_step_aside(monkeypatch, why):
+    """Blocks that checkpoint their activations, or a norm with a hook, run through their
+    own calls: each norm then runs alone (no residual handed to it), and the step matches."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = gpt2().train()
+    if why == "checkpointing":
+        model.gradient_checkpointing_enable()
+    else:
+        model.transformer.h[1].ln_2.register_forward_hook(lambda _m, _a, out: out * 0.5)
+    ids = batch()
+    expected = step(model, ids)
+    norms = []
+    original = okto.kernels.layer_norm
+    monkeypatch.setattr(
+        okto.kernels,
+        "layer_norm",
+        lambda *a, **k: norms.append(k.get("residual") is not None) or original(*a, **k),
+    )
+    with build_plan(NORMS_AND_LOSS, machine=H100, model=model).apply(model):
+        actual = step(model, ids)
+    assert norms and not any(norms)
+    assert_same_step(expected, actual)
 
 
 def test_loss_options_match_transformers(monkeypatch):
