@@ -44,7 +44,9 @@ class Architecture:
     gelu: Mapping[str, str]  # activation name -> okto gelu approximation; empty: none fused
     mlp_in: str | None  # the GEMM whose epilogue takes the activation
     patch: Callable[..., None]
-    residual_norms: bool = False  # its patch fuses each residual add into the norm after it
+    # Under OPTIMIZE.compile, auto keeps the norm on okto (each residual add inside it)
+    # rather than on inductor's fusion: only where that measured faster.
+    compiled_norms: bool = False
 
 
 def read_facts(config: Any, class_name: str | None, supported: bool, dtype: str | None):

@@ -74,5 +74,5 @@ GPT2 = Architecture(
     gelu={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
     mlp_in="mlp.c_fc",
     patch=_patch,
-    residual_norms=True,
+    compiled_norms=True,  # 513k against 495k tokens/s (H100, docs/benchmarks.md)
 )

@@ -3,8 +3,8 @@
 Two steps. `requests` reads the configuration and the machine alone:
 ACCELERATE.<kind> when it is not auto, else BLAS.backend, else okto (but under
 OPTIMIZE.compile, auto leaves GEMMs to cuBLAS, puts a tanh GELU into cuBLASLt's
-GEMM epilogues and LayerNorm on okto's only where the model's residual adds fuse
-into it: measured faster, docs/benchmarks.md); then okto falls back to native
+GEMM epilogues and keeps the norm on okto's, the residual adds inside it, where
+that measured faster: docs/benchmarks.md); then okto falls back to native
 when the machine cannot run Triton kernels.
 `choose` then meets the model: an architecture the planner does not patch, a
 dtype, a head dim or a dropout the kernels lack turns a kind native, and the
@@ -63,10 +63,10 @@ class LayerChoice:
 # what lies around cuBLAS's GEMMs, and on an H100 that step ran 1.19x faster than the
 # same step with okto's GEMM and plain norm kernels. The activation stays okto's: with
 # cuBLAS GEMMs a tanh GELU goes into cuBLASLt's epilogues (okto gelu_mlp), which beat
-# inductor's GELU passes; any other GELU is left to inductor. LayerNorm stays okto's
-# where the architecture fuses each residual add into it (GPT-2), which writes the
-# stream, the norm and, backward, both gradients in one pass each; elsewhere inductor
-# fuses the norm with the adds.
+# inductor's GELU passes; any other GELU is left to inductor. The norm stays okto's,
+# each residual add inside it, where that measured faster (`Architecture.compiled_norms`:
+# GPT-2, whose step writes the stream, the norm and, backward, both gradients in one
+# pass each); elsewhere inductor fuses the norm with the adds.
 COMPILED_NATIVE = ("gemm",)
 COMPILED_AUTO = "auto under OPTIMIZE.compile"
 
@@ -112,7 +112,7 @@ def _asked(sources: Sources, kind: str, compiled: Setting) -> LayerChoice:
         reason = f"{COMPILED_AUTO}: GELU in cuBLASLt's GEMM epilogues where it fits"
         return LayerChoice(kind, OKTO, "", reason, compiled.field, compiled.origin)
     if compiled.value and kind == "layernorm":
-        reason = f"{COMPILED_AUTO}: okto's where the residual adds fuse into it"
+        reason = f"{COMPILED_AUTO}: okto's, the residual adds inside, where measured faster"
         return LayerChoice(kind, OKTO, "", reason, compiled.field, compiled.origin)
     return LayerChoice(kind, OKTO, "", "auto: okto where its kernels run")
 
@@ -184,8 +184,8 @@ def _okto(
     unfused = f"{display('accelerate.fused_ops')} is false ({fused_ops.origin})"
     if kind == "activation":
         return _activation(choice, arch, facts, fused_ops, decided["gemm"], unfused)
-    if kind == "layernorm" and choice.reason.startswith(COMPILED_AUTO) and not arch.residual_norms:
-        reason = f"{COMPILED_AUTO}: inductor fuses the norm with the residual adds"
+    if kind == "layernorm" and choice.reason.startswith(COMPILED_AUTO) and not arch.compiled_norms:
+        reason = f"{COMPILED_AUTO}: inductor fuses the norm with the residual adds (as fast)"
         return replace(choice, impl=NATIVE, runs=NATIVE_RUNS[kind], reason=reason)
     if kind == "cross_entropy":
         if fused_ops.value:

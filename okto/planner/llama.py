@@ -41,5 +41,5 @@ LLAMA = Architecture(
     gelu={},
     mlp_in=None,
     patch=_patch,
-    residual_norms=True,
+    compiled_norms=False,  # 468k against inductor's 470k tokens/s (H100)
 )
