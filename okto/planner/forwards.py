@@ -165,11 +165,16 @@ def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
 
 
 def _plain_blocks(model, blocks, norms) -> bool:
-    """Whether the blocks may be run step by step here, bypassing their own calls: no block
-    or norm has hooks, and nothing checkpoints activations (that lives in a block's call)."""
-    return not any(
-        _hooked(m) or getattr(m, "gradient_checkpointing", False) for m in (*blocks, *norms)
-    ) and not getattr(model, "gradient_checkpointing", False)
+    """Whether the blocks may be run step by step here, bypassing their own calls: there are
+    some, no block or norm has hooks, and nothing checkpoints activations (that lives in a
+    block's call)."""
+    return (
+        len(blocks) > 0
+        and not any(
+            _hooked(m) or getattr(m, "gradient_checkpointing", False) for m in (*blocks, *norms)
+        )
+        and not getattr(model, "gradient_checkpointing", False)
+    )
 
 
 def residual_norm_stack(hidden, first_norm, sublayers, norm):

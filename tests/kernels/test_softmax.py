@@ -31,10 +31,15 @@ def _check(x, dim, dtype, mask=None):
     # The backward reads the forward's output as rounded to `dtype`, so its oracle is the
     # exact gradient at that output: dx = y * (dy - sum(dy * y)). Against the gradient at
     # the unrounded softmax, fp16 rounding of y alone exceeds TOL whenever dy - sum(dy * y)
-    # nearly cancels (about one fresh seed in thirty for a 7-element row).
+    # nearly cancels (about one fresh seed in thirty for a 7-element row). The same
+    # cancellation makes any rounding large next to dx itself (fp32: 2e-4 of max|dx| for
+    # one seed in 300 at 7 elements), so the error is measured against the size of the
+    # terms the kernel adds, y * (|dy| + |sum(dy * y)|).
     y_used, dy64 = y.detach().double(), dy.double()
-    dx64 = y_used * (dy64 - (dy64 * y_used).sum(dim, keepdim=True))
-    assert rel_error(x_lp.grad, dx64) < TOL[dtype]
+    total = (dy64 * y_used).sum(dim, keepdim=True)
+    dx64 = y_used * (dy64 - total)
+    terms = (y_used * (dy64.abs() + total.abs())).abs().max()
+    assert (x_lp.grad.double() - dx64).abs().max() / terms < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
