@@ -460,8 +460,7 @@ def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None):
             CHUNKED=N > FWD_MAX_BLOCK,
             BLOCK_N=block_n,
         )
-    shape = x.shape
-    return y.view(shape), s.view(shape) if residual is not None else s, mean, rstd
+    return y.view(x.shape), s.view(x.shape) if residual is not None else s, mean, rstd
 
 
 def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool, narrow=None):

@@ -147,21 +147,53 @@ def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
     compiling: with no cache it checks the positions for packed sequences, which it
     cannot read while tracing, and a mask sends every layer to SDPA. Here the positions
     are the model's own `arange`, one sequence per row. With `residual_norms` each
-    residual add runs inside the LayerNorm after it (`gpt2_residual_norm_blocks`).
+    residual add runs inside the LayerNorm after it (`residual_norm_blocks`).
     Every other call runs the class's forward."""
     ids = _plain_call_ids(self.config, args, kwargs)
     if ids is None:
         return type(self).forward(self, *args, **kwargs)
     positions = torch.arange(ids.shape[1], device=ids.device)
     hidden = self.drop(self.wte(ids) + self.wpe(positions))
-    norms = [self.ln_f, *(ln for block in self.h for ln in (block.ln_1, block.ln_2))]
-    if residual_norms and _plain_blocks(self, self.h, norms):
-        return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=gpt2_residual_norm_blocks(self, hidden)
-        )
+    if residual_norms:
+        parts = [
+            (b.ln_1, functools.partial(_gpt2_attention, b.attn), b.ln_2, b.mlp) for b in self.h
+        ]
+        out = residual_norm_blocks(self, hidden, self.h, parts, self.ln_f, _layer_norm)
+        if out is not None:
+            return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=out)
     for block in self.h:
         hidden = _hidden(block(hidden, use_cache=False))
     return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.ln_f(hidden))
+
+
+def residual_norm_blocks(model, hidden, blocks, parts, final_norm, norm):
+    """Pre-norm blocks, `h = h + attention(norm_1(h)); h = h + mlp(norm_2(h))`, with every
+    residual add fused into the norm that follows it (norm_2, the next block's norm_1,
+    `final_norm`); the final norm's output, or None where the blocks must run through
+    their own calls (none at all, hooks on a block or norm, activation checkpointing).
+
+    okto's norm takes the sublayer's output and the residual stream, writes their sum
+    (the new stream) and the normalised sum in one pass, the latter already in the dtype
+    the next GEMM reads; its backward writes the stream's gradient and the sublayer's,
+    each in its own dtype, in one pass too. Under autocast the stream stays fp32 as in
+    the model's own forward, and the values are the same; the final norm's output is in
+    the stream's dtype, as the model's is.
+
+    `parts`: per block (norm_1, attention, norm_2, mlp), attention and mlp callables on
+    the normalised input; `norm(module, x, residual, out_dtype)` runs one norm module on
+    okto's kernel.
+    """
+    norms = [final_norm, *(n for norm_1, _, norm_2, _ in parts for n in (norm_1, norm_2))]
+    if not _plain_blocks(model, blocks, norms):
+        return None
+    dtype = compute_dtype(hidden)
+    x = norm(parts[0][0], hidden, None, dtype)
+    next_norms = [norm_1 for norm_1, *_ in parts[1:]] + [final_norm]
+    for (_, attention, norm_2, mlp), next_norm in zip(parts, next_norms, strict=True):
+        x, hidden = norm(norm_2, attention(x), hidden, dtype)
+        out_dtype = dtype if next_norm is not final_norm else None
+        x, hidden = norm(next_norm, mlp(x), hidden, out_dtype)
+    return x
 
 
 def _plain_blocks(model, blocks, norms) -> bool:
@@ -177,26 +209,6 @@ def _plain_blocks(model, blocks, norms) -> bool:
     )
 
 
-def residual_norm_stack(hidden, first_norm, sublayers, norm):
-    """Pre-norm sublayers, `h = h + f(norm(h))` each, with every residual add fused into
-    the norm that follows it: okto's norm takes the sublayer's output and the residual
-    stream, writes their sum (the new stream) and the normalised sum in one pass, the
-    latter already in the dtype the next GEMM reads; its backward writes the stream's
-    gradient and the sublayer's, each in its own dtype, in one pass too. Under autocast
-    the stream stays fp32 as in the model's own forward, and the values are the same; the
-    final norm's output is in the stream's dtype, as the model's is.
-
-    `sublayers`: (f, the norm after f's add) in order, the last norm the model's final
-    one; `norm(module, x, residual, out_dtype)` runs one norm module on okto's kernel.
-    """
-    dtype = compute_dtype(hidden)
-    x = norm(first_norm, hidden, None, dtype)
-    for i, (sublayer, next_norm) in enumerate(sublayers):
-        out_dtype = dtype if i + 1 < len(sublayers) else None
-        x, hidden = norm(next_norm, sublayer(x), hidden, out_dtype)
-    return x
-
-
 def _layer_norm(ln, x, residual, out_dtype):
     return kernels.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual, out_dtype=out_dtype)
 
@@ -204,20 +216,6 @@ def _layer_norm(ln, x, residual, out_dtype):
 def _rms_norm(norm, x, residual, out_dtype):
     eps = norm.variance_epsilon
     return kernels.rms_norm(x, norm.weight, eps, residual=residual, out_dtype=out_dtype)
-
-
-def gpt2_residual_norm_blocks(model, hidden):
-    """GPT-2's blocks as a `residual_norm_stack`: attn then ln_2, mlp then the next ln_1
-    (ln_f after the last block)."""
-    blocks = list(model.h)
-    after_mlp = [block.ln_1 for block in blocks[1:]] + [model.ln_f]
-    sublayers = []
-    for block, norm in zip(blocks, after_mlp, strict=True):
-        sublayers += [
-            (functools.partial(_gpt2_attention, block.attn), block.ln_2),
-            (block.mlp, norm),
-        ]
-    return residual_norm_stack(hidden, blocks[0].ln_1, sublayers, _layer_norm)
 
 
 def _gpt2_attention(attn, x):
@@ -230,26 +228,27 @@ def llama_model_forward(self, *args, residual_norms: bool, **kwargs):
     hook (causal, grouped-query heads as they are) under torch.compile too. The rotary
     embeddings come from the model's own positions, `arange` over one sequence per row.
     With `residual_norms` each residual add runs inside the RMSNorm after it
-    (`residual_norm_stack`). Every other call runs the class's forward."""
+    (`residual_norm_blocks`). Every other call runs the class's forward."""
     ids = _plain_call_ids(self.config, args, kwargs)
     if ids is None:
         return type(self).forward(self, *args, **kwargs)
     hidden = self.embed_tokens(ids)
     positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
     rotary = self.rotary_emb(hidden, position_ids=positions)
-    layers = list(self.layers[: self.config.num_hidden_layers])
-    norms = [
-        self.norm,
-        *(n for layer in layers for n in (layer.input_layernorm, layer.post_attention_layernorm)),
-    ]
-    if residual_norms and _plain_blocks(self, layers, norms):
-        after_mlp = [layer.input_layernorm for layer in layers[1:]] + [self.norm]
-        sublayers = []
-        for layer, norm in zip(layers, after_mlp, strict=True):
-            attention = functools.partial(_llama_attention, layer.self_attn, rotary, positions)
-            sublayers += [(attention, layer.post_attention_layernorm), (layer.mlp, norm)]
-        hidden = residual_norm_stack(hidden, layers[0].input_layernorm, sublayers, _rms_norm)
-        return BaseModelOutputWithPast(last_hidden_state=hidden)
+    layers = self.layers[: self.config.num_hidden_layers]
+    if residual_norms:
+        parts = [
+            (
+                layer.input_layernorm,
+                functools.partial(_llama_attention, layer.self_attn, rotary, positions),
+                layer.post_attention_layernorm,
+                layer.mlp,
+            )
+            for layer in layers
+        ]
+        out = residual_norm_blocks(self, hidden, layers, parts, self.norm, _rms_norm)
+        if out is not None:
+            return BaseModelOutputWithPast(last_hidden_state=out)
     for layer in layers:
         hidden = _hidden(
             layer(hidden, position_embeddings=rotary, position_ids=positions, use_cache=False)
