@@ -94,7 +94,9 @@ def _ce_kernel(
         total = 0.0  # sum of the logits, for label smoothing
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
-            x = tl.load(src + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            x = tl.load(
+                src + cols, mask=cols < V, other=float("-inf"), eviction_policy="evict_last"
+            ).to(tl.float32)
             m_new = tl.maximum(m, tl.max(x, 0))
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no NaN
             d = d * tl.exp(m - m_ref) + tl.sum(tl.exp(x - m_ref), 0)
@@ -116,13 +118,19 @@ def _ce_kernel(
         if FROM_LSE:
             scale *= tl.load(grad_loss_ptr + row * stride_grad_loss).to(tl.float32)
         dst = grad_ptr + row * stride_grad
-        # scale * (softmax - (1 - e) * onehot(target) - e / V), streamed over the row again.
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
+        # scale * (softmax - (1 - e) * onehot(target) - e / V), streamed over the row again
+        # from its end, the blocks the first pass read last and L2 most likely still holds
+        # (the first pass asked L2 to keep them; this one lets them go, and the gradient is
+        # stored as streaming data that would only push them out).
+        n_blocks = tl.cdiv(V, BLOCK_V)
+        for i in range(0, n_blocks):
+            cols = (n_blocks - 1 - i) * BLOCK_V + tl.arange(0, BLOCK_V)
             mask = cols < V
-            x = tl.load(src + cols, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(src + cols, mask=mask, other=0.0, eviction_policy="evict_first")
+            x = x.to(tl.float32)
             g = tl.exp(x - lse) - smoothing / V - tl.where(cols == target, 1.0 - smoothing, 0.0)
-            tl.store(dst + cols, (g * scale).to(dst.dtype.element_ty), mask=mask)
+            g = (g * scale).to(dst.dtype.element_ty)
+            tl.store(dst + cols, g, mask=mask, cache_modifier=".cs")
 
 
 @triton.jit
