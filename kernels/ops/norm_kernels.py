@@ -21,6 +21,12 @@ width (a bf16 branch output onto an fp32 residual stream, autocast's case): the
 sum is then fp32, y may be written in the branch's dtype for the next GEMM, and
 the backward writes the sum's gradient once in fp32 and once rounded to the
 narrower dtype, so neither side needs a cast pass of its own.
+
+With a residual the norm may also take `x_bias`, the bias of the layer that
+produced x, deferred to here (that layer then runs without it): the sum is
+`x + x_bias + residual` in fp32, rounded once, and the bias's gradient is one
+more column sum of the sum's gradient, kept beside the weight's and bias's
+partial sums, so the layer's own bias-gradient pass over its output disappears.
 """
 
 from __future__ import annotations
@@ -85,13 +91,28 @@ def _tile(rows, row_mask, start, N, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES: tl.constexpr, STORE_SUM: tl.constexpr):
-    """The normalised input in fp32: x, or x + residual rounded to the sum's dtype (stored if
-    STORE_SUM)."""
+def _load_input(
+    x_ptr,
+    r_ptr,
+    s_ptr,
+    xb_ptr,
+    cols,
+    mask_n,
+    offs,
+    mask,
+    HAS_RES: tl.constexpr,
+    HAS_XB: tl.constexpr,
+    STORE_SUM: tl.constexpr,
+):
+    """The normalised input in fp32: x, or x (+ x_bias) + residual rounded to the sum's dtype
+    (stored if STORE_SUM)."""
     x = tl.load(x_ptr + offs, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(r_ptr + offs, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(s_ptr.dtype.element_ty)
+        x = x.to(tl.float32) + r.to(tl.float32)
+        if HAS_XB:
+            x += tl.load(xb_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        x = x.to(s_ptr.dtype.element_ty)
         if STORE_SUM:
             tl.store(s_ptr + offs, x, mask=mask)
     return x.to(tl.float32)
@@ -109,7 +130,7 @@ def _affine(xhat, w_ptr, b_ptr, cols, mask_n, HAS_W: tl.constexpr, HAS_B: tl.con
 
 @autotune(
     configs=_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_RES", "IS_RMS"],
+    key=["N", "BLOCK_N", "HAS_RES", "HAS_XB", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -118,6 +139,7 @@ def _norm_fwd_kernel(
     r_ptr,
     w_ptr,
     b_ptr,
+    xb_ptr,
     y_ptr,
     s_ptr,
     mean_ptr,
@@ -129,6 +151,7 @@ def _norm_fwd_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_RES: tl.constexpr,
+    HAS_XB: tl.constexpr,
     CHUNKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -137,7 +160,9 @@ def _norm_fwd_kernel(
     row_mask = rows < M
     if not CHUNKED:
         cols, mask_n, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
-        x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, True)
+        x = _load_input(
+            x_ptr, r_ptr, s_ptr, xb_ptr, cols, mask_n, offs, mask, HAS_RES, HAS_XB, True
+        )
         if IS_RMS:
             xc = x
         else:
@@ -151,14 +176,18 @@ def _norm_fwd_kernel(
         # by each row's first element so that a large mean does not cancel the variance.
         shift = tl.zeros([BLOCK_M], dtype=tl.float32)
         if not IS_RMS:
-            cols, _, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
-            first = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, False)
+            cols, mask_n, mask, offs = _tile(rows, row_mask, 0, N, BLOCK_N)
+            first = _load_input(
+                x_ptr, r_ptr, s_ptr, xb_ptr, cols, mask_n, offs, mask, HAS_RES, HAS_XB, False
+            )
             shift = tl.sum(tl.where(cols[None, :] == 0, first, 0.0), 1)
         acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for start in range(0, N, BLOCK_N):
-            _, _, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
-            x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, True)
+            cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
+            x = _load_input(
+                x_ptr, r_ptr, s_ptr, xb_ptr, cols, mask_n, offs, mask, HAS_RES, HAS_XB, True
+            )
             v = tl.where(mask, x - shift[:, None], 0.0)
             acc1 += v
             acc2 += v * v
@@ -170,7 +199,9 @@ def _norm_fwd_kernel(
         rstd = tl.rsqrt(var + eps)
         for start in range(0, N, BLOCK_N):
             cols, mask_n, mask, offs = _tile(rows, row_mask, start, N, BLOCK_N)
-            x = _load_input(x_ptr, r_ptr, s_ptr, offs, mask, HAS_RES, False)
+            x = _load_input(
+                x_ptr, r_ptr, s_ptr, xb_ptr, cols, mask_n, offs, mask, HAS_RES, HAS_XB, False
+            )
             if not IS_RMS:
                 x = x - mean[:, None]
             y = _affine(x * rstd[:, None], w_ptr, b_ptr, cols, mask_n, HAS_W, HAS_B)
@@ -240,7 +271,7 @@ def _store_dx(dx, dx_ptr, dn_ptr, offs, mask, HAS_NARROW: tl.constexpr):
 
 @autotune(
     configs=_CONFIGS,
-    key=["N", "BLOCK_N", "HAS_DRES", "HAS_NARROW", "IS_RMS"],
+    key=["N", "BLOCK_N", "HAS_DRES", "HAS_NARROW", "HAS_XB", "IS_RMS"],
     prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
@@ -261,22 +292,27 @@ def _norm_bwd_kernel(
     HAS_B: tl.constexpr,
     HAS_DRES: tl.constexpr,
     HAS_NARROW: tl.constexpr,
+    HAS_XB: tl.constexpr,
     CHUNKED: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
-    # This program's rows of the partial sums: dweight first, then dbias.
+    # This program's rows of the partial sums: dweight, then dbias, then d(x_bias).
     dw_part = part_ptr + pid.to(tl.int64) * N
     db_part = dw_part
     if HAS_W:
         db_part += programs.to(tl.int64) * N
+    dxb_part = db_part
+    if HAS_B:
+        dxb_part += programs.to(tl.int64) * N
     if not CHUNKED:
         cols = tl.arange(0, BLOCK_N)
         mask_n = cols < N
         dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        dxb_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
         for start in range(pid * BLOCK_M, M, programs * BLOCK_M):
             rows = (start + tl.arange(0, BLOCK_M)).to(tl.int64)
             row_mask = rows < M
@@ -293,14 +329,18 @@ def _norm_bwd_kernel(
                 dw_acc += tl.sum(dy * xhat, 0)
             if HAS_B:
                 db_acc += tl.sum(dy, 0)
+            if HAS_XB:
+                dxb_acc += tl.sum(dx, 0)
         if HAS_W:
             tl.store(dw_part + cols, dw_acc, mask=mask_n)
         if HAS_B:
             tl.store(db_part + cols, db_acc, mask=mask_n)
+        if HAS_XB:
+            tl.store(dxb_part + cols, dxb_acc, mask=mask_n)
     else:
         # Wide rows: two streaming passes per row block (the two row sums, then dx), with
         # this program's partial sums read, added to and written back in global memory.
-        if HAS_W or HAS_B:
+        if HAS_W or HAS_B or HAS_XB:
             for start in range(0, N, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
                 zeros = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -308,6 +348,8 @@ def _norm_bwd_kernel(
                     tl.store(dw_part + cols, zeros, mask=cols < N)
                 if HAS_B:
                     tl.store(db_part + cols, zeros, mask=cols < N)
+                if HAS_XB:
+                    tl.store(dxb_part + cols, zeros, mask=cols < N)
             tl.debug_barrier()
         for row_start in range(pid * BLOCK_M, M, programs * BLOCK_M):
             rows = (row_start + tl.arange(0, BLOCK_M)).to(tl.int64)
@@ -337,6 +379,9 @@ def _norm_bwd_kernel(
                 if HAS_B:
                     db = tl.load(db_part + cols, mask=mask_n, other=0.0) + tl.sum(dy, 0)
                     tl.store(db_part + cols, db, mask=mask_n)
+                if HAS_XB:
+                    dxb = tl.load(dxb_part + cols, mask=mask_n, other=0.0) + tl.sum(dx, 0)
+                    tl.store(dxb_part + cols, dxb, mask=mask_n)
             # Every thread's read-add-write of the partial sums lands before the next row block.
             tl.debug_barrier()
 
@@ -348,7 +393,8 @@ def check_inputs(
     out_dtype: torch.dtype | None = None,
     **params,
 ) -> None:
-    """Dtype, shape and device checks shared by both norms; `params` are weight/bias (or None)."""
+    """Dtype, shape and device checks shared by both norms; `params` are the [N] vectors
+    (weight, bias, x_bias; each may be None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise backend.KernelError(
@@ -376,12 +422,28 @@ def check_inputs(
                 "float32)"
             )
         tensors.append(residual)
+    elif params.get("x_bias") is not None:
+        raise backend.KernelError(
+            f"{what} takes x_bias only with a residual (it is added to x before the residual)"
+        )
     backend.check_same_device(*tensors)
 
 
 def sum_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
     """The dtype of the normalised input: x's, or that of `x + residual` in PyTorch."""
     return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
+def sum_reference(x, residual, x_bias):
+    """The references' normalised input: x, or x (+ x_bias) + residual in the sum's dtype,
+    formed in fp32 (or wider) and rounded once, as the kernels form it."""
+    if residual is None:
+        return x
+    if x_bias is None:
+        return x + residual
+    dtype = sum_dtype(x, residual)
+    wide = torch.promote_types(dtype, torch.float32)
+    return (x.to(wide) + x_bias.to(wide) + residual.to(wide)).to(dtype)
 
 
 def narrow_dtype(x_dtype: torch.dtype, residual_dtype: torch.dtype | None, wide: torch.dtype):
@@ -421,8 +483,9 @@ def _backward_programs(device: torch.device) -> int:
     return sms * BWD_PROGRAMS_PER_SM
 
 
-def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None):
-    """Launch the forward: (y, x + residual or an empty tensor, mean (LayerNorm only), rstd).
+def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None, x_bias=None):
+    """Launch the forward: (y, x (+ x_bias) + residual or an empty tensor, mean (LayerNorm
+    only), rstd).
 
     y is in `out_dtype`, by default the normalised input's dtype (`sum_dtype`)."""
     x2 = _rows(x)
@@ -446,6 +509,7 @@ def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None):
             _rows(residual) if residual is not None else x2,
             weight if weight is not None else x2,
             bias if bias is not None else x2,
+            x_bias if x_bias is not None else x2,
             y,
             s if residual is not None else y,
             mean,
@@ -457,36 +521,40 @@ def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None):
             HAS_W=weight is not None,
             HAS_B=bias is not None,
             HAS_RES=residual is not None,
+            HAS_XB=x_bias is not None,
             CHUNKED=N > FWD_MAX_BLOCK,
             BLOCK_N=block_n,
         )
     return y.view(x.shape), s.view(x.shape) if residual is not None else s, mean, rstd
 
 
-def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool, narrow=None):
-    """Launch the backward: (dx, dx rounded to `narrow` or empty, dweight or empty, dbias or
-    empty); `x` is the normalised input and dx has its dtype."""
+def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool, narrow=None, x_bias=None):
+    """Launch the backward: (dx, dx rounded to `narrow` or empty, dweight, dbias, d(x_bias),
+    each of the last three empty without its parameter); `x` is the normalised input and dx
+    has its dtype."""
     x2, dy2 = _rows(x), _rows(dy)
     M, N = x2.shape
     dx = backend.empty_like(x2)
     dn = backend.empty(M, N, dtype=narrow, device=x.device) if narrow else x2.new_empty(0)
     programs = min(M, _backward_programs(x.device))
-    has_w, has_b = weight is not None, bias is not None
-    parts = backend.empty(has_w + has_b, programs, N, dtype=torch.float32, device=x.device)
+    params = [p for p in (weight, bias, x_bias) if p is not None]
+    parts = backend.empty(len(params), programs, N, dtype=torch.float32, device=x.device)
     if M:
         launch(
             _norm_bwd_kernel, (programs,), (N,),
-            dy2, x2, weight if has_w else x2, mean, rstd, _rows(dsum) if dsum is not None else dy2,
-            dx, dn if narrow else dx, parts, M, N,
-            IS_RMS=rms, HAS_W=has_w, HAS_B=has_b, HAS_DRES=dsum is not None,
-            HAS_NARROW=narrow is not None, CHUNKED=N > BWD_MAX_BLOCK,
-            BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
+            dy2, x2, weight if weight is not None else x2, mean, rstd,
+            _rows(dsum) if dsum is not None else dy2, dx, dn if narrow else dx, parts, M, N,
+            IS_RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None,
+            HAS_DRES=dsum is not None, HAS_NARROW=narrow is not None, HAS_XB=x_bias is not None,
+            CHUNKED=N > BWD_MAX_BLOCK, BLOCK_N=_block_n(N, BWD_MAX_BLOCK),
         )  # fmt: skip
-    dw = backend.empty_like(weight) if has_w else x.new_empty(0)
-    db = backend.empty_like(bias) if has_b else x.new_empty(0)
-    if has_w or has_b:
-        sum_rows(parts, programs, N, N, dw if has_w else db, db if has_w and has_b else None)
-    return dx.view(x.shape), dn.view(x.shape) if narrow else dn, dw, db
+    grads = [backend.empty_like(p) for p in params]
+    if grads:
+        sum_rows(parts, programs, N, N, *grads)
+    dw, db, dxb = (
+        grads.pop(0) if p is not None else x.new_empty(0) for p in (weight, bias, x_bias)
+    )
+    return dx.view(x.shape), dn.view(x.shape) if narrow else dn, dw, db, dxb
 
 
 def fake_forward(x, residual, rms: bool, out_dtype=None):
@@ -499,10 +567,9 @@ def fake_forward(x, residual, rms: bool, out_dtype=None):
     return y, s, rstd if rms else x.new_empty(rows, dtype=torch.float32), rstd
 
 
-def fake_backward(x, weight, bias, narrow=None):
+def fake_backward(x, weight, bias, narrow=None, x_bias=None):
     """Shapes and dtypes of `backward`'s outputs."""
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dn = x.new_empty(x.shape, dtype=narrow) if narrow else x.new_empty(0)
-    dw = torch.empty_like(weight) if weight is not None else x.new_empty(0)
-    db = torch.empty_like(bias) if bias is not None else x.new_empty(0)
-    return dx, dn, dw, db
+    params = (weight, bias, x_bias)
+    return dx, dn, *(torch.empty_like(p) if p is not None else x.new_empty(0) for p in params)

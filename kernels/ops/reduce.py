@@ -30,51 +30,56 @@ MAX_BLOCK_L = 1024
 def _sum_rows_kernel(
     part_ptr,
     part2_ptr,
+    part3_ptr,
     out_ptr,
     out2_ptr,
+    out3_ptr,
     G,
     L,
     stride_g,
-    TWO: tl.constexpr,
+    COUNT: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """out[i] = sum over g < G of part[g * stride_g + i], for i < L; with TWO, out2 likewise
-    from part2 (the G rows that follow, addressed by the caller: G may arrive as a Python int
-    when Triton specialises it to 1, so no pointer arithmetic on it here)."""
+    """out[i] = sum over g < G of part[g * stride_g + i], for i < L; for COUNT 2 and 3, out2
+    and out3 likewise from part2 and part3 (the blocks of G rows that follow, addressed by
+    the caller: G may arrive as a Python int when Triton specialises it to 1, so no pointer
+    arithmetic on it here)."""
     cols = tl.program_id(0).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_l = cols < L
     acc = tl.zeros([BLOCK_L], dtype=tl.float32)
     acc2 = tl.zeros([BLOCK_L], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_L], dtype=tl.float32)
     for start in range(0, G, BLOCK_G):
         rows = (start + tl.arange(0, BLOCK_G)).to(tl.int64)
         mask = (rows < G)[:, None] & mask_l[None, :]
         offs = rows[:, None] * stride_g + cols[None, :]
         acc += tl.sum(tl.load(part_ptr + offs, mask=mask, other=0.0), 0)
-        if TWO:
+        if COUNT > 1:
             acc2 += tl.sum(tl.load(part2_ptr + offs, mask=mask, other=0.0), 0)
+        if COUNT > 2:
+            acc3 += tl.sum(tl.load(part3_ptr + offs, mask=mask, other=0.0), 0)
     tl.store(out_ptr + cols, acc.to(out_ptr.dtype.element_ty), mask=mask_l)
-    if TWO:
+    if COUNT > 1:
         tl.store(out2_ptr + cols, acc2.to(out2_ptr.dtype.element_ty), mask=mask_l)
+    if COUNT > 2:
+        tl.store(out3_ptr + cols, acc3.to(out3_ptr.dtype.element_ty), mask=mask_l)
 
 
-def sum_rows(
-    parts: torch.Tensor,
-    groups: int,
-    length: int,
-    stride: int,
-    out: torch.Tensor,
-    out2: torch.Tensor | None = None,
-) -> None:
-    """Write into `out` (contiguous, `length` elements) the sum of the `groups` rows of fp32
-    `parts` that start every `stride` elements; `out2` gets the next `groups` rows' sum."""
+def sum_rows(parts: torch.Tensor, groups: int, length: int, stride: int, *outs) -> None:
+    """Write into each of `outs` (one to three contiguous tensors of `length` elements) the
+    sum of `groups` rows of fp32 `parts` that start every `stride` elements: the first
+    `groups` rows for the first output, the next `groups` for the second, and so on."""
     if length == 0:
         return
+    if not 1 <= len(outs) <= 3:
+        raise ValueError(f"sum_rows writes one to three outputs, got {len(outs)}")
     block_g = min(MAX_BLOCK_G, backend.next_power_of_2(max(groups, 1)))
     block_l = min(MAX_BLOCK_L, TILE // block_g)
+    blocks = [parts.view(-1)[i * groups * stride :] for i in range(len(outs))]
+    unused = 3 - len(outs)  # slots the kernel never reads: the first block and output again
     launch(
         _sum_rows_kernel, (backend.cdiv(length, block_l),), (),
-        parts, parts if out2 is None else parts.view(-1)[groups * stride :],
-        out, out if out2 is None else out2, groups, length, stride,
-        TWO=out2 is not None, BLOCK_G=block_g, BLOCK_L=block_l,
+        *blocks, *blocks[:1] * unused, *outs, *outs[:1] * unused, groups, length, stride,
+        COUNT=len(outs), BLOCK_G=block_g, BLOCK_L=block_l,
     )  # fmt: skip

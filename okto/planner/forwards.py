@@ -21,6 +21,7 @@ from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     CausalLMOutputWithPast,
 )
+from transformers.pytorch_utils import Conv1D
 
 from okto import kernels
 from okto.kernels import hf_attention
@@ -49,6 +50,7 @@ def with_keywords(fn, params: dict):
     def forward(self, *args, **kwargs):
         return fn(self, *args, **kwargs, **params)
 
+    forward.__dict__.update(fn.__dict__)  # markers such as `defers_bias`'s
     return forward
 
 
@@ -73,13 +75,54 @@ def _hooked(module: torch.nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def gemm_forward(self, x, *, layout: str):
+def _dropping(dropout: torch.nn.Module) -> bool:
+    return dropout.training and dropout.p > 0
+
+
+def defers_bias(fn):
+    """Mark an okto forward that takes `defer_bias=True`: it then returns (its output before
+    its last bias add, that bias), or (its output, None) when it cannot leave the add out,
+    so that the norm after it adds the bias instead (see `deferring_bias`)."""
+    fn.defers_bias = True
+    return fn
+
+
+def deferring_bias(module: torch.nn.Module, x):
+    """(module(x), None), or (its output before its last bias add, that bias) where the
+    module's forward can leave the add to the norm that follows: okto's forwards marked
+    with `defers_bias`, and plain nn.Linear and GPT-2 Conv1D layers.
+
+    okto's norm then adds the bias in its own pass and returns the bias's gradient from
+    its backward's column sums, so the layer's bias-gradient pass over its output
+    gradient disappears. Hooked modules are called as they are."""
+    if _hooked(module):
+        return _hidden(module(x)), None
+    if getattr(module.forward, "defers_bias", False):
+        return module.forward(x, defer_bias=True)
+    plain = type(module) in (torch.nn.Linear, Conv1D) and "forward" not in vars(module)
+    if plain and module.bias is not None:  # (a forward set on the instance is someone's patch)
+        if type(module) is Conv1D:
+            return torch.matmul(x, module.weight), module.bias
+        return F.linear(x, module.weight), module.bias
+    return _hidden(module(x)), None
+
+
+def _kept_bias(y, defer_bias: bool):
+    """A forward's return when its bias was added: y, or (y, None) for a `defer_bias` call."""
+    return (y, None) if defer_bias else y
+
+
+@defers_bias
+def gemm_forward(self, x, *, layout: str, defer_bias: bool = False):
     """nn.Linear (`layout="out_in"`) or GPT-2's Conv1D (`"in_out"`) on okto's GEMM."""
     x, weight, bias = _as(compute_dtype(x), x, self.weight, self.bias)
+    if defer_bias:
+        return kernels.linear(x, weight, None, weight_layout=layout), self.bias
     return kernels.linear(x, weight, bias, weight_layout=layout)
 
 
-def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
+@defers_bias
+def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool, defer_bias: bool = False):
     """GPT2MLP: c_fc with GELU in its epilogue (or okto's gelu after it), c_proj, dropout."""
     if fused and not _hooked(self.c_fc):
         fc = self.c_fc
@@ -89,21 +132,29 @@ def gpt2_mlp_forward(self, x, *, approximate: str, fused: bool):
         )
     else:
         h = kernels.gelu(self.c_fc(x), approximate=approximate)
-    return self.dropout(self.c_proj(h))
+    if defer_bias and not _dropping(self.dropout):
+        return deferring_bias(self.c_proj, h)
+    return _kept_bias(self.dropout(self.c_proj(h)), defer_bias)
 
 
-def gpt2_gelu_mlp_forward(self, x, *, approximate: str):
+@defers_bias
+def gpt2_gelu_mlp_forward(self, x, *, approximate: str, defer_bias: bool = False):
     """GPT2MLP as okto's gelu_mlp op (GEMMs on cuBLAS, GELU in cuBLASLt's epilogues both
     ways), then dropout. A hooked c_fc or c_proj (a LoRA adapter) is called as a module."""
     if _hooked(self.c_fc) or _hooked(self.c_proj):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=approximate)))
+        y = self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=approximate)))
+        return _kept_bias(y, defer_bias)
     fc, proj = self.c_fc, self.c_proj
+    defer = defer_bias and proj.bias is not None and not _dropping(self.dropout)
     dtype = compute_dtype(x)
-    params = (fc.weight, fc.bias, proj.weight, proj.bias)
+    params = (fc.weight, fc.bias, proj.weight, None if defer else proj.bias)
     if any(p is not None and p.dtype != torch.float32 for p in params):
         params = _as(dtype, *params)  # else fp32 master weights: the op casts them
     x = x if x.dtype == dtype else x.to(dtype)
-    return self.dropout(kernels.gelu_mlp(x, *params, approximate=approximate))
+    y = kernels.gelu_mlp(x, *params, approximate=approximate)
+    if defer:
+        return y, proj.bias
+    return _kept_bias(self.dropout(y), defer_bias)
 
 
 def layer_norm_forward(self, x):
@@ -156,7 +207,13 @@ def gpt2_model_forward(self, *args, residual_norms: bool, **kwargs):
     hidden = self.drop(self.wte(ids) + self.wpe(positions))
     if residual_norms:
         parts = [
-            (b.ln_1, functools.partial(_gpt2_attention, b.attn), b.ln_2, b.mlp) for b in self.h
+            (
+                b.ln_1,
+                functools.partial(deferring_bias, b.attn),
+                b.ln_2,
+                functools.partial(deferring_bias, b.mlp),
+            )
+            for b in self.h
         ]
         out = residual_norm_blocks(self, hidden, self.h, parts, self.ln_f, _layer_norm)
         if out is not None:
@@ -179,20 +236,22 @@ def residual_norm_blocks(model, hidden, blocks, parts, final_norm, norm):
     the model's own forward, and the values are the same; the final norm's output is in
     the stream's dtype, as the model's is.
 
+    A sublayer may also leave its last bias add to the norm after it (`deferring_bias`).
+
     `parts`: per block (norm_1, attention, norm_2, mlp), attention and mlp callables on
-    the normalised input; `norm(module, x, residual, out_dtype)` runs one norm module on
-    okto's kernel.
+    the normalised input that return (output, a bias still to add or None);
+    `norm(module, x, x_bias, residual, out_dtype)` runs one norm module on okto's kernel.
     """
     norms = [final_norm, *(n for norm_1, _, norm_2, _ in parts for n in (norm_1, norm_2))]
     if not _plain_blocks(model, blocks, norms):
         return None
     dtype = compute_dtype(hidden)
-    x = norm(parts[0][0], hidden, None, dtype)
+    x = norm(parts[0][0], hidden, None, None, dtype)
     next_norms = [norm_1 for norm_1, *_ in parts[1:]] + [final_norm]
     for (_, attention, norm_2, mlp), next_norm in zip(parts, next_norms, strict=True):
-        x, hidden = norm(norm_2, attention(x), hidden, dtype)
+        x, hidden = norm(norm_2, *attention(x), hidden, dtype)
         out_dtype = dtype if next_norm is not final_norm else None
-        x, hidden = norm(next_norm, mlp(x), hidden, out_dtype)
+        x, hidden = norm(next_norm, *mlp(x), hidden, out_dtype)
     return x
 
 
@@ -209,17 +268,14 @@ def _plain_blocks(model, blocks, norms) -> bool:
     )
 
 
-def _layer_norm(ln, x, residual, out_dtype):
-    return kernels.layer_norm(x, ln.weight, ln.bias, ln.eps, residual=residual, out_dtype=out_dtype)
+def _layer_norm(ln, x, x_bias, residual, out_dtype):
+    options = {"residual": residual, "out_dtype": out_dtype, "x_bias": x_bias}
+    return kernels.layer_norm(x, ln.weight, ln.bias, ln.eps, **options)
 
 
-def _rms_norm(norm, x, residual, out_dtype):
-    eps = norm.variance_epsilon
-    return kernels.rms_norm(x, norm.weight, eps, residual=residual, out_dtype=out_dtype)
-
-
-def _gpt2_attention(attn, x):
-    return _hidden(attn(x))
+def _rms_norm(norm, x, x_bias, residual, out_dtype):
+    options = {"residual": residual, "out_dtype": out_dtype, "x_bias": x_bias}
+    return kernels.rms_norm(x, norm.weight, norm.variance_epsilon, **options)
 
 
 def llama_model_forward(self, *args, residual_norms: bool, **kwargs):
@@ -242,7 +298,7 @@ def llama_model_forward(self, *args, residual_norms: bool, **kwargs):
                 layer.input_layernorm,
                 functools.partial(_llama_attention, layer.self_attn, rotary, positions),
                 layer.post_attention_layernorm,
-                layer.mlp,
+                functools.partial(deferring_bias, layer.mlp),
             )
             for layer in layers
         ]
@@ -257,6 +313,7 @@ def llama_model_forward(self, *args, residual_norms: bool, **kwargs):
 
 
 def _llama_attention(attn, rotary, positions, x):
+    """The attention sublayer's (output, None): its o_proj keeps its bias, if any."""
     out = attn(
         hidden_states=x,
         attention_mask=None,
@@ -264,9 +321,10 @@ def _llama_attention(attn, rotary, positions, x):
         position_embeddings=rotary,
         use_cache=False,
     )
-    return _hidden(out)
+    return _hidden(out), None
 
 
+@defers_bias
 def gpt2_attention_forward(
     self,
     hidden_states,
@@ -275,13 +333,15 @@ def gpt2_attention_forward(
     encoder_hidden_states=None,
     encoder_attention_mask=None,
     output_attentions=False,
+    defer_bias=False,
     **kwargs,
 ):
     """GPT2Attention's causal self-attention with c_attn's output handed whole to okto's
     packed kernel, so the backward writes one gradient for it instead of three that
     autograd concatenates (see okto.kernels.ops.packed_attention). Calls it cannot take (a
     mask, a cache, cross-attention, attention dropout, attention weights) run the class's
-    forward, which reaches okto's kernel through the attention hook where it can."""
+    forward, which reaches okto's kernel through the attention hook where it can.
+    With `defer_bias` it returns (output, c_proj's bias still to add, or None)."""
     if (
         past_key_values is not None
         or attention_mask is not None
@@ -291,7 +351,7 @@ def gpt2_attention_forward(
         or compute_dtype(hidden_states) not in ATTENTION_DTYPES
         or not hasattr(self, "scaling")  # transformers before 5 computed the scale inline
     ):
-        return type(self).forward(
+        out = type(self).forward(
             self,
             hidden_states,
             past_key_values=past_key_values,
@@ -301,8 +361,12 @@ def gpt2_attention_forward(
             output_attentions=output_attentions,
             **kwargs,
         )
+        return (_hidden(out), None) if defer_bias else out
     qkv = self.c_attn(hidden_states)
     out = kernels.packed_attention(qkv, self.num_heads, causal=True, scale=self.scaling)
+    if defer_bias and not _dropping(self.resid_dropout):
+        return deferring_bias(self.c_proj, out)
+    # The class's return, (output, no attention weights), reads as a kept bias too.
     return self.resid_dropout(self.c_proj(out)), None
 
 

@@ -23,9 +23,12 @@ from tests.kernels.numerics import DEVICE, TOL, rel_error
 CPU_DTYPES = [torch.float32, torch.float16]
 
 
-def _reference64(kind, x, weight, bias, residual, eps):
-    """The norm in float64, returning (y,) or (y, x + residual) like the public functions."""
+def _reference64(kind, x, weight, bias, residual, x_bias, eps):
+    """The norm in float64, returning (y,) or (y, x (+ x_bias) + residual) like the public
+    functions."""
     s = x if residual is None else x + residual
+    if x_bias is not None:
+        s = s + x_bias
     if kind == "layer_norm":
         y = F.layer_norm(s, (s.shape[-1],), weight, bias, eps)
     else:
@@ -45,11 +48,13 @@ def _check(
     device=DEVICE,
     residual_dtype=None,
     out_dtype=None,
+    x_bias=False,
 ):
     """Forward and backward (random cotangents on every output) of one norm against float64.
 
     The sum has the promoted dtype of x and the residual, y `out_dtype` (default: the
-    sum's), and each input's gradient its own dtype."""
+    sum's), and each input's gradient its own dtype. `x_bias`: a bias (in the parameters'
+    dtype) is added to x before the residual."""
     n = shape[-1]
     param_dtype = param_dtype or dtype
     residual_dtype = residual_dtype or dtype
@@ -62,16 +67,18 @@ def _check(
             bias = torch.randn(n, device=device).to(param_dtype).requires_grad_()
     if residual:
         res = torch.randn(shape, device=device).to(residual_dtype).requires_grad_()
+    xb = torch.randn(n, device=device).to(param_dtype).requires_grad_() if x_bias else None
     eps = 1e-5 if kind == "layer_norm" else 1e-6
+    options = {"eps": eps, "residual": res, "out_dtype": out_dtype, "x_bias": xb}
     if kind == "layer_norm":
-        out = layer_norm(x, weight, bias, eps=eps, residual=res, out_dtype=out_dtype)
+        out = layer_norm(x, weight, bias, **options)
     else:
-        out = rms_norm(x, weight, eps=eps, residual=res, out_dtype=out_dtype)
+        out = rms_norm(x, weight, **options)
     outs = out if residual else (out,)
     cotangents = [torch.randn_like(o) for o in outs]
     torch.autograd.backward(outs, cotangents)
 
-    leaves = (x, weight, bias, res)
+    leaves = (x, weight, bias, res, xb)
     leaves64 = [t.detach().double().requires_grad_() if t is not None else None for t in leaves]
     outs64 = _reference64(kind, *leaves64, eps)
     torch.autograd.backward(outs64, [c.double() for c in cotangents])
@@ -121,6 +128,32 @@ def test_fp32_residual_stream_with_16_bit_branch(kind, n):
     )
 
 
+@pytest.mark.parametrize("n", [37, 1000])
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_x_bias_added_before_the_residual(kind, dtype, n):
+    """A deferred branch bias: in the sum, and its gradient (the sum's gradient's column
+    sums) from the backward's partial sums, beside the weight's and bias's or alone."""
+    _check(kind, (3, 5, n), dtype, affine=True, residual=True, x_bias=True)
+    _check(kind, (15, n), dtype, affine=False, residual=True, x_bias=True)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_x_bias_under_autocast_dtypes(kind):
+    """Autocast's block with the projection's fp32 bias deferred to the norm."""
+    _check(
+        kind,
+        (15, 129),
+        torch.float16,
+        affine=True,
+        residual=True,
+        param_dtype=torch.float32,
+        residual_dtype=torch.float32,
+        out_dtype=torch.float16,
+        x_bias=True,
+    )
+
+
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
 def test_fp32_input_onto_16_bit_residual(kind):
     """The other way round: y defaults to the fp32 sum's dtype; the residual's gradient is fp16."""
@@ -148,6 +181,7 @@ def test_wide_rows_take_the_chunked_path(monkeypatch, kind):
         residual=True,
         residual_dtype=torch.float32,
         out_dtype=torch.float16,
+        x_bias=True,
     )
 
 
@@ -181,7 +215,7 @@ def test_one_output_unused(kind, used):
     y, s = norm(x, w, residual=r)
     (y if used == "y" else s).pow(2).sum().backward()
     x64, r64, w64 = (t.detach().double().requires_grad_() for t in (x, r, w))
-    y64, s64 = _reference64(kind, x64, w64, None, r64, 1e-5 if kind == "layer_norm" else 1e-6)
+    y64, s64 = _reference64(kind, x64, w64, None, r64, None, 1e-5 if kind == "layer_norm" else 1e-6)
     (y64 if used == "y" else s64).pow(2).sum().backward()
     for got, want in ((x, x64), (r, r64)):
         assert rel_error(got.grad, want.grad) < TOL[torch.float32]
@@ -230,46 +264,54 @@ def test_bad_inputs_raise():
         rms_norm(x.bfloat16(), residual=x.half())
     with pytest.raises(KernelError, match="out_dtype"):
         layer_norm(x, out_dtype=torch.float64)
+    with pytest.raises(KernelError, match="x_bias only with a residual"):
+        layer_norm(x, x_bias=x[0])
+    with pytest.raises(KernelError, match="x_bias has shape"):
+        rms_norm(x, residual=x, x_bias=x[0, :4])
     with pytest.raises(KernelError, match="last dimension"):
         rms_norm(torch.randn(4, 0, device=DEVICE))
 
 
-def _op_args(rms, residual, dtype=torch.float32, residual_dtype=None, out_dtype=None):
+def _op_args(rms, residual, dtype=torch.float32, residual_dtype=None, out_dtype=None, x_bias=False):
     x = torch.randn(7, 37, device=DEVICE, dtype=dtype)
     w = torch.randn(37, device=DEVICE, dtype=dtype)
     r = torch.randn(7, 37, device=DEVICE, dtype=residual_dtype or dtype) if residual else None
+    xb = torch.randn(37, device=DEVICE) if x_bias else None
     if rms:
-        return (x, w, r, 1e-6, out_dtype)
-    return (x, w, torch.randn(37, device=DEVICE, dtype=dtype), r, 1e-5, out_dtype)
+        return (x, w, r, xb, 1e-6, out_dtype)
+    return (x, w, torch.randn(37, device=DEVICE, dtype=dtype), r, xb, 1e-5, out_dtype)
 
 
 @pytest.mark.parametrize(
-    ("residual", "dtype", "residual_dtype", "out_dtype"),
+    ("residual", "dtype", "residual_dtype", "out_dtype", "x_bias"),
     [
-        (False, torch.float32, None, None),
-        (True, torch.float32, None, None),
-        (False, torch.float32, None, torch.float16),
-        (True, torch.float16, torch.float32, torch.float16),
+        (False, torch.float32, None, None, False),
+        (True, torch.float32, None, None, False),
+        (False, torch.float32, None, torch.float16, False),
+        (True, torch.float16, torch.float32, torch.float16, False),
+        (True, torch.float16, torch.float32, torch.float16, True),
     ],
 )
-def test_opcheck_forward_ops(residual, dtype, residual_dtype, out_dtype):
+def test_opcheck_forward_ops(residual, dtype, residual_dtype, out_dtype, x_bias):
     """Schema, fake (meta) shapes and dtypes, autograd registration and AOT dispatch."""
-    args = (residual, dtype, residual_dtype, out_dtype)
+    args = (residual, dtype, residual_dtype, out_dtype, x_bias)
     torch.library.opcheck(_layer_norm_op, _op_args(False, *args))
     torch.library.opcheck(_rms_norm_op, _op_args(True, *args))
 
 
 def test_opcheck_backward_ops():
-    x, w, b, _, eps, _ = _op_args(False, False)
-    _, _, mean, rstd = _layer_norm_op(x, w, b, None, eps, None)
+    x, w, b, _, _, eps, _ = _op_args(False, False)
+    _, _, mean, rstd = _layer_norm_op(x, w, b, None, None, eps, None)
     dy = torch.randn_like(x)
-    half = torch.float16
-    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone(), None))
-    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, mean, rstd, dy.clone(), half))
-    torch.library.opcheck(_layer_norm_backward_op, (dy, x, None, None, mean, rstd, None, None))
-    _, _, rstd = _rms_norm_op(x, w, None, 1e-6, None)
-    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, None, None))
-    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, dy.clone(), half))
+    half, xb = torch.float16, torch.randn_like(w)
+    stats = (mean, rstd)
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, *stats, dy.clone(), None, None))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, w, b, *stats, dy.clone(), half, xb))
+    torch.library.opcheck(_layer_norm_backward_op, (dy, x, None, None, *stats, None, None, None))
+    _, _, rstd = _rms_norm_op(x, w, None, None, 1e-6, None)
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, None, None, None))
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, w, rstd, dy.clone(), half, xb))
+    torch.library.opcheck(_rms_norm_backward_op, (dy, x, None, rstd, dy.clone(), None, xb))
 
 
 def _block(x, r, w_ln, b_ln, w_rms):
@@ -338,6 +380,7 @@ def test_gpu_real_sizes(kind, m, n, dtype):
             param_dtype=torch.float32,
             residual_dtype=torch.float32,
             out_dtype=dtype,
+            x_bias=True,
         )
 
 

@@ -41,6 +41,19 @@ def step(model, ids, forward=None, **kwargs):
     return out.loss.detach(), out.logits, grads
 
 
+def norm_calls(monkeypatch, name: str = "layer_norm") -> list[tuple[bool, bool]]:
+    """Record each okto norm call's (residual given, sublayer bias given)."""
+    calls = []
+    original = getattr(okto.kernels, name)
+
+    def record(*args, **kwargs):
+        calls.append((kwargs.get("residual") is not None, kwargs.get("x_bias") is not None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(okto.kernels, name, record)
+    return calls
+
+
 def assert_same_step(expected, actual, tol=None):
     tol = tol or {}
     torch.testing.assert_close(actual[0], expected[0], **tol)
@@ -87,10 +100,15 @@ def test_forwards_match_with_reference_ops(monkeypatch, family, program):
     model = gpt2() if family == "gpt2" else llama()
     ids = batch()
     expected = step(model, ids)
+    norms = norm_calls(monkeypatch, "layer_norm" if family == "gpt2" else "rms_norm")
     with build_plan(program, machine=H100, model=model).apply(model) as patches:
         assert len(patches) > 0
         actual = step(model, ids)
     assert_same_step(expected, actual)
+    # GPT-2's attn.c_proj and mlp.c_proj leave their biases to the norm after them,
+    # whichever forward runs them (okto's GEMM, gelu_mlp, the plain Conv1D).
+    layers = model.config.num_hidden_layers
+    assert norms == [(False, False)] + [(True, family == "gpt2")] * (2 * layers)
 
 
 def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
@@ -102,6 +120,7 @@ def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
     expected = step(model, ids)
     plan = build_plan(FUSED, machine=H100, model=model)
     assert plan.layers["attention"].impl == "native"
+    norms = norm_calls(monkeypatch)
     with plan.apply(model):
         torch.manual_seed(1)
         actual = step(model, ids)
@@ -109,6 +128,8 @@ def test_dropout_is_applied_where_the_model_applies_it(monkeypatch):
         other = step(model, ids)
     assert_same_step(expected, actual)
     assert not torch.equal(actual[0], other[0])
+    # Dropout follows each projection's bias: the biases stay in the projections.
+    assert norms and not any(x_bias for _, x_bias in norms)
 
 
 @pytest.mark.parametrize("program", [FUSED, CUBLAS_GEMM], ids=["fused", "cublas-gemm"])
@@ -161,26 +182,22 @@ NORMS_AND_LOSS = okto.parse(
 def test_residual_adds_run_inside_okto_norms(monkeypatch, family, autocast):
     """A training call with the norms on okto adds each residual inside the norm after it
     (GPT-2: ln_2, the next ln_1, ln_f; Llama: post_attention_layernorm, the next
-    input_layernorm, norm): through the interpreter, with autocast's fp32 stream beside
-    fp16 sublayer outputs too, the loss and every gradient match the class's."""
+    input_layernorm, norm), and GPT-2's projection biases too: through the interpreter,
+    with autocast's fp32 stream beside fp16 sublayer outputs too, the loss and every
+    gradient match the class's."""
     monkeypatch.setenv("OKTO_KERNELS", "triton")
     model = (gpt2() if family == "gpt2" else llama()).to(DEVICE)
     ids = batch(device=DEVICE)
     context = torch.autocast(DEVICE, dtype=autocast, enabled=autocast is not None)
     with context:
         expected = step(model, ids)
-    norms = []
-    name = "layer_norm" if family == "gpt2" else "rms_norm"
-    original = getattr(okto.kernels, name)
-    monkeypatch.setattr(
-        okto.kernels,
-        name,
-        lambda *a, **k: norms.append(k.get("residual") is not None) or original(*a, **k),
-    )
-    with build_plan(NORMS_AND_LOSS, model=model).apply(model), context:
+    norms = norm_calls(monkeypatch, "layer_norm" if family == "gpt2" else "rms_norm")
+    with build_plan(CUBLAS_GEMM, model=model).apply(model), context:
         actual = step(model, ids)
     layers = model.config.num_hidden_layers
-    assert norms == [False] + [True] * (2 * layers)  # only the first ln_1 has no add before it
+    # Only the first ln_1 has no add before it; GPT-2's c_proj layers (attention's Conv1D,
+    # the gelu_mlp op's second GEMM) leave their biases to the norms too.
+    assert norms == [(False, False)] + [(True, family == "gpt2")] * (2 * layers)
     tol = {} if autocast is None else {"rtol": 1e-2, "atol": 1e-3}
     assert_same_step(expected, actual, tol)
 
@@ -197,16 +214,10 @@ def test_residual_norms_step_aside(monkeypatch, why):
         model.transformer.h[1].ln_2.register_forward_hook(lambda _m, _a, out: out * 0.5)
     ids = batch()
     expected = step(model, ids)
-    norms = []
-    original = okto.kernels.layer_norm
-    monkeypatch.setattr(
-        okto.kernels,
-        "layer_norm",
-        lambda *a, **k: norms.append(k.get("residual") is not None) or original(*a, **k),
-    )
+    norms = norm_calls(monkeypatch)
     with build_plan(NORMS_AND_LOSS, machine=H100, model=model).apply(model):
         actual = step(model, ids)
-    assert norms and not any(norms)
+    assert norms and not any(residual or x_bias for residual, x_bias in norms)
     assert_same_step(expected, actual)
 
 
