@@ -1,6 +1,6 @@
 """GPT-2 (`GPT2LMHeadModel`): Conv1D GEMMs read in place, GELU in the first MLP
-GEMM's epilogue, LayerNorm on okto's kernel with each residual add inside the norm
-after it, attention on c_attn's packed output.
+GEMM's epilogue, LayerNorm on okto's kernel with each residual add (and the c_proj
+bias before it) inside the norm after it, attention on c_attn's packed output.
 With the GEMMs on cuBLAS the MLP runs as okto's gelu_mlp op: GELU in cuBLASLt's
 epilogues, forward in c_fc's GEMM and backward in c_proj's input-gradient GEMM.
 
@@ -68,11 +68,11 @@ GPT2 = Architecture(
         "weights read in place), lm_head",
         "attention": "okto flash attention on c_attn's packed output (masked or cached "
         'calls: attn_implementation "okto")',
-        "layernorm": "okto layer_norm: ln_1, ln_2, ln_f, each with the residual add before "
-        "it (training calls)",
+        "layernorm": "okto layer_norm: ln_1, ln_2, ln_f, each with the residual add and the "
+        "c_proj bias before it (training calls)",
     },
     gelu={"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"},
     mlp_in="mlp.c_fc",
     patch=_patch,
-    compiled_norms=True,  # 513k against 495k tokens/s (H100, docs/benchmarks.md)
+    compiled_norms=True,  # 520k against 498k tokens/s (H100, docs/benchmarks.md)
 )
