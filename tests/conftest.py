@@ -37,3 +37,13 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(SEED)
     random.seed(SEED)
+
+
+@pytest.fixture(autouse=True)
+def _backend_switches():
+    """Put back the process-wide switches a training run sets (`apply_switches`): a test
+    after it in the same worker would otherwise run its fp32 matmuls in TF32."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark)
+    yield
+    matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark = before
