@@ -110,22 +110,30 @@ def test_fp32_weights_with_fp16_activations(kind):
     _check(kind, (15, 129), torch.float16, affine=True, residual=True, param_dtype=torch.float32)
 
 
-@pytest.mark.parametrize("n", [37, 1000])
-@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
-def test_fp32_residual_stream_with_16_bit_branch(kind, n):
-    """Autocast's pre-norm block: an fp16 branch output onto an fp32 residual stream. The
-    sum is fp32, y comes out in fp16 for the next GEMM, and the backward hands the branch
-    its gradient in fp16 and the stream its own in fp32 (one kernel writes both)."""
+def _check_autocast_block(kind, shape, dtype, x_bias=False):
+    """Autocast's pre-norm block: a 16-bit branch output onto an fp32 residual stream, fp32
+    parameters (and the branch's fp32 bias with `x_bias`), y in the branch's dtype."""
     _check(
         kind,
-        (3, 5, n),
-        torch.float16,
+        shape,
+        dtype,
         affine=True,
         residual=True,
         param_dtype=torch.float32,
         residual_dtype=torch.float32,
-        out_dtype=torch.float16,
+        out_dtype=dtype,
+        x_bias=x_bias,
     )
+
+
+@pytest.mark.parametrize("x_bias", [False, True])
+@pytest.mark.parametrize("n", [37, 1000])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_fp32_residual_stream_with_16_bit_branch(kind, n, x_bias):
+    """The sum is fp32, y comes out in fp16 for the next GEMM, and the backward hands the
+    branch its gradient in fp16 and the stream its own in fp32 (one kernel writes both);
+    with the projection's bias deferred to the norm, its fp32 gradient too."""
+    _check_autocast_block(kind, (3, 5, n), torch.float16, x_bias)
 
 
 @pytest.mark.parametrize("n", [37, 1000])
@@ -136,22 +144,6 @@ def test_x_bias_added_before_the_residual(kind, dtype, n):
     sums) from the backward's partial sums, beside the weight's and bias's or alone."""
     _check(kind, (3, 5, n), dtype, affine=True, residual=True, x_bias=True)
     _check(kind, (15, n), dtype, affine=False, residual=True, x_bias=True)
-
-
-@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
-def test_x_bias_under_autocast_dtypes(kind):
-    """Autocast's block with the projection's fp32 bias deferred to the norm."""
-    _check(
-        kind,
-        (15, 129),
-        torch.float16,
-        affine=True,
-        residual=True,
-        param_dtype=torch.float32,
-        residual_dtype=torch.float32,
-        out_dtype=torch.float16,
-        x_bias=True,
-    )
 
 
 @pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
@@ -173,16 +165,7 @@ def test_wide_rows_take_the_chunked_path(monkeypatch, kind):
     monkeypatch.setattr(norm_kernels, "CHUNK_BLOCK", 32)
     _check(kind, (15, 129), torch.float32, affine=True, residual=True)
     _check(kind, (7, 129), torch.float16, affine=True, residual=False)
-    _check(
-        kind,
-        (15, 129),
-        torch.float16,
-        affine=True,
-        residual=True,
-        residual_dtype=torch.float32,
-        out_dtype=torch.float16,
-        x_bias=True,
-    )
+    _check_autocast_block(kind, (15, 129), torch.float16, x_bias=True)
 
 
 def test_large_mean_keeps_its_variance_in_the_chunked_path(monkeypatch):
@@ -370,18 +353,8 @@ GPU_SHAPES = [
 def test_gpu_real_sizes(kind, m, n, dtype):
     _check(kind, (m, n), dtype, affine=True, residual=True)
     _check(kind, (m, n), dtype, affine=False, residual=False)
-    if dtype != torch.float32:  # autocast's block: fp32 stream, 16-bit branch and output
-        _check(
-            kind,
-            (m, n),
-            dtype,
-            affine=True,
-            residual=True,
-            param_dtype=torch.float32,
-            residual_dtype=torch.float32,
-            out_dtype=dtype,
-            x_bias=True,
-        )
+    if dtype != torch.float32:
+        _check_autocast_block(kind, (m, n), dtype, x_bias=True)
 
 
 @pytest.mark.gpu
