@@ -130,6 +130,35 @@ def _machine_blocks(machine: Machine, device: Setting) -> str | None:
     return None
 
 
+OPTIMIZER_KERNEL, OPTIMIZER_TORCH = "okto", "torch"
+
+
+def optimizer(sources: Sources, machine: Machine, settings: dict[str, Setting]) -> Setting:
+    """Which implementation runs the optimizer's update: okto's multi-tensor AdamW kernel
+    where it applies (AdamW, fp32 parameters, a machine that runs okto's kernels,
+    BLAS.backend not cublas, parameters not sharded), else torch's own."""
+    path = "train.optimizer"
+    name = sources.value(path)
+    origin = sources.origin(path)
+    torch_fused = f"torch's fused {name}" if name in ("adam", "adamw") else f"torch's {name}"
+    if name != "adamw":
+        return Setting(OPTIMIZER_TORCH, path, origin, f"{torch_fused}; okto's kernel is AdamW's")
+    blocked = _machine_blocks(machine, settings["device"])
+    weights, strategy = settings["weights"], settings["strategy"]
+    if blocked:
+        return Setting(OPTIMIZER_TORCH, path, origin, f"{torch_fused}: {blocked}")
+    if sources.value("blas.backend") == "cublas":
+        why = f"{torch_fused}: {display('blas.backend')}: cublas"
+        return Setting(OPTIMIZER_TORCH, "blas.backend", sources.origin("blas.backend"), why)
+    if weights.value != "fp32":
+        why = f"{torch_fused}: {weights.value} weights (okto's kernel updates fp32 ones)"
+        return Setting(OPTIMIZER_TORCH, weights.field, weights.origin, why)
+    if settings["processes"].value > 1 and strategy.value == "fsdp":
+        why = f"{torch_fused}: FSDP shards the parameters"
+        return Setting(OPTIMIZER_TORCH, strategy.field, strategy.origin, why)
+    return Setting(OPTIMIZER_KERNEL, path, origin, "AdamW in one Triton launch over every tensor")
+
+
 def choose(
     asked: dict[str, LayerChoice], fused_ops: Setting, facts: ModelFacts | None
 ) -> dict[str, LayerChoice]:

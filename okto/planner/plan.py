@@ -107,6 +107,9 @@ def build_plan(
     sources = Sources(program_or_config)
     machine = machine or Machine.detect()
     settings, notes = resolve_settings(sources, machine, device)
+    settings = _after(
+        settings, "fused_ops", "optimizer", layers.optimizer(sources, machine, settings)
+    )
     asked = layers.requests(sources, machine, settings["device"], settings["compile"])
     facts = describe(model) if model is not None else None
     chosen = layers.choose(asked, settings["fused_ops"], facts)
@@ -120,6 +123,16 @@ def build_plan(
         requests=asked,
         project=sources.config.project.name,
     )
+
+
+def _after(settings: dict[str, Setting], anchor: str, name: str, setting: Setting) -> dict:
+    """`settings` with `name` placed right after `anchor` (the table's order)."""
+    out = {}
+    for key, value in settings.items():
+        out[key] = value
+        if key == anchor:
+            out[name] = setting
+    return out
 
 
 def _shown(value: Any) -> str:

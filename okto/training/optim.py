@@ -4,6 +4,8 @@ Weight decay applies to matrices (2-D and up) only: decaying biases and norm
 gains hurts and is what nanoGPT and the Hugging Face Trainer avoid too. Adam and
 AdamW run fused (one kernel over every parameter, on CUDA and on the CPU): the
 step applies the gradient clipping and skips a non-finite update on the device.
+Where the plan says so (AdamW, fp32 weights, a GPU; docs/planner.md), AdamW's
+update runs okto's multi-tensor kernel instead of torch's, on the same state.
 Schedules are `transformers.get_scheduler`'s, except `step`, which is not
 there: linear warmup, then the rate times 0.1 at half and again at three
 quarters of the steps (the classic multi-step decay).
@@ -19,15 +21,84 @@ from torch import nn
 STEP_DROPS = (0.5, 0.75)
 
 
+class KernelAdamW(torch.optim.AdamW):
+    """torch's fused AdamW with its update run by okto's multi-tensor kernel (`adamw_`).
+
+    The state is torch's (fp32 `step` tensors on the device, `exp_avg`, `exp_avg_sq`),
+    so checkpoints load into either class; `grad_scale` and `found_inf` work as in
+    torch's fused step (clipping and loss scaling fold into it, a non-finite update is
+    skipped on the device). Options the kernel lacks (amsgrad, maximize, a tensor
+    learning rate) and tensors it does not take leave the step to torch's.
+    """
+
+    def __init__(self, params, lr: float, **kwargs):
+        super().__init__(params, lr=lr, fused=True, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not all(_kernel_takes(group) for group in self.param_groups):
+            return super().step(closure)
+        from okto.kernels.ops.adamw import adamw_
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            tensors = self._tensors(group)
+            adamw_(
+                *tensors,
+                lr=group["lr"],
+                betas=group["betas"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+            )
+        return loss
+
+    def _tensors(self, group) -> tuple[list[torch.Tensor], ...]:
+        """(params, grads, exp_avgs, exp_avg_sqs, steps) of the group's parameters that
+        have a gradient, their state made as torch's fused AdamW makes it."""
+        lists: tuple[list[torch.Tensor], ...] = ([], [], [], [], [])
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            row = (p, p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])
+            for out, t in zip(lists, row, strict=True):
+                out.append(t)
+        return lists
+
+
+def _kernel_takes(group) -> bool:
+    return not (
+        group["amsgrad"]
+        or group["maximize"]
+        or group["differentiable"]
+        or isinstance(group["lr"], torch.Tensor)
+    )
+
+
 def build_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float
+    model: nn.Module, name: str, lr: float, weight_decay: float, kernel: bool = False
 ) -> torch.optim.Optimizer:
+    """TRAIN's optimizer over the trained parameters; `kernel`: the plan put AdamW's update
+    on okto's kernel."""
     trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in trained if p.ndim >= 2], "weight_decay": weight_decay},
         {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    if name == "adamw" and kernel:
+        return KernelAdamW(groups, lr=lr)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     if name == "adam":

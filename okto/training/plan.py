@@ -24,6 +24,7 @@ class RunSettings:
     precision: str  # the autocast dtype: fp32 means no autocast
     weights: str  # the parameters' dtype
     loss_scaling: bool  # fp16: a GradScaler
+    optimizer_kernel: bool  # okto's AdamW kernel runs the update (else torch's optimizer)
     tf32: bool
     compile: bool
     cuda_graphs: bool
@@ -51,6 +52,7 @@ def run_settings(plan) -> RunSettings:
         precision=value["precision"],
         weights=value["weights"],
         loss_scaling=value["loss_scaling"],
+        optimizer_kernel=value["optimizer"] == "okto",
         tf32=value["tf32"],
         compile=value["compile"],
         cuda_graphs=value["cuda_graphs"],

@@ -382,7 +382,9 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     rows = len(splits.train)
     per_step = live.batch_size * live.gradient_accumulation * parallel.world
     total = train.max_steps or math.ceil(train.epochs * rows / per_step)
-    optimizer = build_optimizer(model, train.optimizer, train.learning_rate, train.weight_decay)
+    optimizer = build_optimizer(
+        model, train.optimizer, train.learning_rate, train.weight_decay, settings.optimizer_kernel
+    )
     scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
     forward = compiled(forward, settings)

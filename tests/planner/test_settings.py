@@ -8,7 +8,7 @@ import okto
 from okto.errors import EXIT_MACHINE, MachineError
 from okto.language import apply_overrides
 from okto.planner import build_plan
-from tests.planner.util import CPU, H100, T4, plan
+from tests.planner.util import CPU, H100, INTERPRETER, T4, plan
 
 
 def at(text: str, needle: str) -> str:
@@ -107,6 +107,12 @@ CASES = [
     ("ENV { seed: 1 }", CPU, "seed", 1, "ENV.seed", "1"),
     ("ACCELERATE { fused_ops: true }", CPU, "fused_ops", True, "ACCELERATE.fused_ops", "true"),
     ("ENV { min_memory: 16GB }", H100, "memory", "80.0 GB", "ENV.min_memory", "16GB"),
+    ("", H100, "optimizer", "okto", "TRAIN.optimizer", None),
+    ("", INTERPRETER, "optimizer", "okto", "TRAIN.optimizer", None),
+    ("", CPU, "optimizer", "torch", "TRAIN.optimizer", None),
+    ("TRAIN { optimizer: sgd }", H100, "optimizer", "torch", "TRAIN.optimizer", "sgd"),
+    ("BLAS { backend: cublas }", H100, "optimizer", "torch", "BLAS.backend", "cublas"),
+    ('MODEL { dtype: "bfloat16" }', H100, "optimizer", "torch", "MODEL.precision", '"bf'),
 ]
 
 
@@ -178,3 +184,18 @@ def test_a_bare_config_has_no_positions():
     settings = build_plan(config, machine=H100).settings
     assert settings["precision"].origin == "set in the config"
     assert settings["device"].origin == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "words"),
+    [
+        ("", H100, ["one Triton launch"]),
+        ("", CPU, ["torch's fused adamw", "no CUDA"]),
+        ("TRAIN { optimizer: sgd }", H100, ["torch's sgd", "AdamW's"]),
+        ('MODEL { dtype: "bfloat16" }', H100, ["bf16 weights", "fp32"]),
+    ],
+)
+def test_optimizer_reasons(text, machine, words):
+    reason = plan(text, machine).settings["optimizer"].reason
+    for word in words:
+        assert word in reason

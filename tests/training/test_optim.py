@@ -49,3 +49,65 @@ def test_unfused_optimizers_clip_the_gradients_themselves():
     clipped = torch.nn.utils.get_total_norm([p.grad for p in params])
     assert clipped.item() == pytest.approx(1.0, rel=1e-4)
     assert getattr(opt, "grad_scale", None) is None
+
+
+def _trajectory(model, optimizer, steps=4, skip_at=2):
+    """Losses of a few steps with folded clipping; step `skip_at` is skipped on the device
+    (found_inf), as the trainer skips a non-finite update."""
+    parallel = Parallel()
+    torch.manual_seed(0)
+    for step in range(steps):
+        model(torch.randn(5, 16) * 30).square().sum().backward()
+        parallel.clip_grad_norm(list(model.parameters()), 1.0, optimizer)
+        optimizer.found_inf = torch.tensor(float(step == skip_at))
+        optimizer.step()
+        optimizer.found_inf = None
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("kernels", ["triton", "native"])
+def test_kernel_adamw_follows_torchs_fused_adamw(kernels, monkeypatch):
+    """okto's AdamW kernel (Triton's interpreter here) and torch's fused AdamW take the same
+    steps, weight decay per group, folded clipping and a skipped step included."""
+    monkeypatch.setenv("OKTO_KERNELS", kernels)
+    ours, theirs = _pair()
+    opt_ours = optim.build_optimizer(ours, "adamw", 1e-2, 0.1, kernel=True)
+    opt_theirs = optim.build_optimizer(theirs, "adamw", 1e-2, 0.1)
+    assert isinstance(opt_ours, optim.KernelAdamW) and optim.folds_clipping(opt_ours)
+    assert type(opt_theirs) is torch.optim.AdamW
+    _trajectory(ours, opt_ours)
+    _trajectory(theirs, opt_theirs)
+    # fp32 rounding apart (the kernel's bias corrections are exp2(step * log2(beta)))
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(opt_ours.state.values(), opt_theirs.state.values(), strict=True):
+        assert a["step"].item() == b["step"].item() == 3  # four steps, one skipped
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-5, atol=1e-10)
+
+
+def test_kernel_adamw_state_is_torchs(monkeypatch):
+    """A checkpoint of either optimizer resumes in the other."""
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    ours, theirs = _pair()
+    opt_ours = optim.build_optimizer(ours, "adamw", 1e-2, 0.1, kernel=True)
+    _trajectory(ours, opt_ours, steps=2, skip_at=-1)
+    theirs.load_state_dict(ours.state_dict())
+    opt_theirs = optim.build_optimizer(theirs, "adamw", 1e-2, 0.1)
+    opt_theirs.load_state_dict(copy.deepcopy(opt_ours.state_dict()))  # as from a file
+    back = optim.build_optimizer(ours, "adamw", 1e-2, 0.1, kernel=True)
+    back.load_state_dict(copy.deepcopy(opt_theirs.state_dict()))
+    _trajectory(ours, back, steps=2, skip_at=-1)
+    _trajectory(theirs, opt_theirs, steps=2, skip_at=-1)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_adamw_leaves_options_it_lacks_to_torch(monkeypatch):
+    monkeypatch.setenv("OKTO_KERNELS", "triton")
+    ours, theirs = _pair()
+    opt_ours = optim.KernelAdamW(ours.parameters(), lr=1e-2, amsgrad=True)
+    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-2, amsgrad=True, fused=True)
+    _trajectory(ours, opt_ours, skip_at=-1)
+    _trajectory(theirs, opt_theirs, skip_at=-1)
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
