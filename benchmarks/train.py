@@ -187,14 +187,16 @@ def planned(model, name: str, seq: int, batch: int):
     return program, plan
 
 
-def step_loop(model, forward, tokens: torch.Tensor, okto_clip: bool) -> tuple[float, float]:
+def step_loop(model, forward, tokens: torch.Tensor, okto_plan) -> tuple[float, float]:
     """(seconds for the timed steps, last loss): the loop every non-trainer config shares.
-    With `okto_clip` the clipping is folded into the fused AdamW step as okto's Trainer
-    folds it; otherwise `clip_grad_norm_` clips the gradients before the step."""
+    Under an okto plan the clipping is folded into the AdamW step as okto's Trainer folds
+    it, and the update runs where the plan puts it; otherwise `clip_grad_norm_` clips the
+    gradients before torch's fused AdamW step."""
     from okto.training.optim import build_optimizer, clip_in_step
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1)  # as okto's
+    kernel = okto_plan is not None and run_settings(okto_plan).optimizer_kernel
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, kernel)  # as okto's
     loss = None
     for index, batch in enumerate(tokens):
         if index == WARMUP:
@@ -203,7 +205,7 @@ def step_loop(model, forward, tokens: torch.Tensor, okto_clip: bool) -> tuple[fl
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = forward(input_ids=batch, labels=batch).loss
         loss.backward()
-        if okto_clip:
+        if okto_plan is not None:
             clip_in_step(optimizer, params, 1.0)
         else:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -233,7 +235,7 @@ def trainer_run(
     column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), seq)
     rows = datasets.Dataset(pa.table({"input_ids": column, "labels": column}))
     config = program.config
-    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1)
+    optimizer = build_optimizer(model, "adamw", 6e-4, 0.1, settings.optimizer_kernel)
     with tempfile.TemporaryDirectory() as scratch:
         trainer = Trainer(
             model=model,
@@ -286,7 +288,7 @@ def run(name: str, steps: int, batch: int, seq: int, family: str) -> dict:
             forward = torch.compile(model)
         if name.endswith("graphs"):
             forward = torch.compile(model, mode="reduce-overhead")
-        seconds, loss = step_loop(model, forward, tokens, name.startswith("okto"))
+        seconds, loss = step_loop(model, forward, tokens, plan if name.startswith("okto") else None)
     return measured(name, model, seconds, loss, timed_steps, batch, seq)
 
 

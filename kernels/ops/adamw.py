@@ -33,6 +33,7 @@ from okto.kernels.autotune import launch
 BLOCK = 1024
 NUM_WARPS = 4
 ALIGN = 16  # bytes: addresses at multiples of this let full blocks load 128-bit vectors
+_ALIGN = tl.constexpr(ALIGN)
 _TABLES: OrderedDict[tuple, tuple] = OrderedDict()
 _MAX_TABLES = 8
 
@@ -99,10 +100,10 @@ def _adamw_kernel(
     if run:
         offs = start + tl.arange(0, BLOCK)
         if ALIGNED:
-            p_ptr = tl.multiple_of(p_ptr, ALIGN)
-            g_ptr = tl.multiple_of(g_ptr, ALIGN)
-            m_ptr = tl.multiple_of(m_ptr, ALIGN)
-            v_ptr = tl.multiple_of(v_ptr, ALIGN)
+            p_ptr = tl.multiple_of(p_ptr, _ALIGN)
+            g_ptr = tl.multiple_of(g_ptr, _ALIGN)
+            m_ptr = tl.multiple_of(m_ptr, _ALIGN)
+            v_ptr = tl.multiple_of(v_ptr, _ALIGN)
             offs = tl.multiple_of(start, BLOCK) + tl.arange(0, BLOCK)
             if start + BLOCK <= n:
                 _update(
