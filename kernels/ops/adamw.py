@@ -202,6 +202,7 @@ def triton_ready(params, grads, exp_avgs, exp_avg_sqs, steps) -> bool:
     return all(s.dim() == 0 for s in steps)
 
 
+@backend.eager_fast_path
 @torch.library.custom_op(
     "okto::adamw_", mutates_args=("params", "exp_avgs", "exp_avg_sqs", "steps")
 )

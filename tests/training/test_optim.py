@@ -8,10 +8,12 @@ import torch
 
 from okto.training import optim
 from okto.training.distributed import Parallel
+from tests.kernels.numerics import DEVICE
 
 
-def _pair():
+def _pair(device="cpu"):
     model = torch.nn.Sequential(torch.nn.Linear(16, 24), torch.nn.GELU(), torch.nn.Linear(24, 8))
+    model = model.to(device)
     return model, copy.deepcopy(model)
 
 
@@ -55,11 +57,12 @@ def _trajectory(model, optimizer, steps=4, skip_at=2):
     """Losses of a few steps with folded clipping; step `skip_at` is skipped on the device
     (found_inf), as the trainer skips a non-finite update."""
     parallel = Parallel()
+    device = next(model.parameters()).device
     torch.manual_seed(0)
     for step in range(steps):
-        model(torch.randn(5, 16) * 30).square().sum().backward()
+        model(torch.randn(5, 16).to(device) * 30).square().sum().backward()
         parallel.clip_grad_norm(list(model.parameters()), 1.0, optimizer)
-        optimizer.found_inf = torch.tensor(float(step == skip_at))
+        optimizer.found_inf = torch.tensor(float(step == skip_at), device=device)
         optimizer.step()
         optimizer.found_inf = None
         optimizer.zero_grad(set_to_none=True)
@@ -67,10 +70,10 @@ def _trajectory(model, optimizer, steps=4, skip_at=2):
 
 @pytest.mark.parametrize("kernels", ["triton", "native"])
 def test_kernel_adamw_follows_torchs_fused_adamw(kernels, monkeypatch):
-    """okto's AdamW kernel (Triton's interpreter here) and torch's fused AdamW take the same
-    steps, weight decay per group, folded clipping and a skipped step included."""
+    """okto's AdamW kernel (Triton's interpreter on a CPU) and torch's fused AdamW take the
+    same steps, weight decay per group, folded clipping and a skipped step included."""
     monkeypatch.setenv("OKTO_KERNELS", kernels)
-    ours, theirs = _pair()
+    ours, theirs = _pair(DEVICE)
     opt_ours = optim.build_optimizer(ours, "adamw", 1e-2, 0.1, kernel=True)
     opt_theirs = optim.build_optimizer(theirs, "adamw", 1e-2, 0.1)
     assert isinstance(opt_ours, optim.KernelAdamW) and optim.folds_clipping(opt_ours)
@@ -88,7 +91,7 @@ def test_kernel_adamw_follows_torchs_fused_adamw(kernels, monkeypatch):
 def test_kernel_adamw_state_is_torchs(monkeypatch):
     """A checkpoint of either optimizer resumes in the other."""
     monkeypatch.setenv("OKTO_KERNELS", "triton")
-    ours, theirs = _pair()
+    ours, theirs = _pair(DEVICE)
     opt_ours = optim.build_optimizer(ours, "adamw", 1e-2, 0.1, kernel=True)
     _trajectory(ours, opt_ours, steps=2, skip_at=-1)
     theirs.load_state_dict(ours.state_dict())
@@ -104,7 +107,7 @@ def test_kernel_adamw_state_is_torchs(monkeypatch):
 
 def test_kernel_adamw_leaves_options_it_lacks_to_torch(monkeypatch):
     monkeypatch.setenv("OKTO_KERNELS", "triton")
-    ours, theirs = _pair()
+    ours, theirs = _pair(DEVICE)
     opt_ours = optim.KernelAdamW(ours.parameters(), lr=1e-2, amsgrad=True)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-2, amsgrad=True, fused=True)
     _trajectory(ours, opt_ours, skip_at=-1)
