@@ -147,7 +147,8 @@ def _tables(lists: tuple[list[torch.Tensor], ...]) -> tuple:
     tensor_of_block = torch.repeat_interleave(torch.arange(len(sizes), dtype=torch.int32), counts)
     first_block = torch.cumsum(counts, 0) - counts
     start = (torch.arange(int(counts.sum())) - first_block.repeat_interleave(counts)) * BLOCK
-    aligned = all(a % ALIGN == 0 for a in addresses)
+    # Only the four element arrays are loaded in blocks; the step counts are scalars.
+    aligned = all(a % ALIGN == 0 for a in addresses[: 4 * len(sizes)])
     hit = (
         _to_device(addresses, torch.int64, device),
         _to_device(list(sizes), torch.int64, device),
