@@ -10,12 +10,17 @@ def add_parser(subparsers) -> None:
         "export",
         help="package a model as .okm, or write an .okm back as a Hugging Face directory",
         description="Export a model (.okm, Hugging Face directory or run directory) to an .okm file "
-        "or a Hugging Face directory. Without --format, an --out ending in .okm gives okm, "
-        "anything else a Hugging Face directory.",
+        "a Hugging Face directory, or one safetensors file of the weights alone. Without "
+        "--format, an --out ending in .okm gives okm, one ending in .safetensors the weights "
+        "file, anything else a Hugging Face directory.",
     )
     p.add_argument("--model", "-m", required=True, help=".okm, Hugging Face or run directory")
     p.add_argument("--out", "-o", required=True, type=Path, help="where to write")
-    p.add_argument("--format", choices=("okm", "hf", "safetensors"), help="okm or hf")
+    p.add_argument(
+        "--format",
+        choices=("okm", "hf", "safetensors"),
+        help="okm, hf (a directory) or safetensors (the weights alone)",
+    )
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast the weights")
     p.set_defaults(run=run)
 
@@ -24,7 +29,9 @@ def run(args) -> int:
     from okto.package import Package, export_model
 
     out = export_model(args.model, args.out, format=args.format, dtype=args.dtype)
-    if out.is_file():
+    if out.is_dir():
+        print(f"wrote {out}/ (Hugging Face format)")
+    elif out.suffix == ".okm" or args.format == "okm":
         manifest = Package(out).manifest
         size = out.stat().st_size / 1e6
         print(
@@ -32,5 +39,5 @@ def run(args) -> int:
             f"{manifest['parameters']:,} parameters, {size:,.1f} MB"
         )
     else:
-        print(f"wrote {out}/ (Hugging Face format)")
+        print(f"wrote {out}: the weights alone, {out.stat().st_size / 1e6:,.1f} MB")
     return 0

@@ -8,6 +8,7 @@ describes the layout byte for byte. This module needs no torch.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -16,9 +17,10 @@ import re
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from okto.errors import EXIT_RUN_FAILED, OktoError, UsageError
 from okto.package.weights import WeightsError, read_index, tensors_in_place
@@ -85,42 +87,20 @@ def _umask() -> int:
     return mask
 
 
-def write_package(
-    path: Path | str, members: Iterable[tuple[str, str, bytes | Path]], manifest: dict
-) -> Path:
-    """Write members (name, role, bytes or a file to stream) and the manifest to `path`.
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """Open `path` for writing so that it appears under its name only once complete.
 
-    The file appears under its name only once complete: it is written to a
-    temporary file in the same folder, flushed, then renamed over `path`.
-    `manifest` gets the `format`, `format_version` and `members` keys filled in.
+    The data goes to a temporary file in the same folder, is flushed to disk and
+    renamed over `path`; on any error the temporary file is removed and whatever
+    was at `path` before is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(b"\0" * HEADER_SIZE)
-            entries = []
-            for name, role, data in members:
-                offset = out.tell()
-                digest, length = _write_member(out, data)
-                entries.append(
-                    {
-                        "name": name,
-                        "role": role,
-                        "offset": offset,
-                        "length": length,
-                        "sha256": digest,
-                    }
-                )
-                out.write(b"\0" * _pad(out.tell()))
-            body = {"format": "okm", "format_version": FORMAT_VERSION, **manifest}
-            body["members"] = entries
-            blob = json.dumps(body, indent=1, sort_keys=True).encode()
-            manifest_offset = out.tell()
-            out.write(blob)
-            out.seek(0)
-            out.write(_header_bytes(manifest_offset + len(blob), manifest_offset, blob))
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private (0600)
@@ -128,7 +108,40 @@ def write_package(
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_file(path: Path | str, data: bytes | memoryview | Path) -> Path:
+    """Write bytes (or a copy of a file, streamed) to `path` through `atomic_file`."""
+    with atomic_file(path) as out:
+        _write_member(out, data)
+    return Path(path)
+
+
+def write_package(
+    path: Path | str, members: Iterable[tuple[str, str, bytes | Path]], manifest: dict
+) -> Path:
+    """Write members (name, role, bytes or a file to stream) and the manifest to `path`,
+    through `atomic_file`. `manifest` gets the `format`, `format_version` and `members`
+    keys filled in.
+    """
+    with atomic_file(path) as out:
+        out.write(b"\0" * HEADER_SIZE)
+        entries = []
+        for name, role, data in members:
+            offset = out.tell()
+            digest, length = _write_member(out, data)
+            entries.append(
+                {"name": name, "role": role, "offset": offset, "length": length, "sha256": digest}
+            )
+            out.write(b"\0" * _pad(out.tell()))
+        body = {"format": "okm", "format_version": FORMAT_VERSION, **manifest}
+        body["members"] = entries
+        blob = json.dumps(body, indent=1, sort_keys=True).encode()
+        manifest_offset = out.tell()
+        out.write(blob)
+        out.seek(0)
+        out.write(_header_bytes(manifest_offset + len(blob), manifest_offset, blob))
+    return Path(path)
 
 
 def _write_member(out, data: bytes | Path) -> tuple[str, int]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from okto import __version__
 from okto.errors import UsageError
 from okto.inference.settings import from_block, from_generation_config, model_defaults
-from okto.package.format import CONFIG, WEIGHTS, Package, write_package
+from okto.package.format import CONFIG, WEIGHTS, Package, write_file, write_package
 from okto.package.weights import (
     FLOAT_CODES,
     WeightsError,
@@ -261,16 +260,19 @@ def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None)
         files[GENERATION_CONFIG] = checkpoint.generation_config
     if checkpoint.training_config is not None:
         files[TRAINING_CONFIG] = (json.dumps(checkpoint.training_config, indent=2) + "\n").encode()
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-    if isinstance(weights, Path):
-        shutil.copyfile(weights, out / WEIGHTS)
-    else:
-        (out / WEIGHTS).write_bytes(weights)
+    for name, data in {**files, WEIGHTS: weights}.items():
+        write_file(out / name, data)  # each file whole, or the one it replaces left alone
     return out
 
 
+def export_safetensors(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None) -> Path:
+    """Write the weights alone as one safetensors file (no config, no tokenizer)."""
+    weights, _ = _weights_blob(checkpoint, dtype)
+    return write_file(out, weights)
+
+
 FORMATS = ("okm", "hf", "safetensors")
+_FORMAT_BY_SUFFIX = {".okm": "okm", ".safetensors": "safetensors"}
 
 
 def export_model(
@@ -278,11 +280,12 @@ def export_model(
 ) -> Path:
     """Export the model at `source` (okm, HF or run directory) to `out`; what EXPORT runs.
 
-    `format` is okm (one file) or hf / safetensors (a Hugging Face directory,
-    weights in safetensors); by default okm when `out` ends in .okm, else hf.
+    `format` is okm (one file), hf (a Hugging Face directory, weights in
+    safetensors) or safetensors (the weights alone, one file); by default okm when
+    `out` ends in .okm, safetensors when it ends in .safetensors, else hf.
     `dtype` is fp32, fp16 or bf16 (default: as stored).
     """
-    format = format or ("okm" if Path(out).suffix == ".okm" else "hf")
+    format = format or _FORMAT_BY_SUFFIX.get(Path(out).suffix, "hf")
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if dtype is not None and dtype not in FLOAT_CODES:
@@ -290,4 +293,6 @@ def export_model(
     checkpoint = open_checkpoint(source)
     if format == "okm":
         return export_okm(checkpoint, out, dtype)
+    if format == "safetensors":
+        return export_safetensors(checkpoint, out, dtype)
     return export_hf(checkpoint, out, dtype)

@@ -21,6 +21,7 @@ from okto.planner.sources import DEFAULT, Sources, display
 
 HALF = ("fp16", "bf16")
 CALLER = "caller"
+DEFAULT_SEED = 0  # an unseeded run still seeds: every run is reproducible
 LAUNCHER = "torchrun"
 STRATEGIES = {
     "ddp": "a full replica per process; gradients all-reduced in buckets during the backward",
@@ -352,7 +353,7 @@ def _seed(sources: Sources) -> Setting:
     for path in ("train.seed", "env.seed"):
         if sources.value(path) is not None:
             return from_field(sources, path)
-    return Setting(None, reason="unseeded")
+    return Setting(DEFAULT_SEED, reason="default: runs are reproducible")
 
 
 def _memory(

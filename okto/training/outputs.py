@@ -92,8 +92,7 @@ def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) ->
 
 def export(final: Path, export_cfg, folder: Path, name: str) -> list[Path]:
     """EXPORT's formats from the final model: okm (one file), hf (a folder), safetensors (weights)."""
-    from okto.package import export_model, open_checkpoint
-    from okto.package.weights import serialize, torch_dtype
+    from okto.package import export_model
 
     folder.mkdir(parents=True, exist_ok=True)
     dtype = export_cfg.quantization
@@ -104,8 +103,5 @@ def export(final: Path, export_cfg, folder: Path, name: str) -> list[Path]:
         elif fmt == "hf":
             written.append(export_model(final, folder / name, "hf", dtype))
         else:
-            path = folder / f"{name}.safetensors"
-            tensors = open_checkpoint(final).tensors()
-            path.write_bytes(serialize(tensors, torch_dtype(dtype) if dtype else None))
-            written.append(path)
+            written.append(export_model(final, folder / f"{name}.safetensors", fmt, dtype))
     return written

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def run_settings(plan) -> RunSettings:
         memory_efficient=value["memory_efficient"],
         cudnn_benchmark=value["cudnn_benchmark"],
         streams=value["streams"],
-        seed=DEFAULT_SEED if value["seed"] is None else value["seed"],
+        seed=value["seed"],
     )
 
 

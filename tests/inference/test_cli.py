@@ -4,8 +4,10 @@ import io
 import json
 
 import pytest
+import torch
 
 from okto.cli import main
+from okto.package import open_checkpoint
 from tests.inference.models import PROMPTS
 
 RECORD_FIELDS = {
@@ -194,6 +196,24 @@ def test_export_round_trip(hf_dirs, capsys, tmp_path):
         main(["export", "--model", str(out), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
     )
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+
+def test_export_weights_alone(okm_files, capsys, tmp_path):
+    """`--format safetensors` (or an --out ending in .safetensors) writes one weights file, as
+    EXPORT's `safetensors` format does, holding the package's tensors unchanged."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "w.safetensors"
+    assert main(["export", "--model", str(okm_files["gpt2"]), "--out", str(out)]) == 0
+    assert "the weights alone" in capsys.readouterr().out
+    tensors = open_checkpoint(okm_files["gpt2"]).tensors()
+    loaded = load_file(out)
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    named = tmp_path / "named"
+    assert main(["export", "-m", str(okm_files["gpt2"]), "-o", str(named), "--format",
+                 "safetensors"]) == 0  # fmt: skip
+    assert named.is_file() and named.read_bytes() == out.read_bytes()
 
 
 def test_chat_mode_renders_each_prompt_as_a_turn(okm_files, capsys, stdin, tmp_path):

@@ -93,6 +93,22 @@ def test_write_is_atomic(okm_files, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupted_hf_export_leaves_the_old_files_whole(hf_dirs, tmp_path, monkeypatch):
+    """A Hugging Face export into a folder that holds a model replaces each file whole:
+    a failure mid-write leaves every earlier file as it was and no temporary files."""
+    out = export_model(hf_dirs["gpt2"], tmp_path / "hf")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(out_file, data):
+        out_file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(okm, "_write_member", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(hf_dirs["llama"], out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_written_package_has_the_users_file_mode(tmp_path):
     """Not the private 0600 of the temporary file it was written as: the umask decides."""
     mask = os.umask(0o027)

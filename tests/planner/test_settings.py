@@ -105,6 +105,7 @@ CASES = [
     ("BLAS { streams: 4 }", CPU, "streams", 1, "BLAS.streams", "4"),
     ("ENV { seed: 1 }\nTRAIN { seed: 2 }", CPU, "seed", 2, "TRAIN.seed", "2"),
     ("ENV { seed: 1 }", CPU, "seed", 1, "ENV.seed", "1"),
+    ("", CPU, "seed", 0, None, None),  # unset: seeded all the same, as the trainer runs
     ("ACCELERATE { fused_ops: true }", CPU, "fused_ops", True, "ACCELERATE.fused_ops", "true"),
     ("ENV { min_memory: 16GB }", H100, "memory", "80.0 GB", "ENV.min_memory", "16GB"),
     ("", H100, "optimizer", "okto", "TRAIN.optimizer", None),
