@@ -8,6 +8,7 @@ reported for it rather than a made-up one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,7 +29,8 @@ class Peak:
         return getattr(self, precision, None)
 
 
-# (substring of the CUDA device name, extra substring or None, peak), most specific first.
+# (model, variant or None, peak), most specific first. Both are matched as whole words of
+# the CUDA device name, so an L40 is not taken for an L4 nor an RTX A1000 for an A100.
 _PEAKS: list[tuple[str, str | None, Peak]] = [
     ("H200", None, Peak(989.4, 989.4, 494.7, 66.9, 4.8, fp8=1978.9)),
     ("H100", "PCIe", Peak(756.0, 756.0, 378.0, 51.2, 2.0, fp8=1513.0)),
@@ -46,10 +48,14 @@ _PEAKS: list[tuple[str, str | None, Peak]] = [
 ]
 
 
+_SEPARATORS = re.compile(r"[\s_-]+")
+
+
 def peak_for(name: str) -> Peak | None:
     """The datasheet peak for a CUDA device name, or None when the model is unknown."""
+    words = " " + " ".join(_SEPARATORS.split(name)) + " "  # "A100-SXM4-80GB": " A100 SXM4 80GB "
     for model, variant, peak in _PEAKS:
-        if model in name and (variant is None or variant in name):
+        if f" {model} " in words and (variant is None or f" {variant} " in words):
             return peak
     return None
 
@@ -70,7 +76,9 @@ def get_device_info(device: int | torch.device | None = None) -> DeviceInfo:
     """Name, compute capability, SM count, memory and datasheet peaks of a CUDA device (or the CPU)."""
     if not torch.cuda.is_available():
         return DeviceInfo("cpu", None, None, None, None)
-    props = torch.cuda.get_device_properties(device or torch.cuda.current_device())
+    props = torch.cuda.get_device_properties(
+        torch.cuda.current_device() if device is None else device
+    )
     return DeviceInfo(
         name=props.name,
         compute_capability=(props.major, props.minor),

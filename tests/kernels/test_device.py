@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from okto.kernels.device import get_device_info, peak_for
@@ -9,7 +10,15 @@ def test_peaks_by_device_name():
     assert peak_for("NVIDIA H100 PCIe").bf16 == 756.0
     assert peak_for("NVIDIA A100-SXM4-80GB").bandwidth_tbps == 2.039
     assert peak_for("NVIDIA L4").tflops("bf16") == 121.0
+    assert peak_for("NVIDIA GeForce RTX 4090").fp8 == 330.3
+    assert peak_for("Tesla V100-SXM2-16GB").bf16 == 125.0
     assert peak_for("Some Future GPU") is None
+
+
+@pytest.mark.parametrize("name", ["NVIDIA L40", "NVIDIA RTX A1000", "NVIDIA A10G", "NVIDIA GH200"])
+def test_a_name_containing_a_known_one_is_not_taken_for_it(name):
+    """Whole-word matches only: these are other GPUs (no peak, so no made-up MFU)."""
+    assert peak_for(name) is None
 
 
 def test_device_info_on_this_machine():
