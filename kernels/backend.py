@@ -93,15 +93,11 @@ def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) ->
         )
 
 
-# Read once, when okto.kernels is imported (tests/conftest.py sets it before that):
+# Tests set OKTO_POISON_OUTPUTS=1 so that any output element a kernel fails to write is
+# NaN. Read once, when okto.kernels is imported (tests/conftest.py sets it before that):
 # every kernel output is allocated through `empty`, and an environment lookup per
 # allocation was a measurable part of a small op's host time.
 _POISON = os.environ.get("OKTO_POISON_OUTPUTS", "0") == "1"
-
-
-def poisoning() -> bool:
-    """Tests set OKTO_POISON_OUTPUTS=1 so that any output element a kernel fails to write is NaN."""
-    return _POISON
 
 
 def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

@@ -33,7 +33,7 @@ MODEL_DEFAULTS = (
     "exit_command",
 )
 # INFERENCE `precision` and `backend` values -> load_model's
-_PRECISIONS = {"auto": None, "tf32": "fp32"}
+_PRECISIONS = {"auto": None}
 _BACKENDS = {"oktoblas": "okto", "cublas": "native"}
 
 
@@ -88,16 +88,6 @@ class Settings:
 
     def apply_template(self, text: str) -> str:
         return self.template.replace("{input}", text)
-
-    @property
-    def sampling(self) -> dict:
-        """The fields the engine's sampler takes."""
-        return {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-        }
 
 
 def from_block(block: dict | None) -> dict:

@@ -1,8 +1,9 @@
 """The run's metrics as JSON lines, beside what the terminal shows.
 
 One object per line, each with an `event`: `start` (the run's settings),
-`step` (every `logging_steps`), `eval`, `log` (CONTROL `LOG` lines), `save`,
-`stop` and `summary`. A resumed run appends to the same file, so the file
+`step` (every `logging_steps`), `eval`, `set` (a CONTROL rule changed a
+setting), `log` (CONTROL `LOG` lines), `save`, `nan` (a non-finite loss) and
+`summary` (how the run ended, and its totals). A resumed run appends to the same file, so the file
 tells the whole run; floats are written as JSON numbers (NaN as null). In a
 job of several processes rank 0 writes it; the others hold a `MetricsFile`
 without a path, which writes nothing.
