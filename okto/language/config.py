@@ -140,7 +140,8 @@ class EnvConfig(BlockModel):
         "online", description="`offline` sets the hub libraries offline: no downloads."
     )
     platform: choice("any", "linux", "windows", "mac") = Field(
-        "any", description="Operating system the project expects."
+        "any",
+        description="Operating system the project expects; on another, the plan warns.",
     )
     install_missing: Bool = Field(
         False,
@@ -517,7 +518,9 @@ class InferenceConfig(BlockModel):
     stop_sequences: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         [], description="Stop when any of these is generated."
     )
-    batch_size: PositiveInt = Field(1, description="Prompts generated together.")
+    batch_size: PositiveInt | None = Field(
+        None, description="Prompts generated together; unset, up to 16."
+    )
     precision: Precision = Field("auto", description="Inference precision.")
     backend: choice("auto", "oktoblas", "cublas") = Field("auto", description="As BLAS.backend.")
     exit_command: str = Field("exit", description="What ends an interactive chat.")
@@ -544,7 +547,9 @@ class OutputConfig(BlockModel):
     save_model: Bool = Field(True, description="Save the final model.")
     save_optimizer: Bool = Field(False, description="Save the optimizer state with the model.")
     metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
-        [], description="Metrics to write to the run folder."
+        [],
+        description="Metrics the run must report. Every metric okto computes is written to "
+        "the metrics file anyway; a name it does not compute gets a warning.",
     )
 
 

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 
 from okto.errors import UsageError
 
 KERNEL_MODES = ("auto", "triton", "native")
+# sys.platform -> ENV.platform's names
+_PLATFORMS = {"linux": "linux", "win32": "windows", "cygwin": "windows", "darwin": "mac"}
+
+
+def this_platform() -> str:
+    return _PLATFORMS.get(sys.platform, sys.platform)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Machine:
     cuda_build: bool = True  # torch was built with CUDA
     world: int | None = None  # WORLD_SIZE, when a launcher (torchrun) started this process
     local_world: int | None = None  # LOCAL_WORLD_SIZE: the launcher's processes on this node
+    platform: str = field(default_factory=this_platform)  # as ENV.platform names it
 
     @property
     def cuda(self) -> bool:

@@ -96,7 +96,19 @@ def resolve_settings(
     }
     _mismatches(sources, precision, notes)
     _no_effect(sources, precision.value, gpu, notes)
+    _platform(sources, machine, notes)
     return settings, notes
+
+
+def _platform(sources: Sources, machine: Machine, notes: list[str]) -> None:
+    """ENV.platform names the operating system the project was written for: a warning, not
+    an error, when this is another one (paths and data may still work)."""
+    expected = sources.config.env.platform
+    if expected != "any" and expected != machine.platform:
+        notes.append(
+            f"{sources.where('env.platform')}: the project expects {expected}; "
+            f"this machine runs {machine.platform}"
+        )
 
 
 def _device(sources: Sources, machine: Machine, device: str | None) -> Setting:

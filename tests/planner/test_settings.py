@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import okto
@@ -158,7 +160,18 @@ NOTES = [
     ('TENSOR_CORES { precision: "fp8" }', H100, "fp8"),
     ('BLAS { kernel: "fast" }', H100, "named kernel"),
     ("TENSOR_CORES { min_matrix_size: 64 }", H100, "no effect"),
+    (
+        'ENV { platform: "windows" }',
+        replace(CPU, platform="linux"),
+        "expects windows; this machine",
+    ),
 ]
+
+
+@pytest.mark.parametrize("text", ['ENV { platform: "linux" }', 'ENV { platform: "any" }', ""])
+def test_no_platform_note_where_it_matches(text):
+    notes = plan(text, replace(CPU, platform="linux")).notes
+    assert not any("platform" in note for note in notes)
 
 
 @pytest.mark.parametrize(("text", "machine", "words"), NOTES)
