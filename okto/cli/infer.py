@@ -31,7 +31,12 @@ def add_generation_arguments(p) -> None:
     """The model and sampling flags `okto infer` and `okto chat` share."""
     p.add_argument("--model", "-m", help=".okm file, Hugging Face directory or run directory")
     p.add_argument(
-        "-f", "--file-okt", dest="okt", metavar="FILE.okt", help="use its INFERENCE block"
+        "-f",
+        "--file",
+        "--file-okt",
+        dest="okt",
+        metavar="FILE.okt",
+        help="use its INFERENCE block (as -f/--file in every okto command)",
     )
     p.add_argument("--max-tokens", type=int, help="most new tokens per prompt")
     p.add_argument("--temperature", type=float, help="0 = greedy")
@@ -57,11 +62,14 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "infer",
         help="generate text from a model (.okm, Hugging Face or run directory)",
-        description="Generate completions for prompts from --prompt, --file (one per line) or stdin.",
+        description="Generate completions for prompts from --prompt, --prompts-file (one per line) "
+        "or stdin.",
     )
     add_generation_arguments(p)
     p.add_argument("--prompt", "-p", action="append", help="a prompt (repeatable)")
-    p.add_argument("--file", type=Path, help="a text file with one prompt per line")
+    p.add_argument(
+        "--prompts-file", type=Path, metavar="FILE", help="a text file with one prompt per line"
+    )
     p.add_argument("--batch-size", type=int, help="prompts run together (default: up to 16)")
     p.add_argument(
         "--stream", action="store_true", help="print text as it comes (one prompt at a time)"
@@ -130,10 +138,10 @@ def load(args, values: dict):
 
 def _prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
-    if args.file is not None:
-        if not args.file.is_file():
-            raise UsageError(f"{args.file}: no such file")
-        prompts += [line for line in args.file.read_text().splitlines() if line.strip()]
+    if args.prompts_file is not None:
+        if not args.prompts_file.is_file():
+            raise UsageError(f"{args.prompts_file}: no such file")
+        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts and not sys.stdin.isatty():
         prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not prompts:

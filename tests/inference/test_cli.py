@@ -68,7 +68,7 @@ def test_prompts_from_stdin_and_file(okm_files, capsys, stdin, tmp_path):
     assert [r["prompt"] for r in records(capsys.readouterr().out)] == [PROMPTS[0], PROMPTS[2]]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS))
-    assert main([*argv, "--file", str(prompts), "--batch-size", "2"]) == 0
+    assert main([*argv, "--prompts-file", str(prompts), "--batch-size", "2"]) == 0
     out = records(capsys.readouterr().out)
     assert [r["prompt"] for r in out] == PROMPTS
     assert {r["batch_size"] for r in out} == {2}
@@ -113,6 +113,9 @@ def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
     assert record["prompt_tokens"] > 3  # the template was applied
     assert main(["infer", "-f", str(okt), "--json", "-p", "Hello", "--max-tokens", "2"]) == 0
     assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
+    # --file is the .okt file, as in every okto command (prompts come from --prompts-file)
+    assert main(["infer", "--file", str(okt), "--json", "-p", "Hello"]) == 0
+    assert records(capsys.readouterr().out)[0]["generated_tokens"] == 7
 
 
 def test_compile_from_the_file_or_the_flag(okm_files, capsys, stdin, tmp_path, monkeypatch):
