@@ -35,7 +35,7 @@ Event = Literal["on_step_end", "on_epoch_end", "on_eval", "on_nan", "on_plateau"
 EVENTS: tuple[Event, ...] = ("on_step_end", "on_epoch_end", "on_eval", "on_nan", "on_plateau")
 EVENT_HELP: dict[Event, str] = {
     "on_step_end": "after every optimizer step",
-    "on_epoch_end": "after every epoch",
+    "on_epoch_end": "after every epoch (and its evaluation, when TRAIN.eval_steps is unset)",
     "on_eval": "after every evaluation on the validation set",
     "on_nan": "when the loss is NaN or infinite",
     "on_plateau": "when the validation loss stopped improving (TRAIN.early_stopping patience)",
@@ -73,7 +73,7 @@ LIVE_FIELDS: dict[str, str] = {
     "learning_rate": "from the next step; the scheduler continues from the new value",
     "weight_decay": "from the next step",
     "gradient_clip": "from the next step",
-    "batch_size": "from the next batch (the data loader is rebuilt)",
+    "batch_size": "from the next batch (the batches prepared ahead are remade)",
     "gradient_accumulation": "from the next optimizer step",
     "logging_steps": "at once",
     "eval_steps": "at once",

@@ -451,9 +451,9 @@ class Trainer:
         if self.step % self.live.logging_steps == 0 or self.step == self.total:
             self._log_window()
         for epoch in range(epochs_before + 1, self.completed_epochs + 1):
-            self.controller.fire("on_epoch_end", epoch, self._metric_values())
-            if self.live.eval_steps is None:
+            if self.live.eval_steps is None:  # first, so on_epoch_end rules see this val_loss
                 self._evaluate()
+            self.controller.fire("on_epoch_end", epoch, self._metric_values())
             if self.config.train.save_strategy == "epoch":
                 self.checkpoint_wanted = True
         if self.live.eval_steps is not None and self.step % self.live.eval_steps == 0:

@@ -42,6 +42,19 @@ def test_set_adjust_log_save_and_stop(project, capsys):
     assert read_metrics(METRICS, "summary")[0]["outcome"] == "stopped"
 
 
+def test_epoch_end_rules_see_that_epochs_evaluation(project):
+    """With no eval_steps the run evaluates at each epoch's end, before on_epoch_end."""
+    path = project(
+        train='epochs: 2 scheduler: "constant"',
+        extra='CONTROL { on_epoch_end { LOG "epoch {epoch} val {val_loss:.6f}" } }',
+    )
+    assert train(path) == 0
+    evals = read_metrics(METRICS, "eval")
+    logs = [r["message"] for r in read_metrics(METRICS, "log")]
+    # the run's final evaluation adds nothing new after the last epoch's
+    assert logs == [f"epoch {i} val {e['val_loss']:.6f}" for i, e in enumerate(evals[:2], 1)]
+
+
 def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
     path = project(
         train='max_steps: 20 scheduler: "constant"',
