@@ -25,7 +25,6 @@ every call, for comparison.
 from __future__ import annotations
 
 import inspect
-import os
 
 import torch
 import triton
@@ -33,7 +32,7 @@ from triton.runtime.autotuner import Autotuner
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from okto.kernels import backend
+from okto.kernels import backend, environment
 
 try:
     from triton import knobs
@@ -41,11 +40,11 @@ except ImportError:  # Triton before 3.4: no launch hooks to forward
     knobs = None
 
 _CAN_CACHE = "cache_results" in inspect.signature(triton.autotune).parameters
-_DIRECT = os.environ.get("OKTO_DIRECT_LAUNCH", "1").strip() != "0"
+_DIRECT = environment.setting("OKTO_DIRECT_LAUNCH") == "1"
 
 
 def _first_only() -> bool:
-    return os.environ.get("OKTO_AUTOTUNE", "time").strip().lower() == "first"
+    return environment.setting("OKTO_AUTOTUNE") == "first"
 
 
 def autotune(configs: list[triton.Config], key: list[str], **kwargs):

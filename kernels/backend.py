@@ -13,18 +13,13 @@ import os
 import torch
 from torch._library.custom_ops import CustomOpDef
 
-MODES = ("auto", "triton", "native")
-
-
-class KernelError(ValueError):
-    """A kernel was called with inputs it cannot take (dtype, shape, device)."""
+from okto.kernels import environment
+from okto.kernels.errors import KernelError
 
 
 def mode() -> str:
-    value = os.environ.get("OKTO_KERNELS", "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise KernelError(f"OKTO_KERNELS={value!r} is not one of {', '.join(MODES)}")
-    return value
+    """OKTO_KERNELS: auto, triton or native."""
+    return environment.setting("OKTO_KERNELS")
 
 
 _TRITON: list[bool] = []  # the answer, once known
@@ -97,7 +92,7 @@ def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) ->
 # NaN. Read once, when okto.kernels is imported (tests/conftest.py sets it before that):
 # every kernel output is allocated through `empty`, and an environment lookup per
 # allocation was a measurable part of a small op's host time.
-_POISON = os.environ.get("OKTO_POISON_OUTPUTS", "0") == "1"
+_POISON = environment.setting("OKTO_POISON_OUTPUTS") == "1"
 
 
 def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:

@@ -37,13 +37,12 @@ a reduce kernel merges the splits (flash-decoding).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from okto.kernels import backend, tma
+from okto.kernels import backend, environment, tma
 from okto.kernels.autotune import autotune, config, launch
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -839,7 +838,7 @@ def _tma_reads(*tensors: torch.Tensor) -> bool:
     OKTO_ATTENTION_TMA: `auto` (Hopper GPUs), `1` (also Triton's interpreter, for the
     tests), `0` (never: pointer loads, for comparison).
     """
-    setting = os.environ.get("OKTO_ATTENTION_TMA", "auto")
+    setting = environment.setting("OKTO_ATTENTION_TMA")
     q = tensors[0]
     if setting == "0" or q.dtype not in (torch.float16, torch.bfloat16):
         return False

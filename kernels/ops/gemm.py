@@ -29,13 +29,12 @@ not compile for sm_90 with Triton 3.6: docs/kernel-notes.md §7.)
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from okto.kernels import backend, tma
+from okto.kernels import backend, environment, tma
 from okto.kernels.autotune import autotune, config, launch
 from okto.kernels.ops.activations import gelu, gelu_grad
 from okto.kernels.ops.reduce import sum_rows
@@ -43,7 +42,6 @@ from okto.kernels.ops.reduce import sum_rows
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Public activation names -> the epilogue's ACTIVATION code (0 none, 1 erf GELU, 2 tanh GELU).
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
-PATHS = ("auto", "tma", "simple")
 WEIGHT_LAYOUTS = ("out_in", "in_out")
 
 
@@ -432,10 +430,7 @@ ACT_GRAD_MIN_ROWS = 128
 
 
 def _path() -> str:
-    value = os.environ.get("OKTO_GEMM", "auto").strip().lower() or "auto"
-    if value not in PATHS:
-        raise backend.KernelError(f"OKTO_GEMM={value!r} is not one of {', '.join(PATHS)}")
-    return value
+    return environment.setting("OKTO_GEMM")
 
 
 def _tf32_allowed() -> bool:

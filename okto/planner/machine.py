@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from okto.errors import UsageError
 
-KERNEL_MODES = ("auto", "triton", "native")
 # sys.platform -> ENV.platform's names
 _PLATFORMS = {"linux": "linux", "win32": "windows", "cygwin": "windows", "darwin": "mac"}
 
@@ -61,9 +60,14 @@ class Machine:
         if torch.cuda.is_available():
             props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
             gpus = tuple(Gpu(p.name, (p.major, p.minor), p.total_memory) for p in props)
-        mode = os.environ.get("OKTO_KERNELS", "auto").strip().lower() or "auto"
-        if mode not in KERNEL_MODES:
-            raise UsageError(f"OKTO_KERNELS={mode!r} is not one of {', '.join(KERNEL_MODES)}")
+        from okto.kernels import environment
+        from okto.kernels.errors import KernelError
+
+        try:  # every OKTO_* kernel setting, before anything runs
+            environment.check()
+        except KernelError as error:
+            raise UsageError(str(error)) from None
+        mode = environment.setting("OKTO_KERNELS")
         return cls(
             gpus=gpus,
             cpu_memory_bytes=_physical_memory(),
