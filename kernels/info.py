@@ -18,14 +18,19 @@ def info() -> dict:
     device = get_device_info()
     on_gpu = torch.cuda.is_available()
     chosen = backend.mode()
-    runs_triton = triton_version is not None and (
-        chosen == "triton" or (chosen == "auto" and on_gpu)
-    )
+    if triton_version is None or chosen == "native" or not (on_gpu or chosen == "triton"):
+        kernels = "native (PyTorch reference)"
+    elif on_gpu:
+        kernels = "triton"
+    elif backend.interpreting():
+        kernels = "triton (interpreter, CPU tensors)"
+    else:  # every op would refuse: say how to fix it
+        kernels = "none: OKTO_KERNELS=triton on a CPU needs TRITON_INTERPRET=1"
     return {
         "torch": torch.__version__,
         "triton": triton_version,
         "mode": chosen,
         "interpreter": backend.interpreting(),
-        "kernels": "triton" if runs_triton else "native (PyTorch reference)",
+        "kernels": kernels,
         "device": device.as_dict(),
     }

@@ -27,3 +27,23 @@ def test_device_info_on_this_machine():
         assert info.multiprocessors > 0 and info.memory_gib > 0
     else:
         assert info.name == "cpu" and info.peak is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a CPU-only machine reports")
+@pytest.mark.parametrize(
+    ("mode", "interpret", "kernels"),
+    [
+        ("auto", "0", "native (PyTorch reference)"),
+        ("native", "1", "native (PyTorch reference)"),
+        ("triton", "1", "triton (interpreter, CPU tensors)"),
+        ("triton", "0", "none: OKTO_KERNELS=triton on a CPU needs TRITON_INTERPRET=1"),
+    ],
+)
+def test_info_says_what_would_run(mode, interpret, kernels, monkeypatch):
+    from okto.kernels import info
+
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    report = info()
+    assert report["mode"] == mode and report["kernels"] == kernels
+    assert report["device"]["name"] == "cpu" and report["torch"] == torch.__version__
