@@ -3,9 +3,10 @@
 - NaN: a step whose loss (or, outside fp16 loss scaling, gradient norm) is
   NaN or infinite. Its update is never applied, so the weights stay those of
   the last good step.
-- Divergence (`stop_if_diverges`): after `WARMUP` steps, the loss's moving
-  average (weight `EMA`) rose above `FACTOR` times the lowest it has been.
-  A single noisy step does not trip it; a run that blew up does.
+- Divergence (`stop_if_diverges`): the loss's moving average (weight `EMA`)
+  rose above `FACTOR` times the lowest it has been since the first step, checked
+  from step `WARMUP + 1` on. A single noisy step does not trip it; a run that
+  blew up does, also when it blew up in its first steps.
 - Plateau: `patience` evaluations in a row without the validation loss
   dropping below its best by more than `min_improvement`.
 """
@@ -30,10 +31,8 @@ class LossGuard:
         """Record a finite step loss; True when the run diverged."""
         self.steps += 1
         self.average = loss if self.average is None else (1 - EMA) * self.average + EMA * loss
-        if self.steps <= WARMUP:
-            return False
         self.lowest = min(self.lowest, self.average)
-        return self.average > FACTOR * self.lowest
+        return self.steps > WARMUP and self.average > FACTOR * self.lowest
 
     def state_dict(self) -> dict:
         return asdict(self)

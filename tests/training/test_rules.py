@@ -88,6 +88,13 @@ def test_divergence_guard_and_plateau_counting():
     guard = LossGuard()
     assert not any(guard.diverged(2.0) for _ in range(20))
     assert any(guard.diverged(50.0) for _ in range(5))
+    # a blow-up inside the first WARMUP steps is caught once they are over
+    early = LossGuard()
+    flags = [early.diverged(loss) for loss in (5.7, 3.7e4, 1.2e5, *[2e4] * 10)]
+    assert not any(flags[:10]) and flags[10]
+    # the usual start, falling from its first loss, never trips it
+    falling = LossGuard()
+    assert not any(falling.diverged(10.8 * 0.97**i + 0.3 * (i % 2)) for i in range(60))
     plateau = Plateau(patience=2, min_improvement=0.1)
     assert [plateau.update(v) for v in (3.0, 2.95, 2.97, 2.0, 1.99, 1.98)] == [
         False,
