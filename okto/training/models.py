@@ -47,10 +47,9 @@ class ModelSource:
 
 def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
     """Resolve MODEL into a `ModelSource`; `scratch` is a folder for an `.okm`'s tokenizer files."""
-    from transformers import AutoConfig
 
     if model_cfg.base is None:
-        config = _override(AutoConfig.for_model(model_cfg.architecture), model_cfg.config)
+        config = _override(_new_config(model_cfg.architecture), model_cfg.config)
         return ModelSource(f"new {model_cfg.architecture}", None, config, pretrained=False)
     source = _from_base(model_cfg.base, base_dir, offline, scratch)
     if not model_cfg.pretrained:
@@ -59,6 +58,19 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
         source.folder = source.package = None
         source.pretrained = False
     return source
+
+
+def _new_config(architecture: str | None):
+    """A fresh config of the model type MODEL.architecture names, or a message naming the fix."""
+    from transformers import AutoConfig
+
+    if architecture is None:
+        raise UsageError(
+            "MODEL names no model: give `base` (a checkpoint folder, an .okm file or a hub "
+            'name) or `architecture` with `pretrained: false` (e.g. MODEL { architecture: "gpt2" '
+            "pretrained: false })"
+        )
+    return AutoConfig.for_model(architecture)  # the language checked the name
 
 
 def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:

@@ -87,6 +87,9 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     path = project(model='architecture: "gpt2" pretrained: false config { n_layers: 2 }')
     assert train(path) == 2
     assert "did you mean 'n_layer'" in capsys.readouterr().err
+    assert train(project(model="pretrained: false")) == 2  # neither base nor architecture
+    err = capsys.readouterr().err
+    assert "MODEL names no model" in err and "Traceback" not in err
     (tmp_path / "noproject.okt").write_text(
         (tmp_path / "train.okt").read_text().replace('PROJECT "tiny"', "")
     )
