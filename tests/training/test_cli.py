@@ -87,7 +87,11 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     path = project(model='architecture: "gpt2" pretrained: false config { n_layers: 2 }')
     assert train(path) == 2
     assert "did you mean 'n_layer'" in capsys.readouterr().err
-    assert train(project(model="pretrained: false")) == 2  # neither base nor architecture
+    text = (tmp_path / "train.okt").read_text()
+    (tmp_path / "nomodel.okt").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("MODEL"))
+    )
+    assert train(tmp_path / "nomodel.okt") == 2
     err = capsys.readouterr().err
     assert "MODEL names no model" in err and "Traceback" not in err
     (tmp_path / "noproject.okt").write_text(
