@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from okto.errors import UsageError
+from okto.errors import MachineError, UsageError
 from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
 
@@ -364,6 +364,31 @@ def _eos_ids(checkpoint, tokenizer) -> set[int]:
     return ids
 
 
+def _device(name: str | None):
+    """The torch device to run on: CUDA when there is one, unless `name` (cpu, cuda, cuda:N)
+    says otherwise; a name this machine cannot honour is a clear error."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise MachineError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
+        if (device.index or 0) >= count:
+            raise MachineError(
+                f"--device {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    return device
+
+
 def load_model(
     path: str | Path,
     device: str | None = None,
@@ -396,7 +421,7 @@ def load_model(
     checkpoint = open_checkpoint(path)
     tokenizer = _tokenizer(checkpoint)
     config = _hf_config(checkpoint.config)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     state = checkpoint.tensors()
     stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     if dtype is not None:

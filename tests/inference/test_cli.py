@@ -229,3 +229,15 @@ def test_chat_mode_renders_each_prompt_as_a_turn(okm_files, capsys, stdin, tmp_p
     assert main(["infer", "--model", str(okm_files["gpt2"]), *options]) == 0
     assert chat["prompt"] == "Hello"
     assert chat["prompt_tokens"] > records(capsys.readouterr().out)[0]["prompt_tokens"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize(
+    ("device", "code", "words"),
+    [("cuda", 4, "no CUDA GPU"), ("cuda:1", 4, "no CUDA GPU"), ("tpu", 2, "unknown device")],
+)
+def test_a_device_this_machine_lacks_is_a_clear_error(okm_files, capsys, device, code, words):
+    argv = ["infer", "--model", str(okm_files["gpt2"]), "-p", "Hi", "--device", device]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
