@@ -635,7 +635,9 @@ class Trainer:
             return math.inf if name == "gradient_clip" else 0
         return value
 
-    def set(self, name: str, value: float) -> None:
+    def set(self, name: str, value: float, by: str = "CONTROL") -> None:
+        """Change a live TRAIN value from the next step on; `by` says who asked (CONTROL, or
+        the command line on resume)."""
         before = self.get(name)
         if name == "learning_rate":
             set_lr(self.optimizer, self.scheduler, value)
@@ -647,8 +649,8 @@ class Trainer:
                     group["weight_decay"] = value
         if name == "batch_size" and self.batches is not None:
             self.batches.resize(int(value))
-        self.metrics.write("set", step=self.step, field=name, before=before, after=value)
-        self.display.text(f"CONTROL  step {self.step}: {name} {before:g} -> {value:g}")
+        self.metrics.write("set", step=self.step, field=name, before=before, after=value, by=by)
+        self.display.text(f"{by:<8} step {self.step}: {name} {before:g} -> {value:g}")
 
     def log(self, text: str) -> None:
         self.metrics.write("log", step=self.step, message=text)

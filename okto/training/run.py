@@ -201,6 +201,7 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
                 f"the training data changed since the checkpoint ({state['rows']:,} rows then, "
                 f"{trainer.train_stream.rows:,} now): the run continues, but not as it would have"
             )
+        _resumed_with_other_settings(program, trainer, state, display)
     trainer.metrics.write(
         "start",
         project=config.project.name,
@@ -220,6 +221,38 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
     finally:
         trainer.metrics.close()
+
+
+# TRAIN fields a checkpoint restores as the run left them (CONTROL may have changed them)
+_LIVE_TRAIN_FIELDS = (
+    "learning_rate", "batch_size", "gradient_accumulation", "weight_decay", "gradient_clip",
+    "logging_steps", "eval_steps", "save_steps",
+)  # fmt: skip
+
+
+def _resumed_with_other_settings(program, trainer, state: dict, display: Display) -> None:
+    """The command line wins over the checkpoint: each live TRAIN value given with --set is
+    applied as the run resumes (as a CONTROL SET would be). A different step count keeps
+    the checkpoint's learning-rate schedule, which is said, since its end may now come
+    before the run's."""
+    from okto.language.program import COMMAND_LINE
+
+    for name in _LIVE_TRAIN_FIELDS:
+        value = getattr(program.config.train, name)
+        given = program.source_map[f"train.{name}"].kind == COMMAND_LINE and value is not None
+        if given and value != trainer.get(name):
+            trainer.set(name, value, by="--set")
+    written_for = state.get("total_steps")
+    if written_for is not None and written_for != trainer.total:
+        display.warn(
+            f"the checkpoint's run was planned for {written_for:,} steps, this one for "
+            f"{trainer.total:,}: the learning-rate schedule continues as it was saved"
+            + (
+                ", so the steps past its end run at its final rate"
+                if trainer.total > written_for
+                else ""
+            )
+        )
 
 
 def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: bool) -> Path | None:

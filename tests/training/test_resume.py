@@ -36,6 +36,26 @@ def test_resume_after_a_stop_reproduces_the_uninterrupted_losses(project):
     assert len(curve(Path("whole/tiny"))) == 12
 
 
+def test_set_on_resume_wins_over_the_checkpoint(project, capsys):
+    """--set values of live TRAIN fields apply from the resumed step (said, and written as
+    `set` events); a different step count keeps the saved schedule, with a warning."""
+    from okto.training.metrics import read_metrics
+
+    stopped = project(train=SCHEDULE, extra="CONTROL { IF step == 4 { STOP } }")
+    assert train(stopped) == 0
+    capsys.readouterr()
+    overrides = ("--set", "TRAIN.batch_size=2", "--set", "TRAIN.learning_rate=1e-4")
+    resumed = ("--resume", "auto", "--max-steps", "6", *overrides)
+    assert train(project(train=SCHEDULE, name="resume.okt"), *resumed) == 0
+    out = capsys.readouterr()
+    assert "--set    step 4: batch_size 4 -> 2" in out.out
+    assert "planned for 12 steps, this one for 6" in out.out + out.err
+    changes = {r["field"]: r for r in read_metrics(Path("runs/tiny/metrics.jsonl"), "set")}
+    assert changes["batch_size"]["after"] == 2 and changes["batch_size"]["by"] == "--set"
+    assert changes["learning_rate"]["after"] == 1e-4
+    assert steps()[4]["lr"] <= 1e-4  # step 5: the new rate, the schedule going on from it
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, capsys):
     def log_and_kill(self, text):
         os.kill(os.getpid(), signal.SIGTERM)
