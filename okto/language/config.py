@@ -544,7 +544,10 @@ class OutputConfig(BlockModel):
     """The run folder."""
 
     dir: str = Field("runs", description="Folder for checkpoints, logs and the model.")
-    save_model: Bool = Field(True, description="Save the final model.")
+    save_model: Bool = Field(
+        True,
+        description="Keep the final model in the run folder (EXPORT writes its files either way).",
+    )
     save_optimizer: Bool = Field(False, description="Save the optimizer state with the model.")
     metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         [],

@@ -481,23 +481,27 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
 
     config, model, parallel = program.config, trainer.model, trainer.parallel
     final, exports = None, []
-    if outcome.reason in ("completed", "stopped", "early_stopping") and config.output.save_model:
-        final = paths.final
+    keep = config.output.save_model
+    asked = any(  # an EXPORT block in the file (or on the command line)
+        str(program.source_map.get(f"export.{name}", "default")) != "default"
+        for name in ("format", "path", "quantization")
+    )
+    if outcome.reason in ("completed", "stopped", "early_stopping") and (keep or asked):
+        # With OUTPUT.save_model: false the exports are made from a folder removed after.
+        final = paths.final if keep else paths.run / ".tmp-final-for-export"
         _save_final(parallel, model, adapted, tokenizer, program.to_dict(), final)
-        optimizer = (
-            parallel.optimizer_state_to_save(model, trainer.optimizer)
-            if config.output.save_optimizer
-            else None
-        )
-        if optimizer is not None:
-            torch.save(optimizer, final / "optimizer.pt")
-        if adapted and parallel.is_main:
+        if keep and config.output.save_optimizer:
+            optimizer = parallel.optimizer_state_to_save(model, trainer.optimizer)
+            if optimizer is not None:
+                torch.save(optimizer, final / "optimizer.pt")
+        if keep and adapted and parallel.is_main:
             save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
-        if parallel.is_main and any(
-            str(program.source_map.get(f"export.{name}", "default")) != "default"
-            for name in ("format", "path", "quantization")
-        ):
+        if asked and parallel.is_main:
             exports = export(final, config.export, paths.export, paths.name)
+        if not keep:
+            if parallel.is_main:
+                shutil.rmtree(final, ignore_errors=True)
+            final = None
     rates = trainer.throughput()
     totals = trainer.totals
     last_eval = totals.last_eval

@@ -52,6 +52,16 @@ def test_python_api_with_overrides_and_exports(project):
     assert generated[0].generated_tokens >= 1
 
 
+def test_exports_without_keeping_the_final_model(project, tmp_path):
+    """OUTPUT.save_model: false keeps no final folder, but EXPORT still writes its files."""
+    path = project(extra='EXPORT { format: "okm" }\nOUTPUT { save_model: false }')
+    result = okto.train(okto.load(path), max_steps=2)
+    assert [p.name for p in result.exports] == ["tiny.okm"] and result.exports[0].is_file()
+    run = result.metrics_file.parent
+    assert not (run / "final").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp")]
+
+
 @pytest.mark.parametrize(
     ("records", "expected"),
     [
