@@ -75,7 +75,8 @@ def _read_jsonl(path: Path, stats: FileStats, notes: list[str]) -> Records:
 
 def _reason(error: Exception) -> str:
     if isinstance(error, json.JSONDecodeError):
-        return f"{error.msg} at column {error.colno}"
+        # json's message for some errors ends in "at", its position following
+        return f"{error.msg.removesuffix(' at')} at column {error.colno}"
     return "not UTF-8 text"
 
 

@@ -153,7 +153,7 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
     previous = _name_before(source.text, token.start_pos)
     if token.type == "RBRACE" and expected <= {"NAME", "$END"}:
         message = "'}' has no matching '{'"
-    elif token.type == "COLON" and "LBRACE" in expected and "COMPARE" not in expected:
+    elif token.type == "COLON" and "LBRACE" in expected and "COMPARE" not in expected and previous:
         message = f"'{previous}:' is a field, and fields go inside a block"
         hint = "for example: TRAIN { epochs: 3 }"
     elif expected - {"TRUE", "FALSE"} == _AFTER_KEYWORD and previous:

@@ -84,6 +84,15 @@ def test_broken_json_lines_are_refused_past_the_threshold(tmp_path, tokenizer):
         _build(tokenizer, path)
 
 
+def test_the_json_message_reads_once(tmp_path, tokenizer):
+    """json's "Invalid control character at" gets its column once, not "at at column"."""
+    path = tmp_path / "tab.jsonl"
+    path.write_text('{"text": "a\tb"}\n{"text": "ok"}\n')
+    with pytest.raises(DataError, match=r"Invalid control character at column 12\)") as raised:
+        _build(tokenizer, path)
+    assert "at at" not in str(raised.value)
+
+
 def test_a_few_broken_lines_are_skipped_with_a_warning(tmp_path, tokenizer):
     lines = [json.dumps({"text": f"hello {i}"}) for i in range(40)]
     lines[16] = '{"text": "cut'

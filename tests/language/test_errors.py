@@ -33,6 +33,7 @@ SYNTAX = [
     ("ENV { min_memory: 12G }", (1, 21, "unknown unit 'G'")),
     ("TRAIN { batch_size: 8x }", (1, 22, "unknown unit 'x'")),
     ("epochs: 3", (1, 7, "'epochs:' is a field, and fields go inside a block")),
+    ("TRAIN { batch_size: : 4 }", (1, 21, "unexpected ':': expected a value or '{'")),
     ("PROJECT\nTRAIN { }", (2, 1, "'PROJECT' needs a value or a body in braces before 'TRAIN'")),
     ("TRAIN { epochs: é }", (1, 17, "unexpected character 'é'")),
     ("TRAIN { epochs: @ }", (1, 17, "unexpected character '@': expected a value or '{'")),
