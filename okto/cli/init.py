@@ -45,7 +45,7 @@ TRAIN {{
   batch_size: 8
   learning_rate: 1e-3
   scheduler: "cosine"
-  warmup_steps: 10
+  warmup_steps: 2
   logging_steps: 5
 }}
 

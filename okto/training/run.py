@@ -419,6 +419,14 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         model, train.optimizer, train.learning_rate, train.weight_decay, settings.optimizer_kernel
     )
     scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
+    if train.warmup_steps >= total and parallel.is_main:
+        decay = (
+            "" if train.scheduler == "constant" else f"; the {train.scheduler} decay never starts"
+        )
+        display.warn(
+            f"TRAIN.warmup_steps ({train.warmup_steps}) is not below the run's {total} steps: "
+            f"the learning rate never reaches {train.learning_rate:g}{decay}"
+        )
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
     forward = compiled(forward, settings)
     resolved = program.to_dict()

@@ -52,6 +52,12 @@ def test_python_api_with_overrides_and_exports(project):
     assert generated[0].generated_tokens >= 1
 
 
+def test_a_warmup_longer_than_the_run_is_warned(project, capsys):
+    assert train(project(train='max_steps: 3 scheduler: "cosine" warmup_steps: 5')) == 0
+    out = capsys.readouterr()
+    assert "warmup_steps (5) is not below the run's 3 steps" in out.out + out.err
+
+
 def test_exports_without_keeping_the_final_model(project, tmp_path):
     """OUTPUT.save_model: false keeps no final folder, but EXPORT still writes its files."""
     path = project(extra='EXPORT { format: "okm" }\nOUTPUT { save_model: false }')
