@@ -15,8 +15,8 @@ TRAIN_OKT = """\
 #
 # A new okto project. Check it with   okto check -f train.okt
 # and train it with                   okto train -f train.okt
-# Paths are relative to this file's folder. The language is described in
-# docs/language.md of the okto repository.
+# Data paths are relative to this file's folder, runs/ to the folder okto train
+# runs in. The language is described in docs/language.md of the okto repository.
 
 PROJECT {name}
 DESCRIPTION "A tiny GPT-2 trained from scratch on the sample data"
