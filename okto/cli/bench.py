@@ -29,7 +29,11 @@ def run(args) -> int:
     from okto.kernels import bench
 
     if not torch.cuda.is_available():
-        raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+        error = MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+        if not args.json:
+            raise error
+        print(json.dumps({"error": str(error), "exit_code": error.exit_code}))  # as okto plan
+        return error.exit_code
     suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.json:

@@ -1,6 +1,9 @@
 """The benchmark runner's bookkeeping, on CPU: ratios, GPU-time ratios and the CLI's output."""
 
+import json
+
 import pytest
+import torch
 
 from okto.cli import bench as bench_cli
 from okto.kernels.bench import Case, Result, Timing
@@ -31,3 +34,14 @@ def test_record_and_cli_output_carry_both_ratios():
     row = next(iter(bench_cli._table([result]).columns[-1].cells))
     assert row == "1.02x"
     assert "GPU" not in bench_cli._line(_result(okto_gpu=27.5, baseline_gpu=None))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_no_gpu_is_exit_4_in_words_or_json(capsys):
+    from okto.cli import main
+
+    assert main(["bench", "norm"]) == 4
+    assert "no CUDA device" in capsys.readouterr().err
+    assert main(["bench", "norm", "--json"]) == 4
+    record = json.loads(capsys.readouterr().out)
+    assert record["exit_code"] == 4 and "no CUDA device" in record["error"]
