@@ -27,11 +27,13 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from okto.package import Package, export_model
+    from okto.package.sources import export_format
 
-    out = export_model(args.model, args.out, format=args.format, dtype=args.dtype)
-    if out.is_dir():
+    format = export_format(args.out, args.format)
+    out = export_model(args.model, args.out, format=format, dtype=args.dtype)
+    if format == "hf":
         print(f"wrote {out}/ (Hugging Face format)")
-    elif out.suffix == ".okm" or args.format == "okm":
+    elif format == "okm":
         manifest = Package(out).manifest
         size = out.stat().st_size / 1e6
         print(

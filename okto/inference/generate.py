@@ -374,8 +374,8 @@ def _device(name: str | None):
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -275,6 +275,15 @@ FORMATS = ("okm", "hf", "safetensors")
 _FORMAT_BY_SUFFIX = {".okm": "okm", ".safetensors": "safetensors"}
 
 
+def export_format(out: Path | str, format: str | None = None) -> str:
+    """The format an export to `out` writes: `format` if given, else okm for an `.okm` path,
+    safetensors for a `.safetensors` one, hf for anything else."""
+    format = format or _FORMAT_BY_SUFFIX.get(Path(out).suffix, "hf")
+    if format not in FORMATS:
+        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    return format
+
+
 def export_model(
     source: Path | str, out: Path | str, format: str | None = None, dtype: str | None = None
 ) -> Path:
@@ -285,9 +294,7 @@ def export_model(
     `out` ends in .okm, safetensors when it ends in .safetensors, else hf.
     `dtype` is fp32, fp16 or bf16 (default: as stored).
     """
-    format = format or _FORMAT_BY_SUFFIX.get(Path(out).suffix, "hf")
-    if format not in FORMATS:
-        raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    format = export_format(out, format)
     if dtype is not None and dtype not in FLOAT_CODES:
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(FLOAT_CODES)}")
     checkpoint = open_checkpoint(source)

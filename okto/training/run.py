@@ -223,21 +223,15 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         trainer.metrics.close()
 
 
-# TRAIN fields a checkpoint restores as the run left them (CONTROL may have changed them)
-_LIVE_TRAIN_FIELDS = (
-    "learning_rate", "batch_size", "gradient_accumulation", "weight_decay", "gradient_clip",
-    "logging_steps", "eval_steps", "save_steps",
-)  # fmt: skip
-
-
 def _resumed_with_other_settings(program, trainer, state: dict, display: Display) -> None:
     """The command line wins over the checkpoint: each live TRAIN value given with --set is
     applied as the run resumes (as a CONTROL SET would be). A different step count keeps
     the checkpoint's learning-rate schedule, which is said, since its end may now come
     before the run's."""
+    from okto.language.control import LIVE_FIELDS  # what a checkpoint restores as it was left
     from okto.language.program import COMMAND_LINE
 
-    for name in _LIVE_TRAIN_FIELDS:
+    for name in LIVE_FIELDS:
         value = getattr(program.config.train, name)
         given = program.source_map[f"train.{name}"].kind == COMMAND_LINE and value is not None
         if given and value != trainer.get(name):
