@@ -113,7 +113,7 @@ def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
 def write_file(path: Path | str, data: bytes | memoryview | Path) -> Path:
     """Write bytes (or a copy of a file, streamed) to `path` through `atomic_file`."""
     with atomic_file(path) as out:
-        _write_member(out, data)
+        _stream(out, data)  # no checksum: these files carry none
     return Path(path)
 
 
@@ -145,17 +145,28 @@ def write_package(
 
 
 def _write_member(out, data: bytes | Path) -> tuple[str, int]:
-    """Copy one member into the package, hashing as it goes (files are streamed, not loaded)."""
+    """Copy one member into the package, hashing as it goes: (sha256, length)."""
+    digest = hashlib.sha256()
+    length = _stream(out, data, digest)
+    return digest.hexdigest(), length
+
+
+def _stream(out, data: bytes | memoryview | Path, digest=None) -> int:
+    """Write bytes, or a file streamed in chunks (not loaded), to `out`, feeding `digest`
+    when given; the number of bytes written."""
     if isinstance(data, bytes | bytearray | memoryview):
         out.write(data)
-        return hashlib.sha256(data).hexdigest(), len(data)
-    digest, length = hashlib.sha256(), 0
+        if digest is not None:
+            digest.update(data)
+        return len(data)
+    length = 0
     with open(data, "rb") as src:
         while chunk := src.read(_CHUNK):
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             out.write(chunk)
             length += len(chunk)
-    return digest.hexdigest(), length
+    return length
 
 
 class Package:

@@ -99,11 +99,11 @@ def test_interrupted_hf_export_leaves_the_old_files_whole(hf_dirs, tmp_path, mon
     out = export_model(hf_dirs["gpt2"], tmp_path / "hf")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def fail(out_file, data):
+    def fail(out_file, data, digest=None):
         out_file.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(okm, "_write_member", fail)
+    monkeypatch.setattr(okm, "_stream", fail)
     with pytest.raises(OSError, match="disk full"):
         export_model(hf_dirs["llama"], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
