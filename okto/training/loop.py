@@ -190,6 +190,7 @@ class Trainer:
         checkpoints: Path,
         save_model,
         parallel: Parallel | None = None,
+        test_rows=None,
     ):
         self.model, self.forward = model, forward
         self.parallel = parallel or Parallel(device=settings.device)
@@ -198,6 +199,8 @@ class Trainer:
         self.device, self.seed = settings.device, settings.seed
         self.train_stream = ExampleStream(train_rows, self.seed, config.dataset.shuffle)
         self.val_stream = ExampleStream(val_rows, self.seed, shuffle=False) if val_rows else None
+        self.test_stream = ExampleStream(test_rows, self.seed, shuffle=False) if test_rows else None
+        self.test_result: dict = {}  # DATASET.test's figures, measured once at the end
         self.total, self.live = total_steps, live
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
@@ -471,6 +474,8 @@ class Trainer:
     def _finish(self) -> Outcome:
         if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
             self._evaluate()
+        if self.test_stream is not None:
+            self._test()
         if self.config.train.save_strategy != "no" or self.checkpoint_wanted:
             self._checkpoint()
         self._log_window()  # after the checkpoint, which keeps the window for a resumed run
@@ -500,15 +505,13 @@ class Trainer:
     def completed_epochs(self) -> int:
         return self.position // self.train_stream.rows
 
-    @_paused
     @torch.no_grad()
-    def _evaluate(self) -> None:
-        """Validation loss, perplexity and accuracy. Each process takes its `batch_size` of
-        every `batch_size` x processes rows, all of them as many batches (one past the end
-        counts nothing), since a sharded model's forward is a collective."""
-        stream, batch_size = self.val_stream, self.live.batch_size
-        if stream is None:
-            return
+    def _score(self, stream: ExampleStream) -> dict:
+        """Loss, perplexity and next-token accuracy over every row of `stream`. Each process
+        takes its `batch_size` of every `batch_size` x processes rows, all of them as many
+        batches (one past the end counts nothing), since a sharded model's forward is a
+        collective."""
+        batch_size = self.live.batch_size
         rank, world = self.parallel.rank, self.parallel.world
         self.model.eval()
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, tokens
@@ -522,13 +525,44 @@ class Trainer:
         self.model.train()
         loss, correct, tokens = self.parallel.sum(sums).tolist()
         count = max(int(tokens), 1)
-        val_loss = loss / count
+        return {
+            "loss": loss / count,
+            "perplexity": math.exp(min(loss / count, 700)),
+            "accuracy": int(correct) / count,
+        }
+
+    @_paused
+    def _test(self) -> None:
+        """DATASET.test, scored once with the final weights (never used to steer training)."""
+        score = self._score(self.test_stream)
+        self.test_result = {"step": self.step, **score}
+        self.metrics.write(
+            "test",
+            step=self.step,
+            epoch=self.epoch,
+            test_loss=score["loss"],
+            perplexity=score["perplexity"],
+            accuracy=score["accuracy"],
+        )
+        self.display.print(
+            f"test   step {self.step}  test_loss {score['loss']:.4f}  "
+            f"perplexity {score['perplexity']:.2f}  accuracy {100 * score['accuracy']:.1f}%"
+        )
+
+    @_paused
+    def _evaluate(self) -> None:
+        """Validation loss, perplexity and accuracy; the rules and early stopping that read
+        them."""
+        if self.val_stream is None:
+            return
+        score = self._score(self.val_stream)
+        val_loss = score["loss"]
         self.totals.evals += 1
         self.totals.last_eval = {
             "step": self.step,
             "val_loss": val_loss,
-            "perplexity": math.exp(min(val_loss, 700)),
-            "accuracy": int(correct) / count,
+            "perplexity": score["perplexity"],
+            "accuracy": score["accuracy"],
         }
         if self.totals.best_val is None or val_loss < self.totals.best_val:
             self.totals.best_val = val_loss

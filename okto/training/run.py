@@ -59,6 +59,7 @@ class TrainResult:
     last_loss: float | None
     best_loss: float | None
     val_loss: float | None
+    test_loss: float | None
     final: Path | None
     checkpoint: Path | None
     metrics_file: Path
@@ -343,6 +344,8 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
         if stats.validation
         else "no validation data"
     )
+    if stats.test:
+        validation += f"; test {stats.test.examples:,} rows"
     display.text(
         f"data     {stats.train.records:,} records -> {stats.train.examples:,} rows of "
         f"{max_length} tokens ({human(stats.train.tokens)} tokens, "
@@ -440,6 +443,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         config=config,
         train_rows=splits.train,
         val_rows=splits.validation,
+        test_rows=splits.test,
         total_steps=total,
         live=live,
         flops=flops_model(model),
@@ -519,6 +523,8 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
         val_loss=last_eval.get("val_loss"),
         perplexity=last_eval.get("perplexity"),
+        test_loss=trainer.test_result.get("loss"),
+        test_perplexity=trainer.test_result.get("perplexity"),
         final=str(final) if final else None,
         checkpoint=str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
         exports=[str(p) for p in exports],
@@ -537,6 +543,7 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         last_loss=totals.last_loss,
         best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
         val_loss=last_eval.get("val_loss"),
+        test_loss=trainer.test_result.get("loss"),
         final=final,
         checkpoint=trainer.last_checkpoint,
         metrics_file=paths.metrics,
@@ -571,6 +578,15 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
                 "validation",
                 f"loss {last_eval['val_loss']:.4f}, perplexity {last_eval['perplexity']:.2f}, "
                 f"accuracy {100 * last_eval['accuracy']:.1f}% (step {last_eval['step']})",
+            )
+        )
+    if trainer.test_result:
+        test = trainer.test_result
+        rows.append(
+            (
+                "test",
+                f"loss {test['loss']:.4f}, perplexity {test['perplexity']:.2f}, "
+                f"accuracy {100 * test['accuracy']:.1f}% (step {test['step']})",
             )
         )
     if rates:

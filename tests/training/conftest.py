@@ -83,6 +83,7 @@ def project(tmp_path, tokenizer_dir):
         records: list | None = None,
         name: str = "train.okt",
         device: str = "cpu",
+        dataset: str = "",
     ) -> Path:
         """The CPU by default, where runs are bit-for-bit repeatable, also on a GPU machine."""
         data = tmp_path / "data.jsonl"
@@ -95,7 +96,7 @@ def project(tmp_path, tokenizer_dir):
         path = tmp_path / name
         path.write_text(
             f"""PROJECT "tiny"
-DATASET {{ train: "data.jsonl" tokenizer: "{tokenizer_dir}" max_length: 32 }}
+DATASET {{ train: "data.jsonl" tokenizer: "{tokenizer_dir}" max_length: 32 {dataset} }}
 MODEL {{ {model} }}
 TRAIN {{ batch_size: 4 learning_rate: 3e-3 logging_steps: 1 seed: 3 device: "{device}" {train} }}
 {extra}

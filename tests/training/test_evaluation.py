@@ -68,3 +68,29 @@ def test_other_models_give_their_logits_whole(monkeypatch):
     sums = evaluation.batch_sums(model, ids, labels)
     assert calls == [1]  # the model's own forward, which applies whatever follows its head
     _close(sums, _whole(model, ids, labels))
+
+
+def test_the_test_split_is_scored_once_at_the_end(project, tmp_path, capsys):
+    """DATASET.test is scored with the final weights: the same file as the validation data
+    gives the final validation figures, and it never steers the run (no `eval` events)."""
+    import json
+
+    from okto.training.metrics import read_metrics
+    from tests.training.conftest import sentences, train
+
+    held_out = "".join(json.dumps({"text": s}) + "\n" for s in sentences(24, seed=9))
+    (tmp_path / "held.jsonl").write_text(held_out)
+    path = project(
+        train='max_steps: 6 eval_steps: 4 scheduler: "constant"',
+        dataset='validation: "held.jsonl" test: "held.jsonl"',
+    )
+    assert train(path) == 0
+    metrics = tmp_path / "runs/tiny/metrics.jsonl"
+    evals, tests = read_metrics(metrics, "eval"), read_metrics(metrics, "test")
+    assert [e["step"] for e in evals] == [4, 6] and [t["step"] for t in tests] == [6]
+    assert tests[0]["test_loss"] == evals[-1]["val_loss"]
+    assert tests[0]["accuracy"] == evals[-1]["accuracy"]
+    summary = read_metrics(metrics, "summary")[0]
+    assert summary["test_loss"] == summary["val_loss"]
+    out = capsys.readouterr().out
+    assert "(file); test 28 rows" in out and "test   step 6  test_loss" in out
