@@ -75,11 +75,12 @@ DEFAULT_PATIENCE = 3
 
 
 class FieldConflict(ValueError):
-    """A cross-field check failed; `field` is the field the error points at."""
+    """A cross-field check failed; `field` is the field the error points at (a path below
+    the model that raised it, for a check across blocks)."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str | tuple[str, ...], message: str):
         super().__init__(message)
-        self.field = field
+        self.path = field if isinstance(field, tuple) else (field,)
 
 
 class BlockModel(BaseModel):
@@ -661,6 +662,18 @@ class OktoConfig(BaseModel):
     control: list[Rule] = Field(
         [], validation_alias=aliases("control", "CONTROL"), description="CONTROL block: rules."
     )
+
+    @model_validator(mode="after")
+    def _rows_fit(self) -> OktoConfig:
+        """Rows longer than the context window the file gives the model cannot be trained."""
+        length, window = self.dataset.max_length, self.model.context_window
+        if length is not None and window is not None and length > window:
+            raise FieldConflict(
+                ("dataset", "max_length"),
+                f"rows of {length} tokens do not fit MODEL.context_window ({window}): "
+                "lower max_length or raise context_window",
+            )
+        return self
 
     @model_validator(mode="after")
     def _advice(self, info: ValidationInfo) -> OktoConfig:

@@ -47,7 +47,7 @@ def _path(detail: dict) -> Path:
     """The error's location, extended by the field a `FieldConflict` names."""
     cause = (detail.get("ctx") or {}).get("error")
     loc = tuple(detail["loc"])
-    return (*loc, cause.field) if isinstance(cause, FieldConflict) else loc
+    return (*loc, *cause.path) if isinstance(cause, FieldConflict) else loc
 
 
 def _field_name(path: Path) -> str:

@@ -156,17 +156,12 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         config.vocab_size = len(tokenizer)
         window_set = {"max_position_embeddings", "n_positions"} & set(model_cfg.config)
         if not window_set and hasattr(config, "max_position_embeddings"):
-            config.max_position_embeddings = max_length
+            config.max_position_embeddings = model_cfg.context_window or max_length
         eos = tokenizer.eos_token_id
         config.eos_token_id = eos
         config.bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    window = source.context_window
-    if window is not None and max_length > window:
-        raise UsageError(
-            f"sequences of {max_length} tokens do not fit the model's context window of {window}: "
-            "lower DATASET max_length"
-        )
+    _check_window(source, model_cfg.context_window, max_length)
     if not source.pretrained:
         model = AutoModelForCausalLM.from_config(config)
     elif source.folder is not None:
@@ -179,6 +174,26 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         model.resize_token_embeddings(len(tokenizer))
     _for_training(model)
     return model
+
+
+def _check_window(source: ModelSource, asked: int | None, max_length: int) -> None:
+    """The rows fit the model's position table, and MODEL.context_window agrees with it: a
+    new model's table is that long, a pretrained one's cannot grow (a shorter
+    context_window only shortens the rows)."""
+    window = source.context_window
+    if window is None:
+        return
+    if asked is not None and (asked > window or (asked < window and not source.pretrained)):
+        where = "the base model has" if source.pretrained else "MODEL.config sets"
+        raise UsageError(
+            f"MODEL.context_window is {asked}, but {where} {window} positions: "
+            + (f"use at most {window}" if source.pretrained else "set only one of them")
+        )
+    if max_length > window:
+        raise UsageError(
+            f"sequences of {max_length} tokens do not fit the model's context window of {window}: "
+            "lower DATASET max_length"
+        )
 
 
 def _for_training(model) -> None:

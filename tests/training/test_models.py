@@ -83,6 +83,39 @@ def test_fine_tune_from_an_okm_package(project, base_dir):
     assert len(losses) == 8 and losses[-1] < losses[0]
 
 
+def test_context_window_sizes_a_new_models_position_table(project):
+    """Rows of 32 tokens, a model that can later read 128 (it used to get 32 and the
+    setting was ignored)."""
+    path = project(
+        train="max_steps: 1",
+        model='architecture: "gpt2" pretrained: false context_window: 128 '
+        "config { n_layer: 1 n_head: 2 n_embd: 32 }",
+    )
+    assert train(path) == 0
+    assert json.loads(Path("runs/tiny/final/config.json").read_text())["n_positions"] == 128
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            'architecture: "gpt2" pretrained: false context_window: 64 config { n_positions: 48 }',
+            "MODEL.context_window is 64, but MODEL.config sets 48 positions: set only one",
+        ),
+        ('base: "base" context_window: 4096', "but the base model has 256 positions: use at most 256"),
+    ],
+)
+def test_a_context_window_the_model_cannot_have_exits_2(project, base_dir, capsys, model, message):
+    assert train(project(model=model)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rows_longer_than_the_context_window_are_refused_at_load(project, capsys):
+    path = project(model='architecture: "gpt2" pretrained: false context_window: 16')
+    assert train(path) == 2
+    assert "rows of 32 tokens do not fit MODEL.context_window (16)" in capsys.readouterr().err
+
+
 def test_llama_from_scratch_with_config_overrides(project):
     path = project(
         train="max_steps: 4",
