@@ -102,7 +102,10 @@ def test_context_window_sizes_a_new_models_position_table(project):
             'architecture: "gpt2" pretrained: false context_window: 64 config { n_positions: 48 }',
             "MODEL.context_window is 64, but MODEL.config sets 48 positions: set only one",
         ),
-        ('base: "base" context_window: 4096', "but the base model has 256 positions: use at most 256"),
+        (
+            'base: "base" context_window: 4096',
+            "but the base model has 256 positions: use at most 256",
+        ),
     ],
 )
 def test_a_context_window_the_model_cannot_have_exits_2(project, base_dir, capsys, model, message):
