@@ -230,7 +230,10 @@ class Trainer:
         # next step's passes are queued before this step's loss is read, so the device
         # never waits for the host between steps.
         self.looks_ahead = (
-            scaler is None and folds_clipping(optimizer) and not self.parallel.sharded
+            queues_work(self.device)
+            and scaler is None
+            and folds_clipping(optimizer)
+            and not self.parallel.sharded
         )
         self.ahead: Gradients | None = None  # the next step's gradients, while queued
         self._clock, self._carried, self._pauses = time.perf_counter(), 0.0, 0
@@ -821,6 +824,13 @@ class Trainer:
             )
         else:
             self.display.warn(f"{what}: the global batch of {rows * before[1]} cannot be kept")
+
+
+def queues_work(device: torch.device) -> bool:
+    """Whether the host queues work for `device` and goes on (CUDA). Only then does looking
+    ahead overlap anything; on the CPU, which runs each op as it is called, it would only
+    move each step's passes into the time of the step before."""
+    return device.type == "cuda"
 
 
 def _memory_gb(device: torch.device) -> float | None:
