@@ -181,6 +181,19 @@ def choose(
     return {kind: out[kind] for kind in KINDS}
 
 
+def fused_effect(fused_ops: Setting, chosen: dict[str, LayerChoice]) -> Setting:
+    """ACCELERATE.fused_ops as it turns out: on, but with no effect where neither the loss
+    nor GELU runs on okto's kernels (their choices say why)."""
+    if not fused_ops.value or any(c.fused for c in chosen.values()):
+        return fused_ops
+    native = [chosen[k] for k in ("cross_entropy", "activation") if chosen[k].impl == NATIVE]
+    if len(native) < 2:
+        return fused_ops  # the model decides (not known yet), or nothing to fuse with
+    reasons = "; ".join(dict.fromkeys(c.reason for c in native if c.reason))
+    why = "no effect: the loss and GELU run natively" + (f" ({reasons})" if reasons else "")
+    return replace(fused_ops, reason=why)
+
+
 def _model_blocks(kind: str, facts: ModelFacts, arch: Architecture | None) -> str | None:
     """Why this model keeps `kind` native although okto was asked for, or None."""
     if arch is None:

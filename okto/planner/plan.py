@@ -113,6 +113,7 @@ def build_plan(
     asked = layers.requests(sources, machine, settings["device"], settings["compile"])
     facts = describe(model) if model is not None else None
     chosen = layers.choose(asked, settings["fused_ops"], facts)
+    settings["fused_ops"] = layers.fused_effect(settings["fused_ops"], chosen)
     if settings["device"].value != "cpu" and any(c.impl == OKTO for c in chosen.values()):
         notes.append(TUNING_NOTE)
     return Plan(

@@ -188,3 +188,25 @@ def test_first_run_tuning_is_announced_only_where_okto_kernels_run_on_a_gpu():
     native += 'cross_entropy: "native" activation: "native" softmax: "native" }'
     assert TUNING_NOTE not in plan(native, H100, model=gpt2_config()).notes
     assert TUNING_NOTE not in plan("", CPU, model=gpt2_config()).notes
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "model", "reason"),
+    [
+        ("", CPU, GPT2, "no effect: the loss and GELU run natively (no CUDA)"),
+        ("", CPU, None, "no effect: the loss and GELU run natively (no CUDA)"),
+        ("", H100, GPT2, "GELU in the MLP's first GEMM; LM head + loss as one op"),
+        ("", H100, None, "GELU in the MLP's first GEMM; LM head + loss as one op"),
+        (
+            "ACCELERATE { cross_entropy: native activation: native }",
+            H100,
+            GPT2,
+            "no effect: the loss and GELU run natively (ACCELERATE.cross_entropy: native; "
+            "ACCELERATE.activation: native)",
+        ),
+    ],
+)
+def test_fused_ops_says_when_nothing_fuses(text, machine, model, reason):
+    """A CPU plan read "fused_ops on" beside a native loss and GELU."""
+    setting = plan(text, machine, model=model).settings["fused_ops"]
+    assert setting.value is True and setting.reason == reason
