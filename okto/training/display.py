@@ -91,11 +91,12 @@ class Display:
             f"{record['examples_per_second']:.1f} ex/s",
             f"{human(record['tokens_per_second'])} tok/s",
         ]
-        per_gpu = "tokens_per_second_per_gpu" in record  # several processes: the job, then a GPU
+        # Several processes: the job's figure, then each process's (a GPU's) share.
+        per_gpu = "tokens_per_second_per_gpu" in record
         if per_gpu:
-            parts[-1] += f" ({human(record['tokens_per_second_per_gpu'])}/GPU)"
+            parts[-1] += f" ({human(record['tokens_per_second_per_gpu'])}/{record['worker']})"
         if self.show_tflops:
-            tflops = f" ({record['tflops_per_gpu']:.2f}/GPU)" if per_gpu else ""
+            tflops = f" ({record['tflops_per_gpu']:.2f}/{record['worker']})" if per_gpu else ""
             parts.append(f"{record['tflops']:.2f} TFLOP/s{tflops}")
             parts.append(f"MFU {percent(record.get('mfu'), record['mfu_note'])}")
         if self.verbose:

@@ -627,7 +627,9 @@ class Trainer:
             "memory_gb": _memory_gb(self.device),
         }
         self.metrics.write("step", **record)
-        self.display.step_line({**record, "mfu_note": self.peak_note}, self.total)
+        self.display.step_line(
+            {**record, "mfu_note": self.peak_note, "worker": self.worker}, self.total
+        )
         self.window = Window()
 
     def throughput(self) -> dict:
@@ -643,6 +645,11 @@ class Trainer:
             **self._rates(sum(t for _, t, _ in steps) / seconds),
             "data_wait_percent": 100 * sum(w for _, _, w in steps) / seconds,
         }
+
+    @property
+    def worker(self) -> str:
+        """What each process of a job runs on, to label its share of the figures."""
+        return "GPU" if self.device.type == "cuda" else "process"
 
     def _rates(self, tokens_per_s: float) -> dict:
         """The whole job's tokens/s and TFLOP/s, and with several processes each GPU's

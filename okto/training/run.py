@@ -592,8 +592,9 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
     if rates:
         left_out = len(trainer.session) - rates["steady_steps"]
         gpus = rates.get("processes")
-        per_gpu = f" ({human(rates['tokens_per_second_per_gpu'])} per GPU x {gpus})" if gpus else ""
-        tflops = f" ({rates['tflops_per_gpu']:.3g} per GPU)" if gpus else ""
+        each = f"per {trainer.worker}"
+        per_gpu = f" ({human(rates['tokens_per_second_per_gpu'])} {each} x {gpus})" if gpus else ""
+        tflops = f" ({rates['tflops_per_gpu']:.3g} {each})" if gpus else ""
         rows += [
             (
                 "throughput",

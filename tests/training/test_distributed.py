@@ -145,6 +145,7 @@ def test_okto_train_gpus_2_matches_one_process_and_resumes_elsewhere(project, re
     done = okto_cli("train", "-f", str(path), "--gpus", "2", "--set", "OUTPUT.dir=two")
     assert done.returncode == 0, done.stderr
     assert "parallel 2 processes, ddp over gloo" in done.stdout
+    assert "per process x 2" in done.stdout and "GPU)" not in done.stdout  # CPU processes
     two = Path("two/tiny")
     assert_same_curve(curve(two), curve(one))  # rank 0 alone wrote the metrics: once a step
     assert_same_weights(two / "final", one / "final")
