@@ -162,6 +162,8 @@ def stats_line(stats) -> str:
         if stats.bandwidth_utilization is not None:
             bandwidth += f" ({stats.bandwidth_utilization:.0%} of {stats.peak_gb_per_s:,.0f})"
         parts.append(bandwidth)
+    if stats.setup_s:
+        parts.append(f"setup {stats.setup_s:.1f} s (graph capture, compilation; not counted)")
     return " · ".join(parts) + f" · {stats.engine}"
 
 

@@ -10,10 +10,13 @@ replayed: one launch per chunk instead of hundreds per token. The host reads
 each chunk's tokens while the next chunk runs, so the GPU does not wait on
 Python; tokens a chunk made after every row had finished are dropped.
 `compile` runs the decoder's step through torch.compile (fused kernels) before capture.
+Capture and compilation are done before a batch's clock starts (`Slot.prepare`) and
+reported on their own, so the first batch's rates are the decoder's, not the set-up's.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, deque
 
 import torch
@@ -39,6 +42,7 @@ class Slot:
         graphs: bool,
         steps: int,
         decode,
+        compiled: bool = False,
     ):
         device = model.tok_embeddings.weight.device
         dtype = model.tok_embeddings.weight.dtype
@@ -55,6 +59,7 @@ class Slot:
         self.last_position = min(length, model.spec.max_positions) - 1
         self.use_graph = graphs
         self.decode = decode  # model.decode, or its compiled form
+        self.compiled, self.warm = compiled, False
         # One memory pool for the slot's graphs: they never run at once, and
         # nothing they allocate outlives a replay (results land in the buffers above).
         self.pool = torch.cuda.graph_pool_handle() if graphs else None
@@ -70,20 +75,33 @@ class Slot:
         self.tokens.copy_(self._sample(logits))
         self.positions.copy_(lengths)
 
+    def prepare(self, prompts: torch.Tensor, lengths: torch.Tensor) -> bool:
+        """The one-time work for this prompt width, done before a batch's clock starts: on
+        CUDA graphs the prefill (once per width) and the chunk are captured; a compiled
+        decode step is compiled for the slot's shapes. Whether there was any."""
+        if self.use_graph:
+            width, fresh = prompts.shape[1], self.chunk_graph is None
+            if width not in self.prefills:
+                inputs = (prompts.clone(), lengths.clone())
+                self.prefills[width] = (self._capture(lambda: self._prefill(*inputs)), inputs)
+                fresh = True
+            if self.chunk_graph is None:
+                self.chunk_graph = self._capture(self._chunk)
+            return fresh
+        if self.compiled and not self.warm:
+            self._warm_up(self._chunk)
+            self.warm = True
+            return True
+        return False
+
     def start(self, prompts: torch.Tensor, lengths: torch.Tensor, keys: list[int]) -> torch.Tensor:
         """Prefill `prompts` [B, T] (right-padded with each row's own tokens); the first tokens [B].
-
-        On CUDA graphs the prefill is captured too, once per prompt width T.
-        """
+        On CUDA graphs a replay of the prefill `prepare` captured for width T."""
         self.keys.copy_(torch.tensor(keys, dtype=torch.int64))
         if not self.use_graph:
             self._prefill(prompts, lengths)
             return self.tokens
-        width = prompts.shape[1]
-        if width not in self.prefills:
-            inputs = (prompts.clone(), lengths.clone())
-            self.prefills[width] = (self._capture(lambda: self._prefill(*inputs)), inputs)
-        graph, (static_prompts, static_lengths) = self.prefills[width]
+        graph, (static_prompts, static_lengths) = self.prefills[prompts.shape[1]]
         static_prompts.copy_(prompts)
         static_lengths.copy_(lengths)
         graph.replay()
@@ -114,17 +132,15 @@ class Slot:
         self.tokens.copy_(tokens)
 
     def step(self) -> None:
-        """Decode a chunk of `steps` tokens per row into `self.out` (a CUDA-graph replay when captured)."""
-        if not self.use_graph:
+        """Decode a chunk of `steps` tokens per row into `self.out` (on CUDA graphs a replay of
+        the chunk `prepare` captured)."""
+        if self.use_graph:
+            self.chunk_graph.replay()
+        else:
             self._chunk()
-            return
-        if self.chunk_graph is None:
-            self.chunk_graph = self._capture(self._chunk)
-        self.chunk_graph.replay()
 
-    def _capture(self, fn) -> torch.cuda.CUDAGraph:
-        """Capture `fn`, warming up on a side stream first (compilation, autotuning, workspaces)
-        with the state put back.
+    def _warm_up(self, fn) -> None:
+        """Run `fn` twice (compilation, autotuning, workspaces) and put the state back.
 
         A warm-up chunk writes the cache from the rows' current positions on; the
         real chunk rewrites each of those entries before any step reads it, so
@@ -132,13 +148,17 @@ class Slot:
         """
         state = (self.tokens, self.positions, self.step_no, self.seen)
         saved = [t.clone() for t in state]
+        for _ in range(2):
+            fn()
+            for t, s in zip(state, saved, strict=True):
+                t.copy_(s)
+
+    def _capture(self, fn) -> torch.cuda.CUDAGraph:
+        """Capture `fn`, warmed up on a side stream first."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):
-                fn()
-                for t, s in zip(state, saved, strict=True):
-                    t.copy_(s)
+            self._warm_up(fn)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
@@ -218,7 +238,14 @@ class Engine:
             while len(self.slots) >= _MAX_SLOTS:
                 self.slots.popitem(last=False)
             slot = Slot(
-                self.model, batch, length, sampler, self.graphs, self.decode_steps, self.decode
+                self.model,
+                batch,
+                length,
+                sampler,
+                self.graphs,
+                self.decode_steps,
+                self.decode,
+                self.compile,
             )
         self.slots[key] = slot
         return slot
@@ -234,7 +261,9 @@ class Engine:
         """Generate up to `max_new` tokens per prompt, handing each step's tokens to the tracker.
 
         `tracker.push` gets one token per prompt and returns True once every
-        row is finished, which ends the run; `tracker.keys` are the rows' random keys.
+        row is finished, which ends the run; `tracker.keys` are the rows' random keys;
+        `tracker.set_aside` gets the seconds of one-time work (graph capture, compilation)
+        done before the batch's first token, left out of its timings.
         """
         push, n = tracker.push, len(prompts)
         longest = max(len(p) for p in prompts)
@@ -247,6 +276,11 @@ class Engine:
         tokens = torch.tensor(padded, dtype=torch.int64).to(self.device)
         lengths = torch.tensor([len(p) for p in rows], dtype=torch.int64).to(self.device)
         slot = self._slot(batch, length, sampler)
+        started = time.perf_counter()
+        if slot.prepare(tokens, lengths):
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            tracker.set_aside(time.perf_counter() - started)
         first = slot.start(tokens, lengths, keys)
         if push(first.tolist()[:n]):
             return

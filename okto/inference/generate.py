@@ -41,6 +41,7 @@ class Stats:
     total_tokens_per_s: float
     decode_gb_per_s: float | None
     peak_gb_per_s: float | None
+    setup_s: float = 0.0  # one-time work before the batch (graph capture, compilation)
 
     @property
     def bandwidth_utilization(self) -> float | None:
@@ -76,6 +77,7 @@ class Generation:
             "generated_tokens": self.generated_tokens,
             "finish_reason": self.finish_reason,
             "ttft_ms": round(self.ttft_s * 1e3, 3),
+            "setup_ms": round(stats.setup_s * 1e3, 3),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "seed": self.seed,
             "batch_size": stats.batch_size,
@@ -139,6 +141,13 @@ class _Tracker:
         self.done = [False] * len(rows)
         self.steps = 0
         self.t0 = time.perf_counter()
+        self.setup_s = 0.0
+
+    def set_aside(self, seconds: float) -> None:
+        """One-time work done before the first token (graph capture, compilation): the
+        batch's clock starts after it."""
+        self.setup_s += seconds
+        self.t0 += seconds
 
     def push(self, tokens: list[int]) -> bool:
         now = time.perf_counter()
@@ -288,6 +297,7 @@ class Model:
             total_tokens_per_s=generated / (end - tracker.t0),
             decode_gb_per_s=self._decode_gb_per_s(tracker, end - first),
             peak_gb_per_s=peak_gb_per_s(self.engine.device),
+            setup_s=tracker.setup_s,
         )
         out = []
         for row in rows:

@@ -18,6 +18,7 @@ RECORD_FIELDS = {
     "generated_tokens",
     "finish_reason",
     "ttft_ms",
+    "setup_ms",
     "tokens_per_s",
     "seed",
     "batch_size",

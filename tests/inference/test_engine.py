@@ -100,6 +100,30 @@ def test_compiled_decode_step_gives_the_same_tokens(loaded, with_engine, monkeyp
     assert "compiled decode step" in model.engine.description
 
 
+def test_compilation_is_set_aside_from_the_batchs_timings(loaded, with_engine, monkeypatch):
+    """`okto infer --compile` reported "decode 0 tok/s": the first batch's decode time held
+    the compilation. A step that takes a second to compile on its first call stands in."""
+    import time
+
+    def compile_(fn, **options):
+        calls = []
+
+        def step(*args):
+            if not calls:
+                time.sleep(1.0)
+            calls.append(1)
+            return fn(*args)
+
+        return step
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    model = with_engine(loaded["gpt2"], compile=True)
+    first = model.generate(PROMPTS[:1], max_tokens=6, temperature=0)[0].stats
+    assert first.setup_s >= 1.0 and first.ttft_s < 1.0 and first.decode_s < 1.0
+    again = model.generate(PROMPTS[:1], max_tokens=6, temperature=0)[0].stats
+    assert again.setup_s == 0.0  # the slot is warm
+
+
 def test_decode_step_matmuls_stay_on_cublas():
     """Kernels that pass their probe run in prefill; the decode step keeps cuBLAS for its
     matmuls, and PyTorch for everything when it is compiled."""
