@@ -21,7 +21,7 @@ from okto.language.control import (
     Event,
 )
 from okto.language.diagnostics import suggestion
-from okto.language.quantities import Quantity
+from okto.language.quantities import EXAMPLES, Quantity
 from okto.language.syntax import (
     AdjustStatement,
     AllOf,
@@ -220,6 +220,14 @@ class ControlBuilder:
 
     def _threshold(self, metric: str, node) -> float | Quantity | None:
         kind = METRICS[metric].kind
+        if isinstance(node, Str):
+            try:
+                node = _unquoted(node)
+            except ValueError:
+                self.collect.error(
+                    node.span, f'compare {metric} with {_expected(kind)}, not "{node.value}"'
+                )
+                return None
         if isinstance(node, Num):
             if kind == "size":
                 self.collect.error(node.span, f"{metric} is a size: write a unit, like 12GB")
@@ -233,7 +241,7 @@ class ControlBuilder:
                 )
                 return None
             return node.value
-        self.collect.error(node.span, f"compare {metric} with a number")
+        self.collect.error(node.span, f"compare {metric} with {_expected(kind)}")
         return None
 
     # ---- actions
@@ -332,6 +340,23 @@ class ControlBuilder:
 @functools.cache
 def _train_field_type(field: str) -> TypeAdapter:
     return TypeAdapter(TrainConfig.model_fields[field].rebuild_annotation())
+
+
+def _unquoted(node: Str) -> Num | Qty:
+    """A quoted threshold as the node it spells unquoted: public files write
+    `gpu_memory < "12GB"`, and config fields take quoted quantities too."""
+    quantity = Quantity.parse(node.value)
+    if quantity.unit == "":
+        return Num(node.span, quantity.value)
+    return Qty(node.span, quantity)
+
+
+def _expected(kind: str) -> str:
+    """What a condition on a metric of `kind` compares with, in words."""
+    if kind == "number":
+        return "a number"
+    example = EXAMPLES[kind]
+    return f"a size, like {example}" if kind == "size" else f"a number or a {kind}, like {example}"
 
 
 def _whole_count(node: Num | Qty) -> int | None:

@@ -94,27 +94,26 @@ def _coerce(kind: Kind, bare_numbers: bool):
             raise ValueError(f"expected a {kind}, got a boolean")
         if isinstance(value, int | float):
             if not bare_numbers:
-                raise ValueError(f"a {kind} needs a unit, like {_EXAMPLES[kind]}")
+                raise ValueError(f"a {kind} needs a unit, like {EXAMPLES[kind]}")
             return Quantity(value, "" if kind == "count" else "%")
         if isinstance(value, str):
             value = Quantity.parse(value)
         if not isinstance(value, Quantity):
-            raise ValueError(f"expected a {kind}, like {_EXAMPLES[kind]}")
+            raise ValueError(f"expected a {kind}, like {EXAMPLES[kind]}")
         if value.kind != kind:
-            raise ValueError(
-                f"expected a {kind}, like {_EXAMPLES[kind]}; {value} is a {value.kind}"
-            )
+            raise ValueError(f"expected a {kind}, like {EXAMPLES[kind]}; {value} is a {value.kind}")
         return value
 
     return validate
 
 
-_EXAMPLES: dict[Kind, str] = {
+EXAMPLES: dict[Kind, str] = {
     "count": "120M",
     "size": "12GB",
     "duration": "500ms",
     "percent": "90%",
 }
+"""A quantity of each kind, for messages that say what was expected."""
 
 
 def _field_type(kind: Kind, bare_numbers: bool):
@@ -129,7 +128,7 @@ def _field_type(kind: Kind, bare_numbers: bool):
         Quantity,
         BeforeValidator(_coerce(kind, bare_numbers)),
         PlainSerializer(str, return_type=str),
-        WithJsonSchema({**schema, "description": f"a {kind}, like {_EXAMPLES[kind]}"}),
+        WithJsonSchema({**schema, "description": f"a {kind}, like {EXAMPLES[kind]}"}),
     ]
 
 

@@ -253,11 +253,37 @@ def test_set_value_is_type_checked():
         ("gpu_memory < 12", 27, "gpu_memory is a size: write a unit, like 12GB"),
         ("gpu_usage > 2GB", 26, "gpu_usage is a percent, but 2GB is a size"),
         ("loss > 90%", 21, "loss is a plain number, but 90% is a percent"),
-        ('loss > "high"', 21, "compare loss with a number"),
+        ('loss > "high"', 21, 'compare loss with a number, not "high"'),
+        ("loss > high", 21, "compare loss with a number"),
+        ('gpu_memory < "lots"', 27, 'compare gpu_memory with a size, like 12GB, not "lots"'),
+        ('gpu_memory < "12"', 27, "gpu_memory is a size: write a unit, like 12GB"),
+        ('gpu_usage > "2GB"', 26, "gpu_usage is a percent, but 2GB is a size"),
+        (
+            'step > "3 epochs"',
+            21,
+            'compare step with a number or a count, like 120M, not "3 epochs"',
+        ),
     ],
 )
 def test_thresholds_must_fit_the_metric(condition, column, message):
     assert error(f"CONTROL {{ IF {condition} {{ STOP }} }}") == (1, column, message)
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        'gpu_memory < "12GB"',
+        'gpu_memory < "1.5GiB"',
+        'gpu_usage > "90%"',
+        'step > "1K"',
+        'loss > "2.5"',
+    ],
+)
+def test_quoted_thresholds_read_as_unquoted_ones(condition):
+    quoted = rules(f"IF {condition} {{ STOP }}")
+    unquoted = condition.replace('"', "")
+    assert quoted == rules(f"IF {unquoted} {{ STOP }}")
+    assert not isinstance(quoted[0].condition.value, str)
 
 
 @pytest.mark.parametrize(
