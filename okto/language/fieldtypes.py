@@ -9,7 +9,9 @@ spelling variants (`float16` -> `fp16`) onto the canonical value.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+import types
+import typing
+from typing import Annotated, Any, Literal
 
 import annotated_types
 from pydantic import AliasChoices, BeforeValidator, WithJsonSchema
@@ -90,3 +92,13 @@ def _count_as_int(value: object) -> object:
 Integer = Annotated[int, BeforeValidator(_count_as_int)]
 NonNegativeInt = Annotated[int, annotated_types.Ge(0), BeforeValidator(_count_as_int)]
 PositiveInt = Annotated[int, annotated_types.Ge(1), BeforeValidator(_count_as_int)]
+
+
+def unwrap(annotation: Any) -> list[Any]:
+    """The types an annotation admits: Optional and Annotated taken apart."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [t for arg in typing.get_args(annotation) for t in unwrap(arg)]
+    return [annotation]

@@ -25,7 +25,7 @@ from okto.language.diagnostics import (
     suggestion,
 )
 from okto.language.parser import parse_document, parse_value
-from okto.language.resolve import model_in, resolve, resolve_value
+from okto.language.resolve import dict_value, model_in, resolve, resolve_value
 from okto.language.syntax import Str
 from okto.language.validation import validate
 
@@ -132,8 +132,8 @@ def load(path: str | os.PathLike[str]) -> Program:
 
 def apply_overrides(program: Program, overrides: Iterable[str]) -> Program:
     """`program` with `BLOCK.field=value` settings applied (as `okto train
-    --set TRAIN.batch_size=32` gives them) and validated again; their
-    origin is "command line"."""
+    --set TRAIN.batch_size=32` gives them; `MODEL.config.KEY=value` sets one
+    key of that dict) and validated again; their origin is "command line"."""
     inputs = copy.deepcopy(program._inputs)
     locations = dict(program._locations)
     for text in overrides:
@@ -145,6 +145,8 @@ def apply_overrides(program: Program, overrides: Iterable[str]) -> Program:
         for known in [p for p in locations if p[: len(path)] == path]:
             del locations[known]
         locations[path] = location
+        for end in range(1, len(path)):  # blocks and dicts the file lacked come from here too
+            locations.setdefault(path[:end], location)
     config, warnings = validate(inputs, locations, program.source)
     return Program(
         program.source,
@@ -183,7 +185,8 @@ def _override(text: str) -> tuple[Path, Any, Location]:
 
 
 def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
-    """`TRAIN.batch_size` -> (("train", "batch_size"), its annotation)."""
+    """`TRAIN.batch_size` -> (("train", "batch_size"), its annotation);
+    `MODEL.config.n_layer` -> (("model", "config", "n_layer"), the dict's value type)."""
     parts = key.split(".")
     if len(parts) == 1 and parts[0].upper() in HEADER_KEYWORDS:
         return ("project", HEADER_KEYWORDS[parts[0].upper()]), str
@@ -202,17 +205,23 @@ def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
     path: Path = (block,)
     annotation: Any = model
     for part in parts[1:]:
-        if model is None:
-            _fail(collect, span, f"'{'.'.join(map(str, path))}' has no fields")
-        names = spellings(model)
-        if part not in names:
-            _fail(
-                collect,
-                span,
-                f"unknown field '{part}' in {parts[0].upper()}{suggestion(part, names)}",
-            )
-        path = (*path, names[part])
-        annotation = model.model_fields[names[part]].annotation
+        where = ".".join(map(str, path))
+        if model is not None:
+            names = spellings(model)
+            if part not in names:
+                _fail(
+                    collect,
+                    span,
+                    f"unknown field '{part}' in {parts[0].upper()}{suggestion(part, names)}",
+                )
+            path = (*path, names[part])
+            annotation = model.model_fields[names[part]].annotation
+        elif (value := dict_value(annotation)) is None:
+            _fail(collect, span, f"'{where}' has no fields")
+        elif not part:
+            _fail(collect, span, f"name a key of {where}: {where}.KEY=value")
+        else:  # a free-form dict (MODEL.config): the key is set or added as written
+            path, annotation = (*path, part), value
         model = model_in(annotation)
     return path, annotation
 
@@ -244,6 +253,9 @@ def _source_map(config: OktoConfig, locations: dict[Path, Location]) -> dict[str
             result[_dotted((*path, name))] = origin((*path, name))
             if isinstance(value, BaseModel):
                 walk(value, (*path, name))
+            elif isinstance(value, dict):  # MODEL.config: each key has its own origin
+                for key in value:
+                    result[_dotted((*path, name, key))] = origin((*path, name, key))
             elif name == "control":
                 for index in range(len(value)):
                     result[_dotted(("control", index))] = origin(("control", index))

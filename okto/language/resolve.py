@@ -6,7 +6,6 @@ with suggestions."""
 
 from __future__ import annotations
 
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from okto.language.config import (
 )
 from okto.language.control_builder import ControlBuilder
 from okto.language.diagnostics import Diagnostic, did_you_mean, suggestion
+from okto.language.fieldtypes import unwrap
 from okto.language.quantities import UNITS
 from okto.language.syntax import (
     Block,
@@ -312,25 +312,24 @@ def _home_of(key: str) -> str | None:
     return None
 
 
-def _unwrap(annotation: Any) -> list[Any]:
-    """The types an annotation admits: Optional and Annotated taken apart."""
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [t for arg in typing.get_args(annotation) for t in _unwrap(arg)]
-    return [annotation]
-
-
 def model_in(annotation: Any) -> type[BaseModel] | None:
-    for option in _unwrap(annotation):
+    for option in unwrap(annotation):
         if isinstance(option, type) and issubclass(option, BaseModel):
             return option
     return None
 
 
 def list_item(annotation: Any) -> Any:
-    for option in _unwrap(annotation):
-        if typing.get_origin(option) is list:
-            return typing.get_args(option)[0]
+    return _contents(annotation, list)
+
+
+def dict_value(annotation: Any) -> Any:
+    return _contents(annotation, dict)
+
+
+def _contents(annotation: Any, container: type) -> Any:
+    """`T` of a `list[T]` or `dict[str, T]` that `annotation` admits, or None."""
+    for option in unwrap(annotation):
+        if typing.get_origin(option) is container:
+            return typing.get_args(option)[-1]
     return None

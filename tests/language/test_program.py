@@ -122,6 +122,38 @@ def test_an_override_replaces_a_whole_sub_block():
     assert (p.config.model.adapter.rank, p.config.model.adapter.alpha) == (2, 8)
 
 
+def test_an_override_sets_or_adds_a_key_of_model_config():
+    text = 'MODEL { architecture: "gpt2" pretrained: false config { n_layer: 2 n_head: 4 } }'
+    p = apply_overrides(
+        program(text),
+        [
+            "MODEL.config.n_layer=3",
+            "MODEL.config.resid_pdrop=0.1",
+            'MODEL.config.activation_function="gelu"',
+            "MODEL.config.scale_attn_weights=false",
+        ],
+    )
+    assert p.config.model.config == {
+        "n_layer": 3,
+        "n_head": 4,
+        "resid_pdrop": 0.1,
+        "activation_function": "gelu",
+        "scale_attn_weights": False,
+    }
+    assert type(p.config.model.config["n_layer"]) is int
+    assert str(p.source_map["model.config"]) == f"t.okt:1:{text.index('config') + 1}"
+    assert str(p.source_map["model.config.n_head"]) == f"t.okt:1:{text.index('4 }') + 1}"
+    assert str(p.source_map["model.config.n_layer"]) == "command line"
+    assert str(p.source_map["model.config.resid_pdrop"]) == "command line"
+
+
+def test_an_override_of_a_model_config_key_the_file_lacks():
+    p = apply_overrides(program(TEXT), ["MODEL.config.n_layer=3"])
+    assert p.config.model.config == {"n_layer": 3}
+    assert str(p.source_map["model.config"]) == "command line"
+    assert str(p.source_map["model.config.n_layer"]) == "command line"
+
+
 def test_override_makes_a_conflict_visible():
     with pytest.raises(OktoValidationError) as caught:
         apply_overrides(program(TEXT), ["TRAIN.max_steps=10"])
@@ -140,6 +172,12 @@ def test_override_makes_a_conflict_visible():
         ("CONTROL.x=1", "cannot set 'CONTROL.x'"),
         ("TRAIN.epochs", "expected BLOCK.field=value, like TRAIN.batch_size=32"),
         ("TRAIN.epochs.x=1", "'train.epochs' has no fields"),
+        ("MODEL.config.n_layer.x=1", "'model.config.n_layer' has no fields"),
+        ("MODEL.config.=1", "name a key of model.config: model.config.KEY=value"),
+        (
+            "MODEL.config.n_layer=[1, 2]",
+            "config.n_layer: expected a number, a string or true or false, got a list",
+        ),
         ("MODEL.adapter={ rnk: 2 }", "unknown field 'rnk' in adapter (did you mean 'rank'?)"),
     ],
 )

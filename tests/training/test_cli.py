@@ -117,6 +117,12 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert "PROJECT" in capsys.readouterr().err
 
 
+def test_set_changes_one_key_of_model_config(project):
+    assert train(project(train="max_steps: 1"), "--set", "MODEL.config.n_layer=3") == 0
+    config = json.loads(Path("runs/tiny/final/config.json").read_text())
+    assert (config["n_layer"], config["n_head"], config["n_embd"]) == (3, 2, 64)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 def test_asking_for_a_gpu_without_one_is_exit_4(project, capsys):
     assert train(project(), "--set", "TRAIN.device=gpu") == 4
