@@ -1,7 +1,7 @@
 """CONTROL block syntax -> rule data for `okto.language.control.Rule`, with
 the checks the spec wants at check time rather than mid-run: known metrics,
-values of the metric's kind, SET only on live TRAIN fields, EVERY units that
-fit where they stand."""
+values of the metric's kind, SET only on live TRAIN fields, whole amounts for
+whole-number fields, EVERY units that fit where they stand."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from okto.language.control import (
     Event,
 )
 from okto.language.diagnostics import suggestion
+from okto.language.fieldtypes import unwrap
 from okto.language.quantities import EXAMPLES, Quantity
 from okto.language.syntax import (
     AdjustStatement,
@@ -297,6 +298,13 @@ class ControlBuilder:
         if amount <= 0:
             self.collect.error(item.amount.span, f"{verb} BY needs an amount above 0")
             return None
+        if not relative and whole_number(field) and not float(amount).is_integer():
+            self.collect.error(
+                item.amount.span,
+                f"{field} is a whole number: {verb} BY {amount:g} would leave a fraction",
+                f"write a whole number, or a percentage: {verb} {field} BY 50%",
+            )
+            return None
         if verb == "DECREASE":
             self._check_decrease(item, field, amount, relative)
         return {"kind": verb.lower(), "field": field, "amount": amount, "relative": relative}
@@ -340,6 +348,13 @@ class ControlBuilder:
 @functools.cache
 def _train_field_type(field: str) -> TypeAdapter:
     return TypeAdapter(TrainConfig.model_fields[field].rebuild_annotation())
+
+
+@functools.cache
+def whole_number(field: str) -> bool:
+    """Whether a TRAIN field holds whole numbers: its type admits int, not float."""
+    options = unwrap(TrainConfig.model_fields[field].annotation)
+    return int in options and float not in options
 
 
 def _unquoted(node: Str) -> Num | Qty:

@@ -32,6 +32,7 @@ from okto.language.config import (
     ProjectConfig,
 )
 from okto.language.control import EVENT_HELP, LIVE_FIELDS, METRICS
+from okto.language.control_builder import whole_number
 from okto.language.fieldtypes import Device
 from okto.language.quantities import UNITS, Count, Percent, Quantity, Size
 from okto.language.resolve import list_item, model_in
@@ -126,8 +127,9 @@ def metrics() -> str:
 
 
 def live_fields() -> str:
-    rows = [("TRAIN field", "takes effect")]
-    rows += [(f"`{name}`", when) for name, when in LIVE_FIELDS.items()]
+    rows = [("TRAIN field", "holds", "takes effect")]
+    for name, when in LIVE_FIELDS.items():
+        rows.append((f"`{name}`", "whole numbers" if whole_number(name) else "numbers", when))
     return _table(rows)
 
 

@@ -326,6 +326,45 @@ def test_statement_errors(body, column, message):
     assert text.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("statement", "message", "hint"),
+    [
+        (
+            "INCREASE batch_size BY 1.5",
+            "batch_size is a whole number: INCREASE BY 1.5 would leave a fraction",
+            "write a whole number, or a percentage: INCREASE batch_size BY 50%",
+        ),
+        (
+            "DECREASE gradient_accumulation_steps BY 0.5",
+            "gradient_accumulation is a whole number: DECREASE BY 0.5 would leave a fraction",
+            "write a whole number, or a percentage: DECREASE gradient_accumulation BY 50%",
+        ),
+    ],
+)
+def test_an_absolute_fraction_of_a_whole_number_field_is_an_error(statement, message, hint):
+    from okto.language import InvalidProgram
+
+    rule = f"  EVERY 10 steps {{ {statement} }}"
+    with pytest.raises(InvalidProgram) as caught:
+        program(f"CONTROL {{\n{rule}\n}}")
+    (diagnostic,) = caught.value.errors
+    amount = rule.index(" BY ") + len(" BY ") + 1
+    assert (diagnostic.line, diagnostic.column, diagnostic.message) == (2, amount, message)
+    assert diagnostic.hint == hint
+
+
+def test_whole_number_fields_take_whole_amounts_and_percentages():
+    (rule,) = rules(
+        "EVERY 10 steps { INCREASE batch_size BY 2.0  DECREASE eval_steps BY 12.5%  "
+        "INCREASE learning_rate BY 0.5 }"
+    )
+    assert rule.actions == [
+        AdjustAction(kind="increase", field="batch_size", amount=2, relative=False),
+        AdjustAction(kind="decrease", field="eval_steps", amount=0.125, relative=True),
+        AdjustAction(kind="increase", field="learning_rate", amount=0.5, relative=False),
+    ]
+
+
 def test_a_field_in_control_points_to_train():
     from okto.language import InvalidProgram
 
