@@ -1,4 +1,5 @@
-"""Silencing `datasets`' progress bars while okto works: the trainer shows its own."""
+"""Silencing `datasets`' and `transformers`' progress bars while okto works: the trainer
+shows its own, and their bars on stderr would cut through its lines."""
 
 from __future__ import annotations
 
@@ -22,3 +23,18 @@ def quiet_datasets() -> Iterator[None]:
         ds_logging.set_verbosity(level)
         if not bars_were_off:
             datasets.enable_progress_bars()
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Turn off `transformers`' progress bars (loading and saving weights), restoring the
+    user's setting afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()

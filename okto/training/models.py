@@ -151,6 +151,8 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
     import torch
     from transformers import AutoModelForCausalLM
 
+    from okto.data.progress import quiet_transformers
+
     config = source.config
     if not source.pretrained:
         config.vocab_size = len(tokenizer)
@@ -165,7 +167,8 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
     if not source.pretrained:
         model = AutoModelForCausalLM.from_config(config)
     elif source.folder is not None:
-        model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
+        with quiet_transformers():  # okto's model line follows
+            model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
     else:
         model = AutoModelForCausalLM.from_config(config)
         _load_package(model, source)

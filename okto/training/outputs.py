@@ -70,23 +70,20 @@ def write_config(folder: Path, config: dict) -> None:
 
 def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
     """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
-    from transformers.utils import logging as hf_logging
+    from okto.data.progress import quiet_transformers
 
     staging = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the run's own output says what was saved
     try:
-        model.save_pretrained(str(staging), state_dict=state_dict)
-        tokenizer.save_pretrained(str(staging))
+        with quiet_transformers():  # the run's own output says what was saved
+            model.save_pretrained(str(staging), state_dict=state_dict)
+            tokenizer.save_pretrained(str(staging))
         write_config(staging, config)
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if bars:
-            hf_logging.enable_progress_bar()
     return folder
 
 

@@ -48,12 +48,16 @@ def test_merged_weights_equal_the_adapted_model(family):
     assert not torch.equal(fresh.state_dict()[f"{adapted[0]}.weight"], base[f"{adapted[0]}.weight"])
 
 
-def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir):
+def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir, capfd):
     path = project(
         train="max_steps: 6",
         model='base: "base" ADAPTER { rank: 4 alpha: 8 }',
     )
     assert train(path) == 0
+    out, err = capfd.readouterr()
+    # 4 layers of rank 4: (64 + 192) x 4 + (64 + 64) x 4 per block, two blocks
+    assert "parameters, 3.07k trained (" in out and "LoRA on 4 layers" in out
+    assert "Loading weights" not in err and "Writing model" not in err  # okto's lines only
     run = Path("runs/tiny")
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
