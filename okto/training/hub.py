@@ -19,6 +19,10 @@ LEGACY_WEIGHTS = ["pytorch_model*.bin"]
 ETAG_TIMEOUT_S = 10
 
 
+class HubUnavailable(UsageError):
+    """A hub name that is neither in the local cache nor reachable."""
+
+
 def go_offline() -> None:
     """Tell the hub libraries (for this process and anything it starts) not to use the network."""
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -53,7 +57,7 @@ def hub_snapshot(name: str, offline: bool) -> tuple[Path, str]:
         return Path(snapshot_download(name, local_files_only=True)), "Hugging Face cache"
     except Exception:
         why = 'ENV network is "offline"' if offline else "the hub cannot be reached"
-        raise UsageError(
+        raise HubUnavailable(
             f"MODEL.base {name!r} is not a local path, {why}, and it is not in the local "
             "Hugging Face cache. Fixes: download it once where there is network "
             f"(`hf download {name}`), point MODEL.base at a local checkpoint folder or "

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from okto.errors import UsageError
-from okto.training.hub import hub_snapshot
+from okto.training.hub import HubUnavailable, hub_snapshot
 
 SIZE_TOLERANCE = 0.10
 # Config values derived from others when a config is made, and what they derive from.
@@ -51,13 +51,39 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
     if model_cfg.base is None:
         config = _override(_new_config(model_cfg.architecture), model_cfg.config)
         return ModelSource(f"new {model_cfg.architecture}", None, config, pretrained=False)
-    source = _from_base(model_cfg.base, base_dir, offline, scratch)
+    try:
+        source = _from_base(model_cfg.base, base_dir, offline, scratch)
+    except HubUnavailable:
+        if model_cfg.pretrained:
+            raise
+        return _shape_without_base(model_cfg, offline)
     if not model_cfg.pretrained:
         source.config = _override(source.config, model_cfg.config)
         source.where = f"new {source.config.model_type} shaped like {source.where}"
         source.folder = source.package = None
         source.pretrained = False
     return source
+
+
+def _shape_without_base(model_cfg, offline: bool) -> ModelSource:
+    """A new model when the hub base cannot be had: `pretrained: false` needs only its shape,
+    which MODEL.architecture gives, or the base name itself when it is a model type (gpt2)."""
+    from okto.language.config import FROM_SCRATCH_ARCHITECTURES
+
+    name = model_cfg.base
+    known = name if name in FROM_SCRATCH_ARCHITECTURES else None
+    architecture = model_cfg.architecture or known
+    why = "offline" if offline else "the hub cannot be reached"
+    if architecture is None:
+        raise UsageError(
+            f"MODEL.base {name!r} is not a local path and not in the local Hugging Face cache "
+            f"({why}). With pretrained: false only its shape is needed: add architecture "
+            '(and config { }) to MODEL, e.g. architecture: "llama" config { hidden_size: 512 }, '
+            f"or download it once where there is network (`hf download {name}`)"
+        )
+    config = _override(_new_config(architecture), model_cfg.config)
+    where = f"new {architecture} ({name!r} is not in the cache, {why}: {architecture}'s shape)"
+    return ModelSource(where, name, config, pretrained=False)
 
 
 def _new_config(architecture: str | None):

@@ -93,6 +93,30 @@ def test_bad_data_is_a_clear_error(project, capsys, tmp_path, records, expected)
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        'base: "nobody/small-gpt" pretrained: false architecture: "gpt2" ',
+        'base: "gpt2" pretrained: false ',  # a hub name that is a model type: its default shape
+    ],
+)
+def test_offline_new_model_needs_no_base_download(project, capsys, model, monkeypatch, tmp_path):
+    """As the spec says: offline with no cache is an error unless pretrained: false, which
+    needs only a shape."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    path = project(
+        train="max_steps: 2",
+        model=model + "config { n_layer: 1 n_head: 2 n_embd: 32 }",
+        extra='ENV { network: "offline" }',
+    )
+    assert train(path) == 0
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert "is not in the cache, offline: gpt2's shape)" in out
+    assert json.loads(Path("runs/tiny/final/config.json").read_text())["n_layer"] == 1
+
+
 def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert train(tmp_path / "nothing.okt") == 2
     assert "no such file" in capsys.readouterr().err
@@ -100,6 +124,13 @@ def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert train(path) == 2
     err = capsys.readouterr().err
     assert "pretrained: false" in err and "Traceback" not in err
+    path = project(
+        model='base: "nobody/no-such-model" pretrained: false', extra='ENV { network: "offline" }'
+    )
+    assert train(path) == 2
+    assert "With pretrained: false only its shape is needed: add architecture" in (
+        capsys.readouterr().err
+    )
     path = project(model='architecture: "gpt2" pretrained: false config { n_layers: 2 }')
     assert train(path) == 2
     assert "did you mean 'n_layer'" in capsys.readouterr().err
