@@ -379,8 +379,7 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     lora = f", LoRA on {len(adapted)} layers" if adapted else ""
     share = "" if trained == total else f" ({100 * trained / total:.2g}%)"
     display.text(
-        f"model    {source.where}: {human(total)} parameters, {human(trained)} trained"
-        f"{share}{lora}"
+        f"model    {source.where}: {human(total)} parameters, {human(trained)} trained{share}{lora}"
     )
     return model, adapted
 
