@@ -170,7 +170,9 @@ class DatasetConfig(BlockModel):
     validation: str | None = Field(
         None, validation_alias=aliases("validation", "val"), description="Validation data."
     )
-    test: str | None = Field(None, description="Test data.")
+    test: str | None = Field(
+        None, description="Test data, scored once with the final weights at the end of training."
+    )
     format: choice("auto", "jsonl", "json", "csv", "txt", "parquet", "sharegpt") = Field(
         "auto", description="File format; `auto` goes by the file extension."
     )
@@ -269,7 +271,9 @@ class ModelConfig(BlockModel):
         {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
     )
     context_window: PositiveInt | None = Field(
-        None, description="Maximum sequence length the model handles."
+        None,
+        description="Positions the model handles: a new model's position table; rows default "
+        "to it and may not be longer.",
     )
     precision: Precision = Field(
         "auto", validation_alias=aliases("precision", "dtype"), description="Weights' precision."

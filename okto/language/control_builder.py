@@ -274,7 +274,7 @@ class ControlBuilder:
             return None
         raw = item.value.name if isinstance(item.value, Ident) else item.value.value
         try:
-            value = _train_field_type(field).validate_python(raw)
+            value = train_field_type(field).validate_python(raw)
         except ValidationError as error:
             message, hint = explain(error.errors()[0])
             self.collect.error(item.value.span, f"SET {field}: {message}", hint)
@@ -346,7 +346,8 @@ class ControlBuilder:
 
 
 @functools.cache
-def _train_field_type(field: str) -> TypeAdapter:
+def train_field_type(field: str) -> TypeAdapter:
+    """What a TRAIN field accepts, to check a value a rule would give it."""
     return TypeAdapter(TrainConfig.model_fields[field].rebuild_annotation())
 
 

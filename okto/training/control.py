@@ -12,9 +12,12 @@ hands them to an object with `get(field)`, `set(field, value)`,
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping
 from typing import Protocol
+
+from pydantic import ValidationError
 
 from okto.language.control import (
     AdjustAction,
@@ -24,15 +27,7 @@ from okto.language.control import (
     SetAction,
     StopAction,
 )
-
-INTEGER_FIELDS = (
-    "batch_size",
-    "gradient_accumulation",
-    "logging_steps",
-    "eval_steps",
-    "save_steps",
-)
-
+from okto.language.control_builder import train_field_type, whole_number
 
 class Actions(Protocol):
     def get(self, field: str) -> float: ...
@@ -69,10 +64,9 @@ class Controller:
             if isinstance(action, Rule):
                 self._run([action], f"{key}.", event, count, metrics)
             elif isinstance(action, SetAction):
-                self.actions.set(action.field, _value(action.field, action.value))
+                self.actions.set(action.field, action.value)  # checked when the file loaded
             elif isinstance(action, AdjustAction):
-                current = self.actions.get(action.field)
-                self.actions.set(action.field, _value(action.field, action.apply(current)))
+                self._adjust(action)
             elif isinstance(action, LogAction):
                 self.actions.log(_log_text(action, metrics))
             elif isinstance(action, SaveAction):
@@ -81,19 +75,34 @@ class Controller:
             elif isinstance(action, StopAction):
                 self.actions.stop(f"a CONTROL rule ({event}) said STOP")
 
+    def _adjust(self, action: AdjustAction) -> None:
+        """INCREASE or DECREASE a live field. A whole-number field moves by at least 1 (up
+        for INCREASE, down for DECREASE) and stays at 1 or more; a value a rate does not
+        admit is not set: it goes to 0 where that is allowed (weight_decay), else keeps its
+        value (a learning rate of 0 or less), and a log line says so."""
+        field, current = action.field, self.actions.get(action.field)
+        value = round(action.apply(current), 9)  # 30 + 10% is 33, not 33.000000000000004
+        if whole_number(field):
+            value = max(1, math.ceil(value) if action.kind == "increase" else math.floor(value))
+        for candidate in (value, 0.0):
+            try:
+                train_field_type(field).validate_python(candidate)
+            except ValidationError:
+                continue
+            if candidate != value:
+                self.actions.log(f"{action.kind.upper()} {field}: {value:g} is below 0, set 0")
+            self.actions.set(field, candidate)
+            return
+        self.actions.log(
+            f"{action.kind.upper()} {field} would make it {value:g}, which it cannot be: "
+            f"kept at {current:g}"
+        )
+
     def state_dict(self) -> dict:
         return {"was_true": dict(self.was_true)}
 
     def load_state_dict(self, state: dict) -> None:
         self.was_true = dict(state.get("was_true", {}))
-
-
-def _value(field: str, value) -> float:
-    """A live field's new value: integers stay integers (at least 1), rates stay positive."""
-    number = float(value)
-    if field in INTEGER_FIELDS:
-        return max(1, round(number))
-    return max(number, 0.0)
 
 
 def _log_text(action: LogAction, metrics: Mapping[str, object]) -> str:

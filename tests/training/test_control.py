@@ -1,0 +1,66 @@
+"""CONTROL's INCREASE and DECREASE at run time, against a stand-in for the trainer."""
+
+from __future__ import annotations
+
+import pytest
+
+import okto
+from okto.training.control import Controller
+
+
+class Fields:
+    """The trainer's side of the rules: live fields, and the log lines they write."""
+
+    def __init__(self, **values):
+        self.values, self.lines = dict(values), []
+
+    def get(self, field):
+        return self.values[field]
+
+    def set(self, field, value):
+        self.values[field] = value
+
+    def log(self, text):
+        self.lines.append(text)
+
+    def save(self, target, label):
+        raise AssertionError("no SAVE here")
+
+    def stop(self, reason):
+        raise AssertionError("no STOP here")
+
+
+def fire(action: str, **values) -> Fields:
+    rules = okto.parse(f"CONTROL {{ on_step_end {{ {action} }} }}", "t.okt").config.control
+    fields = Fields(**values)
+    Controller(rules, fields).fire("on_step_end", 1, {})
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("action", "before", "after"),
+    [
+        ("INCREASE batch_size BY 10%", 4, 5),  # it used to round back to 4, forever
+        ("DECREASE batch_size BY 10%", 4, 3),
+        ("INCREASE batch_size BY 50%", 4, 6),
+        ("INCREASE batch_size BY 10%", 30, 33),  # not 34: 30 x 1.1 is 33.000000000000004
+        ("DECREASE batch_size BY 90%", 4, 1),  # at least 1
+        ("INCREASE batch_size BY 2", 4, 6),
+        ("DECREASE learning_rate BY 50%", 1e-3, 5e-4),
+    ],
+)
+def test_adjustments_move_the_field(action, before, after):
+    field = action.split()[1]
+    fields = fire(action, **{field: before})
+    assert fields.values[field] == pytest.approx(after) and not fields.lines
+
+
+def test_a_value_the_field_cannot_take_is_not_set():
+    fields = fire("DECREASE learning_rate BY 0.001", learning_rate=5e-4)
+    assert fields.values["learning_rate"] == 5e-4  # it used to become 0 and stop learning
+    assert fields.lines == [
+        "DECREASE learning_rate would make it -0.0005, which it cannot be: kept at 0.0005"
+    ]
+    fields = fire("DECREASE weight_decay BY 0.05", weight_decay=0.01)
+    assert fields.values["weight_decay"] == 0.0
+    assert fields.lines == ["DECREASE weight_decay: -0.04 is below 0, set 0"]
