@@ -29,6 +29,7 @@ from okto.language.control import (
 )
 from okto.language.control_builder import train_field_type, whole_number
 
+
 class Actions(Protocol):
     def get(self, field: str) -> float: ...
     def set(self, field: str, value: float) -> None: ...
