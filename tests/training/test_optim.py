@@ -80,12 +80,15 @@ def test_kernel_adamw_follows_torchs_fused_adamw(kernels, monkeypatch):
     assert type(opt_theirs) is torch.optim.AdamW
     _trajectory(ours, opt_ours)
     _trajectory(theirs, opt_theirs)
-    # fp32 rounding apart (the kernel's bias corrections are exp2(step * log2(beta)))
+    # fp32 rounding apart (the kernel's bias corrections are exp2(step * log2(beta))), which
+    # m / sqrt(v) amplifies where v is tiny, and the next steps' gradients (inputs x 30)
+    # carry on: up to 2e-6 seen in the weights, on steps of lr = 1e-2, and 1e-4 relative
+    # in v, over 40 seeds. A wrong update or moment would differ by percents.
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     for a, b in zip(opt_ours.state.values(), opt_theirs.state.values(), strict=True):
         assert a["step"].item() == b["step"].item() == 3  # four steps, one skipped
-        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-5, atol=1e-10)
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=1e-3, atol=1e-9)
 
 
 def test_kernel_adamw_state_is_torchs(monkeypatch):
