@@ -5,6 +5,7 @@ whole-number fields, EVERY units that fit where they stand."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -286,6 +287,15 @@ class ControlBuilder:
         field = self._train_field(item.target, item.target_span, verb)
         if field is None:
             return None
+        if isinstance(item.amount, Str):
+            try:
+                item = dataclasses.replace(item, amount=_unquoted(item.amount))
+            except ValueError:
+                self.collect.error(
+                    item.amount.span,
+                    f'{verb} BY takes a number or a percentage, like 50%, not "{item.amount.value}"',
+                )
+                return None
         amount, relative = item.amount.value, isinstance(item.amount, Qty)
         if relative:
             if amount.kind != "percent":
@@ -359,7 +369,7 @@ def whole_number(field: str) -> bool:
 
 
 def _unquoted(node: Str) -> Num | Qty:
-    """A quoted threshold as the node it spells unquoted: public files write
+    """A quoted threshold or amount as the node it spells unquoted: public files write
     `gpu_memory < "12GB"`, and config fields take quoted quantities too."""
     quantity = Quantity.parse(node.value)
     if quantity.unit == "":

@@ -81,7 +81,13 @@ Device = Annotated[
 
 
 def _count_as_int(value: object) -> object:
-    """Let an integer field take a count: `max_steps: 10K` is 10000."""
+    """Let an integer field take a count, quoted or not: `max_steps: 10K` and
+    `max_steps: "10K"` are 10000."""
+    if isinstance(value, str):
+        try:
+            value = Quantity.parse(value)
+        except ValueError:
+            return value  # pydantic says what the field expected
     if isinstance(value, Quantity) and value.kind == "count" and float(value.base).is_integer():
         return int(value.base)
     return value

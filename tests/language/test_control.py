@@ -419,3 +419,20 @@ def test_absolute_decrease_beyond_the_value_warns():
         "DECREASE learning_rate BY 0.5 subtracts 0.5 from 0.0001, leaving 0 or less"
     )
     assert warnings("CONTROL { on_nan { DECREASE LR BY 50% } }") == []
+
+
+@pytest.mark.parametrize("amount", ['"50%"', '"2"', '"1e-4"'])
+def test_quoted_amounts_read_as_unquoted_ones(amount):
+    """`INCREASE ... BY "50%"` was a syntax error."""
+    field = "batch_size" if amount == '"2"' else "learning_rate"
+    quoted = rules(f"on_step_end {{ INCREASE {field} BY {amount} }}")
+    assert quoted == rules(f"on_step_end {{ INCREASE {field} BY {amount.strip(chr(34))} }}")
+
+
+def test_a_quoted_amount_that_is_no_number_is_an_error():
+    line, col, text = error('CONTROL { on_nan { DECREASE lr BY "half" } }')
+    assert (line, col, text) == (
+        1,
+        35,
+        'DECREASE BY takes a number or a percentage, like 50%, not "half"',
+    )

@@ -143,6 +143,18 @@ def test_integer_fields_take_counts():
     )
 
 
+def test_integer_fields_take_quoted_counts():
+    """Public files quote quantities; `max_steps: "10K"` was refused."""
+    p = program('TRAIN { max_steps: "10K"  batch_size: "8" }\nDATASET { vocab_size: "32K" }')
+    assert (p.config.train.max_steps, p.config.train.batch_size) == (10_000, 8)
+    assert p.config.dataset.vocab_size == 32_000
+    assert error('TRAIN { max_steps: "ten" }') == (
+        1,
+        20,
+        "max_steps: expected a whole number, got 'ten'",
+    )
+
+
 def test_booleans_are_lower_case_only():
     assert program("DATASET { shuffle: false }").config.dataset.shuffle is False
     line, column, message = error("DATASET { shuffle: False }")
