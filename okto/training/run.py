@@ -226,9 +226,9 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
 
 def _resumed_with_other_settings(program, trainer, state: dict, display: Display) -> None:
     """The command line wins over the checkpoint: each live TRAIN value given with --set is
-    applied as the run resumes (as a CONTROL SET would be). A different step count keeps
-    the checkpoint's learning-rate schedule, which is said, since its end may now come
-    before the run's."""
+    applied as the run resumes (as a CONTROL SET would be). A different step count remakes
+    the learning-rate schedule for the new length (its position comes from the checkpoint),
+    which is said, since the rate jumps to where the new schedule is at this step."""
     from okto.language.control import LIVE_FIELDS  # what a checkpoint restores as it was left
     from okto.language.program import COMMAND_LINE
 
@@ -241,12 +241,9 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
     if written_for is not None and written_for != trainer.total:
         display.warn(
             f"the checkpoint's run was planned for {written_for:,} steps, this one for "
-            f"{trainer.total:,}: the learning-rate schedule continues as it was saved"
-            + (
-                ", so the steps past its end run at its final rate"
-                if trainer.total > written_for
-                else ""
-            )
+            f"{trainer.total:,}: from step {trainer.step + 1:,} on, the learning rate follows "
+            f"a {trainer.total:,}-step schedule (the rate a fresh {trainer.total:,}-step run "
+            "would have), not the saved one"
         )
 
 

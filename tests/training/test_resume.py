@@ -49,11 +49,26 @@ def test_set_on_resume_wins_over_the_checkpoint(project, capsys):
     assert train(project(train=SCHEDULE, name="resume.okt"), *resumed) == 0
     out = capsys.readouterr()
     assert "--set    step 4: batch_size 4 -> 2" in out.out
-    assert "planned for 12 steps, this one for 6" in out.out + out.err
+    assert "planned for 12 steps, this one for 6" in " ".join((out.out + out.err).split())
     changes = {r["field"]: r for r in read_metrics(Path("runs/tiny/metrics.jsonl"), "set")}
     assert changes["batch_size"]["after"] == 2 and changes["batch_size"]["by"] == "--set"
     assert changes["learning_rate"]["after"] == 1e-4
     assert steps()[4]["lr"] <= 1e-4  # step 5: the new rate, the schedule going on from it
+
+
+def test_a_longer_resumed_run_follows_the_longer_schedule(project, capsys):
+    """A 4-step cosine run resumed as a 12-step one: from step 5 on, the rates of a fresh
+    12-step run (the warning used to say the saved schedule went on, at rate 0)."""
+    whole = project(train=SCHEDULE)
+    assert train(whole, "--set", "OUTPUT.dir=whole") == 0
+    assert train(whole, "--set", "OUTPUT.dir=parts", "--max-steps", "4") == 0
+    assert steps(Path("parts/tiny"))[-1]["lr"] == 0.0  # its cosine ended
+    capsys.readouterr()
+    assert train(whole, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "from step 5 on, the learning rate follows a 12-step schedule" in said
+    rates = [r["lr"] for r in steps(Path("parts/tiny"))]
+    assert rates[4:] == [r["lr"] for r in steps(Path("whole/tiny"))][4:]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, capsys):
