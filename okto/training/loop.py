@@ -456,10 +456,11 @@ class Trainer:
         self.controller.fire("on_step_end", self.step, self._metric_values())
         if self.step % self.live.logging_steps == 0 or self.step == self.total:
             self._log_window()
-        for epoch in range(epochs_before + 1, self.completed_epochs + 1):
-            if self.live.eval_steps is None:  # first, so on_epoch_end rules see this val_loss
-                self._evaluate()
-            self.controller.fire("on_epoch_end", epoch, self._metric_values())
+        ended = range(epochs_before + 1, self.completed_epochs + 1)  # more than one: tiny data
+        if ended and self.live.eval_steps is None:
+            self._evaluate()  # once, first, so on_epoch_end rules see this val_loss
+        for epoch in ended:
+            self.controller.fire("on_epoch_end", epoch, {**self._metric_values(), "epoch": epoch})
             if self.config.train.save_strategy == "epoch":
                 self.checkpoint_wanted = True
         if self.live.eval_steps is not None and self.step % self.live.eval_steps == 0:

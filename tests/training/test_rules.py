@@ -55,6 +55,25 @@ def test_epoch_end_rules_see_that_epochs_evaluation(project):
     assert logs == [f"epoch {i} val {e['val_loss']:.6f}" for i, e in enumerate(evals[:2], 1)]
 
 
+def test_a_step_that_ends_several_epochs_evaluates_once(project, tmp_path):
+    """Two short records packed into one row, batches of 4: the one step ends all four
+    epochs. They used to be evaluated four times with the same weights, and on_epoch_end
+    saw the last epoch's number each time."""
+    import json
+
+    (tmp_path / "val.jsonl").write_text(json.dumps({"text": "the cat sat on a mat"}) + "\n")
+    path = project(
+        train='epochs: 4 scheduler: "constant"',
+        records=[{"text": "the cat sat"}, {"text": "a dog ran to the park"}],
+        dataset='validation: "val.jsonl"',
+        extra='CONTROL { on_epoch_end { LOG "epoch {epoch}" } }',
+    )
+    assert train(path) == 0
+    assert [e["step"] for e in read_metrics(METRICS, "eval")] == [1]
+    logs = [r["message"] for r in read_metrics(METRICS, "log")]
+    assert logs == ["epoch 1", "epoch 2", "epoch 3", "epoch 4"]
+
+
 def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
     path = project(
         train='max_steps: 20 scheduler: "constant"',
