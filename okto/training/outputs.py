@@ -25,6 +25,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from okto.errors import UsageError
+
 CONFIG_FILE = "okto_config.json"
 
 
@@ -56,6 +58,31 @@ class RunPaths:
             log=Path(log) if config.logging.save_logs else None,
             name=slug(config.model.name or config.project.name),
         )
+
+
+    def create(self) -> None:
+        """Make the folders the run writes to before any work, so that a path that cannot
+        be one (a file, a read-only place) is said at once, with the setting that named it."""
+        folders = [
+            (self.run, "OUTPUT.dir"),
+            (self.checkpoints, "TRAIN.checkpoint_path"),
+            (self.metrics.parent, "LOGGING.metrics_file"),
+        ]
+        if self.log is not None:
+            folders.append((self.log.parent, "LOGGING.training_file"))
+        for folder, setting in folders:
+            make_folder(folder, setting)
+
+
+def make_folder(folder: Path, setting: str) -> None:
+    """`folder` and its parents, or a UsageError naming `setting` (exit code 2)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(
+            f"{setting}: cannot make the folder {folder} ({error.strerror or error}); "
+            "choose another path"
+        ) from None
 
 
 def slug(name: str) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
 from okto.training.display import Display, human, percent
-from okto.training.outputs import RunPaths, save_model, write_config
+from okto.training.outputs import RunPaths, make_folder, save_model, write_config
 
 DEFAULT_LENGTH_CAP = 2048
 
@@ -158,6 +158,8 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     started = time.perf_counter()
     base_dir = Path(program.source.name).parent if program.source.name else Path.cwd()
     paths = RunPaths.resolve(config)
+    paths.create()
+    make_folder(data_cache_dir(), "OKTO_CACHE_DIR")
     choice = resume or config.train.resume_from_checkpoint
     resume_from = _resume_point(choice, paths, display, parallel.is_main)
     if paths.log is not None and parallel.is_main:

@@ -117,6 +117,27 @@ def test_offline_new_model_needs_no_base_download(project, capsys, model, monkey
     assert json.loads(Path("runs/tiny/final/config.json").read_text())["n_layer"] == 1
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("OUTPUT.dir=train.okt", "OUTPUT.dir: cannot make the folder train.okt/tiny"),
+        ("TRAIN.checkpoint_path=train.okt", "TRAIN.checkpoint_path: cannot make the folder"),
+        ("LOGGING.metrics_file=train.okt/m.jsonl", "LOGGING.metrics_file: cannot make the"),
+    ],
+)
+def test_an_output_path_that_cannot_be_a_folder_is_exit_2(project, capsys, setting, message):
+    """These were tracebacks (exit 1), after the data and the model were prepared."""
+    assert train(project(), "--set", setting) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
+
+
+def test_an_unusable_cache_folder_is_exit_2(project, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "train.okt"))
+    assert train(project()) == 2
+    assert "OKTO_CACHE_DIR: cannot make the folder" in capsys.readouterr().err
+
+
 def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert train(tmp_path / "nothing.okt") == 2
     assert "no such file" in capsys.readouterr().err
