@@ -59,7 +59,6 @@ class RunPaths:
             name=slug(config.model.name or config.project.name),
         )
 
-
     def create(self) -> None:
         """Make the folders the run writes to before any work, so that a path that cannot
         be one (a file, a read-only place) is said at once, with the setting that named it."""
