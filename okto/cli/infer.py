@@ -78,15 +78,12 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def inference_block(path: Path) -> dict:
+def inference_block(config, path: Path) -> dict:
     """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's),
     and OPTIMIZE's `cuda_graphs` and `compile` when the file sets them.
 
     A relative `model` path that does not exist from here is taken relative to the file.
     """
-    import okto
-
-    config = okto.load(path).config
     block = config.inference.model_dump(exclude_unset=True)
     block.update(config.optimize.model_dump(include={"cuda_graphs", "compile"}, exclude_unset=True))
     model = block.get("model")
@@ -95,11 +92,38 @@ def inference_block(path: Path) -> dict:
     return block
 
 
+def trained_model(config, path: Path) -> str:
+    """The run folder `okto train -f path` writes to: what an unset INFERENCE `model` loads."""
+    from okto.training.outputs import RunPaths
+
+    if not config.project.name:
+        raise UsageError(
+            f"no model: {path} sets no INFERENCE model and no PROJECT, so it trains none; "
+            "set INFERENCE model or pass --model"
+        )
+    paths = RunPaths.resolve(config)
+    if not (paths.final / "config.json").is_file():
+        missing = (
+            "holds no final model (training unfinished, or OUTPUT.save_model is false)"
+            if paths.run.is_dir()
+            else "does not exist (not trained yet)"
+        )
+        raise UsageError(
+            f"no model: {path} sets no INFERENCE model, so okto loads the model that "
+            f"`okto train -f {path}` writes, but {paths.run} {missing}: train it first, "
+            "or set INFERENCE model or pass --model"
+        )
+    return str(paths.run)
+
+
 def requested(args) -> dict:
     """Settings asked for by `-f` and the flags (flags win), as Settings field names."""
+    import okto
     from okto.inference.settings import from_block
 
-    values = from_block(inference_block(Path(args.okt))) if args.okt else {}
+    okt = Path(args.okt) if args.okt else None
+    config = okto.load(okt).config if okt else None
+    values = from_block(inference_block(config, okt)) if okt else {}
     flags = {
         "model": args.model,
         "max_tokens": args.max_tokens,
@@ -115,7 +139,11 @@ def requested(args) -> dict:
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if not values.get("model"):
-        raise UsageError("no model: pass --model, or -f with an INFERENCE block that names one")
+        if okt is None:
+            raise UsageError(
+                "no model: pass --model, or -f FILE.okt (its INFERENCE model or the one it trains)"
+            )
+        values["model"] = trained_model(config, okt)
     return values
 
 

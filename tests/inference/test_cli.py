@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -117,6 +118,38 @@ def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
     # --file is the .okt file, as in every okto command (prompts come from --prompts-file)
     assert main(["infer", "--file", str(okt), "--json", "-p", "Hello"]) == 0
     assert records(capsys.readouterr().out)[0]["generated_tokens"] == 7
+
+
+def test_no_inference_model_loads_the_trained_one(hf_dirs, capsys, stdin, tmp_path, monkeypatch):
+    """INFERENCE `model` unset means the model `okto train -f` writes: its run folder (OUTPUT.dir
+    and the PROJECT name as training resolves them, from the working directory)."""
+    stdin("")
+    monkeypatch.chdir(tmp_path)
+    okt = tmp_path / "train.okt"
+    okt.write_text('PROJECT "My demo"\nOUTPUT { dir: "out" }\nINFERENCE { max_tokens: 3 }\n')
+    argv = ["-f", str(okt), "--temperature", "0"]
+    assert main(["infer", *argv, "-p", "Hello"]) == 2
+    err = capsys.readouterr().err
+    assert f"`okto train -f {okt}` writes, but out/My-demo does not exist (not trained yet)" in err
+    assert "train it first, or set INFERENCE model or pass --model" in err
+    stdin("hi\n")
+    assert main(["chat", *argv]) == 2
+    assert "out/My-demo does not exist" in capsys.readouterr().err
+    (tmp_path / "out" / "My-demo" / "checkpoints").mkdir(parents=True)
+    assert main(["infer", *argv, "-p", "Hello"]) == 2
+    assert "out/My-demo holds no final model" in capsys.readouterr().err
+    shutil.copytree(hf_dirs["gpt2"], tmp_path / "out" / "My-demo" / "final")
+    assert main(["infer", *argv, "-p", "Hello", "--json"]) == 0
+    (trained,) = records(capsys.readouterr().out)
+    assert trained["generated_tokens"] == 3
+    assert main(["infer", "-m", str(hf_dirs["gpt2"]), *argv, "-p", "Hello", "--json"]) == 0
+    assert records(capsys.readouterr().out)[0]["text"] == trained["text"]
+    stdin("Hello\n")
+    assert main(["chat", *argv]) == 0
+    untitled = tmp_path / "untitled.okt"
+    untitled.write_text("INFERENCE { max_tokens: 3 }\n")
+    assert main(["infer", "-f", str(untitled), "-p", "Hello"]) == 2
+    assert "no PROJECT" in capsys.readouterr().err
 
 
 def test_compile_from_the_file_or_the_flag(okm_files, capsys, stdin, tmp_path, monkeypatch):
