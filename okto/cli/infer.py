@@ -71,10 +71,11 @@ def add_parser(subparsers) -> None:
         "--prompts-file", type=Path, metavar="FILE", help="a text file with one prompt per line"
     )
     p.add_argument("--batch-size", type=int, help="prompts run together (default: up to 16)")
-    p.add_argument(
+    output = p.add_mutually_exclusive_group()  # a record is written once its prompt is done
+    output.add_argument("--json", action="store_true", help="one JSON record per prompt on stdout")
+    output.add_argument(
         "--stream", action="store_true", help="print text as it comes (one prompt at a time)"
     )
-    p.add_argument("--json", action="store_true", help="one JSON record per prompt on stdout")
     p.set_defaults(run=run)
 
 

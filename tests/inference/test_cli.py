@@ -97,6 +97,16 @@ def test_text_and_stream_output(okm_files, capsys, stdin):
     assert capsys.readouterr().out == plain.out
 
 
+def test_json_and_stream_together_is_a_usage_error(okm_files, capsys, stdin):
+    """There is no streamed JSON form: --json records come when a prompt is done."""
+    stdin("")
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "-p", "Hello", "--json", "--stream"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--stream: not allowed with argument --json" in captured.err
+
+
 def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
     stdin("")
     okt = tmp_path / "infer.okt"
