@@ -38,3 +38,23 @@ def test_okto_plan_refuses_a_bad_value_before_planning(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert "OKTO_ATTENTION_TMA='yes' is not one of auto, 1, 0" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["OKTO_DIRECT_LAUNCH", "OKTO_POISON_OUTPUTS"])
+def test_a_bad_value_read_at_import_is_exit_2_too(name, tmp_path):
+    """These two are read when the library is imported, which raised past the command's
+    own check (a traceback, exit 1). A fresh interpreter, as a user's shell starts one."""
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "train.okt"
+    path.write_text('PROJECT "x"\nMODEL { architecture: "gpt2" pretrained: false }\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "okto", "plan", "-f", str(path)],
+        env={**os.environ, name: "2"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == EXIT_INVALID
+    assert f"{name}='2' is not one of" in done.stderr and "Traceback" not in done.stderr
