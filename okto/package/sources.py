@@ -94,6 +94,14 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
     if not path.exists():
         path = _hub_cache(str(path))
     if path.is_file():
+        if _is_safetensors(path):
+            folder = path.parent
+            here = f" (here: {folder})" if (folder / CONFIG).is_file() else ""
+            raise UsageError(
+                f"{path}: a safetensors file of weights alone (no config, no tokenizer), which "
+                f"cannot be loaded by itself; load the run folder, Hugging Face folder or .okm "
+                f"it came from{here}"
+            )
         return _from_package(Package(path))
     if (path / "config.json").is_file():
         return _from_hf_dir(path)
@@ -104,6 +112,14 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
         f"{path}: not a model: expected an .okm file, a Hugging Face directory "
         "(with config.json), or a run directory (with final/config.json)"
     )
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether a file starts as safetensors does: an 8-byte header length, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:] == b"{" and 8 + size <= path.stat().st_size
 
 
 def _hub_cache(name: str) -> Path:

@@ -263,6 +263,22 @@ def test_export_weights_alone(okm_files, capsys, tmp_path):
     assert named.is_file() and named.read_bytes() == out.read_bytes()
 
 
+def test_weights_alone_are_refused_with_what_to_load(okm_files, hf_dirs, capsys, stdin, tmp_path):
+    """A safetensors file holds no config or tokenizer: a usage error that says what to load."""
+    stdin("")
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", "-m", str(okm_files["gpt2"]), "-o", str(weights)]) == 0
+    capsys.readouterr()
+    for path in (weights, hf_dirs["gpt2"] / "model.safetensors"):
+        assert main(["infer", "--model", str(path), "-p", "Hello"]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}: a safetensors file of weights alone (no config, no tokenizer)" in err
+        assert "load the run folder, Hugging Face folder or .okm it came from" in err
+        assert "Traceback" not in err
+    assert f"(here: {hf_dirs['gpt2']})" in err
+    assert main(["export", "-m", str(weights), "-o", str(tmp_path / "m.okm")]) == 2
+
+
 def test_chat_mode_renders_each_prompt_as_a_turn(okm_files, capsys, stdin, tmp_path):
     stdin("")
     okt = tmp_path / "chat.okt"
