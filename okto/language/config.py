@@ -31,6 +31,7 @@ from okto.language.fieldtypes import (
     Device,
     Integer,
     NonNegativeInt,
+    PercentNumber,
     PositiveInt,
     Precision,
     aliases,
@@ -160,7 +161,9 @@ class MixEntry(BlockModel):
     """One dataset of `mix_datasets` and its share of the mix."""
 
     path: str = Field(description="A file, a directory or a glob.")
-    weight: float = Field(gt=0, description="Percent of the mix; the weights sum to 100.")
+    weight: PercentNumber = Field(
+        gt=0, description="Percent of the mix (`30` or `30%`); the weights sum to 100."
+    )
 
 
 class DatasetConfig(BlockModel):

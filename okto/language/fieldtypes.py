@@ -93,6 +93,22 @@ def _count_as_int(value: object) -> object:
     return value
 
 
+def _percent_as_number(value: object) -> object:
+    """Let a number counted in percent take the sign, quoted or not: `weight: 30%` is 30."""
+    quantity = value
+    if isinstance(value, str):
+        try:
+            quantity = Quantity.parse(value)
+        except ValueError:
+            return value  # pydantic says what the field expected
+    if isinstance(quantity, Quantity) and quantity.kind == "percent":
+        return quantity.value
+    return value
+
+
+PercentNumber = Annotated[float, BeforeValidator(_percent_as_number)]
+"""A plain number that means percent (mix weights): `30` and `30%` alike."""
+
 # Integers that also take a count quantity (`10K`, `1.5M`). The bound comes
 # before the validator so that the JSON Schema states it as `minimum`.
 Integer = Annotated[int, BeforeValidator(_count_as_int)]

@@ -339,6 +339,14 @@ def test_mix_weights_must_sum_to_100():
     ) == (2, 17, "the weights in mix_datasets sum to 90, not 100")
 
 
+@pytest.mark.parametrize("weight", ["30%", '"30%"', "30", '"30"'])
+def test_mix_weights_take_percent_signs(weight):
+    """The weights are percents; `weight: 30%` was refused ("expected a number")."""
+    text = f'DATASET {{ mix_datasets: [{{ path: "a", weight: {weight} }}, {{ path: "b", weight: 70 }}] }}'
+    mix = program(text).config.dataset.mix_datasets
+    assert [entry.weight for entry in mix] == [30.0, 70.0]
+
+
 def test_train_and_mix_conflict():
     assert error('DATASET { train: "x" mix_datasets: [{ path: "a", weight: 100 }] }') == (
         1,
