@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shlex
 from pathlib import Path
 
 from okto.errors import UsageError
@@ -84,6 +85,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    if not args.name.strip():
+        raise UsageError("name the project's folder: okto init NAME")
     root = Path(args.name)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"{root} already exists and is not an empty folder")
@@ -92,11 +95,12 @@ def run(args) -> int:
     train = [t for t in texts if t not in validation]
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "train.okt").write_text(
-        TRAIN_OKT.format(name=json.dumps(root.resolve().name)), encoding="utf-8"
+        TRAIN_OKT.format(name=json.dumps(root.resolve().name, ensure_ascii=False)),
+        encoding="utf-8",
     )
     for name, records in (("train.jsonl", train), ("val.jsonl", validation)):
         lines = "".join(json.dumps({"text": text}) + "\n" for text in records)
         (root / "data" / name).write_text(lines, encoding="utf-8")
     print(f"created {root}/train.okt and {root}/data/ ({len(train)} + {len(validation)} records)")
-    print(f"next: cd {root} && okto check -f train.okt")
+    print(f"next: cd {shlex.quote(str(root))} && okto check -f train.okt")
     return 0

@@ -35,17 +35,21 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     try:
-        plan, notes = _plan(args.file, args.set)
+        plan, notes, warnings = _plan(args.file, args.set)
     except OktoError as error:
         if not args.json:
             raise
         print(json.dumps({"file": args.file, "error": str(error), "exit_code": error.exit_code}))
         return error.exit_code
     if args.json:
-        print(json.dumps({"file": args.file, **plan.to_dict(), "notes": notes}, indent=2))
+        record = {"file": args.file, **plan.to_dict(), "notes": notes}
+        record["warnings"] = [d.to_dict() for d in warnings]
+        print(json.dumps(record, indent=2))
         return EXIT_OK
     from rich.console import Console
 
+    for diagnostic in warnings:  # the file's, as okto check and okto train print them
+        print(diagnostic.render(), end="\n\n", file=sys.stderr)
     Console().print(plan.table())
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -62,4 +66,4 @@ def _plan(path: str, overrides: list[str]):
     config, source = model_config(program.config.model)
     plan = build_plan(program, model=config)
     found = f"model config from {source}" if config is not None else f"model unknown: {source}"
-    return plan, [found, *plan.notes]
+    return plan, [found, *plan.notes], program.warnings

@@ -119,6 +119,18 @@ def test_init_creates_a_valid_project(tmp_path, capsys):
     assert "next: cd" in capsys.readouterr().out
 
 
+def test_init_quotes_what_a_shell_and_the_file_need(tmp_path, capsys):
+    """A name with a space gets a hint a shell can run, and `Ünï` stays itself in the file
+    (it was written as "\\u00dcn\\u00ef"); an empty name is refused as such."""
+    target = tmp_path / "my proj Ünï"
+    assert main(["init", str(target)]) == 0
+    assert f"next: cd '{target}' && okto check" in capsys.readouterr().out
+    assert 'PROJECT "my proj Ünï"' in (target / "train.okt").read_text(encoding="utf-8")
+    assert load(target / "train.okt").config.project.name == "my proj Ünï"
+    assert main(["init", ""]) == 2
+    assert "name the project's folder" in capsys.readouterr().err
+
+
 def test_init_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")

@@ -62,6 +62,16 @@ def test_table(okt, capsys):
     assert "model config from MODEL.architecture gpt2" in out.err
 
 
+def test_the_files_warnings_are_shown(okt, capsys):
+    """okto check and okto train print them; okto plan printed none."""
+    path = okt(TINY_GPT2 + 'DATASET { vocab_size: 300 }\n')
+    assert main(["plan", "-f", path]) == EXIT_OK
+    assert 'warning: vocab_size only applies with tokenizer: "train"' in capsys.readouterr().err
+    assert main(["plan", "-f", path, "--json"]) == EXIT_OK
+    (warning,) = json.loads(capsys.readouterr().out)["warnings"]
+    assert warning["severity"] == "warning" and warning["line"] == 9
+
+
 def test_unknown_model(okt, capsys):
     path = okt('PROJECT "x"\nMODEL { base: "nobody/no-such-model-here" }\n')
     assert main(["plan", "-f", path, "--json"]) == EXIT_OK
