@@ -64,7 +64,7 @@ def test_table(okt, capsys):
 
 def test_the_files_warnings_are_shown(okt, capsys):
     """okto check and okto train print them; okto plan printed none."""
-    path = okt(TINY_GPT2 + 'DATASET { vocab_size: 300 }\n')
+    path = okt(TINY_GPT2 + "DATASET { vocab_size: 300 }\n")
     assert main(["plan", "-f", path]) == EXIT_OK
     assert 'warning: vocab_size only applies with tokenizer: "train"' in capsys.readouterr().err
     assert main(["plan", "-f", path, "--json"]) == EXIT_OK
