@@ -52,6 +52,7 @@ def run(args) -> int:
         if prompt is None:
             print("that message is too long for the model's context window", file=sys.stderr)
             continue
+        options["seed"] = chat.turn_seed()
         (reply,) = model.generate(prompt, **options, stream=write)
         print(flush=True)
         chat.turns.append((user, reply.text.strip()))

@@ -6,6 +6,8 @@ block's `mode` is chat (each prompt a one-turn conversation).
 
 from __future__ import annotations
 
+from okto.inference.sampling import row_keys
+
 PLAIN_TEMPLATE = "User: {input}\nAssistant:"
 PLAIN_STOP = "\nUser:"
 
@@ -29,6 +31,14 @@ class Conversation:
     @property
     def stop(self) -> tuple[str, ...]:
         return (*self.settings.stop, PLAIN_STOP) if self.plain else self.settings.stop
+
+    def turn_seed(self) -> int | None:
+        """The next turn's seed, from the session's and the turn number: every turn its own
+        noise (one seed for all would give a weak model the same reply to every line), and
+        a session replays alike from the same seed and lines. None without a seed."""
+        if self.settings.seed is None:
+            return None
+        return row_keys(self.settings.seed, [len(self.turns)])[0]
 
     def render(self, user: str, turns: list[tuple[str, str]]) -> str:
         if self.use_chat_template:

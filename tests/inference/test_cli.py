@@ -220,6 +220,31 @@ def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
     assert prompts[1].endswith("User: how are you\nAssistant:")
 
 
+def test_chat_seed_gives_each_turn_its_own_stream(okm_files, capsys, stdin, monkeypatch):
+    """With --seed each turn samples from a stream of its own (from the seed and the turn number):
+    turns differ, and the same seed and lines replay the same session."""
+    from okto.inference.generate import Model
+
+    seeds, generate = [], Model.generate
+
+    def spy(self, prompt, **options):
+        results = generate(self, prompt, **options)
+        seeds.append(results[0].seed)
+        return results
+
+    monkeypatch.setattr(Model, "generate", spy)
+    argv = ["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4", "--temperature", "1"]
+    sessions = []
+    for seed in ("7", "7", "8"):
+        stdin("hi\nhi\nhi\n")
+        assert main([*argv, "--seed", seed]) == 0
+        sessions.append((capsys.readouterr().out, seeds[-3:]))
+    (out, turns), (again, replayed), (_, other) = sessions
+    assert len(set(turns)) == 3
+    assert (again, replayed) == (out, turns)
+    assert not set(other) & set(turns)
+
+
 def test_chat_history_stays_in_the_context_window(loaded):
     from okto.inference.chat import Conversation
 
