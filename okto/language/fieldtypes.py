@@ -80,27 +80,30 @@ Device = Annotated[
 ]
 
 
+def _quantity(value: object) -> object:
+    """A quoted quantity (`"10K"`, `"30%"`) as a Quantity; anything else as it is, for
+    pydantic to say what the field expected."""
+    if isinstance(value, str):
+        try:
+            return Quantity.parse(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _count_as_int(value: object) -> object:
     """Let an integer field take a count, quoted or not: `max_steps: 10K` and
     `max_steps: "10K"` are 10000."""
-    if isinstance(value, str):
-        try:
-            value = Quantity.parse(value)
-        except ValueError:
-            return value  # pydantic says what the field expected
-    if isinstance(value, Quantity) and value.kind == "count" and float(value.base).is_integer():
-        return int(value.base)
+    quantity = _quantity(value)
+    counted = isinstance(quantity, Quantity) and quantity.kind == "count"
+    if counted and float(quantity.base).is_integer():
+        return int(quantity.base)
     return value
 
 
 def _percent_as_number(value: object) -> object:
     """Let a number counted in percent take the sign, quoted or not: `weight: 30%` is 30."""
-    quantity = value
-    if isinstance(value, str):
-        try:
-            quantity = Quantity.parse(value)
-        except ValueError:
-            return value  # pydantic says what the field expected
+    quantity = _quantity(value)
     if isinstance(quantity, Quantity) and quantity.kind == "percent":
         return quantity.value
     return value
