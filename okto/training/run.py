@@ -376,7 +376,7 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     total = models.parameters(model)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lora = f", LoRA on {len(adapted)} layers" if adapted else ""
-    share = "" if trained == total else f" ({100 * trained / total:.2g}%)"
+    share = "" if trained == total else f" ({100 * trained / total:.3g}%)"
     display.text(
         f"model    {source.where}: {human(total)} parameters, {human(trained)} trained{share}{lora}"
     )
