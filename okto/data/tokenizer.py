@@ -76,23 +76,34 @@ def check_tokenizer(tokenizer) -> None:
 
 
 def _load(choice: str, base: Path):
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
+    """A tokenizer.json, a folder holding one (a Hugging Face model's, or a run folder's
+    final model), as DATASET tokenizer names it; anything else is a DataError."""
     path = Path(choice).expanduser()
     path = path if path.is_absolute() else base / path
+    if not path.exists():
+        raise DataError(f'DATASET tokenizer {choice!r}: {path} does not exist (a path, or "train")')
+    if (path / "final").is_dir():  # a run folder, as MODEL.base takes one
+        path = path / "final"
+    try:
+        return _read(path)
+    except Exception as error:  # tokenizers raises bare Exceptions for files it cannot parse
+        detail = (str(error).splitlines() or [""])[0]
+        raise DataError(
+            f"DATASET tokenizer {choice!r}: {path} is not a tokenizer okto can load "
+            f"({type(error).__name__}: {detail}); give a tokenizer.json, a folder holding "
+            'one, or "train" to train one on the data'
+        ) from None
+
+
+def _read(path: Path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
     if path.is_file() and not (path.parent / "tokenizer_config.json").is_file():
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
         vocab = tokenizer.get_vocab()
         tokenizer.eos_token = next((name for name in EOS_NAMES if name in vocab), None)
         return tokenizer
-    if path.is_file():
-        path = path.parent
-    if not path.exists():
-        raise DataError(f'DATASET tokenizer {choice!r}: {path} does not exist (a path, or "train")')
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot load a tokenizer from it ({error})") from None
+    return AutoTokenizer.from_pretrained(str(path.parent if path.is_file() else path))
 
 
 def _from_model(model_path: str | Path):

@@ -89,6 +89,10 @@ def test_from_a_path_and_from_the_model(tmp_path, tokenizer):
     assert (tmp_path / "r" / "tokenizer" / "tokenizer.json").is_file()
     bare = resolve_tokenizer(config(train="x", tokenizer=str(tmp_path / "tok" / "tokenizer.json")))
     assert bare.get_vocab() == tokenizer.get_vocab()
+    (tmp_path / "run").mkdir()
+    tokenizer.save_pretrained(tmp_path / "run" / "final")  # a run folder, as MODEL.base takes
+    by_run = resolve_tokenizer(config(train="x", tokenizer="run"), base_dir=tmp_path)
+    assert by_run.get_vocab() == tokenizer.get_vocab()
 
 
 def test_a_bare_tokenizer_json_finds_its_eos(tmp_path, tokenizer):
@@ -105,8 +109,15 @@ def test_tokenizer_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         resolve_tokenizer(config(train="x", tokenizer="nowhere"), base_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="cannot load a tokenizer"):
+    with pytest.raises(DataError, match="empty is not a tokenizer okto can load"):
         resolve_tokenizer(config(train="x", tokenizer="empty"), base_dir=tmp_path)
+    # files that are not tokenizers raised tokenizers' bare Exception or a KeyError
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "tokenizer.json").write_text('{"a": 1}')
+    for name in ("data.jsonl", "other"):
+        with pytest.raises(DataError, match=f"{name} is not a tokenizer okto can load"):
+            resolve_tokenizer(config(train="x", tokenizer=name), base_dir=tmp_path)
     with pytest.raises(DataError, match="cannot load the tokenizer of model"):
         resolve_tokenizer(config(train="x"), model_path=tmp_path / "empty")
 
