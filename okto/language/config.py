@@ -199,16 +199,20 @@ class DatasetConfig(BlockModel):
         Quantity(100, "%"), description="Share of the training data to use, up to 100%."
     )
     shuffle: Bool = Field(True, description="Shuffle the training data each epoch.")
-    max_length: PositiveInt | None = Field(
-        None, description="Sequence length in tokens; unset, the model's context window."
+    # The bounds okto.data.settings also checks, for configs built without the language.
+    max_length: Integer | None = Field(
+        None, ge=2, description="Sequence length in tokens; unset, the model's context window."
     )
     packing: Bool = Field(True, description="Pack several short records into each sequence.")
     tokenizer: str | None = Field(
         None,
         description='A tokenizer directory, or "train" to train a byte-level BPE on the data.',
     )
-    vocab_size: PositiveInt | None = Field(
-        None, description='Vocabulary size for `tokenizer: "train"` (default 8192).'
+    vocab_size: Integer | None = Field(
+        None,
+        ge=300,
+        description='Vocabulary size for `tokenizer: "train"` (default 8192; at least 300: '
+        "the 256 byte symbols and the special tokens).",
     )
     language: str | None = Field(
         None,

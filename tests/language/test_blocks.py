@@ -355,6 +355,16 @@ def test_train_and_mix_conflict():
     )
 
 
+def test_the_data_pipelines_lower_bounds_are_check_time_errors():
+    """okto check said valid and okto train refused, with no line to point at."""
+    assert error('DATASET { tokenizer: "train" vocab_size: 5 }') == (
+        1,
+        42,
+        "vocab_size: must be at least 300, got 5",
+    )
+    assert error("DATASET { max_length: 1 }") == (1, 23, "max_length: must be at least 2, got 1")
+
+
 def test_dataset_percent_range():
     assert error("DATASET { dataset_percent: 120% }")[2] == (
         "dataset_percent must be above 0% and at most 100%"
@@ -403,7 +413,7 @@ def test_fp16_on_a_gpu_is_fine():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("DATASET { vocab_size: 100 }", 'vocab_size only applies with tokenizer: "train"'),
+        ("DATASET { vocab_size: 1000 }", 'vocab_size only applies with tokenizer: "train"'),
         ("MODEL { config { n_layer: 2 } }", "config overrides apply only with pretrained: false"),
         ('INFERENCE { format: "Q:" }', "the prompt format has no {input} placeholder"),
         (
