@@ -746,6 +746,7 @@ class Trainer:
             )
         self.last_checkpoint = path
         self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))
+        self.display.text(f"save     step {self.step}: checkpoint -> {path}")
         return path
 
     def state_dict(self) -> dict:

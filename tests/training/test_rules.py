@@ -31,7 +31,9 @@ def test_set_adjust_log_save_and_stop(project, capsys):
     assert records[-1]["step"] == 10
     logs = read_metrics(METRICS, "log")
     assert len(logs) == 1 and logs[0]["message"].endswith("at step 2")
-    assert "LOG      step 2: [once] loss " in capsys.readouterr().out  # brackets are not markup
+    out = capsys.readouterr().out
+    assert "LOG      step 2: [once] loss " in out  # brackets are not markup
+    assert "save     step 10: checkpoint -> " in out  # every save prints a line
     assert sorted(p.name for p in Path("runs/tiny/saved").iterdir()) == ["at-4", "at-8"]
     assert (Path("runs/tiny/saved/at-8/model.safetensors")).is_file()
     changes = {(r["step"], r["field"]): r["after"] for r in read_metrics(METRICS, "set")}
