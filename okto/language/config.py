@@ -573,8 +573,16 @@ class LoggingConfig(BlockModel):
 
     save_logs: Bool = Field(True, description="Write logs to files.")
     metrics_file: str | None = Field(None, description="JSON file for metrics.")
-    training_file: str | None = Field(None, description="JSON file for the training log.")
-    log_level: choice("debug", "info", "warning", "error") = Field("info", description="Verbosity.")
+    training_file: str | None = Field(
+        None,
+        description="Where the plain-text copy of the run's output goes (with save_logs); "
+        "default runs/<project>/train.log.",
+    )
+    log_level: choice("debug", "info", "warning", "error") = Field(
+        "info",
+        description="Console output: `debug` adds detail (as --verbose), `warning` leaves "
+        "warnings and the summary, `error` the summary alone.",
+    )
     log_every: PositiveInt | None = Field(
         None, description="Steps between log lines; TRAIN.logging_steps overrides it."
     )
@@ -708,6 +716,12 @@ class OktoConfig(BaseModel):
             _warn(info, ("model", "config"), "config overrides apply only with pretrained: false")
         if self.inference.format is not None and "{input}" not in self.inference.format:
             _warn(info, ("inference", "format"), "the prompt format has no {input} placeholder")
+        if self.logging.training_file is not None and not self.logging.save_logs:
+            _warn(
+                info,
+                ("logging", "training_file"),
+                "training_file has no effect with save_logs: false",
+            )
         if self.train.save_steps is not None and self.train.save_strategy != "steps":
             _warn(
                 info,

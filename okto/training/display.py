@@ -3,7 +3,9 @@
 Everything goes through one `rich` console. The progress bar (loss, learning
 rate, tokens/s, ETA) only draws on a terminal; the log lines every
 `logging_steps` and the tables are printed either way, so logs and CI output
-keep them.
+keep them. LOGGING.log_level `warning` leaves only warnings and the summary on
+the console, `error` only the summary (the run's log file keeps every line);
+`debug` adds detail, as `--verbose` does.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+LEVELS = ("debug", "info", "warning", "error")
+
 
 class Display:
-    def __init__(self, console: Console | None, verbose: bool, show_tflops: bool):
+    def __init__(
+        self, console: Console | None, verbose: bool, show_tflops: bool, level: str = "info"
+    ):
         self.console = console or Console()
-        self.verbose, self.show_tflops = verbose, show_tflops
+        self.verbose, self.show_tflops = verbose or level == "debug", show_tflops
+        self.level = LEVELS.index(level)
         self._progress: Progress | None = None
         self._task = None
         self._log: Console | None = None
@@ -31,29 +38,31 @@ class Display:
         handle = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
         self._log = Console(file=handle, width=120, color_system=None, soft_wrap=True)
 
-    def print(self, *items, markup: bool = True) -> None:
-        """Tables, and okto's own lines with rich markup."""
-        self.console.print(*items, highlight=False, markup=markup)
+    def print(self, *items, markup: bool = True, level: str = "info") -> None:
+        """Tables, and okto's own lines with rich markup; on the console only at or above
+        LOGGING.log_level."""
+        if LEVELS.index(level) >= self.level:
+            self.console.print(*items, highlight=False, markup=markup)
         if self._log is not None:
             self._log.print(*items, highlight=False, markup=markup)
 
-    def text(self, line: str) -> None:
+    def text(self, line: str, level: str = "info") -> None:
         """A line as it is: brackets in messages, paths and source lines are not markup."""
-        self.print(line, markup=False)
+        self.print(line, markup=False, level=level)
 
     def note(self, text: str) -> None:
         self.print(f"[dim]{escape(text)}[/dim]")
 
     def warn(self, text: str) -> None:
-        self.print(f"[yellow]warning:[/yellow] {escape(text)}")
+        self.print(f"[yellow]warning:[/yellow] {escape(text)}", level="warning")
 
-    def table(self, title: str, rows: list[tuple[str, ...]]) -> None:
+    def table(self, title: str, rows: list[tuple[str, ...]], level: str = "info") -> None:
         table = Table(title=title, show_header=False, title_justify="left", box=None)
         for index in range(len(rows[0]) if rows else 0):
             table.add_column(style="bold" if index == 0 else ("dim" if index == 2 else None))
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))
-        self.print(table)
+        self.print(table, level=level)
 
     def start(self, total: int, done: int) -> None:
         self._progress = Progress(
@@ -64,7 +73,7 @@ class Display:
             TextColumn("{task.fields[speed]} tok/s"),
             TimeRemainingColumn(),
             console=self.console,
-            disable=not self.console.is_terminal,
+            disable=not self.console.is_terminal or self.level > LEVELS.index("info"),
             transient=True,
         )
         self._progress.start()

@@ -94,7 +94,7 @@ def train(
 
         console = Console(quiet=True)
         hf_logging.disable_progress_bar()
-    display = Display(console, verbose or config.logging.log_level == "debug", show_tflops)
+    display = Display(console, verbose, show_tflops, config.logging.log_level)
     try:
         return _train(program, config, display, resume, ranks)
     finally:
@@ -165,7 +165,9 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     if paths.log is not None and parallel.is_main:
         display.keep_log(paths.log, append=resume_from is not None)
     for diagnostic in program.warnings:
-        display.text(diagnostic.render())
+        display.text(
+            diagnostic.render(), level="warning" if diagnostic.severity == "warning" else "info"
+        )
     _seed_everything(settings.seed)
     if config.env.network == "offline":
         go_offline()
@@ -616,7 +618,7 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
         rows.append(("checkpoint", str(trainer.last_checkpoint)))
     rows += [("export", str(path)) for path in exports]
     rows.append(("metrics", str(paths.metrics)))
-    display.table("summary", rows)
+    display.table("summary", rows, level="error")  # the run's result, at every log level
 
 
 def _duration(seconds: float) -> str:

@@ -414,6 +414,10 @@ def test_fp16_on_a_gpu_is_fine():
     ("text", "message"),
     [
         ("DATASET { vocab_size: 1000 }", 'vocab_size only applies with tokenizer: "train"'),
+        (
+            'LOGGING { save_logs: false training_file: "x.log" }',
+            "training_file has no effect with save_logs: false",
+        ),
         ("MODEL { config { n_layer: 2 } }", "config overrides apply only with pretrained: false"),
         ('INFERENCE { format: "Q:" }', "the prompt format has no {input} placeholder"),
         (

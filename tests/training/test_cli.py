@@ -138,6 +138,25 @@ def test_an_unusable_cache_folder_is_exit_2(project, capsys, monkeypatch, tmp_pa
     assert "OKTO_CACHE_DIR: cannot make the folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("level", "shown", "hidden"),
+    [
+        ("warning", ["warning: TRAIN.warmup_steps", "summary"], ["step 1/2", "okto plan"]),
+        ("error", ["summary"], ["warning:", "step 1/2", "okto plan"]),
+        ("debug", ["step 1/2", "step", "ms", "summary"], []),
+    ],
+)
+def test_log_level_sets_what_the_console_shows(project, capsys, level, shown, hidden):
+    """warning and error used to change nothing; the log file keeps every line."""
+    path = project(
+        train="max_steps: 2 warmup_steps: 5", extra=f'LOGGING {{ log_level: "{level}" }}'
+    )
+    assert train(path) == 0
+    out = capsys.readouterr().out
+    assert all(text in out for text in shown) and not any(text in out for text in hidden)
+    assert "step 1/2" in Path("runs/tiny/train.log").read_text()
+
+
 def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert train(tmp_path / "nothing.okt") == 2
     assert "no such file" in capsys.readouterr().err
