@@ -489,10 +489,8 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
     config, model, parallel = program.config, trainer.model, trainer.parallel
     final, exports = None, []
     keep = config.output.save_model
-    asked = any(  # an EXPORT block in the file (or on the command line)
-        str(program.source_map.get(f"export.{name}", "default")) != "default"
-        for name in ("format", "path", "quantization")
-    )
+    # an EXPORT block in the file, empty or not, or an EXPORT field on the command line
+    asked = str(program.source_map.get("export", "default")) != "default"
     if outcome.reason in ("completed", "stopped", "early_stopping") and (keep or asked):
         # With OUTPUT.save_model: false the exports are made from a folder removed after.
         final = paths.final if keep else paths.run / ".tmp-final-for-export"

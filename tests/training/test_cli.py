@@ -58,6 +58,20 @@ def test_a_warmup_longer_than_the_run_is_warned(project, capsys):
     assert "warmup_steps (5) is not below the run's 3 steps" in out.out + out.err
 
 
+@pytest.mark.parametrize(
+    ("extra", "args", "expected"),
+    [
+        ("EXPORT { }", (), ["tiny.safetensors"]),  # the block's defaults; it wrote nothing
+        ("", ("--set", 'EXPORT.format="okm"'), ["tiny.okm"]),
+        ("", (), []),  # no EXPORT block, no exports
+    ],
+)
+def test_an_export_block_exports_with_its_defaults(project, extra, args, expected):
+    assert train(project(train="max_steps: 1", extra=extra), *args) == 0
+    summary = read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[0]
+    assert [Path(p).name for p in summary["exports"]] == expected
+
+
 def test_exports_without_keeping_the_final_model(project, tmp_path):
     """OUTPUT.save_model: false keeps no final folder, but EXPORT still writes its files."""
     path = project(extra='EXPORT { format: "okm" }\nOUTPUT { save_model: false }')
