@@ -354,7 +354,25 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
         f"tokenizer {len(tokenizer):,} entries; "
         f"{'from the cache' if stats.cache_hit else 'prepared'} in {time.perf_counter() - started:.1f}s"
     )
+    if splits.validation is None and main:
+        _unevaluated(config, display)
     return source, tokenizer, splits
+
+
+EVAL_METRICS = {"val_loss", "accuracy"}  # perplexity falls back to exp(loss)
+
+
+def _unevaluated(config, display: Display) -> None:
+    """Without validation data nothing is evaluated: say which settings that leaves idle."""
+    from okto.training.control import metric_names
+
+    train, rules = config.train, config.control
+    idle = [f"TRAIN.{name}" for name in ("eval_steps", "early_stopping") if getattr(train, name)]
+    events = sorted({r.event for r in rules if r.event in ("on_eval", "on_plateau")})
+    idle += [f"CONTROL {event} rules" for event in events]
+    idle += [f"CONTROL conditions on {m}" for m in sorted(metric_names(rules) & EVAL_METRICS)]
+    if idle:
+        display.warn(f"there is no validation data, so {', '.join(idle)} never act")
 
 
 def _build_model(config, source, tokenizer, splits, settings, display: Display):

@@ -171,6 +171,21 @@ def test_log_level_sets_what_the_console_shows(project, capsys, level, shown, hi
     assert "step 1/2" in Path("runs/tiny/train.log").read_text()
 
 
+def test_evaluation_settings_without_validation_data_are_warned(project, capsys):
+    """One record: no validation split, so nothing is ever evaluated (it was silent)."""
+    path = project(
+        train="max_steps: 1 eval_steps: 1 early_stopping: 2",
+        records=[{"text": "the cat sat on a mat"}],
+        extra='CONTROL { on_plateau { LOG "flat" } IF val_loss > 3 { STOP } }',
+    )
+    assert train(path) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        "there is no validation data, so TRAIN.eval_steps, TRAIN.early_stopping, CONTROL "
+        "on_plateau rules, CONTROL conditions on val_loss never act" in said
+    )
+
+
 def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
     assert train(tmp_path / "nothing.okt") == 2
     assert "no such file" in capsys.readouterr().err
