@@ -100,6 +100,7 @@ def build_datasets(
             table, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
         )
         setattr(stats, name, split_stats)
+        _report_cuts(name, split_stats, settings, stats.warnings)
     stats.seconds["tokenize"] = time.perf_counter() - tokenize_started
     if not splits["train"].num_rows:
         raise DataError("no training rows are left: every record was dropped (see the warnings)")
@@ -184,6 +185,20 @@ def _rows(table: pa.Table, tokenizer, settings: DataSettings, num_proc, fingerpr
         dropped=dict(dropped),
     )
     return datasets.Dataset(rows.to_arrow(), fingerprint=f"{fingerprint}-rows"), stats
+
+
+def _report_cuts(name: str, split: SplitStats, settings: DataSettings, notes: list) -> None:
+    """One warning for what making the rows cut or dropped from a split, beside the
+    reading's: records cut at max_length (without packing), rows with nothing to train."""
+    parts = []
+    if split.truncated:
+        parts.append(
+            f"{split.truncated:,} of {split.records:,} records longer than max_length "
+            f"({settings.max_length}) were cut"
+        )
+    parts += [f"{count:,} dropped ({reason})" for reason, count in split.dropped.items()]
+    if parts:
+        warn(f"{name} rows: " + "; ".join(parts), notes)
 
 
 def _workers(records: int) -> int:

@@ -107,6 +107,25 @@ def test_a_few_broken_lines_are_skipped_with_a_warning(tmp_path, tokenizer):
     assert len(splits.train) == 38
 
 
+def test_records_cut_or_dropped_while_making_rows_are_warned(tmp_path, tokenizer):
+    """Without packing, long records are cut and prompt-only ones dropped: that was in
+    the statistics only."""
+    long = " ".join(["word"] * 200)
+    records = [{"input": "question", "output": long}] * 3 + [{"input": long, "output": "x"}]
+    path = write_jsonl(tmp_path / "pairs.jsonl", records)
+    validation = write_jsonl(tmp_path / "val.jsonl", [{"text": "hello"}])
+    with pytest.warns(DataWarning) as caught:
+        splits = _build(
+            tokenizer, path, validation=str(validation), packing=False, max_length=32
+        )
+    said = [str(w.message) for w in caught]
+    assert splits.stats.train.truncated == 4
+    assert (
+        "train rows: 4 of 4 records longer than max_length (32) were cut; "
+        "1 dropped (no trained tokens within max_length)" in said
+    )
+
+
 def test_wrong_types_everywhere(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "wrong.jsonl", [{"input": "a", "output": {"x": 1}}] * 3)
     with pytest.raises(
