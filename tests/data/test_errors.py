@@ -115,9 +115,7 @@ def test_records_cut_or_dropped_while_making_rows_are_warned(tmp_path, tokenizer
     path = write_jsonl(tmp_path / "pairs.jsonl", records)
     validation = write_jsonl(tmp_path / "val.jsonl", [{"text": "hello"}])
     with pytest.warns(DataWarning) as caught:
-        splits = _build(
-            tokenizer, path, validation=str(validation), packing=False, max_length=32
-        )
+        splits = _build(tokenizer, path, validation=str(validation), packing=False, max_length=32)
     said = [str(w.message) for w in caught]
     assert splits.stats.train.truncated == 4
     assert (
