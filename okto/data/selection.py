@@ -90,7 +90,9 @@ def _read_mix(settings, sources, seed: int, file_stats, notes) -> tuple[pa.Table
         for _, files in sources
     ]
     if len(tables) > 1:
+        available = [table.num_rows for table in tables]
         tables = _mix(tables, [s.weight for s, _ in sources], rng(seed, MIX))
+        _report_unused(sources, available, [table.num_rows for table in tables], notes)
     mix = [
         {"paths": list(source.paths), "weight": source.weight, "records": table.num_rows}
         for (source, _), table in zip(sources, tables, strict=True)
@@ -105,6 +107,23 @@ def _percent(table: pa.Table, settings: DataSettings, generator: np.random.Gener
     if not settings.shuffle:
         return table.slice(0, keep)
     return table.take(np.sort(generator.choice(table.num_rows, keep, replace=False)))
+
+
+def _report_unused(sources, available: list[int], taken: list[int], notes: list[str]) -> None:
+    """The weights hold by leaving records of the larger sources out: say how many, when
+    that is most of one (a one-record source at 50% keeps one record of each)."""
+    left = [
+        f"{source.paths[0]}: {kept:,} of {count:,}"
+        for (source, _), count, kept in zip(sources, available, taken, strict=True)
+        if kept < count / 2
+    ]
+    if left:
+        warn(
+            "mix_datasets keeps its weights by taking fewer records from the larger sources: "
+            + "; ".join(left)
+            + " (the smallest source against its weight sets the size)",
+            notes,
+        )
 
 
 def _mix(tables: list[pa.Table], weights: list[float], generator) -> list[pa.Table]:
