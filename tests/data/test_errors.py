@@ -154,7 +154,7 @@ def test_type_that_the_fields_cannot_serve(tmp_path, tokenizer):
         ("data.xyz", "plain words", r"cannot tell the format of .*data.xyz .* set DATASET format"),
     ],
 )
-def test_unreadable_files(tmp_path, tokenizer, name, content, message):
+def test_unreadable_files(tmp_path, tokenizer, name, content, message, capfd):
     path = tmp_path / name
     if isinstance(content, bytes):
         path.write_bytes(content)
@@ -162,6 +162,7 @@ def test_unreadable_files(tmp_path, tokenizer, name, content, message):
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         _build(tokenizer, path)
+    assert "Failed to read" not in capfd.readouterr().err  # datasets' own log: said once
 
 
 def test_json_array_that_is_not_utf8(tmp_path, tokenizer):
