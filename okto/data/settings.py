@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from okto.data.errors import DataError
 
-FORMATS = ("auto", "jsonl", "json", "csv", "txt", "parquet", "sharegpt")
+FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "txt", "parquet", "sharegpt")
 TYPES = ("text", "instruction", "chat", "qa", "generation")
 DEFAULT_MAX_LENGTH = 1024
 DEFAULT_VOCAB_SIZE = 8192

@@ -176,7 +176,7 @@ class DatasetConfig(BlockModel):
     test: str | None = Field(
         None, description="Test data, scored once with the final weights at the end of training."
     )
-    format: choice("auto", "jsonl", "json", "csv", "txt", "parquet", "sharegpt") = Field(
+    format: choice("auto", "jsonl", "json", "csv", "tsv", "txt", "parquet", "sharegpt") = Field(
         "auto", description="File format; `auto` goes by the file extension."
     )
     type: choice("text", "instruction", "chat", "qa", "generation") | None = Field(

@@ -46,6 +46,12 @@ def test_structured_formats(tmp_path, tokenizer, name, writer):
     assert _rows_text(path, tokenizer) == EXPECTED
 
 
+def test_format_tsv_reads_tab_separated_data_under_any_name(tmp_path, tokenizer):
+    """`format: tsv` was refused; a tab-separated .txt could only be read as one column."""
+    path = write_csv(tmp_path / "pairs_tab.txt", RECORDS, delimiter="\t")
+    assert _rows_text(path, tokenizer, format="tsv") == EXPECTED
+
+
 def test_txt_blocks_between_blank_lines_are_records(tmp_path, tokenizer):
     path = tmp_path / "notes.txt"
     path.write_text("hello world 0\n\n\nhello world 1\nsecond line\n\nhello world 2\n")
