@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from okto.data.encoding import not_utf8
 from okto.data.errors import DataError
 
 WINDOW_CHARS = 1 << 22
@@ -41,7 +42,6 @@ class _Window:
         self.text = ""
         self.pos = 0
         self.eof = False
-        self._bytes = 0
         self._line, self._line_pos = 1, 0  # line number at text[_line_pos]
         self._start_column = 0  # 0-based column of text[0]
 
@@ -52,13 +52,11 @@ class _Window:
         raw = self.f.read(size)
         try:
             chunk = self.decoder.decode(raw, final=not raw)
-        except UnicodeDecodeError as error:
+        except UnicodeDecodeError:
             if not raw:  # the cut fell inside a multi-byte character
                 chunk = ""
             else:
-                offset = self._bytes + error.start
-                raise DataError(f"{self.path} is not UTF-8 text (byte {offset})") from None
-        self._bytes += len(raw)
+                raise not_utf8(self.path) from None
         self.eof = not raw
         self.line_at(self.pos)
         self._start_column = self.column_at(self.pos) - 1

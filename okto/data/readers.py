@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from okto.data.encoding import not_utf8, refuse_other_encodings
 from okto.data.errors import DataError, warn
 from okto.data.jsonarray import Cut, iter_json_array
 from okto.data.progress import quiet_datasets
@@ -32,6 +33,8 @@ Records = Iterator[tuple[Any, str]]
 
 def read_records(path: Path, fmt: str, stats: FileStats, notes: list[str]) -> Records:
     """The records of one file; skipped lines and cuts go into `stats` and `notes`."""
+    if fmt != "parquet":
+        refuse_other_encodings(path)
     if fmt == "jsonl":
         return _read_jsonl(path, stats, notes)
     if fmt == "json":
@@ -106,7 +109,7 @@ def _read_json_object(path: Path) -> Records:
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
+        raise not_utf8(path) from None
     except json.JSONDecodeError as error:
         raise DataError(
             f"{path}, line {error.lineno} column {error.colno}: invalid JSON ({error.msg})"
@@ -133,7 +136,7 @@ def _read_txt(path: Path) -> Records:
                     yield {"text": "".join(block).rstrip("\n")}, f"line {start}"
                     block, start = [], 0
     except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text") from None
+        raise not_utf8(path) from None
     if block:
         yield {"text": "".join(block).rstrip("\n")}, f"line {start}"
 
@@ -154,6 +157,8 @@ def _read_with_datasets(path: Path, builder: str, **options) -> Records:
             table = loader(str(path), cache_dir=tmp, **options)
         except (DatasetGenerationError, ValueError, OSError) as error:
             cause = error.__cause__ or error
+            if isinstance(cause, UnicodeDecodeError):
+                raise not_utf8(path) from None
             raise DataError(f"{path}: cannot read it as {builder}: {cause}") from None
         number = 0
         for batch in table.iter(batch_size=1024):

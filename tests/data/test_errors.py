@@ -149,7 +149,6 @@ def test_type_that_the_fields_cannot_serve(tmp_path, tokenizer):
     [
         ("bad.json", '{"data": [1, 2,]}', r"bad.json, line 1 column 16: invalid JSON"),
         ("bad.csv", "a,b\n1,2\n3,4,5,6\n", r"bad.csv: cannot read it as csv: .*line 3"),
-        ("bad.txt", b"caf\xe9\n", r"bad.txt is not UTF-8 text"),
         ("bad.parquet", "not parquet at all", r"bad.parquet: cannot read it as parquet"),
         ("data.xyz", "plain words", r"cannot tell the format of .*data.xyz .* set DATASET format"),
     ],
@@ -165,10 +164,49 @@ def test_unreadable_files(tmp_path, tokenizer, name, content, message, capfd):
     assert "Failed to read" not in capfd.readouterr().err  # datasets' own log: said once
 
 
-def test_json_array_that_is_not_utf8(tmp_path, tokenizer):
-    path = tmp_path / "latin.json"
-    path.write_bytes(b'[{"text": "caf\xe9"}]')
-    with pytest.raises(DataError, match=r"latin.json is not UTF-8 text \(byte 14\)"):
+@pytest.mark.parametrize(
+    ("name", "content", "place"),
+    [
+        ("latin.txt", b"first line\n\ncaf\xe9\n", "line 3 has byte 0xE9 at offset 15"),
+        ("latin.json", b'[{"text": "caf\xe9"}]', "line 1 has byte 0xE9 at offset 14"),
+        (
+            "latin-object.json",
+            b'{"data": [\n{"text": "\xe9"}]}',
+            "line 2 has byte 0xE9 at offset 21",
+        ),
+        ("latin.csv", b"text\nok\ncaf\xe9\n", "line 3 has byte 0xE9 at offset 11"),
+        ("latin.tsv", b"text\tid\ncaf\xe9\t1\n", "line 2 has byte 0xE9 at offset 11"),
+    ],
+)
+def test_text_that_is_not_utf8_names_line_and_offset(tmp_path, tokenizer, name, content, place):
+    """Every text format names the first bad byte the same way, counted in the file."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"{name} is not UTF-8 text: {place}; save it as UTF-8"):
+        _build(tokenizer, path)
+
+
+def test_a_bad_byte_after_a_block_boundary_is_placed_in_the_file(tmp_path):
+    """The offset counts whole blocks and a character split across two of them."""
+    from okto.data.encoding import not_utf8
+
+    path = tmp_path / "long.txt"
+    head = b"a\n" * ((1 << 19) - 1) + b"x\xc3"  # a two-byte character split at 1 MiB
+    path.write_bytes(head + b"(" + b"\n")
+    error = not_utf8(path)
+    assert f"line {1 << 19} has byte 0xC3 at offset {(1 << 20) - 1:,}" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("mark", "name"), [(b"\xff\xfe", "UTF-16"), (b"\xff\xfe\x00\x00", "UTF-32")]
+)
+@pytest.mark.parametrize("suffix", ["jsonl", "csv", "txt"])
+def test_utf16_and_utf32_files_are_named(tmp_path, tokenizer, mark, name, suffix):
+    path = tmp_path / f"wide.{suffix}"
+    path.write_bytes(mark + "text\nhello\n".encode(name.lower() + "-le"))
+    with pytest.raises(
+        DataError, match=rf"is {name} text \(it starts with a {name} byte-order mark\)"
+    ):
         _build(tokenizer, path)
 
 
