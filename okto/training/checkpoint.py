@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,28 @@ def checkpoints_in(folder: Path) -> list[Path]:
         return []
     found = [path for path in folder.iterdir() if path.is_dir() and _NAME.match(path.name)]
     return sorted(found, key=lambda path: int(_NAME.match(path.name).group(1)))
+
+
+def set_aside(folder: Path) -> tuple[int, Path] | None:
+    """Move an earlier run's `step-N` folders into `earlier-<time of its last save>/`.
+
+    A fresh run must not resume from them or mix its steps with theirs, and they
+    are the user's: they are moved where `--resume auto` does not look, never deleted.
+    Returns how many moved and where, or None when there were none.
+    """
+    found = checkpoints_in(folder)
+    if not found:
+        return None
+    last_save = max(path.stat().st_mtime for path in found)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(last_save))
+    target, copy = folder / f"earlier-{stamp}", 1
+    while target.exists():
+        copy += 1
+        target = folder / f"earlier-{stamp}-{copy}"
+    target.mkdir()
+    for path in found:
+        path.rename(target / path.name)
+    return len(found), target
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

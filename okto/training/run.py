@@ -252,16 +252,15 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
 
 
 def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: bool) -> Path | None:
-    from okto.training.checkpoint import checkpoints_in, latest_checkpoint
+    from okto.training.checkpoint import latest_checkpoint, set_aside
 
     if choice is None:
-        stale = checkpoints_in(paths.checkpoints) if main else []
-        for folder in stale:  # only checkpoints: the folder may hold other things
-            shutil.rmtree(folder)
-        if stale:
+        moved = set_aside(paths.checkpoints) if main else None
+        if moved:
+            count, target = moved
             display.note(
-                f"removed {len(stale)} checkpoint(s) of an earlier run in {paths.checkpoints} "
-                "(--resume auto continues a run instead)"
+                f"kept {count} checkpoint(s) of an earlier run in {target} "
+                "(--resume auto continues a run instead; delete that folder when done with it)"
             )
         return None
     if str(choice).lower() == "auto":

@@ -19,6 +19,7 @@ from tests.training.conftest import steps, train
 # Dropout on (GPT-2's default 0.1), so the RNG state matters; cosine so the schedule does.
 SCHEDULE = 'max_steps: 12 scheduler: "cosine" warmup_steps: 2 save_steps: 4'
 FIELDS = ("step", "loss", "lr", "grad_norm")
+CHECKPOINTS = Path("runs/tiny/checkpoints")
 
 
 def curve(run: Path) -> list[tuple]:
@@ -69,6 +70,25 @@ def test_a_longer_resumed_run_follows_the_longer_schedule(project, capsys):
     assert "from step 5 on, the learning rate follows a 12-step schedule" in said
     rates = [r["lr"] for r in steps(Path("parts/tiny"))]
     assert rates[4:] == [r["lr"] for r in steps(Path("whole/tiny"))][4:]
+
+
+def test_a_fresh_run_keeps_an_earlier_runs_checkpoints_aside(project, capsys):
+    """Training again without --resume moves the earlier checkpoints into earlier-*/ (they
+    used to be deleted), where --resume auto does not look."""
+    first = project(train=SCHEDULE)
+    assert train(first) == 0
+    saved = {p.name: (p / ckpt.WEIGHTS).read_bytes() for p in ckpt.checkpoints_in(CHECKPOINTS)}
+    assert sorted(saved) == ["step-0000004", "step-0000008", "step-0000012"]
+    capsys.readouterr()
+    assert train(first, "--max-steps", "4") == 0
+    said = " ".join(capsys.readouterr().out.split())
+    (kept,) = CHECKPOINTS.glob("earlier-*")
+    assert f"kept 3 checkpoint(s) of an earlier run in {kept}" in said
+    assert {p.name: (p / ckpt.WEIGHTS).read_bytes() for p in kept.iterdir()} == saved
+    assert [p.name for p in ckpt.checkpoints_in(CHECKPOINTS)] == ["step-0000004"]
+    assert ckpt.latest_checkpoint(CHECKPOINTS).name == "step-0000004"
+    assert train(first, "--max-steps", "4") == 0  # a second earlier set gets its own folder
+    assert len(list(CHECKPOINTS.glob("earlier-*"))) == 2
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, capsys):
