@@ -1129,7 +1129,7 @@ def _check_qkv(q, k, v, what="k and v"):
         raise backend.KernelError(f"head dim {d} is not supported; use 1..{MAX_HEAD_DIM}")
 
 
-def _check_triton_inputs(floats: dict[str, torch.Tensor], *others: torch.Tensor) -> None:
+def _check_inputs(floats: dict[str, torch.Tensor], *others: torch.Tensor) -> None:
     backend.check_same_device(*floats.values(), *others)
     for name, t in floats.items():
         backend.check_dtype(t, DTYPES, name)
@@ -1174,10 +1174,10 @@ def attention(
     if seq_lens is not None:
         _check_lengths(seq_lens, b, "seq_lens")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    extras = [t for t in (key_padding_mask, seq_lens) if t is not None]
+    _check_inputs({"q": q, "k": k, "v": v}, *extras)
     if not backend.use_triton(q, k, v):
         return attention_reference(q, k, v, causal, scale, key_padding_mask, seq_lens)
-    extras = [t for t in (key_padding_mask, seq_lens) if t is not None]
-    _check_triton_inputs({"q": q, "k": k, "v": v}, *extras)
     return _attention_op(q, k, v, key_padding_mask, seq_lens, bool(causal), scale)[0]
 
 
@@ -1211,10 +1211,10 @@ def decode_attention(
     if num_splits is not None and num_splits < 1:
         raise backend.KernelError(f"num_splits must be at least 1; got {num_splits}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    _check_inputs({"q": q, "k_cache": k_cache, "v_cache": v_cache}, cache_lens)
     if not backend.use_triton(q, k_cache, v_cache):
         out = decode_attention_reference(q, k_cache, v_cache, cache_lens, scale)
     else:
-        _check_triton_inputs({"q": q, "k_cache": k_cache, "v_cache": v_cache}, cache_lens)
         splits = num_splits or decode_splits(b, hkv, s_cache, q.device)
         out = _decode_op(q, k_cache, v_cache, cache_lens, scale, splits)
     return out.squeeze(2) if squeeze else out

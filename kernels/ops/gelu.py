@@ -96,7 +96,7 @@ def gelu(x: torch.Tensor, approximate: str = "tanh") -> torch.Tensor:
     """GELU of `x` (fp32, fp16 or bf16), `approximate` in {"none", "tanh"}."""
     if approximate not in APPROXIMATIONS:
         raise backend.KernelError(f"approximate={approximate!r}; use one of {APPROXIMATIONS}")
+    backend.check_dtype(x, (torch.float32, torch.float16, torch.bfloat16), "gelu input")
     if not backend.use_triton(x):
         return gelu_reference(x, approximate)
-    backend.check_dtype(x, (torch.float32, torch.float16, torch.bfloat16), "gelu input")
     return _gelu_op(x, approximate)

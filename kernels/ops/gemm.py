@@ -798,9 +798,9 @@ def gemm(
     result has that dtype.
     """
     _check(a, b, bias, residual, activation)
+    backend.check_dtype(a, DTYPES, "matmul operand")
     if not backend.use_triton(a, b):
         return gemm_reference(a, b, bias, residual, activation)
-    backend.check_dtype(a, DTYPES, "matmul operand")
     grad = torch.is_grad_enabled() and (
         a.requires_grad
         or b.requires_grad

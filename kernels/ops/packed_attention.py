@@ -122,7 +122,7 @@ def packed_attention(
     if d > flash.MAX_HEAD_DIM:
         raise backend.KernelError(f"head dim {d} is not supported; use 1..{flash.MAX_HEAD_DIM}")
     scale = d**-0.5 if scale is None else float(scale)
+    backend.check_dtype(qkv, flash.DTYPES, "qkv")
     if not backend.use_triton(qkv):
         return packed_attention_reference(qkv, heads, causal, scale)
-    backend.check_dtype(qkv, flash.DTYPES, "qkv")
     return _packed_attention_op(qkv.contiguous(), heads, bool(causal), scale)[0]

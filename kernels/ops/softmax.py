@@ -158,9 +158,9 @@ def softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax of `x` (fp32, fp16 or bf16) along `dim`; the result has x's dtype."""
+    backend.check_dtype(x, DTYPES, "softmax input")
     if not backend.use_triton(x):
         return softmax_reference(x, dim)
-    backend.check_dtype(x, DTYPES, "softmax input")
     if x.dim() == 0:
         return _softmax_op(x.reshape(1)).reshape(())
     return _softmax_op(x.movedim(dim, -1)).movedim(-1, dim)
