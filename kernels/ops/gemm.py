@@ -201,9 +201,9 @@ def _gemm_kernel(
 
 
 def _tma_configs() -> list[triton.Config]:
-    def tma(bm, bn, bk, split, warps, stages, flatten=True):
+    def tma(bm, bn, bk, split, warps, stages, flatten=True, group=8):
         return config(
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, EPILOGUE_SPLIT=split,
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group, EPILOGUE_SPLIT=split,
             FLATTEN=flatten, num_warps=warps, num_stages=stages,
         )  # fmt: skip
 
@@ -220,7 +220,11 @@ def _tma_configs() -> list[triton.Config]:
         (128, 128, 128, 1, 8, 3),
         (64, 256, 64, 1, 4, 4),
     ]
-    return [tma(*s) for s in shapes] + [tma(*shapes[0], flatten=False)]
+    # Taller groups keep more of B in L2 on wide outputs (GPT-2's head: 0.99x cuBLAS, not 0.96x).
+    return [tma(*s) for s in shapes] + [
+        tma(*shapes[0], flatten=False),
+        tma(*shapes[0], group=16),
+    ]
 
 
 @triton.jit
