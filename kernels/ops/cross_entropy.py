@@ -104,11 +104,14 @@ def _ce_kernel(
                 total += tl.sum(tl.where(cols < V, x, 0.0), 0)
             m = m_new
         lse = m + tl.log(d)
-        # Out-of-range targets read column 0 rather than out of bounds; their loss is meaningless.
-        x_target = tl.load(src + tl.where(valid & (target >= 0) & (target < V), target, 0))
+        # An out-of-range target reads column 0 rather than out of bounds, and its loss is
+        # NaN: no made-up number, and no host sync to check the targets.
+        in_range = (target >= 0) & (target < V)
+        x_target = tl.load(src + tl.where(valid & in_range, target, 0))
         loss = lse - x_target.to(tl.float32)
         if SMOOTH:
             loss = lse - (1.0 - smoothing) * x_target.to(tl.float32) - smoothing / V * total
+        loss = tl.where(in_range, loss, float("nan"))
         tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
         tl.store(lse_ptr + row, lse)
     if WRITE_GRAD:
@@ -368,7 +371,8 @@ def cross_entropy(
     """Cross-entropy of `[N, V]` logits (fp32, fp16 or bf16) against `[N]` integer targets.
 
     Same semantics and output dtype as `F.cross_entropy` for 2-D logits. Rows whose
-    target is `ignore_index` contribute neither loss nor gradient. With
+    target is `ignore_index` contribute neither loss nor gradient. A target outside
+    [0, V) gives its row a NaN loss on the Triton path (PyTorch's reference raises). With
     `inplace_backward=True` the backward writes the gradient over `logits`
     itself (no extra logits-sized memory): use it only when nothing reads the
     logits after the loss, e.g. the fresh output of an lm_head.

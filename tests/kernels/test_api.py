@@ -56,3 +56,22 @@ def test_attention_inputs_of_mixed_dtypes_are_refused_on_either_backend(mode, mo
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(KernelError, match="share one dtype"):
         kernels.attention(q, q.half(), q)
+
+
+@pytest.mark.parametrize("bad", [8, -3])
+def test_an_out_of_range_target_is_a_nan_loss_not_a_made_up_one(bad):
+    """The kernel read column 0 for a target outside [0, V) and returned a finite, meaningless
+    loss. Checking the targets on the host would cost a GPU sync per call; a NaN row (and
+    so a NaN mean) is loud at no cost. The other rows still match float64."""
+    logits = torch.randn(4, 8)
+    target = torch.tensor([1, bad, -100, 3])
+    rows = kernels.cross_entropy(logits, target, reduction="none")
+    assert torch.isnan(rows[1]) and rows[2] == 0
+    valid = [0, 3]
+    want = torch.nn.functional.cross_entropy(
+        logits[valid].double(), target[valid], reduction="none"
+    )
+    torch.testing.assert_close(rows[valid].double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.isnan(kernels.cross_entropy(logits, target))
+    weight = torch.randn(8, 6)
+    assert torch.isnan(kernels.fused_linear_cross_entropy(logits[:, :6], weight, target))
