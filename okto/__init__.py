@@ -1,7 +1,7 @@
 """okto: a DSL-driven engine that trains and runs language models fast.
 
-`import okto` stays light (no torch): the language front end loads eagerly,
-everything that needs torch loads on first use.
+`import okto` stays light (no torch, not even the language front end): each public
+name below, `okto.kernels` included, is imported on first use.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _EXPORTS = {
     "OktoError": "okto.errors",
     "load_model": "okto.inference",
     "train": "okto.training",
+    "kernels": "okto.kernels",
 }
 
 __all__ = ["__version__", *_EXPORTS]
