@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 
-from okto.errors import MachineError
+from okto.errors import EXIT_FAILURE, EXIT_OK, MachineError, OktoError
 
 SUITE_CHOICES = ("gemm", "attention", "norm", "loss", "all")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -26,19 +28,23 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from okto.kernels import bench
+    from okto.kernels import bench, environment
 
-    if not torch.cuda.is_available():
-        error = MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+    try:
+        # A bad OKTO_* value would otherwise fail okto's side of every case, one by one.
+        environment.check()
+        if not torch.cuda.is_available():
+            raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+    except OktoError as error:
         if not args.json:
-            raise error
+            raise
         print(json.dumps({"error": str(error), "exit_code": error.exit_code}))  # as okto plan
         return error.exit_code
     suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.json:
-        bench.run(suites, dtype, lambda r: print(json.dumps(r.as_record()), flush=True))
-        return 0
+        results = bench.run(suites, dtype, lambda r: print(json.dumps(r.as_record()), flush=True))
+        return _exit_code(results)
     from rich.console import Console
 
     console = Console()
@@ -47,7 +53,19 @@ def run(args) -> int:
     )
     results = bench.run(suites, dtype, lambda r: console.print(_line(r)))
     console.print(_table(results))
-    return 0
+    return _exit_code(results)
+
+
+def _exit_code(results) -> int:
+    """1 when okto's own kernel failed in a case (its error was printed there), else 0: a
+    baseline that cannot run is the framework's problem, a failing okto kernel is ours."""
+    failed = [r.case.name for r in results if math.isnan(r.okto.ms)]
+    if failed:
+        print(
+            f"okto's kernel failed in {len(failed)} case(s): {', '.join(failed)}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _line(result) -> str:

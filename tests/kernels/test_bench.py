@@ -45,3 +45,44 @@ def test_no_gpu_is_exit_4_in_words_or_json(capsys):
     assert main(["bench", "norm", "--json"]) == 4
     record = json.loads(capsys.readouterr().out)
     assert record["exit_code"] == 4 and "no CUDA device" in record["error"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_bad_okto_variable_is_exit_2_before_anything_runs(as_json, monkeypatch, capsys):
+    """It went unchecked: on a GPU every case's okto side failed with it, and the run still
+    ended with exit 0 (on a CPU the missing GPU was reported instead, exit 4)."""
+    from okto.cli import main
+
+    monkeypatch.setenv("OKTO_GEMM", "fast")
+    assert main(["bench", "gemm", *(["--json"] if as_json else [])]) == 2
+    captured = capsys.readouterr()
+    if as_json:
+        record = json.loads(captured.out)
+        assert record["exit_code"] == 2 and "OKTO_GEMM='fast' is not one of" in record["error"]
+    else:
+        assert "OKTO_GEMM='fast' is not one of" in captured.err
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_failing_okto_kernel_makes_the_run_exit_1(as_json, monkeypatch, capsys):
+    """The runner reports a failing closure and goes on (a missing baseline is no reason to
+    stop), but a run whose okto side failed ended with exit 0."""
+    from okto.cli import main
+    from okto.kernels import bench
+
+    case = Case("norm", "rms_norm 16384x768 fwd", okto=lambda: None, baselines={}, bytes=1.0)
+    failed = Result(case, Timing("okto", float("nan")), [Timing("eager", 0.02)])
+    fine = _result(okto_gpu=None, baseline_gpu=None)
+
+    def fake_run(suites, dtype, on_result):
+        for r in (fine, failed):
+            on_result(r)
+        return [fine, failed]
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "a GPU")
+    assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 1
+    assert "okto's kernel failed in 1 case(s): rms_norm 16384x768 fwd" in capsys.readouterr().err
+    monkeypatch.setattr(bench, "run", lambda suites, dtype, on_result: [fine])
+    assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 0
