@@ -231,12 +231,15 @@ def _strategy(
 
 
 def _precision(sources: Sources, gpu: Gpu | None, notes: list[str]) -> Setting:
-    """The math's precision: TRAIN.precision, TRAIN.mixed_precision, ENV, MODEL, BLAS, auto."""
+    """The math's precision: TRAIN.precision, TRAIN.mixed_precision (true or false, when
+    written), ENV, MODEL, BLAS, auto."""
     config = sources.config
     if config.train.precision != "auto":
         setting = from_field(sources, "train.precision")
     elif config.train.mixed_precision:
         setting = _mixed(sources, gpu, notes)
+    elif sources.is_set("train.mixed_precision"):
+        setting = _unmixed(sources)
     elif config.env.precision != "auto":
         setting = from_field(sources, "env.precision")
     elif config.model.precision != "auto":
@@ -271,6 +274,18 @@ def _mixed(sources: Sources, gpu: Gpu | None, notes: list[str]) -> Setting:
     return from_field(
         sources, "train.mixed_precision", f"mixed precision: {gpu.name} {has} bf16", half
     )
+
+
+def _unmixed(sources: Sources) -> Setting:
+    """TRAIN.mixed_precision: false, as written: no autocast, the math in the weights'
+    precision (fp32 unless MODEL.precision names a half type). It overrides ENV.precision
+    and a GPU's bf16 default, as TRAIN overrides ENV."""
+    weights = sources.config.model.precision
+    if weights != "auto":
+        return from_field(
+            sources, "model.precision", "mixed_precision: false; the weights' precision"
+        )
+    return from_field(sources, "train.mixed_precision", "no mixed precision: fp32 math", "fp32")
 
 
 def _check_half(setting: Setting, sources: Sources, gpu: Gpu | None) -> Setting:

@@ -57,6 +57,31 @@ CASES = [
     ("TRAIN { mixed_precision: true }", T4, "loss_scaling", True, "TRAIN.mixed_precision", "true"),
     ("TRAIN { mixed_precision: true }", H100, "precision", "bf16", "TRAIN.mixed_precision", "true"),
     ("TRAIN { mixed_precision: true }", CPU, "precision", "fp32", "TRAIN.mixed_precision", "true"),
+    # false, as written: no autocast (it used to leave a GPU on its bf16 default)
+    (
+        "TRAIN { mixed_precision: false }",
+        H100,
+        "precision",
+        "fp32",
+        "TRAIN.mixed_precision",
+        "false",
+    ),
+    (
+        "ENV { precision: bf16 }\nTRAIN { mixed_precision: false }",
+        H100,
+        "precision",
+        "fp32",
+        "TRAIN.mixed_precision",
+        "false",
+    ),
+    (
+        "MODEL { precision: bf16 }\nTRAIN { mixed_precision: false }",
+        H100,
+        "precision",
+        "bf16",
+        "MODEL.precision",
+        "bf16",
+    ),
     (
         "ENV { precision: fp16 }\nTRAIN { mixed_precision: true }",
         H100,
