@@ -6,6 +6,7 @@ Every op dispatches between a Triton kernel (CUDA tensors, or CPU tensors under
 """
 
 from okto.kernels.backend import KernelError
+from okto.kernels.benchmark import Benchmark, benchmark
 from okto.kernels.device import get_device_info, is_cuda_available
 from okto.kernels.info import info
 from okto.kernels.interop import accepts_numpy
@@ -40,8 +41,10 @@ rms_norm = accepts_numpy(_rms_norm)
 softmax = accepts_numpy(_softmax)
 
 __all__ = [
+    "Benchmark",
     "KernelError",
     "attention",
+    "benchmark",
     "cross_entropy",
     "decode_attention",
     "fused_linear_cross_entropy",

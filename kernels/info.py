@@ -8,6 +8,19 @@ from okto.kernels import backend
 from okto.kernels.device import get_device_info
 
 
+def running() -> str:
+    """Which implementation the ops run on this machine's default device, in words."""
+    on_gpu = torch.cuda.is_available()
+    chosen = backend.mode()
+    if not backend.triton_available() or chosen == "native" or not (on_gpu or chosen == "triton"):
+        return "native (PyTorch reference)"
+    if on_gpu:
+        return "triton"
+    if backend.interpreting():
+        return "triton (interpreter, CPU tensors)"
+    return "none: OKTO_KERNELS=triton on a CPU needs TRITON_INTERPRET=1"  # every op refuses
+
+
 def info() -> dict:
     """Versions, the selected backend, and the device the kernels would run on."""
     triton_version = None
@@ -15,22 +28,11 @@ def info() -> dict:
         import triton
 
         triton_version = triton.__version__
-    device = get_device_info()
-    on_gpu = torch.cuda.is_available()
-    chosen = backend.mode()
-    if triton_version is None or chosen == "native" or not (on_gpu or chosen == "triton"):
-        kernels = "native (PyTorch reference)"
-    elif on_gpu:
-        kernels = "triton"
-    elif backend.interpreting():
-        kernels = "triton (interpreter, CPU tensors)"
-    else:  # every op would refuse: say how to fix it
-        kernels = "none: OKTO_KERNELS=triton on a CPU needs TRITON_INTERPRET=1"
     return {
         "torch": torch.__version__,
         "triton": triton_version,
-        "mode": chosen,
+        "mode": backend.mode(),
         "interpreter": backend.interpreting(),
-        "kernels": kernels,
-        "device": device.as_dict(),
+        "kernels": running(),
+        "device": get_device_info().as_dict(),
     }

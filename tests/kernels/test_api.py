@@ -9,6 +9,7 @@ import torch
 
 from okto import kernels
 from okto.kernels import KernelError
+from okto.kernels.benchmark import OPS
 
 BAD_DTYPES = (torch.int32, torch.int64, torch.bool, torch.float64)
 
@@ -75,3 +76,60 @@ def test_an_out_of_range_target_is_a_nan_loss_not_a_made_up_one(bad):
     assert torch.isnan(kernels.cross_entropy(logits, target))
     weight = torch.randn(8, 6)
     assert torch.isnan(kernels.fused_linear_cross_entropy(logits[:, :6], weight, target))
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_benchmark_times_each_op_against_the_framework(op, monkeypatch):
+    """`benchmark(op, size)`, promised by the API, did not exist."""
+    monkeypatch.setenv("OKTO_KERNELS", "native")
+    result = kernels.benchmark(op, 16)
+    assert isinstance(result, kernels.Benchmark) and result.op == op
+    assert result.ms > 0 and result.baseline_ms > 0 and result.ratio > 0
+    assert (result.tflops is None) != (result.gbps is None)  # one rate, by the op's kind
+    if not torch.cuda.is_available():
+        assert result.device == "cpu" and result.dtype == ("float16" if "fp16" in op else "float32")
+        assert result.backend == "native (PyTorch reference)"
+    assert str(result).startswith(f"{op} ") and "ratio" in str(result)
+    assert result.as_dict()["ratio"] == result.ratio
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is a CPU-only path")
+def test_benchmark_says_when_the_triton_interpreter_ran():
+    result = kernels.benchmark("rms_norm", 8, dtype="fp32")
+    assert result.backend == "triton (interpreter, CPU tensors)"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("relu", 8), "op 'relu' is not one of matmul"),
+        (("matmul", 0), "size must be a positive int"),
+        (("matmul", 8.0), "size must be a positive int"),
+        (("matmul", 8, "fp64"), "dtype 'fp64' is not one of fp16, bf16, fp32"),
+        (("matmul", 8, torch.int8), "dtype torch.int8 is not one of"),
+    ],
+)
+def test_benchmark_refuses_what_it_cannot_time(args, message):
+    with pytest.raises(KernelError, match=message):
+        kernels.benchmark(*args)
+
+
+def test_numpy_arrays_go_to_the_device_of_the_tensors_beside_them():
+    """They went to the GPU whenever there was one, so `matmul(array, cpu_tensor)` on a GPU
+    machine was a mixed-device error. (A meta tensor stands in for the other device.)"""
+    from okto.kernels.interop import accepts_numpy
+
+    devices = accepts_numpy(lambda a, b: (a.device.type, b.device.type))
+    assert devices(np.ones(2, np.float32), torch.ones(2, device="meta")) == ("meta", "meta")
+    alone = "cuda" if torch.cuda.is_available() else "cpu"
+    assert devices(np.ones(2, np.float32), np.ones(2, np.float32)) == (alone, alone)
+
+
+def test_a_read_only_numpy_array_is_taken_without_a_warning(recwarn):
+    """A read-only array (a memory map opened "r", a frozen one) drew PyTorch's warning about
+    non-writable tensors on the user's screen."""
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+    x.flags.writeable = False
+    out = kernels.rms_norm(x, np.ones(8, np.float32))
+    assert isinstance(out, np.ndarray) and out.shape == (4, 8) and np.isfinite(out).all()
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
