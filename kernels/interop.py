@@ -1,6 +1,7 @@
 """NumPy in, NumPy out: the public kernel API also takes NumPy arrays.
 
-Arrays are moved to the GPU when there is one, computed there, and come back
+Arrays are moved to the device of the torch tensors passed beside them, or to the
+GPU when there is one and no tensor says otherwise, computed there, and come back
 as NumPy arrays; torch tensors pass through untouched.
 """
 
@@ -22,19 +23,29 @@ def accepts_numpy(fn):
                 break
         else:
             return fn(*args, **kwargs)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device(*args, *kwargs.values())
 
         def to_tensor(a):
-            return (
-                torch.from_numpy(np.ascontiguousarray(a)).to(device)
-                if isinstance(a, np.ndarray)
-                else a
-            )
+            if not isinstance(a, np.ndarray):
+                return a
+            # A read-only array (a memory map opened "r") drew PyTorch's warning about
+            # non-writable tensors; a copy of it is writable, and contiguous as torch needs.
+            a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
+            return torch.from_numpy(a).to(device)
 
         result = fn(*(to_tensor(a) for a in args), **{k: to_tensor(v) for k, v in kwargs.items()})
         return _to_numpy(result)
 
     return wrapper
+
+
+def _device(*args) -> torch.device | str:
+    """Where NumPy arguments go: beside the first torch tensor among `args` (a CPU tensor
+    beside an array on a GPU machine was a mixed-device error), else the GPU if any."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _to_numpy(result):
