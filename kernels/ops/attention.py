@@ -1059,7 +1059,8 @@ def _masked_attention(q, k, v, keep, scale):
     v = v.to(work).repeat_interleave(group, dim=1)
     scores = (q.to(work) @ k.transpose(-1, -2)) * scale
     scores = scores.masked_fill(~keep, float("-inf"))
-    top = scores.amax(-1, keepdim=True).detach()
+    # amax() refuses an empty dimension: with no keys at all every row sees none.
+    top = scores.amax(-1, keepdim=True).detach() if k.shape[2] else scores.new_zeros(())
     p = torch.exp(scores - torch.where(torch.isinf(top), 0.0, top))
     total = p.sum(-1, keepdim=True)
     return ((p / torch.where(total == 0, 1.0, total)) @ v).to(q.dtype)

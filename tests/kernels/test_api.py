@@ -133,3 +133,17 @@ def test_a_read_only_numpy_array_is_taken_without_a_warning(recwarn):
     out = kernels.rms_norm(x, np.ones(8, np.float32))
     assert isinstance(out, np.ndarray) and out.shape == (4, 8) and np.isfinite(out).all()
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+@pytest.mark.parametrize("mode", ["native", "triton"])
+def test_attention_over_no_keys_gives_zeros_on_either_backend(mode, monkeypatch):
+    """Rows that see no key give zeros (the kernels' rule); the reference raised IndexError
+    from amax() over an empty dimension when the sequence had no keys at all."""
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    q = torch.randn(1, 2, 3, 8, requires_grad=True)
+    empty = torch.randn(1, 2, 0, 8)
+    out = kernels.attention(q, empty, empty)
+    assert out.shape == (1, 2, 3, 8) and torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.equal(q.grad, torch.zeros_like(q))
+    assert kernels.attention(empty, empty, empty, causal=True).shape == (1, 2, 0, 8)
