@@ -2,7 +2,9 @@
 
 Every op dispatches between a Triton kernel (CUDA tensors, or CPU tensors under
 `OKTO_KERNELS=triton` with `TRITON_INTERPRET=1`) and a PyTorch reference; see
-`okto.kernels.backend`. NumPy arrays are accepted and returned as NumPy.
+`okto.kernels.backend`. NumPy arrays are accepted and returned as NumPy. Bad input
+raises `KernelError` on either path; `benchmark(op, size)` times an op against the
+framework's own on this machine.
 """
 
 from okto.kernels.backend import KernelError

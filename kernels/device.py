@@ -62,6 +62,8 @@ def peak_for(name: str) -> Peak | None:
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """What `get_device_info()` reports; on a machine without CUDA, the name "cpu" and Nones."""
+
     name: str
     compute_capability: tuple[int, int] | None
     multiprocessors: int | None
@@ -89,4 +91,5 @@ def get_device_info(device: int | torch.device | None = None) -> DeviceInfo:
 
 
 def is_cuda_available() -> bool:
+    """Whether the ops run on a GPU here (NumPy arrays go there; tensors stay where they are)."""
     return torch.cuda.is_available()
