@@ -354,6 +354,19 @@ class TrainConfig(BlockModel):
         "step",
     ) = Field("linear", description="Learning-rate schedule after warmup.")
     warmup_steps: NonNegativeInt = Field(0, description="Steps of linear warmup from 0.")
+    num_cycles: PositiveInt | None = Field(
+        None,
+        validation_alias=aliases("num_cycles", "lr_num_cycles"),
+        description="Cosine cycles of `scheduler: cosine_with_restarts`, each restarting "
+        "from the peak rate; unset, one (the same as cosine, with a warning).",
+    )
+    power: float | None = Field(
+        None,
+        gt=0,
+        validation_alias=aliases("power", "lr_power"),
+        description="Exponent of `scheduler: polynomial`: the rate falls as (1 - progress)^power "
+        "to 0; unset, 1 (the same as linear, with a warning).",
+    )
     gradient_clip: Annotated[
         float | None,
         WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": False}]}),
@@ -364,7 +377,9 @@ class TrainConfig(BlockModel):
         description="Clip the gradient norm to this; false for no clipping.",
     )
     mixed_precision: Bool = Field(
-        False, description="Train in bf16/fp16 autocast with fp32 master weights."
+        False,
+        description="Train in bf16/fp16 autocast with fp32 master weights; `false`, when "
+        "written, trains without autocast (in fp32, where a GPU would default to bf16).",
     )
     precision: Precision = Field("auto", description="Training precision; overrides ENV.precision.")
     device: Device = Field("auto", description="Training device; overrides ENV.accelerator.")
@@ -563,8 +578,10 @@ class OutputConfig(BlockModel):
     save_optimizer: Bool = Field(False, description="Save the optimizer state with the model.")
     metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         [],
-        description="Metrics the run must report. Every metric okto computes is written to "
-        "the metrics file anyway; a name it does not compute gets a warning.",
+        description="Metrics the run must report, as METRICS: `tflops` and `mfu` add the "
+        "TFLOP/s and MFU columns to the log lines (as --show-tflops), `gpu_memory` the memory "
+        "column. Every metric okto computes is written to the metrics file anyway; a name it "
+        "does not compute gets a warning.",
     )
 
 
@@ -671,7 +688,7 @@ class OktoConfig(BaseModel):
     metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         ["loss"],
         validation_alias=aliases("metrics", "METRICS"),
-        description="METRICS block: metric names, written as bare words.",
+        description="METRICS block: metric names, written as bare words; as OUTPUT.metrics.",
     )
     stability: StabilityConfig = Field(
         default_factory=StabilityConfig,
@@ -722,6 +739,8 @@ class OktoConfig(BaseModel):
                 ("logging", "training_file"),
                 "training_file has no effect with save_logs: false",
             )
+        _schedule_advice(self.train, info)
+        _idle_advice(self, info)
         if self.train.save_steps is not None and self.train.save_strategy != "steps":
             _warn(
                 info,
@@ -741,6 +760,64 @@ class OktoConfig(BaseModel):
                         + suggestion(name, REPORTED_METRICS),
                     )
         return self
+
+
+def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
+    """Fields that another field leaves without effect."""
+    train = config.train
+    weights = "fp32" if config.model.precision == "auto" else config.model.precision
+    if (
+        "mixed_precision" in train.model_fields_set
+        and not train.mixed_precision
+        and train.precision in ("fp16", "bf16")
+        and weights != train.precision
+    ):
+        _warn(
+            info,
+            ("train", "mixed_precision"),
+            f"mixed_precision: false has no effect with precision: {train.precision} "
+            f"({train.precision} math on {weights} weights is mixed precision; "
+            f"MODEL.precision: {train.precision} trains the weights in it too)",
+        )
+    if config.output.save_optimizer and not config.output.save_model:
+        _warn(
+            info,
+            ("output", "save_optimizer"),
+            "save_optimizer has no effect with save_model: false (the optimizer state is "
+            "saved beside the final model; checkpoints hold it either way)",
+        )
+    if config.stability.min_improvement is not None and not (
+        train.early_stopping or any(r.event == "on_plateau" for r in config.control)
+    ):
+        _warn(
+            info,
+            ("stability", "min_improvement"),
+            "min_improvement has no effect without TRAIN.early_stopping or a CONTROL "
+            "on_plateau rule (it decides what counts as a plateau)",
+        )
+
+
+def _schedule_advice(train: TrainConfig, info: ValidationInfo) -> None:
+    """The schedules whose shape a field sets: without it they equal a simpler one; with
+    another schedule the field does nothing."""
+    for name, scheduler, default, same, example in (
+        ("num_cycles", "cosine_with_restarts", "one cycle", "cosine", 3),
+        ("power", "polynomial", "power 1", "linear", 2),
+    ):
+        value = getattr(train, name)
+        if train.scheduler == scheduler and value is None:
+            _warn(
+                info,
+                ("train", "scheduler"),
+                f"{scheduler} with {default} (TRAIN.{name} unset) is the same schedule as "
+                f"{same}; set {name} (e.g. {name}: {example})",
+            )
+        elif train.scheduler != scheduler and value is not None:
+            _warn(
+                info,
+                ("train", name),
+                f"{name} has no effect with scheduler: {train.scheduler} (only {scheduler})",
+            )
 
 
 # ---- keywords ------------------------------------------------------------------

@@ -23,10 +23,16 @@ LEVELS = ("debug", "info", "warning", "error")
 
 class Display:
     def __init__(
-        self, console: Console | None, verbose: bool, show_tflops: bool, level: str = "info"
+        self,
+        console: Console | None,
+        verbose: bool,
+        show_tflops: bool,
+        level: str = "info",
+        show_memory: bool = False,
     ):
         self.console = console or Console()
         self.verbose, self.show_tflops = verbose or level == "debug", show_tflops
+        self.show_memory = show_memory or self.verbose
         self.level = LEVELS.index(level)
         self._progress: Progress | None = None
         self._task = None
@@ -112,8 +118,8 @@ class Display:
             parts.append(f"epoch {record['epoch']:.2f}")
             parts.append(f"step {record['step_ms']:.0f} ms")
             parts.append(f"data wait {record['data_wait_percent']:.1f}%")
-            if record.get("memory_gb") is not None:
-                parts.append(f"mem {record['memory_gb']:.2f} GB")
+        if self.show_memory and record.get("memory_gb") is not None:
+            parts.append(f"mem {record['memory_gb']:.2f} GB")
         self.print("  ".join(parts))
 
     def close(self) -> None:

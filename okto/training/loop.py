@@ -96,7 +96,10 @@ class Totals:
     examples: int = 0
     first_loss: float | None = None
     best_loss: float = math.inf
-    last_loss: float | None = None
+    last_loss: float | None = None  # the last finite step loss: what CONTROL's `loss` reads
+    # The latest step's loss as it came: NaN or infinite, or a diverging step's, which
+    # STABILITY keeps out of `last_loss`; what the summary reports as the last loss.
+    step_loss: float | None = None
     best_val: float | None = None
     last_eval: dict = field(default_factory=dict)
     nan_steps: int = 0
@@ -293,6 +296,7 @@ class Trainer:
     def _handle(self, result: StepResult, epochs_before: int, signals) -> Outcome | None:
         """What follows a step: STABILITY's checks, then the logs, rules, evaluation and
         checkpoints; an outcome when the run ends here."""
+        self.totals.step_loss = result.loss
         if not result.finite:
             failed = self._nan_step()
             if failed is not None:

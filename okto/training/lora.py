@@ -108,6 +108,12 @@ def apply_lora(model: nn.Module, adapter) -> list[str]:
     return adapted
 
 
+def unmatched_targets(adapter, adapted: list[str]) -> list[str]:
+    """ADAPTER.target_modules names that no adapted layer matches (a misspelling, or a layer
+    this model lacks) while others did: LoRA would go on without them, unsaid."""
+    return [t for t in adapter.target_modules or () if not any(_matches(n, [t]) for n in adapted)]
+
+
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {
         name: m for name, m in model.named_modules() if isinstance(getattr(m, "lora", None), LoRA)

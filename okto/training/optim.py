@@ -8,7 +8,9 @@ Where the plan says so (AdamW, fp32 weights, a GPU; docs/planner.md), AdamW's
 update runs okto's multi-tensor kernel instead of torch's, on the same state.
 Schedules are `transformers.get_scheduler`'s, except `step`, which is not
 there: linear warmup, then the rate times 0.1 at half and again at three
-quarters of the steps (the classic multi-step decay).
+quarters of the steps (the classic multi-step decay). TRAIN.num_cycles and
+TRAIN.power give cosine_with_restarts its restarts and polynomial its curve;
+polynomial decays to 0.
 """
 
 from __future__ import annotations
@@ -131,8 +133,18 @@ def clip_in_step(optimizer: torch.optim.Optimizer, params, max_norm: float) -> t
     return norm
 
 
-def build_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
-    """A LambdaLR: the rate at step s is each group's base rate times a factor."""
+def build_scheduler(
+    optimizer,
+    name: str,
+    warmup_steps: int,
+    total_steps: int,
+    *,
+    num_cycles: int | None = None,
+    power: float | None = None,
+):
+    """A LambdaLR: the rate at step s is each group's base rate times a factor.
+    `num_cycles` shapes cosine_with_restarts, `power` polynomial (TRAIN's fields; unset,
+    transformers' 1 for each)."""
     if name == "step":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: _step_factor(step, warmup_steps, total_steps)
@@ -141,8 +153,19 @@ def build_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
 
     if name == "constant" and warmup_steps:
         name = "constant_with_warmup"
+    shape = {}
+    if name == "cosine_with_restarts":
+        shape = {"num_cycles": num_cycles or 1}
+    elif name == "polynomial":
+        # To 0, as linear and cosine go: transformers' default end of 1e-7 refuses any
+        # learning rate at or below it, and makes the factor depend on the rate.
+        shape = {"power": power or 1.0, "lr_end": 0.0}
     return get_scheduler(
-        name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+        name,
+        optimizer,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=shape,
     )
 
 

@@ -94,11 +94,24 @@ def train(
 
         console = Console(quiet=True)
         hf_logging.disable_progress_bar()
-    display = Display(console, verbose, show_tflops, config.logging.log_level)
+    asked = reported_metrics(config)
+    display = Display(
+        console,
+        verbose,
+        show_tflops or bool(asked & {"tflops", "mfu"}),
+        config.logging.log_level,
+        show_memory="gpu_memory" in asked,
+    )
     try:
         return _train(program, config, display, resume, ranks)
     finally:
         display.close_log()
+
+
+def reported_metrics(config) -> set[str]:
+    """What METRICS and OUTPUT.metrics ask the run to report: tflops and mfu add the TFLOP/s
+    and MFU columns to the log lines (as --show-tflops), gpu_memory the memory column."""
+    return set(config.metrics) | set(config.output.metrics)
 
 
 def load_program(source, overrides=(), max_steps: int | None = None):
@@ -370,13 +383,21 @@ def _unevaluated(config, display: Display) -> None:
     events = sorted({r.event for r in rules if r.event in ("on_eval", "on_plateau")})
     idle += [f"CONTROL {event} rules" for event in events]
     idle += [f"CONTROL conditions on {m}" for m in sorted(metric_names(rules) & EVAL_METRICS)]
+    if config.stability.min_improvement is not None:
+        idle.append("STABILITY.min_improvement")
     if idle:
         display.warn(f"there is no validation data, so {', '.join(idle)} never act")
+    unreported = sorted(reported_metrics(config) & (EVAL_METRICS | {"perplexity"}))
+    if unreported:
+        display.warn(
+            f"there is no validation data, so the metrics {', '.join(unreported)} that "
+            "METRICS or OUTPUT.metrics ask for are never reported"
+        )
 
 
 def _build_model(config, source, tokenizer, splits, settings, display: Display):
     from okto.training import models
-    from okto.training.lora import apply_lora
+    from okto.training.lora import apply_lora, unmatched_targets
 
     seq_len = len(splits.train[0]["input_ids"])
     adapter = config.model.adapter
@@ -385,6 +406,12 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     if warning:
         display.warn(warning)
     adapted = apply_lora(model, adapter) if adapter else []
+    missed = unmatched_targets(adapter, adapted) if adapter else []
+    if missed:
+        display.warn(
+            f"ADAPTER target_modules {missed} match no linear layer of this model: LoRA adapts "
+            f"the {len(adapted)} layers the other targets match"
+        )
     if settings.memory_efficient:
         if model.supports_gradient_checkpointing:
             model.gradient_checkpointing_enable(
@@ -433,7 +460,14 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     optimizer = build_optimizer(
         model, train.optimizer, train.learning_rate, train.weight_decay, settings.optimizer_kernel
     )
-    scheduler = build_scheduler(optimizer, train.scheduler, train.warmup_steps, total)
+    scheduler = build_scheduler(
+        optimizer,
+        train.scheduler,
+        train.warmup_steps,
+        total,
+        num_cycles=train.num_cycles,
+        power=train.power,
+    )
     if train.warmup_steps >= total and parallel.is_main:
         decay = (
             "" if train.scheduler == "constant" else f"; the {train.scheduler} decay never starts"
@@ -527,6 +561,8 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
     rates = trainer.throughput()
     totals = trainer.totals
     last_eval = totals.last_eval
+    last = _last_loss(totals)
+    finite = last is None or math.isfinite(last)
     trainer.metrics.write(
         "summary",
         outcome=outcome.reason,
@@ -535,7 +571,8 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         seconds=time.perf_counter() - started,
         train_seconds=trainer.wall_seconds,
         first_loss=totals.first_loss,
-        last_loss=totals.last_loss,
+        last_loss=last,
+        last_finite_loss=None if finite else totals.last_loss,
         best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
         val_loss=last_eval.get("val_loss"),
         perplexity=last_eval.get("perplexity"),
@@ -556,7 +593,7 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         outcome=outcome.reason,
         steps=trainer.step,
         first_loss=totals.first_loss,
-        last_loss=totals.last_loss,
+        last_loss=last,
         best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
         val_loss=last_eval.get("val_loss"),
         test_loss=trainer.test_result.get("loss"),
@@ -580,14 +617,8 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
             f"{_duration(time.perf_counter() - started)} in all",
         ),
     ]
-    if totals.first_loss is not None:
-        rows.append(
-            (
-                "loss",
-                f"first {totals.first_loss:.4f} -> last {totals.last_loss:.4f} "
-                f"(best {totals.best_loss:.4f})",
-            )
-        )
+    if _last_loss(totals) is not None:
+        rows.append(("loss", _loss_row(totals)))
     if last_eval:
         rows.append(
             (
@@ -634,6 +665,26 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
     rows += [("export", str(path)) for path in exports]
     rows.append(("metrics", str(paths.metrics)))
     display.table("summary", rows, level="error")  # the run's result, at every log level
+
+
+def _last_loss(totals) -> float | None:
+    """The loss of the run's last step as it came: NaN, infinite, or a diverging step's. A run
+    resumed at its end has run no step here: then the checkpoint's last finite loss."""
+    return totals.last_loss if totals.step_loss is None else totals.step_loss
+
+
+def _loss_row(totals) -> str:
+    """first -> last (best); a last step whose loss is not finite is shown as it was, with the
+    last finite loss beside it, never passed off as the last."""
+    last = _last_loss(totals)
+    if math.isfinite(last):
+        return f"first {totals.first_loss:.4f} -> last {last:.4f} (best {totals.best_loss:.4f})"
+    if totals.last_loss is None:
+        return f"last {last} (no step had a finite loss)"
+    return (
+        f"first {totals.first_loss:.4f} -> last {last} ({totals.nan_steps} non-finite steps; "
+        f"last finite {totals.last_loss:.4f}, best {totals.best_loss:.4f})"
+    )
 
 
 def _duration(seconds: float) -> str:

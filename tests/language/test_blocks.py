@@ -428,10 +428,56 @@ def test_fp16_on_a_gpu_is_fine():
             "METRICS { loss perplexty }",
             "metric 'perplexty' is not computed here and is ignored (did you mean 'perplexity'?)",
         ),
+        # Settings that used to be accepted and silently do nothing, or nothing new.
+        (
+            'TRAIN { scheduler: "cosine_with_restarts" }',
+            "cosine_with_restarts with one cycle (TRAIN.num_cycles unset) is the same schedule "
+            "as cosine; set num_cycles (e.g. num_cycles: 3)",
+        ),
+        (
+            'TRAIN { scheduler: "polynomial" }',
+            "polynomial with power 1 (TRAIN.power unset) is the same schedule as linear; set "
+            "power (e.g. power: 2)",
+        ),
+        (
+            'TRAIN { scheduler: "cosine" lr_num_cycles: 2 }',
+            "num_cycles has no effect with scheduler: cosine (only cosine_with_restarts)",
+        ),
+        ("TRAIN { power: 2 }", "power has no effect with scheduler: linear (only polynomial)"),
+        (
+            "OUTPUT { save_model: false save_optimizer: true }",
+            "save_optimizer has no effect with save_model: false (the optimizer state is saved "
+            "beside the final model; checkpoints hold it either way)",
+        ),
+        (
+            "STABILITY { min_improvement: 0.01 }",
+            "min_improvement has no effect without TRAIN.early_stopping or a CONTROL "
+            "on_plateau rule (it decides what counts as a plateau)",
+        ),
+        (
+            "TRAIN { precision: bf16 mixed_precision: false }",
+            "mixed_precision: false has no effect with precision: bf16 (bf16 math on fp32 "
+            "weights is mixed precision; MODEL.precision: bf16 trains the weights in it too)",
+        ),
     ],
 )
 def test_advice_warnings(text, message):
     assert [w[2] for w in warnings(text)] == [message]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'TRAIN { scheduler: "cosine_with_restarts" num_cycles: 3 }',
+        'TRAIN { scheduler: "polynomial" power: 2 }',
+        "STABILITY { min_improvement: 0.01 }\nTRAIN { early_stopping: 2 }",
+        'STABILITY { min_improvement: 0.01 }\nCONTROL { on_plateau { LOG "flat" } }',
+        "MODEL { precision: bf16 }\nTRAIN { precision: bf16 mixed_precision: false }",
+        "TRAIN { mixed_precision: false }",
+    ],
+)
+def test_settings_that_act_are_not_warned(text):
+    assert warnings(text) == []
 
 
 def test_all_errors_of_a_file_come_together():

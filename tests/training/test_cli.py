@@ -4,13 +4,16 @@ and bad input gives a clear message and exit code 2, without a traceback."""
 from __future__ import annotations
 
 import json
+from io import StringIO
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 from transformers import AutoModelForCausalLM
 
 import okto
+from okto.training.display import Display
 from okto.training.metrics import read_metrics
 from tests.training.conftest import steps, train
 
@@ -176,14 +179,36 @@ def test_evaluation_settings_without_validation_data_are_warned(project, capsys)
     path = project(
         train="max_steps: 1 eval_steps: 1 early_stopping: 2",
         records=[{"text": "the cat sat on a mat"}],
-        extra='CONTROL { on_plateau { LOG "flat" } IF val_loss > 3 { STOP } }',
+        extra="""CONTROL { on_plateau { LOG "flat" } IF val_loss > 3 { STOP } }
+STABILITY { min_improvement: 0.1 }
+METRICS { loss accuracy perplexity }""",
     )
     assert train(path) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert (
         "there is no validation data, so TRAIN.eval_steps, TRAIN.early_stopping, CONTROL "
-        "on_plateau rules, CONTROL conditions on val_loss never act" in said
+        "on_plateau rules, CONTROL conditions on val_loss, STABILITY.min_improvement "
+        "never act" in said
     )
+    assert (
+        "there is no validation data, so the metrics accuracy, perplexity that METRICS or "
+        "OUTPUT.metrics ask for are never reported" in said
+    )
+
+
+def test_metrics_and_schedule_shape_fields_act(project):
+    """METRICS { tflops mfu } showed nothing more than without it (only --show-tflops did);
+    cosine_with_restarts never restarted."""
+    path = project(
+        train='max_steps: 6 scheduler: "cosine_with_restarts" num_cycles: 2',
+        extra="METRICS { loss tflops mfu }",
+    )
+    assert train(path) == 0
+    log = Path("runs/tiny/train.log").read_text().splitlines()  # as the console, unwrapped
+    lines = [line for line in log if line.startswith("step ")]
+    assert len(lines) == 6 and all("TFLOP/s" in line and "MFU n/a" in line for line in lines)
+    rates = [record["lr"] for record in steps()]  # the rate after each step
+    assert rates[0] > rates[1] < rates[2] == pytest.approx(3e-3)  # the second cycle's start
 
 
 def test_bad_files_and_models_are_clear_errors(project, capsys, tmp_path):
@@ -227,3 +252,28 @@ def test_set_changes_one_key_of_model_config(project):
 def test_asking_for_a_gpu_without_one_is_exit_4(project, capsys):
     assert train(project(), "--set", "TRAIN.device=gpu") == 4
     assert "GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("show_memory", "verbose", "shown"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+)
+def test_gpu_memory_in_metrics_adds_the_memory_column(show_memory, verbose, shown):
+    """METRICS { gpu_memory } asks for the log lines' memory column, which only --verbose
+    showed (a GPU's; a CPU run measures none per step)."""
+    out = StringIO()
+    display = Display(Console(file=out, width=200), verbose, False, show_memory=show_memory)
+    record = {
+        "step": 1,
+        "loss": 2.0,
+        "lr": 1e-3,
+        "grad_norm": 1.0,
+        "examples_per_second": 8.0,
+        "tokens_per_second": 256.0,
+        "epoch": 0.1,
+        "step_ms": 5.0,
+        "data_wait_percent": 0.0,
+        "memory_gb": 1.25,
+    }
+    display.step_line(record, total=10)
+    assert ("mem 1.25 GB" in out.getvalue()) == shown

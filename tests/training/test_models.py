@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from okto.language.config import AdapterConfig
 from okto.package import export_model
-from okto.training.lora import apply_lora, merged_state_dict
+from okto.training.lora import apply_lora, merged_state_dict, unmatched_targets
 from tests.inference import models
 from tests.training.conftest import steps, train
 
@@ -46,6 +46,16 @@ def test_merged_weights_equal_the_adapted_model(family):
     fresh.load_state_dict(merged_state_dict(model))
     torch.testing.assert_close(fresh(input_ids=ids).logits, adapted_logits, atol=1e-5, rtol=1e-5)
     assert not torch.equal(fresh.state_dict()[f"{adapted[0]}.weight"], base[f"{adapted[0]}.weight"])
+
+
+def test_target_modules_that_match_nothing_are_named():
+    """A misspelt target beside a good one used to be dropped without a word."""
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50))
+    adapter = AdapterConfig(rank=2, target_modules=["c_attn", "c_atn", "mlp.c_fc"])
+    adapted = apply_lora(model, adapter)
+    assert len(adapted) == 4
+    assert unmatched_targets(adapter, adapted) == ["c_atn"]
+    assert unmatched_targets(AdapterConfig(rank=2), adapted) == []  # the defaults
 
 
 def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir, capfd):

@@ -1,4 +1,5 @@
-"""Gradient clipping folded into fused AdamW's step gives clip_grad_norm_'s update."""
+"""Gradient clipping folded into fused AdamW's step gives clip_grad_norm_'s update; okto's
+AdamW kernel follows torch's; the schedules take their shape from TRAIN."""
 
 import copy
 import math
@@ -117,3 +118,31 @@ def test_kernel_adamw_leaves_options_it_lacks_to_torch(monkeypatch):
     _trajectory(theirs, opt_theirs, skip_at=-1)
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _rates(name: str, lr: float = 1.0, steps: int = 12, **shape) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([param], lr=lr)
+    scheduler = optim.build_scheduler(optimizer, name, 0, steps, **shape)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def test_cosine_with_restarts_restarts_num_cycles_times():
+    """It was one cycle whatever was asked: the same rates as cosine."""
+    assert _rates("cosine_with_restarts") == _rates("cosine")
+    rates = _rates("cosine_with_restarts", num_cycles=3)
+    assert [i for i, rate in enumerate(rates) if rate == 1.0] == [0, 4, 8]
+    assert rates[:4] == rates[4:8] == rates[8:]
+
+
+def test_polynomial_takes_its_power_and_any_learning_rate():
+    """power 1 is linear; power 2 falls as (1 - progress)^2. A rate at or below 1e-7 (the end
+    transformers decays to by default) was a ValueError traceback."""
+    assert _rates("polynomial") == pytest.approx(_rates("linear"))
+    assert _rates("polynomial", power=2.0) == pytest.approx([(1 - s / 12) ** 2 for s in range(12)])
+    assert _rates("polynomial", lr=1e-8, power=2.0)[1] == pytest.approx(1e-8 * (11 / 12) ** 2)

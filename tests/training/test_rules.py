@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import okto
 from okto.training.metrics import read_metrics
 from okto.training.stability import LossGuard, Plateau
 from tests.training.conftest import steps, train
@@ -92,6 +93,39 @@ def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
     assert [r["message"] for r in read_metrics(METRICS, "log")] == ["nan seen"]
     assert Path(f"runs/tiny/checkpoints/step-{nan[0]['step']:07d}").is_dir()
     assert not Path("runs/tiny/final").exists()
+
+
+def test_the_summary_shows_a_non_finite_last_loss_as_it_was(project, capsys):
+    """With stop_if_nan: false the summary's last loss was the last finite one, steps before
+    the run's end, as if the run had ended well."""
+    path = project(
+        train='max_steps: 6 scheduler: "constant"',
+        extra="""STABILITY { stop_if_nan: false }
+CONTROL { IF step == 2 { SET learning_rate = 1e30 } }""",
+    )
+    result = okto.train(path)  # step 3's update takes the 1e30 rate: steps 4 to 6 are NaN
+    assert result.outcome == "completed" and math.isnan(result.last_loss)
+    finite = steps()[-1]["loss"]
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"-> last nan (3 non-finite steps; last finite {finite:.4f}, best" in said
+    summary = read_metrics(METRICS, "summary")[0]
+    assert summary["last_loss"] is None and summary["last_finite_loss"] == finite
+
+
+def test_a_diverged_run_reports_the_loss_it_stopped_at(project, capsys):
+    """The diverging step's loss was left out of the summary: it read the step before's."""
+    path = project(
+        train='max_steps: 30 scheduler: "constant"',
+        extra="""STABILITY { stop_if_diverges: true }
+CONTROL { IF step == 12 { SET learning_rate = 3 } }""",
+    )
+    assert train(path) == 3
+    summary = read_metrics(METRICS, "summary")[0]
+    assert summary["outcome"] == "diverged"
+    assert summary["last_loss"] > 1.5 * summary["best_loss"]
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"this step's loss is {summary['last_loss']:.4g}" in said
+    assert f"-> last {summary['last_loss']:.4f} (best" in said
 
 
 def test_early_stopping_fires_on_plateau(project):
