@@ -35,7 +35,8 @@ def run(args) -> int:
     settings = model.settings(**{k: v for k, v in values.items() if k != "model"})
     chat = Conversation(model, settings)
     options = {k: getattr(settings, k) for k in GENERATE_FIELDS}
-    options.update(template="{input}", batch_size=1, stop=chat.stop)
+    # the conversation is rendered here, so generate takes each prompt as it is
+    options.update(template="{input}", mode="completion", batch_size=1, stop=chat.stop)
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"chatting with {values['model']}; type {settings.exit_command!r} to leave")

@@ -24,6 +24,7 @@ GENERATE_FIELDS = (
     "seed",
     "batch_size",
     "template",
+    "mode",
 )
 
 
@@ -174,7 +175,9 @@ def _prompts(args) -> list[str]:
     if not prompts and not sys.stdin.isatty():
         prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
     if not prompts:
-        raise UsageError("no prompts: pass --prompt, --file, or pipe them on stdin (one per line)")
+        raise UsageError(
+            "no prompts: pass --prompt, --prompts-file, or pipe them on stdin (one per line)"
+        )
     return prompts
 
 
@@ -201,18 +204,16 @@ def run(args) -> int:
     prompts = _prompts(args)
     model = load(args, values)
     options = {k: v for k, v in values.items() if k in GENERATE_FIELDS}
-    texts = _rendered(model, prompts, options, values.get("mode"))
     if args.stream:
-        for prompt, text in zip(prompts, texts, strict=True):
+        for prompt in prompts:
             sys.stdout.write(prompt)
             sys.stdout.flush()
-            (g,) = model.generate(text, **options, stream=write)
+            (g,) = model.generate(prompt, **options, stream=write)
             print(flush=True)
             print(stats_line(g.stats), file=sys.stderr)
         return 0
-    generations = model.generate(texts, **options)
+    generations = model.generate(prompts, **options)
     for g in generations:
-        g.prompt = prompts[g.index]  # as the user gave it, not as rendered for the model
         if args.json:
             print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
         else:
@@ -221,18 +222,6 @@ def run(args) -> int:
         for stats in {id(g.stats): g.stats for g in generations}.values():
             print(stats_line(stats), file=sys.stderr)
     return 0
-
-
-def _rendered(model, prompts: list[str], options: dict, mode: str | None) -> list[str]:
-    """The prompts as the model sees them: unchanged, or one-turn chats in chat mode."""
-    settings = model.settings(**options, mode=mode)
-    if settings.mode != "chat":
-        return prompts
-    from okto.inference.chat import Conversation
-
-    chat = Conversation(model, settings)
-    options.update(template="{input}", stop=chat.stop)
-    return [chat.render(p, []) for p in prompts]
 
 
 def write(_index: int, text: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from okto.errors import MachineError, UsageError
+from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
 
@@ -228,13 +229,16 @@ class Model:
         seed: int | None = None,
         batch_size: int | None = None,
         template: str | None = None,
+        mode: str | None = None,
         stream: Stream | None = None,
     ) -> list[Generation]:
         """Generate a completion for each prompt; results come back in the prompts' order.
 
         temperature 0 is greedy decoding. `stop` strings end a completion (the
         text is cut before them). `seed` makes sampling reproducible, whatever
-        the batch size. `stream(index, text)` is called with text as it comes.
+        the batch size. `mode` "chat" renders each prompt as a one-turn
+        conversation, as `okto chat` renders a turn (a model may carry it as its
+        default). `stream(index, text)` is called with text as it comes.
         """
         s = self.settings(
             max_tokens=max_tokens,
@@ -246,12 +250,21 @@ class Model:
             seed=seed,
             batch_size=batch_size,
             template=template,
+            mode=mode,
         )
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             return []
+        texts = [s.apply_template(p) for p in prompts]
+        if s.mode == "chat":
+            chat = Conversation(self, s)
+            texts = [chat.render(p, []) for p in prompts]
+            s = s.merged({"stop": chat.stop})
         seed = s.seed if s.seed is not None else secrets.randbits(63)
-        rows = [self._row(i, p, s) for i, p in enumerate(prompts)]
+        rows = [
+            self._row(i, p, t, s.max_tokens)
+            for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
+        ]
         # longest first, so a batch's rows are of similar length (less padding)
         rows.sort(key=lambda r: -len(r.prompt_ids))
         size = s.batch_size or min(len(rows), DEFAULT_BATCH)
@@ -265,8 +278,8 @@ class Model:
             results += self._finish(tracker, stream)
         return sorted(results, key=lambda g: g.index)
 
-    def _row(self, index: int, prompt: str, s: Settings) -> _Row:
-        ids = self.encode(s.apply_template(prompt))
+    def _row(self, index: int, prompt: str, text: str, max_tokens: int) -> _Row:
+        ids = self.encode(text)
         if not ids:
             raise UsageError(f"prompt {index + 1} is empty and the tokenizer has no BOS token")
         room = self.context_window - len(ids)
@@ -275,7 +288,7 @@ class Model:
                 f"prompt {index + 1} has {len(ids)} tokens; the model's context window is "
                 f"{self.context_window}, which leaves no room to generate"
             )
-        return _Row(index, prompt, ids, min(s.max_tokens, room))
+        return _Row(index, prompt, ids, min(max_tokens, room))
 
     def _finish(self, tracker: _Tracker, stream: Stream | None) -> list[Generation]:
         end = time.perf_counter()

@@ -87,6 +87,17 @@ def _umask() -> int:
     return mask
 
 
+def make_folder(folder: Path) -> None:
+    """`folder` and its parents, or a UsageError saying why not (it lies under a file, ...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "a file has that name" if isinstance(e, FileExistsError) else e.strerror or e
+        raise UsageError(
+            f"cannot make the folder {folder}: {reason}; choose another place"
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
     """Open `path` for writing so that it appears under its name only once complete.
@@ -96,8 +107,13 @@ def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
     was at `path` before is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; name a file")
+    make_folder(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UsageError(f"cannot write {path}: {e.strerror or e}; choose another place") from None
     try:
         with os.fdopen(fd, "wb") as out:
             yield out
@@ -105,8 +121,13 @@ def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
             os.fsync(out.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, a source file gone: nothing under the name
+            where = f": {e.filename}" if e.filename else ""
+            raise OktoError(
+                f"writing {path} failed ({e.strerror or e}{where}); it is left as it was"
+            ) from None
         raise
 
 

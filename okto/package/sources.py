@@ -15,8 +15,21 @@ from pathlib import Path
 
 from okto import __version__
 from okto.errors import UsageError
-from okto.inference.settings import from_block, from_generation_config, model_defaults
-from okto.package.format import CONFIG, WEIGHTS, Package, write_file, write_package
+from okto.inference.settings import (
+    from_block,
+    from_generation_config,
+    model_defaults,
+    not_default,
+)
+from okto.package.format import (
+    CONFIG,
+    MAGIC,
+    WEIGHTS,
+    Package,
+    make_folder,
+    write_file,
+    write_package,
+)
 from okto.package.weights import (
     FLOAT_CODES,
     WeightsError,
@@ -62,14 +75,15 @@ class Checkpoint:
 
     @property
     def generation_defaults(self) -> dict:
-        """Generation settings the model carries: its generation_config, then its training's INFERENCE."""
+        """Generation settings the model carries: its generation_config, then what its training's
+        INFERENCE block changed from okto's defaults."""
         if self.package is not None:
             return model_defaults(self.package.manifest.get("generation") or {})
         out = {}
         if self.generation_config:
             out.update(from_generation_config(json.loads(self.generation_config)))
         training = self.training_config or {}
-        out.update(from_block(training.get("inference") or training.get("INFERENCE")))
+        out.update(not_default(from_block(training.get("inference") or training.get("INFERENCE"))))
         return model_defaults(out)
 
     def tensors(self) -> dict:
@@ -94,24 +108,38 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
     if not path.exists():
         path = _hub_cache(str(path))
     if path.is_file():
+        here = f" (here: {path.parent})" if (path.parent / CONFIG).is_file() else ""
         if _is_safetensors(path):
-            folder = path.parent
-            here = f" (here: {folder})" if (folder / CONFIG).is_file() else ""
             raise UsageError(
                 f"{path}: a safetensors file of weights alone (no config, no tokenizer), which "
                 f"cannot be loaded by itself; load the run folder, Hugging Face folder or .okm "
                 f"it came from{here}"
             )
+        if path.suffix != ".okm" and not _has_magic(path):
+            # some other file (a .txt, an .okt, a tokenizer.json): a wrong argument, not a
+            # damaged package; a file named .okm without the magic is damaged (exit code 3)
+            hint = f"; load the Hugging Face folder it is in{here}" if here else ""
+            if path.suffix == ".okt":
+                hint = "; an .okt file describes a job: pass it with -f, or load the run it trains"
+            raise UsageError(f"{path}: {NOT_A_MODEL}{hint}")
         return _from_package(Package(path))
     if (path / "config.json").is_file():
         return _from_hf_dir(path)
     final = path / "final"
     if (final / "config.json").is_file():
         return _from_hf_dir(final)
-    raise UsageError(
-        f"{path}: not a model: expected an .okm file, a Hugging Face directory "
-        "(with config.json), or a run directory (with final/config.json)"
-    )
+    raise UsageError(f"{path}: {NOT_A_MODEL}")
+
+
+NOT_A_MODEL = (
+    "not a model: expected an .okm file, a Hugging Face directory (with config.json), "
+    "or a run directory (with final/config.json)"
+)
+
+
+def _has_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -269,16 +297,40 @@ def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None)
     out = Path(out)
     if out.is_file():
         raise UsageError(f"{out}: is a file; a Hugging Face export writes a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     weights, _ = _weights_blob(checkpoint, dtype)
     files = {CONFIG: _config_bytes(checkpoint, dtype), **checkpoint.tokenizer_files}
     if checkpoint.generation_config is not None:
         files[GENERATION_CONFIG] = checkpoint.generation_config
     if checkpoint.training_config is not None:
         files[TRAINING_CONFIG] = (json.dumps(checkpoint.training_config, indent=2) + "\n").encode()
-    for name, data in {**files, WEIGHTS: weights}.items():
+    files[WEIGHTS] = weights
+    stale = _model_files(out) - set(files)
+    for name, data in files.items():
         write_file(out / name, data)  # each file whole, or the one it replaces left alone
+    for name in stale:  # another model's, which would load with this one's
+        (out / name).unlink(missing_ok=True)
     return out
+
+
+_OTHER_WEIGHTS = (
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def _model_files(folder: Path) -> set[str]:
+    """The files of a model already in `folder` that okto reads or writes (config, weights,
+    shards, tokenizer, generation and training configs); other files are not a model's."""
+    names = {CONFIG, WEIGHTS, GENERATION_CONFIG, TRAINING_CONFIG, *TOKENIZER_FILES, *_OTHER_WEIGHTS}
+    for index in _OTHER_WEIGHTS[:2]:
+        try:
+            names.update(json.loads((folder / index).read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no index, or one that names no shards
+    # a shard name is a file in the folder (an index naming "../x" deletes nothing outside)
+    return {n for n in names if isinstance(n, str) and Path(n).name == n and (folder / n).is_file()}
 
 
 def export_safetensors(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None) -> Path:

@@ -198,7 +198,7 @@ def test_damaged_package_exits_with_a_message(okm_files, capsys, stdin, tmp_path
 def test_no_prompts_is_a_usage_error(okm_files, capsys, stdin):
     stdin("")
     assert main(["infer", "--model", str(okm_files["gpt2"])]) == 2
-    assert "no prompts" in capsys.readouterr().err
+    assert "no prompts: pass --prompt, --prompts-file, or pipe" in capsys.readouterr().err
 
 
 def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
@@ -326,3 +326,75 @@ def test_a_device_this_machine_lacks_is_a_clear_error(okm_files, capsys, device,
     assert main(argv) == code
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_a_file_that_is_no_model_is_a_usage_error(okm_files, hf_dirs, capsys, stdin, tmp_path):
+    """A .txt, an .okt or a model's own tokenizer.json given as --model is a wrong argument
+    (exit 2) that says what to pass; a file named .okm without the magic is a damaged package
+    (exit 3)."""
+    stdin("")
+    notes, job, damaged = tmp_path / "notes.txt", tmp_path / "job.okt", tmp_path / "m.okm"
+    notes.write_text("hello\n")
+    job.write_text('PROJECT "job"\n')
+    damaged.write_bytes(b"hello" + okm_files["gpt2"].read_bytes()[5:])
+    cases = [
+        (notes, 2, "not a model: expected an .okm file, a Hugging Face directory"),
+        (job, 2, "an .okt file describes a job: pass it with -f"),
+        (
+            hf_dirs["gpt2"] / "tokenizer.json",
+            2,
+            f"load the Hugging Face folder it is in (here: {hf_dirs['gpt2']})",
+        ),
+        (damaged, 3, "not an .okm package (wrong magic bytes"),
+    ]
+    for path, code, words in cases:
+        for command in (["infer", "-p", "Hi"], ["export", "-o", str(tmp_path / "out.okm")]):
+            assert main([*command, "--model", str(path)]) == code
+            err = capsys.readouterr().err
+            assert words in err and "Traceback" not in err
+    assert not (tmp_path / "out.okm").exists()
+
+
+def test_an_export_with_nowhere_to_go_is_a_usage_error(okm_files, capsys, tmp_path):
+    """--out naming a folder, or a place under a file, says so (exit 2) and leaves nothing."""
+    folder = tmp_path / "taken.okm"
+    folder.mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = [
+        (folder, "cannot write", "it is a folder; name a file"),
+        (blocker / "model.okm", "cannot make the folder", "a file has that name"),
+        (blocker / "hf", "cannot make the folder", "Not a directory"),
+    ]
+    for out, start, reason in cases:
+        assert main(["export", "-m", str(okm_files["gpt2"]), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert start in err and reason in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken.okm"]
+    assert list(folder.iterdir()) == []
+
+
+def test_library_follows_the_models_chat_mode_as_infer_does(hf_dirs, capsys, stdin, tmp_path):
+    """A model whose defaults say mode chat renders prompts as chat turns in
+    `Model.generate` too, not only in `okto infer`: both give the same record."""
+    from okto.inference import load_model
+    from okto.inference.chat import PLAIN_TEMPLATE
+
+    stdin("")
+    final = tmp_path / "run" / "final"
+    shutil.copytree(hf_dirs["gpt2"], final)
+    (final / "okto_config.json").write_text(json.dumps({"inference": {"mode": "chat"}}))
+    package = tmp_path / "chat.okm"
+    assert main(["export", "-m", str(final.parent), "-o", str(package)]) == 0
+    capsys.readouterr()
+    argv = ["infer", "-m", str(package), "-p", "Hello", "--json", "--temperature", "0"]
+    assert main([*argv, "--max-tokens", "4"]) == 0
+    (record,) = records(capsys.readouterr().out)
+    model = load_model(package, device="cpu")
+    (g,) = model.generate("Hello", temperature=0, max_tokens=4)
+    turn = PLAIN_TEMPLATE.replace("{input}", "Hello")
+    assert g.prompt == record["prompt"] == "Hello"
+    assert g.prompt_tokens == record["prompt_tokens"] == len(model.encode(turn))
+    assert g.text == record["text"]
+    (plain,) = model.generate("Hello", temperature=0, max_tokens=4, mode="completion")
+    assert plain.prompt_tokens == len(model.encode("Hello"))

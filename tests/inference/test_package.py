@@ -10,7 +10,7 @@ import zlib
 import pytest
 import torch
 
-from okto.errors import UsageError
+from okto.errors import OktoError, UsageError
 from okto.package import Package, PackageError, export_model, open_checkpoint
 from okto.package import format as okm
 
@@ -88,7 +88,7 @@ def test_not_a_model(tmp_path):
 
 
 def test_write_is_atomic(okm_files, tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(OktoError, match=r"writing .*x\.okm failed .*nope"):
         okm.write_package(tmp_path / "x.okm", [("config.json", "config", tmp_path / "nope")], {})
     assert list(tmp_path.iterdir()) == []
 
@@ -104,7 +104,7 @@ def test_interrupted_hf_export_leaves_the_old_files_whole(hf_dirs, tmp_path, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(okm, "_stream", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OktoError, match="disk full"):
         export_model(hf_dirs["llama"], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -255,3 +255,46 @@ def test_hub_name_from_the_local_cache(hf_dirs, tmp_path, monkeypatch):
     assert open_checkpoint("okto/tiny").path == snapshot
     with pytest.raises(UsageError, match="local Hugging Face cache"):
         open_checkpoint("okto/absent")
+
+
+def test_a_runs_inference_defaults_leave_the_base_generation_config(hf_dirs, tmp_path):
+    """okto_config.json holds the INFERENCE block resolved, okto's defaults included: only what
+    the block changed overrides the base model's generation_config (its 0.3 stays 0.3)."""
+    from okto.language.config import InferenceConfig
+
+    final = tmp_path / "runs" / "ft" / "final"
+    final.mkdir(parents=True)
+    for name, data in files_of(hf_dirs["llama"]).items():
+        (final / name).write_bytes(data)
+    sampling = {"do_sample": True, "temperature": 0.3, "top_p": 0.7, "max_new_tokens": 9}
+    (final / "generation_config.json").write_text(json.dumps(sampling))
+    resolved = InferenceConfig(max_tokens=7).model_dump()
+    (final / "okto_config.json").write_text(json.dumps({"inference": resolved}))
+    expected = {"temperature": 0.3, "top_p": 0.7, "max_tokens": 7}
+    assert open_checkpoint(final.parent).generation_defaults == expected
+    package = Package(export_model(final.parent, tmp_path / "ft.okm"))
+    assert package.manifest["generation"] == expected
+
+
+def test_hf_export_over_another_model_leaves_none_of_its_files(hf_dirs, tmp_path):
+    """Exporting into a folder that holds another model removes that model's files the export
+    does not write (its chat template, run config, shards), which would load with the new one;
+    files that are no model's, and anything outside the folder, stay."""
+    out = tmp_path / "hf"
+    old = {
+        "chat_template.jinja": "{{ messages }}",
+        "okto_config.json": json.dumps({"inference": {"format": "Q: {input}"}}),
+        "model-00001-of-00002.safetensors": "",
+        "model.safetensors.index.json": json.dumps(
+            {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "../outside"}}
+        ),
+        "README.md": "notes",
+    }
+    out.mkdir()
+    for name, text in old.items():
+        (out / name).write_text(text)
+    (tmp_path / "outside").write_text("keep")
+    export_model(hf_dirs["llama"], out, format="hf")
+    assert files_of(out) == {**files_of(hf_dirs["llama"]), "README.md": b"notes"}
+    assert (tmp_path / "outside").read_text() == "keep"
+    assert open_checkpoint(out).generation_defaults == {}
