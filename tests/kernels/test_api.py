@@ -10,8 +10,17 @@ import torch
 from okto import kernels
 from okto.kernels import KernelError
 from okto.kernels.benchmark import OPS
+from tests.kernels.numerics import DEVICE
 
 BAD_DTYPES = (torch.int32, torch.int64, torch.bool, torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _tensors_on_the_test_device():
+    """Tensors made here live where the kernels run: the GPU when there is one (CPU tensors
+    under OKTO_KERNELS=triton would need the interpreter)."""
+    with torch.device(DEVICE):
+        yield
 
 
 def _calls(dtype: torch.dtype) -> dict:
