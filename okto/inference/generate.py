@@ -207,9 +207,17 @@ class Model:
         return tuple(self.engine.notes)
 
     def encode(self, text: str) -> list[int]:
+        """The text's tokens, with one BOS where the tokenizer adds it: a chat template
+        writes its own BOS, and the tokenizer adding another would double it."""
         ids = self.tokenizer(text)["input_ids"]
-        if not ids and self.tokenizer.bos_token_id is not None:
-            ids = [self.tokenizer.bos_token_id]
+        bos, written = self.tokenizer.bos_token_id, self.tokenizer.bos_token
+        if not ids and bos is not None:
+            ids = [bos]
+        one_written = (
+            bool(written) and text.startswith(written) and not text.startswith(2 * written)
+        )
+        if one_written and ids[:2] == [bos, bos]:
+            ids = ids[1:]  # the text wrote one BOS, the tokenizer added the second
         return ids
 
     def settings(self, **options) -> Settings:

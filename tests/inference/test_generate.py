@@ -242,3 +242,29 @@ def test_buckets_stay_inside_the_model():
     # a width bucket never passes the model's positions, nor falls below the prompt
     assert bucketed(1, 990, 1000, 1000) == (1, 1000, 1024)
     assert bucketed(1, 300, 310, 300) == (1, 300, 512)
+
+
+def test_a_chat_template_that_writes_bos_gets_one(hf_dirs, tmp_path):
+    """Llama-style chat templates start with the BOS token, and the tokenizer adds one
+    too: the turn must reach the model with a single BOS, as `apply_chat_template` gives."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(hf_dirs["llama"], tmp_path / "chat")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+        "{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    model = load_model(folder, device="cpu")
+    messages = [{"role": "user", "content": "Hello"}]
+    text = model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    expected = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = model.tokenizer.bos_token_id
+    assert expected[:2] == [bos, expected[1]] and expected[1] != bos
+    (g,) = model.generate("Hello", mode="chat", max_tokens=1, temperature=0)
+    assert g.prompt_tokens == len(expected)
+    # a prompt that writes two BOS keeps them; one the tokenizer adds stays single
+    assert model.encode("<s><s>Hi")[:3] == [bos, bos, bos]
+    assert model.encode("Hi")[:2] == [bos, model.encode("<s>Hi")[1]]
