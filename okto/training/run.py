@@ -395,6 +395,30 @@ def _unevaluated(config, display: Display) -> None:
         )
 
 
+def _too_few_evaluations(config, total: int, per_step: int, rows: int, display) -> None:
+    """Early stopping and on_plateau rules need `patience + 1` evaluations; a run that goes
+    by epochs and ends before its epochs do may make a single one, at its end."""
+    from okto.training.loop import DEFAULT_PATIENCE
+    from okto.training.stability import planned_evaluations
+
+    train = config.train
+    idle = ["TRAIN.early_stopping"] if train.early_stopping else []
+    if any(rule.event == "on_plateau" for rule in config.control):
+        idle.append("CONTROL on_plateau rules")
+    needed = (train.early_stopping or DEFAULT_PATIENCE) + 1
+    made = planned_evaluations(total, per_step, rows, train.eval_steps)
+    if idle and made < needed:
+        when, fix = (
+            (f"every {train.eval_steps} steps", "lower")
+            if train.eval_steps
+            else ("at epoch ends", "set")
+        )
+        display.warn(
+            f"{' and '.join(idle)} need {needed} evaluations, and this run of {total} steps "
+            f"makes {made} ({when} and at the end): they never act; {fix} TRAIN.eval_steps"
+        )
+
+
 def _build_model(config, source, tokenizer, splits, settings, display: Display):
     from okto.training import models
     from okto.training.lora import apply_lora, unmatched_targets
@@ -476,6 +500,8 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
             f"TRAIN.warmup_steps ({train.warmup_steps}) is not below the run's {total} steps: "
             f"the learning rate never reaches {train.learning_rate:g}{decay}"
         )
+    if splits.validation is not None and parallel.is_main:
+        _too_few_evaluations(config, total, per_step, rows, display)
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
     forward = compiled(forward, settings)
     resolved = program.to_dict()

@@ -8,7 +8,9 @@
   from step `WARMUP + 1` on. A single noisy step does not trip it; a run that
   blew up does, also when it blew up in its first steps.
 - Plateau: `patience` evaluations in a row without the validation loss
-  dropping below its best by more than `min_improvement`.
+  dropping below its best by more than `min_improvement`. The first
+  evaluation sets the best, so a run needs `patience + 1` of them for a
+  plateau to be seen (`planned_evaluations` counts a run's).
 """
 
 from __future__ import annotations
@@ -64,3 +66,14 @@ class Plateau:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.stale = state["best"], state["stale"]
+
+
+def planned_evaluations(total: int, per_step: int, rows: int, eval_steps: int | None) -> int:
+    """Evaluations a run of `total` steps makes with the values it starts with: every
+    `eval_steps`, else at each step that ends an epoch (`per_step` rows a step, out of
+    `rows`), and one at the end unless its last step made one."""
+    if eval_steps is not None:
+        return total // eval_steps + (total % eval_steps != 0)
+    ending = (total * per_step) // rows if per_step <= rows else total  # one a step at most
+    ends_epoch = (total * per_step) // rows > ((total - 1) * per_step) // rows
+    return ending + (not ends_epoch)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 import okto
 from okto.training.metrics import read_metrics
-from okto.training.stability import LossGuard, Plateau
+from okto.training.stability import LossGuard, Plateau, planned_evaluations
 from tests.training.conftest import steps, train
 
 METRICS = Path("runs/tiny/metrics.jsonl")
@@ -137,6 +139,36 @@ def test_early_stopping_fires_on_plateau(project):
     assert [r["message"] for r in read_metrics(METRICS, "log")] == ["plateau"]
     assert steps()[-1]["step"] < 40
     assert read_metrics(METRICS, "summary")[0]["outcome"] == "early_stopping"
+
+
+def test_early_stopping_that_cannot_act_is_warned(project, capsys):
+    """4 steps into an epoch of 48: one evaluation, at the end, where early stopping needs 3
+    (the first sets the best). It was silent."""
+    path = project(
+        train="max_steps: 4 early_stopping: 2", extra='CONTROL { on_plateau { LOG "flat" } }'
+    )
+    assert train(path) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert (
+        "TRAIN.early_stopping and CONTROL on_plateau rules need 3 evaluations, and this run "
+        "of 4 steps makes 1 (at epoch ends and at the end): they never act; set "
+        "TRAIN.eval_steps" in said
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "per_step", "rows", "eval_steps", "made"),
+    [
+        (4, 4, 189, None, 1),  # the end only
+        (100, 4, 189, None, 3),  # epochs end at steps 48 and 95, then the end
+        (48, 4, 192, None, 1),  # the last step ends the epoch: no second evaluation
+        (5, 8, 3, None, 5),  # rows smaller than a step: every step ends an epoch
+        (10, 4, 189, 4, 3),  # steps 4, 8 and the end
+        (12, 4, 189, 4, 3),
+    ],
+)
+def test_planned_evaluations(total, per_step, rows, eval_steps, made):
+    assert planned_evaluations(total, per_step, rows, eval_steps) == made
 
 
 def test_divergence_guard_and_plateau_counting():
