@@ -589,7 +589,11 @@ class LoggingConfig(BlockModel):
     """Log files."""
 
     save_logs: Bool = Field(True, description="Write logs to files.")
-    metrics_file: str | None = Field(None, description="JSON file for metrics.")
+    metrics_file: str | None = Field(
+        None,
+        description="Where the metrics go, as JSON lines (one object per line, whatever the "
+        "file's extension); default runs/<project>/metrics.jsonl.",
+    )
     training_file: str | None = Field(
         None,
         description="Where the plain-text copy of the run's output goes (with save_logs); "
