@@ -588,7 +588,11 @@ class OutputConfig(BlockModel):
 class LoggingConfig(BlockModel):
     """Log files."""
 
-    save_logs: Bool = Field(True, description="Write logs to files.")
+    save_logs: Bool = Field(
+        True,
+        description="Keep the plain-text log of the run (training_file); the metrics file is "
+        "written either way.",
+    )
     metrics_file: str | None = Field(
         None,
         description="Where the metrics go, as JSON lines (one object per line, whatever the "
