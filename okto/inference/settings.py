@@ -131,18 +131,6 @@ def from_generation_config(config: dict) -> dict:
     return out
 
 
-def not_default(values: dict) -> dict:
-    """The values that differ from okto's own defaults.
-
-    A run's okto_config.json records its INFERENCE block resolved, defaults
-    included, with no trace of which fields the file wrote; taken whole, those
-    defaults would override what the base model's generation_config asks for
-    (a fine-tuned model sampling at 0.8 where its base says 0.6).
-    """
-    base = Settings()
-    return {k: v for k, v in values.items() if not hasattr(base, k) or base.merged({k: v}) != base}
-
-
 def model_defaults(values: dict) -> dict:
     """The part of settings values a model keeps as its own defaults (see MODEL_DEFAULTS)."""
     return {k: v for k, v in values.items() if k in MODEL_DEFAULTS}

@@ -78,8 +78,14 @@ class Program:
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-ready data, canonical names throughout;
-        `OktoConfig.model_validate` turns it back into `config`."""
-        return self.config.model_dump(mode="json")
+        `OktoConfig.model_validate` turns it back into `config`.
+
+        INFERENCE keeps only the fields the file or command line set: a trained
+        model carries them as its own generation defaults, and okto's defaults
+        must not override its base model's generation_config."""
+        data = self.config.model_dump(mode="json")
+        data["inference"] = self.config.inference.model_dump(mode="json", exclude_unset=True)
+        return data
 
     def __repr__(self) -> str:
         return f"<Program {self.source.name}: {len(self.warnings)} warnings>"

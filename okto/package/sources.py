@@ -19,7 +19,6 @@ from okto.inference.settings import (
     from_block,
     from_generation_config,
     model_defaults,
-    not_default,
 )
 from okto.package.format import (
     CONFIG,
@@ -75,15 +74,15 @@ class Checkpoint:
 
     @property
     def generation_defaults(self) -> dict:
-        """Generation settings the model carries: its generation_config, then what its training's
-        INFERENCE block changed from okto's defaults."""
+        """Generation settings the model carries: its generation_config, then the fields its
+        training's INFERENCE block set."""
         if self.package is not None:
             return model_defaults(self.package.manifest.get("generation") or {})
         out = {}
         if self.generation_config:
             out.update(from_generation_config(json.loads(self.generation_config)))
         training = self.training_config or {}
-        out.update(not_default(from_block(training.get("inference") or training.get("INFERENCE"))))
+        out.update(from_block(training.get("inference") or training.get("INFERENCE")))
         return model_defaults(out)
 
     def tensors(self) -> dict:

@@ -257,10 +257,11 @@ def test_hub_name_from_the_local_cache(hf_dirs, tmp_path, monkeypatch):
         open_checkpoint("okto/absent")
 
 
-def test_a_runs_inference_defaults_leave_the_base_generation_config(hf_dirs, tmp_path):
-    """okto_config.json holds the INFERENCE block resolved, okto's defaults included: only what
-    the block changed overrides the base model's generation_config (its 0.3 stays 0.3)."""
-    from okto.language.config import InferenceConfig
+def test_a_runs_inference_fields_override_the_base_generation_config_and_no_more(hf_dirs, tmp_path):
+    """okto_config.json keeps the INFERENCE fields the file set, an explicit value equal to
+    okto's default included (temperature 0.8), and none of okto's defaults: the base model's
+    generation_config keeps the rest (its top_p 0.7; okto's default 0.95 used to win)."""
+    from okto.language import parse
 
     final = tmp_path / "runs" / "ft" / "final"
     final.mkdir(parents=True)
@@ -268,9 +269,9 @@ def test_a_runs_inference_defaults_leave_the_base_generation_config(hf_dirs, tmp
         (final / name).write_bytes(data)
     sampling = {"do_sample": True, "temperature": 0.3, "top_p": 0.7, "max_new_tokens": 9}
     (final / "generation_config.json").write_text(json.dumps(sampling))
-    resolved = InferenceConfig(max_tokens=7).model_dump()
-    (final / "okto_config.json").write_text(json.dumps({"inference": resolved}))
-    expected = {"temperature": 0.3, "top_p": 0.7, "max_tokens": 7}
+    program = parse('MODEL { base: "x" }\nINFERENCE { max_tokens: 7 temperature: 0.8 }')
+    (final / "okto_config.json").write_text(json.dumps(program.to_dict()))
+    expected = {"temperature": 0.8, "top_p": 0.7, "max_tokens": 7}
     assert open_checkpoint(final.parent).generation_defaults == expected
     package = Package(export_model(final.parent, tmp_path / "ft.okm"))
     assert package.manifest["generation"] == expected
