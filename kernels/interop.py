@@ -12,6 +12,8 @@ import functools
 import numpy as np
 import torch
 
+from okto.kernels.backend import KernelError
+
 
 def accepts_numpy(fn):
     """Wrap `fn` so NumPy array arguments become tensors and a NumPy result comes back."""
@@ -21,6 +23,11 @@ def accepts_numpy(fn):
         for a in (*args, *kwargs.values()):  # a loop, not any(generator): every call pays it
             if isinstance(a, np.ndarray):
                 break
+            if isinstance(a, list | tuple):  # no public op takes one: nested numbers, meant as data
+                raise KernelError(
+                    f"{fn.__name__} takes torch tensors or NumPy arrays, not a "
+                    f"{type(a).__name__} (wrap it: numpy.asarray(...) or torch.tensor(...))"
+                )
         else:
             return fn(*args, **kwargs)
         device = _device(*args, *kwargs.values())

@@ -156,3 +156,11 @@ def test_attention_over_no_keys_gives_zeros_on_either_backend(mode, monkeypatch)
     out.sum().backward()
     assert torch.equal(q.grad, torch.zeros_like(q))
     assert kernels.attention(empty, empty, empty, causal=True).shape == (1, 2, 0, 8)
+
+
+@pytest.mark.parametrize("op", sorted(_calls(torch.float32)))
+def test_nested_lists_are_refused_with_what_to_pass(op):
+    """A list where a tensor goes (`matmul([[1.0]], [[2.0]])`) raised AttributeError from
+    deep inside the op."""
+    with pytest.raises(KernelError, match=rf"{op} takes torch tensors or NumPy arrays, not a list"):
+        getattr(kernels, op)([[1.0, 2.0], [3.0, 4.0]])  # refused before the op looks at it
