@@ -4,9 +4,9 @@
 from a notebook ("how does okto's matmul do at 4096 on this machine?"). It runs on
 the GPU when there is one, otherwise on the CPU, where the ops run PyTorch's
 reference unless OKTO_KERNELS says otherwise: the result's `backend` says which
-ran, so a CPU ratio near 1 is not mistaken for a verdict on the kernels. Each
-call is timed to completion (host time included, as an eager caller sees it),
-and the median of the runs is reported.
+ran, so a CPU ratio near 1 is not mistaken for a verdict on the kernels. On a
+GPU the calls are timed as `okto bench` times them (`triton.testing.do_bench`);
+on the CPU by wall clock. The median of the runs is reported.
 """
 
 from __future__ import annotations
