@@ -2,25 +2,40 @@
 
 The key hashes the content of every data file, the tokenizer (its full
 serialized form, chat template and special tokens), every DATASET setting, the
-seed and okto's data-format version; any change gives a new entry. An entry is
-a directory of `datasets` splits plus `stats.json`, written under a temporary
-name and renamed, so an interrupted write is never read.
+seed, and the code that makes rows (okto's data modules and the versions of
+the libraries that tokenize and store them); any change gives a new entry.
+
+An entry is a directory of `datasets` splits plus `entry.json`: the
+statistics and every file's size. It is written under a temporary name and
+renamed, so an interrupted write is never read; an entry that does not match
+its `entry.json` (a file cut short, missing or unreadable) is a miss: it is
+removed with a warning and rebuilt. Temporary directories an interrupted write
+left behind are removed by a later write.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
+import warnings
+from importlib import metadata
 from pathlib import Path
 
+from okto.data.errors import DataWarning
 from okto.data.progress import quiet_datasets
 
-# Bump when the rows okto produces for the same input change.
+# Part of every key, the trained tokenizer's included: bump to invalidate them all.
 DATA_VERSION = 1
-STATS_FILE = "stats.json"
+ENTRY_FILE = "entry.json"
+# Libraries whose version changes the rows (tokenizers, templates) or how they are stored.
+ROW_LIBRARIES = ("tokenizers", "transformers", "datasets", "pyarrow")
+# A temporary directory this old is an interrupted write's, not a running one's.
+STALE_SECONDS = 3600
 
 
 def make_key(parts: dict) -> str:
@@ -28,48 +43,139 @@ def make_key(parts: dict) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+@functools.cache
+def code_version() -> str:
+    """A hash of okto's data modules and the row libraries' versions: rows cached by other
+    code (an upgrade, an edit of an editable install) are never read as this code's."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(tokenizer.backend_tokenizer.to_str().encode())
-    extra = [
-        type(tokenizer).__name__,
-        tokenizer.chat_template,
-        tokenizer.eos_token,
-        tokenizer.pad_token,
-    ]
-    digest.update(json.dumps(extra, default=str).encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for library in ROW_LIBRARIES:
+        digest.update(f"{library}=={metadata.version(library)}".encode())
     return digest.hexdigest()
 
 
-def load(cache_dir: Path, key: str):
-    """(splits by name, stats dict) of a cached entry, or None."""
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    # Templates see every special token (bos_token, eos_token, ...).
+    extra = [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.special_tokens_map]
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
+    """(splits by name, stats dict, bytes) of a sound entry; None when there is none.
+
+    A damaged entry is removed, with a warning, so the caller rebuilds it.
+    """
     import datasets
 
     entry = cache_dir / key
-    if not (entry / STATS_FILE).is_file():
+    if not entry.exists():
         return None
-    stats = json.loads((entry / STATS_FILE).read_text())
-    with quiet_datasets():
-        splits = {
-            path.name: datasets.load_from_disk(str(path))
-            for path in entry.iterdir()
-            if path.is_dir()
-        }
-    return splits, stats
+    try:
+        recorded = json.loads((entry / ENTRY_FILE).read_text())
+        stats, sizes = recorded["stats"], recorded["sizes"]
+        _check_sizes(entry, sizes)
+        with quiet_datasets():
+            splits = {
+                name: datasets.load_from_disk(str(entry / name)) for name in recorded["splits"]
+            }
+        for name, split in splits.items():
+            if split.num_rows != stats[name]["examples"]:
+                raise ValueError(f"{name} has {split.num_rows} rows, not {stats[name]['examples']}")
+    except (OSError, ValueError, KeyError, TypeError) as error:  # json and Arrow errors included
+        _discard(entry)
+        warnings.warn(
+            f"the cached data at {entry} was damaged ({_reason(error, entry)}); "
+            "removed it and tokenizing again",
+            DataWarning,
+            stacklevel=3,
+        )
+        return None
+    return splits, stats, sum(sizes.values())
 
 
-def save(cache_dir: Path, key: str, splits: dict, stats: dict) -> None:
-    """Write an entry atomically; a concurrent writer of the same key wins harmlessly."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+def _check_sizes(entry: Path, sizes: dict[str, int]) -> None:
+    for name, size in sizes.items():
+        actual = (entry / name).stat().st_size
+        if actual != size:
+            raise ValueError(f"{name} has {actual:,} bytes, not {size:,}")
+
+
+def _reason(error: Exception, entry: Path) -> str:
+    if isinstance(error, FileNotFoundError) and error.filename:
+        missing = Path(error.filename)
+        return (
+            f"{missing.relative_to(entry) if missing.is_relative_to(entry) else missing} is missing"
+        )
+    if isinstance(error, json.JSONDecodeError):
+        return f"{ENTRY_FILE} is not valid JSON"
+    if isinstance(error, KeyError):
+        return f"{ENTRY_FILE} lacks {error}"
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def save(cache_dir: Path, key: str, splits: dict, stats: dict) -> int:
+    """Write an entry atomically and return its size in bytes (0 when it could not be
+    written: a warning says why, and the run goes on). A concurrent writer of the same
+    key wins harmlessly."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale(cache_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    except OSError as error:
+        return _not_written(cache_dir, error)
     try:
         with quiet_datasets():
             for name, split in splits.items():
                 split.save_to_disk(str(staging / name))
-        (staging / STATS_FILE).write_text(json.dumps(stats, indent=1))
+        recorded = {"splits": list(splits), "sizes": _sizes(staging), "stats": stats}
+        (staging / ENTRY_FILE).write_text(json.dumps(recorded, indent=1))
         os.rename(staging, cache_dir / key)
-    except OSError:
-        if not (cache_dir / key / STATS_FILE).is_file():
-            raise
+    except OSError as error:
+        if not (cache_dir / key / ENTRY_FILE).is_file():  # else another run wrote it first
+            return _not_written(cache_dir, error)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return sum(_sizes(cache_dir / key).values())
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    return {
+        str(path.relative_to(directory)): path.stat().st_size
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != ENTRY_FILE
+    }
+
+
+def _not_written(cache_dir: Path, error: OSError) -> int:
+    warnings.warn(
+        f"could not write the data cache in {cache_dir} ({error.strerror or error}); "
+        "the next run tokenizes again",
+        DataWarning,
+        stacklevel=3,
+    )
+    return 0
+
+
+def _discard(entry: Path) -> None:
+    """Move a damaged entry out of the way atomically, then delete it."""
+    trash = entry.with_name(f".{entry.name}-damaged-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(entry, trash)
+    except OSError:
+        return  # another run moved it first
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _remove_stale(cache_dir: Path) -> None:
+    """Delete temporary directories that interrupted writes (a killed run) left behind."""
+    cutoff = time.time() - STALE_SECONDS
+    for path in cache_dir.glob(".*"):
+        try:
+            if path.is_dir() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue

@@ -8,11 +8,11 @@ site-packages lives.
 
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import importlib.resources
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +170,7 @@ class DataFiles:
 
 
 def _fingerprints(files: list[Path]) -> list[tuple[str, str]]:
-    return [(str(p), _content_hash(str(p), *_identity(p))) for p in files]
+    return [(str(p), content_hash(p)) for p in files]
 
 
 def source_fingerprints(sources: list[tuple[Source, list[Path]]]) -> list:
@@ -178,17 +178,39 @@ def source_fingerprints(sources: list[tuple[Source, list[Path]]]) -> list:
     return [_fingerprints(files) for _, files in sources]
 
 
-def _identity(path: Path) -> tuple[int, int, int]:
+# Hashes of unchanged files, so the tokenizer and the data hash a file once per process.
+_hashes: dict[tuple, str] = {}
+_HASHES_KEPT = 256
+# A file changed this recently may change again without its times moving (coarse clocks).
+_SETTLED_NS = 2_000_000_000
+
+
+def content_hash(path: Path) -> str:
+    """A hash of the file's content (so the cache survives copies and touches).
+
+    It is remembered under the file's size, inode, mtime and ctime (which only
+    the kernel sets: a rewrite that restores the mtime still moves it), and only
+    for a file whose times are a few seconds older than the hashing, since a
+    filesystem with a coarse clock gives a quick second write the same times.
+    """
     status = path.stat()
-    return status.st_size, status.st_mtime_ns, status.st_ino
-
-
-@functools.lru_cache(maxsize=256)
-def _content_hash(path: str, size: int, mtime_ns: int, inode: int) -> str:
-    """A hash of the file's content (so the cache survives copies and touches), computed
-    once per process for an unchanged file: the tokenizer and the data both need it."""
+    identity = (
+        str(path),
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+    if identity in _hashes:
+        return _hashes[identity]
+    started = time.time_ns()
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
+    if max(status.st_mtime_ns, status.st_ctime_ns) < started - _SETTLED_NS:
+        if len(_hashes) >= _HASHES_KEPT:
+            _hashes.clear()
+        _hashes[identity] = digest.hexdigest()
     return digest.hexdigest()

@@ -79,13 +79,15 @@ def build_datasets(
             "files": files.fingerprints(),
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "seed": seed,
+            "code": cache.code_version(),
         }
     )
     if cache_dir is not None and (entry := cache.load(Path(cache_dir), key)) is not None:
         splits, stats = entry[0], DataStats.from_dict(entry[1])
         for note in stats.warnings:
             warn(note, [])
-        stats.cache_hit = True
+        stats.cache_hit, stats.cache_bytes = True, entry[2]
+        stats.cache_path = str(Path(cache_dir) / key)
         stats.seconds = {"total": time.perf_counter() - started}
         return _torch_format(splits, stats)
 
@@ -106,7 +108,8 @@ def build_datasets(
         raise DataError("no training rows are left: every record was dropped (see the warnings)")
     if cache_dir is not None:
         save_started = time.perf_counter()
-        cache.save(Path(cache_dir), key, splits, stats.to_dict())
+        stats.cache_bytes = cache.save(Path(cache_dir), key, splits, stats.to_dict())
+        stats.cache_path = str(Path(cache_dir) / key) if stats.cache_bytes else ""
         stats.seconds["cache_write"] = time.perf_counter() - save_started
     stats.seconds["total"] = time.perf_counter() - started
     return _torch_format(splits, stats)

@@ -59,6 +59,8 @@ class DataStats:
     warnings: list[str] = field(default_factory=list)
     cache_key: str = ""
     cache_hit: bool = False
+    cache_path: str = ""  # the entry's directory; empty when nothing is cached
+    cache_bytes: int = 0  # the entry's size on disk
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -96,12 +96,15 @@ class _NotPrefix(Exception):
 
 
 def _find_spans(roles: list[str], texts: list[str], full: str) -> list[Span]:
+    """Each assistant turn's text, found in order; the cursor also passes every other turn
+    found, so an answer quoted in the prompt before it is not taken for the answer."""
     spans, cursor = [], 0
     for role, text in zip(roles, texts, strict=True):
-        if role != "assistant":
-            continue
         content = text.strip()
         start = full.find(content, cursor)
+        if role != "assistant":
+            cursor = cursor if start < 0 else start + len(content)
+            continue
         if start < 0:
             raise Unusable("the chat template changed an assistant turn")
         cursor = start + len(content)

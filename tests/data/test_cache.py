@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import shutil
+import time
+
 import pytest
 
-from okto.data import build_datasets, pipeline
+from okto.data import DataWarning, build_datasets, cache, files, pipeline
 from tests.data.helpers import config, write_jsonl
 
 
@@ -36,9 +41,9 @@ def test_second_run_hits_the_cache(tmp_path, tokenizer, monkeypatch):
 
 @pytest.mark.parametrize(
     "change",
-    ["content", "seed", "setting", "tokenizer"],
+    ["content", "seed", "setting", "tokenizer", "bos_token", "code"],
 )
-def test_any_input_change_misses(tmp_path, tokenizer, change):
+def test_any_input_change_misses(tmp_path, tokenizer, monkeypatch, change):
     path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
     cache_dir = tmp_path / "cache"
     first = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
@@ -49,9 +54,14 @@ def test_any_input_change_misses(tmp_path, tokenizer, change):
         seed = 1
     elif change == "setting":
         cfg = _cfg(path, packing=False)
-    else:
+    elif change == "tokenizer":
         used = tokenizer.__class__.from_pretrained(_saved(tokenizer, tmp_path))
         used.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    elif change == "bos_token":  # templates may write it
+        used = copy.deepcopy(tokenizer)
+        used.bos_token = "<|user|>"
+    else:  # okto's row-making code, or a library that tokenizes, changed
+        monkeypatch.setattr(cache, "code_version", lambda: "another version")
     second = build_datasets(cfg, used, seed=seed, cache_dir=cache_dir)
     assert not second.stats.cache_hit
     assert second.stats.cache_key != first.stats.cache_key
@@ -68,3 +78,84 @@ def test_touching_a_file_keeps_the_cache(tmp_path, tokenizer):
     one.touch()
     again = build_datasets(_cfg(one, validation=str(one)), tokenizer, cache_dir=tmp_path / "cache")
     assert again.stats.cache_hit
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_misses(tmp_path, tokenizer):
+    """Same size, same inode, mtime put back (rsync -t, cp -p): the content decides."""
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    first = build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "cache")
+    before = path.stat()
+    write_jsonl(path, _records("world"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size
+    second = build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "cache")
+    assert not second.stats.cache_hit
+    assert second.stats.cache_key != first.stats.cache_key
+
+
+def test_a_file_changed_just_now_is_hashed_again(tmp_path, monkeypatch):
+    """A coarse filesystem clock gives a quick second write the same times: not remembered."""
+    monkeypatch.setattr(files, "_hashes", {})
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    files.content_hash(path)
+    assert files._hashes == {}
+
+
+DAMAGE = {
+    "entry file gone": lambda entry: (entry / cache.ENTRY_FILE).unlink(),
+    "entry file not JSON": lambda entry: (entry / cache.ENTRY_FILE).write_text("{"),
+    "rows cut short": lambda entry: _cut(next((entry / "train").glob("*.arrow"))),
+    "a split gone": lambda entry: shutil.rmtree(entry / "validation"),
+}
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, tokenizer, damage):
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    cache_dir = tmp_path / "cache"
+    first = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    DAMAGE[damage](cache_dir / first.stats.cache_key)
+    with pytest.warns(DataWarning, match="cached data at .* was damaged"):
+        again = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    assert not again.stats.cache_hit
+    assert again.validation is not None
+    assert again.train[:]["input_ids"].tolist() == first.train[:]["input_ids"].tolist()
+    third = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    assert third.stats.cache_hit and third.validation.num_rows == first.validation.num_rows
+
+
+def test_the_entry_path_and_size_are_reported(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    first = build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "cache")
+    entry = tmp_path / "cache" / first.stats.cache_key
+    assert first.stats.cache_path == str(entry)
+    on_disk = sum(
+        f.stat().st_size for f in entry.rglob("*") if f.is_file() and f.name != cache.ENTRY_FILE
+    )
+    assert first.stats.cache_bytes == on_disk > 0
+    second = build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "cache")
+    assert (second.stats.cache_path, second.stats.cache_bytes) == (str(entry), on_disk)
+
+
+def test_an_unwritable_cache_warns_and_the_run_goes_on(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    (tmp_path / "not-a-folder").write_text("")
+    with pytest.warns(DataWarning, match="could not write the data cache"):
+        splits = build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "not-a-folder" / "c")
+    assert splits.train.num_rows and splits.stats.cache_path == ""
+
+
+def test_an_interrupted_writes_leftovers_are_removed(tmp_path, tokenizer):
+    cache_dir = tmp_path / "cache"
+    old, recent = cache_dir / ".abc-killed", cache_dir / ".abc-writing"
+    for leftover in (old, recent):
+        (leftover / "train").mkdir(parents=True)
+    hours_ago = time.time() - 2 * cache.STALE_SECONDS
+    os.utime(old, (hours_ago, hours_ago))
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    assert not old.exists() and recent.exists()

@@ -75,6 +75,13 @@ def test_template_without_consistent_prefixes_falls_back_to_the_turn_text(tmp_pa
     assert trained_runs(marked, row) == ["answer one", "answer two three"]
 
 
+def test_fallback_does_not_take_an_answer_quoted_in_the_prompt(tokenizer):
+    marked = Renderer(_with_template(tokenizer, MARKS_LAST))
+    text, spans = marked.render(["user", "assistant"], ["say yes", "yes"], True, False)
+    assert [text[start:end] for start, end in spans] == ["yes"]
+    assert spans[0][0] > text.index("<assistant>")
+
+
 def test_rejected_by_the_template_is_dropped(tmp_path, tokenizer):
     strict = _with_template(
         tokenizer,
