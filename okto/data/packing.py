@@ -67,37 +67,42 @@ def to_rows(
         else _pad(ids, labels, lengths, max_length, pad_id)
     )
     keep = (rows.labels != IGNORE).any(axis=1)
-    if keep.all():
-        return rows
-    return Rows(
-        rows.input_ids[keep],
-        rows.labels[keep],
-        rows.attention_mask[keep],
-        rows.position_ids[keep],
-        truncated=rows.truncated,
-        dropped=int((~keep).sum()),
-    )
+    rows.dropped = int((~keep).sum())
+    if rows.dropped:
+        for name in COLUMNS:  # one column at a time: the unfiltered one is freed before the next
+            setattr(rows, name, getattr(rows, name)[keep])
+    return rows
 
 
 def _pack(ids, labels, lengths, max_length: int, pad_id: int) -> Rows:
+    """The stream cut into rows. Built in place in int32 (the rows' size plus one
+    temporary): a large dataset's tokens are what fills memory here."""
     total = len(ids)
     count = -(-total // max_length)
-    padding = count * max_length - total
-    index = np.arange(count * max_length)
-    record_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    # Padding counts as one more record, starting where the tokens end.
-    record_start = np.concatenate([record_start, np.full(padding, total)])
-    positions = index - np.maximum(record_start, index - index % max_length)
+    size = count * max_length
+    positions = np.ones(size, np.int32)
+    # Position within the record: a running count that drops back to 0 at each record
+    # start; padding counts as one more record, starting where the tokens end.
+    starts = np.cumsum(lengths)
+    positions[starts[starts < size]] = 1 - lengths[: len(starts[starts < size])]
+    positions[:1] = 0
+    np.cumsum(positions, out=positions)
+    # ... and restarted at every row start.
+    np.minimum(positions, np.tile(np.arange(max_length, dtype=np.int32), count), out=positions)
+    mask = np.zeros(size, np.int32)
+    mask[:total] = 1
     return Rows(
-        _fill(ids, padding, pad_id).reshape(count, max_length),
-        _fill(labels, padding, IGNORE).reshape(count, max_length),
-        _fill(np.ones(total, np.int32), padding, 0).reshape(count, max_length),
-        positions.astype(np.int32).reshape(count, max_length),
+        _filled(ids, size, pad_id).reshape(count, max_length),
+        _filled(labels, size, IGNORE).reshape(count, max_length),
+        mask.reshape(count, max_length),
+        positions.reshape(count, max_length),
     )
 
 
-def _fill(values: np.ndarray, padding: int, value: int) -> np.ndarray:
-    return np.concatenate([values.astype(np.int32), np.full(padding, value, np.int32)])
+def _filled(values: np.ndarray, size: int, value: int) -> np.ndarray:
+    out = np.full(size, value, np.int32)
+    out[: len(values)] = values
+    return out
 
 
 def _pad(ids, labels, lengths, max_length: int, pad_id: int) -> Rows:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 
 from okto.data import build_datasets
 from okto.data.encode import IGNORE
-from okto.data.packing import to_rows
+from okto.data.packing import COLUMNS, to_rows
 from tests.data.helpers import config, real_text, trained_runs, write_jsonl
 
 PAD = 99
@@ -86,3 +88,17 @@ def test_packed_pipeline_rows_have_eos_between_records(tmp_path, tokenizer):
             elif row["attention_mask"][k]:
                 assert positions[k] == positions[k - 1] + 1
     assert splits.stats.train.examples == len(splits.train)
+
+
+def test_packing_needs_little_more_memory_than_its_rows():
+    """A large dataset's tokens fill memory here: the rows plus one column-sized temporary."""
+    lengths = np.random.default_rng(0).integers(1, 300, 2000)
+    ids = np.ones(int(lengths.sum()), np.int32)
+    tracemalloc.start()
+    try:
+        rows = to_rows(ids, ids, lengths, max_length=64, pad_id=PAD, packing=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    output = sum(getattr(rows, name).nbytes for name in COLUMNS)
+    assert peak < 1.4 * output
