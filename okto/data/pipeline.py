@@ -73,10 +73,11 @@ def build_datasets(
     settings = DataSettings.from_config(cfg, max_length)
     files = DataFiles.resolve(settings, Path(base_dir or Path.cwd()))
     check_tokenizer(tokenizer)
+    fingerprints = files.fingerprints()
     key = cache.make_key(
         {
             "settings": settings.as_key(),
-            "files": files.fingerprints(),
+            "files": fingerprints,
             "tokenizer": cache.tokenizer_fingerprint(tokenizer),
             "seed": seed,
             "code": cache.code_version(),
@@ -92,6 +93,7 @@ def build_datasets(
         return _torch_format(splits, stats)
 
     stats = DataStats(cache_key=key)
+    _report_shared_files(fingerprints, stats.warnings)
     tables = _select(settings, files, seed, stats)
     stats.seconds["read"] = time.perf_counter() - started
     tokenize_started = time.perf_counter()
@@ -134,6 +136,20 @@ def _select(settings: DataSettings, files: DataFiles, seed: int, stats: DataStat
     if files.test:
         tables["test"] = read_files(files.test, settings, stats.files, notes)
     return tables
+
+
+def _report_shared_files(fingerprints: dict, notes: list) -> None:
+    """A validation or test file with a training file's content (the same file named
+    twice, or a copy) measures memory, not generalization: say so."""
+    training = {digest: path for source in fingerprints["train"] for path, digest in source}
+    for split in ("validation", "test"):
+        for path, digest in fingerprints[split]:
+            if digest in training:
+                warn(
+                    f"{split} file {path} holds the same data as training file "
+                    f"{training[digest]}: its loss will not show overfitting",
+                    notes,
+                )
 
 
 def _torch_format(splits: dict, stats: DataStats) -> DataSplits:

@@ -84,3 +84,12 @@ def test_a_single_record_is_not_split(tmp_path, tokenizer):
         splits = _build(tokenizer, train=path)
     assert len(splits.train) == 1 and splits.validation is None
     assert splits.stats.validation_from == "none"
+
+
+def test_a_validation_file_that_is_training_data_is_reported(tmp_path, tokenizer):
+    path, copy = (str(_numbered(tmp_path, name, 20)) for name in ("train.jsonl", "copy.jsonl"))
+    other = str(_numbered(tmp_path, "other.jsonl", 20, word="world"))
+    with pytest.warns(DataWarning, match="validation file .*copy.jsonl holds the same data"):
+        splits = _build(tokenizer, train=path, validation=copy, test=other)
+    assert not any("other.jsonl" in note for note in splits.stats.warnings)
+    assert any("will not show overfitting" in note for note in splits.stats.warnings)
