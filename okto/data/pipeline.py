@@ -30,7 +30,7 @@ from okto.data.errors import DataError, warn
 from okto.data.files import DataFiles
 from okto.data.packing import NO_TRAINED_TOKENS, flatten, to_rows
 from okto.data.progress import quiet_datasets
-from okto.data.selection import hold_out, shuffled, training_mix
+from okto.data.selection import hold_out, release_kept, shuffled, training_mix
 from okto.data.settings import DataSettings
 from okto.data.sources import read_files
 from okto.data.stats import DataStats, SplitStats
@@ -84,6 +84,7 @@ def build_datasets(
         }
     )
     if cache_dir is not None and (entry := cache.load(Path(cache_dir), key)) is not None:
+        release_kept()
         splits, stats = entry[0], DataStats.from_dict(entry[1])
         for note in stats.warnings:
             warn(note, [])

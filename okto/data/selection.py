@@ -84,6 +84,12 @@ def training_mix(
     return table, copy.deepcopy(mix)
 
 
+def release_kept() -> None:
+    """Drop the held training mix: a build that hits the cache never takes it, and a
+    large dataset's records would otherwise stay in memory for the whole run."""
+    _kept.clear()
+
+
 def _read_mix(settings, sources, seed: int, file_stats, notes) -> tuple[pa.Table, list[dict]]:
     tables = [
         _percent(read_files(files, settings, file_stats, notes), settings, rng(seed, PERCENT))

@@ -145,3 +145,20 @@ def test_a_first_run_reads_the_training_files_once(tmp_path, monkeypatch):
     assert len(splits.train) + len(splits.validation) == 39
     build_datasets(cfg, tokenizer, cache_dir=None)  # held once: a later build reads afresh
     assert reads == [[path], [path]]
+
+
+def test_a_cache_hit_releases_the_records_held_for_it(tmp_path):
+    """A new run folder trains (and holds the records) while the rows come from the cache."""
+    from okto.data import selection
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"record {i} says hello"}) + "\n" for i in range(40))
+    )
+    cfg = config(train=str(path), tokenizer="train", vocab_size=300)
+    for run in ("one", "two"):
+        tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / run)
+        assert selection._kept
+        splits = build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
+        assert not selection._kept
+    assert splits.stats.cache_hit
