@@ -15,19 +15,13 @@ from okto.inference.sampling import Sampler
 
 
 def build_model(config, state: dict, device, dtype):
-    """A transformers causal LM for `config` holding the weights in `state`."""
-    from transformers import AutoModelForCausalLM
+    """A transformers causal LM for `config` holding the weights in `state` (keys as stored)."""
+    from okto.package.transformers_model import causal_lm
 
     try:
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model, missing, _ = causal_lm(config, state, dtype)
     except ValueError as e:
         raise RunError(f"cannot generate with a {config.model_type!r} model: {e}") from None
-    result = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    tensors = model.state_dict(keep_vars=True)
-    loaded = {id(tensors[k]) for k in state if k in tensors}
-    # a key the weights lack is fine when tying made it the same tensor as a loaded one
-    missing = [k for k in result.missing_keys if id(tensors[k]) not in loaded]
     if missing:
         raise RunError(f"the weights lack {missing[0]} (and {len(missing) - 1} more)")
     return model.to(device).eval()

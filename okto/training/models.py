@@ -196,8 +196,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         with quiet_transformers():  # okto's model line follows
             model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
     else:
-        model = AutoModelForCausalLM.from_config(config)
-        _load_package(model, source)
+        model = _load_package(source, config)
     model = model.to(frozen_dtype or torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
@@ -242,16 +241,20 @@ def _no_padding_check(input_ids, attention_mask) -> None:
     return None
 
 
-def _load_package(model, source: ModelSource) -> None:
-    missing, unexpected = model.load_state_dict(source.package.tensors(), strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or ())
-    missing = [k for k in missing if k not in tied]
+def _load_package(source: ModelSource, config):
+    """The model holding an `.okm`'s weights, through transformers' loader (which renames the
+    keys a checkpoint stores where the model's differ: GPT-NeoX's head, MoE experts)."""
+    import torch
+
+    from okto.package.transformers_model import causal_lm
+
+    model, missing, unexpected = causal_lm(config, source.package.tensors(), torch.float32)
     if missing or unexpected:
         raise UsageError(
-            f"{source.where}: its weights do not fit a {model.config.model_type} model "
+            f"{source.where}: its weights do not fit a {config.model_type} model "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    model.tie_weights()
+    return model
 
 
 def parameters(model) -> int:

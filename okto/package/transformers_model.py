@@ -1,0 +1,29 @@
+"""Weights as a checkpoint stores them, loaded into a transformers causal LM by transformers' own loader.
+
+A checkpoint's keys are not always the model's: transformers 5 renames and
+repacks some on load (GPT-NeoX's `embed_out` is `lm_head` in memory; Mixtral's
+and Qwen2-MoE's per-expert `w1`/`w2`/`w3` or `gate/up/down_proj` become one
+stacked tensor per layer) and reverses that on save. `load_state_dict` with the
+file's keys skips the conversion, so such a model came out with its head or its
+experts missing. `from_pretrained` with the tensors as `state_dict` runs it.
+"""
+
+from __future__ import annotations
+
+
+def causal_lm(config, state: dict, dtype=None):
+    """(model, missing keys, unexpected keys) for `config` holding `state` (keys as stored);
+    keys that tying fills (a tied LM head) are not missing. ValueError for a config that has
+    no causal-LM class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    from okto.data.progress import quiet_transformers
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None:
+        raise ValueError(f"transformers has no causal-LM class for {type(config).__name__}")
+    with quiet_transformers():
+        model, info = model_class.from_pretrained(
+            None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
+        )
+    return model, sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
