@@ -27,17 +27,6 @@ from okto.errors import UsageError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-# The attention projections, by model family, when ADAPTER leaves target_modules unset.
-DEFAULT_TARGETS = {
-    "gpt2": ["attn.c_attn", "attn.c_proj"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "phi3": ["qkv_proj", "o_proj"],
-    "gpt_neox": ["query_key_value", "attention.dense"],
-    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
-}
 
 
 class LoRA(nn.Module):
@@ -80,13 +69,30 @@ def _matches(name: str, targets: list[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def default_targets(model: nn.Module) -> list[str]:
+    """The linear layers inside the model's attention modules (a class named `...Attention`), by
+    full name: the attention projections of any architecture (GPT-2's `attn.c_attn` and
+    `attn.c_proj`, Llama's `q/k/v/o_proj`, Bloom's and Falcon's `query_key_value` and `dense`),
+    where a table by model type left most families without a default."""
+    attention = [
+        name
+        for name, module in model.named_modules()
+        if type(module).__name__.endswith("Attention")
+    ]
+    return [
+        name
+        for name, module in model.named_modules()
+        if _shape(module) is not None and any(name.startswith(a + ".") for a in attention)
+    ]
+
+
 def apply_lora(model: nn.Module, adapter) -> list[str]:
     """Freeze `model`, add LoRA to the target layers; the adapted layers' names."""
-    targets = adapter.target_modules or DEFAULT_TARGETS.get(model.config.model_type)
+    targets = adapter.target_modules or default_targets(model)
     if not targets:
         raise UsageError(
-            f"ADAPTER: no default target layers for a {model.config.model_type!r} model; "
-            'set target_modules, e.g. ["q_proj", "v_proj"]'
+            f"ADAPTER: a {model.config.model_type!r} model has no attention module with linear "
+            f"layers to adapt by default; set target_modules, e.g. {_linear_names(model)}"
         )
     for param in model.parameters():
         param.requires_grad_(False)
@@ -100,12 +106,17 @@ def apply_lora(model: nn.Module, adapter) -> list[str]:
         layer.register_forward_hook(_add_update)
         adapted.append(name)
     if not adapted:
-        linear = [n for n, m in model.named_modules() if _shape(m) is not None][:6]
         raise UsageError(
             f"ADAPTER target_modules {targets} match no linear layer of this model; "
-            f"its linear layers are named like {linear}"
+            f"its linear layers are named {_linear_names(model)}"
         )
     return adapted
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    """The distinct last names of the model's adaptable layers (`q_proj`, `dense`, ...)."""
+    names = (n.rsplit(".", 1)[-1] for n, m in model.named_modules() if _shape(m) is not None)
+    return list(dict.fromkeys(names))
 
 
 def unmatched_targets(adapter, adapted: list[str]) -> list[str]:
@@ -136,7 +147,8 @@ def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> P
     """The adapter alone, in the PEFT layout, under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
-    for name, layer in lora_layers(model).items():
+    layers = lora_layers(model)
+    for name, layer in layers.items():
         prefix = f"base_model.model.{name}"
         tensors[f"{prefix}.lora_A.weight"] = layer.lora.A.detach().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = layer.lora.B.detach().contiguous()
@@ -148,12 +160,21 @@ def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> P
         "r": adapter.rank,
         "lora_alpha": adapter.alpha,
         "lora_dropout": adapter.dropout,
-        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in lora_layers(model)}),
-        "fan_in_fan_out": model.config.model_type == "gpt2",
+        "target_modules": _peft_targets(model, list(layers)),
+        "fan_in_fan_out": any(not isinstance(layer, nn.Linear) for layer in layers.values()),
         "bias": "none",
     }
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+def _peft_targets(model: nn.Module, adapted: list[str]) -> list[str]:
+    """target_modules for PEFT, which adapts every module whose name ends with one: the layers'
+    last names where those pick exactly the adapted layers, else their full names (GPT-2's
+    `c_proj` would pick the MLP's projection beside attention's)."""
+    short = sorted({name.rsplit(".", 1)[-1] for name in adapted})
+    picked = [name for name, _ in model.named_modules() if _matches(name, short)]
+    return short if sorted(picked) == sorted(adapted) else sorted(adapted)
 
 
 @torch.no_grad()

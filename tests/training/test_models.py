@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from okto.language.config import AdapterConfig
 from okto.package import export_model
-from okto.training.lora import apply_lora, merged_state_dict, unmatched_targets
+from okto.training.lora import apply_lora, merged_state_dict, save_adapter, unmatched_targets
 from tests.inference import models
 from tests.training.conftest import steps, train
 
@@ -58,6 +58,70 @@ def test_target_modules_that_match_nothing_are_named():
     assert unmatched_targets(AdapterConfig(rank=2), adapted) == []  # the defaults
 
 
+# Attention's linear layers by architecture: a table by model type had no default for most.
+ATTENTION_LAYERS = {
+    "gpt2": ({"n_layer": 2, "n_head": 2, "n_embd": 32}, ["c_attn", "c_proj"]),
+    "bloom": ({"n_layer": 2, "n_head": 2, "hidden_size": 32}, ["query_key_value", "dense"]),
+    "falcon": ({}, ["query_key_value", "dense"]),
+    "gpt_bigcode": ({"n_layer": 2, "n_head": 2, "n_embd": 32}, ["c_attn", "c_proj"]),
+    "gptj": (
+        {"n_layer": 2, "n_head": 2, "n_embd": 32, "rotary_dim": 4},
+        ["k_proj", "v_proj", "q_proj", "out_proj"],
+    ),
+    "phi": ({"intermediate_size": 64}, ["q_proj", "k_proj", "v_proj", "dense"]),
+    "qwen3": ({"intermediate_size": 64, "head_dim": 16}, ["q_proj", "k_proj", "v_proj", "o_proj"]),
+    "mixtral": (
+        {"intermediate_size": 64, "num_local_experts": 2},
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", list(ATTENTION_LAYERS))
+def test_default_lora_targets_are_the_attention_layers(arch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape, names = ATTENTION_LAYERS[arch]
+    size = {"num_hidden_layers": 2, "num_attention_heads": 2, "hidden_size": 32}
+    config = AutoConfig.for_model(
+        arch, vocab_size=50, **(shape if "n_head" in shape else size | shape)
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    adapted = apply_lora(model, AdapterConfig(rank=2))
+    attention = {n for n, m in model.named_modules() if type(m).__name__.endswith("Attention")}
+    assert len(attention) == 2
+    assert sorted(adapted) == sorted(f"{a}.{n}" for a in attention for n in names)
+
+
+def test_adapter_config_picks_the_adapted_layers_alone(tmp_path):
+    """PEFT adapts every module whose name ends with a target_modules entry: the saved entries
+    pick the adapted layers and nothing else, with fan_in_fan_out for Conv1D layers only."""
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    for model, short in (
+        (GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=50)), False),
+        (
+            GPTBigCodeForCausalLM(GPTBigCodeConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=50)),
+            False,
+        ),
+        (models.model("llama", models.tokenizer("llama")), True),
+    ):
+        adapter = AdapterConfig(rank=2)
+        adapted = apply_lora(model, adapter)
+        config = json.loads(
+            (save_adapter(model, adapter, None, tmp_path) / "adapter_config.json").read_text()
+        )
+        targets = config["target_modules"]
+        picked = [
+            n
+            for n, _ in model.named_modules()
+            if any(n == t or n.endswith("." + t) for t in targets)
+        ]
+        assert sorted(picked) == sorted(adapted)
+        assert (targets == ["k_proj", "o_proj", "q_proj", "v_proj"]) is short
+        assert config["fan_in_fan_out"] is isinstance(model, GPT2LMHeadModel)
+
+
 def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir, capfd):
     path = project(
         train="max_steps: 6",
@@ -72,7 +136,11 @@ def test_lora_run_keeps_the_base_and_saves_the_adapter(project, base_dir, capfd)
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["peft_type"] == "LORA"
-    assert sorted(config["target_modules"]) == ["c_attn", "c_proj"]
+    # exact names: PEFT adapts every module whose name ends with one, and "c_proj" ends mlp.c_proj
+    assert config["target_modules"] == [
+        f"transformer.h.{i}.attn.{n}" for i in (0, 1) for n in ("c_attn", "c_proj")
+    ]
+    assert config["fan_in_fan_out"] is True  # GPT-2's Conv1D
     base = load_file(str(base_dir / "model.safetensors"))
     final = load_file(str(run / "final" / "model.safetensors"))
     changed = set()
@@ -95,6 +163,27 @@ def test_fine_tune_from_an_okm_package(project, base_dir):
     assert train(path) == 0
     losses = [r["loss"] for r in steps()]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_fine_tune_gpt_neox_from_an_okm_package(project, tokenizer_dir, tmp_path):
+    """GPT-NeoX stores its head as embed_out, which transformers loads as lm_head: the package
+    loader went around that rename and refused the weights as not fitting the model."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    GPTNeoXForCausalLM(config).save_pretrained(str(tmp_path / "neox"))
+    tokenizer.save_pretrained(str(tmp_path / "neox"))
+    export_model(tmp_path / "neox", Path("neox.okm"), "okm")
+    assert train(project(train="max_steps: 2", model='base: "neox.okm"')) == 0
+    assert len(steps()) == 2
 
 
 def test_context_window_sizes_a_new_models_position_table(project):
