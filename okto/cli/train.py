@@ -92,6 +92,8 @@ def _arguments(args) -> list[str]:
 
 
 def _train_here(program, args) -> int:
+    import contextlib
+
     from okto.errors import OktoError
     from okto.training import TrainingFailed, TrainingInterrupted, train
     from okto.training.distributed import (
@@ -100,11 +102,20 @@ def _train_here(program, args) -> int:
         ranks_from_environment,
         record_failure,
     )
+    from okto.training.signals import Terminated, terminate_at_once
 
     ranks = ranks_from_environment()
+    # One process: a SIGTERM before or after the loop ends it with a word and exit 143 (its
+    # default kills it silently). Under torchrun, which stops a job's processes with
+    # SIGTERM when one fails, the signal keeps its default there.
+    stops = terminate_at_once() if ranks.world == 1 else contextlib.nullcontext()
     try:
-        train(program, resume=args.resume, verbose=args.verbose, show_tflops=args.show_tflops)
+        with stops:
+            train(program, resume=args.resume, verbose=args.verbose, show_tflops=args.show_tflops)
     except BaseException as error:
+        if isinstance(error, Terminated) and ranks.world == 1:
+            print("terminated (SIGTERM)", file=sys.stderr)
+            return Terminated.exit_code
         if ranks.world == 1:
             raise
         record_failure(error)

@@ -51,11 +51,12 @@ class Metric:
     unit: str
     help: str
     device: bool = False  # read from the GPU, absent on a CPU
+    whole: bool = False  # an int, not a float: what a LOG format like {step:d} formats
 
 
 METRICS: dict[str, Metric] = {
-    "step": Metric("count", "", "optimizer steps done"),
-    "epoch": Metric("count", "", "epochs done (1 after the first)"),
+    "step": Metric("count", "", "optimizer steps done", whole=True),
+    "epoch": Metric("count", "", "epochs done (1 after the first)", whole=True),
     "loss": Metric("number", "", "training loss of the last step"),
     "val_loss": Metric("number", "", "loss on the validation set, at the last evaluation"),
     "perplexity": Metric("number", "", "exp(val_loss), or exp(loss) without a validation set"),
@@ -63,9 +64,9 @@ METRICS: dict[str, Metric] = {
     "lr": Metric("number", "", "the current learning rate"),
     "grad_norm": Metric("number", "", "gradient norm before clipping"),
     "tokens_per_second": Metric("number", "", "training throughput"),
-    "gpu_memory": Metric("size", "bytes", "free memory on the GPU", device=True),
-    "gpu_usage": Metric("percent", "%", "GPU utilisation, 0 to 100", device=True),
-    "gpu_temperature": Metric("number", "°C", "GPU temperature", device=True),
+    "gpu_memory": Metric("size", "bytes", "free memory on the GPU", device=True, whole=True),
+    "gpu_usage": Metric("percent", "%", "GPU utilisation, 0 to 100", device=True, whole=True),
+    "gpu_temperature": Metric("number", "°C", "GPU temperature", device=True, whole=True),
 }
 METRIC_ALIASES = {"learning_rate": "lr", "LR": "lr"}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import string
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -337,6 +338,10 @@ class ControlBuilder:
 
     def _log(self, item: LogStatement) -> dict | None:
         if isinstance(item.value, Str):
+            problem = _unformattable(item.value.value)
+            if problem is not None:
+                self.collect.error(item.value.span, problem)
+                return None
             return {"kind": "log", "message": item.value.value}
         if isinstance(item.value, Ident):
             metric = self._metric(item.value.name, item.value.span)
@@ -366,6 +371,27 @@ def whole_number(field: str) -> bool:
     """Whether a TRAIN field holds whole numbers: its type admits int, not float."""
     options = unwrap(TrainConfig.model_fields[field].annotation)
     return int in options and float not in options
+
+
+def _unformattable(message: str) -> str | None:
+    """What is wrong with a LOG message's `{metric:format}` that cannot format that metric
+    (`{loss:d}`: the loss is not a whole number), said before the run rather than as a
+    crash mid-run; None when every format fits. Other braces are the message's own text."""
+    try:
+        parts = list(string.Formatter().parse(message))
+    except ValueError:
+        return None
+    for _, name, spec, _ in parts:
+        metric = METRIC_ALIASES.get(name, name) if name else None
+        if not spec or metric not in METRICS:
+            continue
+        whole = METRICS[metric].whole
+        try:
+            format(1 if whole else 1.5, spec)
+        except ValueError as error:
+            what = "a whole number" if whole else "a decimal number"
+            return f"LOG: {{{name}:{spec}}} cannot format {metric}, {what} ({error})"
+    return None
 
 
 def _unquoted(node: Str) -> Num | Qty:

@@ -114,7 +114,8 @@ def _log_text(action: LogAction, metrics: Mapping[str, object]) -> str:
 
 
 def _fill(text: str, metrics: Mapping[str, object]) -> str:
-    """`{step}`, `{epoch}`, `{loss:.3f}` ... filled in from the metrics; unknown names kept as written."""
+    """`{step}`, `{epoch}`, `{loss:.3f}` ... filled in from the metrics; names not measured
+    (yet) and formats their value does not take are kept as written, never a crash mid-run."""
     try:
         parts = list(string.Formatter().parse(text))
     except ValueError:  # unbalanced braces: plain text
@@ -123,12 +124,17 @@ def _fill(text: str, metrics: Mapping[str, object]) -> str:
     for literal, name, spec, _ in parts:
         out.append(literal)
         if name is not None:
-            value = metrics.get(name)
-            if value is None:
-                out.append("{" + name + (":" + spec if spec else "") + "}")
-            else:
-                out.append(format(value, spec) if spec else _format(value))
+            out.append(_filled(name, spec, metrics.get(name)))
     return "".join(out)
+
+
+def _filled(name: str, spec: str, value) -> str:
+    if value is not None:
+        try:
+            return format(value, spec) if spec else _format(value)
+        except (TypeError, ValueError):
+            pass
+    return "{" + name + (":" + spec if spec else "") + "}"
 
 
 def _format(value) -> str:

@@ -3,8 +3,10 @@
 Everything goes through one `rich` console. The progress bar (loss, learning
 rate, tokens/s, ETA) only draws on a terminal; the log lines every
 `logging_steps` and the tables are printed either way, so logs and CI output
-keep them. LOGGING.log_level `warning` leaves only warnings and the summary on
-the console, `error` only the summary (the run's log file keeps every line);
+keep them. Off a terminal (a CI log, `| tee`, a file) a line of text is never
+broken at the console's width: each stays one line to read and grep.
+LOGGING.log_level `warning` leaves only warnings and the summary on the
+console, `error` only the summary (the run's log file keeps every line);
 `debug` adds detail, as `--verbose` does.
 """
 
@@ -46,9 +48,10 @@ class Display:
 
     def print(self, *items, markup: bool = True, level: str = "info") -> None:
         """Tables, and okto's own lines with rich markup; on the console only at or above
-        LOGGING.log_level."""
+        LOGGING.log_level. Lines of text are wrapped by a terminal only, never in a file."""
         if LEVELS.index(level) >= self.level:
-            self.console.print(*items, highlight=False, markup=markup)
+            whole = not self.console.is_terminal and all(isinstance(i, str) for i in items)
+            self.console.print(*items, highlight=False, markup=markup, soft_wrap=whole)
         if self._log is not None:
             self._log.print(*items, highlight=False, markup=markup)
 

@@ -77,9 +77,11 @@ class Live:
 
 @dataclass
 class Window:
-    """Sums since the last log line."""
+    """Sums since the last log line. The loss and the norm are averaged over the steps whose
+    loss was finite; the rates and the step time over every step."""
 
     steps: int = 0
+    finite: int = 0
     loss: float = 0.0
     grad_norm: float = 0.0
     examples: int = 0
@@ -226,6 +228,7 @@ class Trainer:
         self.checkpoint_wanted = False
         self.last_checkpoint: Path | None = None
         self.last_grad_norm: float | None = None
+        self.last_rate: float | None = None  # tokens/s of the last logged window
         # This session's steps: (seconds, tokens, seconds waiting for data).
         self.session: list[tuple[float, int, float]] = []
         self.wall_seconds = 0.0
@@ -298,7 +301,7 @@ class Trainer:
         checkpoints; an outcome when the run ends here."""
         self.totals.step_loss = result.loss
         if not result.finite:
-            failed = self._nan_step()
+            failed = self._nan_step(result)
             if failed is not None:
                 return failed
         elif self.config.stability.stop_if_diverges and self.guard.diverged(result.loss):
@@ -308,7 +311,8 @@ class Trainer:
                 f"1.5x its lowest; this step's loss is {result.loss:.4g})",
             )
         else:
-            self._after_step(result, epochs_before)
+            self._record(result)
+        self._after_step(result, epochs_before)
         # A signal stops the run after this step. Processes of a job agree on it through
         # the step's own reduction, so one arriving after that stops them after the next.
         received = result.signal if self.parallel.distributed else signals.received
@@ -432,9 +436,12 @@ class Trainer:
         self.window.wait += wait
         self.session.append((seconds, result.tokens, wait))
 
-    def _nan_step(self) -> Outcome | None:
+    def _nan_step(self, result: StepResult) -> Outcome | None:
         self.totals.nan_steps += 1
-        self.metrics.write("nan", step=self.step, epoch=self.epoch)
+        # null where not finite: which of the loss and the norm it was
+        self.metrics.write(
+            "nan", step=self.step, epoch=self.epoch, loss=result.loss, grad_norm=result.grad_norm
+        )
         self.controller.fire("on_nan", self.totals.nan_steps, self._metric_values())
         if self.config.stability.stop_if_nan:
             return self._fail(
@@ -444,18 +451,25 @@ class Trainer:
         self.display.warn(f"step {self.step}: the loss is not finite; the update was skipped")
         return None
 
-    def _after_step(self, result: StepResult, epochs_before: int) -> None:
+    def _record(self, result: StepResult) -> None:
+        """A finite step's loss and norm, in the run's totals and the logging window."""
         loss, grad_norm = result.loss, result.grad_norm
         self.totals.last_loss = loss
         if self.totals.first_loss is None:
             self.totals.first_loss = loss
         self.totals.best_loss = min(self.totals.best_loss, loss)
-        self.window.steps += 1
+        self.window.finite += 1
         self.window.loss += loss
         self.window.grad_norm += grad_norm
         self.last_grad_norm = grad_norm
+
+    def _after_step(self, result: StepResult, epochs_before: int) -> None:
+        """The events of every step that did not end the run, a skipped non-finite one
+        included: it still counts, so the rules, logs, epoch ends, evaluations and
+        checkpoints due at it happen."""
+        self.window.steps += 1
         self.display.advance(
-            self.step, self.total, loss, current_lr(self.optimizer), self._window_rate()
+            self.step, self.total, result.loss, current_lr(self.optimizer), self._window_rate()
         )
         self.controller.fire("on_step_end", self.step, self._metric_values())
         if self.step % self.live.logging_steps == 0 or self.step == self.total:
@@ -599,14 +613,17 @@ class Trainer:
             "lr": current_lr(self.optimizer),
             "learning_rate": current_lr(self.optimizer),
             "grad_norm": self.last_grad_norm,
-            "tokens_per_second": self._window_rate() or None,
+            # A log line just emptied the window: the rate it logged (rules at on_eval and
+            # on_epoch_end come after the step's log line).
+            "tokens_per_second": self._window_rate() or self.last_rate,
         }
         last = self.totals.last_eval
         values["val_loss"] = last.get("val_loss")
         values["accuracy"] = last.get("accuracy")
         if "perplexity" in last:
             values["perplexity"] = last["perplexity"]
-        elif self.totals.last_loss is not None:
+        elif self.val_stream is None and self.totals.last_loss is not None:
+            # exp(loss) stands in only where no evaluation will ever come
             values["perplexity"] = math.exp(min(self.totals.last_loss, 700))
         if self.device_metrics and self.device.type == "cuda":
             values.update(_device_metrics(self.device))
@@ -619,18 +636,20 @@ class Trainer:
         window = self.window
         if not window.steps:
             return
+        finite = window.finite or math.nan  # every step of the window non-finite: nan (null)
         record = {
             "step": self.step,
             "epoch": self.epoch,
-            "loss": window.loss / window.steps,
+            "loss": window.loss / finite,
             "lr": current_lr(self.optimizer),
-            "grad_norm": window.grad_norm / window.steps,
+            "grad_norm": window.grad_norm / finite,
             "examples_per_second": window.examples / window.seconds,
             **self._rates(self._window_rate()),
             "step_ms": 1000 * window.seconds / window.steps,
             "data_wait_percent": 100 * window.wait / window.seconds,
             "memory_gb": _memory_gb(self.device),
         }
+        self.last_rate = record["tokens_per_second"]
         self.metrics.write("step", **record)
         self.display.step_line(
             {**record, "mfu_note": self.peak_note, "worker": self.worker}, self.total
@@ -801,7 +820,8 @@ class Trainer:
         self.step, self.position = state["step"], state["position"]
         self.live = Live(**state["live"])
         self._regroup(state.get("world", 1))
-        self.window = Window(**state["window"])
+        # Checkpoints written before Window.finite counted only the finite steps as steps.
+        self.window = Window(**{"finite": state["window"]["steps"], **state["window"]})
         self.totals = Totals(**state["totals"])
         self.last_grad_norm = state["last_grad_norm"]
         self.guard.load_state_dict(state["guard"])

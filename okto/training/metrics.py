@@ -4,7 +4,9 @@ One object per line, each with an `event`: `start` (the run's settings),
 `step` (every `logging_steps`), `eval`, `set` (a CONTROL rule changed a
 setting), `log` (CONTROL `LOG` lines), `save`, `nan` (a non-finite loss) and
 `summary` (how the run ended, and its totals). A resumed run appends to the same file, so the file
-tells the whole run; floats are written as JSON numbers (NaN as null). In a
+tells the whole run; floats are written as JSON numbers. Every key an event
+has is always there: a figure not measured (MFU on a CPU, the validation loss
+of a run without validation data) or not finite (a NaN loss) is null. In a
 job of several processes rank 0 writes it; the others hold a `MetricsFile`
 without a path, which writes nothing.
 """
@@ -27,7 +29,7 @@ class MetricsFile:
     def write(self, event: str, **fields) -> None:
         if self._file is None:
             return
-        record = {"event": event, **{k: _plain(v) for k, v in fields.items() if v is not None}}
+        record = {"event": event, **{k: _plain(v) for k, v in fields.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 

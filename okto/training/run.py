@@ -225,8 +225,11 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         project=config.project.name,
         device=str(settings.device),
         precision=settings.precision,
-        processes=parallel.world if parallel.distributed else None,
-        strategy=parallel.strategy if parallel.distributed else None,
+        **(
+            {"processes": parallel.world, "strategy": parallel.strategy}
+            if parallel.distributed
+            else {}
+        ),
         parameters=sum(p.numel() for p in model.parameters()),
         trainable=sum(p.numel() for p in trainer.trained),
         rows=trainer.train_stream.rows,
@@ -584,15 +587,19 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
             if parallel.is_main:
                 shutil.rmtree(final, ignore_errors=True)
             final = None
+    from okto.training.loop import peak_memory
+
     rates = trainer.throughput()
     totals = trainer.totals
     last_eval = totals.last_eval
     last = _last_loss(totals)
     finite = last is None or math.isfinite(last)
+    memory = peak_memory(trainer.device)
     trainer.metrics.write(
         "summary",
         outcome=outcome.reason,
         steps=trainer.step,
+        total_steps=trainer.total,
         epoch=trainer.epoch,
         seconds=time.perf_counter() - started,
         train_seconds=trainer.wall_seconds,
@@ -602,14 +609,17 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         best_loss=totals.best_loss if math.isfinite(totals.best_loss) else None,
         val_loss=last_eval.get("val_loss"),
         perplexity=last_eval.get("perplexity"),
+        accuracy=last_eval.get("accuracy"),
         test_loss=trainer.test_result.get("loss"),
         test_perplexity=trainer.test_result.get("perplexity"),
+        test_accuracy=trainer.test_result.get("accuracy"),
+        peak_memory_gb=memory[0],
         final=str(final) if final else None,
         checkpoint=str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
         exports=[str(p) for p in exports],
         **rates,
     )
-    _summary(trainer, outcome, rates, final, exports, paths, display, started)
+    _summary(trainer, outcome, rates, memory, final, exports, paths, display, started)
     if outcome.reason in ("nan", "diverged"):
         raise TrainingFailed(outcome.message)
     if outcome.reason == "interrupted":
@@ -630,9 +640,9 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
     )
 
 
-def _summary(trainer, outcome, rates, final, exports, paths, display, started) -> None:
-    from okto.training.loop import peak_memory
-
+def _summary(trainer, outcome, rates, memory, final, exports, paths, display, started) -> None:
+    """The summary table: the figures of the metrics file's `summary` record. `memory` is
+    (peak GB, what was measured)."""
     totals, last_eval = trainer.totals, trainer.totals.last_eval
     rows = [
         ("outcome", outcome.message),
@@ -682,8 +692,7 @@ def _summary(trainer, outcome, rates, final, exports, paths, display, started) -
             ),
             ("data wait", f"{rates['data_wait_percent']:.2f}% of step time"),
         ]
-    memory, what = peak_memory(trainer.device)
-    rows.append(("peak memory", f"{memory:.2f} GB ({what})"))
+    rows.append(("peak memory", f"{memory[0]:.2f} GB ({memory[1]})"))
     if final is not None:
         rows.append(("final model", str(final)))
     if trainer.last_checkpoint is not None:

@@ -223,6 +223,23 @@ def test_unknown_metric_in_log():
     )
 
 
+@pytest.mark.parametrize(
+    ("message", "column"),
+    [('"loss {loss:d}"', 30), ('"step {step:.2f}, lr {LR:%Y}"', 30)],
+)
+def test_a_log_format_that_cannot_format_its_metric(message, column):
+    """It parsed, and the run crashed mid-training with a ValueError when the rule fired."""
+    line, col, text = error(f"CONTROL {{ IF step == 2 {{ LOG {message} }} }}")
+    assert (line, col) == (1, column)
+    assert text.startswith("LOG: {")
+    assert "{loss:d} cannot format loss, a decimal number" in text or "{LR:%Y}" in text
+
+
+def test_log_formats_that_fit_and_braces_that_are_text_are_accepted():
+    (rule,) = rules('IF step == 2 { LOG "{step:05d} {epoch:d} {lr:.2e} {note:d} {" }')
+    assert rule.actions[0].message == "{step:05d} {epoch:d} {lr:.2e} {note:d} {"
+
+
 def test_set_of_a_field_that_cannot_change_live():
     assert error("CONTROL { IF loss > 1 { SET optimizer = sgd } }") == (
         1,

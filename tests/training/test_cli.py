@@ -277,3 +277,65 @@ def test_gpu_memory_in_metrics_adds_the_memory_column(show_memory, verbose, show
     }
     display.step_line(record, total=10)
     assert ("mem 1.25 GB" in out.getvalue()) == shown
+
+
+def test_lines_off_a_terminal_are_never_broken():
+    """A CI log or `| tee` got each long line (the data line, --verbose log lines) broken
+    at 80 columns into pieces; a terminal still wraps them itself."""
+    out = StringIO()  # not a terminal
+    display = Display(Console(file=out, width=60), verbose=True, show_tflops=True)
+    display.text("data     " + "x" * 100)
+    record = {
+        "step": 7,
+        "loss": 2.0,
+        "lr": 1e-3,
+        "grad_norm": 1.0,
+        "examples_per_second": 8.0,
+        "tokens_per_second": 256.0,
+        "tflops": 0.5,
+        "mfu": None,
+        "mfu_note": "n/a (CPU)",
+        "epoch": 0.1,
+        "step_ms": 5.0,
+        "data_wait_percent": 0.0,
+        "memory_gb": None,
+    }
+    display.step_line(record, total=10)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].endswith("x" * 100)
+    assert lines[1].startswith("step  7/10") and lines[1].endswith("data wait 0.0%")
+
+
+def test_sigterm_before_training_says_so_and_exits_143(project, capsys, monkeypatch):
+    """SIGTERM while the data or the model was being prepared killed the command without a
+    word (status -15); Ctrl-C there said `interrupted` with 130."""
+    import os
+    import signal
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(okto.training, "train", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert train(project()) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM)\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_metrics_records_have_every_documented_key_and_match_the_summary(project, capsys):
+    """On a CPU `step` lines had no mfu or memory_gb, and the summary record lacked the
+    accuracy, step count and peak memory its table shows."""
+    path = project(train="max_steps: 3 eval_steps: 3")
+    assert train(path, "--set", "TRAIN.logging_steps=3") == 0
+    step = read_metrics(Path("runs/tiny/metrics.jsonl"), "step")[0]
+    assert set(step) == {
+        *("event", "step", "epoch", "loss", "lr", "grad_norm", "examples_per_second"),
+        *("tokens_per_second", "tflops", "mfu", "step_ms", "data_wait_percent", "memory_gb"),
+    }
+    assert step["mfu"] is None and step["memory_gb"] is None
+    summary = read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[0]
+    table = " ".join(capsys.readouterr().out.split())
+    assert f"steps {summary['steps']} of {summary['total_steps']} (epoch" in table
+    assert f"accuracy {100 * summary['accuracy']:.1f}% (step 3)" in table
+    assert f"peak memory {summary['peak_memory_gb']:.2f} GB" in table
+    assert summary["test_accuracy"] is None and summary["mfu"] is None

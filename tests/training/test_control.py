@@ -1,11 +1,16 @@
-"""CONTROL's INCREASE and DECREASE at run time, against a stand-in for the trainer."""
+"""CONTROL's actions at run time against a stand-in for the trainer, and the stop signals."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 
 import okto
+from okto.language.control import LogAction, Rule
 from okto.training.control import Controller
+from okto.training.signals import StopSignals, Terminated
 
 
 class Fields:
@@ -64,3 +69,25 @@ def test_a_value_the_field_cannot_take_is_not_set():
     fields = fire("DECREASE weight_decay BY 0.05", weight_decay=0.01)
     assert fields.values["weight_decay"] == 0.0
     assert fields.lines == ["DECREASE weight_decay: -0.04 is below 0, set 0"]
+
+
+def test_a_log_format_its_value_does_not_take_is_kept_as_written():
+    """Rules not built from a file (a Program from JSON) are not checked: a LOG format that
+    did not fit its value was a ValueError that ended the run."""
+    rule = Rule(
+        kind="event", event="on_step_end", actions=[LogAction(message="{loss:d} {step:03d}")]
+    )
+    fields = Fields()
+    Controller([rule], fields).fire("on_step_end", 7, {"loss": 2.5, "step": 7})
+    assert fields.lines == ["{loss:d} 007"]
+
+
+def test_a_second_sigterm_in_the_loop_ends_at_once_with_its_own_code():
+    """It raised KeyboardInterrupt, which the command reports as Ctrl-C (130), not 143."""
+    said = []
+    with StopSignals(said.append) as signals:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.received == signal.SIGTERM and said == ["SIGTERM"]
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert Terminated.exit_code == 143

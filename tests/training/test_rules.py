@@ -107,7 +107,9 @@ CONTROL { IF step == 2 { SET learning_rate = 1e30 } }""",
     )
     result = okto.train(path)  # step 3's update takes the 1e30 rate: steps 4 to 6 are NaN
     assert result.outcome == "completed" and math.isnan(result.last_loss)
-    finite = steps()[-1]["loss"]
+    losses = [record["loss"] for record in steps()]
+    assert losses[3:] == [None, None, None]  # the non-finite steps are logged, as null
+    finite = losses[2]
     said = " ".join(capsys.readouterr().out.split())
     assert f"-> last nan (3 non-finite steps; last finite {finite:.4f}, best" in said
     summary = read_metrics(METRICS, "summary")[0]
@@ -191,3 +193,42 @@ def test_divergence_guard_and_plateau_counting():
         False,
         True,
     ]
+
+
+def test_a_skipped_non_finite_step_still_has_its_events(project):
+    """With stop_if_nan: false, a NaN step skipped its EVERY rules, its log line, the
+    evaluation and the checkpoint due at it; the next log line's step time was that of
+    every step since over the finite ones."""
+    path = project(
+        train='max_steps: 6 scheduler: "constant" eval_steps: 2 save_steps: 2',
+        extra="""STABILITY { stop_if_nan: false }
+CONTROL {
+  IF step == 2 { SET learning_rate = 1e30 }
+  EVERY 2 steps { LOG "at {step}" }
+  on_nan { SAVE checkpoint }
+}""",
+    )
+    assert train(path) == 0  # step 3's update takes the 1e30 rate: steps 4 to 6 are NaN
+    assert [r["step"] for r in read_metrics(METRICS, "nan")] == [4, 5, 6]
+    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["at 2", "at 4", "at 6"]
+    assert [r["step"] for r in read_metrics(METRICS, "eval")] == [2, 4, 6]
+    saved = [r["step"] for r in read_metrics(METRICS, "save")]
+    assert saved == [2, 4, 5, 6]  # save_steps, and on_nan's SAVE checkpoint at step 5
+    assert [r["step"] for r in steps()] == [1, 2, 3, 4, 5, 6]
+
+
+def test_rules_read_throughput_after_a_log_line_and_no_stand_in_perplexity(project):
+    """At on_eval, right after the step's log line, tokens_per_second was not measured, so
+    rules on it never fired; before the first evaluation `perplexity` read exp(training
+    loss) although validation data was there."""
+    path = project(
+        train='max_steps: 4 scheduler: "constant" eval_steps: 2',
+        extra="""CONTROL {
+  IF step == 1 { LOG "perplexity {perplexity}" }
+  on_eval { IF tokens_per_second > 0 { LOG "rate {tokens_per_second:.0f}" } }
+}""",
+    )
+    assert train(path) == 0
+    messages = [r["message"] for r in read_metrics(METRICS, "log")]
+    rates = [f"rate {r['tokens_per_second']:.0f}" for r in steps() if r["step"] in (2, 4)]
+    assert messages == ["perplexity {perplexity}", *rates]
