@@ -26,7 +26,8 @@ def _patch(model, choices, patches) -> None:
             model, modeling_gpt2.Conv1D, patches, forwards.gemm_forward, layout="in_out"
         )
     activation = choices["activation"]
-    approximate = GPT2.gelu[model.config.activation_function]
+    # okto runs the activation only where it is a GELU (a relu GPT-2 keeps it native)
+    approximate = GPT2.gelu.get(model.config.activation_function)
     if activation.impl == "okto" and activation.fused and choices["gemm"].impl != "okto":
         forwards.patch_each(
             model,
