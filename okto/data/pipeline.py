@@ -29,7 +29,7 @@ from okto.data.encode import IGNORE, Encoder
 from okto.data.errors import DataError, warn
 from okto.data.files import DataFiles
 from okto.data.packing import NO_TRAINED_TOKENS, flatten, to_rows
-from okto.data.progress import quiet_datasets
+from okto.data.progress import quiet_datasets, stage
 from okto.data.selection import hold_out, release_kept, shuffled, training_mix
 from okto.data.settings import DataSettings
 from okto.data.sources import read_files
@@ -95,11 +95,13 @@ def build_datasets(
 
     stats = DataStats(cache_key=key)
     _report_shared_files(fingerprints, stats.warnings)
+    stage("reading the data files")
     tables = _select(settings, files, seed, stats)
     stats.seconds["read"] = time.perf_counter() - started
     tokenize_started = time.perf_counter()
     splits = {}
     for name, table in tables.items():
+        stage(f"tokenizing {table.num_rows:,} {name} records")
         # datasets caps fingerprints at 64 characters, worker suffixes included.
         splits[name], split_stats = _rows(
             table, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
@@ -110,6 +112,7 @@ def build_datasets(
     if not splits["train"].num_rows:
         raise DataError("no training rows are left: every record was dropped (see the warnings)")
     if cache_dir is not None:
+        stage("writing the rows to the cache")
         save_started = time.perf_counter()
         stats.cache_bytes = cache.save(Path(cache_dir), key, splits, stats.to_dict())
         stats.cache_path = str(Path(cache_dir) / key) if stats.cache_bytes else ""

@@ -21,6 +21,7 @@ from pathlib import Path
 from okto.data import cache
 from okto.data.errors import DataError, DataWarning, warn
 from okto.data.files import DataFiles
+from okto.data.progress import stage
 from okto.data.selection import NOT_READING, TOKENIZER_SAMPLE, rng, training_mix
 from okto.data.settings import DataSettings
 from okto.data.templates import PLAIN_CHAT_TEMPLATE, ROLE_TAGS
@@ -137,8 +138,10 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
     with warnings.catch_warnings():
         # What reading finds (a cut, skipped lines) build_datasets reports once.
         warnings.simplefilter("ignore", DataWarning)
+        stage("reading the training data")
         table, _ = training_mix(settings, files.train, seed, [], [], keep=True)
     texts = sample_texts(table, seed)
+    stage(f"training a {settings.vocab_size:,}-entry tokenizer on {len(texts):,} records")
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, settings.vocab_size)
     meta = {

@@ -12,11 +12,20 @@ console, `error` only the summary (the run's log file keeps every line);
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -72,6 +81,22 @@ class Display:
         for row in rows:
             table.add_row(*(Text(cell) for cell in row))
         self.print(table, level=level)
+
+    @contextmanager
+    def working(self, what: str) -> Iterator[Callable[[str], None]]:
+        """A spinner naming long work, its current stage and the time so far, on a terminal
+        only (the line that reports the work says what it took). Yields the stage setter."""
+        spinner = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not self.console.is_terminal or self.level > LEVELS.index("info"),
+            transient=True,
+        )
+        task = spinner.add_task(what, total=None)
+        with spinner:
+            yield lambda stage: spinner.update(task, description=f"{what}: {stage}")
 
     def start(self, total: int, done: int) -> None:
         self._progress = Progress(

@@ -312,10 +312,15 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
     from transformers import AutoTokenizer
 
     from okto.data import DataWarning, build_datasets, resolve_tokenizer
+    from okto.data.progress import reporting_stages
     from okto.training import models
 
     started = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        display.working("preparing the data") as show_stage,
+        reporting_stages(show_stage),
+    ):
         warnings.simplefilter("always", DataWarning)
         with tempfile.TemporaryDirectory() as scratch:
             offline = config.env.network == "offline"

@@ -162,3 +162,28 @@ def test_a_cache_hit_releases_the_records_held_for_it(tmp_path):
         splits = build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
         assert not selection._kept
     assert splits.stats.cache_hit
+
+
+def test_data_preparation_names_its_stages_to_a_listener(tmp_path):
+    """The stages a trainer's spinner shows: reading, training the tokenizer, tokenizing each
+    split, writing the cache; nothing needs a listener."""
+    from okto.data.progress import reporting_stages
+
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"text": f"record number {i} " * 4} for i in range(40)]
+    )
+    cfg = config(train=str(path), tokenizer="train", vocab_size=300)
+    stages: list[str] = []
+    with reporting_stages(stages.append):
+        tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / "run", base_dir=tmp_path)
+        build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache", base_dir=tmp_path)
+    assert stages[0] == "reading the training data"
+    assert stages[1].startswith("training a 300-entry tokenizer on ")
+    splits = build_datasets(cfg, tokenizer, base_dir=tmp_path)  # no listener: stages go nowhere
+    held_out = splits.stats.validation.records
+    assert stages[2:] == [
+        "reading the data files",
+        f"tokenizing {40 - held_out} train records",
+        f"tokenizing {held_out} validation records",
+        "writing the rows to the cache",
+    ]

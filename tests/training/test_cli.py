@@ -339,3 +339,16 @@ def test_metrics_records_have_every_documented_key_and_match_the_summary(project
     assert f"accuracy {100 * summary['accuracy']:.1f}% (step 3)" in table
     assert f"peak memory {summary['peak_memory_gb']:.2f} GB" in table
     assert summary["test_accuracy"] is None and summary["mfu"] is None
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_long_data_preparation_shows_its_stage_on_a_terminal_only(terminal):
+    """Preparing a large dataset took minutes with nothing on screen; a terminal now shows a
+    spinner with the stage and the time so far, and it leaves no trace in a log."""
+    out = StringIO()
+    display = Display(Console(file=out, force_terminal=terminal, width=100), False, False)
+    with display.working("preparing the data") as stage:
+        stage("tokenizing 17,671 train records")
+    shown = "preparing the data: tokenizing 17,671 train records" in out.getvalue()
+    assert shown == terminal
+    assert terminal or out.getvalue() == ""
