@@ -141,7 +141,7 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
         stage("reading the training data")
         table, _ = training_mix(settings, files.train, seed, [], [], keep=True)
     texts = sample_texts(table, seed)
-    stage(f"training a {settings.vocab_size:,}-entry tokenizer on {len(texts):,} records")
+    stage(f"training the tokenizer ({settings.vocab_size:,} entries) on {len(texts):,} records")
     started = time.perf_counter()
     tokenizer = train_tokenizer(texts, settings.vocab_size)
     meta = {

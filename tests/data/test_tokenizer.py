@@ -178,7 +178,7 @@ def test_data_preparation_names_its_stages_to_a_listener(tmp_path):
         tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / "run", base_dir=tmp_path)
         build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache", base_dir=tmp_path)
     assert stages[0] == "reading the training data"
-    assert stages[1].startswith("training a 300-entry tokenizer on ")
+    assert stages[1].startswith("training the tokenizer (300 entries) on ")
     splits = build_datasets(cfg, tokenizer, base_dir=tmp_path)  # no listener: stages go nowhere
     held_out = splits.stats.validation.records
     assert stages[2:] == [
