@@ -351,13 +351,21 @@ def check_target(target: torch.Tensor, rows: int, what: str) -> None:
 def cross_entropy_reference(
     logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"
 ):
-    return torch.nn.functional.cross_entropy(
+    """`F.cross_entropy` with the kernels' rule for a target outside [0, V): a NaN row.
+
+    PyTorch raises on the CPU and fails a device assert on CUDA, which poisons the
+    process; a NaN row is just as loud, and both backends then agree."""
+    target = target.long()
+    out_of_range = (target != ignore_index) & ((target < 0) | (target >= logits.shape[-1]))
+    rows = torch.nn.functional.cross_entropy(
         logits,
-        target.long(),
+        target.masked_fill(out_of_range, 0),
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        reduction=reduction,
-    )
+        reduction="none",
+    ).masked_fill(out_of_range, float("nan"))
+    wide = rows.to(torch.promote_types(rows.dtype, torch.float32))
+    return reduce_loss(wide, (target != ignore_index).sum(), reduction, rows.dtype)
 
 
 def cross_entropy(
@@ -372,7 +380,7 @@ def cross_entropy(
 
     Same semantics and output dtype as `F.cross_entropy` for 2-D logits. Rows whose
     target is `ignore_index` contribute neither loss nor gradient. A target outside
-    [0, V) gives its row a NaN loss on the Triton path (PyTorch's reference raises). With
+    [0, V) gives its row a NaN loss (where PyTorch raises or fails a device assert). With
     `inplace_backward=True` the backward writes the gradient over `logits`
     itself (no extra logits-sized memory): use it only when nothing reads the
     logits after the loss, e.g. the fresh output of an lm_head.
