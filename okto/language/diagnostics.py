@@ -31,14 +31,24 @@ class Span:
 
 @dataclass(frozen=True)
 class Source:
-    """The text of a `.okt` file and the name it is reported under."""
+    """The text of a `.okt` file and the name it is reported under. An
+    `override` is one `BLOCK.field=value` setting (`--set`, or `overrides=` in
+    Python): it is named by its own text, and a line and column would mean
+    nothing to whoever wrote it."""
 
     text: str
     filename: str | None = None
+    override: bool = False
 
     @property
     def name(self) -> str:
+        if self.override:
+            return f"override '{self.text}'"
         return self.filename or "<string>"
+
+    def where(self, span: Span) -> str:
+        """`file:line:col`, or the override's name alone."""
+        return self.name if self.override else f"{self.name}:{span.line}:{span.column}"
 
     def line_text(self, line: int) -> str:
         """Line `line` (1-based); only `\n` ends a line, as for the parser."""
@@ -88,7 +98,7 @@ class Diagnostic:
         )
         width = max(1, min(width, len(text) - self.span.column + 1))
         lines = [
-            f"{self.source.name}:{self.span.line}:{self.span.column}: {self.severity}: {self.message}",
+            f"{self.source.where(self.span)}: {self.severity}: {self.message}",
             f"  {text}",
             f"  {prefix}{'^' * width}",
         ]

@@ -166,34 +166,43 @@ def apply_overrides(program: Program, overrides: Iterable[str]) -> Program:
 
 def _override(text: str) -> tuple[Path, Any, Location]:
     """Read one `BLOCK.field=value`: its config path, value and location."""
-    source = Source(f"--set {text}", COMMAND_LINE)
-    offset = len("--set ")
+    source = Source(text, override=True)
     collect = Collector(source)
-    whole = source.span_at(offset)
     key, equals, value_text = text.partition("=")
     if not equals:
-        _fail(collect, whole, "expected BLOCK.field=value, like TRAIN.batch_size=32")
-    path, annotation = _override_path(key.strip(), collect, whole)
-    # Pad the value so that its spans point into the whole `--set` line.
-    padded = " " * (offset + len(key) + 1) + value_text
+        _fail(
+            collect,
+            _text_span(0, len(text)),
+            "expected BLOCK.field=value, like TRAIN.batch_size=32",
+        )
+    path, annotation = _override_path(key, collect)
+    # Pad the value so that its spans point into the whole override.
+    padded = " " * (len(key) + 1) + value_text
     try:
         node = parse_value(padded, source)
     except (UnexpectedInput, OktoSyntaxError):
         # Not an .okt value (say, data/train.jsonl): take the text as a string.
         stripped = value_text.strip()
-        start = offset + len(key) + 1 + value_text.find(stripped)
-        end = start + len(stripped)
-        node = Str(Span(1, start + 1, 1, end + 1, start, end), stripped)
+        start = len(key) + 1 + value_text.find(stripped)
+        node = Str(_text_span(start, start + len(stripped)), stripped)
     value = resolve_value(collect, node, annotation, path)
     if collect.errors:
         raise OktoValidationError(collect.errors)
     return path, value, collect.locations[path]
 
 
-def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
+def _override_path(key: str, collect: Collector) -> tuple[Path, Any]:
     """`TRAIN.batch_size` -> (("train", "batch_size"), its annotation);
-    `MODEL.config.n_layer` -> (("model", "config", "n_layer"), the dict's value type)."""
-    parts = key.split(".")
+    `MODEL.config.n_layer` -> (("model", "config", "n_layer"), the dict's value type).
+    An error's caret goes under the part of `key` at fault."""
+    parts = key.strip().split(".")
+    starts = [len(key) - len(key.lstrip())]
+    for part in parts[:-1]:
+        starts.append(starts[-1] + len(part) + 1)
+
+    def at(index: int):
+        return _text_span(starts[index], starts[index] + len(parts[index]))
+
     if len(parts) == 1 and parts[0].upper() in HEADER_KEYWORDS:
         return ("project", HEADER_KEYWORDS[parts[0].upper()]), str
     block = BLOCK_KEYWORDS.get(parts[0].upper())
@@ -202,34 +211,39 @@ def _override_path(key: str, collect: Collector, span) -> tuple[Path, Any]:
         known = [k for k in BLOCK_KEYWORDS if k not in ("METRICS", "CONTROL")]
         _fail(
             collect,
-            span,
-            f"cannot set '{key}'{suggestion(parts[0], known)}",
+            at(0),
+            f"cannot set '{key.strip()}'{suggestion(parts[0], known)}",
             "write BLOCK.field=value, e.g. TRAIN.batch_size=32; blocks: " + ", ".join(known),
         )
     if len(parts) < 2:
-        _fail(collect, span, f"name a field of {parts[0].upper()}: {parts[0].upper()}.field=value")
+        _fail(collect, at(0), f"name a field of {parts[0].upper()}: {parts[0].upper()}.field=value")
     path: Path = (block,)
     annotation: Any = model
-    for part in parts[1:]:
-        where = ".".join(map(str, path))
+    for index, part in enumerate(parts[1:], start=1):
+        where = ".".join([parts[0].upper(), *parts[1:index]])
         if model is not None:
             names = spellings(model)
             if part not in names:
                 _fail(
                     collect,
-                    span,
-                    f"unknown field '{part}' in {parts[0].upper()}{suggestion(part, names)}",
+                    at(index),
+                    f"unknown field '{part}' in {where}{suggestion(part, names)}",
                 )
             path = (*path, names[part])
             annotation = model.model_fields[names[part]].annotation
         elif (value := dict_value(annotation)) is None:
-            _fail(collect, span, f"'{where}' has no fields")
+            _fail(collect, at(index), f"{where} has no fields")
         elif not part:
-            _fail(collect, span, f"name a key of {where}: {where}.KEY=value")
+            _fail(collect, at(index), f"name a key of {where}: {where}.KEY=value")
         else:  # a free-form dict (MODEL.config): the key is set or added as written
             path, annotation = (*path, part), value
         model = model_in(annotation)
     return path, annotation
+
+
+def _text_span(start: int, end: int) -> Span:
+    """The span of an override's characters `start` to `end` (one line)."""
+    return Span(1, start + 1, 1, max(end, start + 1) + 1, start, max(end, start + 1))
 
 
 def _fail(collect: Collector, span, message: str, hint: str | None = None):
@@ -248,7 +262,7 @@ def _source_map(config: OktoConfig, locations: dict[Path, Location]) -> dict[str
         location = locations.get(path)
         if location is None:
             return DEFAULT
-        if location.source.filename == COMMAND_LINE:
+        if location.source.override:
             return Origin(COMMAND_LINE)
         span = location.span
         return Origin("file", location.source.name, span.line, span.column)

@@ -159,33 +159,58 @@ def test_override_makes_a_conflict_visible():
         apply_overrides(program(TEXT), ["TRAIN.max_steps=10"])
     (diagnostic,) = caught.value.errors
     assert diagnostic.message == "set either epochs or max_steps, not both"
-    assert diagnostic.render().startswith("command line:1:23: error:")
+    assert diagnostic.render().splitlines() == [
+        "override 'TRAIN.max_steps=10': error: set either epochs or max_steps, not both",
+        "  TRAIN.max_steps=10",
+        "                  ^^",
+    ]
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("override", "message", "caret"),
     [
-        ("TRAIN.batch_size=many", "batch_size: expected a whole number, got 'many'"),
-        ("TRAIN.batch_sise=3", "unknown field 'batch_sise' in TRAIN (did you mean 'batch_size'?)"),
-        ("TRAN.epochs=3", "cannot set 'TRAN.epochs' (did you mean 'TRAIN'?)"),
-        ("TRAIN=3", "name a field of TRAIN: TRAIN.field=value"),
-        ("CONTROL.x=1", "cannot set 'CONTROL.x'"),
-        ("TRAIN.epochs", "expected BLOCK.field=value, like TRAIN.batch_size=32"),
-        ("TRAIN.epochs.x=1", "'train.epochs' has no fields"),
-        ("MODEL.config.n_layer.x=1", "'model.config.n_layer' has no fields"),
-        ("MODEL.config.=1", "name a key of model.config: model.config.KEY=value"),
+        ("TRAIN.batch_size=many", "batch_size: expected a whole number, got 'many'", "many"),
+        (
+            "TRAIN.batch_sise=3",
+            "unknown field 'batch_sise' in TRAIN (did you mean 'batch_size'?)",
+            "batch_sise",
+        ),
+        ("TRAN.epochs=3", "cannot set 'TRAN.epochs' (did you mean 'TRAIN'?)", "TRAN"),
+        ("TRAIN=3", "name a field of TRAIN: TRAIN.field=value", "TRAIN"),
+        ("CONTROL.x=1", "cannot set 'CONTROL.x'", "CONTROL"),
+        ("TRAIN.epochs", "expected BLOCK.field=value, like TRAIN.batch_size=32", "TRAIN.epochs"),
+        ("TRAIN.epochs.x=1", "TRAIN.epochs has no fields", "x"),
+        ("MODEL.config.n_layer.x=1", "MODEL.config.n_layer has no fields", "x"),
+        ("MODEL.config.=1", "name a key of MODEL.config: MODEL.config.KEY=value", "="),
         (
             "MODEL.config.n_layer=[1, 2]",
             "config.n_layer: expected a number, a string or true or false, got a list",
+            "[1, 2]",
         ),
-        ("MODEL.adapter={ rnk: 2 }", "unknown field 'rnk' in adapter (did you mean 'rank'?)"),
+        (
+            "MODEL.adapter={ rnk: 2 }",
+            "unknown field 'rnk' in adapter (did you mean 'rank'?)",
+            "rnk",
+        ),
+        (
+            "MODEL.adapter.rnk=2",
+            "unknown field 'rnk' in MODEL.adapter (did you mean 'rank'?)",
+            "rnk",
+        ),
     ],
 )
-def test_override_errors(override, message):
+def test_override_errors_name_the_override_and_point_at_its_fault(override, message, caret):
     with pytest.raises(OktoValidationError) as caught:
         apply_overrides(program(TEXT), [override])
-    assert caught.value.errors[0].message == message
-    assert caught.value.errors[0].source.name == "command line"
+    error = caught.value.errors[0]
+    assert error.message == message
+    head, shown, marks = error.render().splitlines()[:3]
+    # No "command line:1:24": a library user wrote no command line.
+    assert head == f"override '{override}': error: {message}"
+    assert shown == f"  {override}"
+    start = marks.index("^") - 2
+    assert override[start : start + len(marks.strip())] == caret
+    assert str(caught.value).startswith(f"override '{override}': error:")
 
 
 def test_overrides_keep_the_original_program():

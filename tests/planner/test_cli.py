@@ -88,3 +88,14 @@ def test_gpu_file_on_a_cpu_machine_exits_4(okt, capsys, as_json):
     out = capsys.readouterr()
     message = json.loads(out.out)["error"] if as_json else out.err
     assert "ENV.accelerator" in message and "no" in message
+
+
+def test_a_bad_set_names_the_override(okt, capsys):
+    """It read 'command line:1:24', a position in no text the user wrote."""
+    assert main(["plan", "-f", okt(TINY_GPT2), "--set", "TRAIN.batch_size=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[:3] == [
+        "override 'TRAIN.batch_size=abc': error: batch_size: expected a whole number, got 'abc'",
+        "  TRAIN.batch_size=abc",
+        "                   ^^^",
+    ]
