@@ -80,19 +80,22 @@ def check_same_device(*tensors: torch.Tensor) -> None:
         raise KernelError(f"inputs are on different devices ({names}); move them to one device")
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """`float16`, not `torch.float16`, in messages."""
+    return str(dtype).removeprefix("torch.")
+
+
 def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) -> None:
     """Refuse a dtype the op lacks, on every backend alike (the reference would take more)."""
     if t.dtype not in allowed:
-        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        names = ", ".join(dtype_name(d) for d in allowed)
         # float64 is NumPy's default, so the usual way to get here from a NumPy array.
         cast = (
             " (cast first: x.float(), or a.astype(numpy.float32) for a NumPy array)"
             if t.dtype == torch.float64 and torch.float32 in allowed
             else ""
         )
-        raise KernelError(
-            f"{what} has dtype {str(t.dtype).removeprefix('torch.')}; supported: {names}{cast}"
-        )
+        raise KernelError(f"{what} has dtype {dtype_name(t.dtype)}; supported: {names}{cast}")
 
 
 # Tests set OKTO_POISON_OUTPUTS=1 so that any output element a kernel fails to write is

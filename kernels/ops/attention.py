@@ -1135,7 +1135,7 @@ def _check_inputs(floats: dict[str, torch.Tensor], *others: torch.Tensor) -> Non
     for name, t in floats.items():
         backend.check_dtype(t, DTYPES, name)
     if len({t.dtype for t in floats.values()}) > 1:
-        kinds = ", ".join(f"{n} {str(t.dtype).removeprefix('torch.')}" for n, t in floats.items())
+        kinds = ", ".join(f"{n} {backend.dtype_name(t.dtype)}" for n, t in floats.items())
         raise backend.KernelError(f"attention inputs must share one dtype; got {kinds}")
 
 
@@ -1143,7 +1143,7 @@ def _check_lengths(lens: torch.Tensor, batch: int, what: str) -> None:
     if lens.shape != (batch,) or lens.dtype not in (torch.int32, torch.int64):
         raise backend.KernelError(
             f"{what} must be an int32/int64 tensor of shape ({batch},); "
-            f"got {str(lens.dtype).removeprefix('torch.')} {tuple(lens.shape)}"
+            f"got {backend.dtype_name(lens.dtype)} {tuple(lens.shape)}"
         )
 
 
@@ -1170,7 +1170,7 @@ def attention(
     ):
         raise backend.KernelError(
             f"key_padding_mask must be bool of shape ({b}, {skv}); got "
-            f"{str(key_padding_mask.dtype).removeprefix('torch.')} {tuple(key_padding_mask.shape)}"
+            f"{backend.dtype_name(key_padding_mask.dtype)} {tuple(key_padding_mask.shape)}"
         )
     if seq_lens is not None:
         _check_lengths(seq_lens, b, "seq_lens")

@@ -782,8 +782,8 @@ def _check(a, b, bias, residual, activation) -> None:
     for t, what in zip(tensors, ("A", "B", "bias", "residual")[: len(tensors)], strict=True):
         if t.dtype != a.dtype:
             raise backend.KernelError(
-                f"{what} has dtype {str(t.dtype).removeprefix('torch.')} but A has "
-                f"{str(a.dtype).removeprefix('torch.')}; all operands must share one dtype"
+                f"{what} has dtype {backend.dtype_name(t.dtype)} but A has "
+                f"{backend.dtype_name(a.dtype)}; all operands must share one dtype"
             )
 
 
@@ -815,13 +815,45 @@ def gemm(
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """`a @ b` for 2-D or 3-D operands (see `gemm`)."""
-    return gemm(a, b)
+    """`a @ b` with `torch.matmul`'s shapes: 1-D operands, and batch dimensions that
+    broadcast, flattened into the kernel's one batch dimension (see `gemm`)."""
+    same_batch = a.dim() < 3 or b.dim() < 3 or a.shape[0] == b.shape[0]
+    if min(a.dim(), b.dim()) >= 2 and max(a.dim(), b.dim()) <= 3 and same_batch:
+        return gemm(a, b)
+    if a.dim() == 0 or b.dim() == 0:
+        raise backend.KernelError(
+            f"matmul takes operands of one dimension or more, got shapes {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+    a2 = a.unsqueeze(0) if a.dim() == 1 else a
+    b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise backend.KernelError(
+            f"inner dimensions differ: {tuple(a.shape)} @ {tuple(b.shape)} "
+            f"({a2.shape[-1]} != {b2.shape[-2]})"
+        )
+    try:
+        batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    except RuntimeError:
+        raise backend.KernelError(
+            f"batch dimensions do not broadcast: {tuple(a.shape)} @ {tuple(b.shape)}"
+        ) from None
+
+    def flat(x: torch.Tensor) -> torch.Tensor:
+        """A 2-D operand stays 2-D (the kernel broadcasts it); any other gets the full batch."""
+        if x.dim() == 2:
+            return x
+        return x.expand(*batch, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+
+    out = gemm(flat(a2), flat(b2)).reshape(*batch, a2.shape[-2], b2.shape[-1])
+    if a.dim() == 1:
+        out = out.squeeze(-2)
+    return out.squeeze(-1) if b.dim() == 1 else out
 
 
 def matmul_fp16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a @ b` computed in fp16 (operands cast to fp16, fp32 accumulation), returned as fp16."""
-    return gemm(a.to(torch.float16), b.to(torch.float16))
+    return matmul(a.to(torch.float16), b.to(torch.float16))
 
 
 _PUBLIC_ACTIVATIONS = {None: "none", "gelu": "gelu", "gelu_tanh": "gelu_tanh"}

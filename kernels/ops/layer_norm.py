@@ -126,7 +126,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, out_dtype=Non
     once to the sum's dtype.
     """
     norm_kernels.check_inputs(
-        x, residual, "layer_norm", out_dtype, weight=weight, bias=bias, x_bias=x_bias
+        x, residual, "layer_norm", eps, out_dtype, weight=weight, bias=bias, x_bias=x_bias
     )
     tensors = [t for t in (x, weight, bias, residual, x_bias) if t is not None]
     if not backend.use_triton(*tensors):

@@ -390,12 +390,15 @@ def check_inputs(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     what: str,
+    eps: float,
     out_dtype: torch.dtype | None = None,
     **params,
 ) -> None:
     """Dtype, shape and device checks shared by both norms; `params` are the [N] vectors
     (weight, bias, x_bias; each may be None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
+    if not eps >= 0:  # also refuses NaN
+        raise backend.KernelError(f"{what} eps={eps} must be >= 0 (it keeps 1/sqrt finite)")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise backend.KernelError(
             f"{what} normalises the last dimension; got shape {tuple(x.shape)}"
@@ -414,12 +417,16 @@ def check_inputs(
             )
         tensors.append(p)
     if residual is not None:
-        mixed_ok = torch.float32 in (x.dtype, residual.dtype) and residual.dtype in DTYPES
-        if residual.shape != x.shape or (residual.dtype != x.dtype and not mixed_ok):
+        if residual.shape != x.shape:
             raise backend.KernelError(
-                f"{what} residual is {residual.dtype} {tuple(residual.shape)}; it must have the "
-                f"input's shape {tuple(x.shape)} and its dtype {x.dtype} (or one of the two "
-                "float32)"
+                f"{what} residual has shape {tuple(residual.shape)}; expected the input's "
+                f"{tuple(x.shape)}"
+            )
+        mixed_ok = torch.float32 in (x.dtype, residual.dtype) and residual.dtype in DTYPES
+        if residual.dtype != x.dtype and not mixed_ok:
+            raise backend.KernelError(
+                f"{what} residual is {backend.dtype_name(residual.dtype)} and the input "
+                f"{backend.dtype_name(x.dtype)}; use one dtype, or make one of the two float32"
             )
         tensors.append(residual)
     elif params.get("x_bias") is not None:

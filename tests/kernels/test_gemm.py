@@ -231,6 +231,27 @@ def test_batched_forward_backward(a_shape, b_shape, a_permuted):
     _check_against_float64(fn, ref, [a, b, bias, res], TOL[dtype])
 
 
+@pytest.mark.parametrize(
+    "a_shape, b_shape",
+    [
+        ((71,), (71, 53)),
+        ((37, 71), (71,)),
+        ((71,), (71,)),
+        ((2, 3, 37, 71), (2, 3, 71, 53)),  # [B, H, S, D] style
+        ((2, 1, 37, 71), (1, 3, 71, 53)),  # both broadcast
+        ((1, 37, 71), (3, 71, 53)),  # 3-D with a batch of one
+        ((37, 71), (2, 3, 71, 53)),
+        ((71,), (2, 3, 71, 53)),
+        ((2, 3, 37, 71), (71,)),
+    ],
+)
+def test_matmul_takes_torch_matmul_shapes(a_shape, b_shape):
+    """matmul refused 1-D and 4-D operands that `torch.matmul` (and `a @ b`) take: they are
+    promoted and their batch dimensions broadcast and flattened into the kernel's one."""
+    a, b = _operands(a_shape, b_shape, torch.float32)
+    _check_against_float64(matmul, torch.matmul, [a, b], TOL[torch.float32])
+
+
 def test_backward_recomputes_an_unsaved_preactivation_and_takes_broadcast_grads():
     a, b = _operands((2, 37, 71), (71, 53), torch.float32)
     bias = torch.randn(53, device=DEVICE)
@@ -357,10 +378,14 @@ def test_errors_name_the_problem():
     a, b = torch.randn(4, 6), torch.randn(6, 3)
     with pytest.raises(KernelError, match="inner dimensions"):
         matmul(a, torch.randn(5, 3))
-    with pytest.raises(KernelError, match="batch sizes"):
+    with pytest.raises(KernelError, match="do not broadcast"):
         matmul(torch.randn(2, 4, 6), torch.randn(3, 6, 3))
-    with pytest.raises(KernelError, match="2-D or 3-D"):
-        matmul(torch.randn(6), b)
+    with pytest.raises(KernelError, match="batch sizes"):
+        gemm(torch.randn(2, 4, 6), torch.randn(3, 6, 3))
+    with pytest.raises(KernelError, match="one dimension or more"):
+        matmul(torch.tensor(2.0), b)
+    with pytest.raises(KernelError, match=r"\(6,\) @ \(5, 3\)"):
+        matmul(torch.randn(6), torch.randn(5, 3))
     with pytest.raises(KernelError, match="dtype"):
         matmul(a.half(), b)
     with pytest.raises(KernelError, match="supported"):

@@ -241,10 +241,15 @@ def test_bad_inputs_raise():
         layer_norm(x.double())
     with pytest.raises(KernelError, match="weight has shape"):
         rms_norm(x, torch.ones(7, device=DEVICE))
-    with pytest.raises(KernelError, match="residual"):
+    with pytest.raises(KernelError, match=r"residual has shape \(4, 4\); expected the input's"):
         layer_norm(x, residual=x[:, :4])
-    with pytest.raises(KernelError, match="residual"):
+    with pytest.raises(KernelError, match="residual is float16 and the input bfloat16"):
         rms_norm(x.bfloat16(), residual=x.half())
+    for eps in (-1e-5, float("nan")):  # a NaN output for every row, with no word why
+        with pytest.raises(KernelError, match="eps"):
+            layer_norm(x, eps=eps)
+        with pytest.raises(KernelError, match="eps"):
+            rms_norm(x, eps=eps)
     with pytest.raises(KernelError, match="out_dtype"):
         layer_norm(x, out_dtype=torch.float64)
     with pytest.raises(KernelError, match="x_bias only with a residual"):
