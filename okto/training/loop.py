@@ -225,6 +225,7 @@ class Trainer:
         )
         self.batches: Batches | None = None
         self.stop_reason: str | None = None
+        self.finishing = False  # past the last step: the final evaluation and checkpoint
         self.checkpoint_wanted = False
         self.last_checkpoint: Path | None = None
         self.last_grad_norm: float | None = None
@@ -290,7 +291,7 @@ class Trainer:
                 if self.stop_reason is not None:
                     break
                 self._recompute_if_stale()
-            return self._finish()
+            return self._finish(signals)
         finally:
             if self.ahead is not None:  # computed for a step that will not run
                 self.optimizer.zero_grad(set_to_none=True)
@@ -493,14 +494,26 @@ class Trainer:
         if self.checkpoint_wanted:
             self._checkpoint()
 
-    def _finish(self) -> Outcome:
+    def _finish(self, signals: StopSignals) -> Outcome:
+        """The final evaluation, the test split and the last checkpoint. A stop signal
+        during them ends the run as interrupted once the phase in progress is done, with a
+        checkpoint of the last step, from which --resume auto does what is left."""
+        self.finishing = True
         if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
             self._evaluate()
-        if self.test_stream is not None:
+        if self.test_stream is not None and not self._received(signals):
             self._test()
-        if self.config.train.save_strategy != "no" or self.checkpoint_wanted:
+        received = self._received(signals)
+        if self.config.train.save_strategy != "no" or self.checkpoint_wanted or received:
             self._checkpoint()
         self._log_window()  # after the checkpoint, which keeps the window for a resumed run
+        if received:
+            return Outcome(
+                "interrupted",
+                f"interrupted after the last step ({self.step}), before the final model was "
+                "saved; --resume auto finishes the run",
+                128 + received,
+            )
         if self.stop_reason == "early_stopping":
             return Outcome("early_stopping", f"early stopping at step {self.step}")
         if self.stop_reason is not None:
@@ -511,9 +524,17 @@ class Trainer:
         path = self._checkpoint()
         return Outcome(reason, f"{message}. Saved a checkpoint: {path}")
 
+    def _received(self, signals: StopSignals) -> int:
+        """The stop signal received so far (0: none); in a job, the largest any process
+        received, so that every process stops at the same point."""
+        if not self.parallel.distributed:
+            return signals.received or 0
+        return int(self.parallel.largest(signals.received or 0).item())
+
     def _on_signal(self, name: str) -> None:
+        when = "before the final model is saved" if self.finishing else "after this step"
         self.display.print(
-            f"[yellow]{name}: stopping after this step and saving a checkpoint "
+            f"[yellow]{name}: stopping {when}, with a checkpoint "
             "(press Ctrl-C again to quit at once)[/yellow]"
         )
 

@@ -566,32 +566,12 @@ def _logging_steps(program) -> int:
 
 def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started):
     """Final model, adapter and exports for a run that ended well; the summary in any case."""
-    import torch
-
-    from okto.training.lora import save_adapter
-    from okto.training.outputs import export
-
-    config, model, parallel = program.config, trainer.model, trainer.parallel
     final, exports = None, []
-    keep = config.output.save_model
-    # an EXPORT block in the file, empty or not, or an EXPORT field on the command line
-    asked = str(program.source_map.get("export", "default")) != "default"
-    if outcome.reason in ("completed", "stopped", "early_stopping") and (keep or asked):
-        # With OUTPUT.save_model: false the exports are made from a folder removed after.
-        final = paths.final if keep else paths.run / ".tmp-final-for-export"
-        _save_final(parallel, model, adapted, tokenizer, program.to_dict(), final)
-        if keep and config.output.save_optimizer:
-            optimizer = parallel.optimizer_state_to_save(model, trainer.optimizer)
-            if optimizer is not None:
-                torch.save(optimizer, final / "optimizer.pt")
-        if keep and adapted and parallel.is_main:
-            save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
-        if asked and parallel.is_main:
-            exports = export(final, config.export, paths.export, paths.name)
-        if not keep:
-            if parallel.is_main:
-                shutil.rmtree(final, ignore_errors=True)
-            final = None
+    if outcome.reason in ("completed", "stopped", "early_stopping"):
+        try:
+            final, exports = _save_outputs(trainer, program, paths, tokenizer, adapted)
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `Terminated`
+            outcome = _interrupted_saving(trainer, stop)
     from okto.training.loop import peak_memory
 
     rates = trainer.throughput()
@@ -642,6 +622,59 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         checkpoint=trainer.last_checkpoint,
         metrics_file=paths.metrics,
         exports=exports,
+    )
+
+
+def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | None, list]:
+    """The final model (with its optimizer state and LoRA adapter when asked) and the
+    EXPORT outputs: (the final folder or None, the exports)."""
+    import torch
+
+    from okto.training.lora import save_adapter
+    from okto.training.outputs import export
+
+    config, model, parallel = program.config, trainer.model, trainer.parallel
+    keep = config.output.save_model
+    # an EXPORT block in the file, empty or not, or an EXPORT field on the command line
+    asked = str(program.source_map.get("export", "default")) != "default"
+    if not (keep or asked):
+        return None, []
+    # With OUTPUT.save_model: false the exports are made from a folder removed after.
+    final = paths.final if keep else paths.run / ".tmp-final-for-export"
+    try:
+        _save_final(parallel, model, adapted, tokenizer, program.to_dict(), final)
+        if keep and config.output.save_optimizer:
+            optimizer = parallel.optimizer_state_to_save(model, trainer.optimizer)
+            if optimizer is not None:
+                torch.save(optimizer, final / "optimizer.pt")
+        if keep and adapted and parallel.is_main:
+            save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
+        exports = (
+            export(final, config.export, paths.export, paths.name)
+            if asked and parallel.is_main
+            else []
+        )
+    finally:
+        if not keep and parallel.is_main:
+            shutil.rmtree(final, ignore_errors=True)
+    return (final if keep else None), exports
+
+
+def _interrupted_saving(trainer, stop: KeyboardInterrupt):
+    """The outcome of a run stopped while its final model or exports were being written:
+    they are incomplete, and the last checkpoint, when there is one, holds every step."""
+    from okto.training.loop import Outcome
+    from okto.training.signals import Terminated
+
+    checkpoint = trainer.last_checkpoint
+    resume = (
+        f"the checkpoint {checkpoint} holds every step: --resume auto writes them"
+        if checkpoint is not None and checkpoint.name == f"step-{trainer.step:07d}"
+        else "no checkpoint holds the last step (save_strategy), so they are lost"
+    )
+    exit_code = Terminated.exit_code if isinstance(stop, Terminated) else 130
+    return Outcome(
+        "interrupted", f"interrupted while saving the final model and exports; {resume}", exit_code
     )
 
 

@@ -95,13 +95,13 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(project, monkeypatch, c
     def log_and_kill(self, text):
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(Trainer, "log", log_and_kill)
     path = project(train=SCHEDULE, extra='CONTROL { IF step == 5 { LOG "now" } }')
-    assert train(path) == 143
+    with monkeypatch.context() as patches:  # undo() would also undo the test's own folder
+        patches.setattr(Trainer, "log", log_and_kill)
+        assert train(path) == 143
     assert "resume with --resume auto" in capsys.readouterr().err
     assert ckpt.latest_checkpoint(Path("runs/tiny/checkpoints")).name == "step-0000005"
     assert not Path("runs/tiny/final").exists()
-    monkeypatch.undo()
     assert train(path, "--resume", "auto") == 0
     assert [r["step"] for r in steps()] == list(range(1, 13))
 
