@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from okto.language.architectures import causal_lms, unknown_architecture
 from okto.language.control import Rule
 from okto.language.diagnostics import suggestion
 from okto.language.fieldtypes import (
@@ -41,20 +42,6 @@ from okto.language.fieldtypes import (
 from okto.language.quantities import Count, Percent, Quantity, Size
 
 LANGUAGE_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
-
-FROM_SCRATCH_ARCHITECTURES = (
-    "gpt2",
-    "gpt_neox",
-    "gptj",
-    "llama",
-    "mistral",
-    "qwen2",
-    "phi",
-    "phi3",
-    "gemma",
-    "opt",
-)
-"""Model types `MODEL { pretrained: false }` can build from a config alone."""
 
 REPORTED_METRICS = (
     "loss",
@@ -272,7 +259,8 @@ class ModelConfig(BlockModel):
     )
     architecture: str | None = Field(
         None,
-        description="Model type for a new model: " + ", ".join(FROM_SCRATCH_ARCHITECTURES) + ".",
+        description="Model type for a new model: any causal LM of transformers (gpt2, llama, "
+        "qwen3, mistral, mixtral, phi3, gemma2, falcon, ...).",
     )
     config: dict[str, int | float | str | bool] = Field(
         {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
@@ -298,22 +286,16 @@ class ModelConfig(BlockModel):
 
     @model_validator(mode="after")
     def _buildable(self) -> ModelConfig:
-        if self.architecture is not None:
-            self.architecture = self.architecture.lower()
+        written = self.architecture
+        if written is not None:
+            self.architecture = written.lower()
         if not self.pretrained:
             if self.architecture is None and self.base is None:
                 raise FieldConflict(
                     "pretrained", "pretrained: false needs an architecture (or a base to copy)"
                 )
-            if (
-                self.architecture is not None
-                and self.architecture not in FROM_SCRATCH_ARCHITECTURES
-            ):
-                raise FieldConflict(
-                    "architecture",
-                    f"cannot build a new '{self.architecture}' model; "
-                    f"known: {', '.join(FROM_SCRATCH_ARCHITECTURES)}",
-                )
+            if self.architecture is not None and self.architecture not in causal_lms():
+                raise FieldConflict("architecture", unknown_architecture(written))
         return self
 
 

@@ -9,8 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from okto.errors import OktoError
+from okto.errors import OktoError, UsageError
 from okto.language.config import ModelConfig
+
+try:  # transformers 5 checks config values as huggingface_hub strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # an older huggingface_hub: configs check values with ValueError alone
+    StrictDataclassError = ValueError
+
+CONFIG_ERRORS = (ValueError, TypeError, KeyError, StrictDataclassError)
+"""What a transformers config class raises for values it refuses."""
 
 
 def model_config(model: ModelConfig) -> tuple[Any | None, str]:
@@ -29,8 +37,18 @@ def model_config(model: ModelConfig) -> tuple[Any | None, str]:
 
     try:
         return AutoConfig.for_model(model_type, **values), source
-    except (ValueError, KeyError, TypeError) as error:
-        return None, f"{source}: {error}"
+    except CONFIG_ERRORS as error:
+        raise refused(model_type, error) from None
+
+
+def refused(model_type: str, error: Exception) -> UsageError:
+    """A config transformers cannot make from MODEL (its `config {}` values, mostly), said in
+    one line: `okto plan` and `okto train` stop on it with exit 2, not a traceback."""
+    cause = error.__cause__ if isinstance(error, StrictDataclassError) else None
+    detail = " ".join(str(cause or error).split())
+    return UsageError(
+        f"MODEL.config: transformers cannot make a {model_type} config from it: {detail}"
+    )
 
 
 def _base_values(base: str) -> tuple[dict | None, str]:

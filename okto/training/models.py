@@ -25,6 +25,7 @@ SIZE_TOLERANCE = 0.10
 DERIVED = {
     "head_dim": ("hidden_size", "num_attention_heads"),
     "num_key_value_heads": ("num_attention_heads",),
+    "layer_types": ("num_hidden_layers",),
 }
 
 
@@ -49,7 +50,7 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
     """Resolve MODEL into a `ModelSource`; `scratch` is a folder for an `.okm`'s tokenizer files."""
 
     if model_cfg.base is None:
-        config = _override(_new_config(model_cfg.architecture), model_cfg.config)
+        config = _new_config(model_cfg.architecture, model_cfg.config)
         return ModelSource(f"new {model_cfg.architecture}", None, config, pretrained=False)
     try:
         source = _from_base(model_cfg.base, base_dir, offline, scratch)
@@ -68,10 +69,10 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
 def _shape_without_base(model_cfg, offline: bool) -> ModelSource:
     """A new model when the hub base cannot be had: `pretrained: false` needs only its shape,
     which MODEL.architecture gives, or the base name itself when it is a model type (gpt2)."""
-    from okto.language.config import FROM_SCRATCH_ARCHITECTURES
+    from okto.language.architectures import causal_lms
 
     name = model_cfg.base
-    known = name if name in FROM_SCRATCH_ARCHITECTURES else None
+    known = name if name in causal_lms() else None
     architecture = model_cfg.architecture or known
     why = "offline" if offline else "the hub cannot be reached"
     if architecture is None:
@@ -81,14 +82,18 @@ def _shape_without_base(model_cfg, offline: bool) -> ModelSource:
             '(and config { }) to MODEL, e.g. architecture: "llama" config { hidden_size: 512 }, '
             f"or download it once where there is network (`hf download {name}`)"
         )
-    config = _override(_new_config(architecture), model_cfg.config)
+    config = _new_config(architecture, model_cfg.config)
     where = f"new {architecture} ({name!r} is not in the cache, {why}: {architecture}'s shape)"
     return ModelSource(where, name, config, pretrained=False)
 
 
-def _new_config(architecture: str | None):
-    """A fresh config of the model type MODEL.architecture names, or a message naming the fix."""
+def _new_config(architecture: str | None, overrides: dict):
+    """A fresh config of the model type MODEL.architecture names, made from MODEL.config's
+    values (so the config class derives the rest, e.g. Qwen3's layer_types from its layer
+    count), or a message naming the fix."""
     from transformers import AutoConfig
+
+    from okto.planner.model_config import CONFIG_ERRORS, refused
 
     if architecture is None:
         raise UsageError(
@@ -96,7 +101,11 @@ def _new_config(architecture: str | None):
             'name) or `architecture` with `pretrained: false` (e.g. MODEL { architecture: "gpt2" '
             "pretrained: false })"
         )
-    return AutoConfig.for_model(architecture)  # the language checked the name
+    _check_names(AutoConfig.for_model(architecture), overrides)  # the language checked the type
+    try:
+        return AutoConfig.for_model(architecture, **overrides)
+    except CONFIG_ERRORS as error:
+        raise refused(architecture, error) from None
 
 
 def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
@@ -155,6 +164,22 @@ def _config(folder: Path):
 def _override(config, overrides: dict):
     """The config rebuilt with MODEL.config's values (so derived ones, like Llama's key-value
     heads and head size, follow), refusing names the architecture does not have."""
+    from okto.planner.model_config import CONFIG_ERRORS, refused
+
+    _check_names(config, overrides)
+    if not overrides:
+        return config
+    values = config.to_dict()
+    for derived, sources in DERIVED.items():
+        if derived not in overrides and any(key in overrides for key in sources):
+            values.pop(derived, None)  # recomputed from the new values
+    try:
+        return type(config).from_dict({**values, **overrides})
+    except CONFIG_ERRORS as error:
+        raise refused(config.model_type, error) from None
+
+
+def _check_names(config, overrides: dict) -> None:
     for key in overrides:
         if not hasattr(config, key):
             known = [k for k in config.to_dict() if not k.startswith("_")]
@@ -163,13 +188,6 @@ def _override(config, overrides: dict):
             raise UsageError(
                 f"MODEL.config: a {config.model_type} model has no setting '{key}'{hint}"
             )
-    if not overrides:
-        return config
-    values = config.to_dict()
-    for derived, sources in DERIVED.items():
-        if derived not in overrides and any(key in overrides for key in sources):
-            values.pop(derived, None)  # recomputed from the new values
-    return type(config).from_dict({**values, **overrides})
 
 
 def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from okto.language import OktoConfig
+from okto.language import OktoConfig, architectures
 from okto.language.quantities import Quantity
 from tests.language.util import error, errors, program, warnings
 
@@ -391,7 +391,54 @@ def test_from_scratch_needs_an_architecture_okto_can_build():
     )
     line, column, message = error('MODEL { pretrained: false architecture: "gtp2" }')
     assert (line, column) == (1, 41)
-    assert message.startswith("cannot build a new 'gtp2' model; known: gpt2")
+    assert message == (
+        "cannot build a new 'gtp2' model: transformers has no causal LM of that model type "
+        "(did you mean 'gpt2'?)"
+    )
+
+
+@pytest.mark.parametrize("architecture", ["qwen3", "mixtral", "falcon", "Gemma2", "gpt_bigcode"])
+def test_any_causal_lm_of_transformers_builds_from_scratch(architecture):
+    """Only ten model types were accepted (gpt2, llama, ...): qwen3 or mixtral was an error."""
+    text = f'MODEL {{ pretrained: false architecture: "{architecture}" }}'
+    assert program(text).config.model.architecture == architecture.lower()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "expected"),
+    [
+        ("lamma", "(did you mean 'llama', 'mllama' or 'llama4'?)"),
+        ("LlamaForCausalLM", 'LlamaForCausalLM is a class: write its model type, "llama"'),
+        ("my-own-net", "like gpt2, llama, qwen3 or mistral"),
+        ("t5", "like gpt2, llama, qwen3 or mistral"),  # a seq2seq model: no causal LM
+    ],
+)
+def test_an_unknown_architecture_names_close_model_types(architecture, expected):
+    message = error(f'MODEL {{ pretrained: false architecture: "{architecture}" }}')[2]
+    assert message.startswith(f"cannot build a new '{architecture}' model: transformers has no")
+    assert message.endswith(expected)
+
+
+def test_the_model_types_read_from_source_are_transformers_own():
+    """okto check reads AutoModelForCausalLM's table from transformers' source (importing it
+    imports torch); the imported mappings say the same."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    expected = {
+        t: c for t, c in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.items() if t in CONFIG_MAPPING_NAMES
+    }
+    assert architectures.causal_lms() == expected
+
+
+def test_the_model_types_come_from_the_mappings_when_the_source_changes(monkeypatch):
+    monkeypatch.setattr(architectures, "_TABLE", "NO_SUCH_TABLE")
+    architectures.causal_lms.cache_clear()
+    try:
+        assert architectures.causal_lms()["qwen3"] == "Qwen3ForCausalLM"
+    finally:
+        monkeypatch.undo()
+        architectures.causal_lms.cache_clear()
 
 
 @pytest.mark.parametrize(

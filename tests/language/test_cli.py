@@ -140,12 +140,14 @@ def test_init_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
 
 def test_help_and_check_do_not_import_torch():
     example = ROOT / "examples" / "control-rules.okt"
+    scratch = ROOT / "examples" / "tiny-from-scratch.okt"
     script = textwrap.dedent(
         f"""
         import sys
         from okto.cli import main
         main(["--help"])
         assert main(["check", "-f", {str(example)!r}]) == 0
+        assert main(["check", "-f", {str(scratch)!r}]) == 0  # reads transformers' model types
         heavy = ("torch", "transformers", "datasets", "numpy", "triton")
         print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
         """

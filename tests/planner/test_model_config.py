@@ -1,0 +1,55 @@
+"""A new model's config from MODEL { architecture  config {} }: `okto plan` reads it
+(`model_config`) and `okto train` builds it (`okto.training.models.locate`); both must agree,
+for any causal LM transformers has, and refuse bad values with a message, not a traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import okto
+from okto.cli import main
+from okto.errors import UsageError
+from okto.planner import model_config
+from okto.training.models import locate
+
+QWEN3 = (
+    'MODEL { architecture: "qwen3" pretrained: false config { hidden_size: 32 '
+    "intermediate_size: 64 num_hidden_layers: 1 num_attention_heads: 2 num_key_value_heads: 1 "
+    "head_dim: 16 vocab_size: 64 } }"
+)
+
+
+def test_a_qwen3_from_scratch_plans_and_builds(tmp_path):
+    """Qwen3 was refused by the language, and training's config kept the default's 28
+    layer_types against num_hidden_layers: 1 (a StrictDataclassClassValidationError)."""
+    model = okto.parse(QWEN3).config.model
+    planned, where = model_config(model)
+    assert where == "MODEL.architecture qwen3"
+    built = locate(model, tmp_path, offline=True, scratch=tmp_path).config
+    assert planned.to_dict() == built.to_dict()
+    assert built.layer_types == ["full_attention"]
+    torch.manual_seed(0)
+    logits = AutoModelForCausalLM.from_config(built)(torch.tensor([[1, 2, 3]])).logits
+    assert logits.shape == (1, 3, 64)
+
+
+BAD_VALUE = (
+    'PROJECT "p"\nMODEL { architecture: "gpt2" pretrained: false config { n_layer: "two" } }\n'
+)
+REFUSED = (
+    "MODEL.config: transformers cannot make a gpt2 config from it: "
+    "Field 'n_layer' expected int, got str (value: 'two')"
+)
+
+
+def test_a_config_value_transformers_refuses_is_an_error(tmp_path, capsys):
+    """okto plan and okto train ended in huggingface_hub's StrictDataclassFieldValidationError."""
+    path = tmp_path / "train.okt"
+    path.write_text(BAD_VALUE)
+    assert main(["plan", "-f", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == REFUSED
+    with pytest.raises(UsageError) as caught:
+        locate(okto.load(path).config.model, tmp_path, offline=True, scratch=tmp_path)
+    assert str(caught.value) == REFUSED
