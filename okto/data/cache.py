@@ -11,10 +11,17 @@ renamed, so an interrupted write is never read; an entry that does not match
 its `entry.json` (a file cut short, missing or unreadable) is a miss: it is
 removed with a warning and rebuilt. Temporary directories an interrupted write
 left behind are removed by a later write.
+
+The cache is capped (`OKTO_DATA_CACHE_SIZE`, default 20 GB; `unlimited` turns the
+cap off): once an entry is written or read, the least recently used others are
+removed until the cache fits, never the entry in use. Reading an entry marks it
+used (its `entry.json`'s modification time), so a dataset trained on every day
+stays while last month's experiments go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -26,7 +33,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from okto.data.errors import DataWarning
+from okto.data.errors import DataError, DataWarning
 from okto.data.progress import quiet_datasets
 
 # Part of every key, the trained tokenizer's included: bump to invalidate them all.
@@ -36,6 +43,9 @@ ENTRY_FILE = "entry.json"
 ROW_LIBRARIES = ("tokenizers", "transformers", "datasets", "pyarrow")
 # A temporary directory this old is an interrupted write's, not a running one's.
 STALE_SECONDS = 3600
+SIZE_VARIABLE = "OKTO_DATA_CACHE_SIZE"
+DEFAULT_SIZE = "20GB"
+UNLIMITED = "unlimited"
 
 
 def make_key(parts: dict) -> str:
@@ -86,6 +96,8 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
             if split.num_rows != stats[name]["examples"]:
                 raise ValueError(f"{name} has {split.num_rows} rows, not {stats[name]['examples']}")
     except (OSError, ValueError, KeyError, TypeError) as error:  # json and Arrow errors included
+        if not entry.exists():
+            return None  # another run removed it meanwhile (evicted): a plain miss
         _discard(entry)
         warnings.warn(
             f"the cached data at {entry} was damaged ({_reason(error, entry)}); "
@@ -94,7 +106,59 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
             stacklevel=3,
         )
         return None
+    _mark_used(entry)
     return splits, stats, sum(sizes.values())
+
+
+def _mark_used(entry: Path) -> None:
+    """Record that the entry was used now: eviction goes by this time."""
+    with contextlib.suppress(OSError):  # a read-only cache, which no run here evicts either
+        os.utime(entry / ENTRY_FILE)
+
+
+def size_limit() -> int | None:
+    """The cache's cap in bytes from OKTO_DATA_CACHE_SIZE (default 20 GB), None when it is
+    `unlimited`; a value that is not a size is a DataError."""
+    from okto.language.quantities import Quantity
+
+    text = os.environ.get(SIZE_VARIABLE, "").strip() or DEFAULT_SIZE
+    if text.lower() == UNLIMITED:
+        return None
+    try:
+        size = Quantity.parse(text)
+    except ValueError:
+        size = None
+    if size is None or size.kind != "size" or size.base < 0:
+        raise DataError(
+            f"{SIZE_VARIABLE}={text!r} is not a size: give one like 20GB, 500MB or 2GiB, "
+            f"or {UNLIMITED!r} for no cap"
+        )
+    return int(size.base)
+
+
+def evict(cache_dir: Path, keep: str, limit: int | None) -> list[tuple[str, int]]:
+    """Remove the least recently used entries other than `keep` (the one in use) until the
+    cache holds at most `limit` bytes; the (key, bytes) of each entry removed."""
+    if limit is None:
+        return []
+    entries = []
+    for entry in cache_dir.iterdir() if cache_dir.is_dir() else ():
+        try:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue  # a write in progress, or one being removed
+            used = (entry / ENTRY_FILE).stat().st_mtime
+            entries.append((used, entry, sum(_sizes(entry).values())))
+        except OSError:
+            continue  # removed meanwhile, or an entry being written
+    total = sum(size for _, _, size in entries)
+    removed = []
+    for _, entry, size in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if entry.name != keep and _discard(entry):
+            removed.append((entry.name, size))
+            total -= size
+    return removed
 
 
 def _check_sizes(entry: Path, sizes: dict[str, int]) -> None:
@@ -160,14 +224,16 @@ def _not_written(cache_dir: Path, error: OSError) -> int:
     return 0
 
 
-def _discard(entry: Path) -> None:
-    """Move a damaged entry out of the way atomically, then delete it."""
-    trash = entry.with_name(f".{entry.name}-damaged-{os.getpid()}-{time.time_ns()}")
+def _discard(entry: Path) -> bool:
+    """Move an entry out of the way atomically, then delete it; False when another run
+    moved it first. A run reading it memory-mapped keeps its open files."""
+    trash = entry.with_name(f".{entry.name}-removed-{os.getpid()}-{time.time_ns()}")
     try:
         os.rename(entry, trash)
     except OSError:
-        return  # another run moved it first
+        return False
     shutil.rmtree(trash, ignore_errors=True)
+    return True
 
 
 def _remove_stale(cache_dir: Path) -> None:

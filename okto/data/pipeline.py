@@ -90,6 +90,7 @@ def build_datasets(
             warn(note, [])
         stats.cache_hit, stats.cache_bytes = True, entry[2]
         stats.cache_path = str(Path(cache_dir) / key)
+        _trim_cache(Path(cache_dir), key)
         stats.seconds = {"total": time.perf_counter() - started}
         return _torch_format(splits, stats)
 
@@ -116,6 +117,7 @@ def build_datasets(
         save_started = time.perf_counter()
         stats.cache_bytes = cache.save(Path(cache_dir), key, splits, stats.to_dict())
         stats.cache_path = str(Path(cache_dir) / key) if stats.cache_bytes else ""
+        _trim_cache(Path(cache_dir), key)
         stats.seconds["cache_write"] = time.perf_counter() - save_started
     stats.seconds["total"] = time.perf_counter() - started
     return _torch_format(splits, stats)
@@ -140,6 +142,26 @@ def _select(settings: DataSettings, files: DataFiles, seed: int, stats: DataStat
     if files.test:
         tables["test"] = read_files(files.test, settings, stats.files, notes)
     return tables
+
+
+def _trim_cache(cache_dir: Path, key: str) -> None:
+    """Keep the cache under its cap, removing the least recently used entries but `key`'s,
+    and say so (a warning of this run only: the entry's stored warnings are written)."""
+    limit = cache.size_limit()
+    removed = cache.evict(cache_dir, key, limit)
+    if removed:
+        freed = sum(size for _, size in removed)
+        warn(
+            f"the data cache {cache_dir} was over its {_bytes_text(limit)} cap "
+            f"({cache.SIZE_VARIABLE}): removed the {len(removed)} least recently used "
+            f"entr{'y' if len(removed) == 1 else 'ies'} ({_bytes_text(freed)}); a run that "
+            "needs one again tokenizes again",
+            [],
+        )
+
+
+def _bytes_text(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e7 else f"{size / 1e6:.2f} MB"
 
 
 def _report_shared_files(fingerprints: dict, notes: list) -> None:

@@ -163,6 +163,7 @@ def _where(setting) -> str:
 
 
 def _run(program, config, display: Display, resume, settings, parallel) -> TrainResult:
+    from okto.data import cache as data_cache
     from okto.planner import build_plan
     from okto.training.hub import go_offline
     from okto.training.lora import check_lora_reached
@@ -173,6 +174,7 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     paths = RunPaths.resolve(config)
     paths.create()
     make_folder(data_cache_dir(), "OKTO_CACHE_DIR")
+    data_cache.size_limit()  # a bad OKTO_DATA_CACHE_SIZE stops the run here, not after the data
     choice = resume or config.train.resume_from_checkpoint
     resume_from = _resume_point(choice, paths, display, parallel.is_main)
     if paths.log is not None and parallel.is_main:

@@ -6,10 +6,11 @@ import copy
 import os
 import shutil
 import time
+import warnings
 
 import pytest
 
-from okto.data import DataWarning, build_datasets, cache, files, pipeline
+from okto.data import DataError, DataWarning, build_datasets, cache, files, pipeline
 from tests.data.helpers import config, write_jsonl
 
 
@@ -159,3 +160,65 @@ def test_an_interrupted_writes_leftovers_are_removed(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
     build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
     assert not old.exists() and recent.exists()
+
+
+def _entry(cache_dir, splits):
+    return cache_dir / splits.stats.cache_key
+
+
+def test_the_least_recently_used_entries_go_past_the_cap(tmp_path, tokenizer, monkeypatch):
+    """Entries were never evicted: every change of data, tokenizer or settings added one."""
+    cache_dir = tmp_path / "cache"
+    built = {
+        word: build_datasets(
+            _cfg(write_jsonl(tmp_path / f"{word}.jsonl", _records(word))),
+            tokenizer,
+            cache_dir=cache_dir,
+        )
+        for word in ("one", "two", "three")
+    }
+    for age, word in ((300, "one"), (200, "two"), (100, "three")):
+        used = time.time() - age
+        os.utime(_entry(cache_dir, built[word]) / cache.ENTRY_FILE, (used, used))
+    sizes = {word: splits.stats.cache_bytes for word, splits in built.items()}
+    again = build_datasets(_cfg(tmp_path / "one.jsonl"), tokenizer, cache_dir=cache_dir)
+    assert again.stats.cache_hit  # "one" is now the most recently used
+    monkeypatch.setenv(cache.SIZE_VARIABLE, f"{(sizes['one'] + sizes['three']) / 1e3:.3f}KB")
+    with pytest.warns(DataWarning, match=r"removed the 1 least recently used entry \(") as said:
+        build_datasets(_cfg(tmp_path / "three.jsonl"), tokenizer, cache_dir=cache_dir)
+    assert cache.SIZE_VARIABLE in str(said[0].message)
+    remaining = {p.name for p in cache_dir.iterdir()}
+    assert remaining == {again.stats.cache_key, built["three"].stats.cache_key}
+    # A run still reading the removed entry keeps its rows (memory-mapped, open files).
+    assert built["two"].train[:]["input_ids"].shape[0] == built["two"].stats.train.examples
+
+
+def test_the_entry_in_use_stays_even_over_the_cap(tmp_path, tokenizer, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    one = write_jsonl(tmp_path / "one.jsonl", _records("one"))
+    two = write_jsonl(tmp_path / "two.jsonl", _records("two"))
+    build_datasets(_cfg(one), tokenizer, cache_dir=cache_dir)
+    monkeypatch.setenv(cache.SIZE_VARIABLE, "1KB")
+    with pytest.warns(DataWarning, match="removed the 1 least recently used entry"):
+        used = build_datasets(_cfg(two), tokenizer, cache_dir=cache_dir)
+    assert [p.name for p in cache_dir.iterdir()] == [used.stats.cache_key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing more to remove, and nothing replayed
+        hit = build_datasets(_cfg(two), tokenizer, cache_dir=cache_dir)
+    assert hit.stats.cache_hit and hit.stats.warnings == []
+
+
+@pytest.mark.parametrize("value", ["lots", "12", "-1GB", "5min"])
+def test_a_cap_that_is_not_a_size_is_refused(monkeypatch, value):
+    monkeypatch.setenv(cache.SIZE_VARIABLE, value)
+    with pytest.raises(DataError, match=f"{cache.SIZE_VARIABLE}=.* is not a size"):
+        cache.size_limit()
+
+
+def test_unlimited_keeps_every_entry(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv(cache.SIZE_VARIABLE, "Unlimited")
+    assert cache.size_limit() is None
+    for word in ("one", "two"):
+        path = write_jsonl(tmp_path / f"{word}.jsonl", _records(word))
+        build_datasets(_cfg(path), tokenizer, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -155,6 +155,14 @@ def test_an_unusable_cache_folder_is_exit_2(project, capsys, monkeypatch, tmp_pa
     assert "OKTO_CACHE_DIR: cannot make the folder" in capsys.readouterr().err
 
 
+def test_a_cache_cap_that_is_not_a_size_is_exit_2_before_any_work(project, capsys, monkeypatch):
+    monkeypatch.setenv("OKTO_DATA_CACHE_SIZE", "big")
+    assert train(project()) == 2
+    out = capsys.readouterr()
+    assert "OKTO_DATA_CACHE_SIZE='big' is not a size" in out.err
+    assert "data " not in out.out  # refused before the data was prepared
+
+
 @pytest.mark.parametrize(
     ("level", "shown", "hidden"),
     [
