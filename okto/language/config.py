@@ -76,7 +76,7 @@ class BlockModel(BaseModel):
     block itself (`INFERENCE { params { ... } }`); `not_executed` sub-blocks
     parse and warn."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
     flattened: ClassVar[tuple[str, ...]] = ()
     not_executed: ClassVar[tuple[str, ...]] = ()
 
@@ -613,7 +613,7 @@ class StabilityConfig(BlockModel):
 class OktoConfig(BaseModel):
     """Everything a `.okt` file says, with defaults for what it leaves out."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
     language_version: str = Field("1.0", description='From the `# okto_version: "x"` header.')
     project: ProjectConfig = Field(default_factory=ProjectConfig, description="Header statements.")

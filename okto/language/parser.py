@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 
 from lark import Lark, Token, Transformer, UnexpectedInput, v_args
@@ -184,11 +185,20 @@ class ToSyntax(Transformer):
 
     def number(self, meta, children):
         (token,) = children
-        return Num(_span(meta), _number(token))
+        value = _number(token)
+        self._check_finite(token, value)
+        return Num(_span(meta), value)
 
     def quantity(self, meta, children):
         (token,) = children
-        return Qty(_span(meta), Quantity.parse(token))
+        quantity = Quantity.parse(token)
+        self._check_finite(token, quantity.value)
+        return Qty(_span(meta), quantity)
+
+    def _check_finite(self, token: Token, value: int | float) -> None:
+        """`1e400` reads as infinity in floating point; no setting means that."""
+        if math.isinf(value):
+            self._error(_span(token), f"{token} is out of range", "numbers go up to about 1.8e308")
 
     def name(self, meta, children):
         (token,) = children

@@ -102,6 +102,8 @@ def _coerce(kind: Kind, bare_numbers: bool):
             raise ValueError(f"expected a {kind}, like {EXAMPLES[kind]}")
         if value.kind != kind:
             raise ValueError(f"expected a {kind}, like {EXAMPLES[kind]}; {value} is a {value.kind}")
+        if value.value < 0 and kind in ("count", "size"):
+            raise ValueError(f"a {kind} cannot be negative, got {value}")
         return value
 
     return validate

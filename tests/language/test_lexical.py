@@ -87,6 +87,30 @@ def test_negative_numbers():
     assert program("ENV { seed: -1 }").config.env.seed == -1
 
 
+@pytest.mark.parametrize("text", ["1e400", "-1e400", "1e999GB"])
+def test_a_number_beyond_floating_point_is_an_error(text):
+    """1e400 read as infinity, and learning_rate: 1e400 was a valid file."""
+    assert error(f"TRAIN {{ learning_rate: {text} }}") == (1, 24, f"{text} is out of range")
+
+
+@pytest.mark.parametrize("text", ['"1e999"', '"nan"', '"-inf"'])
+def test_a_quoted_number_must_be_finite(text):
+    message = error(f"TRAIN {{ learning_rate: {text} }}")[2]
+    assert message == f"learning_rate: expected a finite number, got '{text[1:-1]}'"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ENV { min_memory: -1GB }", "a size cannot be negative, got -1GB"),
+        ('MODEL { parameters: "-124M" }', "a count cannot be negative, got -124M"),
+    ],
+)
+def test_sizes_and_counts_are_not_negative(text, message):
+    """ENV.min_memory: -1GB and MODEL.parameters: -124M were accepted."""
+    assert error(text)[2] == message
+
+
 @pytest.mark.parametrize("unit", [u for u in UNITS if u])
 def test_every_unit_lexes_unquoted_and_quoted(unit):
     text = f'MONITOR {{ a: 12{unit}  b: "12{unit}" }}'
