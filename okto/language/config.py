@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     ValidationInfo,
     WithJsonSchema,
@@ -262,7 +263,7 @@ class ModelConfig(BlockModel):
         description="Model type for a new model: any causal LM of transformers (gpt2, llama, "
         "qwen3, mistral, mixtral, phi3, gemma2, falcon, ...).",
     )
-    config: dict[str, int | float | str | bool] = Field(
+    config: dict[str, JsonValue] = Field(
         {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
     )
     context_window: PositiveInt | None = Field(

@@ -22,7 +22,7 @@ from okto.language.config import (
     spellings,
 )
 from okto.language.control_builder import ControlBuilder
-from okto.language.diagnostics import Diagnostic, did_you_mean, suggestion
+from okto.language.diagnostics import Diagnostic, Span, did_you_mean, suggestion
 from okto.language.fieldtypes import unwrap
 from okto.language.quantities import UNITS
 from okto.language.syntax import (
@@ -277,19 +277,34 @@ class _Resolver:
             model = model_in(annotation)
             if model is not None:
                 return self._fields(node.body, model, path, where or str(path[-1]))
-            return self._plain_object(node.body, path)
+            return self._plain_object(node.body, path, where or str(path[-1]))
         if isinstance(node, ListValue):
             item = list_item(annotation)
-            return [self._value(v, item, (*path, i)) for i, v in enumerate(node.items)]
+            name = where or str(path[-1])
+            return [
+                self._value(v, item, (*path, i), f"{name}[{i}]") for i, v in enumerate(node.items)
+            ]
         return scalar(node)
 
-    def _plain_object(self, body: Body, path: Path) -> dict:
+    def _plain_object(self, body: Body, path: Path, where: str) -> dict:
         result = {}
+        seen: dict[str, Span] = {}
         for item in body:
             if isinstance(item, Field):
-                result[item.key] = self._value(item.value, None, (*path, item.key))
+                key, key_span, value = item.key, item.key_span, item.value
+            elif isinstance(item, SubBlock):  # the same as `name: { ... }`
+                key, key_span, value = item.name, item.name_span, ObjectValue(item.span, item.body)
             else:
-                self.collect.error(item.span, f"{path[-1]} holds fields written name: value")
+                self.collect.error(item.span, f"{where} holds fields written name: value")
+                continue
+            if key in seen:
+                self.collect.error(
+                    key_span,
+                    f"{key} is set twice in {where}; the first is at line {seen[key].line}",
+                )
+                continue
+            seen[key] = key_span
+            result[key] = self._value(value, None, (*path, key))
         return result
 
 

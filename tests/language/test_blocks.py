@@ -536,3 +536,37 @@ def test_all_errors_of_a_file_come_together():
         """
     )
     assert [(line, column) for line, column, _ in found] == [(2, 9), (2, 30), (3, 15), (4, 19)]
+
+
+def test_model_config_takes_lists_and_blocks():
+    """rope_scaling { ... } and layer_types [...] were errors ('expected a number, a string or
+    true or false, got a block'), so such a config could not be written."""
+    config = program(
+        """
+        MODEL {
+          architecture: "qwen3"  pretrained: false
+          config {
+            num_hidden_layers: 2
+            layer_types: ["full_attention", "sliding_attention"]
+            rope_scaling { rope_type: "linear"  factor: 2.0 }
+          }
+        }
+        """
+    ).config.model.config
+    assert config == {
+        "num_hidden_layers": 2,
+        "layer_types": ["full_attention", "sliding_attention"],
+        "rope_scaling": {"rope_type": "linear", "factor": 2.0},
+    }
+
+
+def test_a_key_set_twice_in_model_config_is_an_error():
+    """The second n_layer silently won."""
+    text = 'MODEL { architecture: "gpt2" pretrained: false config { n_layer: 2 n_layer: 3 } }'
+    assert error(text) == (1, 68, "n_layer is set twice in config; the first is at line 1")
+
+
+def test_errors_in_a_list_item_name_the_list_and_the_index():
+    """They read 'weight is set twice in 0'."""
+    text = 'DATASET { mix_datasets: [{ path: "a" weight: 100 weight: 100 }] }'
+    assert error(text)[2] == "weight is set twice in mix_datasets[0]; the first is at line 1"
