@@ -23,6 +23,7 @@ HALF = ("fp16", "bf16")
 CALLER = "caller"
 DEFAULT_SEED = 0  # an unseeded run still seeds: every run is reproducible
 LAUNCHER = "torchrun"
+MACHINE = "this machine"  # the origin of what was measured, not written or defaulted
 STRATEGIES = {
     "ddp": "a full replica per process; gradients all-reduced in buckets during the backward",
     "fsdp": "parameters, gradients and optimizer state sharded per transformer block (FSDP2)",
@@ -82,7 +83,9 @@ def resolve_settings(
         "fused_ops": from_field(
             sources,
             "accelerate.fused_ops",
-            "GELU in the MLP's first GEMM; LM head + loss as one op",
+            "GELU in the MLP's first GEMM; LM head + loss as one op"
+            if sources.config.accelerate.fused_ops
+            else "GELU after its GEMM; the logits materialised for the loss",
         ),
         "compile": _compile(sources, cuda_graphs),
         "cuda_graphs": cuda_graphs,
@@ -392,7 +395,7 @@ def _memory(
     shown = f"{total / 1e9:.1f} GB" if total is not None else None
     need = sources.config.env.min_memory
     if need is None:
-        return Setting(shown, reason=name)
+        return Setting(shown, None, MACHINE, name)
     where = sources.where("env.min_memory")
     if total is None:
         notes.append(f"{where}: cannot read {device}'s memory; not checked")

@@ -238,3 +238,20 @@ def test_optimizer_reasons(text, machine, words):
     reason = plan(text, machine).settings["optimizer"].reason
     for word in words:
         assert word in reason
+
+
+def test_memory_read_off_the_machine_says_so():
+    """Its origin read "default", as if okto had assumed 80 GB."""
+    setting = plan("", H100).settings["memory"]
+    assert (setting.value, setting.origin, setting.reason) == (
+        "80.0 GB",
+        "this machine",
+        "NVIDIA H100 80GB HBM3",
+    )
+
+
+def test_fused_ops_off_says_what_runs_instead():
+    """It read "off" beside "GELU in the MLP's first GEMM; LM head + loss as one op"."""
+    setting = plan("ACCELERATE { fused_ops: false }", H100).settings["fused_ops"]
+    assert setting.value is False
+    assert setting.reason == "GELU after its GEMM; the logits materialised for the loss"
