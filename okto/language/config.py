@@ -290,14 +290,19 @@ class ModelConfig(BlockModel):
         written = self.architecture
         if written is not None:
             self.architecture = written.lower()
-        if not self.pretrained:
-            if self.architecture is None and self.base is None:
-                raise FieldConflict(
-                    "pretrained", "pretrained: false needs an architecture (or a base to copy)"
-                )
-            if self.architecture is not None and self.architecture not in causal_lms():
-                raise FieldConflict("architecture", unknown_architecture(written))
+        if not self.pretrained and self.architecture is None and self.base is None:
+            raise FieldConflict(
+                "pretrained", "pretrained: false needs an architecture (or a base to copy)"
+            )
+        if self.builds_from_architecture and self.architecture not in causal_lms():
+            raise FieldConflict("architecture", unknown_architecture(written))
         return self
+
+    @property
+    def builds_from_architecture(self) -> bool:
+        """Whether the model is new and `architecture` gives its type: with pretrained: false,
+        or with no base at all (nothing to load weights from)."""
+        return self.architecture is not None and (not self.pretrained or self.base is None)
 
 
 class TrainConfig(BlockModel):
@@ -720,8 +725,18 @@ class OktoConfig(BaseModel):
             _warn(
                 info, ("dataset", "vocab_size"), 'vocab_size only applies with tokenizer: "train"'
             )
-        if self.model.config and self.model.pretrained:
+        model = self.model
+        if model.config and model.pretrained and not model.builds_from_architecture:
             _warn(info, ("model", "config"), "config overrides apply only with pretrained: false")
+        if model.architecture is not None and model.pretrained:
+            _warn(
+                info,
+                ("model", "architecture"),
+                "architecture has no effect: the pretrained base brings its own"
+                if model.base is not None
+                else "no base to load pretrained weights from: this builds a new model with "
+                "random weights; write pretrained: false to say so",
+            )
         if self.inference.format is not None and "{input}" not in self.inference.format:
             _warn(info, ("inference", "format"), "the prompt format has no {input} placeholder")
         if self.logging.training_file is not None and not self.logging.save_logs:

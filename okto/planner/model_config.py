@@ -24,7 +24,7 @@ CONFIG_ERRORS = (ValueError, TypeError, KeyError, StrictDataclassError)
 def model_config(model: ModelConfig) -> tuple[Any | None, str]:
     """(transformers config, where it came from), or (None, why there is none)."""
     values, source = _base_values(model.base) if model.base else (None, "")
-    if not model.pretrained and model.architecture:
+    if model.builds_from_architecture:
         values = {**(values or {}), "model_type": model.architecture}
         source = f"MODEL.architecture {model.architecture}" + (f" over {source}" if source else "")
     if values is None:

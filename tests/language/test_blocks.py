@@ -570,3 +570,30 @@ def test_errors_in_a_list_item_name_the_list_and_the_index():
     """They read 'weight is set twice in 0'."""
     text = 'DATASET { mix_datasets: [{ path: "a" weight: 100 weight: 100 }] }'
     assert error(text)[2] == "weight is set twice in mix_datasets[0]; the first is at line 1"
+
+
+def test_an_architecture_without_a_base_builds_a_new_model_and_says_so():
+    """pretrained: true (the default) with no base built a random model, silently, and its
+    config {} was called ignored although it applied."""
+    text = 'MODEL { architecture: "llama" config { num_hidden_layers: 2 } }'
+    assert warnings(text) == [
+        (
+            1,
+            23,
+            "no base to load pretrained weights from: this builds a new model with random "
+            "weights; write pretrained: false to say so",
+        )
+    ]
+    assert program(text).config.model.builds_from_architecture
+
+
+def test_an_architecture_without_a_base_is_checked():
+    """MODEL { architecture: "lamma" } passed okto check and failed in okto train."""
+    assert error('MODEL { architecture: "lamma" }')[2].startswith("cannot build a new 'lamma'")
+
+
+def test_an_architecture_beside_a_pretrained_base_has_no_effect():
+    """Public files write architecture: "transformer" next to a base: a warning, no error."""
+    assert warnings('MODEL { base: "org/model" architecture: "transformer" }') == [
+        (1, 41, "architecture has no effect: the pretrained base brings its own")
+    ]
