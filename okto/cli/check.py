@@ -35,7 +35,12 @@ def run(args) -> int:
     except OktoError as error:
         if not args.json:
             raise
-        print(json.dumps({"file": args.file, "valid": False, "errors": [{"message": str(error)}]}))
+        # The shape of every other answer: a diagnostic with no position, no warnings.
+        diagnostic = {key: None for key in ("line", "column", "end_line", "end_column", "hint")}
+        diagnostic |= {"severity": "error", "message": str(error), "file": args.file}
+        print(
+            json.dumps({"file": args.file, "valid": False, "errors": [diagnostic], "warnings": []})
+        )
         return error.exit_code
     if args.strict:
         errors = [d.as_error() for d in program.warnings if d.severity == "warning"]

@@ -90,7 +90,24 @@ def test_check_a_missing_file(tmp_path, capsys):
     assert main(["check", "-f", missing]) == 2
     assert capsys.readouterr().err == f"{missing}: no such file\n"
     assert main(["check", "-f", missing, "--json"]) == 2
-    assert json.loads(capsys.readouterr().out)["valid"] is False
+    # The shape of an invalid file's answer: editors read errors[i]["line"] and "warnings".
+    assert json.loads(capsys.readouterr().out) == {
+        "file": missing,
+        "valid": False,
+        "errors": [
+            {
+                "severity": "error",
+                "message": f"{missing}: no such file",
+                "file": missing,
+                "line": None,
+                "column": None,
+                "end_line": None,
+                "end_column": None,
+                "hint": None,
+            }
+        ],
+        "warnings": [],
+    }
 
 
 def test_check_needs_a_file(capsys):
