@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from okto.errors import RunError
 from okto.inference.ops import FUSED_ACTIVATIONS, Ops, Plan
 from okto.inference.spec import Spec
 
@@ -282,6 +283,8 @@ def hf_to_okto(spec: Spec, state: dict) -> dict:
             _fuse(out, dst + "feed_forward.w1", state, [src + "mlp.gate_proj", src + "mlp.up_proj"])
             _fuse(out, dst + "feed_forward.w2", state, [src + "mlp.down_proj"])
     if not spec.tie_embeddings:
+        if head is None:
+            raise KeyError("lm_head.weight")
         out["output.weight"] = head
     return out
 
@@ -295,13 +298,25 @@ def _fuse(out: dict, ours: str, state: dict, theirs: list[str]) -> None:
 
 
 def build(spec: Spec, state: dict, plan: Plan, device, dtype) -> Decoder:
-    """A Decoder holding the Hugging Face `state` weights on `device` in `dtype`."""
+    """A Decoder holding the Hugging Face `state` weights on `device` in `dtype`; weights that
+    do not fit the config (a tensor missing, a shape other than the config's) are a RunError."""
     with torch.device("meta"):
         model = Decoder(spec, plan)
-    weights = hf_to_okto(spec, state)
-    missing = [k for k in model.state_dict() if k not in weights and k != "output.weight"]
-    if missing:
-        raise KeyError(f"the weights lack {missing[0]}")
+    try:
+        weights = hf_to_okto(spec, state)
+    except KeyError as e:
+        raise RunError(f"the weights lack {e.args[0]}, which a {spec.family} model has") from None
+    for name, expected in model.state_dict().items():
+        got = weights.get(name)
+        if got is None and name == "output.weight" and spec.tie_embeddings:
+            continue
+        if got is None:
+            raise RunError(f"the weights lack the tensor okto calls {name}")
+        if got.shape != expected.shape:
+            raise RunError(
+                f"the weights do not fit the config: okto's {name} is {list(got.shape)} in the "
+                f"weights, {list(expected.shape)} by the config"
+            )
     model.load_state_dict(
         {k: v.to(device=device, dtype=dtype).contiguous() for k, v in weights.items()},
         strict=False,

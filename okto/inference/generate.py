@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from okto.errors import MachineError, UsageError
+from okto.errors import MachineError, RunError, UsageError
 from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
@@ -450,8 +450,8 @@ def load_model(
     if backend not in ops.BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(ops.BACKENDS)}")
     checkpoint = open_checkpoint(path)
+    config = _hf_config(checkpoint)
     tokenizer = _tokenizer(checkpoint)
-    config = _hf_config(checkpoint.config)
     device = _device(device)
     state = checkpoint.tensors()
     stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
@@ -487,33 +487,51 @@ def load_model(
     return Model(checkpoint, tokenizer, engine, defaults, context)
 
 
-def _hf_config(values: dict):
+def _hf_config(checkpoint):
+    """The transformers config object; a model type this transformers lacks is named in one
+    line (transformers' own message lists every type it knows, hundreds)."""
+    import transformers
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    values = dict(values)
+    values = dict(checkpoint.config)
     kind = values.pop("model_type", None)
+    where = f"{checkpoint.path}: its config.json"
     if kind is None:
-        raise UsageError("the model's config.json has no model_type")
+        raise UsageError(f"{where} has no model_type")
+    if kind not in CONFIG_MAPPING:
+        raise UsageError(
+            f"{where} names model type {kind!r}, which transformers "
+            f"{transformers.__version__} does not know (a newer transformers may)"
+        )
     try:
         return AutoConfig.for_model(kind, **values)
-    except ValueError as e:
-        raise UsageError(f"transformers does not know model type {kind!r}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{where} is not a valid {kind} config: {e}") from None
 
 
 def _tokenizer(checkpoint):
-    """The checkpoint's tokenizer (from a temporary folder for an `.okm`: only its tokenizer files)."""
+    """The checkpoint's tokenizer (from a temporary folder for an `.okm`: only its tokenizer
+    files). Tokenizer files that do not load are a RunError naming the model."""
     from transformers import AutoTokenizer
 
     if not checkpoint.tokenizer_files:
         raise UsageError(f"{checkpoint.path}: the model has no tokenizer files")
-    if checkpoint.package is None:
-        return AutoTokenizer.from_pretrained(checkpoint.path)
-    with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
-        for name, data in checkpoint.tokenizer_files.items():
-            (Path(folder) / name).write_bytes(data)
-        # AutoTokenizer reads the model config when tokenizer_config.json names no class
-        (Path(folder) / "config.json").write_text(json.dumps(checkpoint.config))
-        return AutoTokenizer.from_pretrained(folder)
+    try:
+        if checkpoint.package is None:
+            return AutoTokenizer.from_pretrained(checkpoint.path)
+        with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
+            for name, data in checkpoint.tokenizer_files.items():
+                (Path(folder) / name).write_bytes(data)
+            # AutoTokenizer reads the model config when tokenizer_config.json names no class
+            (Path(folder) / "config.json").write_text(json.dumps(checkpoint.config))
+            return AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # the tokenizers library raises bare Exceptions for bad files
+        detail = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise RunError(
+            f"{checkpoint.path}: its tokenizer cannot be loaded ({type(e).__name__}: "
+            f"{detail.strip()}); files: {', '.join(sorted(checkpoint.tokenizer_files))}"
+        ) from None
 
 
 def _context_window(config, tokenizer) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from okto import __version__
-from okto.errors import UsageError
+from okto.errors import RunError, UsageError
 from okto.inference.settings import (
     from_block,
     from_generation_config,
@@ -201,28 +201,63 @@ def _from_hf_dir(path: Path) -> Checkpoint:
     )
 
 
+# A Hugging Face folder's weights, in the order transformers looks for them.
+_HF_WEIGHTS = (
+    WEIGHTS,
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
 def _hf_weight_files(path: Path) -> list[Path]:
-    if (path / WEIGHTS).is_file():
-        return [path / WEIGHTS]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
+    """The folder's weight files: one, or the shards its index names."""
+    for name in _HF_WEIGHTS:
+        if (path / name).is_file():
+            return _shards(path / name) if name.endswith(".index.json") else [path / name]
+    raise UsageError(
+        f"{path}: no weights (model.safetensors or pytorch_model.bin, or their shards)"
+    )
+
+
+def _shards(index: Path) -> list[Path]:
+    """The shards a weight index names; an index that cannot be read, or that names a shard
+    the folder lacks, is a damaged model (RunError), not a missing one."""
+    try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / s for s in shards]
-    if (path / "pytorch_model.bin").is_file():
-        return [path / "pytorch_model.bin"]
-    raise UsageError(f"{path}: no weights (model.safetensors, its shards, or pytorch_model.bin)")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        raise RunError(f"{index}: not a readable shard index") from None
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise RunError(
+            f"{index.parent}: {index.name} names {len(shards)} weight shards, but {missing[0]} is "
+            f"not in the folder ({len(missing)} missing); copy the model again"
+        )
+    return [index.parent / s for s in shards]
 
 
 def _load_hf_weights(files: list[Path]) -> dict:
+    """Every tensor of the files; one that cannot be read (cut short, damaged) is a RunError
+    naming it."""
+    import pickle
+
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     tensors = {}
     for f in files:
-        if f.suffix == ".safetensors":
-            tensors.update(load_file(f))
-        else:  # weights_only: the restricted unpickler, which runs no code from the file
-            tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        try:
+            if f.suffix == ".safetensors":
+                tensors.update(load_file(f))
+            else:  # weights_only: the restricted unpickler, which runs no code from the file
+                tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except (OSError, RuntimeError, EOFError, SafetensorError, pickle.UnpicklingError) as e:
+            detail = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise RunError(
+                f"{f}: the weights cannot be read ({detail.strip()}); the file is damaged or "
+                "incomplete"
+            ) from None
     return tensors
 
 
@@ -236,7 +271,7 @@ def _index_of(blob: Path | memoryview) -> dict[str, dict]:
     try:
         return read_index(head, blob.stat().st_size)[1]
     except WeightsError as e:
-        raise UsageError(f"{blob}: not a valid safetensors file ({e})") from None
+        raise RunError(f"{blob}: not a valid safetensors file ({e})") from None
 
 
 def _dtype_name(dtype: str) -> str:
@@ -312,18 +347,11 @@ def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None)
     return out
 
 
-_OTHER_WEIGHTS = (
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
-
-
 def _model_files(folder: Path) -> set[str]:
     """The files of a model already in `folder` that okto reads or writes (config, weights,
     shards, tokenizer, generation and training configs); other files are not a model's."""
-    names = {CONFIG, WEIGHTS, GENERATION_CONFIG, TRAINING_CONFIG, *TOKENIZER_FILES, *_OTHER_WEIGHTS}
-    for index in _OTHER_WEIGHTS[:2]:
+    names = {CONFIG, GENERATION_CONFIG, TRAINING_CONFIG, *TOKENIZER_FILES, *_HF_WEIGHTS}
+    for index in (n for n in _HF_WEIGHTS if n.endswith(".index.json")):
         try:
             names.update(json.loads((folder / index).read_text())["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -1,0 +1,106 @@
+"""Hugging Face folders as users have them: sharded `.bin` weights, and folders that are
+damaged or do not hold the model their config describes, each refused in one line."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from okto.cli import main
+from okto.inference import load_model
+from okto.package import export_model, open_checkpoint
+
+
+def copy(hf_dirs, kind, tmp_path):
+    return shutil.copytree(hf_dirs[kind], tmp_path / kind)
+
+
+def edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_sharded_bin_weights_load_and_export(hf_dirs, loaded, tmp_path):
+    """pytorch_model.bin.index.json and its shards (older hub models) load like safetensors."""
+    folder = copy(hf_dirs, "gpt2", tmp_path)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({k: state[k] for k in part}, folder / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model = load_model(folder, device="cpu")
+    options = {"max_tokens": 6, "temperature": 0}
+    assert model.generate("Hello", **options)[0].token_ids == (
+        loaded["gpt2"].generate("Hello", **options)[0].token_ids
+    )
+    package = export_model(folder, tmp_path / "m.okm")
+    assert open_checkpoint(package).tensors().keys() == state.keys()
+
+
+def truncated_safetensors(folder):
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def missing_shard(folder):
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    save_file(state, folder / "model-00001-of-00002.safetensors")
+    weight_map = dict.fromkeys(state, "model-00001-of-00002.safetensors")
+    weight_map["extra"] = "model-00002-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def damaged_bin(folder):
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not really a zip")
+
+
+def broken_tokenizer(folder):
+    (folder / "tokenizer.json").write_text("{not json")
+
+
+def unknown_model_type(folder):
+    edit_config(folder, model_type="no_such_model")
+
+
+def wider_config(folder):
+    edit_config(folder, n_embd=32)
+
+
+def missing_head(folder):  # the llama here has an untied head
+    state = load_file(folder / "model.safetensors")
+    del state["lm_head.weight"]
+    save_file(state, folder / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage", "backend", "code", "words"),
+    [
+        ("gpt2", truncated_safetensors, "auto", 3, "model.safetensors: the weights cannot be read"),
+        ("gpt2", missing_shard, "auto", 3, "model-00002-of-00002.safetensors is not in the folder"),
+        ("gpt2", damaged_bin, "auto", 3, "pytorch_model.bin: the weights cannot be read"),
+        ("gpt2", broken_tokenizer, "auto", 3, "its tokenizer cannot be loaded (JSONDecodeError"),
+        ("gpt2", unknown_model_type, "auto", 2, "model type 'no_such_model', which transformers"),
+        ("gpt2", wider_config, "auto", 3, "the weights do not fit the config"),
+        ("gpt2", wider_config, "hf", 3, "is [192] in the weights, [96] by the config"),
+        ("llama", missing_head, "auto", 3, "the weights lack lm_head.weight"),
+        ("llama", missing_head, "hf", 3, "the weights lack lm_head.weight"),
+    ],
+)
+def test_a_damaged_folder_is_one_line_not_a_traceback(
+    kind, damage, backend, code, words, hf_dirs, tmp_path, capsys
+):
+    folder = copy(hf_dirs, kind, tmp_path)
+    damage(folder)
+    argv = ["infer", "-m", str(folder), "-p", "Hi", "--device", "cpu", "--backend", backend]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert words in err
+    assert len(err.strip().splitlines()) == 1, err  # no list of every model type, no load report
