@@ -22,7 +22,7 @@ QWEN3 = (
 
 
 def test_a_qwen3_from_scratch_plans_and_builds(tmp_path):
-    """Qwen3 was refused by the language, and training's config kept the default's 28
+    """Qwen3 was refused by the language, and training's config kept the default's 32
     layer_types against num_hidden_layers: 1 (a StrictDataclassClassValidationError)."""
     model = okto.parse(QWEN3).config.model
     planned, where = model_config(model)
