@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from okto import __version__
 from okto.errors import EXIT_INVALID, OktoError
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left
 
 # Subcommand modules, in the order `okto --help` lists them.
 COMMANDS = ("check", "schema", "init", "train", "plan", "bench", "infer", "chat", "export")
@@ -47,3 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # whatever read stdout stopped (`okto infer ... | head`): end quietly, as `yes | head`
+        # does, with SIGPIPE's code; stdout goes to devnull so that Python's last flush at
+        # exit does not fail again with "Exception ignored ... BrokenPipeError"
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -398,3 +398,20 @@ def test_library_follows_the_models_chat_mode_as_infer_does(hf_dirs, capsys, std
     assert g.text == record["text"]
     (plain,) = model.generate("Hello", temperature=0, max_tokens=4, mode="completion")
     assert plain.prompt_tokens == len(model.encode("Hello"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reader_that_leaves_ends_okto_quietly(okm_files, stdin, monkeypatch, stream):
+    """`okto infer ... | head`: a write after the reader left ends the run with SIGPIPE's code
+    (it was a BrokenPipeError traceback, and another at exit); stdout then goes nowhere."""
+    import os
+
+    stdin("")
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as gone:
+        monkeypatch.setattr("sys.stdout", gone)
+        argv = ["infer", "-m", str(okm_files["gpt2"]), "-p", "Hello", "--max-tokens", "3"]
+        assert main(argv + (["--stream"] if stream else [])) == 141
+        gone.write("x" * 100_000)
+        gone.flush()  # would raise BrokenPipeError: the descriptor now points at devnull
