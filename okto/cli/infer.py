@@ -8,6 +8,7 @@ record per prompt with `--json`); timings and notes go to stderr.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,21 @@ GENERATE_FIELDS = (
 )
 
 
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[ntr\\])")
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescaped(text: str) -> str:
+    """A flag's text with the escapes of `.okt` strings read: `--stop '\\n'` is a line end, as
+    `stop_sequences: ["\\n"]` is (a shell passes the backslash and the n as they are)."""
+
+    def one(match: re.Match) -> str:
+        code = match.group(1)
+        return chr(int(code[1:], 16)) if code[0] == "u" else _ESCAPED[code]
+
+    return _ESCAPE.sub(one, text)
+
+
 def add_generation_arguments(p) -> None:
     """The model and sampling flags `okto infer` and `okto chat` share."""
     p.add_argument("--model", "-m", help=".okm file, Hugging Face directory or run directory")
@@ -44,7 +60,12 @@ def add_generation_arguments(p) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int, help="0 = off")
     p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    p.add_argument(
+        "--stop",
+        action="append",
+        type=unescaped,
+        help="stop sequence (repeatable); \\n \\t \\r \\\\ \\uXXXX are escapes, as in .okt strings",
+    )
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: as stored")
@@ -167,18 +188,51 @@ def load(args, values: dict):
 
 
 def _prompts(args) -> list[str]:
+    """The prompts of -p, --prompts-file and stdin, each checked to be text the tokenizer takes."""
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise UsageError(f"{args.prompts_file}: no such file")
-        prompts += [line for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        prompts += _lines(_read_prompts_file(args.prompts_file))
     if not prompts and not sys.stdin.isatty():
-        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        try:
+            prompts = _lines(sys.stdin.read())
+        except UnicodeDecodeError as e:
+            raise UsageError(f"stdin: {_not_utf8(e)}") from None
     if not prompts:
         raise UsageError(
             "no prompts: pass --prompt, --prompts-file, or pipe them on stdin (one per line)"
         )
+    for number, prompt in enumerate(prompts, 1):
+        try:  # bytes that are not UTF-8 reach Python as lone surrogates (argv, a C-locale stdin)
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UsageError(f"prompt {number}: {_not_utf8(e)}") from None
     return prompts
+
+
+def _read_prompts_file(path: Path) -> str:
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; --prompts-file takes a text file, one prompt a line")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not a prompt's
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: {_not_utf8(e)}; save it as UTF-8") from None
+
+
+def _not_utf8(error: UnicodeError) -> str:
+    return f"not UTF-8 text (at position {error.start})"
+
+
+def _lines(text: str) -> list[str]:
+    """One prompt per line: split at line ends only (CR LF or LF), not at the other breaks
+    `str.splitlines` knows (form feed, U+2028), which a prompt may hold; blank lines skipped."""
+    lines = text.removeprefix("\ufeff").split("\n")
+    return [line.removesuffix("\r") for line in lines if line.strip()]
 
 
 def stats_line(stats) -> str:
@@ -205,11 +259,12 @@ def run(args) -> int:
     model = load(args, values)
     options = {k: v for k, v in values.items() if k in GENERATE_FIELDS}
     if args.stream:
-        for prompt in prompts:
-            sys.stdout.write(prompt)
-            sys.stdout.flush()
-            (g,) = model.generate(prompt, **options, stream=write)
-            print(flush=True)
+        # one generate call, a prompt at a time in their order: prompt i draws from the seed's
+        # stream i as without --stream (a call per prompt gave every prompt stream 0)
+        printer = StreamPrinter(prompts)
+        generations = model.generate(prompts, **{**options, "batch_size": 1}, stream=printer)
+        printer.close()
+        for g in generations:
             print(stats_line(g.stats), file=sys.stderr)
         return 0
     generations = model.generate(prompts, **options)
@@ -228,3 +283,25 @@ def write(_index: int, text: str) -> None:
     """The stream callback: text straight to stdout."""
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+class StreamPrinter:
+    """The stream callback of `okto infer --stream`: each prompt, then its text as it comes,
+    a line each. Prompts run one at a time in their order, so a prompt's text follows the
+    previous prompt's; a prompt with no text (EOS at once) still gets its line."""
+
+    def __init__(self, prompts: list[str]):
+        self.prompts, self.started = prompts, 0
+
+    def __call__(self, index: int, text: str) -> None:
+        while self.started <= index:
+            if self.started:
+                sys.stdout.write("\n")
+            sys.stdout.write(self.prompts[self.started])
+            self.started += 1
+        write(index, text)
+
+    def close(self) -> None:
+        """Print the prompts not yet printed (no text came for them) and end the last line."""
+        self(len(self.prompts) - 1, "")
+        print(flush=True)

@@ -246,7 +246,8 @@ class Model:
         text is cut before them). `seed` makes sampling reproducible, whatever
         the batch size. `mode` "chat" renders each prompt as a one-turn
         conversation, as `okto chat` renders a turn (a model may carry it as its
-        default). `stream(index, text)` is called with text as it comes.
+        default). `stream(index, text)` is called with text as it comes; with `batch_size`
+        1 the prompts run one at a time in their order.
         """
         s = self.settings(
             max_tokens=max_tokens,
@@ -273,9 +274,9 @@ class Model:
             self._row(i, p, t, s.max_tokens)
             for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
         ]
-        # longest first, so a batch's rows are of similar length (less padding)
-        rows.sort(key=lambda r: -len(r.prompt_ids))
         size = s.batch_size or min(len(rows), DEFAULT_BATCH)
+        if size > 1:  # longest first, so a batch's rows are of similar length (less padding)
+            rows.sort(key=lambda r: -len(r.prompt_ids))
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty)
         results = []
         for start in range(0, len(rows), size):
@@ -324,8 +325,9 @@ class Model:
         for row in rows:
             if row.stop_at is not None:
                 text = row.text.text[: row.stop_at]
-            else:
-                text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            else:  # without the EOS token, which need not be a special token the decode skips
+                ids = row.ids[:-1] if row.finish == "eos" else row.ids
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
             flush = stream is not None and len(text) > row.emitted
             if flush and text.startswith(row.text.text[: row.emitted]):
                 stream(row.index, text[row.emitted :])

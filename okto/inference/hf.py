@@ -80,7 +80,7 @@ class HFEngine:
                 "top_k": sampler.top_k,
                 "top_p": sampler.top_p,
             }
-        torch.manual_seed(tracker.seed)
+        torch.manual_seed(tracker.seed % (1 << 64))  # any int seed; torch takes 64 bits
         self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),

@@ -8,6 +8,7 @@ use it before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from okto.errors import UsageError
@@ -66,7 +67,20 @@ class Settings:
         return dataclasses.replace(self, **updates).checked()
 
     def checked(self) -> Settings:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        """These settings, or a UsageError for the first bad one: a NaN temperature or penalty
+        would sample garbage (argmax of NaNs) without a word, a float top_k or seed fail deep
+        inside the sampler."""
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not _is_number(value, float) or not math.isfinite(value):
+                raise UsageError(f"{name} must be a finite number, got {value!r}")
+        for name in ("max_tokens", "top_k", "seed", "batch_size"):
+            value = getattr(self, name)
+            if value is None and name in ("seed", "batch_size"):  # unset: random, automatic
+                continue
+            if not _is_number(value, int):
+                raise UsageError(f"{name} must be an integer, got {value!r}")
+        if self.max_tokens < 1:
             raise UsageError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
         if self.temperature < 0:
             raise UsageError(f"temperature must be 0 (greedy) or more, got {self.temperature}")
@@ -88,6 +102,12 @@ class Settings:
 
     def apply_template(self, text: str) -> str:
         return self.template.replace("{input}", text)
+
+
+def _is_number(value, kind: type) -> bool:
+    """An int (for `int`) or an int or float (for `float`); never a bool."""
+    kinds = (int,) if kind is int else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def from_block(block: dict | None) -> dict:

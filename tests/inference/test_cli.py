@@ -415,3 +415,69 @@ def test_a_reader_that_leaves_ends_okto_quietly(okm_files, stdin, monkeypatch, s
         assert main(argv + (["--stream"] if stream else [])) == 141
         gone.write("x" * 100_000)
         gone.flush()  # would raise BrokenPipeError: the descriptor now points at devnull
+
+
+def test_streamed_prompts_draw_what_they_draw_unstreamed(okm_files, capsys, stdin):
+    """--stream with a seed prints the same text as without: prompt i samples from the seed's
+    stream i (each prompt was generated alone, so every prompt drew stream 0 and two equal
+    prompts got equal text); a prompt whose text is empty still gets its line."""
+    stdin("")
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "--seed", "7", "--max-tokens", "8"]
+    argv += ["-p", "Hello", "-p", "Hello", "-p", PROMPTS[1]]
+    assert main(argv) == 0
+    plain = capsys.readouterr().out
+    assert main([*argv, "--stream"]) == 0
+    streamed = capsys.readouterr()
+    assert streamed.out == plain
+    assert len(set(plain.splitlines()[:2])) == 2
+    assert streamed.err.count("batch 1 ·") == 3
+
+
+def test_stream_prints_a_prompt_that_gets_no_text(okm_files, capsys, stdin, monkeypatch):
+    from okto.inference import generate
+
+    stdin("")
+    monkeypatch.setattr(generate, "_eos_ids", lambda *_: set(range(400)))  # every token ends
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "-p", "A", "-p", "B", "--stream"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == "A\nB\n"
+
+
+def test_stop_flag_reads_escapes_as_okt_strings_do(okm_files, capsys, stdin):
+    """`--stop '\\n'` (a backslash and an n from the shell) is a line end, as in a .okt file."""
+    from okto.cli.infer import unescaped
+
+    assert unescaped(r"\n\t\r\\n \u00e9 \x") == "\n\t\r\\n é \\x"
+    stdin("")
+    model = str(okm_files["gpt2"])
+    argv = ["infer", "-m", model, "-p", PROMPTS[0], "--temperature", "0", "--json"]
+    assert main([*argv, "--max-tokens", "40"]) == 0
+    (full,) = records(capsys.readouterr().out)
+    stop = full["text"][3:5].replace("\\", "\\\\").replace("\n", "\\n")
+    assert main([*argv, "--max-tokens", "40", "--stop", stop]) == 0
+    (cut,) = records(capsys.readouterr().out)
+    assert cut["finish_reason"] == "stop" and cut["text"] == full["text"][:3]
+
+
+def test_prompts_as_people_save_them(okm_files, capsys, stdin, tmp_path):
+    """A byte-order mark and CR LF line ends are not part of a prompt, a form feed inside one
+    does not split it; text that is not UTF-8 and a folder are one-line errors (tracebacks:
+    UnicodeDecodeError, the tokenizer's TypeError; a folder was 'no such file')."""
+    stdin("")
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "--max-tokens", "1", "--json"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"\xef\xbb\xbfHello\r\nx\x0cy\r\n\r\n")
+    assert main([*argv, "--prompts-file", str(prompts)]) == 0
+    assert [r["prompt"] for r in records(capsys.readouterr().out)] == ["Hello", "x\x0cy"]
+    prompts.write_bytes(b"caf\xe9\n")
+    cases = [
+        (["--prompts-file", str(prompts)], "prompts.txt: not UTF-8 text (at position 3)"),
+        (["--prompts-file", str(tmp_path)], "a folder; --prompts-file takes a text file"),
+        (["-p", "caf\udce9"], "prompt 1: not UTF-8 text (at position 3)"),  # as argv brings it
+    ]
+    for extra, words in cases:
+        assert main([*argv, *extra]) == 2
+        assert words in capsys.readouterr().err
+    stdin("ok\ncaf\udce9\n")  # a C-locale stdin hands such bytes over the same way
+    assert main(argv) == 2
+    assert "prompt 2: not UTF-8 text" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """okto's engine against Hugging Face generate, batching, sampling, stops and limits (CPU, fp32)."""
 
+import re
+
 import pytest
 import torch
 
@@ -112,6 +114,8 @@ def test_eos_ends_a_row(loaded):
         model.eos_ids = saved
     assert cut.finish_reason == "eos"
     assert cut.token_ids == full.token_ids[: full.token_ids.index(eos) + 1]
+    # the text leaves out an EOS token that is no special token (it was decoded into it)
+    assert cut.text == model.tokenizer.decode(cut.token_ids[:-1], skip_special_tokens=True)
 
 
 def test_streamed_text_adds_up(loaded):
@@ -268,3 +272,30 @@ def test_a_chat_template_that_writes_bos_gets_one(hf_dirs, tmp_path):
     # a prompt that writes two BOS keeps them; one the tokenizer adds stays single
     assert model.encode("<s><s>Hi")[:3] == [bos, bos, bos]
     assert model.encode("Hi")[:2] == [bos, model.encode("<s>Hi")[1]]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("temperature", float("nan"), "temperature must be a finite number, got nan"),
+        ("temperature", float("inf"), "temperature must be a finite number, got inf"),
+        ("repetition_penalty", float("nan"), "repetition_penalty must be a finite number"),
+        ("top_p", "0.5", "top_p must be a finite number, got '0.5'"),
+        ("top_k", 2.5, "top_k must be an integer, got 2.5"),
+        ("seed", 1.5, "seed must be an integer, got 1.5"),
+        ("max_tokens", True, "max_tokens must be an integer, got True"),
+    ],
+)
+def test_a_setting_that_cannot_sample_is_refused(loaded, option, value, words):
+    """A NaN temperature sampled token 0 (argmax of NaNs) every step, without a word; a float
+    top_k or seed failed deep in the sampler with a TypeError."""
+    with pytest.raises(UsageError, match=re.escape(words)):
+        loaded["gpt2"].generate("Hello", **{option: value})
+
+
+def test_any_int_seed_runs_on_the_hf_backend(okm_files):
+    """torch's generator takes 64 bits; a larger seed, which okto's engine takes, was a
+    ValueError traceback on the hf backend."""
+    model = load_model(okm_files["gpt2"], device="cpu", backend="hf")
+    (g,) = model.generate("Hello", max_tokens=3, seed=10**30)
+    assert g.seed == 10**30 and g.generated_tokens == 3
