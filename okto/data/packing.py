@@ -47,24 +47,34 @@ class Rows:
         )
 
 
-def flatten(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, lengths) of an Arrow list column."""
-    array = column.combine_chunks()
-    return array.flatten().to_numpy(), pc.list_value_length(array).to_numpy()
+# Tokenized records in batches of whole records: (ids, labels, lengths), ids and labels
+# each record's tokens end to end (int32), lengths one per record (0 for a dropped one).
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def to_rows(
-    ids: np.ndarray,
-    labels: np.ndarray,
-    lengths: np.ndarray,
-    max_length: int,
-    pad_id: int,
-    packing: bool,
-) -> Rows:
+def record_batches(table: pa.Table) -> list[Batch]:
+    """The `input_ids` and `labels` list columns of `table`, batch by batch, as NumPy views
+    of its memory (nothing is copied)."""
+    return [
+        (
+            batch.column("input_ids").flatten().to_numpy(),
+            batch.column("labels").flatten().to_numpy(),
+            pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False),
+        )
+        for batch in table.to_batches()
+    ]
+
+
+def to_rows(batches: list[Batch], max_length: int, pad_id: int, packing: bool) -> Rows:
+    """Rows from tokenized records. `batches` is emptied once the ids and labels are in the
+    rows, so the records' memory (a large dataset's tokens, twice) is freed before the
+    other columns are made: the peak is the records plus two columns, or the four columns."""
+    lengths = np.concatenate([b[2] for b in batches]) if batches else np.zeros(0, np.int64)
+    lengths = lengths[lengths > 0]
     rows = (
-        _pack(ids, labels, lengths, max_length, pad_id)
+        _pack(batches, lengths, max_length, pad_id)
         if packing
-        else _pad(ids, labels, lengths, max_length, pad_id)
+        else _pad(batches, lengths, max_length, pad_id)
     )
     keep = (rows.labels != IGNORE).any(axis=1)
     rows.dropped = int((~keep).sum())
@@ -74,48 +84,71 @@ def to_rows(
     return rows
 
 
-def _pack(ids, labels, lengths, max_length: int, pad_id: int) -> Rows:
-    """The stream cut into rows. Built in place in int32 (the rows' size plus one
-    temporary): a large dataset's tokens are what fills memory here."""
-    total = len(ids)
+def _pack(batches: list[Batch], lengths: np.ndarray, max_length: int, pad_id: int) -> Rows:
+    """The stream cut into rows, built in place in int32."""
+    total = int(lengths.sum())
     count = -(-total // max_length)
     size = count * max_length
+    ids = _filled([b[0] for b in batches], size, pad_id)
+    labels = _filled([b[1] for b in batches], size, IGNORE)
+    _release(batches)
     positions = np.ones(size, np.int32)
     # Position within the record: a running count that drops back to 0 at each record
     # start; padding counts as one more record, starting where the tokens end.
     starts = np.cumsum(lengths)
-    positions[starts[starts < size]] = 1 - lengths[: len(starts[starts < size])]
+    inside = starts < size
+    positions[starts[inside]] = 1 - lengths[: int(inside.sum())]
     positions[:1] = 0
     np.cumsum(positions, out=positions)
-    # ... and restarted at every row start.
-    np.minimum(positions, np.tile(np.arange(max_length, dtype=np.int32), count), out=positions)
+    shape = (count, max_length)
+    # ... and restarted at every row start (a column index broadcast over the rows).
+    np.minimum(
+        positions.reshape(shape),
+        np.arange(max_length, dtype=np.int32),
+        out=positions.reshape(shape),
+    )
     mask = np.zeros(size, np.int32)
     mask[:total] = 1
     return Rows(
-        _filled(ids, size, pad_id).reshape(count, max_length),
-        _filled(labels, size, IGNORE).reshape(count, max_length),
-        mask.reshape(count, max_length),
-        positions.reshape(count, max_length),
+        ids.reshape(shape), labels.reshape(shape), mask.reshape(shape), positions.reshape(shape)
     )
 
 
-def _filled(values: np.ndarray, size: int, value: int) -> np.ndarray:
+def _release(batches: list[Batch]) -> None:
+    """Drop the records and hand their memory back to the system: Arrow's allocator keeps
+    what is freed for its next allocation, and none comes here."""
+    batches.clear()
+    pa.default_memory_pool().release_unused()
+
+
+def _filled(chunks: list[np.ndarray], size: int, value: int) -> np.ndarray:
+    """The chunks end to end in a new int32 array of `size`, the rest `value`."""
     out = np.full(size, value, np.int32)
-    out[: len(values)] = values
+    start = 0
+    for chunk in chunks:
+        out[start : start + len(chunk)] = chunk
+        start += len(chunk)
     return out
 
 
-def _pad(ids, labels, lengths, max_length: int, pad_id: int) -> Rows:
+def _pad(batches: list[Batch], lengths: np.ndarray, max_length: int, pad_id: int) -> Rows:
+    """One row per record, cut to max_length and padded, filled batch by batch."""
     count = len(lengths)
-    kept = np.minimum(lengths, max_length)
-    row = np.repeat(np.arange(count), kept)
-    column = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
-    source = np.repeat(np.cumsum(lengths) - lengths, kept) + column
     out_ids = np.full((count, max_length), pad_id, np.int32)
     out_labels = np.full((count, max_length), IGNORE, np.int32)
     mask = np.zeros((count, max_length), np.int32)
-    out_ids[row, column] = ids[source]
-    out_labels[row, column] = labels[source]
-    mask[row, column] = 1
+    first = 0  # this batch's first row
+    while batches:
+        ids, labels, batch_lengths = batches.pop(0)
+        batch_lengths = batch_lengths[batch_lengths > 0]
+        kept = np.minimum(batch_lengths, max_length)
+        row = first + np.repeat(np.arange(len(kept)), kept)
+        column = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
+        source = np.repeat(np.cumsum(batch_lengths) - batch_lengths, kept) + column
+        out_ids[row, column] = ids[source]
+        out_labels[row, column] = labels[source]
+        mask[row, column] = 1
+        first += len(kept)
+    _release(batches)
     positions = np.broadcast_to(np.arange(max_length, dtype=np.int32), (count, max_length)).copy()
     return Rows(out_ids, out_labels, mask, positions, truncated=int((lengths > max_length).sum()))

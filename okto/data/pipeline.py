@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
 from okto.data import cache
 from okto.data.encode import IGNORE, Encoder
 from okto.data.errors import DataError, warn
 from okto.data.files import DataFiles
-from okto.data.packing import NO_TRAINED_TOKENS, flatten, to_rows
+from okto.data.packing import NO_TRAINED_TOKENS, record_batches, to_rows
 from okto.data.progress import quiet_datasets, stage
 from okto.data.selection import hold_out, release_kept, shuffled, training_mix
 from okto.data.settings import DataSettings
@@ -101,11 +99,11 @@ def build_datasets(
     stats.seconds["read"] = time.perf_counter() - started
     tokenize_started = time.perf_counter()
     splits = {}
-    for name, table in tables.items():
-        stage(f"tokenizing {table.num_rows:,} {name} records")
+    for name in list(tables):
+        stage(f"tokenizing {tables[name].num_rows:,} {name} records")
         # datasets caps fingerprints at 64 characters, worker suffixes included.
         splits[name], split_stats = _rows(
-            table, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
+            tables, name, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
         )
         setattr(stats, name, split_stats)
         _report_cuts(name, split_stats, settings, stats.warnings)
@@ -117,6 +115,8 @@ def build_datasets(
         save_started = time.perf_counter()
         stats.cache_bytes = cache.save(Path(cache_dir), key, splits, stats.to_dict())
         stats.cache_path = str(Path(cache_dir) / key) if stats.cache_bytes else ""
+        if stats.cache_bytes and (entry := cache.load(Path(cache_dir), key)) is not None:
+            splits = entry[0]  # memory-mapped: the run holds no copy of the rows in memory
         _trim_cache(Path(cache_dir), key)
         stats.seconds["cache_write"] = time.perf_counter() - save_started
     stats.seconds["total"] = time.perf_counter() - started
@@ -185,12 +185,14 @@ def _torch_format(splits: dict, stats: DataStats) -> DataSplits:
     return DataSplits(torch("train"), torch("validation"), torch("test"), stats)
 
 
-def _rows(table: pa.Table, tokenizer, settings: DataSettings, num_proc, fingerprint: str):
-    """Tokenize records in parallel, then cut them into fixed-length rows."""
+def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, fingerprint):
+    """Tokenize a split's records in parallel, then cut them into fixed-length rows. The
+    split's table is taken out of `tables`, so that it is freed once tokenized."""
     import datasets
 
     # Fingerprints given, not computed: datasets would hash every byte of the table.
-    records = datasets.Dataset(table, fingerprint=f"{fingerprint}-records")
+    records = datasets.Dataset(tables.pop(name), fingerprint=f"{fingerprint}-records")
+    count = records.num_rows
     workers = num_proc or _workers(records.num_rows)
     features = datasets.Features(
         {
@@ -210,19 +212,18 @@ def _rows(table: pa.Table, tokenizer, settings: DataSettings, num_proc, fingerpr
             new_fingerprint=f"{fingerprint}-encoded",
         )
     dropped = Counter(reason for reason in encoded["dropped"] if reason)
-    ids, lengths = flatten(encoded.data.column("input_ids"))
-    labels, _ = flatten(encoded.data.column("labels"))
-    lengths = lengths[lengths > 0]
+    batches = record_batches(encoded.data.table)
+    del records, encoded  # to_rows frees the tokenized records once it has copied them
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    rows = to_rows(ids, labels, lengths, settings.max_length, pad_id, settings.packing)
+    rows = to_rows(batches, settings.max_length, pad_id, settings.packing)
     if rows.dropped:
         dropped[
             NO_TRAINED_TOKENS if not settings.packing else "packed rows without trained tokens"
         ] = rows.dropped
     stats = SplitStats(
-        records=table.num_rows,
+        records=count,
         examples=len(rows.input_ids),
         tokens=int(rows.attention_mask.sum()),
         trained_tokens=int((rows.labels != IGNORE).sum()),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from okto.data import build_datasets
 from okto.data.encode import IGNORE
@@ -15,19 +17,19 @@ PAD = 99
 
 
 def _records(*lengths: int, first_masked: int = 0):
-    """Records of ids 1..n each (n = length); the first `first_masked` labels of each are -100."""
+    """Records of ids 1..n each (n = length); the first `first_masked` labels of each are -100.
+    Returned as one batch of records, as `to_rows` takes them."""
     ids = np.concatenate([np.arange(1, n + 1) for n in lengths]).astype(np.int32)
     labels = ids.copy()
     start = 0
     for n in lengths:
         labels[start : start + min(first_masked, n)] = IGNORE
         start += n
-    return ids, labels, np.asarray(lengths)
+    return [(ids, labels, np.asarray(lengths))]
 
 
 def test_packing_concatenates_and_restarts_positions():
-    ids, labels, lengths = _records(3, 5, 2)
-    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=True)
+    rows = to_rows(_records(3, 5, 2), max_length=4, pad_id=PAD, packing=True)
     assert rows.input_ids.tolist() == [[1, 2, 3, 1], [2, 3, 4, 5], [1, 2, PAD, PAD]]
     assert rows.labels.tolist() == [[1, 2, 3, 1], [2, 3, 4, 5], [1, 2, IGNORE, IGNORE]]
     assert rows.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
@@ -36,9 +38,9 @@ def test_packing_concatenates_and_restarts_positions():
 
 
 def test_packing_carries_masks_and_drops_rows_without_labels():
-    ids, labels, lengths = _records(6, 2)
-    labels[[0, 1, 2, 3, 6]] = IGNORE  # a 4-token prompt, then a 1-token prompt
-    rows = to_rows(ids, labels, lengths, max_length=3, pad_id=PAD, packing=True)
+    batches = _records(6, 2)
+    batches[0][1][[0, 1, 2, 3, 6]] = IGNORE  # a 4-token prompt, then a 1-token prompt
+    rows = to_rows(batches, max_length=3, pad_id=PAD, packing=True)
     # Row 0 holds only masked prompt tokens: dropped.
     assert rows.dropped == 1
     assert rows.input_ids.tolist() == [[4, 5, 6], [1, 2, PAD]]
@@ -46,16 +48,14 @@ def test_packing_carries_masks_and_drops_rows_without_labels():
 
 
 def test_without_packing_records_with_nothing_trained_are_dropped():
-    ids, labels, lengths = _records(6, 3, 5, first_masked=3)
-    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=False)
+    rows = to_rows(_records(6, 3, 5, first_masked=3), max_length=4, pad_id=PAD, packing=False)
     # The middle record is all prompt; the others keep one trained token after the cut.
     assert rows.truncated == 2 and rows.dropped == 1
     assert rows.labels.tolist() == [[IGNORE, IGNORE, IGNORE, 4]] * 2
 
 
 def test_without_packing_one_record_per_row():
-    ids, labels, lengths = _records(2, 6, 4, first_masked=1)
-    rows = to_rows(ids, labels, lengths, max_length=4, pad_id=PAD, packing=False)
+    rows = to_rows(_records(2, 6, 4, first_masked=1), max_length=4, pad_id=PAD, packing=False)
     assert rows.input_ids.tolist() == [[1, 2, PAD, PAD], [1, 2, 3, 4], [1, 2, 3, 4]]
     assert rows.labels.tolist() == [
         [IGNORE, 2, IGNORE, IGNORE],
@@ -90,15 +90,57 @@ def test_packed_pipeline_rows_have_eos_between_records(tmp_path, tokenizer):
     assert splits.stats.train.examples == len(splits.train)
 
 
-def test_packing_needs_little_more_memory_than_its_rows():
-    """A large dataset's tokens fill memory here: the rows plus one column-sized temporary."""
-    lengths = np.random.default_rng(0).integers(1, 300, 2000)
-    ids = np.ones(int(lengths.sum()), np.int32)
+def _large(count: int) -> list:
+    """`count` records of 1 to 300 tokens in Arrow batches of 256, as the pipeline gives them,
+    and the Arrow table they are views of."""
+    import pyarrow as pa
+
+    from okto.data.packing import record_batches
+
+    lengths = np.random.default_rng(0).integers(1, 300, count)
+    column = pa.array([np.full(n, 7, np.int32) for n in lengths], pa.list_(pa.int32()))
+    table = pa.table({"input_ids": column, "labels": column})
+    return record_batches(pa.Table.from_batches(table.to_batches(max_chunksize=256)))
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_rows_need_little_more_memory_than_themselves(packing):
+    """A large dataset's tokens fill memory here: the rows' four columns and small
+    temporaries (a column-sized one, np.tile's, went with the position restart; without
+    packing, index arrays over every token were three columns' worth in int64)."""
+    batches = _large(8000)
     tracemalloc.start()
     try:
-        rows = to_rows(ids, ids, lengths, max_length=64, pad_id=PAD, packing=True)
+        rows = to_rows(batches, max_length=64, pad_id=PAD, packing=packing)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     output = sum(getattr(rows, name).nbytes for name in COLUMNS)
-    assert peak < 1.4 * output
+    assert peak < 1.1 * output
+
+
+def test_the_records_memory_is_freed_before_the_rows_are_done():
+    """The tokenized records (Arrow) stayed in memory beside the rows until the split was
+    made: with the rows' copies, 2-3 times the tokens."""
+    import pyarrow as pa
+
+    before = pa.total_allocated_bytes()
+    batches = _large(2000)
+    assert pa.total_allocated_bytes() - before > 1_000_000
+    rows = to_rows(batches, max_length=64, pad_id=PAD, packing=True)
+    assert batches == [] and pa.total_allocated_bytes() <= before
+    assert rows.input_ids.shape[1] == 64
+
+
+def test_a_cached_split_is_read_back_memory_mapped(tmp_path, tokenizer):
+    """A first run kept its rows in memory for the whole run; a second run mapped them."""
+    records = [{"input": f"hello {i}", "output": f"answer {i}"} for i in range(20)]
+    cfg = config(train=str(write_jsonl(tmp_path / "pairs.jsonl", records)), max_length=16)
+    splits = build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
+    entry = tmp_path / "cache" / splits.stats.cache_key
+    for split in (splits.train, splits.validation):
+        assert split.cache_files and all(
+            Path(f["filename"]).is_relative_to(entry) for f in split.cache_files
+        )
+    uncached = build_datasets(cfg, tokenizer)
+    assert splits.train[:]["input_ids"].tolist() == uncached.train[:]["input_ids"].tolist()
