@@ -99,14 +99,10 @@ def make_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
-    """Open `path` for writing so that it appears under its name only once complete.
-
-    The data goes to a temporary file in the same folder, is flushed to disk and
-    renamed over `path`; on any error the temporary file is removed and whatever
-    was at `path` before is left as it was.
-    """
-    path = Path(path)
+def _temporary(path: Path) -> Iterator[tuple[BinaryIO, str]]:
+    """A temporary file beside `path` to write it into, flushed to disk and given the user's
+    file mode when the block ends. On any error it is removed, and an OSError (a full disk, a
+    source file gone) is reported as an OktoError saying that `path` is left as it was."""
     if path.is_dir():
         raise UsageError(f"cannot write {path}: it is a folder; name a file")
     make_folder(path.parent)
@@ -116,19 +112,44 @@ def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
         raise UsageError(f"cannot write {path}: {e.strerror or e}; choose another place") from None
     try:
         with os.fdopen(fd, "wb") as out:
-            yield out
+            yield out, tmp_name
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private (0600)
-        os.replace(tmp_name, path)
     except BaseException as e:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(e, OSError):  # a full disk, a source file gone: nothing under the name
-            where = f": {e.filename}" if e.filename else ""
-            raise OktoError(
-                f"writing {path} failed ({e.strerror or e}{where}); it is left as it was"
-            ) from None
-        raise
+        _discard(tmp_name, path, e)
+
+
+def _discard(tmp_name: str, path: Path, error: BaseException):
+    """Remove a temporary file after `error`, and raise it (an OSError as an OktoError)."""
+    Path(tmp_name).unlink(missing_ok=True)
+    if isinstance(error, OSError):
+        where = f": {error.filename}" if error.filename else ""
+        raise OktoError(
+            f"writing {path} failed ({error.strerror or error}{where}); it is left as it was"
+        ) from None
+    raise error
+
+
+def _replace(tmp_name: str, path: Path) -> None:
+    try:
+        os.replace(tmp_name, path)
+    except OSError as e:
+        _discard(tmp_name, path, e)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path | str) -> Iterator[BinaryIO]:
+    """Open `path` for writing so that it appears under its name only once complete.
+
+    The data goes to a temporary file in the same folder, is flushed to disk and
+    renamed over `path`; on any error the temporary file is removed and whatever
+    was at `path` before is left as it was.
+    """
+    path = Path(path)
+    with _temporary(path) as (out, tmp_name):
+        yield out
+    _replace(tmp_name, path)
 
 
 def write_file(path: Path | str, data: bytes | memoryview | Path) -> Path:
@@ -136,6 +157,24 @@ def write_file(path: Path | str, data: bytes | memoryview | Path) -> Path:
     with atomic_file(path) as out:
         _stream(out, data)  # no checksum: these files carry none
     return Path(path)
+
+
+def write_files(folder: Path, files: dict[str, bytes | memoryview | Path]) -> None:
+    """Write each file into `folder`, every one to a temporary name first and all renamed
+    once all are written: a failure while writing (a full disk at the weights) leaves the
+    folder as it was, not a new config beside the old weights."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, data in files.items():
+            with _temporary(folder / name) as (out, tmp_name):
+                _stream(out, data)
+            staged.append((tmp_name, folder / name))
+    except BaseException:
+        for tmp_name, _ in staged:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+    for tmp_name, path in staged:
+        _replace(tmp_name, path)
 
 
 def write_package(
@@ -206,10 +245,13 @@ class Package:
         size = self.path.stat().st_size
         if size == 0:
             raise self._error("the file is empty, not an .okm package")
-        with open(self.path, "rb") as f:
-            # ACCESS_COPY: a private, writable mapping, so tensors can be built over it
-            # without touching the file (torch.frombuffer wants a writable buffer).
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            with open(self.path, "rb") as f:
+                # ACCESS_COPY: a private, writable mapping, so tensors can be built over it
+                # without touching the file (torch.frombuffer wants a writable buffer).
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except OSError as e:
+            raise UsageError(f"{self.path}: cannot be read ({e.strerror or e})") from None
         self._view = memoryview(self._map)
         self.manifest = self._read_manifest(size)
         self.members = self._read_members()

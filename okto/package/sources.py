@@ -27,6 +27,7 @@ from okto.package.format import (
     Package,
     make_folder,
     write_file,
+    write_files,
     write_package,
 )
 from okto.package.weights import (
@@ -102,8 +103,16 @@ class Checkpoint:
 
 
 def open_checkpoint(path: Path | str) -> Checkpoint:
-    """Read a model from an `.okm` file, a Hugging Face directory, or a run directory."""
+    """Read a model from an `.okm` file, a Hugging Face directory, or a run directory; a file
+    this user may not read is a UsageError naming it (it was a PermissionError traceback)."""
     path = Path(path)
+    try:
+        return _open(path)
+    except PermissionError as e:
+        raise UsageError(f"{e.filename or path}: cannot be read (permission denied)") from None
+
+
+def _open(path: Path) -> Checkpoint:
     if not path.exists():
         path = _hub_cache(str(path))
     if path.is_file():
@@ -127,13 +136,33 @@ def open_checkpoint(path: Path | str) -> Checkpoint:
     final = path / "final"
     if (final / "config.json").is_file():
         return _from_hf_dir(final)
-    raise UsageError(f"{path}: {NOT_A_MODEL}")
+    raise UsageError(f"{path}: {NOT_A_MODEL}{_what_it_holds(path)}")
 
 
 NOT_A_MODEL = (
     "not a model: expected an .okm file, a Hugging Face directory (with config.json), "
     "or a run directory (with final/config.json)"
 )
+
+
+def _what_it_holds(folder: Path) -> str:
+    """What a folder of a training run that is not a model holds, and what to load instead."""
+    if (folder / "adapter_config.json").is_file():
+        return (
+            "; it holds a LoRA adapter alone (adapter_config.json): load the run folder it was "
+            "trained in, whose final/ holds the model with the adapter merged"
+        )
+    if (folder / "trainer.json").is_file():
+        return (
+            "; it is a training checkpoint: `okto train -f FILE.okt --resume auto` finishes "
+            "the run, whose folder then holds the model in final/"
+        )
+    if (folder / "checkpoints").is_dir():
+        return (
+            "; it is a run folder with checkpoints but no final/ model (training has not "
+            "finished): `okto train -f FILE.okt --resume auto` finishes it"
+        )
+    return ""
 
 
 def _has_magic(path: Path) -> bool:
@@ -179,19 +208,17 @@ def _from_package(package: Package) -> Checkpoint:
 
 
 def _from_hf_dir(path: Path) -> Checkpoint:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path / 'config.json'}: not a readable model config ({e})") from None
     training = None
     for where in (path / TRAINING_CONFIG, path.parent / TRAINING_CONFIG):
         if where.is_file():
-            training = json.loads(where.read_text())
+            training = _json_object(where)
             break
     generation = path / GENERATION_CONFIG
+    if generation.is_file():
+        _json_object(generation)
     return Checkpoint(
         path=path,
-        config=config,
+        config=_json_object(path / CONFIG),
         tokenizer_files={
             n: (path / n).read_bytes() for n in TOKENIZER_FILES if (path / n).is_file()
         },
@@ -199,6 +226,18 @@ def _from_hf_dir(path: Path) -> Checkpoint:
         training_config=training,
         weight_files=_hf_weight_files(path),
     )
+
+
+def _json_object(path: Path) -> dict:
+    """A model folder's JSON file (config, generation or run config); one that is damaged is
+    a RunError naming it, as damaged weights are."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); the file is damaged") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 # A Hugging Face folder's weights, in the order transformers looks for them.
@@ -340,8 +379,7 @@ def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None)
         files[TRAINING_CONFIG] = (json.dumps(checkpoint.training_config, indent=2) + "\n").encode()
     files[WEIGHTS] = weights
     stale = _model_files(out) - set(files)
-    for name, data in files.items():
-        write_file(out / name, data)  # each file whole, or the one it replaces left alone
+    write_files(out, files)  # all of them, or the folder as it was
     for name in stale:  # another model's, which would load with this one's
         (out / name).unlink(missing_ok=True)
     return out
@@ -368,12 +406,35 @@ def export_safetensors(checkpoint: Checkpoint, out: Path | str, dtype: str | Non
 
 FORMATS = ("okm", "hf", "safetensors")
 _FORMAT_BY_SUFFIX = {".okm": "okm", ".safetensors": "safetensors"}
+# Other tools' model files: an --out named so asks for a format okto does not write.
+_OTHER_FORMATS = {
+    ".onnx": "ONNX",
+    ".gguf": "GGUF",
+    ".ggml": "GGML",
+    ".bin": "PyTorch .bin",
+    ".pt": "PyTorch",
+    ".pth": "PyTorch",
+    ".ckpt": "a checkpoint",
+    ".h5": "Keras/HDF5",
+    ".tflite": "TensorFlow Lite",
+    ".pb": "TensorFlow",
+    ".mlmodel": "Core ML",
+    ".engine": "TensorRT",
+}
 
 
 def export_format(out: Path | str, format: str | None = None) -> str:
     """The format an export to `out` writes: `format` if given, else okm for an `.okm` path,
-    safetensors for a `.safetensors` one, hf for anything else."""
-    format = format or _FORMAT_BY_SUFFIX.get(Path(out).suffix, "hf")
+    safetensors for a `.safetensors` one, hf for anything else; a name ending like another
+    tool's model file (model.onnx, model.gguf) is a UsageError, not a folder of that name."""
+    suffix = Path(out).suffix.lower()
+    if format is None and suffix in _OTHER_FORMATS:
+        raise UsageError(
+            f"{out}: okto does not write {_OTHER_FORMATS[suffix]} files; it writes "
+            f"{', '.join(FORMATS)} (an --out ending in .okm, .safetensors, or a folder); "
+            "pass --format hf to write a Hugging Face folder by that name"
+        )
+    format = format or _FORMAT_BY_SUFFIX.get(suffix, "hf")
     if format not in FORMATS:
         raise UsageError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     return format

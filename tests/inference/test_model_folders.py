@@ -66,6 +66,14 @@ def broken_tokenizer(folder):
     (folder / "tokenizer.json").write_text("{not json")
 
 
+def damaged_generation_config(folder):
+    (folder / "generation_config.json").write_text('{"do_sample": tru')
+
+
+def run_config_not_an_object(folder):
+    (folder / "okto_config.json").write_text("[]")
+
+
 def unknown_model_type(folder):
     edit_config(folder, model_type="no_such_model")
 
@@ -87,6 +95,8 @@ def missing_head(folder):  # the llama here has an untied head
         ("gpt2", missing_shard, "auto", 3, "model-00002-of-00002.safetensors is not in the folder"),
         ("gpt2", damaged_bin, "auto", 3, "pytorch_model.bin: the weights cannot be read"),
         ("gpt2", broken_tokenizer, "auto", 3, "its tokenizer cannot be loaded (JSONDecodeError"),
+        ("gpt2", damaged_generation_config, "auto", 3, "generation_config.json: not valid JSON"),
+        ("gpt2", run_config_not_an_object, "auto", 3, "okto_config.json: holds a JSON list"),
         ("gpt2", unknown_model_type, "auto", 2, "model type 'no_such_model', which transformers"),
         ("gpt2", wider_config, "auto", 3, "the weights do not fit the config"),
         ("gpt2", wider_config, "hf", 3, "is [192] in the weights, [96] by the config"),
@@ -104,3 +114,50 @@ def test_a_damaged_folder_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert words in err
     assert len(err.strip().splitlines()) == 1, err  # no list of every model type, no load report
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        (["adapter_config.json"], "holds a LoRA adapter alone (adapter_config.json): load the run"),
+        (
+            ["trainer.json", "state.pt"],
+            "is a training checkpoint: `okto train -f FILE.okt --resume",
+        ),
+        (["checkpoints/step-0000002/trainer.json"], "run folder with checkpoints but no final/"),
+    ],
+)
+def test_a_run_folder_that_is_no_model_says_what_to_load(files, words, tmp_path, capsys):
+    """A LoRA adapter, a checkpoint, an unfinished run: 'not a model' alone left the user
+    guessing what okto wants."""
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    for command in (["infer", "-p", "Hi"], ["export", "-o", str(tmp_path / "out.okm")]):
+        assert main([*command, "-m", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert "not a model" in err and words in err
+
+
+@pytest.mark.parametrize("where", ["okto.package.sources", "okto.package.format"])
+def test_a_model_this_user_may_not_read_is_one_line(okm_files, capsys, monkeypatch, where):
+    """A package without read permission was a PermissionError traceback."""
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(f"{where}.open", denied, raising=False)
+    assert main(["infer", "-m", str(okm_files["gpt2"]), "-p", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"{okm_files['gpt2']}: cannot be read (permission denied)" in err.lower()
+
+
+def test_export_to_another_tools_format_is_refused(okm_files, capsys, tmp_path):
+    """--out model.onnx wrote a Hugging Face folder named model.onnx and said so in passing."""
+    for name, words in (("m.onnx", "does not write ONNX files"), ("m.gguf", "GGUF")):
+        out = tmp_path / name
+        assert main(["export", "-m", str(okm_files["gpt2"]), "-o", str(out)]) == 2
+        assert words in capsys.readouterr().err and not out.exists()
+    out = tmp_path / "m.gguf"
+    assert main(["export", "-m", str(okm_files["gpt2"]), "-o", str(out), "--format", "hf"]) == 0
+    assert (out / "config.json").is_file()

@@ -299,3 +299,24 @@ def test_hf_export_over_another_model_leaves_none_of_its_files(hf_dirs, tmp_path
     assert files_of(out) == {**files_of(hf_dirs["llama"]), "README.md": b"notes"}
     assert (tmp_path / "outside").read_text() == "keep"
     assert open_checkpoint(out).generation_defaults == {}
+
+
+def test_hf_export_that_fails_at_the_weights_leaves_the_folder_as_it_was(
+    hf_dirs, tmp_path, monkeypatch
+):
+    """A full disk at the weights (the last and largest file) left the new model's config and
+    tokenizer beside the old weights, a folder that loads as neither model: every file is now
+    written to a temporary name before any is renamed."""
+    out = export_model(hf_dirs["gpt2"], tmp_path / "hf")
+    before = files_of(out)
+    stream = okm._stream
+
+    def full_at_the_weights(out_file, data, digest=None):
+        if isinstance(data, os.PathLike):  # the weights, copied from the source folder
+            raise OSError(28, "No space left on device")
+        return stream(out_file, data, digest)
+
+    monkeypatch.setattr(okm, "_stream", full_at_the_weights)
+    with pytest.raises(OktoError, match="No space left on device"):
+        export_model(hf_dirs["llama"], out)
+    assert files_of(out) == before
