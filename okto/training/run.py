@@ -215,6 +215,12 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     trainer = _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from)
     if resume_from is not None:
         state = trainer.restore(resume_from)
+        if state["step"] > trainer.total:
+            raise UsageError(
+                f"{resume_from} is at step {state['step']:,}, past this run's "
+                f"{trainer.total:,} steps: there is nothing left to train; resume with more "
+                "steps (--max-steps, TRAIN.max_steps or epochs), or from an earlier checkpoint"
+            )
         display.text(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
         if state["rows"] != trainer.train_stream.rows:
             display.warn(
@@ -260,7 +266,7 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
         if given and value != trainer.get(name):
             trainer.set(name, value, by="--set")
     written_for = state.get("total_steps")
-    if written_for is not None and written_for != trainer.total:
+    if written_for is not None and written_for != trainer.total and trainer.step < trainer.total:
         display.warn(
             f"the checkpoint's run was planned for {written_for:,} steps, this one for "
             f"{trainer.total:,}: from step {trainer.step + 1:,} on, the learning rate follows "

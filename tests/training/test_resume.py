@@ -135,3 +135,15 @@ def test_a_leftover_temporary_folder_is_never_read_and_is_swept(tmp_path):
     ckpt.save_checkpoint(folder, 3, model, {}, {"step": 3})
     assert ckpt.latest_checkpoint(folder).name == "step-0000003"
     assert not (folder / ".tmp-step-0000009-123").exists()
+
+
+def test_resuming_past_the_runs_end_is_a_clear_error(project, capsys):
+    """A 12-step checkpoint resumed with --max-steps 6 said 'step 12 of 6', warned that
+    steps from 13 on would follow a 6-step schedule, and 'finished 12 steps' with exit 0."""
+    path = project(train=SCHEDULE)
+    assert train(path) == 0
+    capsys.readouterr()
+    assert train(path, "--resume", "auto", "--max-steps", "6") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "step-0000012 is at step 12, past this run's 6 steps" in err
+    assert [r["step"] for r in steps()] == list(range(1, 13))  # the metrics are untouched
