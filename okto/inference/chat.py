@@ -6,6 +6,7 @@ block's `mode` is chat (each prompt a one-turn conversation).
 
 from __future__ import annotations
 
+from okto.errors import RunError
 from okto.inference.sampling import row_keys
 
 PLAIN_TEMPLATE = "User: {input}\nAssistant:"
@@ -49,11 +50,25 @@ class Conversation:
                     {"role": "assistant", "content": answered},
                 ]
             messages.append({"role": "user", "content": user})
+            return self._apply_chat_template(messages)
+        past = "".join(self.template.replace("{input}", a) + " " + b + "\n" for a, b in turns)
+        return past + self.template.replace("{input}", user)
+
+    def _apply_chat_template(self, messages: list[dict]) -> str:
+        """The tokenizer's chat template over `messages`; a template that does not render (a
+        syntax error, or one that insists on a system turn) is a RunError saying what to do."""
+        from jinja2 import TemplateError
+
+        try:
             return self.model.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-        past = "".join(self.template.replace("{input}", a) + " " + b + "\n" for a, b in turns)
-        return past + self.template.replace("{input}", user)
+        except TemplateError as e:
+            raise RunError(
+                f"the model's chat template cannot render this conversation "
+                f"({type(e).__name__}: {e}); set INFERENCE format (a template with {{input}}) "
+                "to render each turn yourself"
+            ) from None
 
     def prompt(self, user: str) -> str | None:
         """This turn with as much history as fits, or None when even the turn alone does not."""

@@ -257,6 +257,32 @@ def test_chat_history_stays_in_the_context_window(loaded):
     assert prompt.count("User:") < 21
 
 
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{% for m in messages %}{{ m['content'] }{% endfor %}", "TemplateSyntaxError"),
+        ("{{ raise_exception('System message required') }}", "System message required"),
+    ],
+)
+def test_a_chat_template_that_does_not_render_is_one_line(
+    hf_dirs, capsys, stdin, tmp_path, template, words
+):
+    """A chat template with a syntax error, or one that refuses the conversation, was a jinja2
+    traceback; now the message says so and how to render turns without it."""
+    folder = shutil.copytree(hf_dirs["gpt2"], tmp_path / "m")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    okt = tmp_path / "chat.okt"
+    okt.write_text(f'INFERENCE {{ model: "{folder}"  mode: "chat" }}\n')
+    for argv in (["chat", "-m", str(folder)], ["infer", "-f", str(okt), "-p", "hi"]):
+        stdin("hi\n")
+        assert main([*argv, "--max-tokens", "2"]) == 3
+        err = capsys.readouterr().err
+        assert "the model's chat template cannot render this conversation" in err
+        assert words in err and "set INFERENCE format" in err
+
+
 def test_export_round_trip(hf_dirs, capsys, tmp_path):
     out = tmp_path / "m.okm"
     assert (
