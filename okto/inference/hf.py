@@ -48,7 +48,8 @@ class HFEngine:
         sampler: Sampler,
         tracker,
     ) -> None:
-        """Same contract as `Engine.run`; random numbers come from torch's generator seeded with `tracker.seed`."""
+        """Same contract as `Engine.run`; random numbers come from torch's generator seeded with
+        `tracker.seed`, the caller's random state left as it was."""
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
@@ -80,14 +81,18 @@ class HFEngine:
                 "top_k": sampler.top_k,
                 "top_p": sampler.top_p,
             }
-        torch.manual_seed(tracker.seed % (1 << 64))  # any int seed; torch takes 64 bits
-        self.model.generate(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            max_new_tokens=max_new,
-            repetition_penalty=sampler.repetition_penalty,
-            pad_token_id=self.pad_id,
-            streamer=Streamer(),
-            stopping_criteria=StoppingCriteriaList([Finished()]),
-            **options,
-        )
+        # generate draws from torch's global generators: seed them for this call only, and
+        # give the caller's process its own random state back afterwards
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(tracker.seed % (1 << 64))  # any int seed; torch takes 64 bits
+            self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=max_new,
+                repetition_penalty=sampler.repetition_penalty,
+                pad_token_id=self.pad_id,
+                streamer=Streamer(),
+                stopping_criteria=StoppingCriteriaList([Finished()]),
+                **options,
+            )

@@ -299,3 +299,14 @@ def test_any_int_seed_runs_on_the_hf_backend(okm_files):
     model = load_model(okm_files["gpt2"], device="cpu", backend="hf")
     (g,) = model.generate("Hello", max_tokens=3, seed=10**30)
     assert g.seed == 10**30 and g.generated_tokens == 3
+
+
+def test_hf_backend_leaves_the_callers_random_state_alone(okm_files):
+    """generate on the hf backend seeded torch's global generator and left it so: a program's
+    own random numbers after a call were the same after every call."""
+    model = load_model(okm_files["gpt2"], device="cpu", backend="hf")
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    model.generate("Hello", max_tokens=2, seed=1, temperature=1.0)
+    assert torch.equal(torch.rand(3), expected)
