@@ -148,6 +148,9 @@ def from_generation_config(config: dict) -> dict:
         out["repetition_penalty"] = config["repetition_penalty"]
     if config.get("max_new_tokens"):
         out["max_tokens"] = config["max_new_tokens"]
+    if config.get("stop_strings"):  # a string or a list, as Hugging Face generate takes it
+        stop = config["stop_strings"]
+        out["stop"] = [stop] if isinstance(stop, str) else list(stop)
     return out
 
 

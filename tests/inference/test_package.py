@@ -320,3 +320,15 @@ def test_hf_export_that_fails_at_the_weights_leaves_the_folder_as_it_was(
     with pytest.raises(OktoError, match="No space left on device"):
         export_model(hf_dirs["llama"], out)
     assert files_of(out) == before
+
+
+def test_generation_config_stop_strings_are_the_models_stops(hf_dirs, tmp_path):
+    """stop_strings, which Hugging Face generate honours, were dropped without a word."""
+    import shutil
+
+    folder = shutil.copytree(hf_dirs["gpt2"], tmp_path / "m")
+    for stop, expected in (("\n\n", ["\n\n"]), (["###", "User:"], ["###", "User:"])):
+        (folder / "generation_config.json").write_text(json.dumps({"stop_strings": stop}))
+        assert open_checkpoint(folder).generation_defaults == {"stop": expected}
+        package = Package(export_model(folder, tmp_path / "m.okm"))
+        assert package.manifest["generation"] == {"stop": expected}
