@@ -108,8 +108,7 @@ def build_datasets(
         setattr(stats, name, split_stats)
         _report_cuts(name, split_stats, settings, stats.warnings)
     stats.seconds["tokenize"] = time.perf_counter() - tokenize_started
-    if not splits["train"].num_rows:
-        raise DataError("no training rows are left: every record was dropped (see the warnings)")
+    _check_rows(splits, stats)
     if cache_dir is not None:
         stage("writing the rows to the cache")
         save_started = time.perf_counter()
@@ -121,6 +120,23 @@ def build_datasets(
         stats.seconds["cache_write"] = time.perf_counter() - save_started
     stats.seconds["total"] = time.perf_counter() - started
     return _torch_format(splits, stats)
+
+
+def _check_rows(splits: dict, stats: DataStats) -> None:
+    """A split whose every record was dropped: an error for the training data and for data
+    files, which the user named; held-out validation records go, with a warning."""
+    for name in [name for name, split in splits.items() if not split.num_rows]:
+        if name == "validation" and stats.validation_from != "file":
+            del splits[name]
+            stats.validation, stats.validation_from = None, "none"
+            warn(
+                "the validation records held out of the training data gave no rows (see the "
+                "warnings): the run has no validation data",
+                stats.warnings,
+            )
+            continue
+        where = "training records" if name == "train" else f"records of the {name} file(s)"
+        raise DataError(f"no {name} rows are left: all {where} were dropped (see the warnings)")
 
 
 def _select(settings: DataSettings, files: DataFiles, seed: int, stats: DataStats) -> dict:

@@ -317,56 +317,29 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
     """The model's source, the tokenizer and the rows. In a job of several processes rank 0
     runs this first; the others then read its tokenizer from the run folder and the rows
     from the cache."""
-    from transformers import AutoTokenizer
-
-    from okto.data import DataWarning, build_datasets, resolve_tokenizer
+    from okto.data import DataWarning, build_datasets
     from okto.data.progress import reporting_stages
-    from okto.training import models
 
     started = time.perf_counter()
-    with (
-        warnings.catch_warnings(record=True) as caught,
-        display.working("preparing the data") as show_stage,
-        reporting_stages(show_stage),
-    ):
-        warnings.simplefilter("always", DataWarning)
-        with tempfile.TemporaryDirectory() as scratch:
-            offline = config.env.network == "offline"
-            source = models.locate(config.model, base_dir, offline, Path(scratch))
-            if main:
-                tokenizer = resolve_tokenizer(
-                    config.dataset,
-                    model_path=source.tokenizer_path,
-                    run_dir=paths.run,
-                    seed=seed,
-                    base_dir=base_dir,
-                )
-            else:
-                tokenizer = AutoTokenizer.from_pretrained(str(paths.run / "tokenizer"))
-        window = source.context_window or DEFAULT_LENGTH_CAP
-        max_length = (
-            config.dataset.max_length
-            or config.model.context_window
-            or min(window, DEFAULT_LENGTH_CAP)
-        )
-        splits = build_datasets(
-            config.dataset,
-            tokenizer,
-            seed=seed,
-            cache_dir=data_cache_dir(),
-            base_dir=base_dir,
-            max_length=max_length,
-        )
-    shown = set()  # the tokenizer and the data read the same files: say each thing once
-    for warning in caught:
-        if issubclass(warning.category, DataWarning):
-            if str(warning.message) not in shown:
-                shown.add(str(warning.message))
-                display.warn(str(warning.message))
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
+    caught: list = []
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            display.working("preparing the data") as show_stage,
+            reporting_stages(show_stage),
+        ):
+            warnings.simplefilter("always", DataWarning)
+            source, tokenizer, max_length = _tokenizer(config, base_dir, paths, seed, main)
+            splits = build_datasets(
+                config.dataset,
+                tokenizer,
+                seed=seed,
+                cache_dir=data_cache_dir(),
+                base_dir=base_dir,
+                max_length=max_length,
             )
+    finally:  # also before a DataError, which may point at them
+        _show_warnings(caught, display)
     stats = splits.stats
     validation = (
         f"validation {stats.validation.examples:,} rows ({stats.validation_from})"
@@ -385,6 +358,50 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
     if splits.validation is None and main:
         _unevaluated(config, display)
     return source, tokenizer, splits
+
+
+def _tokenizer(config, base_dir: Path, paths: RunPaths, seed: int, main: bool):
+    """The model's source, the run's tokenizer and the rows' length."""
+    from transformers import AutoTokenizer
+
+    from okto.data import resolve_tokenizer
+    from okto.training import models
+
+    with tempfile.TemporaryDirectory() as scratch:
+        offline = config.env.network == "offline"
+        source = models.locate(config.model, base_dir, offline, Path(scratch))
+        if main:
+            tokenizer = resolve_tokenizer(
+                config.dataset,
+                model_path=source.tokenizer_path,
+                run_dir=paths.run,
+                seed=seed,
+                base_dir=base_dir,
+            )
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(paths.run / "tokenizer"))
+    window = source.context_window or DEFAULT_LENGTH_CAP
+    max_length = (
+        config.dataset.max_length or config.model.context_window or min(window, DEFAULT_LENGTH_CAP)
+    )
+    return source, tokenizer, max_length
+
+
+def _show_warnings(caught: list, display: Display) -> None:
+    """The warnings data preparation recorded: okto's data warnings on the console, each
+    once (the tokenizer and the data read the same files), others passed on."""
+    from okto.data import DataWarning
+
+    shown = set()
+    for warning in caught:
+        if issubclass(warning.category, DataWarning):
+            if str(warning.message) not in shown:
+                shown.add(str(warning.message))
+                display.warn(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
 
 
 EVAL_METRICS = {"val_loss", "accuracy"}  # perplexity falls back to exp(loss)

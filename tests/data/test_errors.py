@@ -232,3 +232,32 @@ def test_slow_tokenizers_are_refused(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "hi"}])
     with pytest.raises(DataError, match="needs a fast tokenizer"):
         build_datasets(config(train=str(path)), slow)
+
+
+def _long_prompts(count: int, bad: set[int] = frozenset(range(10**6))) -> list[dict]:
+    """Pairs whose answer lies past max_length 8 (without packing) in records of `bad`."""
+    prompt = "the model reads data and learns to answer questions about tokens"
+    return [{"input": prompt if i in bad else "hello", "output": "yes"} for i in range(count)]
+
+
+def test_a_validation_file_without_rows_is_an_error(tmp_path, tokenizer):
+    """Its rows were all dropped, and the run went on without evaluating (an empty split),
+    or crashed reading it back from the cache (IndexError)."""
+    train = write_jsonl(tmp_path / "train.jsonl", _long_prompts(10, bad=set()))
+    validation = write_jsonl(tmp_path / "val.jsonl", _long_prompts(3))
+    cfg = config(train=str(train), validation=str(validation), max_length=8, packing=False)
+    with pytest.raises(DataError, match="no validation rows are left: all records of the"):
+        build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
+
+
+def test_held_out_records_without_rows_leave_no_validation(tmp_path, tokenizer):
+    from okto.data.selection import SPLIT, rng
+
+    held_out = int(rng(0, SPLIT).choice(3, 1, replace=False)[0])
+    path = write_jsonl(tmp_path / "train.jsonl", _long_prompts(3, bad={held_out}))
+    cfg = config(train=str(path), max_length=8, packing=False)
+    with pytest.warns(DataWarning, match="held out of the training data gave no rows"):
+        splits = build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
+    assert splits.validation is None and splits.stats.validation_from == "none"
+    again = build_datasets(cfg, tokenizer, cache_dir=tmp_path / "cache")
+    assert again.stats.cache_hit and again.validation is None and again.train.num_rows == 2

@@ -110,6 +110,19 @@ def test_bad_data_is_a_clear_error(project, capsys, tmp_path, records, expected)
     assert "Traceback" not in err
 
 
+def test_data_warnings_are_shown_before_the_error_they_explain(project, capsys):
+    """'no training rows are left ... (see the warnings)' came with no warning shown."""
+    prompt = " ".join(["the cat sat on a mat"] * 4)
+    path = project(
+        records=[{"input": prompt, "output": "yes"}] * 20, dataset="packing: false max_length: 8"
+    )
+    path.write_text(path.read_text().replace("max_length: 32", ""))
+    assert train(path) == 2
+    said = capsys.readouterr()
+    assert "no train rows are left" in said.err
+    assert "dropped (no trained tokens within max_length)" in " ".join(said.out.split())
+
+
 @pytest.mark.parametrize(
     "model",
     [
