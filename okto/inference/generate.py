@@ -24,6 +24,7 @@ from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
 
 DEFAULT_BATCH = 16
+DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")  # what load_model runs in
 Stream = Callable[[int, str], None]
 
 
@@ -451,6 +452,8 @@ def load_model(
 
     if backend not in ops.BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(ops.BACKENDS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     checkpoint = open_checkpoint(path)
     config = _hf_config(checkpoint)
     tokenizer = _tokenizer(checkpoint)

@@ -310,3 +310,10 @@ def test_hf_backend_leaves_the_callers_random_state_alone(okm_files):
     torch.manual_seed(5)
     model.generate("Hello", max_tokens=2, seed=1, temperature=1.0)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8"])
+def test_a_dtype_to_run_in_is_a_float_one(okm_files, dtype):
+    """fp8 was an AttributeError traceback, int8 a load_state_dict RuntimeError."""
+    with pytest.raises(UsageError, match=f"unknown dtype '{dtype}'; choose one of fp32, fp16"):
+        load_model(okm_files["gpt2"], device="cpu", dtype=dtype)
