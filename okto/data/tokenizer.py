@@ -152,6 +152,13 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
         "records": table.num_rows,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if len(tokenizer) < settings.vocab_size:
+        warn(
+            f"the trained tokenizer has {len(tokenizer):,} entries, fewer than vocab_size "
+            f"{settings.vocab_size:,}: its {meta['sample_chars']:,} characters of text hold no "
+            "more pairs seen twice to merge (the model's vocabulary is the tokenizer's size)",
+            [],
+        )
     if meta["sample_records"] < table.num_rows:
         warn(
             f"trained the tokenizer on {meta['sample_records']:,} of {table.num_rows:,} records "

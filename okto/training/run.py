@@ -419,7 +419,8 @@ def _unevaluated(config, display: Display) -> None:
     if config.stability.min_improvement is not None:
         idle.append("STABILITY.min_improvement")
     if idle:
-        display.warn(f"there is no validation data, so {', '.join(idle)} never act")
+        verb = "never acts" if len(idle) == 1 else "never act"
+        display.warn(f"there is no validation data, so {', '.join(idle)} {verb}")
     unreported = sorted(reported_metrics(config) & (EVAL_METRICS | {"perplexity"}))
     if unreported:
         display.warn(

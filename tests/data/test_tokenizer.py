@@ -187,3 +187,12 @@ def test_data_preparation_names_its_stages_to_a_listener(tmp_path):
         f"tokenizing {held_out} validation records",
         "writing the rows to the cache",
     ]
+
+
+def test_a_tokenizer_smaller_than_vocab_size_is_said(tmp_path):
+    """One short record and the default 8,192 entries: it trained 264 in silence."""
+    path = write_jsonl(tmp_path / "one.jsonl", [{"text": "the cat sat on the mat"}])
+    cfg = config(train=str(path), tokenizer="train")
+    with pytest.warns(UserWarning, match=r"has \d+ entries, fewer than vocab_size 8,192"):
+        tokenizer = resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    assert len(tokenizer) < 300
