@@ -97,3 +97,15 @@ def test_long_prompt_and_bandwidth_report(okm_files):
     (g,) = model.generate(long_prompt, max_tokens=8, temperature=0)
     assert g.generated_tokens == 8
     assert g.stats.decode_gb_per_s > 0
+
+
+def test_hf_backend_on_cuda_is_seeded_and_leaves_the_random_state_alone(okm_files):
+    """The hf backend seeds torch's generators for a call only (torch.random.fork_rng over the
+    model's GPU): a seed replays its text, and the caller's CUDA random numbers carry on."""
+    model = load_model(okm_files["gpt2"], device="cuda", backend="hf")
+    torch.cuda.manual_seed(5)
+    expected = torch.rand(3, device="cuda")
+    torch.cuda.manual_seed(5)
+    first = model.generate("Hello", max_tokens=8, seed=3, temperature=1.0)[0].text
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+    assert model.generate("Hello", max_tokens=8, seed=3, temperature=1.0)[0].text == first
