@@ -17,7 +17,7 @@ _EXPORTS = {
     "Program": "okto.language",
     "OktoError": "okto.errors",
     "load_model": "okto.inference",
-    "train": "okto.training",
+    "train": "okto.process_state",
     "kernels": "okto.kernels",
 }
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+
+import pytest
+import torch
+
+import okto
+from okto import process_state
+from okto.cli import main
 
 
 def _fresh(script: str) -> list[str]:
@@ -41,3 +51,56 @@ def test_okto_kernels_is_an_attribute_of_okto():
         """
     )
     assert line == "4.0"
+
+
+def _process_state() -> dict:
+    """What a library call must leave as it found: the process-wide state a run may touch."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    return {
+        "environ": dict(os.environ),
+        "cwd": os.getcwd(),
+        "signals": [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)],
+        "logging": (list(logging.root.handlers), logging.root.level),
+        "torch": (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic),
+        "dtype": (torch.get_default_dtype(), torch.get_num_threads()),
+    }
+
+
+def test_train_twice_in_one_process_leaves_it_as_it_found_it(tmp_path, monkeypatch, capsys):
+    """A run with ENV network "offline" left HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 in
+    os.environ, so the notebook's next okto.train of a file that downloads a hub model, or
+    its own transformers calls, could not reach the hub."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "tiny"]) == 0
+    before = _process_state()
+    for _ in range(2):
+        result = okto.train("tiny/train.okt", max_steps=1, overrides=["ENV.network=offline"])
+        assert (result.outcome, result.steps) == ("completed", 1)
+        assert _process_state() == before
+    with pytest.raises(okto.OktoError):
+        okto.train("tiny/train.okt", overrides=["TRAIN.batch_size=abc"])
+    assert _process_state() == before
+
+
+def test_train_puts_back_what_a_run_changed_even_when_it_raises(monkeypatch):
+    """On a GPU a run turns TF32 and cuDNN autotuning on for the process (apply_switches):
+    the caller's fp32 matmuls after okto.train ran in TF32."""
+
+    def run_that_changes_everything(*args, **kwargs):
+        torch.backends.cuda.matmul.allow_tf32 = not torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark
+        torch.set_default_dtype(torch.float64)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.chdir(os.path.dirname(os.getcwd()))
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        logging.root.addHandler(logging.NullHandler())
+        raise okto.OktoError("failed")
+
+    monkeypatch.setattr(process_state, "run_training", run_that_changes_everything)
+    before = _process_state()
+    with pytest.raises(okto.OktoError, match="failed"):
+        okto.train("any.okt")
+    assert _process_state() == before

@@ -1,0 +1,80 @@
+"""Library calls leave the process as they found it.
+
+A training run changes process-wide state while it runs: the hub libraries' offline
+switches (`HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE` for ENV network "offline"), TF32 and
+cuDNN autotuning on a GPU, the Ctrl-C and SIGTERM handlers. The `okto` command exits
+after one run; a notebook or a script goes on, and its next `okto.train` (of a file that
+may download) or its own fp32 matmuls would inherit them. `okto.train` is therefore
+`training.run.train` inside `kept_process_state`, which puts them back on return and on
+raise alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from okto.training.run import train as run_training
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def kept_process_state() -> Iterator[None]:
+    """Environment variables, working directory, signal handlers, the root logger's
+    handlers and level, and torch's process-wide switches as they were on entry."""
+    environ = dict(os.environ)
+    cwd = os.getcwd()
+    handlers = {number: signal.getsignal(number) for number in SIGNALS}
+    root = list(logging.root.handlers), logging.root.level
+    switches = _torch_switches()
+    try:
+        yield
+    finally:
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
+        if os.getcwd() != cwd:
+            os.chdir(cwd)
+        for number, handler in handlers.items():
+            # None: a handler not set from Python, which Python cannot set back.
+            if handler is not None and signal.getsignal(number) != handler:
+                signal.signal(number, handler)
+        logging.root.handlers[:] = root[0]
+        logging.root.setLevel(root[1])
+        _set_torch_switches(switches)
+
+
+@functools.wraps(run_training)
+def train(*args: Any, **kwargs: Any):
+    with kept_process_state():
+        return run_training(*args, **kwargs)
+
+
+def _torch_switches() -> dict[str, Any]:
+    import torch
+
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "default_dtype": torch.get_default_dtype(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _set_torch_switches(switches: dict[str, Any]) -> None:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = switches["tf32_matmul"]
+    torch.backends.cudnn.allow_tf32 = switches["tf32_cudnn"]
+    torch.backends.cudnn.benchmark = switches["cudnn_benchmark"]
+    torch.backends.cudnn.deterministic = switches["cudnn_deterministic"]
+    torch.set_default_dtype(switches["default_dtype"])
+    torch.set_num_threads(switches["threads"])
