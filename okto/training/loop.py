@@ -196,6 +196,7 @@ class Trainer:
         save_model,
         parallel: Parallel | None = None,
         test_rows=None,
+        data_key: str = "",
     ):
         self.model, self.forward = model, forward
         self.parallel = parallel or Parallel(device=settings.device)
@@ -206,6 +207,7 @@ class Trainer:
         self.val_stream = ExampleStream(val_rows, self.seed, shuffle=False) if val_rows else None
         self.test_stream = ExampleStream(test_rows, self.seed, shuffle=False) if test_rows else None
         self.test_result: dict = {}  # DATASET.test's figures, measured once at the end
+        self.data_key = data_key  # the rows' cache key: what they were made of
         self.total, self.live = total_steps, live
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
@@ -799,6 +801,7 @@ class Trainer:
             "position": self.position,
             "total_steps": self.total,
             "rows": self.train_stream.rows,
+            "data_key": self.data_key,
             "seed": self.seed,
             "live": asdict(self.live),
             "window": asdict(self.window),

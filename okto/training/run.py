@@ -222,11 +222,7 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
                 "steps (--max-steps, TRAIN.max_steps or epochs), or from an earlier checkpoint"
             )
         display.text(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
-        if state["rows"] != trainer.train_stream.rows:
-            display.warn(
-                f"the training data changed since the checkpoint ({state['rows']:,} rows then, "
-                f"{trainer.train_stream.rows:,} now): the run continues, but not as it would have"
-            )
+        _resumed_with_other_data(trainer, state, display)
         _resumed_with_other_settings(program, trainer, state, display)
     trainer.metrics.write(
         "start",
@@ -250,6 +246,22 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
     finally:
         trainer.metrics.close()
+
+
+def _resumed_with_other_data(trainer, state: dict, display: Display) -> None:
+    """Rows other than the checkpoint's (other files, tokenizer, DATASET settings or seed,
+    which orders them) do not continue the run as it would have gone: said, not refused."""
+    rows = trainer.train_stream.rows
+    if state["rows"] != rows:
+        what = f"{state['rows']:,} rows then, {rows:,} now"
+    elif state.get("data_key", trainer.data_key) != trainer.data_key:
+        what = "its files, the tokenizer, DATASET settings, the seed or okto's data code"
+    else:
+        return
+    display.warn(
+        f"the training data changed since the checkpoint ({what}): the run continues, "
+        "but not as it would have"
+    )
 
 
 def _resumed_with_other_settings(program, trainer, state: dict, display: Display) -> None:
@@ -554,6 +566,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         settings=settings,
         config=config,
         train_rows=splits.train,
+        data_key=splits.stats.cache_key,
         val_rows=splits.validation,
         test_rows=splits.test,
         total_steps=total,

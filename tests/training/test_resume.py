@@ -19,6 +19,7 @@ from tests.training.conftest import steps, train
 # Dropout on (GPT-2's default 0.1), so the RNG state matters; cosine so the schedule does.
 SCHEDULE = 'max_steps: 12 scheduler: "cosine" warmup_steps: 2 save_steps: 4'
 FIELDS = ("step", "loss", "lr", "grad_norm")
+SHUFFLE_OFF = ("--set", "DATASET.shuffle=false")
 CHECKPOINTS = Path("runs/tiny/checkpoints")
 
 
@@ -147,3 +148,14 @@ def test_resuming_past_the_runs_end_is_a_clear_error(project, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "step-0000012 is at step 12, past this run's 6 steps" in err
     assert [r["step"] for r in steps()] == list(range(1, 13))  # the metrics are untouched
+
+
+def test_resuming_on_other_data_is_said(project, capsys):
+    """The same rows in another order (shuffle off) resumed in silence: only a change of
+    the row count was said."""
+    path = project(train=SCHEDULE, extra="CONTROL { IF step == 4 { STOP } }")
+    assert train(path) == 0
+    capsys.readouterr()
+    assert train(project(train=SCHEDULE, name="on.okt"), "--resume", "auto", *SHUFFLE_OFF) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the training data changed since the checkpoint (its files, the tokenizer" in said
