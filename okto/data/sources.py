@@ -27,6 +27,7 @@ SCHEMA = pa.schema(
         ("train_all", pa.bool_()),
     ]
 )
+NOT_AN_OBJECT = "not an object"
 DETECT_WITHIN = 100  # records looked at to find the fields before giving up
 BATCH_RECORDS = 4096
 # Types whose pairs go through the chat template; `generation` and `text` stay raw.
@@ -57,7 +58,7 @@ def _read_file(
         if isinstance(record, str):
             record = {"text": record}
         if not isinstance(record, dict):
-            stats.drop("not an object", where)
+            stats.drop(NOT_AN_OBJECT, where)
             continue
         if plan is None:
             seen_fields.update(dict.fromkeys(record))
@@ -118,6 +119,12 @@ def _add(
 def _check_file(path, plan, seen_fields, settings, stats: FileStats, notes: list[str]) -> None:
     if stats.records == 0:
         raise DataError(f"data file {path} is empty (no records)")
+    if stats.dropped.get(NOT_AN_OBJECT) == stats.records:
+        raise DataError(
+            f"{path}: no record is an object with fields ({stats.records:,} read; the first, "
+            f"at {stats.first_dropped}, is not one); a file holding one JSON array of records "
+            "is read with format json or auto"
+        )
     if plan is None:
         raise no_fields_error(path, list(seen_fields), settings)
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(stats.dropped.items(), key=lambda x: -x[1]))

@@ -69,6 +69,18 @@ def test_no_usable_text_field_lists_the_fields(tmp_path, tokenizer):
         _build(tokenizer, path)
 
 
+def test_records_that_are_not_objects_are_named_as_such(tmp_path, tokenizer):
+    """An array file read as JSON lines said 'no usable text field (fields found: none)'."""
+    path = tmp_path / "array.json"
+    path.write_text(json.dumps([{"text": "hello"}, {"text": "world"}]))
+    with pytest.raises(
+        DataError,
+        match=r"no record is an object with fields \(1 read; the first, "
+        r"at line 1, is not one\); .* read with format json or auto",
+    ):
+        _build(tokenizer, path, format="jsonl")
+
+
 def test_named_field_missing_from_every_record(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"body": "hello"}] * 3)
     with pytest.raises(DataError, match=r"no record has text_field 'text' \(fields found: body\)"):
