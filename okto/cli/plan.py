@@ -57,13 +57,15 @@ def run(args) -> int:
 
 
 def _plan(path: str, overrides: list[str]):
+    from pathlib import Path
+
     from okto.language import apply_overrides, load
     from okto.planner import build_plan, model_config
 
     program = load(path)
     if overrides:
         program = apply_overrides(program, overrides)
-    config, source = model_config(program.config.model)
+    config, source = model_config(program.config.model, Path(path).parent)
     plan = build_plan(program, model=config)
     found = f"model config from {source}" if config is not None else f"model unknown: {source}"
     return plan, [found, *plan.notes], program.warnings

@@ -21,9 +21,11 @@ CONFIG_ERRORS = (ValueError, TypeError, KeyError, StrictDataclassError)
 """What a transformers config class raises for values it refuses."""
 
 
-def model_config(model: ModelConfig) -> tuple[Any | None, str]:
-    """(transformers config, where it came from), or (None, why there is none)."""
-    values, source = _base_values(model.base) if model.base else (None, "")
+def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any | None, str]:
+    """(transformers config, where it came from), or (None, why there is none). A relative
+    MODEL.base is looked for in `base_dir` (the .okt file's folder), then in the working
+    directory, as okto train looks for it."""
+    values, source = _base_values(model.base, base_dir) if model.base else (None, "")
     if model.builds_from_architecture:
         values = {**(values or {}), "model_type": model.architecture}
         source = f"MODEL.architecture {model.architecture}" + (f" over {source}" if source else "")
@@ -51,12 +53,15 @@ def refused(model_type: str, error: Exception) -> UsageError:
     )
 
 
-def _base_values(base: str) -> tuple[dict | None, str]:
-    if Path(base).exists():
+def _base_values(base: str, base_dir: Path | None) -> tuple[dict | None, str]:
+    path = Path(base).expanduser()
+    candidates = [base_dir / path] if base_dir is not None and not path.is_absolute() else []
+    local = next((p for p in [*candidates, path] if p.exists()), None)
+    if local is not None:
         from okto.package import open_checkpoint
 
         try:
-            return open_checkpoint(base).config, f"MODEL.base {base}"
+            return open_checkpoint(local).config, f"MODEL.base {base}"
         except OktoError as error:
             return None, str(error)
     from huggingface_hub import try_to_load_from_cache

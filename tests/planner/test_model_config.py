@@ -4,6 +4,8 @@ for any causal LM transformers has, and refuse bad values with a message, not a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -53,3 +55,24 @@ def test_a_config_value_transformers_refuses_is_an_error(tmp_path, capsys):
     with pytest.raises(UsageError) as caught:
         locate(okto.load(path).config.model, tmp_path, offline=True, scratch=tmp_path)
     assert str(caught.value) == REFUSED
+
+
+def test_okto_plan_finds_a_relative_base_beside_the_file_as_okto_train_does(
+    tmp_path, monkeypatch, capsys
+):
+    """examples/finetune.okt's MODEL.base "../runs/quickstart/final" trained from the
+    repository root, but okto plan looked for it in the working directory alone and said
+    'model unknown: ... is neither a local path nor a hub name'."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=64, n_positions=32)
+    config.bos_token_id = config.eos_token_id = 0
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "base")
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "train.okt"
+    path.write_text('PROJECT "p"\nMODEL { base: "../base" }\n')
+    monkeypatch.chdir(tmp_path.parent)
+    assert main(["plan", "-f", str(path), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["model"]["architecture"], plan["model"]["head_dim"]) == ("gpt2", 8)
+    assert plan["notes"][0] == "model config from MODEL.base ../base"
