@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import json
 import re
+import shutil
 
 import pytest
+import torch
 
 import okto
+from okto.cli import main
 from okto.data.files import resolve_files
 from okto.language import docs
 from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, NOT_EXECUTED_BLOCKS, OktoConfig
@@ -134,3 +138,60 @@ def test_the_readme_language_example_is_valid():
     section = readme[readme.index("## The language") :]
     code = re.search(r"```okt\n(.*?)```", section, re.DOTALL).group(1)
     okto.parse(code, "README.md")
+
+
+# Examples that ask for a CUDA GPU: without one, okto plan and okto train stop with exit 4.
+GPU_EXAMPLES = {"gpt2-124m.okt", "gpu-kernels.okt"}
+# Examples whose MODEL.base is a hub name: trained only where it is in the local cache.
+HUB_MODEL = "sshleifer/tiny-gpt2"
+# What okto train says of the others, offline, in a fresh folder.
+NOT_TRAINED = {
+    "inference-only.okt": "MODEL names no model",  # for okto infer -f
+    "finetune.okt": "no such file or folder",  # needs the quickstart's run first
+}
+# The quickstart reads and tokenizes a 125 MB dump: scripts/quickstart trains it, the
+# tests plan it.
+SLOW = {"quickstart.okt"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_plans(path, capsys):
+    needs_gpu = path.name in GPU_EXAMPLES and not torch.cuda.is_available()
+    code = main(["plan", "-f", str(path), "--json"])
+    record = json.loads(capsys.readouterr().out)
+    if needs_gpu:
+        assert (code, record["exit_code"]) == (4, 4)
+        assert "asks for a CUDA GPU, but this machine has none" in record["error"]
+    else:
+        assert code == 0, record
+
+
+def _hub_model_cached() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(HUB_MODEL, "config.json"), str)
+
+
+@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name not in SLOW], ids=lambda p: p.name)
+def test_every_example_trains_two_steps_or_says_why(path, tmp_path, monkeypatch, capsys):
+    """In a copy of examples/ (so that runs/ and ../runs land in tmp_path), offline: an
+    example trains 2 steps on the CPU, or stops with its exit code and a one-line reason."""
+    shutil.copytree(path.parent, tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # a run offline sets them
+        monkeypatch.setenv(name, "0")
+    args = ["train", "-f", f"examples/{path.name}", "--max-steps", "2"]
+    code = main([*args, "--set", "ENV.network=offline"])
+    out, err = capsys.readouterr()
+    if path.name in GPU_EXAMPLES and not torch.cuda.is_available():
+        assert code == 4 and "asks for a CUDA GPU" in err
+    elif loaded(path).config.model.base == HUB_MODEL and not _hub_model_cached():
+        assert code == 2 and f"MODEL.base '{HUB_MODEL}' is not a local path" in err
+    elif path.name in NOT_TRAINED:
+        assert code == 2 and NOT_TRAINED[path.name] in err
+    else:
+        assert code == 0, err
+        assert "finished 2 steps" in out
+        assert list(tmp_path.glob("runs/*/final/config.json"))
+    assert "Traceback" not in err
