@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -104,3 +105,23 @@ def test_train_puts_back_what_a_run_changed_even_when_it_raises(monkeypatch):
     with pytest.raises(okto.OktoError, match="failed"):
         okto.train("any.okt")
     assert _process_state() == before
+
+
+def test_okto_init_then_the_commands_it_prints_word_for_word(tmp_path, monkeypatch, capsys):
+    """`okto init` named `okto check` alone: nothing said how to train the project or try
+    the model. Each command it prints now runs as printed, the model included."""
+    monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "my proj"]) == 0
+    printed = capsys.readouterr().out.splitlines()[1:]
+    first, *others = (line.split(":", 1)[1] if ":" in line else line for line in printed)
+    folder, check = first.split("&&")
+    assert shlex.split(folder) == ["cd", "my proj"]
+    monkeypatch.chdir(tmp_path / "my proj")
+    for command in [check, *others]:
+        okto_word, *args = shlex.split(command)
+        assert okto_word == "okto"
+        assert main(args) == 0, command
+    out = capsys.readouterr().out
+    assert "finished 9 steps" in out
+    assert "\nThe cat" in out  # the prompt and its completion

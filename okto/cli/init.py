@@ -1,5 +1,5 @@
 """`okto init NAME`: a new project folder with a commented `train.okt` and a
-tiny dataset, ready for `okto check` and `okto train` (it trains a small
+tiny dataset, ready for `okto check`, `okto train` and `okto infer` (it trains a small
 GPT-2 from scratch, so nothing is downloaded)."""
 
 from __future__ import annotations
@@ -102,5 +102,18 @@ def run(args) -> int:
         lines = "".join(json.dumps({"text": text}) + "\n" for text in records)
         (root / "data" / name).write_text(lines, encoding="utf-8")
     print(f"created {root}/train.okt and {root}/data/ ({len(train)} + {len(validation)} records)")
-    print(f"next: cd {shlex.quote(str(root))} && okto check -f train.okt")
+    for line in next_steps(root):
+        print(line)
     return 0
+
+
+def next_steps(root: Path) -> list[str]:
+    """The commands that check, train and try the new project, as a shell takes them."""
+    from okto.training.outputs import slug  # the run folder okto train names
+
+    run = shlex.quote(f"runs/{slug(root.resolve().name)}")
+    return [
+        f"next: cd {shlex.quote(str(root))} && okto check -f train.okt",
+        "then: okto train -f train.okt",
+        f"      okto infer --model {run} --prompt 'The cat'",
+    ]
