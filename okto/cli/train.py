@@ -29,7 +29,12 @@ def add_parser(subparsers) -> None:
         "for, 130/143 stopped by Ctrl-C/SIGTERM (a checkpoint was saved; --resume auto goes on)",
     )
     p.add_argument("-f", "--file", required=True, help="the .okt file")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (replaces epochs)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimizer steps (replaces epochs)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -62,8 +67,9 @@ def run(args) -> int:
     from okto.training.launch import processes_to_start, torchrun
     from okto.training.run import load_program
 
-    if args.gpus is not None and args.gpus < 1:
-        raise UsageError(f"--gpus must be at least 1, not {args.gpus}")
+    for flag, value in (("--max-steps", args.max_steps), ("--gpus", args.gpus)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, not {value}")
     gpus = [f"ENV.gpus={args.gpus}"] if args.gpus is not None else []
     program = load_program(args.file, [*args.set, *gpus], args.max_steps)
     processes = processes_to_start(program)

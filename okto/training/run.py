@@ -70,7 +70,7 @@ def train(
     source,
     *,
     max_steps: int | None = None,
-    overrides: tuple[str, ...] | list[str] = (),
+    overrides: str | tuple[str, ...] | list[str] = (),
     resume: str | None = None,
     verbose: bool = False,
     show_tflops: bool = False,
@@ -78,7 +78,7 @@ def train(
 ) -> TrainResult:
     """Train what a `.okt` file (a path or an `okto.Program`) describes.
 
-    `overrides` are `BLOCK.field=value` strings (`--set`), `max_steps`
+    `overrides` is one `BLOCK.field=value` string (`--set`) or a list of them, `max_steps`
     replaces TRAIN's epochs or max_steps, `resume` is "auto" or a checkpoint
     folder (default: TRAIN.resume_from_checkpoint).
     """
@@ -115,16 +115,21 @@ def reported_metrics(config) -> set[str]:
 
 
 def load_program(source, overrides=(), max_steps: int | None = None):
-    """The `okto.Program` a run trains: `source` (a path or a Program) with `--set`
-    overrides and `--max-steps` applied, and a PROJECT name checked."""
+    """The `okto.Program` a run trains: `source` (a path or a Program) with `overrides`
+    and `max_steps` applied, and a PROJECT name checked.
+
+    Errors name the parameters as a Python caller passed them; `okto train` checks its
+    flags before calling, so its messages stay in flag terms.
+    """
     from okto.language import Program, apply_overrides, load
 
     program = source if isinstance(source, Program) else load(source)
+    overrides = _override_list(overrides)
     if overrides:
-        program = apply_overrides(program, list(overrides))
+        program = apply_overrides(program, overrides)
     if max_steps is not None:
-        if max_steps < 1:
-            raise UsageError(f"--max-steps must be at least 1, not {max_steps}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise UsageError(f"max_steps must be a whole number of at least 1, not {max_steps!r}")
         program = copy.copy(program)  # the caller's Program stays as it was
         program.config = program.config.model_copy(deep=True)
         program.config.train.max_steps = max_steps
@@ -132,6 +137,21 @@ def load_program(source, overrides=(), max_steps: int | None = None):
     if not program.config.project.name:
         raise UsageError('okto train needs a PROJECT name: add a line like PROJECT "my-model"')
     return program
+
+
+def _override_list(overrides) -> list[str]:
+    """`overrides` as a list of `BLOCK.field=value` strings: one string is one override
+    (not its characters, as `list("TRAIN.batch_size=4")` would make it)."""
+    if isinstance(overrides, str):
+        return [overrides]
+    overrides = list(overrides)
+    for item in overrides:
+        if not isinstance(item, str):
+            raise UsageError(
+                f"overrides must be BLOCK.field=value strings, like 'TRAIN.batch_size=32'; "
+                f"got {item!r} ({type(item).__name__})"
+            )
+    return overrides
 
 
 def _train(program, config, display: Display, resume: str | None, ranks) -> TrainResult:

@@ -55,6 +55,34 @@ def test_python_api_with_overrides_and_exports(project):
     assert generated[0].generated_tokens >= 1
 
 
+def test_python_api_takes_one_override_string(project):
+    """`overrides="TRAIN.batch_size=3"` was split into characters by list(): "override 'T':
+    expected BLOCK.field=value"."""
+    result = okto.train(project(), max_steps=1, overrides="TRAIN.batch_size=3")
+    assert json.loads((result.run_dir / "okto_config.json").read_text())["train"]["batch_size"] == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"overrides": ["TRAIN.batch_size=3", 5]}, "overrides must be BLOCK.field=value strings"),
+        ({"max_steps": "2"}, "max_steps must be a whole number of at least 1, not '2'"),
+        ({"max_steps": 0}, "max_steps must be a whole number of at least 1, not 0"),
+    ],
+)
+def test_python_api_errors_name_its_parameters(project, settings, message):
+    """max_steps="2" raised TypeError: '<' not supported; max_steps=0 told a Python caller
+    "--max-steps must be at least 1", a flag it never passed."""
+    with pytest.raises(okto.OktoError) as raised:
+        okto.train(project(), **settings)
+    assert message in str(raised.value) and "--" not in str(raised.value)
+
+
+def test_cli_errors_name_its_flags(project, capsys):
+    assert train(project(), "--max-steps", "0") == 2
+    assert "--max-steps must be at least 1, not 0" in capsys.readouterr().err
+
+
 def test_a_warmup_longer_than_the_run_is_warned(project, capsys):
     assert train(project(train='max_steps: 3 scheduler: "cosine" warmup_steps: 5')) == 0
     out = capsys.readouterr()
