@@ -173,10 +173,11 @@ def requested(args) -> dict:
 def load(args, values: dict):
     """Load the model `values` names, printing the engine's notes to stderr."""
     from okto.inference import load_model
+    from okto.inference.generate import device_for
 
     model = load_model(
         values["model"],
-        device=args.device,
+        device=device_for(args.device, "--device {}"),
         dtype=values.get("dtype"),
         backend=values.get("backend", "auto"),
         cuda_graphs=values.get("cuda_graphs", True) and not args.no_cuda_graphs,

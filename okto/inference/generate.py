@@ -398,34 +398,37 @@ def _eos_ids(checkpoint, tokenizer) -> set[int]:
     return ids
 
 
-def _device(name: str | None):
+def device_for(name, asked: str = "device={!r}"):
     """The torch device to run on: CUDA when there is one, unless `name` (cpu, cuda, cuda:N)
-    says otherwise; a name this machine cannot honour is a clear error."""
+    says otherwise; a name this machine cannot honour is a clear error. `asked` spells the
+    request in the caller's terms: `device='cuda'` for Python, `--device {}` for the CLI."""
     import torch
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
         raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise MachineError(f"--device {name}: this machine has no CUDA GPU; use --device cpu")
+            raise MachineError(
+                f"{asked.format(name)}: this machine has no CUDA GPU; use {asked.format('cpu')}"
+            )
         if (device.index or 0) >= count:
             raise MachineError(
-                f"--device {name}: this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
-                f"(cuda:0 to cuda:{count - 1})"
+                f"{asked.format(name)}: this machine has {count} CUDA "
+                f"GPU{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})"
             )
     return device
 
 
 def load_model(
     path: str | Path,
-    device: str | None = None,
+    device=None,
     dtype: str | None = None,
     backend: str = "auto",
     cuda_graphs: bool = True,
@@ -434,9 +437,9 @@ def load_model(
 ) -> Model:
     """Load an `.okm`, a Hugging Face directory or a run directory for generation.
 
-    `device` defaults to CUDA when there is one; `dtype` (fp32, fp16, bf16)
-    defaults to the stored one, with half precision widened to fp32 on the
-    CPU. `backend`: auto / okto (okto's engine, with okto's kernels on CUDA),
+    `device` (cpu, cuda, cuda:N or a torch.device) defaults to CUDA when there is
+    one; `dtype` (fp32, fp16, bf16) defaults to the stored one, with half precision
+    widened to fp32 on the CPU. `backend`: auto / okto (okto's engine, with okto's kernels on CUDA),
     native (okto's engine on PyTorch ops), hf (Hugging Face generate).
     okto's engine runs `decode_steps` decode steps per CUDA graph (default
     `engine.DECODE_STEPS`) and, with `compile`, its decode step through torch.compile.
@@ -457,7 +460,7 @@ def load_model(
     checkpoint = open_checkpoint(path)
     config = _hf_config(checkpoint)
     tokenizer = _tokenizer(checkpoint)
-    device = _device(device)
+    device = device_for(device)
     state = checkpoint.tensors()
     stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     if dtype is not None:

@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 
+import okto
 from okto.cli import main
+from okto.errors import MachineError
 from okto.package import open_checkpoint
 from tests.inference.models import PROMPTS
 
@@ -352,6 +354,17 @@ def test_a_device_this_machine_lacks_is_a_clear_error(okm_files, capsys, device,
     assert main(argv) == code
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+    if code == 4:
+        assert f"--device {device}: " in err and "use --device cpu" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_load_model_names_its_device_parameter_not_the_flag(okm_files):
+    """okto.load_model(path, device="cuda") told a Python caller "--device cuda: ... use
+    --device cpu", flags it never passed."""
+    with pytest.raises(MachineError) as raised:
+        okto.load_model(okm_files["gpt2"], device="cuda")
+    assert str(raised.value) == "device='cuda': this machine has no CUDA GPU; use device='cpu'"
 
 
 def test_a_file_that_is_no_model_is_a_usage_error(okm_files, hf_dirs, capsys, stdin, tmp_path):
