@@ -21,7 +21,9 @@ def add_parser(subparsers) -> None:
         description="Chat with a model; type the exit command (default: exit) or end input to leave.",
     )
     add_generation_arguments(p)
-    p.add_argument("--exit-command", help="the line that ends the session (default: exit)")
+    p.add_argument(
+        "--exit-command", metavar="TEXT", help="the line that ends the session (default: exit)"
+    )
     p.set_defaults(run=run)
 
 

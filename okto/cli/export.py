@@ -9,12 +9,14 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="package a model as .okm, or write an .okm back as a Hugging Face directory",
-        description="Export a model (.okm, Hugging Face directory or run directory) to an .okm file "
-        "a Hugging Face directory, or one safetensors file of the weights alone. Without "
+        description="Export a model (.okm, Hugging Face directory or run directory) to an .okm file, "
+        "a Hugging Face directory or one safetensors file of the weights alone. Without "
         "--format, an --out ending in .okm gives okm, one ending in .safetensors the weights "
         "file, anything else a Hugging Face directory.",
     )
-    p.add_argument("--model", "-m", required=True, help=".okm, Hugging Face or run directory")
+    p.add_argument(
+        "--model", "-m", required=True, metavar="M", help=".okm, Hugging Face or run directory"
+    )
     p.add_argument("--out", "-o", required=True, type=Path, help="where to write")
     p.add_argument(
         "--format",

@@ -46,7 +46,9 @@ def unescaped(text: str) -> str:
 
 def add_generation_arguments(p) -> None:
     """The model and sampling flags `okto infer` and `okto chat` share."""
-    p.add_argument("--model", "-m", help=".okm file, Hugging Face directory or run directory")
+    p.add_argument(
+        "--model", "-m", metavar="M", help=".okm file, Hugging Face directory or run directory"
+    )
     p.add_argument(
         "-f",
         "--file",
@@ -55,18 +57,26 @@ def add_generation_arguments(p) -> None:
         metavar="FILE.okt",
         help="use its INFERENCE block (as -f/--file in every okto command)",
     )
-    p.add_argument("--max-tokens", type=int, help="most new tokens per prompt")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int, help="0 = off")
-    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-tokens", type=int, metavar="N", help="most new tokens per prompt")
+    p.add_argument("--temperature", type=float, metavar="T", help="0 = greedy")
+    p.add_argument(
+        "--top-p",
+        type=float,
+        metavar="P",
+        help="nucleus sampling: keep the likeliest tokens up to probability P",
+    )
+    p.add_argument("--top-k", type=int, metavar="K", help="keep the K likeliest tokens; 0 = off")
+    p.add_argument(
+        "--repetition-penalty", type=float, metavar="X", help="1 = off; above 1 discourages repeats"
+    )
     p.add_argument(
         "--stop",
         action="append",
         type=unescaped,
+        metavar="TEXT",
         help="stop sequence (repeatable); \\n \\t \\r \\\\ \\uXXXX are escapes, as in .okt strings",
     )
-    p.add_argument("--seed", type=int, help="makes sampling reproducible")
+    p.add_argument("--seed", type=int, metavar="N", help="makes sampling reproducible")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when present)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: as stored")
     p.add_argument(
@@ -92,7 +102,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--prompts-file", type=Path, metavar="FILE", help="a text file with one prompt per line"
     )
-    p.add_argument("--batch-size", type=int, help="prompts run together (default: up to 16)")
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", help="prompts run together (default: up to 16)"
+    )
     output = p.add_mutually_exclusive_group()  # a record is written once its prompt is done
     output.add_argument("--json", action="store_true", help="one JSON record per prompt on stdout")
     output.add_argument(

@@ -80,7 +80,9 @@ def add_parser(subparsers) -> None:
         help="create a project folder with a commented train.okt and a tiny dataset",
         description="Create NAME/ with train.okt and data/ (a tiny text dataset).",
     )
-    p.add_argument("name", help="the folder to create (its name becomes the PROJECT name)")
+    p.add_argument(
+        "name", metavar="NAME", help="the folder to create (its name becomes the PROJECT name)"
+    )
     p.set_defaults(run=run)
 
 

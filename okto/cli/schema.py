@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
         description="Print the JSON Schema of the configuration a .okt file describes "
         "(blocks, fields, aliases, types, defaults), for editors and linters.",
     )
-    p.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write to this file instead of stdout"
+    )
     p.set_defaults(run=run)
 
 
