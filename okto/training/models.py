@@ -101,10 +101,10 @@ def _new_config(architecture: str | None, overrides: dict):
             'name) or `architecture` with `pretrained: false` (e.g. MODEL { architecture: "gpt2" '
             "pretrained: false })"
         )
-    _check_names(AutoConfig.for_model(architecture), overrides)  # the language checked the type
     try:
+        _check_names(AutoConfig.for_model(architecture), overrides)  # the language checked it
         return AutoConfig.for_model(architecture, **overrides)
-    except CONFIG_ERRORS as error:
+    except CONFIG_ERRORS as error:  # some types' own defaults fail their checks
         raise refused(architecture, error) from None
 
 
@@ -209,7 +209,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     _check_window(source, model_cfg.context_window, max_length)
     if not source.pretrained:
-        model = AutoModelForCausalLM.from_config(config)
+        model = _new_model(config)
     elif source.folder is not None:
         with quiet_transformers():  # okto's model line follows
             model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
@@ -220,6 +220,22 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         model.resize_token_embeddings(len(tokenizer))
     _for_training(model)
     return model
+
+
+def _new_model(config):
+    """A new model of `config`. transformers' table of causal LMs holds decoders that need
+    more than a config (MusicGen's, Whisper's with its own head rules) and models needing
+    packages this machine lacks: what its constructor raises is said in one line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_config(config)
+    except Exception as error:  # an arbitrary model class's constructor: anything but Ctrl-C
+        detail = " ".join(str(error).split())
+        raise UsageError(
+            f"cannot build a new {config.model_type} model from MODEL.config "
+            f"({type(error).__name__}: {detail}); pick another architecture or change the config"
+        ) from None
 
 
 def _check_window(source: ModelSource, asked: int | None, max_length: int) -> None:
@@ -266,7 +282,10 @@ def _load_package(source: ModelSource, config):
 
     from okto.package.transformers_model import causal_lm
 
-    model, missing, unexpected = causal_lm(config, source.package.tensors(), torch.float32)
+    try:
+        model, missing, unexpected = causal_lm(config, source.package.tensors(), torch.float32)
+    except ValueError as error:  # no causal-LM class, or weights shaped unlike the config
+        raise UsageError(f"{source.where}: {error}") from None
     if missing or unexpected:
         raise UsageError(
             f"{source.where}: its weights do not fit a {config.model_type} model "

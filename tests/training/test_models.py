@@ -232,3 +232,24 @@ def test_llama_from_scratch_with_config_overrides(project):
     config = json.loads(Path("runs/tiny/final/config.json").read_text())
     assert config["num_key_value_heads"] == 4 and config["head_dim"] == 16
     assert config["max_position_embeddings"] == 32 and config["vocab_size"] == 300
+
+
+def test_a_model_type_transformers_cannot_build_from_a_config_exits_2(project, capsys):
+    """transformers' table of causal LMs holds decoders its constructor refuses on a config
+    alone (MusicGen's lacks attributes): that was an AttributeError traceback."""
+    assert train(project(model='architecture: "musicgen" pretrained: false')) == 2
+    err = capsys.readouterr().err
+    assert "cannot build a new musicgen model from MODEL.config (AttributeError" in err
+    assert "Traceback" not in err
+
+
+def test_an_okm_whose_weights_do_not_fit_its_config_exits_2(project, base_dir, capsys):
+    """A ValueError naming the misfit tensor came up as a traceback."""
+    config_file = base_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    config["n_inner"] = 3 * config["n_embd"]  # the MLP's width: the weights have 4x
+    config_file.write_text(json.dumps(config))
+    export_model(base_dir, Path("misfit.okm"), "okm")
+    assert train(project(train="max_steps: 1", model='base: "misfit.okm"')) == 2
+    err = capsys.readouterr().err
+    assert "the weights do not fit the config" in err and "Traceback" not in err
