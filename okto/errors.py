@@ -2,7 +2,7 @@
 
 Exit codes (spec section 6): 0 success, 1 other failure, 2 invalid `.okt` or
 arguments, 3 training or inference failed, 4 the machine lacks what the file
-asks for.
+asks for, 141 stdout closed by its reader (`okto infer ... | head`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ EXIT_FAILURE = 1
 EXIT_INVALID = 2
 EXIT_RUN_FAILED = 3
 EXIT_MACHINE = 4
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left
 
 
 class OktoError(Exception):

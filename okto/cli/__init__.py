@@ -13,9 +13,7 @@ import os
 import sys
 
 from okto import __version__
-from okto.errors import EXIT_INVALID, OktoError
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer whose reader left
+from okto.errors import EXIT_BROKEN_PIPE, EXIT_INVALID, OktoError
 
 # Subcommand modules, in the order `okto --help` lists them.
 COMMANDS = ("check", "schema", "init", "train", "plan", "bench", "infer", "chat", "export")
