@@ -17,6 +17,8 @@ _EXPORTS = {
     "Program": "okto.language",
     "OktoError": "okto.errors",
     "load_model": "okto.inference",
+    "generate": "okto.inference.generate",
+    "plan": "okto.planner.file_plan",
     "train": "okto.process_state",
     "kernels": "okto.kernels",
 }

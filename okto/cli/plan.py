@@ -34,38 +34,27 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from okto.language import with_overrides
+    from okto.planner.file_plan import plan_program
+
     try:
-        plan, notes, warnings = _plan(args.file, args.set)
+        program = with_overrides(args.file, args.set)
+        plan = plan_program(program)
     except OktoError as error:
         if not args.json:
             raise
         print(json.dumps({"file": args.file, "error": str(error), "exit_code": error.exit_code}))
         return error.exit_code
     if args.json:
-        record = {"file": args.file, **plan.to_dict(), "notes": notes}
-        record["warnings"] = [d.to_dict() for d in warnings]
+        record = {"file": args.file, **plan.to_dict()}
+        record["warnings"] = [d.to_dict() for d in program.warnings]
         print(json.dumps(record, indent=2))
         return EXIT_OK
     from rich.console import Console
 
-    for diagnostic in warnings:  # the file's, as okto check and okto train print them
+    for diagnostic in program.warnings:  # the file's, as okto check and okto train print them
         print(diagnostic.render(), end="\n\n", file=sys.stderr)
     Console().print(plan.table())
-    for note in notes:
+    for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)
     return EXIT_OK
-
-
-def _plan(path: str, overrides: list[str]):
-    from pathlib import Path
-
-    from okto.language import apply_overrides, load
-    from okto.planner import build_plan, model_config
-
-    program = load(path)
-    if overrides:
-        program = apply_overrides(program, overrides)
-    config, source = model_config(program.config.model, Path(path).parent)
-    plan = build_plan(program, model=config)
-    found = f"model config from {source}" if config is not None else f"model unknown: {source}"
-    return plan, [found, *plan.notes], program.warnings

@@ -10,6 +10,7 @@ bandwidth).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import secrets
 import tempfile
@@ -493,6 +494,34 @@ def load_model(
         context = spec.max_positions
     defaults = Settings().merged(checkpoint.generation_defaults)
     return Model(checkpoint, tokenizer, engine, defaults, context)
+
+
+def generate(model: Model | str | Path, prompts: str | list[str], **settings) -> str | list[str]:
+    """The completion of one prompt (a string), or of each of a list of prompts, as `okto infer`
+    prints them after their prompts: `okto.generate("m.okm", "Once", max_tokens=20)`.
+
+    `model` is a loaded `Model` or what `load_model` loads; `settings` are `load_model`'s
+    (device, dtype, backend, ...; for a path only) and `Model.generate`'s (max_tokens,
+    temperature, seed, ...). Loading once with `load_model` is quicker for several calls.
+    """
+    load_names = set(inspect.signature(load_model).parameters) - {"path"}
+    generate_names = set(inspect.signature(Model.generate).parameters) - {"self", "prompts"}
+    unknown = sorted(set(settings) - load_names - generate_names)
+    if unknown:
+        known = ", ".join(sorted(load_names | generate_names))
+        raise UsageError(f"unknown setting {', '.join(unknown)}; okto.generate takes {known}")
+    loading = {name: value for name, value in settings.items() if name in load_names}
+    if isinstance(model, Model):
+        if loading:
+            raise UsageError(
+                f"{', '.join(sorted(loading))}: settings for loading a model, but this one is "
+                "loaded; pass them to okto.load_model"
+            )
+    else:
+        model = load_model(model, **loading)
+    options = {name: value for name, value in settings.items() if name in generate_names}
+    texts = [g.text for g in model.generate(prompts, **options)]
+    return texts[0] if isinstance(prompts, str) else texts
 
 
 def _hf_config(checkpoint):

@@ -13,7 +13,7 @@ from okto.language.diagnostics import (
     OktoSyntaxError,
     OktoValidationError,
 )
-from okto.language.program import Origin, Program, apply_overrides, load, parse
+from okto.language.program import Origin, Program, apply_overrides, load, parse, with_overrides
 
 __all__ = [
     "Diagnostic",
@@ -26,4 +26,5 @@ __all__ = [
     "apply_overrides",
     "load",
     "parse",
+    "with_overrides",
 ]

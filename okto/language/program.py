@@ -13,7 +13,7 @@ from typing import Any, Literal
 from lark import UnexpectedInput
 from pydantic import BaseModel
 
-from okto.errors import MissingFileError
+from okto.errors import MissingFileError, UsageError
 from okto.language.collect import Collector, Location, Path
 from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, OktoConfig, spellings
 from okto.language.diagnostics import (
@@ -136,13 +136,28 @@ def load(path: str | os.PathLike[str]) -> Program:
     return parse(text, str(path))
 
 
-def apply_overrides(program: Program, overrides: Iterable[str]) -> Program:
+def with_overrides(
+    source: Program | str | os.PathLike[str], overrides: str | Iterable[str] = ()
+) -> Program:
+    """A `.okt` file (a path, or a Program already loaded) with `overrides` applied: what
+    `okto train`, `okto plan` and their library calls start from."""
+    program = source if isinstance(source, Program) else load(source)
+    return apply_overrides(program, overrides) if overrides else program
+
+
+def apply_overrides(program: Program, overrides: str | Iterable[str]) -> Program:
     """`program` with `BLOCK.field=value` settings applied (as `okto train
     --set TRAIN.batch_size=32` gives them; `MODEL.config.KEY=value` sets one
-    key of that dict) and validated again; their origin is "command line"."""
+    key of that dict) and validated again; their origin is "command line".
+    One string is one override, not a sequence of one-letter ones."""
     inputs = copy.deepcopy(program._inputs)
     locations = dict(program._locations)
-    for text in overrides:
+    for text in [overrides] if isinstance(overrides, str) else overrides:
+        if not isinstance(text, str):
+            raise UsageError(
+                f"overrides must be BLOCK.field=value strings, like 'TRAIN.batch_size=32'; "
+                f"got {text!r} ({type(text).__name__})"
+            )
         path, value, location = _override(text)
         target = inputs
         for key in path[:-1]:

@@ -121,12 +121,9 @@ def load_program(source, overrides=(), max_steps: int | None = None):
     Errors name the parameters as a Python caller passed them; `okto train` checks its
     flags before calling, so its messages stay in flag terms.
     """
-    from okto.language import Program, apply_overrides, load
+    from okto.language import with_overrides
 
-    program = source if isinstance(source, Program) else load(source)
-    overrides = _override_list(overrides)
-    if overrides:
-        program = apply_overrides(program, overrides)
+    program = with_overrides(source, overrides)
     if max_steps is not None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise UsageError(f"max_steps must be a whole number of at least 1, not {max_steps!r}")
@@ -137,21 +134,6 @@ def load_program(source, overrides=(), max_steps: int | None = None):
     if not program.config.project.name:
         raise UsageError('okto train needs a PROJECT name: add a line like PROJECT "my-model"')
     return program
-
-
-def _override_list(overrides) -> list[str]:
-    """`overrides` as a list of `BLOCK.field=value` strings: one string is one override
-    (not its characters, as `list("TRAIN.batch_size=4")` would make it)."""
-    if isinstance(overrides, str):
-        return [overrides]
-    overrides = list(overrides)
-    for item in overrides:
-        if not isinstance(item, str):
-            raise UsageError(
-                f"overrides must be BLOCK.field=value strings, like 'TRAIN.batch_size=32'; "
-                f"got {item!r} ({type(item).__name__})"
-            )
-    return overrides
 
 
 def _train(program, config, display: Display, resume: str | None, ranks) -> TrainResult:

@@ -520,3 +520,33 @@ def test_prompts_as_people_save_them(okm_files, capsys, stdin, tmp_path):
     stdin("ok\ncaf\udce9\n")  # a C-locale stdin hands such bytes over the same way
     assert main(argv) == 2
     assert "prompt 2: not UTF-8 text" in capsys.readouterr().err
+
+
+def test_okto_generate_returns_what_okto_infer_prints(okm_files, loaded, capsys, stdin):
+    """README promised the command line as a library, but `okto infer` had no one-call
+    counterpart: okto.generate loads a path (or takes a loaded model) and returns the text
+    okto infer prints after each prompt."""
+    stdin("")
+    options = ["--max-tokens", "6", "--temperature", "0.8", "--seed", "4", "--device", "cpu"]
+    prompts = PROMPTS[:2]
+    argv = ["infer", "--model", str(okm_files["gpt2"]), "-p", prompts[0], "-p", prompts[1]]
+    assert main([*argv, *options]) == 0
+    printed = capsys.readouterr().out
+    settings = {"max_tokens": 6, "temperature": 0.8, "seed": 4}
+    texts = okto.generate(okm_files["gpt2"], prompts, device="cpu", **settings)
+    assert printed == "".join(
+        f"{prompt}{text}\n" for prompt, text in zip(prompts, texts, strict=True)
+    )
+    assert okto.generate(loaded["gpt2"], prompts[0], **settings) == texts[0]
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"device": "cpu"}, "device: settings for loading a model, but this one is loaded"),
+        ({"max_new_tokens": 3}, "unknown setting max_new_tokens; okto.generate takes"),
+    ],
+)
+def test_okto_generate_refuses_settings_it_cannot_use(loaded, settings, words):
+    with pytest.raises(okto.OktoError, match=words):
+        okto.generate(loaded["gpt2"], "Hello", **settings)

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+import okto
 from okto.cli import main
 from okto.errors import EXIT_MACHINE, EXIT_OK
+from tests.planner.util import gpt2
 
 TINY_GPT2 = """PROJECT "tiny"
 MODEL {
@@ -99,3 +101,21 @@ def test_a_bad_set_names_the_override(okt, capsys):
         "  TRAIN.batch_size=abc",
         "                   ^^^",
     ]
+
+
+def test_okto_plan_is_the_plan_okto_plan_prints(tmp_path, capsys, monkeypatch):
+    """There was no okto.plan: a notebook had to rebuild what the command did. It returns the
+    Plan `okto plan --json` prints, a relative MODEL.base found next to the file as there."""
+    gpt2().save_pretrained(tmp_path / "base")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "train.okt").write_text('PROJECT "tiny"\nMODEL { base: "../base" }\n')
+    monkeypatch.chdir(tmp_path.parent)  # ../base is found from the file alone
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    path = str(job / "train.okt")
+    assert main(["plan", "-f", path, "--json", "--set", "TRAIN.seed=6"]) == EXIT_OK
+    printed = json.loads(capsys.readouterr().out)
+    plan = okto.plan(path, overrides="TRAIN.seed=6")
+    assert {"file": path, **plan.to_dict(), "warnings": []} == printed
+    assert plan.notes[0] == "model config from MODEL.base ../base"
+    assert okto.plan(okto.load(path), ["TRAIN.seed=6"]).to_dict() == plan.to_dict()
