@@ -117,13 +117,16 @@ def inference_block(config, path: Path) -> dict:
     """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's),
     and OPTIMIZE's `cuda_graphs` and `compile` when the file sets them.
 
-    A relative `model` path that does not exist from here is taken relative to the file.
+    A relative `model` path is looked for next to the file, then here, as MODEL.base is.
     """
+    from okto.language.paths import local_path
+
     block = config.inference.model_dump(exclude_unset=True)
     block.update(config.optimize.model_dump(include={"cuda_graphs", "compile"}, exclude_unset=True))
     model = block.get("model")
-    if model and not Path(model).exists() and (path.parent / model).exists():
-        block["model"] = str(path.parent / model)
+    found = local_path(model, path.parent) if model else None
+    if found is not None:
+        block["model"] = str(found)
     return block
 
 

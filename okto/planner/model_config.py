@@ -11,6 +11,7 @@ from typing import Any
 
 from okto.errors import OktoError, UsageError
 from okto.language.config import ModelConfig
+from okto.language.paths import local_path
 
 try:  # transformers 5 checks config values as huggingface_hub strict dataclasses
     from huggingface_hub.errors import StrictDataclassError
@@ -54,9 +55,7 @@ def refused(model_type: str, error: Exception) -> UsageError:
 
 
 def _base_values(base: str, base_dir: Path | None) -> tuple[dict | None, str]:
-    path = Path(base).expanduser()
-    candidates = [base_dir / path] if base_dir is not None and not path.is_absolute() else []
-    local = next((p for p in [*candidates, path] if p.exists()), None)
+    local = local_path(base, base_dir)
     if local is not None:
         from okto.package import open_checkpoint
 

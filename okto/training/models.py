@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from okto.errors import UsageError
+from okto.language.paths import local_path
 from okto.training.hub import HubUnavailable, hub_snapshot
 
 SIZE_TOLERANCE = 0.10
@@ -111,7 +112,7 @@ def _new_config(architecture: str | None, overrides: dict):
 def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
     from transformers import AutoConfig
 
-    path = _existing(base, base_dir)
+    path = local_path(base, base_dir)
     if path is None and (base.endswith(".okm") or base.startswith((".", "/", "~"))):
         raise UsageError(f"MODEL.base {base!r}: no such file or folder (looked in {base_dir})")
     if path is None:
@@ -144,12 +145,6 @@ def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> Model
             "an .okm file or a run folder (with final/)"
         )
     return ModelSource(str(path), base, _config(path), path, tokenizer_path=path)
-
-
-def _existing(base: str, base_dir: Path) -> Path | None:
-    path = Path(base).expanduser()
-    candidates = [path] if path.is_absolute() else [base_dir / path, path]
-    return next((p for p in candidates if p.exists()), None)
 
 
 def _config(folder: Path):

@@ -132,6 +132,24 @@ def test_inference_block_with_flags_over_it(okm_files, capsys, stdin, tmp_path):
     assert records(capsys.readouterr().out)[0]["generated_tokens"] == 7
 
 
+def test_inference_model_is_looked_for_next_to_the_file_first(
+    okm_files, capsys, stdin, tmp_path, monkeypatch
+):
+    """INFERENCE.model was looked for in the working directory first, MODEL.base next to the
+    file first: one name could mean two models. Both now look next to the file first."""
+    stdin("")
+    job, here = tmp_path / "job", tmp_path / "here"
+    (job / "runs").mkdir(parents=True)
+    (here / "runs").mkdir(parents=True)
+    shutil.copy(okm_files["gpt2"], job / "runs" / "m.okm")
+    (here / "runs" / "m.okm").write_text("not a model\n")
+    (job / "infer.okt").write_text('INFERENCE { model: "runs/m.okm" }\n')
+    monkeypatch.chdir(here)
+    argv = ["infer", "-f", str(job / "infer.okt"), "-p", "Hi", "--max-tokens", "2", "--json"]
+    assert main(argv) == 0
+    assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
+
+
 def test_no_inference_model_loads_the_trained_one(hf_dirs, capsys, stdin, tmp_path, monkeypatch):
     """INFERENCE `model` unset means the model `okto train -f` writes: its run folder (OUTPUT.dir
     and the PROJECT name as training resolves them, from the working directory)."""
