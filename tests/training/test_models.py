@@ -236,10 +236,12 @@ def test_llama_from_scratch_with_config_overrides(project):
 
 def test_a_model_type_transformers_cannot_build_from_a_config_exits_2(project, capsys):
     """transformers' table of causal LMs holds decoders its constructor refuses on a config
-    alone (MusicGen's lacks attributes): that was an AttributeError traceback."""
+    alone (MusicGen's lacks attributes): that was an AttributeError traceback. transformers
+    5.17 refuses the config itself, one step earlier, also in one line."""
     assert train(project(model='architecture: "musicgen" pretrained: false')) == 2
     err = capsys.readouterr().err
-    assert "cannot build a new musicgen model from MODEL.config (AttributeError" in err
+    model_refused = "cannot build a new musicgen model from MODEL.config (AttributeError"
+    assert model_refused in err or "cannot make a musicgen config from it" in err
     assert "Traceback" not in err
 
 
