@@ -161,6 +161,11 @@ def test_okto_train_gpus_2_matches_one_process_and_resumes_elsewhere(project, re
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="Triton's interpreter runs the kernels here; tests/conftest.py sets it only without "
+    "CUDA (the two-GPU tests below run them under DDP and FSDP on GPUs)",
+)
 def test_the_planners_kernels_train_under_ddp_and_fsdp(project, monkeypatch, capfd):
     """okto's Triton kernels in 2 processes, DDP and FSDP, give the loss and the gradient
     norm of PyTorch's own ops in one process. Triton's interpreter is slow, so the model is
