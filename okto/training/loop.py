@@ -20,7 +20,10 @@ After the step, in this order: CONTROL's
 and checkpoint when they go by epochs), evaluation every `eval_steps`
 (`on_eval`, early stopping, `on_plateau`), and a checkpoint every
 `save_steps`. A checkpoint is written last, so it holds the state the next
-step starts from, and resuming from it reproduces the uninterrupted run.
+step starts from, and resuming from it reproduces the uninterrupted run. A stop
+signal abandons an evaluation at its next batch; the checkpoint then taken
+records the events from that evaluation on as due, and the resumed run does
+them before its first step.
 
 Epochs are turned into a step count at the start: ceil(epochs x rows /
 (batch_size x gradient_accumulation x processes)).
@@ -54,6 +57,15 @@ from okto.training.flops import FlopsModel
 from okto.training.optim import current_lr, folds_clipping, set_lr
 from okto.training.signals import StopSignals
 from okto.training.stability import LossGuard, Plateau
+
+
+class EvaluationAbandoned(Exception):
+    """A stop signal came while an evaluation ran: it is given up at the next batch."""
+
+    def __init__(self, signal: int):
+        super().__init__(signal)
+        self.signal = signal
+
 
 DEFAULT_PATIENCE = 3
 # Steps left out of the summary's throughput: compilation and CUDA-graph capture happen there.
@@ -228,6 +240,13 @@ class Trainer:
         self.batches: Batches | None = None
         self.stop_reason: str | None = None
         self.finishing = False  # past the last step: the final evaluation and checkpoint
+        self.evaluating = False
+        # The events after a step's log line while they run ({"epochs_before", "epoch_ends"}):
+        # a checkpoint taken when an evaluation is abandoned records them, and the resumed
+        # run does them first.
+        self.due: dict | None = None
+        self.due_when_saved = False  # the last checkpoint recorded events still due
+        self.signals: StopSignals | None = None
         self.checkpoint_wanted = False
         self.last_checkpoint: Path | None = None
         self.last_grad_norm: float | None = None
@@ -264,6 +283,7 @@ class Trainer:
         self.display.start(self.total, self.step)
         try:
             with StopSignals(self._on_signal) as signals:
+                self.signals = signals
                 outcome = self._run(signals)
         finally:
             self.display.close()
@@ -274,7 +294,11 @@ class Trainer:
     def _run(self, signals: StopSignals) -> Outcome:
         self._clock = time.perf_counter()
         try:
-            while self.step < self.total:
+            if self.due is not None:
+                outcome = self._events_due()
+                if outcome is not None:
+                    return outcome
+            while self.step < self.total and self.stop_reason is None:
                 epochs_before = self.completed_epochs
                 wait_before = self.batches.wait_seconds
                 gradients = self.ahead or self._gradients()
@@ -290,8 +314,6 @@ class Trainer:
                 outcome = self._handle(result, epochs_before, signals)
                 if outcome is not None:
                     return outcome
-                if self.stop_reason is not None:
-                    break
                 self._recompute_if_stale()
             return self._finish(signals)
         finally:
@@ -315,7 +337,10 @@ class Trainer:
             )
         else:
             self._record(result)
-        self._after_step(result, epochs_before)
+        try:
+            self._after_step(result, epochs_before)
+        except EvaluationAbandoned as abandoned:
+            return self._abandoned(abandoned.signal)
         # A signal stops the run after this step. Processes of a job agree on it through
         # the step's own reduction, so one arriving after that stops them after the next.
         received = result.signal if self.parallel.distributed else signals.received
@@ -477,15 +502,25 @@ class Trainer:
         self.controller.fire("on_step_end", self.step, self._metric_values())
         if self.step % self.live.logging_steps == 0 or self.step == self.total:
             self._log_window()
-        ended = range(epochs_before + 1, self.completed_epochs + 1)  # more than one: tiny data
+        self._events(epochs_before)
+
+    def _events(self, epochs_before: int, epoch_ends: bool = True) -> None:
+        """What follows a step's log line: epoch ends, evaluation and checkpoint. While they
+        run, `due` says which are left from the evaluation in progress on (`epoch_ends`:
+        those of the epochs that ended at this step, which the step's `eval_steps`
+        evaluation follows)."""
+        self.due = {"epochs_before": epochs_before, "epoch_ends": epoch_ends}
+        ended = range(epochs_before + 1, self.completed_epochs + 1) if epoch_ends else ()
         if ended and self.live.eval_steps is None:
             self._evaluate()  # once, first, so on_epoch_end rules see this val_loss
-        for epoch in ended:
+        for epoch in ended:  # more than one: tiny data
             self.controller.fire("on_epoch_end", epoch, {**self._metric_values(), "epoch": epoch})
             if self.config.train.save_strategy == "epoch":
                 self.checkpoint_wanted = True
+        self.due["epoch_ends"] = False
         if self.live.eval_steps is not None and self.step % self.live.eval_steps == 0:
             self._evaluate()
+        self.due = None
         save_steps = self.live.save_steps
         if (
             self.config.train.save_strategy == "steps"
@@ -496,16 +531,41 @@ class Trainer:
         if self.checkpoint_wanted:
             self._checkpoint()
 
+    def _events_due(self) -> Outcome | None:
+        """On resuming from a checkpoint taken when an evaluation was abandoned: that
+        evaluation and the events after it, as the uninterrupted run had them."""
+        self.display.text(f"resume   step {self.step}: the evaluation left unfinished, again")
+        try:
+            self._events(**self.due)
+        except EvaluationAbandoned as abandoned:
+            return self._abandoned(abandoned.signal)
+        return None
+
+    def _abandoned(self, received: int) -> Outcome:
+        """A stop signal during an evaluation between steps: a checkpoint of the last step,
+        which records the evaluation as still due."""
+        path = self._checkpoint()
+        return Outcome(
+            "interrupted",
+            f"interrupted during the evaluation at step {self.step}; {path.name} holds the "
+            "step: --resume auto evaluates again and goes on",
+            128 + received,
+        )
+
     def _finish(self, signals: StopSignals) -> Outcome:
         """The final evaluation, the test split and the last checkpoint. A stop signal
-        during them ends the run as interrupted once the phase in progress is done, with a
-        checkpoint of the last step, from which --resume auto does what is left."""
+        abandons the evaluation in progress (at its next batch) and ends the run as
+        interrupted, with a checkpoint of the last step, from which --resume auto does what
+        is left."""
         self.finishing = True
-        if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
-            self._evaluate()
-        if self.test_stream is not None and not self._received(signals):
-            self._test()
-        received = self._received(signals)
+        try:
+            if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
+                self._evaluate()
+            if self.test_stream is not None:
+                self._test()
+            received = self._received(signals)
+        except EvaluationAbandoned as abandoned:
+            received = abandoned.signal
         if self.config.train.save_strategy != "no" or self.checkpoint_wanted or received:
             self._checkpoint()
         self._log_window()  # after the checkpoint, which keeps the window for a resumed run
@@ -534,7 +594,12 @@ class Trainer:
         return int(self.parallel.largest(signals.received or 0).item())
 
     def _on_signal(self, name: str) -> None:
-        when = "before the final model is saved" if self.finishing else "after this step"
+        if self.evaluating:
+            when = "now, leaving the evaluation (--resume auto does it again)"
+        elif self.finishing:
+            when = "before the final model is saved"
+        else:
+            when = "after this step"
         self.display.print(
             f"[yellow]{name}: stopping {when}, with a checkpoint "
             "(press Ctrl-C again to quit at once)[/yellow]"
@@ -555,19 +620,29 @@ class Trainer:
         """Loss, perplexity and next-token accuracy over every row of `stream`. Each process
         takes its `batch_size` of every `batch_size` x processes rows, all of them as many
         batches (one past the end counts nothing), since a sharded model's forward is a
-        collective."""
+        collective. A stop signal (in a job: any process's) abandons it before the next
+        batch, raising `EvaluationAbandoned`."""
         batch_size = self.live.batch_size
         rank, world = self.parallel.rank, self.parallel.world
-        self.model.eval()
         sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss, correct, tokens
-        for start in range(rank * batch_size, stream.rows + rank * batch_size, batch_size * world):
-            count = min(batch_size, stream.rows - start)
-            batch = stream.host_batch(start if count > 0 else 0, max(count, 1), pin=False)
-            labels = batch.labels if count > 0 else torch.full_like(batch.labels, -100)
-            batch = Batch(batch.input_ids.to(self.device), labels.to(self.device))
-            with self._autocast():
-                sums += batch_sums(self.model, batch.input_ids, batch.labels)
-        self.model.train()
+        self.model.eval()
+        self.evaluating = True
+        try:
+            for start in range(
+                rank * batch_size, stream.rows + rank * batch_size, batch_size * world
+            ):
+                received = self._received(self.signals) if self.signals is not None else 0
+                if received:
+                    raise EvaluationAbandoned(received)
+                count = min(batch_size, stream.rows - start)
+                batch = stream.host_batch(start if count > 0 else 0, max(count, 1), pin=False)
+                labels = batch.labels if count > 0 else torch.full_like(batch.labels, -100)
+                batch = Batch(batch.input_ids.to(self.device), labels.to(self.device))
+                with self._autocast():
+                    sums += batch_sums(self.model, batch.input_ids, batch.labels)
+        finally:
+            self.evaluating = False
+            self.model.train()
         loss, correct, tokens = self.parallel.sum(sums).tolist()
         count = max(int(tokens), 1)
         return {
@@ -767,6 +842,7 @@ class Trainer:
         if (
             self.last_checkpoint is not None
             and self.last_checkpoint.name == f"step-{self.step:07d}"
+            and (self.due is not None or not self.due_when_saved)
         ):
             return self.last_checkpoint
         states = {"scheduler": self.scheduler.state_dict()}
@@ -790,7 +866,7 @@ class Trainer:
             path = ckpt.save_checkpoint(
                 self.checkpoints, self.step, self.model, states, self.state_dict(), rng
             )
-        self.last_checkpoint = path
+        self.last_checkpoint, self.due_when_saved = path, self.due is not None
         self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))
         self.display.text(f"save     step {self.step}: checkpoint -> {path}")
         return path
@@ -812,6 +888,7 @@ class Trainer:
             "controller": self.controller.state_dict(),
             "stop_reason": self.stop_reason,
             "world": self.parallel.world,
+            "due": self.due,
         }
 
     def restore(self, path: Path) -> dict:
@@ -851,7 +928,8 @@ class Trainer:
         self.guard.load_state_dict(state["guard"])
         self.plateau.load_state_dict(state["plateau"])
         self.controller.load_state_dict(state["controller"])
-        self.last_checkpoint = path
+        self.due = state.get("due")  # checkpoints from before abandoned evaluations: none
+        self.last_checkpoint, self.due_when_saved = path, self.due is not None
         return state
 
     def _regroup(self, written_by: int) -> None:

@@ -1,8 +1,9 @@
 """Ctrl-C and SIGTERM: finish the current step, save a checkpoint, exit cleanly.
 
 In the training loop the first signal only sets a flag the loop checks after
-each step, so the run stops at a step boundary with a checkpoint it can resume
-from. A second signal gives up waiting and ends the command at once. Outside
+each step and before each evaluation batch, so the run stops at a step boundary
+(an evaluation in progress abandoned, to be done again on resume) with a
+checkpoint it can resume from. A second signal gives up waiting and ends the command at once. Outside
 the loop (data preparation, building the model, the final saves) there is no
 step to finish: Ctrl-C raises KeyboardInterrupt, and SIGTERM, whose default
 would kill the process without a word, raises `Terminated`. The exit codes

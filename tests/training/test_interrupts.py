@@ -4,14 +4,18 @@ stops as interrupted with the signal's exit code, keeps a checkpoint of the last
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
+import pytest
+
+from okto.training import loop
 from okto.training import run as run_module
 from okto.training.loop import Trainer
 from okto.training.metrics import read_metrics
-from tests.training.conftest import train
+from tests.training.conftest import sentences, train
 
 METRICS = Path("runs/tiny/metrics.jsonl")
 
@@ -64,3 +68,69 @@ def test_sigterm_while_saving_the_final_model_is_143_with_a_summary(project, mon
     assert Path("runs/tiny/final/model.safetensors").is_file()
     assert list(Path("runs/tiny/export").iterdir())
     assert _outcomes() == ["interrupted", "completed"]
+
+
+EVALUATIONS = {
+    "eval_steps": (
+        "max_steps: 8 eval_steps: 4 save_steps: 4",
+        "on_eval { IF step == 4 { SET learning_rate = 0.001 } }",
+        160,
+    ),
+    # the evaluation at an epoch's end comes before its on_epoch_end rules
+    "epochs": (
+        'epochs: 2 save_strategy: "epoch"',
+        "on_epoch_end { SET learning_rate = 0.001 }",
+        24,
+    ),
+}
+
+
+@pytest.mark.parametrize("when", EVALUATIONS)
+def test_ctrl_c_during_an_evaluation_abandons_it_and_resume_evaluates_again(
+    project, monkeypatch, capsys, when
+):
+    """The evaluation ran to its end before the run stopped, however long it was. Now it is
+    given up at its next batch; the checkpoint is of the step before it, and the resumed
+    run evaluates again (and runs the rules after it), so its losses and evaluations are an
+    uninterrupted run's."""
+    schedule, rule, rows = EVALUATIONS[when]
+    held = "".join(json.dumps({"text": s}) + "\n" for s in sentences(12, seed=7))
+    Path("held.jsonl").write_text(held)  # 3 batches of 4 rows
+    path = project(
+        train=f'{schedule} scheduler: "cosine" warmup_steps: 2',
+        extra=f"CONTROL {{ {rule} }}",
+        records=[{"text": s} for s in sentences(rows)],
+        dataset='validation: "held.jsonl"',
+    )
+    assert train(path, "--set", "OUTPUT.dir=whole") == 0
+    whole = Path("whole/tiny/metrics.jsonl")
+    batch_sums, batches = loop.batch_sums, []
+
+    def interrupted(*args):  # the first batch of the first evaluation, at step 4
+        if not batches:
+            os.kill(os.getpid(), signal.SIGINT)
+        batches.append(args)
+        return batch_sums(*args)
+
+    with monkeypatch.context() as patches:
+        patches.setattr(loop, "batch_sums", interrupted)
+        assert train(path, "--set", "OUTPUT.dir=parts") == 130
+    parts = Path("parts/tiny/metrics.jsonl")
+    assert len(batches) == 1  # of 3
+    said = capsys.readouterr()
+    assert "SIGINT: stopping now, leaving the evaluation" in " ".join(said.out.split())
+    step = read_metrics(parts, "step")[-1]["step"]
+    assert f"interrupted during the evaluation at step {step};" in " ".join(said.err.split())
+    checkpoints = [p.name for p in Path("parts/tiny/checkpoints").iterdir()]
+    assert checkpoints == [f"step-{step:07d}"]
+    assert read_metrics(parts, "eval") == []
+    assert train(path, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
+    assert f"step {step}: the evaluation left unfinished, again" in capsys.readouterr().out
+
+    def same(kind: str, fields: tuple[str, ...]) -> None:
+        runs = [[[r[f] for f in fields] for r in read_metrics(m, kind)] for m in (whole, parts)]
+        assert runs[0] == runs[1] and runs[0]
+
+    same("step", ("step", "loss", "lr", "grad_norm"))
+    same("eval", ("step", "val_loss", "accuracy"))
+    same("set", ("step", "field", "after"))
