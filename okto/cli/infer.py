@@ -113,25 +113,38 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def inference_block(config, path: Path) -> dict:
+def inference_block(config) -> dict:
     """The fields a `.okt` file's INFERENCE block sets (not its defaults, which would hide the model's),
-    and OPTIMIZE's `cuda_graphs` and `compile` when the file sets them.
-
-    A relative `model` path is looked for next to the file, then here, as MODEL.base is.
-    """
-    from okto.language.paths import local_path
-
+    and OPTIMIZE's `cuda_graphs` and `compile` when the file sets them."""
     block = config.inference.model_dump(exclude_unset=True)
     block.update(config.optimize.model_dump(include={"cuda_graphs", "compile"}, exclude_unset=True))
-    model = block.get("model")
-    found = local_path(model, path.parent) if model else None
-    if found is not None:
-        block["model"] = str(found)
     return block
 
 
+def block_model(name: str, path: Path) -> str:
+    """What the INFERENCE `model` of the `.okt` file at `path` names: a relative path is looked
+    for next to the file, then in the working directory (as MODEL.base is), else it is a hub
+    name in the local cache. None of these is a usage error naming every place looked in."""
+    from okto.language.paths import local_path, looked_in
+    from okto.package.sources import cached_hub_model
+
+    found = local_path(name, path.parent)
+    if found is not None:
+        return str(found)
+    if cached_hub_model(name) is not None:
+        return name
+    raise UsageError(
+        f"{path}: INFERENCE model {name!r} not found; looked in {looked_in(name, path.parent)} "
+        "and the local Hugging Face cache (okto train writes its run folder under the folder "
+        "it runs in: run okto infer there, or give the model's absolute path)"
+    )
+
+
 def trained_model(config, path: Path) -> str:
-    """The run folder `okto train -f path` writes to: what an unset INFERENCE `model` loads."""
+    """The run folder `okto train -f path` writes to: what an unset INFERENCE `model` loads.
+    Training puts it under the working directory; it is looked for there first, then next to
+    the `.okt` file (where `cd` to the file's folder and `okto train` put it)."""
+    from okto.language.paths import candidates
     from okto.training.outputs import RunPaths
 
     if not config.project.name:
@@ -139,19 +152,25 @@ def trained_model(config, path: Path) -> str:
             f"no model: {path} sets no INFERENCE model and no PROJECT, so it trains none; "
             "set INFERENCE model or pass --model"
         )
-    paths = RunPaths.resolve(config)
-    if not (paths.final / "config.json").is_file():
-        missing = (
+    run = RunPaths.resolve(config).run
+    places = candidates(str(run), path.parent)[::-1]  # the working directory's first
+    for place in places:
+        if (place / "final" / "config.json").is_file():
+            return str(place)
+    states = [
+        f"{place} "
+        + (
             "holds no final model (training unfinished, or OUTPUT.save_model is false)"
-            if paths.run.is_dir()
+            if place.is_dir()
             else "does not exist (not trained yet)"
         )
-        raise UsageError(
-            f"no model: {path} sets no INFERENCE model, so okto loads the model that "
-            f"`okto train -f {path}` writes, but {paths.run} {missing}: train it first, "
-            "or set INFERENCE model or pass --model"
-        )
-    return str(paths.run)
+        for place in places
+    ]
+    raise UsageError(
+        f"no model: {path} sets no INFERENCE model, so okto loads the model that "
+        f"`okto train -f {path}` writes, but {', and '.join(states)}: train it first, "
+        "or set INFERENCE model or pass --model"
+    )
 
 
 def requested(args) -> dict:
@@ -161,7 +180,7 @@ def requested(args) -> dict:
 
     okt = Path(args.okt) if args.okt else None
     config = okto.load(okt).config if okt else None
-    values = from_block(inference_block(config, okt)) if okt else {}
+    values = from_block(inference_block(config)) if okt else {}
     flags = {
         "model": args.model,
         "max_tokens": args.max_tokens,
@@ -176,7 +195,9 @@ def requested(args) -> dict:
         "backend": args.backend,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if not values.get("model"):
+    if args.model is None and values.get("model"):
+        values["model"] = block_model(values["model"], okt)
+    elif not values.get("model"):
         if okt is None:
             raise UsageError(
                 "no model: pass --model, or -f FILE.okt (its INFERENCE model or the one it trains)"

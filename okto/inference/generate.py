@@ -525,26 +525,15 @@ def generate(model: Model | str | Path, prompts: str | list[str], **settings) ->
 
 
 def _hf_config(checkpoint):
-    """The transformers config object; a model type this transformers lacks is named in one
-    line (transformers' own message lists every type it knows, hundreds)."""
-    import transformers
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    """The transformers config object, or a UsageError in one line naming the checkpoint."""
+    from okto.package.hf_config import transformers_config
 
     values = dict(checkpoint.config)
     kind = values.pop("model_type", None)
     where = f"{checkpoint.path}: its config.json"
     if kind is None:
         raise UsageError(f"{where} has no model_type")
-    if kind not in CONFIG_MAPPING:
-        raise UsageError(
-            f"{where} names model type {kind!r}, which transformers "
-            f"{transformers.__version__} does not know (a newer transformers may)"
-        )
-    try:
-        return AutoConfig.for_model(kind, **values)
-    except (ValueError, TypeError) as e:
-        raise UsageError(f"{where} is not a valid {kind} config: {e}") from None
+    return transformers_config(kind, values, where)
 
 
 def _tokenizer(checkpoint):

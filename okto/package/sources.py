@@ -180,15 +180,23 @@ def _is_safetensors(path: Path) -> bool:
 
 def _hub_cache(name: str) -> Path:
     """A hub name ("org/model") already in the local Hugging Face cache; okto downloads nothing."""
+    found = cached_hub_model(name)
+    if found is None:
+        raise UsageError(
+            f"{name}: no such file or directory (nor a model in the local Hugging Face cache)"
+        )
+    return found
+
+
+def cached_hub_model(name: str) -> Path | None:
+    """The local snapshot of hub model `name`, or None when `name` is not one in the cache."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(name, local_files_only=True))
     except (HFValidationError, LocalEntryNotFoundError):
-        raise UsageError(
-            f"{name}: no such file or directory (nor a model in the local Hugging Face cache)"
-        ) from None
+        return None
 
 
 def _from_package(package: Package) -> Checkpoint:

@@ -9,17 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from okto.errors import OktoError, UsageError
+from okto.errors import OktoError
 from okto.language.config import ModelConfig
 from okto.language.paths import local_path
-
-try:  # transformers 5 checks config values as huggingface_hub strict dataclasses
-    from huggingface_hub.errors import StrictDataclassError
-except ImportError:  # an older huggingface_hub: configs check values with ValueError alone
-    StrictDataclassError = ValueError
-
-CONFIG_ERRORS = (ValueError, TypeError, KeyError, StrictDataclassError)
-"""What a transformers config class raises for values it refuses."""
+from okto.package.hf_config import transformers_config
 
 
 def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any | None, str]:
@@ -36,22 +29,7 @@ def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any 
     model_type = values.pop("model_type", None)
     if model_type is None:
         return None, f"{source}: the config names no model_type"
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.for_model(model_type, **values), source
-    except CONFIG_ERRORS as error:
-        raise refused(model_type, error) from None
-
-
-def refused(model_type: str, error: Exception) -> UsageError:
-    """A config transformers cannot make from MODEL (its `config {}` values, mostly), said in
-    one line: `okto plan` and `okto train` stop on it with exit 2, not a traceback."""
-    cause = error.__cause__ if isinstance(error, StrictDataclassError) else None
-    detail = " ".join(str(cause or error).split())
-    return UsageError(
-        f"MODEL.config: transformers cannot make a {model_type} config from it: {detail}"
-    )
+    return transformers_config(model_type, values, "MODEL.config"), source
 
 
 def _base_values(base: str, base_dir: Path | None) -> tuple[dict | None, str]:

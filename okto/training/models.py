@@ -94,7 +94,7 @@ def _new_config(architecture: str | None, overrides: dict):
     count), or a message naming the fix."""
     from transformers import AutoConfig
 
-    from okto.planner.model_config import CONFIG_ERRORS, refused
+    from okto.package.hf_config import CONFIG_ERRORS, refused
 
     if architecture is None:
         raise UsageError(
@@ -159,7 +159,7 @@ def _config(folder: Path):
 def _override(config, overrides: dict):
     """The config rebuilt with MODEL.config's values (so derived ones, like Llama's key-value
     heads and head size, follow), refusing names the architecture does not have."""
-    from okto.planner.model_config import CONFIG_ERRORS, refused
+    from okto.package.hf_config import CONFIG_ERRORS, refused
 
     _check_names(config, overrides)
     if not overrides:

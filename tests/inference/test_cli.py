@@ -150,6 +150,56 @@ def test_inference_model_is_looked_for_next_to_the_file_first(
     assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
 
 
+def test_an_inference_model_found_nowhere_names_every_place_looked_in(
+    okm_files, capsys, stdin, tmp_path, monkeypatch
+):
+    """`cd examples && okto infer -f inference-only.okt` after `okto train` ran in the folder
+    above: the error was "runs/tiny: no such file or directory", which named neither folder."""
+    stdin("")
+    job, here = tmp_path / "examples", tmp_path / "elsewhere"
+    job.mkdir()
+    here.mkdir()
+    okt = job / "infer.okt"
+    okt.write_text('INFERENCE { model: "runs/tiny" }\n')
+    monkeypatch.chdir(here)
+    assert main(["infer", "-f", str(okt), "-p", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"INFERENCE model 'runs/tiny' not found; looked in {job}/runs/tiny (next to" in err
+    assert f"{here}/runs/tiny (the working directory) and the local Hugging Face cache" in err
+    monkeypatch.chdir(job)  # one folder: named once
+    assert main(["infer", "-f", str(okt), "-p", "Hi"]) == 2
+    assert f"looked in {job}/runs/tiny and the local" in capsys.readouterr().err
+    argv = ["infer", "-f", str(okt), "-m", str(okm_files["gpt2"]), "-p", "Hi", "--max-tokens", "1"]
+    assert main(argv) == 0  # --model wins: the block's model is not looked for
+
+
+def test_the_trained_model_is_found_from_the_files_folder_too(
+    hf_dirs, capsys, stdin, tmp_path, monkeypatch
+):
+    """`cd job && okto train -f train.okt` writes job/runs/demo; `okto infer -f job/train.okt`
+    from the folder above looked only in ./runs/demo. The working directory's run (where okto
+    train run from here writes) comes first; the error names both places."""
+    stdin("")
+    job = tmp_path / "job"
+    job.mkdir()
+    okt = job / "train.okt"
+    okt.write_text('PROJECT "demo"\nINFERENCE { max_tokens: 2 }\n')
+    monkeypatch.chdir(tmp_path)
+    argv = ["infer", "-f", str(okt), "-p", "Hi", "--json", "--temperature", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "but runs/demo does not exist (not trained yet), and " in err
+    assert f"{job}/runs/demo does not exist (not trained yet): train it first" in err
+    shutil.copytree(hf_dirs["gpt2"], job / "runs" / "demo" / "final")
+    assert main(argv) == 0
+    assert records(capsys.readouterr().out)[0]["generated_tokens"] == 2
+    shutil.copytree(hf_dirs["llama"], tmp_path / "runs" / "demo" / "final")
+    assert main(argv) == 0
+    (record,) = records(capsys.readouterr().out)
+    assert main([*argv, "-m", str(hf_dirs["llama"])]) == 0
+    assert records(capsys.readouterr().out)[0]["text"] == record["text"]
+
+
 def test_no_inference_model_loads_the_trained_one(hf_dirs, capsys, stdin, tmp_path, monkeypatch):
     """INFERENCE `model` unset means the model `okto train -f` writes: its run folder (OUTPUT.dir
     and the PROJECT name as training resolves them, from the working directory)."""

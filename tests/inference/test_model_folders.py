@@ -78,6 +78,10 @@ def unknown_model_type(folder):
     edit_config(folder, model_type="no_such_model")
 
 
+def config_value_of_the_wrong_type(folder):  # transformers 5: a StrictDataclassError
+    edit_config(folder, n_layer=1.5)
+
+
 def wider_config(folder):
     edit_config(folder, n_embd=32)
 
@@ -98,6 +102,7 @@ def missing_head(folder):  # the llama here has an untied head
         ("gpt2", damaged_generation_config, "auto", 3, "generation_config.json: not valid JSON"),
         ("gpt2", run_config_not_an_object, "auto", 3, "okto_config.json: holds a JSON list"),
         ("gpt2", unknown_model_type, "auto", 2, "model type 'no_such_model', which transformers"),
+        ("gpt2", config_value_of_the_wrong_type, "auto", 2, "cannot make a gpt2 config from"),
         ("gpt2", wider_config, "auto", 3, "the weights do not fit the config"),
         ("gpt2", wider_config, "hf", 3, "is [192] in the weights, [96] by the config"),
         ("llama", missing_head, "auto", 3, "the weights lack lm_head.weight"),
@@ -114,6 +119,27 @@ def test_a_damaged_folder_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert words in err
     assert len(err.strip().splitlines()) == 1, err  # no list of every model type, no load report
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (config_value_of_the_wrong_type, "Field 'n_layer' expected int, got float (value: 1.5)"),
+        (unknown_model_type, "model type 'no_such_model', which transformers"),
+    ],
+)
+def test_okto_plan_and_okto_infer_refuse_a_config_alike(damage, words, hf_dirs, tmp_path, capsys):
+    """okto infer caught ValueError and TypeError, okto plan also huggingface_hub's
+    StrictDataclassError (transformers 5's value checks): infer ended in a traceback for a value
+    of the wrong type, and plan printed transformers' list of every model type it knows."""
+    folder = copy(hf_dirs, "gpt2", tmp_path)
+    damage(folder)
+    okt = tmp_path / "plan.okt"
+    okt.write_text(f'PROJECT "p"\nMODEL {{ base: "{folder}" }}\n')
+    for argv in (["plan", "-f", str(okt)], ["infer", "-m", str(folder), "-p", "Hi"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
