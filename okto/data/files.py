@@ -154,8 +154,16 @@ class DataFiles:
         def files(patterns: tuple[str, ...]) -> list[Path]:
             return [f for pattern in patterns for f in resolve_files(pattern, base_dir)]
 
+        named = [
+            [(pattern, resolve_files(pattern, base_dir)) for pattern in source.paths]
+            for source in settings.train
+        ]
+        _refuse_repeats([pair for pairs in named for pair in pairs])
         return cls(
-            train=[(source, files(source.paths)) for source in settings.train],
+            train=[
+                (source, [f for _, found in pairs for f in found])
+                for source, pairs in zip(settings.train, named, strict=True)
+            ],
             validation=files(settings.validation),
             test=files(settings.test),
         )
@@ -167,6 +175,26 @@ class DataFiles:
             parts["validation"] = _fingerprints(self.validation)
             parts["test"] = _fingerprints(self.test)
         return parts
+
+
+def _refuse_repeats(named: list[tuple[str, list[Path]]]) -> None:
+    """A file named twice in the training data (`train` and `mix_datasets` paths, globs and
+    folders included) would be read twice and its records trained twice over, while the mix
+    promises that no record repeats; its weight is how a source gets a larger share."""
+    seen: dict[tuple[int, int], tuple[str, Path]] = {}
+    for pattern, found in named:
+        for path in found:
+            status = path.stat()  # the same file under two names (a link) counts too
+            identity = (status.st_dev, status.st_ino)
+            if identity in seen:
+                first, first_path = seen[identity]
+                by = f"{pattern!r} twice" if first == pattern else f"{first!r} and {pattern!r}"
+                raise DataError(
+                    f"training file {first_path} is named by {by} among the DATASET training "
+                    "paths: its records would train twice. Name each file once in "
+                    "mix_datasets; its weight sets its share of the mix"
+                )
+            seen[identity] = (pattern, path)
 
 
 def _fingerprints(files: list[Path]) -> list[tuple[str, str]]:

@@ -182,8 +182,19 @@ def _bytes_text(size: int) -> str:
 
 def _report_shared_files(fingerprints: dict, notes: list) -> None:
     """A validation or test file with a training file's content (the same file named
-    twice, or a copy) measures memory, not generalization: say so."""
-    training = {digest: path for source in fingerprints["train"] for path, digest in source}
+    twice, or a copy) measures memory, not generalization; two training files with the same
+    content (copies: `DataFiles` refuses one file named twice) train their records twice.
+    Say so."""
+    training: dict[str, str] = {}
+    for source in fingerprints["train"]:
+        for path, digest in source:
+            if digest in training:
+                warn(
+                    f"training files {training[digest]} and {path} hold the same data: "
+                    "its records train twice",
+                    notes,
+                )
+            training.setdefault(digest, path)
     for split in ("validation", "test"):
         for path, digest in fingerprints[split]:
             if digest in training:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from okto.data import DataWarning, build_datasets
+from okto.data import DataError, DataWarning, build_datasets
 from tests.data.helpers import config, write_jsonl
 
 
@@ -93,3 +93,54 @@ def test_a_validation_file_that_is_training_data_is_reported(tmp_path, tokenizer
         splits = _build(tokenizer, train=path, validation=copy, test=other)
     assert not any("other.jsonl" in note for note in splits.stats.warnings)
     assert any("will not show overfitting" in note for note in splits.stats.warnings)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        (
+            {
+                "mix_datasets": [
+                    {"path": "a.jsonl", "weight": 50},
+                    {"path": "a.jsonl", "weight": 50},
+                ]
+            },
+            "'a.jsonl' twice",
+        ),
+        (
+            {
+                "mix_datasets": [
+                    {"path": "a.jsonl", "weight": 50},
+                    {"path": "*.jsonl", "weight": 50},
+                ]
+            },
+            "'a.jsonl' and '\\*.jsonl'",
+        ),
+        (
+            {
+                "mix_datasets": [
+                    {"path": "a.jsonl", "weight": 50},
+                    {"path": "link.jsonl", "weight": 50},
+                ]
+            },
+            "'a.jsonl' and 'link.jsonl'",
+        ),
+    ],
+)
+def test_a_training_file_named_twice_is_refused(tmp_path, tokenizer, fields, named):
+    """Its records were read twice and trained twice over, silently; the mix promises no
+    record repeats and a weight is how a source gets more of the mix."""
+    _numbered(tmp_path, "a.jsonl", 10)
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
+    with pytest.raises(DataError, match=f"training file .*a.jsonl is named by {named} among"):
+        build_datasets(config(**fields), tokenizer, base_dir=tmp_path)
+    assert DataError.exit_code == 2
+
+
+def test_a_copy_of_a_training_file_is_reported(tmp_path, tokenizer):
+    path, copy = (str(_numbered(tmp_path, name, 20)) for name in ("a.jsonl", "copy.jsonl"))
+    other = str(_numbered(tmp_path, "other.jsonl", 20, word="world"))
+    mix = [{"path": p, "weight": 100 / 3} for p in (path, copy, other)]
+    with pytest.warns(DataWarning, match="training files .*a.jsonl and .*copy.jsonl hold the same"):
+        splits = _build(tokenizer, mix_datasets=mix)
+    assert sum("hold the same data" in note for note in splits.stats.warnings) == 1
