@@ -13,13 +13,12 @@ import dataclasses
 import inspect
 import json
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from okto.errors import MachineError, RunError, UsageError
+from okto.errors import MachineError, UsageError
 from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
@@ -460,7 +459,7 @@ def load_model(
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     checkpoint = open_checkpoint(path)
     config = _hf_config(checkpoint)
-    tokenizer = _tokenizer(checkpoint)
+    tokenizer = checkpoint.tokenizer()
     device = device_for(device)
     state = checkpoint.tensors()
     stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
@@ -534,30 +533,6 @@ def _hf_config(checkpoint):
     if kind is None:
         raise UsageError(f"{where} has no model_type")
     return transformers_config(kind, values, where)
-
-
-def _tokenizer(checkpoint):
-    """The checkpoint's tokenizer (from a temporary folder for an `.okm`: only its tokenizer
-    files). Tokenizer files that do not load are a RunError naming the model."""
-    from transformers import AutoTokenizer
-
-    if not checkpoint.tokenizer_files:
-        raise UsageError(f"{checkpoint.path}: the model has no tokenizer files")
-    try:
-        if checkpoint.package is None:
-            return AutoTokenizer.from_pretrained(checkpoint.path)
-        with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
-            for name, data in checkpoint.tokenizer_files.items():
-                (Path(folder) / name).write_bytes(data)
-            # AutoTokenizer reads the model config when tokenizer_config.json names no class
-            (Path(folder) / "config.json").write_text(json.dumps(checkpoint.config))
-            return AutoTokenizer.from_pretrained(folder)
-    except Exception as e:  # the tokenizers library raises bare Exceptions for bad files
-        detail = next((line for line in str(e).splitlines() if line.strip()), "")
-        raise RunError(
-            f"{checkpoint.path}: its tokenizer cannot be loaded ({type(e).__name__}: "
-            f"{detail.strip()}); files: {', '.join(sorted(checkpoint.tokenizer_files))}"
-        ) from None
 
 
 def _context_window(config, tokenizer) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from okto import __version__
@@ -39,6 +41,9 @@ from okto.package.weights import (
     torch_dtype,
 )
 
+# Names tokenizers commonly save under. What a package holds is what the tokenizer's own
+# save_pretrained writes (`tokenizer_files`); these only tell a folder whose tokenizer fails to
+# load from one with none, and which files an export over another model removes.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -49,6 +54,7 @@ TOKENIZER_FILES = (
     "merges.txt",
     "tokenizer.model",
     "spiece.model",
+    "sentencepiece.bpe.model",
     "chat_template.jinja",
     "chat_template.json",
 )
@@ -63,7 +69,6 @@ class Checkpoint:
 
     path: Path
     config: dict
-    tokenizer_files: dict[str, bytes]
     generation_config: bytes | None = None
     training_config: dict | None = None
     package: Package | None = None
@@ -72,6 +77,34 @@ class Checkpoint:
     @property
     def architecture(self) -> str:
         return self.config.get("model_type", "unknown")
+
+    @cached_property
+    def tokenizer_files(self) -> dict[str, bytes]:
+        """The tokenizer's files by name: a package's tokenizer members, or for a folder every
+        file its tokenizer's save_pretrained writes (read on first use: `okto plan` needs
+        only the config)."""
+        if self.package is None:
+            return _folder_tokenizer_files(self.path)
+        return {
+            name.removeprefix(_TOKENIZER_PREFIX): bytes(self.package.member(name))
+            for name in self.package.names("tokenizer")
+        }
+
+    def tokenizer(self):
+        """The transformers tokenizer (a package's from its files in a temporary folder), or a
+        UsageError when the model has none."""
+        if self.package is None:
+            tokenizer = load_tokenizer(self.path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
+                for name, data in self.tokenizer_files.items():
+                    (Path(folder) / name).write_bytes(data)
+                # AutoTokenizer reads the model config when tokenizer_config.json names no class
+                (Path(folder) / CONFIG).write_text(json.dumps(self.config))
+                tokenizer = load_tokenizer(Path(folder), self.path)
+        if tokenizer is None:
+            raise UsageError(f"{self.path}: the model has no tokenizer files")
+        return tokenizer
 
     @property
     def generation_defaults(self) -> dict:
@@ -200,15 +233,10 @@ def cached_hub_model(name: str) -> Path | None:
 
 
 def _from_package(package: Package) -> Checkpoint:
-    tokenizer = {
-        name.removeprefix(_TOKENIZER_PREFIX): bytes(package.member(name))
-        for name in package.names("tokenizer")
-    }
     generation = package.names("generation_config")
     return Checkpoint(
         path=package.path,
         config=json.loads(bytes(package.member(CONFIG))),
-        tokenizer_files=tokenizer,
         generation_config=bytes(package.member(generation[0])) if generation else None,
         training_config=package.manifest.get("training_config"),
         package=package,
@@ -227,13 +255,49 @@ def _from_hf_dir(path: Path) -> Checkpoint:
     return Checkpoint(
         path=path,
         config=_json_object(path / CONFIG),
-        tokenizer_files={
-            n: (path / n).read_bytes() for n in TOKENIZER_FILES if (path / n).is_file()
-        },
         generation_config=generation.read_bytes() if generation.is_file() else None,
         training_config=training,
         weight_files=_hf_weight_files(path),
     )
+
+
+def load_tokenizer(folder: Path, model: Path | None = None):
+    """The tokenizer in `folder` (transformers' AutoTokenizer), or None when it holds none:
+    for some model types transformers 5 makes an empty tokenizer from the config alone, so one
+    counts only when a file it reads is in the folder. A tokenizer that does not load is a
+    RunError naming `model` (default: the folder)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # the tokenizers library raises bare Exceptions for bad files
+        names = [p.name for p in folder.iterdir()]
+        if not any(n in TOKENIZER_FILES or n.endswith(".model") for n in names):
+            return None
+        detail = next((line for line in str(e).splitlines() if line.strip()), "")
+        raise RunError(
+            f"{model or folder}: its tokenizer cannot be loaded ({type(e).__name__}: "
+            f"{detail.strip()})"
+        ) from None
+    reads = {"tokenizer_config.json", *type(tokenizer).vocab_files_names.values()}
+    return tokenizer if any((folder / name).is_file() for name in reads) else None
+
+
+def _folder_tokenizer_files(folder: Path) -> dict[str, bytes]:
+    """Every file the folder's tokenizer writes with save_pretrained, whatever their names
+    (sentencepiece.bpe.model, bpe.codes, chat_template.jinja, ...): the folder's own bytes
+    where it has the file, so a copy is byte for byte, else the written ones (a tokenizer.json
+    transformers converted from a sentencepiece model). {} when the folder has no tokenizer."""
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as saved:
+        tokenizer.save_pretrained(saved)
+        written = {p.name: p.read_bytes() for p in Path(saved).iterdir() if p.is_file()}
+    return {
+        name: (folder / name).read_bytes() if (folder / name).is_file() else data
+        for name, data in written.items()
+    }
 
 
 def _json_object(path: Path) -> dict:

@@ -332,3 +332,65 @@ def test_generation_config_stop_strings_are_the_models_stops(hf_dirs, tmp_path):
         assert open_checkpoint(folder).generation_defaults == {"stop": expected}
         package = Package(export_model(folder, tmp_path / "m.okm"))
         assert package.manifest["generation"] == {"stop": expected}
+
+
+def phobert_tokenizer(folder):
+    """A tokenizer whose files are not the usual ones: PhobertTokenizer keeps its merges in
+    `bpe.codes` (as XGLM keeps its vocabulary in `sentencepiece.bpe.model`)."""
+    from transformers import PhobertTokenizer
+
+    pieces = ["h@@", "e@@", "l@@", "lo", "hello", "w@@", "o@@", "r@@", "ld", "world", "o"]
+    (folder / "vocab.txt").write_text("".join(f"{piece} 1\n" for piece in pieces))
+    merges = ["h e", "he l", "hel lo", "w o", "wo r", "wor ld"]
+    (folder / "bpe.codes").write_text("#version: 0.2\n" + "".join(f"{m} 1\n" for m in merges))
+    tokenizer = PhobertTokenizer(str(folder / "vocab.txt"), str(folder / "bpe.codes"))
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    return tokenizer
+
+
+def test_a_package_holds_every_file_the_tokenizer_saves(hf_dirs, tmp_path):
+    """Packages took the tokenizer from a fixed list of file names, so a tokenizer with files of
+    its own (bpe.codes here; sentencepiece.bpe.model, *.model elsewhere) lost them: the .okm
+    held a tokenizer that could not load. Now it holds what the tokenizer's save_pretrained
+    writes, and loads through okto's loading code as the folder's tokenizer does."""
+    from transformers import AutoTokenizer
+
+    from okto.inference import load_model
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((hf_dirs["gpt2"] / name).read_bytes())
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    phobert_tokenizer(sources).save_pretrained(folder)
+    package = export_model(folder, tmp_path / "m.okm")
+    members = set(Package(package).names("tokenizer"))
+    assert {
+        "tokenizer/bpe.codes",
+        "tokenizer/vocab.txt",
+        "tokenizer/chat_template.jinja",
+    } <= members
+    model = load_model(package, device="cpu")
+    assert type(model.tokenizer).__name__ == "PhobertTokenizer"
+    text = "hello world"
+    assert model.encode(text) == AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
+    assert model.tokenizer.chat_template is not None
+    (generated,) = model.generate(text, max_tokens=2, temperature=0)
+    assert generated.generated_tokens == 2
+    back = export_model(package, tmp_path / "back", format="hf")
+    assert files_of(back) == files_of(folder)  # byte for byte, the folder's own files
+
+
+def test_a_folder_without_a_tokenizer_is_said_to_have_none(hf_dirs, tmp_path, capsys):
+    """transformers 5 makes a one-token GPT-2 tokenizer from a config alone; that is no
+    tokenizer, and okto infer says the model has none rather than generate with it."""
+    from okto.cli import main
+
+    folder = tmp_path / "weights-only"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((hf_dirs["gpt2"] / name).read_bytes())
+    assert open_checkpoint(folder).tokenizer_files == {}
+    assert main(["infer", "-m", str(folder), "-p", "Hi"]) == 2
+    assert "the model has no tokenizer files" in capsys.readouterr().err
