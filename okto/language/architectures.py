@@ -9,6 +9,14 @@ it is read from there with `ast`, without running the module; a causal LM
 class always has its config class, so the table is the answer. Where the
 source no longer has that form, the modules are imported and both mappings
 consulted.
+
+The table also holds models that are more than a text decoder: a config that
+wraps the language model's (`text_config`: MLlama, Gemma 3, Qwen 3.5) or adds
+another modality's encoder (vision, audio). okto trains on text alone, and
+MODEL.config's values would shape the outer config, not the language model:
+MLlama's new model had Llama 3.2 Vision's language model whatever MODEL.config
+said. `okto check` refuses them, reading the config class's `sub_configs` from
+its source the same way.
 """
 
 from __future__ import annotations
@@ -21,13 +29,17 @@ from pathlib import Path
 
 _MODULE = "modeling_auto"
 _TABLE = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
+_NAMES = "auto_mappings"  # model type -> config class, and -> module where it is not the type
+_CONFIG_TABLE, _MODULE_TABLE = "CONFIG_MAPPING_NAMES", "SPECIAL_MODEL_TYPE_TO_MODULE_NAME"
+# Sub-configs naming a wrapped language model or another modality's encoder.
+_NOT_TEXT_ONLY = ("text", "vision", "audio", "image", "speech", "vq")
 
 
 @functools.cache
 def causal_lms() -> dict[str, str]:
     """Every model type a new causal LM can be built for, with its class name
     (`llama` -> `LlamaForCausalLM`)."""
-    table = _read_table(_source_of(_MODULE), _TABLE)
+    table = _table(_MODULE, _TABLE)
     if table is not None:
         return table
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -52,17 +64,71 @@ def unknown_architecture(name: str) -> str:
     return f"{head}; write one of AutoModelForCausalLM's, like gpt2, llama, qwen3 or mistral"
 
 
+def not_text_only(name: str) -> str | None:
+    """Why a new `name` model (a causal LM type) cannot be trained on text alone, naming
+    text-only types to write instead; None when it can."""
+    parts = [key for key in _sub_configs(name) if any(k in key for k in _NOT_TEXT_ONLY)]
+    if not parts:
+        return None
+    text_only = f"{name}_text"
+    instead = (
+        f'"{text_only}" (its language model alone), or another text-only type'
+        if text_only in causal_lms()
+        else "a text-only type"
+    )
+    return (
+        f"'{name}' is a multimodal model (its config holds {', '.join(parts)}), and okto "
+        f"trains text-only decoders from scratch: write {instead} such as llama, qwen3 or gpt2"
+    )
+
+
+@functools.cache
+def _sub_configs(model_type: str) -> tuple[str, ...]:
+    """The names of `model_type`'s config class's sub-configs (`sub_configs_defaults`, or
+    `sub_configs` before transformers 5.2x), as its source writes them; none where the
+    source does not have that form."""
+    config_class = (_table(_NAMES, _CONFIG_TABLE) or {}).get(model_type)
+    module = (_table(_NAMES, _MODULE_TABLE) or {}).get(model_type, model_type.replace("-", "_"))
+    path = _source_of(f"configuration_{module}", folder=module)
+    if config_class is None or path is None:
+        return ()
+    classes = {
+        node.name: node
+        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        if isinstance(node, ast.ClassDef)
+    }
+    while config_class in classes:  # up its bases defined in the same file
+        node = classes[config_class]
+        for statement in node.body:
+            target = statement.targets[0] if isinstance(statement, ast.Assign) else None
+            if isinstance(statement, ast.AnnAssign):
+                target = statement.target
+            if getattr(target, "id", None) in ("sub_configs", "sub_configs_defaults") and (
+                isinstance(statement.value, ast.Dict)
+            ):
+                keys = statement.value.keys
+                return tuple(k.value for k in keys if isinstance(k, ast.Constant))
+        config_class = getattr(node.bases[0], "id", None) if node.bases else None
+    return ()
+
+
 def _either(names: list[str]) -> str:
     quoted = [f"'{n}'" for n in names]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
-def _source_of(module: str) -> Path | None:
-    spec = importlib.util.find_spec("transformers")  # finds the package without running it
+def _source_of(module: str, folder: str = "auto") -> Path | None:
+    """transformers/models/<folder>/<module>.py, found without running the package."""
+    spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(spec.submodule_search_locations[0], "models", "auto", f"{module}.py")
+    path = Path(spec.submodule_search_locations[0], "models", folder, f"{module}.py")
     return path if path.is_file() else None
+
+
+@functools.cache
+def _table(module: str, name: str) -> dict[str, str] | None:
+    return _read_table(_source_of(module), name)
 
 
 def _read_table(path: Path | None, name: str) -> dict[str, str] | None:

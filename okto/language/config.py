@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from okto.language.architectures import causal_lms, unknown_architecture
+from okto.language.architectures import causal_lms, not_text_only, unknown_architecture
 from okto.language.control import Rule
 from okto.language.diagnostics import suggestion
 from okto.language.fieldtypes import (
@@ -260,8 +260,8 @@ class ModelConfig(BlockModel):
     )
     architecture: str | None = Field(
         None,
-        description="Model type for a new model: any causal LM of transformers (gpt2, llama, "
-        "qwen3, mistral, mixtral, phi3, gemma2, falcon, ...).",
+        description="Model type for a new model: any text-only causal LM of transformers "
+        "(gpt2, llama, qwen3, mistral, mixtral, phi3, gemma2, falcon, ...).",
     )
     config: dict[str, JsonValue] = Field(
         {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
@@ -296,6 +296,8 @@ class ModelConfig(BlockModel):
             )
         if self.builds_from_architecture and self.architecture not in causal_lms():
             raise FieldConflict("architecture", unknown_architecture(written))
+        if self.builds_from_architecture and not_text_only(self.architecture):
+            raise FieldConflict("architecture", not_text_only(self.architecture))
         return self
 
     @property

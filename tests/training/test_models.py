@@ -4,6 +4,8 @@ stays frozen, the adapter is saved on its own, and the merged model equals the a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -236,13 +238,58 @@ def test_llama_from_scratch_with_config_overrides(project):
 
 def test_a_model_type_transformers_cannot_build_from_a_config_exits_2(project, capsys):
     """transformers' table of causal LMs holds decoders its constructor refuses on a config
-    alone (MusicGen's lacks attributes): that was an AttributeError traceback. transformers
-    5.17 refuses the config itself, one step earlier, also in one line."""
-    assert train(project(model='architecture: "musicgen" pretrained: false')) == 2
+    alone (Reformer's asks for is_decoder): that was an AssertionError traceback."""
+    assert train(project(model='architecture: "reformer" pretrained: false')) == 2
     err = capsys.readouterr().err
-    model_refused = "cannot build a new musicgen model from MODEL.config (AttributeError"
-    assert model_refused in err or "cannot make a musicgen config from it" in err
+    assert "cannot build a new reformer model from MODEL.config (AssertionError" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("architecture", "instead"),
+    [("mllama", "a text-only type"), ("gemma3", '"gemma3_text"'), ("musicgen", "a text-only")],
+)
+def test_a_multimodal_model_type_is_refused_at_check_time(tmp_path, architecture, instead):
+    """MLlama's new model was built with Llama 3.2 Vision's 9.8B-parameter language model,
+    whatever MODEL.config said (its values shaped the outer config), and trained on text;
+    others of transformers' causal-LM table failed only after the data was prepared. `okto
+    check` refuses them, in one line naming text-only types, without importing torch."""
+    path = tmp_path / "m.okt"
+    path.write_text(
+        f'PROJECT "m"\nMODEL {{ architecture: "{architecture}" pretrained: false '
+        "config { hidden_size: 64 } }\n"
+    )
+    check = """import sys, okto
+from okto.language.diagnostics import OktoValidationError
+try:
+    okto.load(sys.argv[1])
+except OktoValidationError as invalid:
+    print(*[d.message for d in invalid.errors], sep="\\n")
+print("torch" in sys.modules)"""
+    said = subprocess.run(
+        [sys.executable, "-c", check, str(path)], capture_output=True, text=True, check=False
+    )
+    lines = said.stdout.splitlines()
+    assert lines[-1] == "False", said.stderr
+    (message,) = [line for line in lines if "multimodal" in line]
+    assert message.startswith(f"'{architecture}' is a multimodal model (its config holds ")
+    assert f"write {instead}" in message
+
+
+def test_the_multimodal_types_read_from_source_are_transformers_own():
+    """okto check reads the config classes' sub-configs from transformers' source; the
+    imported classes say the same (transformers 5.2x renamed `sub_configs`)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from okto.language import architectures
+
+    types = ["mllama", "gemma3", "qwen3_5", "llama4", "musicgen", "git", "gpt2", "llama", "mpt"]
+    for model_type in types:
+        sub_configs = CONFIG_MAPPING[model_type].sub_configs or {}
+        expected = [k for k in sub_configs if any(w in k for w in architectures._NOT_TEXT_ONLY)]
+        refused = architectures.not_text_only(model_type)
+        assert (refused is not None) == bool(expected), model_type
+        assert refused is None or f"holds {', '.join(expected)})" in refused
 
 
 def test_an_okm_whose_weights_do_not_fit_its_config_exits_2(project, base_dir, capsys):
