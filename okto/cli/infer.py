@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from okto.errors import UsageError
+from okto.errors import EXIT_OK, EXIT_RUN_FAILED, UsageError
 
 # Settings fields that `Model.generate` takes; the rest are for loading or for chat.
 GENERATE_FIELDS = (
@@ -299,21 +299,40 @@ def run(args) -> int:
         # one generate call, a prompt at a time in their order: prompt i draws from the seed's
         # stream i as without --stream (a call per prompt gave every prompt stream 0)
         printer = StreamPrinter(prompts)
-        generations = model.generate(prompts, **{**options, "batch_size": 1}, stream=printer)
-        printer.close()
-        for g in generations:
-            print(stats_line(g.stats), file=sys.stderr)
-        return 0
-    generations = model.generate(prompts, **options)
+        generations = model.generate(
+            prompts, **{**options, "batch_size": 1}, stream=printer, done=printer.done
+        )
+        return _exit_code(generations)
+    generations = model.generate(prompts, **options, done=_say_failures)
     for g in generations:
         if args.json:
             print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
-        else:
+        elif g.error is None:
             print(g.prompt + g.text, flush=True)
     if not args.json:
-        for stats in {id(g.stats): g.stats for g in generations}.values():
+        for stats in {id(g.stats): g.stats for g in generations if g.stats}.values():
             print(stats_line(stats), file=sys.stderr)
-    return 0
+    return _exit_code(generations)
+
+
+def _say_failures(generations) -> None:
+    """The `done` callback: a prompt that cannot run is said on stderr at once."""
+    for g in generations:
+        if g.error is not None:
+            print(f"error: prompt {g.index + 1}: {g.error}", file=sys.stderr, flush=True)
+
+
+def _exit_code(generations) -> int:
+    """0, or 3 (inference failed, spec section 6) when any prompt could not run: the others
+    were generated and printed, and a script sees that not all were."""
+    failed = sum(g.error is not None for g in generations)
+    if not failed:
+        return EXIT_OK
+    print(
+        f"error: {failed} of {len(generations)} prompts could not be generated (see above)",
+        file=sys.stderr,
+    )
+    return EXIT_RUN_FAILED
 
 
 def write(_index: int, text: str) -> None:
@@ -323,22 +342,28 @@ def write(_index: int, text: str) -> None:
 
 
 class StreamPrinter:
-    """The stream callback of `okto infer --stream`: each prompt, then its text as it comes,
-    a line each. Prompts run one at a time in their order, so a prompt's text follows the
-    previous prompt's; a prompt with no text (EOS at once) still gets its line."""
+    """The stream and done callbacks of `okto infer --stream`: each prompt, then its text as it
+    comes, a line each, then its figures on stderr once it is done (prompts run one at a time
+    in their order). A prompt with no text (EOS at once) still gets its line; one that cannot
+    run gets its error on stderr instead."""
 
     def __init__(self, prompts: list[str]):
-        self.prompts, self.started = prompts, 0
+        self.prompts = prompts
+        self.open: int | None = None  # the prompt whose line is being written
 
     def __call__(self, index: int, text: str) -> None:
-        while self.started <= index:
-            if self.started:
-                sys.stdout.write("\n")
-            sys.stdout.write(self.prompts[self.started])
-            self.started += 1
+        if self.open is None:
+            sys.stdout.write(self.prompts[index])
+            self.open = index
         write(index, text)
 
-    def close(self) -> None:
-        """Print the prompts not yet printed (no text came for them) and end the last line."""
-        self(len(self.prompts) - 1, "")
+    def done(self, generations) -> None:
+        (g,) = generations
+        if g.error is not None:
+            _say_failures(generations)
+            return
+        if self.open is None:
+            sys.stdout.write(g.prompt)
         print(flush=True)
+        self.open = None
+        print(stats_line(g.stats), file=sys.stderr, flush=True)

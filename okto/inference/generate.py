@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from okto.errors import MachineError, UsageError
+from okto.errors import MachineError, RunError, UsageError
 from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
 from okto.inference.settings import Settings
@@ -54,7 +54,8 @@ class Stats:
 
 @dataclass
 class Generation:
-    """One prompt's result."""
+    """One prompt's result. A prompt that could not run (longer than the context window)
+    has `error` set, finish_reason "error", no text and no figures; the others still run."""
 
     index: int
     prompt: str
@@ -62,14 +63,16 @@ class Generation:
     token_ids: list[int]
     prompt_tokens: int
     generated_tokens: int
-    finish_reason: str  # "eos", "stop" or "length"
-    ttft_s: float
-    tokens_per_s: float
+    finish_reason: str  # "eos", "stop", "length" or "error"
+    ttft_s: float | None
+    tokens_per_s: float | None
     seed: int
-    stats: Stats
+    stats: Stats | None
+    error: str | None = None
 
     def as_record(self) -> dict:
-        """The `--json` record (documented in docs/inference.md)."""
+        """The `--json` record (documented in docs/inference.md); a failed prompt's has its
+        `error` and nulls for the figures, so every record has the same fields."""
         stats = self.stats
         return {
             "index": self.index,
@@ -78,16 +81,17 @@ class Generation:
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "finish_reason": self.finish_reason,
-            "ttft_ms": round(self.ttft_s * 1e3, 3),
-            "setup_ms": round(stats.setup_s * 1e3, 3),
-            "tokens_per_s": round(self.tokens_per_s, 2),
+            "error": self.error,
+            "ttft_ms": _round(self.ttft_s and self.ttft_s * 1e3, 3),
+            "setup_ms": _round(stats and stats.setup_s * 1e3, 3),
+            "tokens_per_s": _round(self.tokens_per_s),
             "seed": self.seed,
-            "batch_size": stats.batch_size,
-            "decode_tokens_per_s": round(stats.decode_tokens_per_s, 2),
-            "total_tokens_per_s": round(stats.total_tokens_per_s, 2),
-            "decode_gb_per_s": _round(stats.decode_gb_per_s),
-            "bandwidth_utilization": _round(stats.bandwidth_utilization, 4),
-            "engine": stats.engine,
+            "batch_size": stats and stats.batch_size,
+            "decode_tokens_per_s": _round(stats and stats.decode_tokens_per_s),
+            "total_tokens_per_s": _round(stats and stats.total_tokens_per_s),
+            "decode_gb_per_s": _round(stats and stats.decode_gb_per_s),
+            "bandwidth_utilization": _round(stats and stats.bandwidth_utilization, 4),
+            "engine": stats and stats.engine,
         }
 
 
@@ -122,6 +126,7 @@ class _Row:
     prompt: str
     prompt_ids: list[int]
     limit: int  # most tokens it may generate
+    error: str | None = None  # why it cannot run (then it is not batched)
     ids: list[int] = dataclasses.field(default_factory=list)
     finish: str | None = None
     stop_at: int | None = None  # where a stop sequence starts in the text
@@ -240,6 +245,7 @@ class Model:
         template: str | None = None,
         mode: str | None = None,
         stream: Stream | None = None,
+        done: Callable[[list[Generation]], None] | None = None,
     ) -> list[Generation]:
         """Generate a completion for each prompt; results come back in the prompts' order.
 
@@ -248,7 +254,9 @@ class Model:
         the batch size. `mode` "chat" renders each prompt as a one-turn
         conversation, as `okto chat` renders a turn (a model may carry it as its
         default). `stream(index, text)` is called with text as it comes; with `batch_size`
-        1 the prompts run one at a time in their order.
+        1 the prompts run one at a time in their order. `done(generations)` is called with
+        each batch's results as soon as it ends (a prompt that cannot run comes alone, in its
+        turn with `batch_size` 1, else before the batches).
         """
         s = self.settings(
             max_tokens=max_tokens,
@@ -276,29 +284,34 @@ class Model:
             for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
         ]
         size = s.batch_size or min(len(rows), DEFAULT_BATCH)
-        if size > 1:  # longest first, so a batch's rows are of similar length (less padding)
-            rows.sort(key=lambda r: -len(r.prompt_ids))
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty)
         results = []
-        for start in range(0, len(rows), size):
-            batch = rows[start : start + size]
-            tracker = _Tracker(batch, self.tokenizer, self.eos_ids, s.stop, stream, seed)
-            max_new = max(r.limit for r in batch)
-            self.engine.run([r.prompt_ids for r in batch], max_new, sampler, tracker)
-            results += self._finish(tracker, stream)
+        for batch in _batches(rows, size):
+            if batch[0].error is not None:
+                finished = [_failed(batch[0], seed)]
+            else:
+                tracker = _Tracker(batch, self.tokenizer, self.eos_ids, s.stop, stream, seed)
+                max_new = max(r.limit for r in batch)
+                self.engine.run([r.prompt_ids for r in batch], max_new, sampler, tracker)
+                finished = self._finish(tracker, stream)
+            if done is not None:
+                done(finished)
+            results += finished
         return sorted(results, key=lambda g: g.index)
 
     def _row(self, index: int, prompt: str, text: str, max_tokens: int) -> _Row:
+        """The prompt's row; one that cannot run carries why (its batch-mates still run)."""
         ids = self.encode(text)
-        if not ids:
-            raise UsageError(f"prompt {index + 1} is empty and the tokenizer has no BOS token")
         room = self.context_window - len(ids)
-        if room < 1:
-            raise UsageError(
-                f"prompt {index + 1} has {len(ids)} tokens; the model's context window is "
-                f"{self.context_window}, which leaves no room to generate"
+        row = _Row(index, prompt, ids, min(max_tokens, room))
+        if not ids:
+            row.error = "it is empty and the tokenizer has no BOS token to start from"
+        elif room < 1:
+            row.error = (
+                f"it has {len(ids)} tokens and the model's context window is "
+                f"{self.context_window}, which leaves no room to generate; shorten it"
             )
-        return _Row(index, prompt, ids, min(max_tokens, room))
+        return row
 
     def _finish(self, tracker: _Tracker, stream: Stream | None) -> list[Generation]:
         end = time.perf_counter()
@@ -361,6 +374,34 @@ class Model:
             return None
         prompts = [len(r.prompt_ids) for r in tracker.rows]
         return decode_bytes(steps, prompts, self.engine.weight_bytes, per_token) / seconds / 1e9
+
+
+def _batches(rows: list[_Row], size: int) -> list[list[_Row]]:
+    """Rows in batches of `size`, a row that cannot run alone. With `size` 1 the prompts keep
+    their order; else those that cannot run come first, then the others longest first, so a
+    batch's rows are of similar length (less padding)."""
+    if size == 1:
+        return [[row] for row in rows]
+    runnable = sorted((r for r in rows if r.error is None), key=lambda r: -len(r.prompt_ids))
+    failed = [[r] for r in rows if r.error is not None]
+    return failed + [runnable[i : i + size] for i in range(0, len(runnable), size)]
+
+
+def _failed(row: _Row, seed: int) -> Generation:
+    return Generation(
+        index=row.index,
+        prompt=row.prompt,
+        text="",
+        token_ids=[],
+        prompt_tokens=len(row.prompt_ids),
+        generated_tokens=0,
+        finish_reason="error",
+        ttft_s=None,
+        tokens_per_s=None,
+        seed=seed,
+        stats=None,
+        error=row.error,
+    )
 
 
 def decode_bytes(
@@ -519,7 +560,11 @@ def generate(model: Model | str | Path, prompts: str | list[str], **settings) ->
     else:
         model = load_model(model, **loading)
     options = {name: value for name, value in settings.items() if name in generate_names}
-    texts = [g.text for g in model.generate(prompts, **options)]
+    generations = model.generate(prompts, **options)
+    failed = [f"prompt {g.index + 1}: {g.error}" for g in generations if g.error]
+    if failed:  # a list of texts has no place for them: Model.generate returns them instead
+        raise RunError("; ".join(failed))
+    texts = [g.text for g in generations]
     return texts[0] if isinstance(prompts, str) else texts
 
 

@@ -20,6 +20,7 @@ RECORD_FIELDS = {
     "prompt_tokens",
     "generated_tokens",
     "finish_reason",
+    "error",
     "ttft_ms",
     "setup_ms",
     "tokens_per_s",
@@ -53,7 +54,40 @@ def test_json_records(okm_files, capsys, stdin):
     assert [r["prompt"] for r in out] == PROMPTS[:2]
     assert all(set(r) == RECORD_FIELDS for r in out)
     assert all(r["generated_tokens"] == 5 and r["finish_reason"] == "length" for r in out)
-    assert all(r["seed"] == 3 and r["ttft_ms"] > 0 for r in out)
+    assert all(r["seed"] == 3 and r["ttft_ms"] > 0 and r["error"] is None for r in out)
+
+
+def test_a_prompt_too_long_fails_alone(okm_files, loaded, capsys, stdin):
+    """One prompt longer than the context window stopped the whole batch with a usage error;
+    the others now run, the long one gets its own message (and a record with its error), and
+    the exit code is 3 (inference failed) so a script sees that not all prompts ran. The spec
+    gives INFERENCE no truncation setting, and cutting a prompt silently changes its meaning."""
+    stdin("")
+    long = PROMPTS[0] * 200
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "--max-tokens", "3", "--temperature", "0"]
+    argv += ["-p", PROMPTS[0], "-p", long, "-p", PROMPTS[1]]
+    tokens = len(loaded["gpt2"].encode(long))
+    words = f"error: prompt 2: it has {tokens} tokens and the model's context window is 256"
+    for output in ([], ["--batch-size", "1"]):
+        assert main([*argv, *output]) == 3
+        captured = capsys.readouterr()
+        assert captured.out.splitlines()[0].startswith(PROMPTS[0])
+        assert captured.out.splitlines()[1].startswith(PROMPTS[1])
+        assert words in captured.err
+        assert "error: 1 of 3 prompts could not be generated" in captured.err
+    assert main([*argv, "--json"]) == 3
+    first, failed, last = records(capsys.readouterr().out)
+    assert first["generated_tokens"] == last["generated_tokens"] == 3
+    assert set(failed) == RECORD_FIELDS and failed["finish_reason"] == "error"
+    assert failed["text"] == "" and failed["prompt_tokens"] == tokens
+    assert failed["error"].startswith(f"it has {tokens} tokens") and failed["engine"] is None
+    assert main([*argv, "--stream"]) == 3
+    captured = capsys.readouterr()
+    assert [line[: len(PROMPTS[1])] for line in captured.out.splitlines()] == [
+        PROMPTS[0][: len(PROMPTS[1])],
+        PROMPTS[1],
+    ]
+    assert words in captured.err
 
 
 def test_prompts_from_stdin_and_file(okm_files, capsys, stdin, tmp_path):
@@ -538,6 +572,35 @@ def test_streamed_prompts_draw_what_they_draw_unstreamed(okm_files, capsys, stdi
     assert streamed.out == plain
     assert len(set(plain.splitlines()[:2])) == 2
     assert streamed.err.count("batch 1 ·") == 3
+
+
+def test_streamed_figures_follow_each_prompts_text(okm_files, stdin, monkeypatch):
+    """--stream printed every prompt's figures after the last prompt's text; each line now
+    comes once its prompt is done, before the next prompt starts."""
+    import sys
+
+    events = []
+
+    class Log(io.StringIO):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def write(self, text):
+            events.append((self.name, text))
+            return len(text)
+
+    stdin("")
+    monkeypatch.setattr(sys, "stdout", Log("out"))
+    monkeypatch.setattr(sys, "stderr", Log("err"))
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "--max-tokens", "3", "--stream"]
+    assert main([*argv, "-p", PROMPTS[0], "-p", PROMPTS[1]]) == 0
+    order = [
+        text if stream == "out" else "figures"
+        for stream, text in events
+        if text in PROMPTS[:2] or (stream == "err" and "tok/s" in text)
+    ]
+    assert order == [PROMPTS[0], "figures", PROMPTS[1], "figures"]
 
 
 def test_stream_prints_a_prompt_that_gets_no_text(okm_files, capsys, stdin, monkeypatch):

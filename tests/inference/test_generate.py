@@ -5,7 +5,8 @@ import re
 import pytest
 import torch
 
-from okto.errors import UsageError
+import okto
+from okto.errors import RunError, UsageError
 from okto.inference import load_model
 from tests.inference import models
 from tests.inference.models import PROMPTS
@@ -138,8 +139,11 @@ def test_streamed_text_adds_up(loaded):
 def test_context_window_is_respected(loaded):
     model = loaded["gpt2"]
     room = model.context_window - len(model.encode(PROMPTS[0]))
-    with pytest.raises(UsageError, match="context window"):
-        model.generate(PROMPTS[0] * 200, max_tokens=4)
+    long, fits = model.generate([PROMPTS[0] * 200, PROMPTS[0]], max_tokens=4)
+    assert long.finish_reason == "error" and "context window" in long.error
+    assert fits.error is None and fits.generated_tokens == 4
+    with pytest.raises(RunError, match=r"prompt 1: it has .* context window"):
+        okto.generate(model, PROMPTS[0] * 200, max_tokens=4)
     (g,) = model.generate(PROMPTS[0], max_tokens=room + 50, temperature=0, stop=None)
     assert g.generated_tokens <= room
 
