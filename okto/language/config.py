@@ -347,15 +347,17 @@ class TrainConfig(BlockModel):
     num_cycles: PositiveInt | None = Field(
         None,
         validation_alias=aliases("num_cycles", "lr_num_cycles"),
-        description="Cosine cycles of `scheduler: cosine_with_restarts`, each restarting "
-        "from the peak rate; unset, one (the same as cosine, with a warning).",
+        description="okto's own field (not in the OktoScript spec): cosine cycles of "
+        "`scheduler: cosine_with_restarts`, each restarting from the peak rate; unset, one "
+        "(the same as cosine, with a warning); with another scheduler, a warning.",
     )
     power: float | None = Field(
         None,
         gt=0,
         validation_alias=aliases("power", "lr_power"),
-        description="Exponent of `scheduler: polynomial`: the rate falls as (1 - progress)^power "
-        "to 0; unset, 1 (the same as linear, with a warning).",
+        description="okto's own field (not in the OktoScript spec): exponent of `scheduler: "
+        "polynomial`, whose rate falls as (1 - progress)^power to 0; unset, 1 (the same as "
+        "linear, with a warning); with another scheduler, a warning.",
     )
     gradient_clip: Annotated[
         float | None,

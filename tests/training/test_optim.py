@@ -146,3 +146,23 @@ def test_polynomial_takes_its_power_and_any_learning_rate():
     assert _rates("polynomial") == pytest.approx(_rates("linear"))
     assert _rates("polynomial", power=2.0) == pytest.approx([(1 - s / 12) ** 2 for s in range(12)])
     assert _rates("polynomial", lr=1e-8, power=2.0)[1] == pytest.approx(1e-8 * (11 / 12) ** 2)
+
+
+def test_schedule_shape_fields_say_they_are_okto_extensions():
+    """The spec's TRAIN row names neither num_cycles nor power; the reference said what they
+    do but not that they are okto's own. Given on the command line with a schedule that
+    ignores them, okto train warns (as for one in the file)."""
+    import okto
+    from okto.language.config import TrainConfig
+    from okto.training.run import load_program
+
+    for field in ("num_cycles", "power"):
+        description = TrainConfig.model_fields[field].description
+        assert description.startswith("okto's own field (not in the OktoScript spec)")
+        assert description.endswith("with another scheduler, a warning.")
+    program = okto.parse('PROJECT "p"\nTRAIN { scheduler: "cosine" }', "p.okt")
+    warned = load_program(program, ["TRAIN.power=2", "TRAIN.lr_num_cycles=3"]).warnings
+    assert {w.message for w in warned} == {
+        "power has no effect with scheduler: cosine (only polynomial)",
+        "num_cycles has no effect with scheduler: cosine (only cosine_with_restarts)",
+    }
