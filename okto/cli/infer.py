@@ -174,9 +174,10 @@ def trained_model(config, path: Path) -> str:
 
 
 def requested(args) -> dict:
-    """Settings asked for by `-f` and the flags (flags win), as Settings field names."""
+    """Settings asked for by `-f` and the flags (flags win), as Settings field names; checked
+    here, so a bad value is said before a model is loaded (minutes, for a large one)."""
     import okto
-    from okto.inference.settings import from_block
+    from okto.inference.settings import Settings, from_block
 
     okt = Path(args.okt) if args.okt else None
     config = okto.load(okt).config if okt else None
@@ -203,6 +204,7 @@ def requested(args) -> dict:
                 "no model: pass --model, or -f FILE.okt (its INFERENCE model or the one it trains)"
             )
         values["model"] = trained_model(config, okt)
+    Settings().merged(values)
     return values
 
 
@@ -296,6 +298,12 @@ def run(args) -> int:
     model = load(args, values)
     options = {k: v for k, v in values.items() if k in GENERATE_FIELDS}
     if args.stream:
+        if (values.get("batch_size") or 1) > 1:
+            print(
+                f"note: --stream runs the prompts one at a time; batch_size "
+                f"{values['batch_size']} is not used",
+                file=sys.stderr,
+            )
         # one generate call, a prompt at a time in their order: prompt i draws from the seed's
         # stream i as without --stream (a call per prompt gave every prompt stream 0)
         printer = StreamPrinter(prompts)

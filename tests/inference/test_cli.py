@@ -681,3 +681,36 @@ def test_okto_generate_returns_what_okto_infer_prints(okm_files, loaded, capsys,
 def test_okto_generate_refuses_settings_it_cannot_use(loaded, settings, words):
     with pytest.raises(okto.OktoError, match=words):
         okto.generate(loaded["gpt2"], "Hello", **settings)
+
+
+def test_a_bad_setting_is_said_before_the_model_loads(okm_files, capsys, stdin, monkeypatch):
+    """--max-tokens 0 was refused only once the model had loaded (minutes for a large one)."""
+    import okto.inference
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    stdin("")
+    monkeypatch.setattr(okto.inference, "load_model", no_loading)
+    for flags, words in (
+        (["--max-tokens", "0"], "max_tokens must be a positive integer, got 0"),
+        (["--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
+        (["--stop", ""], "a stop sequence is empty"),
+    ):
+        assert main(["infer", "-m", str(okm_files["gpt2"]), "-p", "Hi", *flags]) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_stream_says_it_does_not_batch(okm_files, capsys, stdin, tmp_path):
+    """--stream runs prompts one at a time; a batch_size asked for (flag or INFERENCE) was
+    dropped without a word."""
+    stdin("")
+    okt = tmp_path / "batched.okt"
+    okt.write_text(f'INFERENCE {{ model: "{okm_files["gpt2"]}" batch_size: 4 }}\n')
+    argv = ["infer", "-f", str(okt), "-p", "Hi", "--max-tokens", "1", "--stream"]
+    assert main(argv) == 0
+    assert "note: --stream runs the prompts one at a time; batch_size 4 is not used" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--batch-size", "1"]) == 0
+    assert "note:" not in capsys.readouterr().err
