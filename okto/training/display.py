@@ -172,3 +172,9 @@ def human(number: float) -> str:
 
 def percent(value: float | None, note: str) -> str:
     return f"{100 * value:.1f}%" if value is not None else note
+
+
+def perplexity(value: float) -> str:
+    """Two decimals, or three significant digits past a million: exp(loss) of a run that blew
+    up has up to 305 digits (exp(700), where it is capped)."""
+    return f"{value:.2f}" if value < 1e6 else f"{value:.3g}"

@@ -51,6 +51,7 @@ from okto.training import checkpoint as ckpt
 from okto.training import distributed_checkpoint as dckpt
 from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
+from okto.training.display import perplexity
 from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
@@ -534,7 +535,7 @@ class Trainer:
     def _events_due(self) -> Outcome | None:
         """On resuming from a checkpoint taken when an evaluation was abandoned: that
         evaluation and the events after it, as the uninterrupted run had them."""
-        self.display.text(f"resume   step {self.step}: the evaluation left unfinished, again")
+        self.display.text(f"resume   step {self.step}: evaluating again (the run stopped during it)")
         try:
             self._events(**self.due)
         except EvaluationAbandoned as abandoned:
@@ -666,7 +667,7 @@ class Trainer:
         )
         self.display.print(
             f"test   step {self.step}  test_loss {score['loss']:.4f}  "
-            f"perplexity {score['perplexity']:.2f}  accuracy {100 * score['accuracy']:.1f}%"
+            f"perplexity {perplexity(score['perplexity'])}  accuracy {100 * score['accuracy']:.1f}%"
         )
 
     @_paused
@@ -689,7 +690,7 @@ class Trainer:
         self.metrics.write("eval", epoch=self.epoch, **self.totals.last_eval)
         self.display.print(
             f"eval   step {self.step}  val_loss {val_loss:.4f}  "
-            f"perplexity {self.totals.last_eval['perplexity']:.2f}  "
+            f"perplexity {perplexity(self.totals.last_eval['perplexity'])}  "
             f"accuracy {100 * self.totals.last_eval['accuracy']:.1f}%"
         )
         self.controller.fire("on_eval", self.totals.evals, self._metric_values())

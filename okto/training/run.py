@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
-from okto.training.display import Display, human, percent
+from okto.training.display import Display, human, percent, perplexity
 from okto.training.outputs import RunPaths, make_folder, save_model, write_config
 
 DEFAULT_LENGTH_CAP = 2048
@@ -738,7 +738,7 @@ def _summary(trainer, outcome, rates, memory, final, exports, paths, display, st
         rows.append(
             (
                 "validation",
-                f"loss {last_eval['val_loss']:.4f}, perplexity {last_eval['perplexity']:.2f}, "
+                f"loss {last_eval['val_loss']:.4f}, perplexity {perplexity(last_eval['perplexity'])}, "
                 f"accuracy {100 * last_eval['accuracy']:.1f}% (step {last_eval['step']})",
             )
         )
@@ -747,7 +747,7 @@ def _summary(trainer, outcome, rates, memory, final, exports, paths, display, st
         rows.append(
             (
                 "test",
-                f"loss {test['loss']:.4f}, perplexity {test['perplexity']:.2f}, "
+                f"loss {test['loss']:.4f}, perplexity {perplexity(test['perplexity'])}, "
                 f"accuracy {100 * test['accuracy']:.1f}% (step {test['step']})",
             )
         )

@@ -4,6 +4,7 @@ and bad input gives a clear message and exit code 2, without a traceback."""
 from __future__ import annotations
 
 import json
+import re
 from io import StringIO
 from pathlib import Path
 
@@ -401,3 +402,15 @@ def test_long_data_preparation_shows_its_stage_on_a_terminal_only(terminal):
     shown = "preparing the data: tokenizing 17,671 train records" in out.getvalue()
     assert shown == terminal
     assert terminal or out.getvalue() == ""
+
+
+def test_a_huge_perplexity_is_shown_in_a_few_digits(project, capsys):
+    """A run that blew up printed exp(val_loss) with all its digits (up to 305, capped at
+    exp(700)) in the eval line and the summary, which wrapped it over lines."""
+    assert train(project(train="max_steps: 2"), "--set", "TRAIN.learning_rate=50") == 0
+    out = capsys.readouterr().out
+    (line,) = [line for line in out.splitlines() if line.startswith("eval ")]
+    shown = line.split("perplexity ")[1].split()[0]
+    assert re.fullmatch(r"\d\.\d\de\+\d+", shown), line
+    summary = " ".join(out.split("summary")[-1].split())
+    assert f"perplexity {shown}, accuracy" in summary

@@ -125,7 +125,7 @@ def test_ctrl_c_during_an_evaluation_abandons_it_and_resume_evaluates_again(
     assert checkpoints == [f"step-{step:07d}"]
     assert read_metrics(parts, "eval") == []
     assert train(path, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
-    assert f"step {step}: the evaluation left unfinished, again" in capsys.readouterr().out
+    assert f"step {step}: evaluating again (the run stopped during it)" in capsys.readouterr().out
 
     def same(kind: str, fields: tuple[str, ...]) -> None:
         runs = [[[r[f] for f in fields] for r in read_metrics(m, kind)] for m in (whole, parts)]
