@@ -86,12 +86,14 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return sorted(found, key=lambda path: int(_NAME.match(path.name).group(1)))
 
 
-def set_aside(folder: Path) -> tuple[int, Path] | None:
-    """Move an earlier run's `step-N` folders into `earlier-<time of its last save>/`.
+def set_aside(folder: Path, records: tuple[Path | None, ...] = ()) -> tuple[int, Path] | None:
+    """Move an earlier run's `step-N` folders into `earlier-<time of its last save>/`, and
+    with them `records`, the files of that run a fresh one would start anew (its metrics
+    file and log), where they exist.
 
     A fresh run must not resume from them or mix its steps with theirs, and they
     are the user's: they are moved where `--resume auto` does not look, never deleted.
-    Returns how many moved and where, or None when there were none.
+    Returns how many checkpoints moved and where, or None when there were none.
     """
     found = checkpoints_in(folder)
     if not found:
@@ -105,6 +107,9 @@ def set_aside(folder: Path) -> tuple[int, Path] | None:
     target.mkdir()
     for path in found:
         path.rename(target / path.name)
+    for path in records:
+        if path is not None and path.is_file():
+            shutil.move(path, target / path.name)
     return len(found), target
 
 

@@ -293,12 +293,13 @@ def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: b
     from okto.training.checkpoint import latest_checkpoint, set_aside
 
     if choice is None:
-        moved = set_aside(paths.checkpoints) if main else None
+        moved = set_aside(paths.checkpoints, (paths.metrics, paths.log)) if main else None
         if moved:
             count, target = moved
             display.note(
-                f"kept {count} checkpoint(s) of an earlier run in {target} "
-                "(--resume auto continues a run instead; delete that folder when done with it)"
+                f"kept {count} checkpoint(s) of an earlier run in {target}, with its metrics "
+                "and log (--resume auto continues a run instead; delete that folder when done "
+                "with it)"
             )
         return None
     if str(choice).lower() == "auto":

@@ -75,7 +75,8 @@ def test_a_longer_resumed_run_follows_the_longer_schedule(project, capsys):
 
 def test_a_fresh_run_keeps_an_earlier_runs_checkpoints_aside(project, capsys):
     """Training again without --resume moves the earlier checkpoints into earlier-*/ (they
-    used to be deleted), where --resume auto does not look."""
+    used to be deleted), where --resume auto does not look, and that run's metrics and log
+    with them (the new run overwrote them, so the kept checkpoints had no record)."""
     first = project(train=SCHEDULE)
     assert train(first) == 0
     saved = {p.name: (p / ckpt.WEIGHTS).read_bytes() for p in ckpt.checkpoints_in(CHECKPOINTS)}
@@ -84,8 +85,13 @@ def test_a_fresh_run_keeps_an_earlier_runs_checkpoints_aside(project, capsys):
     assert train(first, "--max-steps", "4") == 0
     said = " ".join(capsys.readouterr().out.split())
     (kept,) = CHECKPOINTS.glob("earlier-*")
-    assert f"kept 3 checkpoint(s) of an earlier run in {kept}" in said
-    assert {p.name: (p / ckpt.WEIGHTS).read_bytes() for p in kept.iterdir()} == saved
+    assert f"kept 3 checkpoint(s) of an earlier run in {kept}, with its metrics and log" in said
+    checkpoints = ckpt.checkpoints_in(kept)
+    assert {p.name: (p / ckpt.WEIGHTS).read_bytes() for p in checkpoints} == saved
+    # the earlier run's record, which the new run started anew
+    assert [r["step"] for r in steps(kept)] == list(range(1, 13))
+    assert "finished 12 steps" in (kept / "train.log").read_text()
+    assert [r["step"] for r in steps()] == [1, 2, 3, 4]
     assert [p.name for p in ckpt.checkpoints_in(CHECKPOINTS)] == ["step-0000004"]
     assert ckpt.latest_checkpoint(CHECKPOINTS).name == "step-0000004"
     assert train(first, "--max-steps", "4") == 0  # a second earlier set gets its own folder
