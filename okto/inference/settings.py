@@ -98,6 +98,8 @@ class Settings:
             raise UsageError(f"the prompt format {self.template!r} has no {{input}} placeholder")
         if any(not s for s in self.stop):
             raise UsageError("a stop sequence is empty")
+        if not self.exit_command.strip():
+            raise UsageError("exit_command is empty: an empty line would end the chat")
         return self
 
     def apply_template(self, text: str) -> str:

@@ -236,7 +236,7 @@ def _from_package(package: Package) -> Checkpoint:
     generation = package.names("generation_config")
     return Checkpoint(
         path=package.path,
-        config=json.loads(bytes(package.member(CONFIG))),
+        config=_json_value(bytes(package.member(CONFIG)), f"{package.path}:{CONFIG}"),
         generation_config=bytes(package.member(generation[0])) if generation else None,
         training_config=package.manifest.get("training_config"),
         package=package,
@@ -303,12 +303,17 @@ def _folder_tokenizer_files(folder: Path) -> dict[str, bytes]:
 def _json_object(path: Path) -> dict:
     """A model folder's JSON file (config, generation or run config); one that is damaged is
     a RunError naming it, as damaged weights are."""
+    return _json_value(path.read_bytes(), path)
+
+
+def _json_value(data: bytes, where) -> dict:
+    """`data` parsed as a JSON object, or a RunError naming `where` (a file or package member)."""
     try:
-        value = json.loads(path.read_bytes())
+        value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e}); the file is damaged") from None
+        raise RunError(f"{where}: not valid JSON ({e}); the file is damaged") from None
     if not isinstance(value, dict):
-        raise RunError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+        raise RunError(f"{where}: holds a JSON {type(value).__name__}, not an object")
     return value
 
 

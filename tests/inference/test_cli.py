@@ -324,6 +324,15 @@ def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
     assert prompts[1].endswith("User: how are you\nAssistant:")
 
 
+@pytest.mark.parametrize("command", ["", "  "])
+def test_chat_refuses_an_empty_exit_command(command, okm_files, capsys, stdin):
+    """An empty exit command was taken as "not given" (the default, exit), and a blank one would
+    end the chat at the first empty line."""
+    stdin("hi\n")
+    assert main(["chat", "-m", str(okm_files["gpt2"]), "--exit-command", command]) == 2
+    assert "exit_command is empty" in capsys.readouterr().err
+
+
 def test_chat_seed_gives_each_turn_its_own_stream(okm_files, capsys, stdin, monkeypatch):
     """With --seed each turn samples from a stream of its own (from the seed and the turn number):
     turns differ, and the same seed and lines replay the same session."""

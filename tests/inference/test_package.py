@@ -394,3 +394,20 @@ def test_a_folder_without_a_tokenizer_is_said_to_have_none(hf_dirs, tmp_path, ca
     assert open_checkpoint(folder).tokenizer_files == {}
     assert main(["infer", "-m", str(folder), "-p", "Hi"]) == 2
     assert "the model has no tokenizer files" in capsys.readouterr().err
+
+
+def test_a_package_whose_config_is_not_an_object_is_refused(okm_files, tmp_path):
+    """Checksums cannot vouch for what another tool sealed: config.json must be an object."""
+    source = Package(okm_files["gpt2"])
+    members = [
+        (m.name, m.role, b"[1, 2]" if m.name == okm.CONFIG else bytes(source.member(m.name)))
+        for m in source.members.values()
+    ]
+    manifest = {
+        k: v
+        for k, v in source.manifest.items()
+        if k not in ("format", "format_version", "members")
+    }
+    path = okm.write_package(tmp_path / "list-config.okm", members, manifest)
+    with pytest.raises(OktoError, match=r"config\.json: holds a JSON list, not an object"):
+        open_checkpoint(path)
