@@ -404,9 +404,7 @@ def test_a_package_whose_config_is_not_an_object_is_refused(okm_files, tmp_path)
         for m in source.members.values()
     ]
     manifest = {
-        k: v
-        for k, v in source.manifest.items()
-        if k not in ("format", "format_version", "members")
+        k: v for k, v in source.manifest.items() if k not in ("format", "format_version", "members")
     }
     path = okm.write_package(tmp_path / "list-config.okm", members, manifest)
     with pytest.raises(OktoError, match=r"config\.json: holds a JSON list, not an object"):
