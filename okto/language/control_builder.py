@@ -329,11 +329,14 @@ class ControlBuilder:
             return
         current = self.train.get(field, TrainConfig.model_fields[field].default)
         if isinstance(current, int | float) and amount >= current:
+            # An amount below 1 reads as a fraction meant relative (BY 0.5: BY 50%); one of 1
+            # or more has no percentage that keeps the field above 0.
+            percent = f"{amount * 100:g}%" if amount < 1 else "50%"
             self.collect.warn(
                 item.amount.span,
                 f"DECREASE {field} BY {amount:g} subtracts {amount:g} from {current:g}, "
                 "leaving 0 or less",
-                f"for a relative change write a percentage: DECREASE {field} BY {amount * 100:g}%",
+                f"for a relative change write a percentage: DECREASE {field} BY {percent}",
             )
 
     def _log(self, item: LogStatement) -> dict | None:

@@ -438,6 +438,20 @@ def test_absolute_decrease_beyond_the_value_warns():
     assert warnings("CONTROL { on_nan { DECREASE LR BY 50% } }") == []
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "amount", "percent"),
+    [("learning_rate", "0.1", "0.5", "50%"), ("batch_size", "8", "8", "50%")],
+)
+def test_decrease_beyond_the_value_suggests_a_percentage_below_100(field, value, amount, percent):
+    """An amount below 1 reads as a fraction (BY 0.5: BY 50%); DECREASE batch_size BY 8
+    suggested `BY 800%`, which would take it to 0 as well."""
+    p = program(
+        f"TRAIN {{ {field}: {value} }}\nCONTROL {{ IF step > 1 {{ DECREASE {field} BY {amount} }} }}"
+    )
+    (found,) = p.warnings
+    assert found.hint == f"for a relative change write a percentage: DECREASE {field} BY {percent}"
+
+
 @pytest.mark.parametrize("amount", ['"50%"', '"2"', '"1e-4"'])
 def test_quoted_amounts_read_as_unquoted_ones(amount):
     """`INCREASE ... BY "50%"` was a syntax error."""
