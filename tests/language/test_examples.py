@@ -58,6 +58,17 @@ def test_example_data_files_exist(path):
         assert all(f.is_file() for f in resolve_files(relative, path.parent)), relative
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_outputs_stay_in_one_run_folder(path):
+    """export-and-logging.okt set OUTPUT.dir to its own run folder, so the model went to
+    runs/export-and-logging/export-and-logging/ and its checkpoints and logs one level up."""
+    from okto.training.outputs import RunPaths
+
+    paths = RunPaths.resolve(loaded(path).config)
+    written = [paths.checkpoints, paths.export, paths.metrics, paths.log]
+    assert all(p.is_relative_to(paths.run) for p in written if p is not None), written
+
+
 def test_the_examples_cover_every_syntax_element():
     text = "\n".join(p.read_text(encoding="utf-8") for p in EXAMPLES)
     for element in [
