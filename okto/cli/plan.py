@@ -34,12 +34,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
+    from okto.data.cache import size_limit
     from okto.language import with_overrides
     from okto.planner.file_plan import plan_program
 
     try:
         program = with_overrides(args.file, args.set)
-        plan = plan_program(program)
+        plan = plan_program(program)  # checks the OKTO_* kernel variables, as okto train does
+        size_limit()  # and OKTO_DATA_CACHE_SIZE, which okto train checks before the data
     except OktoError as error:
         if not args.json:
             raise

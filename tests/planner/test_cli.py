@@ -92,6 +92,18 @@ def test_gpu_file_on_a_cpu_machine_exits_4(okt, capsys, as_json):
     assert "ENV.accelerator" in message and "no" in message
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_bad_data_cache_size_exits_2_as_in_okto_train(okt, capsys, monkeypatch, as_json):
+    """README: okto train and okto plan refuse a bad OKTO_* value; okto plan passed
+    OKTO_DATA_CACHE_SIZE=abc, which okto train stops on."""
+    monkeypatch.setenv("OKTO_DATA_CACHE_SIZE", "abc")
+    code = main(["plan", "-f", okt(TINY_GPT2), *(["--json"] if as_json else [])])
+    out = capsys.readouterr()
+    assert code == 2
+    message = json.loads(out.out)["error"] if as_json else out.err
+    assert "OKTO_DATA_CACHE_SIZE='abc' is not a size" in message
+
+
 def test_a_bad_set_names_the_override(okt, capsys):
     """It read 'command line:1:24', a position in no text the user wrote."""
     assert main(["plan", "-f", okt(TINY_GPT2), "--set", "TRAIN.batch_size=abc"]) == 2
