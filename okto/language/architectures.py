@@ -58,7 +58,8 @@ def unknown_architecture(name: str) -> str:
     by_class = {c.lower(): t for t, c in causal_lms().items() if isinstance(c, str)}
     if name.lower() in by_class:
         return f'{head}; {name} is a class: write its model type, "{by_class[name.lower()]}"'
-    close = difflib.get_close_matches(name.lower(), sorted(causal_lms()), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), sorted(causal_lms()), n=10, cutoff=0.6)
+    close = [t for t in close if not_text_only(t) is None][:3]  # never suggest a refused type
     if close:
         return f"{head} (did you mean {_either(close)}?)"
     return f"{head}; write one of AutoModelForCausalLM's, like gpt2, llama, qwen3 or mistral"
