@@ -551,7 +551,9 @@ class ExportConfig(BlockModel):
     format: Annotated[list[choice("okm", "safetensors", "hf")], BeforeValidator(one_or_many)] = (
         Field(["safetensors"], description="One format or a list: okm, safetensors, hf.")
     )
-    path: str = Field("export", description="Folder to write to.")
+    path: str = Field(
+        "export", description="Folder to write to; a relative one is inside the run folder."
+    )
     quantization: choice("fp32", "fp16", "bf16") | None = Field(
         None,
         validation_alias=aliases("quantization", "dtype"),
@@ -562,7 +564,11 @@ class ExportConfig(BlockModel):
 class OutputConfig(BlockModel):
     """The run folder."""
 
-    dir: str = Field("runs", description="Folder for checkpoints, logs and the model.")
+    dir: str = Field(
+        "runs",
+        description="Where run folders go: a run writes its checkpoints, logs and model to "
+        "`dir/<PROJECT>/`.",
+    )
     save_model: Bool = Field(
         True,
         description="Keep the final model in the run folder (EXPORT writes its files either way).",
