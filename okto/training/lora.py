@@ -43,7 +43,10 @@ class LoRA(nn.Module):
         self.scaling = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.dropout(x) @ self.A.t() @ self.B.t()) * self.scaling
+        # A LoRA run keeps the frozen base in the training precision (bf16, fp16) and the
+        # adapter in fp32: the layer's input is brought to the adapter's dtype (autocast,
+        # when on, still runs the matmuls in its own).
+        return (self.dropout(x).to(self.A.dtype) @ self.A.t() @ self.B.t()) * self.scaling
 
     def delta(self) -> torch.Tensor:
         """The update as an (out x in) matrix."""
@@ -144,7 +147,8 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> Path:
-    """The adapter alone, in the PEFT layout, under `folder`."""
+    """The adapter alone, in the PEFT layout, under `folder`; `base` is the model it adapts
+    (a hub name or an absolute path: PEFT loads it from there)."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     layers = lora_layers(model)

@@ -1,0 +1,114 @@
+"""A LoRA run as a user meets it: a base kept in bf16 beside an fp32 adapter, the adapter
+loaded back onto the base it names, exports equal to the adapted model, and resuming with
+another adapter shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from okto.language.config import AdapterConfig
+from okto.package import open_checkpoint
+from okto.package.hf_config import transformers_config
+from okto.package.transformers_model import causal_lm
+from okto.training.lora import apply_lora, check_lora_reached
+from tests.inference import models
+from tests.training.conftest import train
+
+LLAMA_LORA = 'base: "{base}" ADAPTER {{ rank: 4 alpha: 8 }}'
+
+
+def _llama_base(folder: Path, tokenizer_dir: Path) -> Path:
+    """A local Hugging Face checkpoint: a tiny Llama and the tests' tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    models.model("llama", tokenizer).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def test_a_base_kept_in_bf16_runs_its_fp32_adapter():
+    """MODEL.precision bf16 keeps the frozen base in bf16 and the adapter in fp32: the probe
+    before training (no autocast) stopped with 'expected m1 and m2 to have the same dtype'
+    (examples/finetune-lora.okt on the CPU, and every bf16 LoRA run on a GPU)."""
+    model = models.model("gpt2", models.tokenizer("gpt2")).to(torch.bfloat16)
+    apply_lora(model, AdapterConfig(rank=4))
+    check_lora_reached(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.dtype == torch.bfloat16  # the base's layers add the update in theirs
+    out.loss.backward()
+    lora = [p for n, p in model.named_parameters() if ".lora." in n]
+    assert lora and all(p.dtype == torch.float32 and p.grad is not None for p in lora)
+
+
+def _load_adapter(adapter: Path):
+    """The base the adapter names, with the adapter applied as PEFT applies it: each
+    `base_model.model.<layer>.lora_A/B` pair adds B·A·alpha/r to that layer's weight."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]).eval()
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    layers = {k.removeprefix("base_model.model.").rsplit(".", 2)[0] for k in tensors}
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for layer in layers:
+            a = tensors[f"base_model.model.{layer}.lora_A.weight"]
+            b = tensors[f"base_model.model.{layer}.lora_B.weight"]
+            delta = b @ a * config["lora_alpha"] / config["r"]
+            modules[layer].weight += delta.t() if config["fan_in_fan_out"] else delta
+    return model, len(layers)
+
+
+def test_the_adapter_loads_onto_the_base_it_names_and_the_exports_equal_it(
+    project, tokenizer_dir, tmp_path, monkeypatch
+):
+    """The adapter named MODEL.base as written, relative to the .okt file ("models/base"
+    here), which no loader finds from anywhere else: it names the absolute folder now. The
+    base plus the adapter, the final model and every export give the same logits."""
+    base = _llama_base(tmp_path / "models" / "base", tokenizer_dir)
+    path = project(
+        train="max_steps: 3",
+        model=LLAMA_LORA.format(base="models/base"),
+        extra='EXPORT { format: ["okm", "hf", "safetensors"] }',
+    )
+    assert train(path) == 0
+    run = Path("runs/tiny").resolve()
+    monkeypatch.chdir(tmp_path.parent)  # where "models/base" is no folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nor a hub name to look up
+    adapted, layers = _load_adapter(run / "adapter")
+    assert layers == 8  # q, k, v, o in both layers: LoRA on Llama's nn.Linear projections
+    ids = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(str(base))(input_ids=ids).logits
+        assert not torch.allclose(expected, base_logits, atol=1e-3)  # it trained
+        package = open_checkpoint(run / "export" / "tiny.okm")
+        values = dict(package.config)
+        config = transformers_config(values.pop("model_type"), values, "tiny.okm")
+        loaded = [
+            AutoModelForCausalLM.from_pretrained(str(run / "final")),
+            AutoModelForCausalLM.from_pretrained(str(run / "export" / "tiny")),
+            causal_lm(config, package.tensors())[0],
+        ]
+        weights = load_file(str(run / "export" / "tiny.safetensors"))
+        assert weights.keys() == load_file(str(run / "final" / "model.safetensors")).keys()
+        for model in loaded:
+            logits = model.eval()(input_ids=ids).logits
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_resuming_with_another_rank_says_the_checkpoint_does_not_fit(
+    project, tokenizer_dir, tmp_path, capsys
+):
+    """The names matched, the shapes did not: a RuntimeError traceback from copy_."""
+    _llama_base(tmp_path / "base", tokenizer_dir)
+    path = project(train="max_steps: 2 save_steps: 1", model=LLAMA_LORA.format(base="base"))
+    assert train(path) == 0
+    capsys.readouterr()
+    assert train(path, "--resume", "auto", "--set", "MODEL.adapter.rank=8") == 2
+    err = capsys.readouterr().err
+    assert "does not fit this model (model.layers.0.self_attn.k_proj.lora.A is [4, 64] in " in err
+    assert "Traceback" not in err
