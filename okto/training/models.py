@@ -41,6 +41,9 @@ class ModelSource:
     package: object | None = None  # an okto.package Checkpoint (.okm) holding them
     tokenizer_path: Path | None = None  # the model's own tokenizer, if it has one
     pretrained: bool = True
+    # What a LoRA adapter names as its base: the hub name, or the absolute path of the local
+    # folder or .okm (MODEL.base as written is relative to the .okt file, not to the adapter).
+    reference: str | None = None
 
     @property
     def context_window(self) -> int | None:
@@ -62,7 +65,7 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
     if not model_cfg.pretrained:
         source.config = _override(source.config, model_cfg.config)
         source.where = f"new {source.config.model_type} shaped like {source.where}"
-        source.folder = source.package = None
+        source.folder = source.package = source.reference = None
         source.pretrained = False
     return source
 
@@ -118,7 +121,12 @@ def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> Model
     if path is None:
         folder, origin = hub_snapshot(base, offline)
         return ModelSource(
-            f"{base} ({origin})", base, _config(folder), folder, tokenizer_path=folder
+            f"{base} ({origin})",
+            base,
+            _config(folder),
+            folder,
+            tokenizer_path=folder,
+            reference=base,
         )
     if path.is_file():
         from okto.package import open_checkpoint
@@ -136,6 +144,7 @@ def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> Model
             config_class.from_dict(config),
             package=package,
             tokenizer_path=tokenizer if package.tokenizer_files else None,
+            reference=str(path.resolve()),
         )
     if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
         path = path / "final"
@@ -144,7 +153,9 @@ def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> Model
             f"MODEL.base {base!r}: {path} is not a model folder (no config.json), "
             "an .okm file or a run folder (with final/)"
         )
-    return ModelSource(str(path), base, _config(path), path, tokenizer_path=path)
+    return ModelSource(
+        str(path), base, _config(path), path, tokenizer_path=path, reference=str(path.resolve())
+    )
 
 
 def _config(folder: Path):
@@ -214,6 +225,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     _for_training(model)
+    model.name_or_path = source.reference  # transformers' "loaded from", for the adapter
     return model
 
 

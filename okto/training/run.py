@@ -690,7 +690,7 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
             if optimizer is not None:
                 torch.save(optimizer, final / "optimizer.pt")
         if keep and adapted and parallel.is_main:
-            save_adapter(model, config.model.adapter, config.model.base, paths.adapter)
+            save_adapter(model, config.model.adapter, model.name_or_path, paths.adapter)
         exports = (
             export(final, config.export, paths.export, paths.name)
             if asked and parallel.is_main
