@@ -142,6 +142,10 @@ def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Pa
         missing = sorted(set(expected) - set(weights))[:3]
         extra = sorted(set(weights) - set(expected))[:3]
         raise misfit(where, f"missing {missing}, unexpected {extra}")
+    for name, tensor in weights.items():  # a LoRA rank, or a MODEL.config size, changed
+        if tensor.shape != expected[name].shape:
+            shapes = f"{list(tensor.shape)} in the checkpoint, {list(expected[name].shape)} here"
+            raise misfit(where, f"{name} is {shapes}")
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in weights:
