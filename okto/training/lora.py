@@ -99,12 +99,16 @@ def apply_lora(model: nn.Module, adapter) -> list[str]:
         )
     for param in model.parameters():
         param.requires_grad_(False)
+    shared = _shared_parameters(model)
     adapted = []
     for name, layer in list(model.named_modules()):
         shape = _shape(layer)
         if shape is None or not _matches(name, targets):
             continue
         weight = layer.weight
+        if weight in shared:  # a head tied to the input embeddings
+            layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
         layer.lora = LoRA(*shape, adapter.rank, adapter.alpha, adapter.dropout).to(weight.device)
         layer.register_forward_hook(_add_update)
         adapted.append(name)
@@ -114,6 +118,18 @@ def apply_lora(model: nn.Module, adapter) -> list[str]:
             f"its linear layers are named {_linear_names(model)}"
         )
     return adapted
+
+
+def _shared_parameters(model: nn.Module) -> set[nn.Parameter]:
+    """Parameters that more than one module holds (a head tied to the embeddings). An adapted
+    one gets a copy of its own, and the config says the head is untied: merged, the update
+    belongs to the head alone, and a loader that ties the head to the embeddings (okto's
+    engine, a config still saying tie_word_embeddings) would drop it."""
+    seen: set[nn.Parameter] = set()
+    shared: set[nn.Parameter] = set()
+    for _, param in model.named_parameters(remove_duplicate=False):
+        (shared if param in seen else seen).add(param)
+    return shared
 
 
 def _linear_names(model: nn.Module) -> list[str]:

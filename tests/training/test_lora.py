@@ -15,7 +15,7 @@ from okto.language.config import AdapterConfig
 from okto.package import open_checkpoint
 from okto.package.hf_config import transformers_config
 from okto.package.transformers_model import causal_lm
-from okto.training.lora import apply_lora, check_lora_reached
+from okto.training.lora import apply_lora, check_lora_reached, merged_state_dict
 from tests.inference import models
 from tests.training.conftest import train
 
@@ -112,3 +112,21 @@ def test_resuming_with_another_rank_says_the_checkpoint_does_not_fit(
     err = capsys.readouterr().err
     assert "does not fit this model (model.layers.0.self_attn.k_proj.lora.A is [4, 64] in " in err
     assert "Traceback" not in err
+
+
+def test_lora_on_a_head_tied_to_the_embeddings_stays_the_heads():
+    """GPT-2 ties lm_head to wte: the merged update went into lm_head.weight under a config
+    still saying tie_word_embeddings, so a loader that ties them (okto's engine, a new model
+    of that config) lost it or put it into the embeddings too."""
+    model = models.model("gpt2", models.tokenizer("gpt2"))
+    embeddings = model.transformer.wte.weight.detach().clone()
+    apply_lora(model, AdapterConfig(rank=4, target_modules=["lm_head"]))
+    with torch.no_grad():
+        model.lm_head.lora.B.normal_()
+    ids = torch.randint(0, model.config.vocab_size, (2, 8))
+    expected = model(input_ids=ids).logits
+    assert model.config.tie_word_embeddings is False
+    fresh = type(model)(model.config).eval()
+    fresh.load_state_dict(merged_state_dict(model))
+    torch.testing.assert_close(fresh(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fresh.transformer.wte.weight, embeddings)
