@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,3 +131,17 @@ def test_lora_on_a_head_tied_to_the_embeddings_stays_the_heads():
     fresh.load_state_dict(merged_state_dict(model))
     torch.testing.assert_close(fresh(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(fresh.transformer.wte.weight, embeddings)
+
+
+@pytest.mark.gpu
+def test_a_bf16_lora_run_on_the_gpu_with_the_kernels(project, tokenizer_dir, tmp_path):
+    """MODEL.precision bf16: the base kept in bf16, the adapter in fp32, the planner's kernels
+    around the hooked layers (`python -m pytest -m gpu tests/training/test_lora.py`)."""
+    _llama_base(tmp_path / "base", tokenizer_dir)
+    model = LLAMA_LORA.format(base="base") + ' precision: "bf16"'
+    path = project(train="max_steps: 6", model=model, device="cuda")
+    assert train(path, "--set", "ACCELERATE.fused_ops=true", "--set", "BLAS.streams=2") == 0
+    final = load_file("runs/tiny/final/model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in final.values() if t.is_floating_point())
+    adapter = load_file("runs/tiny/adapter/adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # it trained
