@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,6 +39,7 @@ from okto.language.fieldtypes import (
     Precision,
     aliases,
     choice,
+    distinct,
     one_or_many,
 )
 from okto.language.quantities import Count, Percent, Quantity, Size
@@ -548,9 +550,11 @@ class InferenceConfig(BlockModel):
 class ExportConfig(BlockModel):
     """What to write after training."""
 
-    format: Annotated[list[choice("okm", "safetensors", "hf")], BeforeValidator(one_or_many)] = (
-        Field(["safetensors"], description="One format or a list: okm, safetensors, hf.")
-    )
+    format: Annotated[
+        list[choice("okm", "safetensors", "hf")],
+        BeforeValidator(one_or_many),
+        AfterValidator(distinct),
+    ] = Field(["safetensors"], description="One format or a list: okm, safetensors, hf.")
     path: str = Field(
         "export", description="Folder to write to; a relative one is inside the run folder."
     )

@@ -42,6 +42,17 @@ def one_or_many(value: object) -> object:
     return [value] if isinstance(value, str | int | float) else value
 
 
+def distinct(values: list) -> list:
+    """A list that names something at least once and nothing twice (`format: ["okm", "okm"]`
+    would write one file two times; `[]` would quietly do nothing)."""
+    if not values:
+        raise ValueError("the list is empty: name at least one, or leave the field out")
+    repeated = sorted({v for v in values if values.count(v) > 1}, key=values.index)
+    if repeated:
+        raise ValueError(f"{', '.join(repr(v) for v in repeated)} is listed more than once")
+    return values
+
+
 NO_EFFECT = {"no_effect": True}
 """`json_schema_extra` of fields accepted for compatibility with other
 OktoScript tools but ignored here: setting one is a warning."""

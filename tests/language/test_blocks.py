@@ -539,6 +539,18 @@ def test_all_errors_of_a_file_come_together():
     assert [(line, column) for line, column, _ in found] == [(2, 9), (2, 30), (3, 15), (4, 19)]
 
 
+@pytest.mark.parametrize(
+    ("formats", "message"),
+    [
+        ('["okm", "OKM"]', "'okm' is listed more than once"),
+        ("[]", "the list is empty"),
+    ],
+)
+def test_export_formats_name_something_once(formats, message):
+    """`[]` exported nothing without a word and a repeat wrote one file twice."""
+    assert message in error(f"EXPORT {{ format: {formats} }}")[2]
+
+
 def test_model_config_takes_lists_and_blocks():
     """rope_scaling { ... } and layer_types [...] were errors ('expected a number, a string or
     true or false, got a block'), so such a config could not be written."""
