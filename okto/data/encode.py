@@ -1,23 +1,32 @@
-"""Tokenizing rendered records into ids and labels, inside `datasets.map` workers.
+"""Tokenizing rendered records into ids and labels, a batch of records at a time.
 
 Labels are the ids themselves (unshifted, as Hugging Face causal LMs expect)
 where a token starts inside a trained character span, and -100 elsewhere.
 Every record ends with EOS, the separator packing relies on; an EOS okto adds
-is trained when the token before it is.
+is trained when the token before it is. A batch comes out as packing takes it:
+its records' ids and labels end to end, exactly sized, and their lengths.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from okto.data.fields import Unusable
 from okto.data.templates import Renderer, Span
 
+if TYPE_CHECKING:
+    from okto.data.packing import Batch
+
 IGNORE = -100
+_EMPTY = np.zeros(0, np.int32)
 
 
 class Encoder:
-    """Callable for `Dataset.map(batched=True)`; picklable for `num_proc` workers."""
+    """Records (columns as lists) to a packing `Batch` and the drop reasons; picklable, so
+    worker processes can share the work."""
 
     def __init__(self, tokenizer):
         from tokenizers import Tokenizer
@@ -30,7 +39,7 @@ class Encoder:
         self.renderer = Renderer(tokenizer)
         self.eos_id = tokenizer.eos_token_id
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+    def __call__(self, batch: dict[str, list]) -> tuple[Batch, Counter[str]]:
         count = len(batch["roles"])
         rendered: list[tuple[str, list[Span]] | None] = [None] * count
         dropped = [""] * count
@@ -44,9 +53,8 @@ class Encoder:
                 )
             except Unusable as error:
                 dropped[i] = str(error)
-        empty = np.zeros(0, np.int32)  # a dropped record: typed, so batches concatenate
-        ids: list = [empty] * count
-        labels: list = [empty] * count
+        ids: list = [_EMPTY] * count  # a dropped record has no tokens (length 0)
+        labels: list = [_EMPTY] * count
         # A template carries its own BOS; raw text gets what the tokenizer adds.
         for templated in (True, False):
             rows = [i for i in range(count) if rendered[i] and batch["templated"][i] == templated]
@@ -57,7 +65,9 @@ class Encoder:
             )
             for encoding, i in zip(encodings, rows, strict=True):
                 ids[i], labels[i] = self._label(encoding.ids, encoding.offsets, rendered[i][1])
-        return {"input_ids": ids, "labels": labels, "dropped": dropped}
+        lengths = np.fromiter(map(len, ids), np.int64, count)
+        encoded = (np.concatenate([_EMPTY, *ids]), np.concatenate([_EMPTY, *labels]), lengths)
+        return encoded, Counter(reason for reason in dropped if reason)
 
     def _label(
         self, ids: list[int], offsets: list, spans: list[Span]

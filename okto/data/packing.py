@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from okto.data.encode import IGNORE
 
@@ -34,6 +33,7 @@ class Rows:
     position_ids: np.ndarray
     truncated: int = 0  # records cut at max_length
     dropped: int = 0  # records (no packing) or rows (packing) with nothing to train
+    trained_tokens: int = 0  # tokens with a label
 
     def to_arrow(self) -> pa.Table:
         length = self.input_ids.shape[1]
@@ -47,51 +47,93 @@ class Rows:
         )
 
 
-# Tokenized records in batches of whole records: (ids, labels, lengths), ids and labels
-# each record's tokens end to end (int32), lengths one per record (0 for a dropped one).
+# A batch of tokenized records, as `encode.Encoder` makes them: (ids, labels, lengths), ids
+# and labels the records' tokens end to end (int32), lengths one per record (0 for a dropped
+# one).
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+# Rows made or checked at a time: index arrays or masks over every token would be columns'
+# worth of temporary memory.
+_ROWS_AT_ONCE = 256
 
 
-def record_batches(table: pa.Table) -> list[Batch]:
-    """The `input_ids` and `labels` list columns of `table`, batch by batch, as NumPy views
-    of its memory (nothing is copied)."""
-    return [
-        (
-            batch.column("input_ids").flatten().to_numpy(),
-            batch.column("labels").flatten().to_numpy(),
-            pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False),
-        )
-        for batch in table.to_batches()
-    ]
+class Tokens:
+    """A split's tokenized records end to end, batch after batch: ids and labels each in one
+    buffer that grows in place (a `bytearray`: a large one grows by remapping its pages,
+    not copying them), so the tokens are held once and, packed, become the rows' columns
+    without a copy."""
+
+    def __init__(self) -> None:
+        self._ids, self._labels = bytearray(), bytearray()
+        self._lengths: list[np.ndarray] = []
+        self.count = 0  # tokens held
+
+    def add(self, batch: Batch) -> None:
+        ids, labels, lengths = batch
+        self._ids += memoryview(np.ascontiguousarray(ids, np.int32)).cast("B")
+        self._labels += memoryview(np.ascontiguousarray(labels, np.int32)).cast("B")
+        self._lengths.append(lengths[lengths > 0])
+        self.count += len(ids)
+
+    def lengths(self) -> np.ndarray:
+        """Each kept record's token count, in order."""
+        return np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+
+    def take(self, size: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and labels padded to `size` tokens, as arrays over the buffers, which
+        this object then gives up (they are the arrays' now)."""
+        pad = size - self.count
+        self._ids += np.full(pad, pad_id, np.int32).tobytes()
+        self._labels += np.full(pad, IGNORE, np.int32).tobytes()
+        ids = np.frombuffer(self._ids, np.int32)
+        labels = np.frombuffer(self._labels, np.int32)
+        self._ids, self._labels, self.count = bytearray(), bytearray(), 0
+        return ids, labels
 
 
-def to_rows(batches: list[Batch], max_length: int, pad_id: int, packing: bool) -> Rows:
-    """Rows from tokenized records. `batches` is emptied once the ids and labels are in the
-    rows, so the records' memory (a large dataset's tokens, twice) is freed before the
-    other columns are made: the peak is the records plus two columns, or the four columns."""
-    lengths = np.concatenate([b[2] for b in batches]) if batches else np.zeros(0, np.int64)
-    lengths = lengths[lengths > 0]
-    rows = (
-        _pack(batches, lengths, max_length, pad_id)
-        if packing
-        else _pad(batches, lengths, max_length, pad_id)
-    )
-    keep = (rows.labels != IGNORE).any(axis=1)
-    rows.dropped = int((~keep).sum())
-    if rows.dropped:
-        for name in COLUMNS:  # one column at a time: the unfiltered one is freed before the next
-            setattr(rows, name, getattr(rows, name)[keep])
-    return rows
+def to_rows(tokens: Tokens, max_length: int, pad_id: int, packing: bool) -> Rows:
+    """Rows from tokenized records, `tokens` emptied. The peak is the rows themselves: packed,
+    the records' buffers become the ids and labels; rows without trained tokens are dropped
+    from one column at a time, and the attention mask is made for the rows kept."""
+    lengths = tokens.lengths()
+    positions = None
+    if packing:
+        ids, labels, positions, real = _pack(tokens, lengths, max_length, pad_id)
+    else:
+        ids, labels, real = _pad(tokens, lengths, max_length, pad_id)
+    keep, trained = _trained(labels)
+    dropped = int((~keep).sum())
+    if dropped:  # each filtered copy replaces its column before the next is made
+        real = real[keep]
+        positions = None if positions is None else positions[keep]
+        ids = ids[keep]
+        labels = labels[keep]
+    if positions is None:
+        positions = np.broadcast_to(np.arange(max_length, dtype=np.int32), ids.shape).copy()
+    mask = np.zeros(ids.shape, np.int32)
+    np.less(np.arange(max_length), real[:, None], out=mask, casting="unsafe")
+    truncated = 0 if packing else int((lengths > max_length).sum())
+    return Rows(ids, labels, mask, positions, truncated, dropped, trained)
 
 
-def _pack(batches: list[Batch], lengths: np.ndarray, max_length: int, pad_id: int) -> Rows:
-    """The stream cut into rows, built in place in int32."""
-    total = int(lengths.sum())
+def _trained(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Which rows have a trained token, and how many tokens are trained, `_ROWS_AT_ONCE`
+    rows at a time (a mask of the whole column would be a quarter column more)."""
+    keep = np.empty(len(labels), bool)
+    trained = 0
+    for first in range(0, len(labels), _ROWS_AT_ONCE):
+        part = labels[first : first + _ROWS_AT_ONCE] != IGNORE
+        keep[first : first + len(part)] = part.any(axis=1)
+        trained += int(np.count_nonzero(part))
+    return keep, trained
+
+
+def _pack(tokens: Tokens, lengths: np.ndarray, max_length: int, pad_id: int):
+    """The stream cut into rows: ids, labels and positions (rows, max_length), and each
+    row's count of real tokens."""
+    total = tokens.count
     count = -(-total // max_length)
     size = count * max_length
-    ids = _filled([b[0] for b in batches], size, pad_id)
-    labels = _filled([b[1] for b in batches], size, IGNORE)
-    _release(batches)
+    ids, labels = tokens.take(size, pad_id)
     positions = np.ones(size, np.int32)
     # Position within the record: a running count that drops back to 0 at each record
     # start; padding counts as one more record, starting where the tokens end.
@@ -107,48 +149,25 @@ def _pack(batches: list[Batch], lengths: np.ndarray, max_length: int, pad_id: in
         np.arange(max_length, dtype=np.int32),
         out=positions.reshape(shape),
     )
-    mask = np.zeros(size, np.int32)
-    mask[:total] = 1
-    return Rows(
-        ids.reshape(shape), labels.reshape(shape), mask.reshape(shape), positions.reshape(shape)
-    )
+    real = np.full(count, max_length, np.int64)
+    real[-1:] = total - (count - 1) * max_length
+    return ids.reshape(shape), labels.reshape(shape), positions.reshape(shape), real
 
 
-def _release(batches: list[Batch]) -> None:
-    """Drop the records and hand their memory back to the system: Arrow's allocator keeps
-    what is freed for its next allocation, and none comes here."""
-    batches.clear()
-    pa.default_memory_pool().release_unused()
-
-
-def _filled(chunks: list[np.ndarray], size: int, value: int) -> np.ndarray:
-    """The chunks end to end in a new int32 array of `size`, the rest `value`."""
-    out = np.full(size, value, np.int32)
-    start = 0
-    for chunk in chunks:
-        out[start : start + len(chunk)] = chunk
-        start += len(chunk)
-    return out
-
-
-def _pad(batches: list[Batch], lengths: np.ndarray, max_length: int, pad_id: int) -> Rows:
-    """One row per record, cut to max_length and padded, filled batch by batch."""
+def _pad(tokens: Tokens, lengths: np.ndarray, max_length: int, pad_id: int):
+    """One row per record, cut to max_length and padded, `_ROWS_AT_ONCE` at a time:
+    ids and labels (records, max_length), and each row's count of real tokens."""
     count = len(lengths)
+    ids, labels = tokens.take(tokens.count, pad_id)
     out_ids = np.full((count, max_length), pad_id, np.int32)
     out_labels = np.full((count, max_length), IGNORE, np.int32)
-    mask = np.zeros((count, max_length), np.int32)
-    first = 0  # this batch's first row
-    while batches:
-        ids, labels, batch_lengths = batches.pop(0)
-        batch_lengths = batch_lengths[batch_lengths > 0]
-        kept = np.minimum(batch_lengths, max_length)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    real = np.minimum(lengths, max_length)
+    for first in range(0, count, _ROWS_AT_ONCE):
+        kept = real[first : first + _ROWS_AT_ONCE]
         row = first + np.repeat(np.arange(len(kept)), kept)
         column = np.arange(kept.sum()) - np.repeat(np.cumsum(kept) - kept, kept)
-        source = np.repeat(np.cumsum(batch_lengths) - batch_lengths, kept) + column
+        source = np.repeat(offsets[first : first + len(kept)], kept) + column
         out_ids[row, column] = ids[source]
         out_labels[row, column] = labels[source]
-        mask[row, column] = 1
-        first += len(kept)
-    _release(batches)
-    positions = np.broadcast_to(np.arange(max_length, dtype=np.int32), (count, max_length)).copy()
-    return Rows(out_ids, out_labels, mask, positions, truncated=int((lengths > max_length).sum()))
+    return out_ids, out_labels, real

@@ -2,8 +2,8 @@
 
 `build_datasets` is what the trainer calls. Tokenizing is parallel twice over:
 the Rust tokenizer encodes each batch on every core, and with more than two
-CPUs and enough records `datasets.map` also runs `num_proc` worker processes
-(at most one per CPU, one per `RECORDS_PER_WORKER` records), since rendering
+CPUs and enough records `num_proc` worker processes share the batches too (at
+most one per CPU, one per `RECORDS_PER_WORKER` records), since rendering
 templates and building label masks is Python work. Workers tokenize on one
 thread each, so the two kinds of parallelism do not oversubscribe the CPUs.
 The finished splits are cached, keyed on the files' content, the tokenizer
@@ -15,30 +15,33 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from okto.data import cache
-from okto.data.encode import IGNORE, Encoder
+from okto.data import cache, memory
+from okto.data.encode import Encoder
 from okto.data.errors import DataError, warn
 from okto.data.files import DataFiles
-from okto.data.packing import NO_TRAINED_TOKENS, record_batches, to_rows
-from okto.data.progress import quiet_datasets, stage
+from okto.data.packing import NO_TRAINED_TOKENS, Tokens, to_rows
+from okto.data.progress import stage
 from okto.data.selection import hold_out, release_kept, shuffled, training_mix
 from okto.data.settings import DataSettings
 from okto.data.sources import read_files
 from okto.data.stats import DataStats, SplitStats
 from okto.data.tokenizer import check_tokenizer
+from okto.errors import RunError
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from datasets import Dataset
 
 RECORDS_PER_WORKER = 2000
-MAP_BATCH = 256
+ENCODE_BATCH = 256
+IN_FLIGHT = 2  # batches per worker submitted ahead of the one awaited
 
 
 @dataclass
@@ -96,12 +99,14 @@ def build_datasets(
     _report_shared_files(fingerprints, stats.warnings)
     stage("reading the data files")
     tables = _select(settings, files, seed, stats)
+    memory.release()  # what reading, shuffling and splitting the records left
     stats.seconds["read"] = time.perf_counter() - started
     tokenize_started = time.perf_counter()
     splits = {}
     for name in list(tables):
         stage(f"tokenizing {tables[name].num_rows:,} {name} records")
-        # datasets caps fingerprints at 64 characters, worker suffixes included.
+        # Fingerprints given, not computed (datasets would hash every byte), and short:
+        # datasets caps them at 64 characters.
         splits[name], split_stats = _rows(
             tables, name, tokenizer, settings, num_proc, f"{key[:20]}-{name}"
         )
@@ -217,34 +222,19 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
     split's table is taken out of `tables`, so that it is freed once tokenized."""
     import datasets
 
-    # Fingerprints given, not computed: datasets would hash every byte of the table.
-    records = datasets.Dataset(tables.pop(name), fingerprint=f"{fingerprint}-records")
+    records = tables.pop(name)
     count = records.num_rows
-    workers = num_proc or _workers(records.num_rows)
-    features = datasets.Features(
-        {
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "labels": datasets.Sequence(datasets.Value("int32")),
-            "dropped": datasets.Value("string"),
-        }
-    )
-    with quiet_datasets(), _single_threaded_tokenizers(workers > 1):
-        encoded = records.map(
-            Encoder(tokenizer),
-            batched=True,
-            batch_size=MAP_BATCH,
-            num_proc=workers if workers > 1 else None,
-            remove_columns=records.column_names,
-            features=features,
-            new_fingerprint=f"{fingerprint}-encoded",
-        )
-    dropped = Counter(reason for reason in encoded["dropped"] if reason)
-    batches = record_batches(encoded.data.table)
-    del records, encoded  # to_rows frees the tokenized records once it has copied them
+    tokens = Tokens()
+    dropped: Counter[str] = Counter()
+    for batch, reasons in _encoded(records, Encoder(tokenizer), num_proc or _workers(count)):
+        tokens.add(batch)
+        dropped.update(reasons)
+    del records
+    memory.release()  # the records' text
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    rows = to_rows(batches, settings.max_length, pad_id, settings.packing)
+    rows = to_rows(tokens, settings.max_length, pad_id, settings.packing)
     if rows.dropped:
         dropped[
             NO_TRAINED_TOKENS if not settings.packing else "packed rows without trained tokens"
@@ -253,11 +243,53 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
         records=count,
         examples=len(rows.input_ids),
         tokens=int(rows.attention_mask.sum()),
-        trained_tokens=int((rows.labels != IGNORE).sum()),
+        trained_tokens=rows.trained_tokens,
         truncated=rows.truncated,
         dropped=dict(dropped),
     )
     return datasets.Dataset(rows.to_arrow(), fingerprint=f"{fingerprint}-rows"), stats
+
+
+def _encoded(records: pa.Table, encoder: Encoder, workers: int) -> Iterator[tuple]:
+    """The records' `Batch`es and drop reasons, in order, `ENCODE_BATCH` records at a time:
+    here, or in `workers` processes with a few batches each in flight (a pool's `map`
+    would convert every batch to Python at once)."""
+    slices = (part.to_pydict() for part in records.to_batches(max_chunksize=ENCODE_BATCH))
+    if workers <= 1:
+        yield from map(encoder, slices)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        with (
+            _single_threaded_tokenizers(),
+            ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(encoder,)) as pool,
+        ):
+            pending: deque = deque()
+            for part in slices:
+                pending.append(pool.submit(_encode_in_worker, part))
+                if len(pending) >= IN_FLIGHT * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise RunError(
+            "a worker process tokenizing the data stopped abruptly (the system kills a "
+            "process when memory runs out, for one)"
+        ) from None
+
+
+_worker_encoder: Encoder | None = None
+
+
+def _start_worker(encoder: Encoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(batch: dict[str, list]) -> tuple:
+    return _worker_encoder(batch)
 
 
 def _report_cuts(name: str, split: SplitStats, settings: DataSettings, notes: list) -> None:
@@ -282,7 +314,7 @@ def _workers(records: int) -> int:
 
 
 @contextmanager
-def _single_threaded_tokenizers(active: bool) -> Iterator[None]:
+def _single_threaded_tokenizers() -> Iterator[None]:
     """Workers started while this is active encode on one thread each.
 
     N workers each running the tokenizer's own N threads would oversubscribe
@@ -291,7 +323,7 @@ def _single_threaded_tokenizers(active: bool) -> Iterator[None]:
     the user set is left alone.
     """
     name = "TOKENIZERS_PARALLELISM"
-    if not active or name in os.environ:
+    if name in os.environ:
         yield
         return
     os.environ[name] = "false"

@@ -10,22 +10,26 @@ import pytest
 
 from okto.data import build_datasets
 from okto.data.encode import IGNORE
-from okto.data.packing import COLUMNS, to_rows
+from okto.data.packing import COLUMNS, Tokens, to_rows
 from tests.data.helpers import config, real_text, trained_runs, write_jsonl
 
 PAD = 99
 
 
-def _records(*lengths: int, first_masked: int = 0):
-    """Records of ids 1..n each (n = length); the first `first_masked` labels of each are -100.
-    Returned as one batch of records, as `to_rows` takes them."""
+def _records(*lengths: int, first_masked: int = 0, masked: tuple[int, ...] = ()):
+    """Records of ids 1..n each (n = length); the first `first_masked` labels of each are -100,
+    and those at the stream's positions `masked`.
+    Returned as `to_rows` takes them."""
     ids = np.concatenate([np.arange(1, n + 1) for n in lengths]).astype(np.int32)
     labels = ids.copy()
     start = 0
     for n in lengths:
         labels[start : start + min(first_masked, n)] = IGNORE
         start += n
-    return [(ids, labels, np.asarray(lengths))]
+    labels[list(masked)] = IGNORE
+    tokens = Tokens()
+    tokens.add((ids, labels, np.asarray(lengths)))
+    return tokens
 
 
 def test_packing_concatenates_and_restarts_positions():
@@ -38,9 +42,8 @@ def test_packing_concatenates_and_restarts_positions():
 
 
 def test_packing_carries_masks_and_drops_rows_without_labels():
-    batches = _records(6, 2)
-    batches[0][1][[0, 1, 2, 3, 6]] = IGNORE  # a 4-token prompt, then a 1-token prompt
-    rows = to_rows(batches, max_length=3, pad_id=PAD, packing=True)
+    tokens = _records(6, 2, masked=(0, 1, 2, 3, 6))  # a 4-token prompt, then a 1-token one
+    rows = to_rows(tokens, max_length=3, pad_id=PAD, packing=True)
     # Row 0 holds only masked prompt tokens: dropped.
     assert rows.dropped == 1
     assert rows.input_ids.tolist() == [[4, 5, 6], [1, 2, PAD]]
@@ -90,17 +93,19 @@ def test_packed_pipeline_rows_have_eos_between_records(tmp_path, tokenizer):
     assert splits.stats.train.examples == len(splits.train)
 
 
-def _large(count: int) -> list:
-    """`count` records of 1 to 300 tokens in Arrow batches of 256, as the pipeline gives them,
-    and the Arrow table they are views of."""
-    import pyarrow as pa
-
-    from okto.data.packing import record_batches
-
+def _large(count: int, masked_every: int = 0) -> Tokens:
+    """`count` records of 1 to 300 tokens, added in batches of 256 as the pipeline does;
+    every `masked_every`-th record (if set) has no trained token."""
     lengths = np.random.default_rng(0).integers(1, 300, count)
-    column = pa.array([np.full(n, 7, np.int32) for n in lengths], pa.list_(pa.int32()))
-    table = pa.table({"input_ids": column, "labels": column})
-    return record_batches(pa.Table.from_batches(table.to_batches(max_chunksize=256)))
+    tokens = Tokens()
+    for start in range(0, count, 256):
+        part = lengths[start : start + 256]
+        labels = np.full(part.sum(), 7, np.int32)
+        if masked_every:
+            record = np.repeat(np.arange(start, start + len(part)), part)
+            labels[record % masked_every == 0] = IGNORE
+        tokens.add((np.full(part.sum(), 7, np.int32), labels, part))
+    return tokens
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -119,17 +124,21 @@ def test_rows_need_little_more_memory_than_themselves(packing):
     assert peak < 1.1 * output
 
 
-def test_the_records_memory_is_freed_before_the_rows_are_done():
-    """The tokenized records (Arrow) stayed in memory beside the rows until the split was
-    made: with the rows' copies, 2-3 times the tokens."""
-    import pyarrow as pa
-
-    before = pa.total_allocated_bytes()
-    batches = _large(2000)
-    assert pa.total_allocated_bytes() - before > 1_000_000
-    rows = to_rows(batches, max_length=64, pad_id=PAD, packing=True)
-    assert batches == [] and pa.total_allocated_bytes() <= before
-    assert rows.input_ids.shape[1] == 64
+@pytest.mark.parametrize("packing", [True, False])
+def test_rows_without_trained_tokens_are_dropped_in_every_column(packing):
+    """Rows are checked a few hundred at a time and the mask is made after the drop: every
+    column keeps the same rows, whichever chunk they were in."""
+    tokens = _large(4000, masked_every=4)
+    total = tokens.count
+    rows = to_rows(tokens, max_length=64, pad_id=PAD, packing=packing)
+    assert rows.dropped > 0.1 * (len(rows.input_ids) + rows.dropped)
+    assert (rows.labels != IGNORE).any(axis=1).all()
+    assert rows.trained_tokens == int((rows.labels != IGNORE).sum())
+    assert all(len(getattr(rows, name)) == len(rows.input_ids) for name in COLUMNS)
+    real = rows.attention_mask.astype(bool)
+    assert (rows.input_ids[real] == 7).all() and (rows.input_ids[~real] == PAD).all()
+    if packing:  # only the rows of masked records went
+        assert real.sum() + 64 * rows.dropped >= total
 
 
 def test_a_cached_split_is_read_back_memory_mapped(tmp_path, tokenizer):

@@ -1,0 +1,34 @@
+"""Handing memory the data pipeline freed back to the operating system.
+
+Reading a large file leaves freed memory that the allocators keep for reuse:
+Arrow's pool keeps the pages of tables it freed (a shuffle and a split each
+copy the records), and the C library keeps its heap after the parsed JSON
+objects are gone. Tokenizing then allocates elsewhere (NumPy, Python buffers),
+so that memory would only raise the peak. `release` gives it back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+
+def release() -> None:
+    """Return freed memory to the system: Arrow's pool's, and the C library's heap's where
+    it can (glibc's `malloc_trim`; elsewhere only Arrow's)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
