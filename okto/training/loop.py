@@ -55,7 +55,7 @@ from okto.training.display import perplexity
 from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
-from okto.training.optim import current_lr, folds_clipping, set_lr
+from okto.training.optim import current_lr, folds_clipping, reschedule, set_lr
 from okto.training.signals import StopSignals
 from okto.training.stability import LossGuard, Plateau
 
@@ -535,7 +535,9 @@ class Trainer:
     def _events_due(self) -> Outcome | None:
         """On resuming from a checkpoint taken when an evaluation was abandoned: that
         evaluation and the events after it, as the uninterrupted run had them."""
-        self.display.text(f"resume   step {self.step}: evaluating again (the run stopped during it)")
+        self.display.text(
+            f"resume   step {self.step}: evaluating again (the run stopped during it)"
+        )
         try:
             self._events(**self.due)
         except EvaluationAbandoned as abandoned:
@@ -915,6 +917,8 @@ class Trainer:
             self.optimizer.load_state_dict(states["optimizer"])
             rng = states["rng"] if self.parallel.world == 1 else {}
         self.scheduler.load_state_dict(states["scheduler"])
+        if state.get("total_steps", self.total) != self.total:
+            reschedule(self.optimizer, self.scheduler)  # the rate of this run's schedule
         if self.scaler is not None and "scaler" in states:
             self.scaler.load_state_dict(states["scaler"])
         if rng:

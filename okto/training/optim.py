@@ -176,6 +176,18 @@ def _step_factor(step: int, warmup: int, total: int) -> float:
     return 0.1 ** sum(done >= drop for drop in STEP_DROPS)
 
 
+def reschedule(optimizer, scheduler) -> None:
+    """Set the rate to the schedule's at its position. A checkpoint restores the rate its
+    run's schedule had; after the schedule was remade for another length (a resume with
+    other steps), the first resumed step would run at that old rate (0 at the end of a
+    finished linear or cosine run)."""
+    step = scheduler.last_epoch
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(step)
+
+
 def current_lr(optimizer) -> float:
     return optimizer.param_groups[0]["lr"]
 

@@ -212,6 +212,22 @@ def test_fsdp_matches_one_process_and_its_checkpoint_reshards(project, reference
     assert_same_curve(curve(Path("resharded/tiny")), curve(one)[-3:])
 
 
+@pytest.mark.slow
+def test_a_finished_two_process_run_goes_on_longer_in_one(project, reference):
+    """A finished 3-step job of two processes, resumed in one for the reference's 6 steps,
+    computes the reference's steps 4-6 (both cosines warm up over steps 1-2 and start at
+    step 3): step 4 runs at the 6-step schedule's rate, not the saved 0."""
+    one = reference()
+    path = project(train=f"{SCHEDULE} gradient_accumulation: 2", model=MODEL)
+    short = ("--set", "OUTPUT.dir=two", "--max-steps", "3")
+    assert run_ranks(2, "train", "-f", str(path), *short) == [0, 0]
+    two = Path("two/tiny")
+    assert steps(two)[-1]["lr"] == 0.0
+    assert train(path, "--set", "OUTPUT.dir=two", "--resume", "auto") == 0
+    assert_same_curve(curve(two)[3:], curve(one)[3:])
+    assert_same_weights(two / "final", one / "final")
+
+
 def _fail_on_rank_1_at_step_2(rank: int) -> None:
     if rank == 1:
         original = Trainer._update

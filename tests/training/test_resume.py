@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from okto.training import checkpoint as ckpt
@@ -34,13 +35,14 @@ def test_resume_after_a_stop_reproduces_the_uninterrupted_losses(project):
     assert train(stopped, "--set", "OUTPUT.dir=parts") == 0
     assert [r["step"] for r in steps(Path("parts/tiny"))] == [1, 2, 3, 4, 5, 6]
     assert train(whole, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
-    assert curve(Path("parts/tiny")) == curve(Path("whole/tiny"))
+    parts, whole = curve(Path("parts/tiny")), curve(Path("whole/tiny"))
+    assert parts[3:] == whole[3:] and [r[:2] for r in parts] == [r[:2] for r in whole]
     assert len(curve(Path("whole/tiny"))) == 12
 
 
 def test_set_on_resume_wins_over_the_checkpoint(project, capsys):
     """--set values of live TRAIN fields apply from the resumed step (said, and written as
-    `set` events); a different step count keeps the saved schedule, with a warning."""
+    `set` events); a different step count remakes the schedule, with a warning."""
     from okto.training.metrics import read_metrics
 
     stopped = project(train=SCHEDULE, extra="CONTROL { IF step == 4 { STOP } }")
@@ -59,18 +61,25 @@ def test_set_on_resume_wins_over_the_checkpoint(project, capsys):
 
 
 def test_a_longer_resumed_run_follows_the_longer_schedule(project, capsys):
-    """A 4-step cosine run resumed as a 12-step one: from step 5 on, the rates of a fresh
-    12-step run (the warning used to say the saved schedule went on, at rate 0)."""
+    """A finished 3-step cosine run resumed as a 12-step one computes the 12-step run: with
+    2 warmup steps both schedules give steps 1-3 the same rates, and from step 4 on the
+    resumed run has the rates of a fresh 12-step run. Step 4 used to run at the saved rate
+    (0, the end of the 3-step cosine), the logged rates already being the 12-step ones.
+    (Step 3 logs the rate after it: 0 there, as its run ended.)"""
     whole = project(train=SCHEDULE)
     assert train(whole, "--set", "OUTPUT.dir=whole") == 0
-    assert train(whole, "--set", "OUTPUT.dir=parts", "--max-steps", "4") == 0
+    assert train(whole, "--set", "OUTPUT.dir=parts", "--max-steps", "3") == 0
     assert steps(Path("parts/tiny"))[-1]["lr"] == 0.0  # its cosine ended
     capsys.readouterr()
     assert train(whole, "--set", "OUTPUT.dir=parts", "--resume", "auto") == 0
     said = " ".join(capsys.readouterr().out.split())
-    assert "from step 5 on, the learning rate follows a 12-step schedule" in said
-    rates = [r["lr"] for r in steps(Path("parts/tiny"))]
-    assert rates[4:] == [r["lr"] for r in steps(Path("whole/tiny"))][4:]
+    assert "from step 4 on, the learning rate follows a 12-step schedule" in said
+    parts, whole = curve(Path("parts/tiny")), curve(Path("whole/tiny"))
+    assert parts[3:] == whole[3:] and [r[:2] for r in parts] == [r[:2] for r in whole]
+    final = [
+        load_file(str(Path(run, "tiny/final/model.safetensors"))) for run in ("parts", "whole")
+    ]
+    assert all(torch.equal(final[0][name], final[1][name]) for name in final[1])
 
 
 def test_a_fresh_run_keeps_an_earlier_runs_checkpoints_aside(project, capsys):
