@@ -43,10 +43,12 @@ def _base_values(base: str, base_dir: Path | None) -> tuple[dict | None, str]:
             return None, str(error)
     from huggingface_hub import try_to_load_from_cache
 
-    try:
-        cached = try_to_load_from_cache(base, "config.json")
-    except ValueError:  # not a valid hub name either
-        return None, f"MODEL.base {base!r} is neither a local path nor a hub name"
+    from okto.training.hub import missing_path  # as okto train tells a path from a hub name
+
+    missing = missing_path(base, base_dir)
+    if missing is not None:
+        return None, missing
+    cached = try_to_load_from_cache(base, "config.json")
     if isinstance(cached, str):
         return json.loads(Path(cached).read_text()), f"MODEL.base {base} (hub cache)"
     return None, f"MODEL.base {base!r} is not in the local hub cache (okto train downloads it)"

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from okto.errors import UsageError
+from okto.language.paths import looked_in
 
 PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 LEGACY_WEIGHTS = ["pytorch_model*.bin"]
@@ -21,6 +22,23 @@ ETAG_TIMEOUT_S = 10
 
 class HubUnavailable(UsageError):
     """A hub name that is neither in the local cache nor reachable."""
+
+
+def missing_path(name: str, base_dir: Path | None) -> str | None:
+    """Why MODEL.base `name`, found at no local path, is a missing file and not a hub name,
+    naming where it was looked for; None when it can be a hub id ("gpt2", "org/model").
+    A path cannot be one: two or more slashes, ./ ../ / or ~ first (the hub's own rules
+    for an id), or an .okm file. `okto train` and `okto plan` both ask this."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+        if not name.endswith(".okm"):
+            return None
+    except HFValidationError:
+        pass
+    return f"MODEL.base {name!r}: no such file or folder (looked in {looked_in(name, base_dir)})"
 
 
 def go_offline() -> None:

@@ -5,7 +5,8 @@ typo fails in a second, with a message), `build` makes the model once the
 tokenizer is known (a new model's vocabulary is the tokenizer's).
 
 MODEL.base is tried as a path relative to the `.okt` file, then to the
-working directory, then as a hub name. A run folder (one with `final/`)
+working directory, then as a hub name, unless no hub id can look like it
+(`hub.missing_path`). A run folder (one with `final/`)
 stands for its final model. Weights train in fp32 (autocast supplies the
 mixed precision); only a LoRA run keeps its frozen base in the training
 precision, to save memory.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from okto.errors import UsageError
 from okto.language.paths import local_path
-from okto.training.hub import HubUnavailable, hub_snapshot
+from okto.training.hub import HubUnavailable, hub_snapshot, missing_path
 
 SIZE_TOLERANCE = 0.10
 # Config values derived from others when a config is made, and what they derive from.
@@ -116,8 +117,9 @@ def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> Model
     from transformers import AutoConfig
 
     path = local_path(base, base_dir)
-    if path is None and (base.endswith(".okm") or base.startswith((".", "/", "~"))):
-        raise UsageError(f"MODEL.base {base!r}: no such file or folder (looked in {base_dir})")
+    missing = missing_path(base, base_dir) if path is None else None
+    if missing is not None:
+        raise UsageError(missing)
     if path is None:
         folder, origin = hub_snapshot(base, offline)
         return ModelSource(

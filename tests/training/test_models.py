@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
+from okto.cli import main
 from okto.language.config import AdapterConfig
 from okto.package import export_model
 from okto.training.lora import apply_lora, merged_state_dict, save_adapter, unmatched_targets
@@ -302,3 +303,20 @@ def test_an_okm_whose_weights_do_not_fit_its_config_exits_2(project, base_dir, c
     assert train(project(train="max_steps: 1", model='base: "misfit.okm"')) == 2
     err = capsys.readouterr().err
     assert "the weights do not fit the config" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("base", ["runs/x/final", "./x", "../x", "~/no-such-okto-model", "m.okm"])
+def test_a_missing_path_is_no_hub_name_to_train_or_plan(project, capsys, base):
+    """A MODEL.base no hub id can be (two slashes, ./ ../ ~ first, an .okm), found nowhere,
+    is a missing file for okto train (exit 2) and okto plan alike, naming where it was
+    looked for. okto train called runs/x/final a hub name not in the cache (`hf download
+    runs/x/final`), okto plan an .okm one that okto train would download."""
+    path = project(model=f'base: "{base}"', extra='ENV { network: "offline" }')
+    message = (
+        f"MODEL.base {base!r}: no such file or folder "
+        f"(looked in {Path(base).expanduser().absolute()})"  # the .okt file's folder is here
+    )
+    assert train(path) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert main(["plan", "-f", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"][0] == f"model unknown: {message}"
