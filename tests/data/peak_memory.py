@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +19,12 @@ from okto.data import build_datasets, train_tokenizer
 from tests.data.conftest import WORDS
 
 
-def _resident() -> int:
+def _status(field: str) -> int:
+    """A size from /proc/self/status, in bytes. The peak is read there (VmHWM), not from
+    getrusage, whose maximum also covers the forked copy of the parent this process
+    started as, and is not reset with it."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
 
 def main(folder: Path, records: int, words: int) -> None:
@@ -35,11 +37,11 @@ def main(folder: Path, records: int, words: int) -> None:
             f.write(json.dumps({"text": " ".join(WORDS[i] for i in row)}) + "\n")
     # A small build first, so that lazy imports are not counted.
     build_datasets(SimpleNamespace(train=str(path), dataset_percent=1), tokenizer)
-    start = _resident()
+    start = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets the peak to the current resident size
     splits = build_datasets(SimpleNamespace(train=str(path), max_length=256), tokenizer)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start
+    peak = _status("VmHWM") - start
     rows = sum(split.data.table.nbytes for split in (splits.train, splits.validation))
     print(json.dumps({"peak": peak, "rows": rows}))
 
