@@ -95,6 +95,7 @@ def iter_json_array(path: Path, cuts: list[Cut]) -> Iterator[tuple[Any, int]]:
             raise DataError(f"{path} does not hold a JSON array")
         window.pos += 1
         if window.skip_space() == "]":
+            _check_end(window)
             return
         while True:
             line = window.line_at(window.pos)
@@ -107,6 +108,7 @@ def iter_json_array(path: Path, cuts: list[Cut]) -> Iterator[tuple[Any, int]]:
                 cuts.append(Cut(line=window.line_at(window.pos), chars=0))
                 return
             if after == "]":
+                _check_end(window)
                 return
             if after != ",":
                 line = window.line_at(window.pos)
@@ -115,6 +117,19 @@ def iter_json_array(path: Path, cuts: list[Cut]) -> Iterator[tuple[Any, int]]:
             if window.skip_space() is None:
                 cuts.append(Cut(line=window.line_at(window.pos), chars=0))
                 return
+
+
+def _check_end(window: _Window) -> None:
+    """Only blanks may follow the array's closing bracket: the records of a second array
+    (two exports appended to one file) would otherwise be left out without a word."""
+    window.pos += 1
+    if window.skip_space() is not None:
+        raise DataError(
+            f"{window.path}, line {window.line_at(window.pos)} column "
+            f"{window.column_at(window.pos)}: more data after the JSON array's closing bracket "
+            "(a second array?); okto reads one array per file: join them into one array, or "
+            "write one record per line (JSON lines)"
+        )
 
 
 def _decode_next(decoder: json.JSONDecoder, window: _Window, cuts: list[Cut]) -> tuple | None:

@@ -98,3 +98,21 @@ def test_pipeline_warns_and_reports_the_cut(tmp_path, tokenizer):
     assert splits.stats.dropped == {"incomplete record at the cut": 1}
     assert any("cut off" in w for w in splits.stats.warnings)
     assert splits.stats.train.records + splits.stats.validation.records == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ('[{"text": "a"}]\n[{"text": "b"}]\n', "line 2 column 1"),  # two exports appended
+        ('[{"text": "a"}] x', "line 1 column 17"),
+        ("[]\n[]", "line 2 column 1"),
+    ],
+)
+def test_data_after_the_closing_bracket_is_an_error(tmp_path, window, text, place):
+    """It was ignored: the records of a second array were left out without a word."""
+    path = tmp_path / "two.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=f"{place}: more data after the JSON array's closing"):
+        _read(path)
+    path.write_text('[{"text": "a"}]\n  \n')
+    assert _read(path) == ([{"text": "a"}], [])
