@@ -10,7 +10,6 @@ so that memory would only raise the peak. `release` gives it back.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
@@ -27,8 +26,7 @@ def release() -> None:
 
 @functools.cache
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(None).malloc_trim  # the C library the process already runs on
+    except (OSError, TypeError, AttributeError):  # not glibc, or no such lookup here
         return None
