@@ -55,7 +55,8 @@ def test_rows_and_statistics(tmp_path, tokenizer):
 def test_tokenizing_holds_little_more_than_the_rows(tmp_path):
     """`datasets.map` kept the tokenized records in one growing Arrow buffer (with its
     slack) beside the rows, and what reading and tokenizing freed stayed with the
-    allocators: the peak was 2.8 times the rows on this data, 2.1 with direct encoding."""
+    allocators: the peak was 2.8-3.2 times the rows on this data, 2.1 with direct encoding
+    (2.5 on the GPU host's Python 3.12, whose allocators keep more)."""
     result = subprocess.run(
         [sys.executable, "-m", "tests.data.peak_memory", str(tmp_path), "2000", "1200"],
         capture_output=True,
@@ -65,7 +66,7 @@ def test_tokenizing_holds_little_more_than_the_rows(tmp_path):
     )
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["rows"] > 30e6  # large enough for the process's own noise not to matter
-    assert measured["peak"] < 2.45 * measured["rows"]
+    assert measured["peak"] < 2.65 * measured["rows"]
 
 
 class _DyingEncoder:
