@@ -180,11 +180,13 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
     for message in turns:
         if not isinstance(message, dict):
             raise Unusable(f"a turn in {name!r} is not an object")
-        speaker = next((message[k] for k in ROLE_KEYS if k in message), None)
+        speaker = _first_set(message, ROLE_KEYS)
+        if speaker is None:
+            raise Unusable(f"a turn in {name!r} has no role ({' or '.join(ROLE_KEYS)})")
         role = ROLES.get(str(speaker).lower())
         if role is None:
             raise Unusable(f"unknown role {speaker!r}")
-        content = _content(next((message[k] for k in CONTENT_KEYS if k in message), None))
+        content = _content(_first_set(message, CONTENT_KEYS))
         if content.strip():
             roles.append(role)
             texts.append(content)
@@ -197,6 +199,12 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
     if not roles:
         raise Unusable("empty conversation")
     return roles, texts
+
+
+def _first_set(message: dict, keys: tuple[str, ...]):
+    """The first of `keys` the turn sets. A null one counts as unset: a Parquet column of
+    turns has every key any turn uses (`from` and `role`), null where a turn lacks it."""
+    return next((message[k] for k in keys if message.get(k) is not None), None)
 
 
 def _content(value) -> str:

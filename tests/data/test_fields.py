@@ -100,6 +100,7 @@ def test_chat_turns_roles_and_trimming():
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "unknown role 'wizard'"),
         ({"messages": [{"role": "user", "content": {"a": 1}}]}, "a turn's content is not text"),
         ({"messages": ["hi"]}, "a turn in 'messages' is not an object"),
+        ({"messages": [{"content": "hi"}]}, r"a turn in 'messages' has no role \(from or role\)"),
     ],
 )
 def test_unusable_turns(record, reason):

@@ -46,6 +46,20 @@ def test_structured_formats(tmp_path, tokenizer, name, writer):
     assert _rows_text(path, tokenizer) == EXPECTED
 
 
+def test_parquet_turns_in_both_spellings(tmp_path, tokenizer):
+    """Parquet gives every turn both key pairs (from/value and role/content), null where a
+    turn lacks one; the nulls read as 'unknown role None' and dropped every record."""
+    records = [
+        {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "one"}]},
+        {"messages": [{"from": "human", "value": "world"}, {"from": "gpt", "value": "two"}]},
+    ]
+    path = write_parquet(tmp_path / "chat.parquet", records)
+    assert _rows_text(path, tokenizer) == [
+        "<|user|>\nhello\n<|assistant|>\none<|endoftext|>",
+        "<|user|>\nworld\n<|assistant|>\ntwo<|endoftext|>",
+    ]
+
+
 def test_format_tsv_reads_tab_separated_data_under_any_name(tmp_path, tokenizer):
     """`format: tsv` was refused; a tab-separated .txt could only be read as one column."""
     path = write_csv(tmp_path / "pairs_tab.txt", RECORDS, delimiter="\t")
