@@ -109,9 +109,12 @@ def _json_layout(path: Path) -> str:
     """`json` for an array or a single object, `jsonl` for one value per line."""
     with open(path, encoding="utf-8-sig", errors="replace") as f:
         head = f.read(_SNIFF_CHARS).lstrip()
-    if head.startswith("["):
-        return "json"
-    first, _, rest = head.partition("\n")
+        if head.startswith("["):
+            return "json"
+        first, newline, rest = head.partition("\n")
+        if not newline:  # a first line longer than the window (a long conversation)
+            first += f.readline()
+            rest = f.read(_SNIFF_CHARS)
     try:
         json.loads(first)
     except json.JSONDecodeError:

@@ -85,6 +85,14 @@ def test_json_lines_in_a_json_file_and_a_wrapped_list(tmp_path, tokenizer):
     assert _rows_text(wrapped, tokenizer) == EXPECTED
 
 
+def test_json_lines_whose_first_line_is_longer_than_the_sniff_window(tmp_path):
+    """A first record over 64 KB (a long ShareGPT conversation) was cut by the window, did
+    not parse, and the JSON-lines file was read as one document: 'Extra data' at line 2."""
+    long_first = [{"text": "hello " * 20_000}, *RECORDS]
+    for name, fmt in (("long.json", "auto"), ("long.jsonl", "sharegpt")):
+        assert detect_format(write_jsonl(tmp_path / name, long_first), fmt) == "jsonl"
+
+
 def test_format_from_content_when_the_extension_says_nothing(tmp_path):
     array = tmp_path / "records.dat"
     array.write_text(json.dumps(RECORDS))
