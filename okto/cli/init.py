@@ -92,17 +92,17 @@ def run(args) -> int:
     root = Path(args.name)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"{root} already exists and is not an empty folder")
+    from okto.package.format import make_folder, write_file
+
     texts = sample_texts()
     validation = texts[::9]
     train = [t for t in texts if t not in validation]
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / "train.okt").write_text(
-        TRAIN_OKT.format(name=json.dumps(root.resolve().name, ensure_ascii=False)),
-        encoding="utf-8",
-    )
+    make_folder(root / "data")
+    okt = TRAIN_OKT.format(name=json.dumps(root.resolve().name, ensure_ascii=False))
+    write_file(root / "train.okt", okt.encode("utf-8"))
     for name, records in (("train.jsonl", train), ("val.jsonl", validation)):
         lines = "".join(json.dumps({"text": text}) + "\n" for text in records)
-        (root / "data" / name).write_text(lines, encoding="utf-8")
+        write_file(root / "data" / name, lines.encode("utf-8"))
     print(f"created {root}/train.okt and {root}/data/ ({len(train)} + {len(validation)} records)")
     for line in next_steps(root):
         print(line)

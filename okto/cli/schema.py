@@ -21,10 +21,12 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from okto.language.schema import json_schema
+    from okto.package.format import write_file
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output is None:
         print(text, end="")
     else:
-        args.output.write_text(text, encoding="utf-8")
+        # temp + rename: an editor reading the schema never sees half of it
+        write_file(args.output, text.encode("utf-8"))
     return 0

@@ -122,6 +122,21 @@ def test_schema(tmp_path, capsys):
     assert json.loads(out.read_text())["title"] == "OktoScript (.okt)"
 
 
+def test_schema_and_init_report_a_place_they_cannot_write(tmp_path, capsys):
+    """A folder named as the schema file, or a project under a file, is a message with exit 2
+    (it was an OSError traceback); the schema replaces an old file whole, leaving no temp."""
+    assert main(["schema", "-o", str(tmp_path)]) == 2
+    assert "it is a folder" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert main(["init", str(tmp_path / "a-file" / "proj")]) == 2
+    assert "cannot make the folder" in capsys.readouterr().err
+    out = tmp_path / "okt.schema.json"
+    out.write_text("old")
+    assert main(["schema", "-o", str(out)]) == 0
+    assert json.loads(out.read_text()) == json_schema()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "okt.schema.json"]
+
+
 def test_init_creates_a_valid_project(tmp_path, capsys):
     target = tmp_path / "my-project"
     assert main(["init", str(target)]) == 0
