@@ -6,9 +6,10 @@ input/output pair becomes a user turn and an assistant turn; plain text is one
 chat turns (`conversations` / `messages`), input+output, input+target, then
 okto's additions (instruction+output, instruction+response,
 prompt+completion, prompt+response, question+answer), then `text`, then the
-first string field. With input+output, an `instruction` field (Alpaca) is put
-before the input; for `qa` data a `context` field is put before the question
-unless `context_fields` says otherwise.
+first string field; known names match in any case (`Instruction`). With
+input+output, an `instruction` field (Alpaca) is put before the input; for `qa`
+data a `context` field is put before the question unless `context_fields` says
+otherwise.
 """
 
 from __future__ import annotations
@@ -90,27 +91,37 @@ def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
             return FieldPlan("chat", settings.text_field)
         return FieldPlan("text", settings.text_field) if value is not None else None
     for name in CHAT_FIELDS:
-        if isinstance(record.get(name), list):
-            return FieldPlan("chat", name)
-    for prompt, output in PAIR_FIELDS:
-        if prompt in record and output in record:
+        if isinstance(record.get(key := _key(record, name)), list):
+            return FieldPlan("chat", key)
+    for names in PAIR_FIELDS:
+        prompt, output = (_key(record, name) for name in names)
+        if prompt and output:
             return _pair(record, prompt, output, settings)
-    if isinstance(record.get("text"), str):
-        return FieldPlan("text", "text")
+    if isinstance(record.get(key := _key(record, "text")), str):
+        return FieldPlan("text", key)
     name = next((k for k, v in record.items() if isinstance(v, str)), None)
     return FieldPlan("text", name) if name else None
 
 
+def _key(record: dict, name: str) -> str | None:
+    """The record's spelling of a known field name: exact, else in another case
+    (`Instruction`, `Output`), which would otherwise fall through to the first string
+    field and train the instruction alone as text."""
+    if name in record:
+        return name
+    return next((k for k in record if isinstance(k, str) and k.lower() == name), None)
+
+
 def _first_present(record: dict, names) -> str | None:
-    return next((n for n in names if n in record), None)
+    return next((key for n in names if (key := _key(record, n))), None)
 
 
 def _pair(record: dict, prompt: str, output: str, settings: DataSettings) -> FieldPlan:
     before = list(settings.context_fields)
-    if not before and settings.type == "qa" and "context" in record:
-        before.append("context")
-    if prompt == "input" and "instruction" in record:
-        before.insert(0, "instruction")
+    if not before and settings.type == "qa" and (context := _key(record, "context")):
+        before.append(context)
+    if prompt.lower() == "input" and (instruction := _key(record, "instruction")):
+        before.insert(0, instruction)
     return FieldPlan("pair", output, prompt=prompt, before=tuple(before))
 
 

@@ -43,6 +43,14 @@ def _detect(record: dict, **fields) -> str | None:
         ({"prompt": "p", "completion": "c"}, "input 'prompt', output 'completion'"),
         ({"question": "q", "answer": "a"}, "input 'question', output 'answer'"),
         ({"n": 3, "tags": ["x"]}, None),
+        # Known names in another case; before, these fell through to the first string field.
+        (
+            {"Instruction": "do", "Input": "x", "Output": "o"},
+            "input 'Instruction' + 'Input', output 'Output'",
+        ),
+        ({"Question": "q", "Answer": "a"}, "input 'Question', output 'Answer'"),
+        ({"id": "7", "Messages": []}, "chat turns in 'Messages'"),
+        ({"id": "7", "TEXT": "a", "text": "b"}, "text in 'text'"),
     ],
 )
 def test_detection_order(record, found):
