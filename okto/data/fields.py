@@ -60,6 +60,7 @@ class FieldPlan:
     source: str  # the turns field (chat), the output field (pair) or the text field
     prompt: str = ""  # pair: the input field
     before: tuple[str, ...] = ()  # pair: fields joined before the input
+    passed_over: tuple[str, ...] = ()  # text taken from the first string field: the others
 
     def describe(self) -> str:
         if self.shape == "chat":
@@ -99,8 +100,8 @@ def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
             return _pair(record, prompt, output, settings)
     if isinstance(record.get(key := _key(record, "text")), str):
         return FieldPlan("text", key)
-    name = next((k for k, v in record.items() if isinstance(v, str)), None)
-    return FieldPlan("text", name) if name else None
+    names = [k for k, v in record.items() if isinstance(v, str)]
+    return FieldPlan("text", names[0], passed_over=tuple(names[1:])) if names else None
 
 
 def _key(record: dict, name: str) -> str | None:

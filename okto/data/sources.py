@@ -70,6 +70,7 @@ def _read_file(
                 continue
             kind = _resolve_type(plan, settings, path, list(seen_fields))
             stats.fields, stats.type = plan.describe(), kind
+            _report_guess(path, plan, notes)
             for earlier, earlier_where in pending:
                 _add(earlier, earlier_where, plan, kind, columns, stats)
             pending.clear()
@@ -81,6 +82,18 @@ def _read_file(
         batches.append(pa.RecordBatch.from_pydict(columns, schema=SCHEMA))
     _check_file(path, plan, seen_fields, settings, stats, notes)
     return batches
+
+
+def _report_guess(path: Path, plan: FieldPlan, notes: list[str]) -> None:
+    """No known field name, so the first string field is the text: say which fields that
+    leaves out, since it may be an id or a title ({"id": ..., "body": ...})."""
+    if plan.passed_over:
+        warn(
+            f"{path}: no known text field, so okto trains the first string field, "
+            f"{plan.source!r}, and leaves out {', '.join(map(repr, plan.passed_over))}; "
+            "set DATASET text_field (or input_field and output_field) to choose",
+            notes,
+        )
 
 
 def _empty_columns() -> dict[str, list]:

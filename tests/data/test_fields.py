@@ -178,6 +178,15 @@ def test_types_of_pair_data(tmp_path, tokenizer, kind, text, trained):
     assert trained_runs(tokenizer, row) == trained
 
 
+def test_the_first_string_field_names_the_fields_it_leaves_out(tmp_path, tokenizer):
+    """An id before the text trained the ids, and nothing said so."""
+    records = [{"id": f"a{i}", "n": i, "body": "hello world"} for i in range(3)]
+    with pytest.warns(DataWarning, match=r"first string field, 'id', and leaves out 'body'"):
+        splits, row = _first_row(tmp_path, tokenizer, records, shuffle=False)
+    assert real_text(tokenizer, row) == "a0<|endoftext|>"
+    assert any("leaves out 'body'" in note for note in splits.stats.warnings)
+
+
 def test_chat_typed_text_trains_everything(tmp_path, tokenizer):
     record = {
         "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
