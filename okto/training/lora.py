@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from okto.errors import UsageError
+from okto.training.outputs import staged
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -164,15 +165,14 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> Path:
     """The adapter alone, in the PEFT layout, under `folder`; `base` is the model it adapts
-    (a hub name or an absolute path: PEFT loads it from there)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    (a hub name or an absolute path: PEFT loads it from there). Written under a temporary
+    name and renamed into place."""
     tensors = {}
     layers = lora_layers(model)
     for name, layer in layers.items():
         prefix = f"base_model.model.{name}"
         tensors[f"{prefix}.lora_A.weight"] = layer.lora.A.detach().contiguous()
         tensors[f"{prefix}.lora_B.weight"] = layer.lora.B.detach().contiguous()
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -184,7 +184,9 @@ def save_adapter(model: nn.Module, adapter, base: str | None, folder: Path) -> P
         "fan_in_fan_out": any(not isinstance(layer, nn.Linear) for layer in layers.values()),
         "bias": "none",
     }
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    with staged(folder) as staging:
+        save_file(tensors, str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (staging / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
 
 

@@ -18,6 +18,7 @@ directory. Models are written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -94,22 +95,31 @@ def write_config(folder: Path, config: dict) -> None:
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
-    """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
-    from okto.data.progress import quiet_transformers
-
+@contextlib.contextmanager
+def staged(folder: Path):
+    """A folder to write `folder`'s contents into, put in its place only once complete: a
+    write cut short (crash, Ctrl-C, full disk) leaves what `folder` held before."""
     staging = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     try:
-        with quiet_transformers():  # the run's own output says what was saved
-            model.save_pretrained(str(staging), state_dict=state_dict)
-            tokenizer.save_pretrained(str(staging))
-        write_config(staging, config)
+        yield staging
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
+    """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
+    from okto.data.progress import quiet_transformers
+
+    with staged(folder) as staging:
+        with quiet_transformers():  # the run's own output says what was saved
+            model.save_pretrained(str(staging), state_dict=state_dict)
+            tokenizer.save_pretrained(str(staging))
+        write_config(staging, config)
     return folder
 
 

@@ -668,14 +668,17 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
 
 
 def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | None, list]:
-    """The final model (with its optimizer state and LoRA adapter when asked) and the
-    EXPORT outputs: (the final folder or None, the exports)."""
+    """A LoRA run's adapter (what the run made: kept whatever OUTPUT.save_model says), the
+    final model (with its optimizer state when asked) and the EXPORT outputs: (the final
+    folder or None, the exports)."""
     import torch
 
     from okto.training.lora import save_adapter
     from okto.training.outputs import export
 
     config, model, parallel = program.config, trainer.model, trainer.parallel
+    if adapted and parallel.is_main:
+        save_adapter(model, config.model.adapter, model.name_or_path, paths.adapter)
     keep = config.output.save_model
     # an EXPORT block in the file, empty or not, or an EXPORT field on the command line
     asked = str(program.source_map.get("export", "default")) != "default"
@@ -689,8 +692,6 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
             optimizer = parallel.optimizer_state_to_save(model, trainer.optimizer)
             if optimizer is not None:
                 torch.save(optimizer, final / "optimizer.pt")
-        if keep and adapted and parallel.is_main:
-            save_adapter(model, config.model.adapter, model.name_or_path, paths.adapter)
         exports = (
             export(final, config.export, paths.export, paths.name)
             if asked and parallel.is_main

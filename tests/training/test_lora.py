@@ -115,6 +115,45 @@ def test_resuming_with_another_rank_says_the_checkpoint_does_not_fit(
     assert "Traceback" not in err
 
 
+def test_the_adapter_is_kept_without_the_final_model(project, tokenizer_dir, tmp_path):
+    """The adapter is what a LoRA run makes: OUTPUT.save_model: false left the run with
+    nothing (no adapter/ folder), and now leaves out only the merged model."""
+    _llama_base(tmp_path / "base", tokenizer_dir)
+    path = project(
+        train="max_steps: 2",
+        model=LLAMA_LORA.format(base="base"),
+        extra="OUTPUT { save_model: false }",
+    )
+    assert train(path) == 0
+    run = Path("runs/tiny")
+    assert not (run / "final").exists()
+    adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # it trained
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_an_adapter_write_cut_short_leaves_the_earlier_adapter(tmp_path, monkeypatch):
+    """The adapter was written in place: a write that failed half way left a folder with new
+    weights and an old (or no) adapter_config.json."""
+    from okto.training import lora
+
+    model = models.model("gpt2", models.tokenizer("gpt2"))
+    apply_lora(model, AdapterConfig(rank=4))
+    folder = lora.save_adapter(model, AdapterConfig(rank=4), "gpt2", tmp_path / "adapter")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.lora.B.fill_(1.0)
+    with pytest.raises(OSError):
+        lora.save_adapter(model, AdapterConfig(rank=4), "gpt2", folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folder left
+
+
 def test_lora_on_a_head_tied_to_the_embeddings_stays_the_heads():
     """GPT-2 ties lm_head to wte: the merged update went into lm_head.weight under a config
     still saying tie_word_embeddings, so a loader that ties them (okto's engine, a new model
