@@ -79,8 +79,6 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
 
     A damaged entry is removed, with a warning, so the caller rebuilds it.
     """
-    import datasets
-
     entry = cache_dir / key
     if not entry.exists():
         return None
@@ -89,9 +87,7 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
         stats, sizes = recorded["stats"], recorded["sizes"]
         _check_sizes(entry, sizes)
         with quiet_datasets():
-            splits = {
-                name: datasets.load_from_disk(str(entry / name)) for name in recorded["splits"]
-            }
+            splits = {name: _load_split(entry, name) for name in recorded["splits"]}
         for name, split in splits.items():
             if split.num_rows != stats[name]["examples"]:
                 raise ValueError(f"{name} has {split.num_rows} rows, not {stats[name]['examples']}")
@@ -108,6 +104,27 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
         return None
     _mark_used(entry)
     return splits, stats, sum(sizes.values())
+
+
+def _load_split(entry: Path, name: str):
+    """A split saved with `save_to_disk`; a damaged JSON file of its own is named (json's
+    error does not say which file it read)."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(entry / name))
+    except json.JSONDecodeError:
+        broken = [p for p in sorted((entry / name).glob("*.json")) if not _parses(p)]
+        where = broken[0].relative_to(entry) if broken else f"a JSON file of {name}"
+        raise ValueError(f"{where} is not valid JSON") from None
+
+
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _mark_used(entry: Path) -> None:
@@ -174,7 +191,7 @@ def _reason(error: Exception, entry: Path) -> str:
         return (
             f"{missing.relative_to(entry) if missing.is_relative_to(entry) else missing} is missing"
         )
-    if isinstance(error, json.JSONDecodeError):
+    if isinstance(error, json.JSONDecodeError):  # a split's are named by `_load_split`
         return f"{ENTRY_FILE} is not valid JSON"
     if isinstance(error, KeyError):
         return f"{ENTRY_FILE} lacks {error}"

@@ -114,6 +114,19 @@ def _cut(path):
     path.write_bytes(path.read_bytes()[:100])
 
 
+def test_a_damaged_split_file_is_named(tmp_path, tokenizer):
+    """A split's state.json garbled in place (same size) was reported as 'entry.json is not
+    valid JSON', sending the user to a file that was sound."""
+    path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
+    cache_dir = tmp_path / "cache"
+    first = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    state = cache_dir / first.stats.cache_key / "train" / "state.json"
+    state.write_text("x" * state.stat().st_size)
+    with pytest.warns(DataWarning, match=r"damaged \(train/state.json is not valid JSON\)"):
+        again = build_datasets(_cfg(path), tokenizer, cache_dir=cache_dir)
+    assert not again.stats.cache_hit
+
+
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, tokenizer, damage):
     path = write_jsonl(tmp_path / "data.jsonl", _records("hello"))
