@@ -8,6 +8,7 @@ serialises for `okto check --json` and for editors.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -89,14 +90,14 @@ class Diagnostic:
         if self.span is None:
             head = f"{self.source.name}: {self.severity}: {self.message}"
             return head if self.hint is None else f"{head}\n  = {self.hint}"
-        text = self.source.line_text(self.span.line)
+        start = self.span.column - 1
+        end = self.span.end_column - 1 if self.span.end_line == self.span.line else start + 1
+        text, start, end = _around(self.source.line_text(self.span.line), start, end)
         # Copy the line's own tabs into the caret's indentation so that it
-        # lines up however the terminal renders tabs.
-        prefix = "".join(c if c == "\t" else " " for c in text[: self.span.column - 1])
-        width = (
-            self.span.end_column - self.span.column if self.span.end_line == self.span.line else 1
-        )
-        width = max(1, min(width, len(text) - self.span.column + 1))
+        # lines up however the terminal renders tabs; wide characters (CJK)
+        # take two cells, combining marks none.
+        prefix = "".join(c if c == "\t" else " " * _cells(c) for c in text[:start])
+        width = max(1, sum(_cells(c) for c in text[start:end]))
         lines = [
             f"{self.source.where(self.span)}: {self.severity}: {self.message}",
             f"  {text}",
@@ -117,6 +118,30 @@ class Diagnostic:
             "end_column": self.span.end_column if self.span else None,
             "hint": self.hint,
         }
+
+
+# A source line longer than this is shown cut down to this many characters around the caret.
+SHOWN_LINE = 120
+
+
+def _around(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """A long line cut to the part around characters [start, end), with `...` where text
+    was left out, and start and end moved to match."""
+    if len(text) <= SHOWN_LINE:
+        return text, start, end
+    left = max(0, min(start - SHOWN_LINE // 3, len(text) - SHOWN_LINE))
+    right = left + SHOWN_LINE
+    head = "..." if left else ""
+    tail = "..." if right < len(text) else ""
+    shift = len(head) - left
+    return head + text[left:right] + tail, start + shift, min(end, right) + shift
+
+
+def _cells(char: str) -> int:
+    """Terminal cells `char` takes: 2 for wide (CJK) characters, 0 for combining marks."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 
 
 class InvalidProgram(OktoError):

@@ -172,7 +172,8 @@ class ToSyntax(Transformer):
     def string(self, meta, children):
         (token,) = children
         try:
-            text = json.loads(token)
+            # strict=False: a tab typed into a string is a tab (JSON wants \t)
+            text = json.loads(token, strict=False)
         except json.JSONDecodeError:
             self._error(
                 _span(token),
@@ -181,6 +182,9 @@ class ToSyntax(Transformer):
                 "or use / in paths",
             )
             text = token[1:-1]
+        if "\0" in text:
+            # no setting needs one, and a path holding it stops the OS calls with a ValueError
+            self._error(_span(token), "a string cannot hold the NUL character (U+0000)")
         return Str(_span(meta), text)
 
     def number(self, meta, children):

@@ -5,6 +5,7 @@ for the usual slips (typographic quotes, `=` for `:`, a missing `:`)."""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from lark import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
@@ -119,6 +120,9 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
     elif char == '"':
         message = "this string is not closed before the end of the line"
         hint = 'add the closing "; write \\n for a line break inside a string'
+    elif not char.isprintable():
+        message = f"unexpected invisible character {_code_point(char)}"
+        hint = "delete it; such characters come in with pasted or joined text"
     elif char.isalpha():
         message = f"unexpected character '{char}'"
         hint = "names use the letters A-Z, digits, _ and -; put other text in a string"
@@ -128,6 +132,12 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
     if hint is None and error.allowed:
         message += f": expected {expected_words(error.allowed)}"
     return Diagnostic("error", message, source, span, hint)
+
+
+def _code_point(char: str) -> str:
+    """`U+FEFF (ZERO WIDTH NO-BREAK SPACE)`, or `U+0000` for a character without a name."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
 
 
 def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
@@ -157,8 +167,7 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         message = f"'{previous}:' is a field, and fields go inside a block"
         hint = "for example: TRAIN { epochs: 3 }"
     elif expected - {"TRUE", "FALSE"} == _AFTER_KEYWORD and previous:
-        message = f"'{previous}' needs a value or a body in braces before {_found(token)}"
-        hint = f'for example: {previous} "a value" or {previous} {{ ... }}'
+        message, hint = _keyword_alone(previous, token)
     elif token.type == "EQUAL" and "COLON" in expected:
         message = "use ':' between a field name and its value, not '='"
     elif "COLON" in expected and previous and (token.type in _VALUES or token.type == "LSQB"):
@@ -169,6 +178,25 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         if previous in _STATEMENTS:
             hint = f"{previous} is a keyword: it cannot name a field or a block"
     return Diagnostic("error", message, source, span, hint)
+
+
+def _keyword_alone(keyword: str, token) -> tuple[str, str]:
+    """The message and hint for a top-level keyword followed by neither its value nor `{`:
+    a header (PROJECT) takes a value, a block (TRAIN) a body, anything else either."""
+    from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, NOT_EXECUTED_BLOCKS
+
+    if keyword in HEADER_KEYWORDS:
+        message = f"'{keyword}' needs a value before {_found(token)}"
+        return message, f'for example: {keyword} "a value"'
+    if keyword in BLOCK_KEYWORDS or keyword in NOT_EXECUTED_BLOCKS:
+        return (
+            f"'{keyword}' needs a body in braces before {_found(token)}",
+            f"for example: {keyword} {{ ... }}",
+        )
+    return (
+        f"'{keyword}' needs a value or a body in braces before {_found(token)}",
+        f'for example: {keyword} "a value" or {keyword} {{ ... }}',
+    )
 
 
 _NAME_AT_END = re.compile(r"([A-Za-z_][\w-]*)\s*$")

@@ -34,7 +34,19 @@ SYNTAX = [
     ("TRAIN { batch_size: 8x }", (1, 22, "unknown unit 'x'")),
     ("epochs: 3", (1, 7, "'epochs:' is a field, and fields go inside a block")),
     ("TRAIN { batch_size: : 4 }", (1, 21, "unexpected ':': expected a value or '{'")),
-    ("PROJECT\nTRAIN { }", (2, 1, "'PROJECT' needs a value or a body in braces before 'TRAIN'")),
+    ("PROJECT\nTRAIN { }", (2, 1, "'PROJECT' needs a value before 'TRAIN'")),
+    ("TRAIN\nENV { }", (2, 1, "'TRAIN' needs a body in braces before 'ENV'")),
+    ("FOO\nENV { }", (2, 1, "'FOO' needs a value or a body in braces before 'ENV'")),
+    (
+        'PROJECT "x"\ufeff\nTRAIN { }',
+        (1, 12, "unexpected invisible character U+FEFF (ZERO WIDTH NO-BREAK SPACE)"),
+    ),
+    ("TRAIN {\u200b}", (1, 8, "unexpected invisible character U+200B (ZERO WIDTH SPACE)")),
+    (
+        'DATASET { train: "d\\u0000.jsonl" }',
+        (1, 18, "a string cannot hold the NUL character (U+0000)"),
+    ),
+    ('PROJECT "a\0b"', (1, 9, "a string cannot hold the NUL character (U+0000)")),
     ("TRAIN { epochs: é }", (1, 17, "unexpected character 'é'")),
     ("TRAIN { epochs: @ }", (1, 17, "unexpected character '@': expected a value or '{'")),
     (
@@ -161,6 +173,8 @@ def test_validation_errors(text, expected):
         ("TRAIN { SET: 1 }", "SET is a keyword: it cannot name a field or a block"),
         ("TRAIN {\n  epochs 3\n}", "write epochs: 3"),
         ("PROJECT “demo”", 'write strings between straight double quotes: "like this"'),
+        ("PROJECT\nTRAIN { }", 'for example: PROJECT "a value"'),
+        ("TRAIN\nENV { }", "for example: TRAIN { ... }"),
     ],
 )
 def test_hints(text, hint):
@@ -179,6 +193,34 @@ def test_rendering_shows_file_line_column_source_and_caret():
         "\n"
         "1 error in train.okt"
     )
+
+
+def test_the_caret_lines_up_under_wide_characters():
+    """A CJK character takes two terminal cells: the caret moves two per character (it
+    moved one, landing left of the culprit), and under one it is two carets wide."""
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse('PROJECT "日本"  TRAIN { epochs: "三" }', "t.okt")
+    (diagnostic,) = caught.value.errors
+    assert diagnostic.column == 31
+    assert diagnostic.render().splitlines()[1:3] == [
+        '  PROJECT "日本"  TRAIN { epochs: "三" }',
+        "  " + " " * 32 + "^^^^",
+    ]
+
+
+def test_a_long_line_is_shown_around_the_caret():
+    """A minified or generated file's 100 000-character line is shown as 120 characters
+    around the culprit, not printed whole twice (the line and its caret's indentation)."""
+    text = 'DESCRIPTION "' + "a" * 100_000 + '" TRAIN { epochs: zz }'
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse(text, "t.okt")
+    (diagnostic,) = caught.value.errors
+    assert diagnostic.column == text.index("zz") + 1
+    head, shown, marks = diagnostic.render().splitlines()
+    assert head == f"t.okt:1:{diagnostic.column}: error: epochs: expected a whole number, got 'zz'"
+    assert shown.startswith("  ...aaa") and shown.endswith('" TRAIN { epochs: zz }')
+    assert len(shown) == 2 + 3 + 120
+    assert marks == " " * shown.index("zz") + "^^"
 
 
 def test_diagnostic_as_json():

@@ -23,6 +23,13 @@ def test_tabs_and_spaces_do_not_matter():
     assert tabs.source_map["train.epochs"].column == 10
 
 
+def test_unicode_spaces_separate_like_spaces():
+    """No-break, em and ideographic spaces come in with pasted text; they were 'unexpected
+    character' errors that showed nothing visible."""
+    spaced = program("TRAIN {\u3000epochs:\u00a02\u2003batch_size: 4\u202f}\n")
+    assert spaced.to_dict() == program("TRAIN { epochs: 2 batch_size: 4 }\n").to_dict()
+
+
 def test_full_line_and_trailing_comments():
     p = program(
         """
@@ -62,6 +69,11 @@ def test_version_comment_after_the_first_statement_is_just_a_comment():
 def test_string_escapes_and_placeholders():
     p = program(r'INFERENCE { format: "User: {input}\n\t\"quoted\" \\ \u00e9" }')
     assert p.config.inference.format == 'User: {input}\n\t"quoted" \\ é'
+
+
+def test_a_tab_typed_in_a_string_is_a_tab():
+    """It was reported as 'an invalid escape sequence', which the string did not have."""
+    assert program('INFERENCE { format: "Q:\t{input}" }').config.inference.format == "Q:\t{input}"
 
 
 def test_invalid_escape_is_an_error_with_a_hint():
