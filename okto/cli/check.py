@@ -36,11 +36,9 @@ def run(args) -> int:
         if not args.json:
             raise
         # The shape of every other answer: a diagnostic with no position, no warnings.
-        diagnostic = {key: None for key in ("line", "column", "end_line", "end_column", "hint")}
-        diagnostic |= {"severity": "error", "message": str(error), "file": args.file}
-        print(
-            json.dumps({"file": args.file, "valid": False, "errors": [diagnostic], "warnings": []})
-        )
+        diagnostic = {"severity": "error", "message": str(error), "file": args.file}
+        diagnostic |= dict.fromkeys(("line", "column", "end_line", "end_column", "hint"))
+        _print_json(args.file, [diagnostic], [])
         return error.exit_code
     if args.strict:
         errors = [d.as_error() for d in program.warnings if d.severity == "warning"]
@@ -52,17 +50,7 @@ def run(args) -> int:
 def _report(args, errors: list, warnings: list) -> int:
     valid = not errors
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "file": args.file,
-                    "valid": valid,
-                    "errors": [d.to_dict() for d in errors],
-                    "warnings": [d.to_dict() for d in warnings],
-                },
-                indent=2,
-            )
-        )
+        _print_json(args.file, [d.to_dict() for d in errors], [d.to_dict() for d in warnings])
         return EXIT_OK if valid else EXIT_INVALID
     for diagnostic in [*errors, *warnings]:
         print(diagnostic.render(), end="\n\n", file=sys.stderr)
@@ -74,3 +62,8 @@ def _report(args, errors: list, warnings: list) -> int:
     count = len(errors)
     print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
     return EXIT_INVALID
+
+
+def _print_json(file: str, errors: list[dict], warnings: list[dict]) -> None:
+    answer = {"file": file, "valid": not errors, "errors": errors, "warnings": warnings}
+    print(json.dumps(answer, indent=2))

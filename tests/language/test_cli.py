@@ -91,7 +91,10 @@ def test_check_a_missing_file(tmp_path, capsys):
     assert capsys.readouterr().err == f"{missing}: no such file\n"
     assert main(["check", "-f", missing, "--json"]) == 2
     # The shape of an invalid file's answer: editors read errors[i]["line"] and "warnings".
-    assert json.loads(capsys.readouterr().out) == {
+    # Laid out as that one is too (it was one line, its keys in another order).
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "file": ') and '"severity": "error",\n' in out
+    assert json.loads(out) == {
         "file": missing,
         "valid": False,
         "errors": [
