@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import re
+from dataclasses import replace
 
 from lark import Lark, Token, Transformer, UnexpectedInput, v_args
 
@@ -216,14 +217,24 @@ class ToSyntax(Transformer):
         return Bool(_span(meta), False)
 
     def _check_unit(self, token: Token) -> None:
-        """A name glued to a number (`12G`) is a unit the lexer did not know."""
-        start = token.start_pos
-        if start > 0 and self.source.text[start - 1].isdigit():
-            self._error(
-                _span(token),
-                f"unknown unit '{token}'",
-                f"a quantity is a number followed by {UNIT_HELP}",
-            )
+        """A name glued to a number (`12G`) is a unit the lexer did not know, unless the
+        two are a number in another notation (`1_000`, `0x10`)."""
+        text, start = self.source.text, token.start_pos
+        if start == 0 or not text[start - 1].isdigit():
+            return
+        first = start
+        while first > 0 and (text[first - 1].isdigit() or text[first - 1] == "."):
+            first -= 1
+        written = text[first:start] + token
+        span = _span(token)
+        number = replace(span, column=span.column - (start - first), start=first)
+        if re.fullmatch(r"\d+(_\d+)+", written):
+            self._error(number, "'_' cannot group digits", f"write {written.replace('_', '')}")
+        elif re.fullmatch(r"0([xX][\da-fA-F]+|[oO][0-7]+|[bB][01]+)", written):
+            self._error(number, "numbers are written in decimal", f"write {int(written, 0)}")
+        else:
+            hint = f"a quantity is a number followed by {UNIT_HELP}"
+            self._error(span, f"unknown unit '{token}'", hint)
 
 
 def _number(text: str) -> int | float:

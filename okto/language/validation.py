@@ -113,7 +113,10 @@ def explain(detail: dict) -> tuple[str, str | None]:
     """A pydantic error as `(message, hint)` in the language's terms."""
     kind, ctx, given = detail["type"], detail.get("ctx") or {}, detail.get("input")
     if kind in _TYPE_WORDS:
-        return f"expected {_TYPE_WORDS[kind]}, got {describe(given)}", None
+        hint = None
+        if kind.startswith("bool") and str(given).lower() in ("true", "false"):
+            hint = f"booleans are lower case: {str(given).lower()}"
+        return f"expected {_TYPE_WORDS[kind]}, got {describe(given)}", hint
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", ctx.get("expected", ""))
         hint = "choose one of: " + ", ".join(choices)

@@ -175,6 +175,7 @@ def test_validation_errors(text, expected):
         ("PROJECT “demo”", 'write strings between straight double quotes: "like this"'),
         ("PROJECT\nTRAIN { }", 'for example: PROJECT "a value"'),
         ("TRAIN\nENV { }", "for example: TRAIN { ... }"),
+        ("DATASET { shuffle: True }", "booleans are lower case: true"),
     ],
 )
 def test_hints(text, hint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from okto.language import InvalidProgram
 from okto.language.quantities import UNITS, Quantity
 from tests.language.util import error, program, warnings
 
@@ -93,6 +94,23 @@ def test_numbers(text, value):
         program(f"STABILITY {{ min_improvement: {text} }}").config.stability.min_improvement
         == value
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "hint"),
+    [
+        ("1_000", "'_' cannot group digits", "write 1000"),
+        ("0x10", "numbers are written in decimal", "write 16"),
+        ("0b101", "numbers are written in decimal", "write 5"),
+    ],
+)
+def test_numbers_in_other_notations_are_named(text, message, hint):
+    """They were "unknown unit '_000'" and "unknown unit 'x10'": no unit was meant."""
+    with pytest.raises(InvalidProgram) as caught:
+        program(f"TRAIN {{ max_steps: {text} }}")
+    (diagnostic,) = caught.value.errors
+    assert (diagnostic.column, diagnostic.span.end_column) == (20, 20 + len(text))
+    assert (diagnostic.message, diagnostic.hint) == (message, hint)
 
 
 def test_negative_numbers():
