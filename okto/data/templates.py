@@ -13,7 +13,8 @@ assistant turn's content and the EOS that ends it; role tags, system and user
 turns are masked. With the tokenizer's own template, an assistant turn's span
 is what rendering the turn adds after the generation prompt (so its end-of-turn
 marker is trained too); a template that does not render prefixes consistently
-falls back to locating each assistant turn's text.
+falls back to locating each assistant turn's text, and its end-of-turn marker
+after it.
 
 Other records (text; generation pairs; pairs of `type: text`) are their turns
 joined by newlines, with no template. `train_all` (type text) trains every
@@ -71,7 +72,11 @@ class Renderer:
         try:
             return full, self._prefix_spans(messages, full)
         except (TemplateError, ValueError, _NotPrefix):
-            return full, _find_spans(roles, texts, full)
+            ends = [
+                self._turn_end(messages[: k + 1]) if r == "assistant" else ""
+                for k, r in enumerate(roles)
+            ]
+            return full, _find_spans(roles, texts, full, ends)
 
     def _prefix_spans(self, messages: list[dict], full: str) -> list[Span]:
         spans = []
@@ -85,6 +90,17 @@ class Renderer:
             spans.append((len(before), len(after)))
         return spans
 
+    def _turn_end(self, messages: list[dict]) -> str:
+        """What the template renders after the last message's content (its end-of-turn
+        marker, `<|im_end|>\\n`), so the located turn can be trained up to the marker."""
+        content = messages[-1]["content"].strip()
+        try:
+            text = self._apply(messages, generation_prompt=False)
+        except (TemplateError, ValueError):
+            return ""
+        at = text.rfind(content)
+        return text[at + len(content) :] if at >= 0 else ""
+
     def _apply(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt
@@ -95,11 +111,13 @@ class _NotPrefix(Exception):
     """The template renders a conversation's start differently from a shorter one."""
 
 
-def _find_spans(roles: list[str], texts: list[str], full: str) -> list[Span]:
-    """Each assistant turn's text, found in order; the cursor also passes every other turn
-    found, so an answer quoted in the prompt before it is not taken for the answer."""
+def _find_spans(roles: list[str], texts: list[str], full: str, ends: list[str]) -> list[Span]:
+    """Each assistant turn's text, found in order, with its end-of-turn marker (`ends`, per
+    turn) where the marker follows it: without one the model never learns to end a turn.
+    The cursor also passes every other turn found, so an answer quoted in the prompt before
+    it is not taken for the answer."""
     spans, cursor = [], 0
-    for role, text in zip(roles, texts, strict=True):
+    for role, text, end in zip(roles, texts, ends, strict=True):
         content = text.strip()
         start = full.find(content, cursor)
         if role != "assistant":
@@ -108,6 +126,8 @@ def _find_spans(roles: list[str], texts: list[str], full: str) -> list[Span]:
         if start < 0:
             raise Unusable("the chat template changed an assistant turn")
         cursor = start + len(content)
+        if end and full.startswith(end, cursor):
+            cursor += len(end)
         spans.append((start, cursor))
     return spans
 

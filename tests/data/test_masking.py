@@ -72,13 +72,18 @@ def test_template_without_consistent_prefixes_falls_back_to_the_turn_text(tmp_pa
     marked = _with_template(tokenizer, MARKS_LAST)
     row = _row(tmp_path, marked)
     assert "LAST <assistant>answer two three</assistant>" in real_text(marked, row)
-    assert trained_runs(marked, row) == ["answer one", "answer two three"]
+    # The turn's end marker (what the template renders after the turn's text) is trained
+    # too, and so the EOS after the last one: without them the model never learned to stop.
+    assert trained_runs(marked, row) == [
+        "answer one</assistant>",
+        "answer two three</assistant><|endoftext|>",
+    ]
 
 
 def test_fallback_does_not_take_an_answer_quoted_in_the_prompt(tokenizer):
     marked = Renderer(_with_template(tokenizer, MARKS_LAST))
     text, spans = marked.render(["user", "assistant"], ["say yes", "yes"], True, False)
-    assert [text[start:end] for start, end in spans] == ["yes"]
+    assert [text[start:end] for start, end in spans] == ["yes</assistant>"]
     assert spans[0][0] > text.index("<assistant>")
 
 
