@@ -82,10 +82,13 @@ class ControlBuilder:
     def _top_level(self, item: Item, path: Path) -> dict | None:
         if isinstance(item, SubBlock):
             if item.name not in EVENTS:
+                hint = "events: " + ", ".join(EVENTS)
+                if item.name == "on_memory_low":  # other OktoScript tools' event
+                    hint = "write WHEN gpu_memory < 2GB { ... }: it fires as free memory runs low"
                 self.collect.error(
                     item.name_span,
                     f"unknown event '{item.name}'{suggestion(item.name, EVENTS)}",
-                    "events: " + ", ".join(EVENTS),
+                    hint,
                 )
                 return None
             return self._rule(

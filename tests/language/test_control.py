@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from okto.language import InvalidProgram
 from okto.language.control import (
     AdjustAction,
     AllOf,
@@ -341,6 +342,16 @@ def test_statement_errors(body, column, message):
     line, col, text = error(f"CONTROL {{ {body} }}")
     assert (line, col) == (1, column)
     assert text.startswith(message)
+
+
+def test_other_tools_low_memory_event_points_to_its_rule():
+    """on_memory_low (public OktoScript) got the list of events, none of which fits;
+    the hint names the rule that does the same here."""
+    with pytest.raises(InvalidProgram) as caught:
+        program("CONTROL { on_memory_low { SET batch_size = 4 } }")
+    assert caught.value.errors[0].hint.startswith("write WHEN gpu_memory < 2GB { ... }")
+    (rule,) = program("CONTROL { WHEN gpu_memory < 2GB { SET batch_size = 4 } }").config.control
+    assert rule.condition.metric == "gpu_memory"
 
 
 @pytest.mark.parametrize(
