@@ -125,15 +125,22 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     """(trainable tensors, state dicts, trainer state) of a checkpoint folder."""
-    missing = [name for name in FILES if not (path / name).is_file()]
+    trainer = read_trainer_state(path)
+    weights = load_file(str(path / WEIGHTS))
+    states = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    return weights, states, trainer
+
+
+def read_trainer_state(path: Path) -> dict:
+    """A checkpoint's trainer.json (of one process or of several), or an error saying that
+    `path` is no checkpoint."""
+    files = DISTRIBUTED_FILES if (path / DISTRIBUTED_FILES[0]).is_file() else FILES
+    missing = [name for name in files if not (path / name).is_file()]
     if not path.is_dir() or missing:
         raise UsageError(
             f"{path} is not an okto checkpoint (a step-* folder with {', '.join(FILES)})"
         )
-    weights = load_file(str(path / WEIGHTS))
-    states = torch.load(path / STATE, map_location="cpu", weights_only=True)
-    trainer = json.loads((path / TRAINER).read_text())
-    return weights, states, trainer
+    return json.loads((path / TRAINER).read_text())
 
 
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

@@ -222,6 +222,9 @@ class Trainer:
         self.test_result: dict = {}  # DATASET.test's figures, measured once at the end
         self.data_key = data_key  # the rows' cache key: what they were made of
         self.total, self.live = total_steps, live
+        # The live values this run's file and command line start from: a checkpoint records
+        # them, so that a resumed run can tell a value edited since from one CONTROL moved.
+        self.configured = {"learning_rate": config.train.learning_rate, **asdict(live)}
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
         self.checkpoints, self.save_model = checkpoints, save_model
@@ -806,7 +809,7 @@ class Trainer:
 
     def set(self, name: str, value: float, by: str = "CONTROL") -> None:
         """Change a live TRAIN value from the next step on; `by` says who asked (CONTROL, or
-        the command line on resume)."""
+        on resume the command line or the edited file; these may also unset one: None)."""
         before = self.get(name)
         if name == "learning_rate":
             set_lr(self.optimizer, self.scheduler, value)
@@ -819,7 +822,7 @@ class Trainer:
         if name == "batch_size" and self.batches is not None:
             self.batches.resize(int(value))
         self.metrics.write("set", step=self.step, field=name, before=before, after=value, by=by)
-        self.display.text(f"{by:<8} step {self.step}: {name} {before:g} -> {value:g}")
+        self.display.text(f"{by:<8} step {self.step}: {name} {before:g} -> {self.get(name):g}")
 
     def log(self, text: str) -> None:
         self.metrics.write("log", step=self.step, message=text)
@@ -882,6 +885,8 @@ class Trainer:
             "rows": self.train_stream.rows,
             "data_key": self.data_key,
             "seed": self.seed,
+            "optimizer": self.config.train.optimizer,
+            "configured": self.configured,
             "live": asdict(self.live),
             "window": asdict(self.window),
             "totals": asdict(self.totals),
@@ -902,6 +907,7 @@ class Trainer:
         DDP's replicas). When the number of processes changed, each process's batch is
         resized to keep the global batch, and the random generators go on from the seed.
         """
+        self._check_optimizer(path)
         if dckpt.is_distributed(path):
             states, state, rng = dckpt.load_checkpoint(
                 path, self.model, self.optimizer, self.parallel
@@ -936,6 +942,18 @@ class Trainer:
         self.due = state.get("due")  # checkpoints from before abandoned evaluations: none
         self.last_checkpoint, self.due_when_saved = path, self.due is not None
         return state
+
+    def _check_optimizer(self, path: Path) -> None:
+        """Another optimizer's state does not fit this one (SGD stopped with a KeyError on
+        Adam's; Adam took AdamW's decoupled weight decay with it): refused, before loading."""
+        written = ckpt.read_trainer_state(path).get("optimizer")
+        wanted = self.config.train.optimizer
+        if written is not None and written != wanted:
+            raise UsageError(
+                f"{path} was written by a run with optimizer {written}, this one has {wanted}: "
+                f"its state does not fit; resume with optimizer {written}, or start afresh "
+                "without --resume"
+            )
 
     def _regroup(self, written_by: int) -> None:
         """After a checkpoint of `written_by` processes, keep the global batch when the number

@@ -267,18 +267,24 @@ def _resumed_with_other_data(trainer, state: dict, display: Display) -> None:
 
 
 def _resumed_with_other_settings(program, trainer, state: dict, display: Display) -> None:
-    """The command line wins over the checkpoint: each live TRAIN value given with --set is
-    applied as the run resumes (as a CONTROL SET would be). A different step count remakes
-    the learning-rate schedule for the new length (its position comes from the checkpoint),
-    which is said, since the rate jumps to where the new schedule is at this step."""
+    """The command line and the file win over the checkpoint: each live TRAIN value given
+    with --set, or changed in the file since the checkpoint's run started (which its
+    `configured` record tells from a value CONTROL moved), is applied as the run resumes, as
+    a CONTROL SET would be. A different step count remakes the learning-rate schedule for
+    the new length (its position comes from the checkpoint), which is said, since the rate
+    jumps to where the new schedule is at this step."""
     from okto.language.control import LIVE_FIELDS  # what a checkpoint restores as it was left
     from okto.language.program import COMMAND_LINE
 
+    started_with = state.get("configured", {})  # checkpoints from before it: --set alone
     for name in LIVE_FIELDS:
-        value = getattr(program.config.train, name)
-        given = program.source_map[f"train.{name}"].kind == COMMAND_LINE and value is not None
-        if given and value != trainer.get(name):
-            trainer.set(name, value, by="--set")
+        value = trainer.configured[name]
+        given = program.source_map[f"train.{name}"].kind == COMMAND_LINE
+        edited = name in started_with and started_with[name] != value
+        # unset (no clipping, no eval_steps or save_steps) compares as unset
+        current = getattr(trainer.live, name) if value is None else trainer.get(name)
+        if (given or edited) and value != current:
+            trainer.set(name, value, by="--set" if given else "file")
     written_for = state.get("total_steps")
     if written_for is not None and written_for != trainer.total and trainer.step < trainer.total:
         display.warn(

@@ -174,3 +174,41 @@ def test_resuming_on_other_data_is_said(project, capsys):
     assert train(project(train=SCHEDULE, name="on.okt"), "--resume", "auto", *SHUFFLE_OFF) == 0
     said = " ".join(capsys.readouterr().out.split())
     assert "the training data changed since the checkpoint (its files, the tokenizer" in said
+
+
+def test_live_values_edited_in_the_file_apply_on_resume(project, capsys):
+    """A batch size or learning rate changed in the file before --resume auto was ignored
+    in silence (the checkpoint's values went on); it now applies from the resumed step, as
+    --set does, while a value a CONTROL rule moved and the file left alone stays moved."""
+    from okto.training.metrics import read_metrics
+
+    rules = "CONTROL { IF step == 2 { SET gradient_clip = 0.5 } IF step == 4 { STOP } }"
+    path = project(train=SCHEDULE, extra=rules)
+    assert train(path) == 0
+    capsys.readouterr()
+    text = path.read_text().replace("batch_size: 4", "batch_size: 2")
+    path.write_text(text.replace("learning_rate: 3e-3", "learning_rate: 1e-4"))
+    assert train(path, "--resume", "auto") == 0
+    assert "file     step 4: batch_size 4 -> 2" in capsys.readouterr().out
+    metrics = Path("runs/tiny/metrics.jsonl")
+    changes = [(r["field"], r["after"], r["by"]) for r in read_metrics(metrics, "set")]
+    assert changes == [
+        ("gradient_clip", 0.5, "CONTROL"),  # not put back to the file's 1.0 on resume
+        ("learning_rate", 1e-4, "file"),
+        ("batch_size", 2, "file"),
+    ]
+    assert steps()[4]["lr"] <= 1e-4
+    # 4 steps of 4 rows, then 8 of 2: the epoch is the share of the rows consumed
+    rows = read_metrics(metrics, "start")[0]["rows"]
+    assert steps()[-1]["epoch"] == pytest.approx((4 * 4 + 8 * 2) / rows)
+
+
+def test_resuming_with_another_optimizer_is_refused(project, capsys):
+    """SGD over AdamW's state stopped with a KeyError traceback at the first step."""
+    assert train(project(train=SCHEDULE)) == 0
+    capsys.readouterr()
+    sgd = project(train=SCHEDULE + ' optimizer: "sgd"', name="sgd.okt")
+    assert train(sgd, "--resume", "auto") == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "written by a run with optimizer adamw, this one has sgd" in err
+    assert "Traceback" not in err
