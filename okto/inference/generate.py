@@ -99,16 +99,32 @@ def _round(x: float | None, digits: int = 2) -> float | None:
     return None if x is None else round(x, digits)
 
 
-class _Text:
-    """A row's text as its tokens arrive, decoded over a short window (not the whole row each time)."""
+CONTEXT_TOKENS = 5  # the prompt's last tokens, decoded before a completion's (see _Text)
 
-    def __init__(self, tokenizer):
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def completion_text(tokenizer, context: list[int], ids: list[int]) -> str:
+    """`ids` decoded as they read after `context`, the prompt's last tokens: a SentencePiece
+    decoder drops the space of the first token it decodes ('▁time' alone is 'time'), which a
+    completion's first token keeps after its prompt ('Once upon a' + ' time')."""
+    before, after = _decode(tokenizer, context), _decode(tokenizer, context + ids)
+    return after[len(before) :] if after.startswith(before) else _decode(tokenizer, ids)
+
+
+class _Text:
+    """A row's text as its tokens arrive, decoded over a short window (not the whole row each
+    time) that starts in the prompt's last tokens, as `completion_text` decodes."""
+
+    def __init__(self, tokenizer, context: list[int]):
         self.tokenizer, self.text = tokenizer, ""
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
+        self.ids = list(context)
+        self.prefix, self.read = 0, len(self.ids)
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return _decode(self.tokenizer, ids)
 
     def add(self, token: int) -> None:
         self.ids.append(token)
@@ -143,7 +159,8 @@ class _Tracker:
         self.rows, self.eos, self.stop, self.stream = rows, eos, stop, stream
         self.watch_text = bool(stop) or stream is not None
         for row in rows:
-            row.text = _Text(tokenizer) if self.watch_text else None
+            context = row.prompt_ids[-CONTEXT_TOKENS:]
+            row.text = _Text(tokenizer, context) if self.watch_text else None
         self.seed, self.keys = seed, row_keys(seed, [r.index for r in rows])
         self.done = [False] * len(rows)
         self.steps = 0
@@ -341,7 +358,8 @@ class Model:
                 text = row.text.text[: row.stop_at]
             else:  # without the EOS token, which need not be a special token the decode skips
                 ids = row.ids[:-1] if row.finish == "eos" else row.ids
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                context = row.prompt_ids[-CONTEXT_TOKENS:]
+                text = completion_text(self.tokenizer, context, ids)
             flush = stream is not None and len(text) > row.emitted
             if flush and text.startswith(row.text.text[: row.emitted]):
                 stream(row.index, text[row.emitted :])

@@ -53,6 +53,30 @@ def tokenizer(kind: str):
     )
 
 
+def sentencepiece_tokenizer():
+    """A Llama-style SentencePiece BPE (spaces as '▁', byte fallback) whose decoder drops the
+    space of the first token it decodes, as Llama's and Mistral's do."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
 def model(kind: str, tok, **overrides):
     import transformers
 
@@ -89,9 +113,10 @@ def model(kind: str, tok, **overrides):
     return cls(config).eval()
 
 
-def save(kind: str, path: Path, **overrides) -> Path:
-    """Build and save a tiny `kind` (gpt2 or llama) model with its tokenizer to `path`."""
-    tok = tokenizer(kind)
+def save(kind: str, path: Path, tok=None, **overrides) -> Path:
+    """Build and save a tiny `kind` (gpt2 or llama) model with its tokenizer (`tok`, else
+    `tokenizer(kind)`) to `path`."""
+    tok = tok or tokenizer(kind)
     model(kind, tok, **overrides).save_pretrained(path)
     tok.save_pretrained(path)
     return path

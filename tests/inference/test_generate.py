@@ -321,3 +321,32 @@ def test_a_dtype_to_run_in_is_a_float_one(okm_files, dtype):
     """fp8 was an AttributeError traceback, int8 a load_state_dict RuntimeError."""
     with pytest.raises(UsageError, match=f"unknown dtype '{dtype}'; choose one of fp32, fp16"):
         load_model(okm_files["gpt2"], device="cpu", dtype=dtype)
+
+
+class Scripted:
+    """okto's engine, but the tokens it 'generates' are `tokens`, whatever the model computes."""
+
+    def __init__(self, engine, tokens: list[int]):
+        self.engine, self.tokens = engine, tokens
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def run(self, prompts, max_new, sampler, tracker):
+        for token in self.tokens[:max_new]:
+            if tracker.push([token] * len(prompts)):
+                return
+
+
+def test_a_completion_keeps_the_space_a_sentencepiece_decoder_drops(tmp_path):
+    """Llama's decoder drops the space of the first token it decodes ('▁time' alone is 'time'):
+    'Once upon a' was printed with 'time is' after it, 'Once upon atime is', streamed or not."""
+    tok = models.sentencepiece_tokenizer()
+    model = load_model(models.save("llama", tmp_path / "sp", tok=tok), device="cpu")
+    reply = tok("time is", add_special_tokens=False)["input_ids"]
+    model.engine = Scripted(model.engine, reply)
+    pieces = []
+    for stream, stop in ((None, None), (lambda i, t: pieces.append(t), None), (None, "@@")):
+        (g,) = model.generate("Once upon a", max_tokens=len(reply), stream=stream, stop=stop)
+        assert g.text == " time is"
+    assert "".join(pieces) == " time is"
