@@ -474,6 +474,23 @@ def _too_few_evaluations(config, total: int, per_step: int, rows: int, display) 
         )
 
 
+def _divergence_watch(total: int, display: Display) -> None:
+    """Say when stop_if_diverges starts to act: the loss's first steps are all noise, so
+    the guard watches only after `WARMUP` finite steps, and a shorter run is never watched."""
+    from okto.training.stability import FACTOR, WARMUP
+
+    if total <= WARMUP:
+        display.warn(
+            f"STABILITY.stop_if_diverges acts after {WARMUP} steps, and this run has {total}: "
+            "it never acts"
+        )
+    else:
+        display.note(
+            f"STABILITY.stop_if_diverges acts after {WARMUP} steps: from step {WARMUP + 1} on, "
+            f"a loss whose moving average rises above {FACTOR:g}x its lowest stops the run"
+        )
+
+
 def _build_model(config, source, tokenizer, splits, settings, display: Display):
     from okto.training import models
     from okto.training.lora import apply_lora, unmatched_targets
@@ -557,6 +574,8 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         )
     if splits.validation is not None and parallel.is_main:
         _too_few_evaluations(config, total, per_step, rows, display)
+    if config.stability.stop_if_diverges and parallel.is_main:
+        _divergence_watch(total, display)
     scaler = torch.amp.GradScaler(settings.device.type) if settings.loss_scaling else None
     forward = compiled(forward, settings)
     resolved = program.to_dict()

@@ -128,8 +128,17 @@ CONTROL { IF step == 12 { SET learning_rate = 3 } }""",
     assert summary["outcome"] == "diverged"
     assert summary["last_loss"] > 1.5 * summary["best_loss"]
     said = " ".join(capsys.readouterr().out.split())
+    assert "stop_if_diverges acts after 10 steps: from step 11 on" in said
     assert f"this step's loss is {summary['last_loss']:.4g}" in said
     assert f"-> last {summary['last_loss']:.4f} (best" in said
+
+
+def test_divergence_watching_that_cannot_act_is_warned(project, capsys):
+    """stop_if_diverges waits 10 steps, which nothing said: a 5-step run was never watched."""
+    path = project(train="max_steps: 5", extra="STABILITY { stop_if_diverges: true }")
+    assert train(path) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: STABILITY.stop_if_diverges acts after 10 steps, and this run has 5" in said
 
 
 def test_early_stopping_fires_on_plateau(project):
