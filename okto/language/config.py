@@ -63,6 +63,8 @@ REPORTED_METRICS = (
 
 Bool = StrictBool
 DEFAULT_PATIENCE = 3
+# Seeds go to numpy's legacy generator too, which takes 0 to 2**32 - 1.
+SEED_MAX = 2**32 - 1
 
 
 class FieldConflict(ValueError):
@@ -121,7 +123,9 @@ class EnvConfig(BlockModel):
     min_memory: Size | None = Field(
         None, description="Memory the device must have; checked before training starts."
     )
-    seed: Integer | None = Field(None, description="Random seed; TRAIN.seed overrides it.")
+    seed: Integer | None = Field(
+        None, ge=0, le=SEED_MAX, description="Random seed; TRAIN.seed overrides it."
+    )
     gpus: PositiveInt | None = Field(
         None,
         description="Training processes, one per GPU, started through torchrun "
@@ -383,7 +387,9 @@ class TrainConfig(BlockModel):
         "gradients all-reduced) or `fsdp` (parameters, gradients and optimizer state "
         "sharded, FSDP2).",
     )
-    seed: Integer | None = Field(None, description="Random seed; overrides ENV.seed.")
+    seed: Integer | None = Field(
+        None, ge=0, le=SEED_MAX, description="Random seed; overrides ENV.seed."
+    )
     logging_steps: PositiveInt = Field(
         10,
         validation_alias=aliases("logging_steps", "log_interval", "log_every"),

@@ -123,11 +123,14 @@ def explain(detail: dict) -> tuple[str, str | None]:
         return f"{describe(given)} is not allowed here{suggestion(str(given), choices)}", hint
     if kind in _BOUNDS:
         bound = next(iter(ctx.values()))
-        return f"must be {_BOUNDS[kind]} {bound:g}, got {describe(given)}", None
+        shown = bound if isinstance(bound, int) else f"{bound:g}"
+        return f"must be {_BOUNDS[kind]} {shown}, got {describe(given)}", None
     if kind == "value_error":
         return str(ctx["error"]), None
     if kind == "missing":
         return "this field is required", None
+    if kind == "int_parsing_size":
+        return f"{describe(given)} is too large for a whole number", None
     return detail["msg"], None
 
 

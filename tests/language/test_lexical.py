@@ -114,7 +114,7 @@ def test_numbers_in_other_notations_are_named(text, message, hint):
 
 
 def test_negative_numbers():
-    assert program("ENV { seed: -1 }").config.env.seed == -1
+    assert program("MODEL { config { shift: -1 } }").config.model.config["shift"] == -1
 
 
 @pytest.mark.parametrize("text", ["1e400", "-1e400", "1e999GB"])
