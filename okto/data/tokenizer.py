@@ -14,6 +14,9 @@ was trained on, so a later run on the same data and settings reuses it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -63,8 +66,25 @@ def resolve_tokenizer(
     tokenizer = _load(choice, base) if choice is not None else _from_model(model_path)
     check_tokenizer(tokenizer)
     if target is not None:
-        tokenizer.save_pretrained(str(target))
+        _save(tokenizer, target)
     return tokenizer
+
+
+def _save(tokenizer, target: Path, meta: dict | None = None) -> None:
+    """Save the run's tokenizer under a temporary name, then put it in place of the folder
+    there: a save cut short leaves the old one whole, and no file of the old one outlives
+    it (a trained one's `META_FILE` would make a later run on its data take this one)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        if meta is not None:
+            (staging / META_FILE).write_text(json.dumps(meta, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -166,8 +186,7 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
             [],
         )
     if target is not None:
-        tokenizer.save_pretrained(str(target))
-        (target / META_FILE).write_text(json.dumps(meta, indent=1))
+        _save(tokenizer, target, meta)
     return tokenizer
 
 

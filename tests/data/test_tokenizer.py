@@ -55,6 +55,19 @@ def test_a_second_run_reuses_the_saved_tokenizer(tmp_path, monkeypatch):
         resolve_tokenizer(other, run_dir=tmp_path / "run")
 
 
+def test_a_tokenizer_saved_over_a_trained_one_is_not_taken_for_it(tmp_path, tokenizer):
+    """The trained tokenizer's record of its data outlived a tokenizer saved over it (the
+    run switched to a path), so switching back loaded the path's tokenizer as the trained."""
+    trained_cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=320)
+    run = tmp_path / "run"
+    trained = resolve_tokenizer(trained_cfg, run_dir=run)
+    tokenizer.save_pretrained(tmp_path / "other")
+    resolve_tokenizer(config(train="x", tokenizer=str(tmp_path / "other")), run_dir=run)
+    assert not (run / "tokenizer" / tokenizer_module.META_FILE).exists()
+    assert resolve_tokenizer(trained_cfg, run_dir=run).get_vocab() == trained.get_vocab()
+    assert [p.name for p in run.iterdir()] == ["tokenizer"]  # no temporary folder left
+
+
 def test_training_sample_is_capped(tmp_path, monkeypatch):
     monkeypatch.setattr(tokenizer_module, "SAMPLE_CHARS", 200)
     cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=300)
