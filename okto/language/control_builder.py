@@ -46,6 +46,7 @@ from okto.language.syntax import (
     Str,
     SubBlock,
     VerbStatement,
+    Word,
 )
 from okto.language.validation import explain
 
@@ -56,6 +57,7 @@ _UNIT_EVENTS: dict[str, Event] = {
     "epoch": "on_epoch_end",
 }
 _TRAIN_SPELLINGS = {**spellings(TrainConfig), **SET_ALIASES}
+_ACTION_WORDS = {"SET", "INCREASE", "DECREASE", "LOG", "SAVE", "STOP", "STOP_TRAINING"}
 _MISPLACED = {"validate_every": "to evaluate every N steps, set eval_steps in TRAIN"}
 
 
@@ -148,10 +150,14 @@ class ControlBuilder:
         if isinstance(item, SubBlock) and item.name in EVENTS:
             self.collect.error(item.name_span, f"{item.name} goes at the top level of CONTROL")
             return None
+        hint = None
+        if isinstance(item, Word) and item.name.upper() in _ACTION_WORDS:
+            hint = f"keywords are upper case: {item.name.upper()}"
         self.collect.error(
             item.span,
             "expected an action (SET, INCREASE, DECREASE, LOG, SAVE, STOP) "
             "or a rule (IF, WHEN, EVERY)",
+            hint,
         )
         return None
 

@@ -344,6 +344,12 @@ def test_statement_errors(body, column, message):
     assert text.startswith(message)
 
 
+def test_a_lower_case_action_is_told_keywords_are_upper_case():
+    with pytest.raises(InvalidProgram) as caught:
+        program("CONTROL { on_nan { stop } }")
+    assert caught.value.errors[0].hint == "keywords are upper case: STOP"
+
+
 def test_other_tools_low_memory_event_points_to_its_rule():
     """on_memory_low (public OktoScript) got the list of events, none of which fits;
     the hint names the rule that does the same here."""
