@@ -85,6 +85,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def number(value, what: str) -> float:
+    """`value` as a Python float, or KernelError. NumPy and 0-d tensor scalars count: a
+    NumPy float32 reached Triton's launcher as a type it cannot pass to a kernel."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
+        raise KernelError(f"{what}={value!r}; expected a number") from None
+
+
 def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) -> None:
     """Refuse a dtype the op lacks, on every backend alike (the reference would take more)."""
     if t.dtype not in allowed:

@@ -1130,6 +1130,16 @@ def _check_qkv(q, k, v, what="k and v"):
         raise backend.KernelError(f"head dim {d} is not supported; use 1..{MAX_HEAD_DIM}")
 
 
+def softmax_scale(scale: float | None, head_dim: int) -> float:
+    """`scale` as a float, 1/sqrt(head_dim) when None. Positive and finite only: the kernels
+    set masked scores (causal, padding, a tile's edge) to -inf before scaling them, so a
+    scale of 0 or below made NaN where the reference returned numbers."""
+    value = head_dim**-0.5 if scale is None else backend.number(scale, "scale")
+    if not 0 < value < float("inf"):  # also refuses NaN
+        raise backend.KernelError(f"scale={scale!r}; use a positive finite number (or None)")
+    return value
+
+
 def _check_inputs(floats: dict[str, torch.Tensor], *others: torch.Tensor) -> None:
     backend.check_same_device(*floats.values(), *others)
     for name, t in floats.items():
@@ -1174,7 +1184,7 @@ def attention(
         )
     if seq_lens is not None:
         _check_lengths(seq_lens, b, "seq_lens")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     extras = [t for t in (key_padding_mask, seq_lens) if t is not None]
     _check_inputs({"q": q, "k": k, "v": v}, *extras)
     if not backend.use_triton(q, k, v):
@@ -1211,7 +1221,7 @@ def decode_attention(
         )
     if num_splits is not None and num_splits < 1:
         raise backend.KernelError(f"num_splits must be at least 1; got {num_splits}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = softmax_scale(scale, q.shape[-1])
     _check_inputs({"q": q, "k_cache": k_cache, "v_cache": v_cache}, cache_lens)
     if not backend.use_triton(q, k_cache, v_cache):
         out = decode_attention_reference(q, k_cache, v_cache, cache_lens, scale)

@@ -23,6 +23,8 @@ and the gradient is zero.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import triton
 import triton.language as tl
@@ -331,13 +333,20 @@ def _backward(ctx, grad_loss, _dlse, _dgrad):
 _cross_entropy_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_loss_options(ignore_index, label_smoothing, reduction, reductions=REDUCTIONS) -> None:
+def check_loss_options(
+    ignore_index, label_smoothing, reduction, reductions=REDUCTIONS
+) -> tuple[int, float]:
+    """(ignore_index, label_smoothing) as Python numbers, checked: NumPy scalars count, as
+    the rest of the API takes NumPy."""
     if reduction not in reductions:
         raise backend.KernelError(f"reduction={reduction!r}; use one of {reductions}")
-    if not 0.0 <= label_smoothing <= 1.0:
+    smoothing = backend.number(label_smoothing, "label_smoothing")
+    if not 0.0 <= smoothing <= 1.0:
         raise backend.KernelError(f"label_smoothing={label_smoothing} must lie in [0, 1]")
-    if not isinstance(ignore_index, int):
-        raise backend.KernelError(f"ignore_index must be an int, got {ignore_index!r}")
+    try:
+        return operator.index(ignore_index), smoothing
+    except TypeError:
+        raise backend.KernelError(f"ignore_index must be an int, got {ignore_index!r}") from None
 
 
 def check_target(target: torch.Tensor, rows: int, what: str) -> None:
@@ -385,7 +394,7 @@ def cross_entropy(
     itself (no extra logits-sized memory): use it only when nothing reads the
     logits after the loss, e.g. the fresh output of an lm_head.
     """
-    check_loss_options(ignore_index, label_smoothing, reduction)
+    ignore_index, label_smoothing = check_loss_options(ignore_index, label_smoothing, reduction)
     backend.check_dtype(logits, DTYPES, "cross_entropy logits")
     if logits.dim() != 2:
         raise backend.KernelError(

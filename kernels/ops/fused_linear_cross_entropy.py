@@ -164,7 +164,9 @@ def fused_linear_cross_entropy(
     gradients). The loss has hidden's dtype; an all-ignored batch gives a NaN
     mean and zero gradients, as in PyTorch.
     """
-    ce.check_loss_options(ignore_index, label_smoothing, reduction, reductions=("mean", "sum"))
+    ignore_index, label_smoothing = ce.check_loss_options(
+        ignore_index, label_smoothing, reduction, reductions=("mean", "sum")
+    )
     backend.check_dtype(hidden, ce.DTYPES, "fused_linear_cross_entropy hidden")
     if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
         raise backend.KernelError(

@@ -125,8 +125,9 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None, out_dtype=Non
     is added to x first: the sum is `x + x_bias + residual`, formed in fp32 and rounded
     once to the sum's dtype.
     """
+    eps = norm_kernels.check_eps(eps, "layer_norm")
     norm_kernels.check_inputs(
-        x, residual, "layer_norm", eps, out_dtype, weight=weight, bias=bias, x_bias=x_bias
+        x, residual, "layer_norm", out_dtype, weight=weight, bias=bias, x_bias=x_bias
     )
     tensors = [t for t in (x, weight, bias, residual, x_bias) if t is not None]
     if not backend.use_triton(*tensors):

@@ -386,19 +386,24 @@ def _norm_bwd_kernel(
             tl.debug_barrier()
 
 
+def check_eps(eps, what: str) -> float:
+    """`eps` as a float, refused when negative or NaN (a NaN output for every row)."""
+    value = backend.number(eps, f"{what} eps")
+    if not value >= 0:  # also refuses NaN
+        raise backend.KernelError(f"{what} eps={eps} must be >= 0 (it keeps 1/sqrt finite)")
+    return value
+
+
 def check_inputs(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     what: str,
-    eps: float,
     out_dtype: torch.dtype | None = None,
     **params,
 ) -> None:
     """Dtype, shape and device checks shared by both norms; `params` are the [N] vectors
     (weight, bias, x_bias; each may be None)."""
     backend.check_dtype(x, DTYPES, f"{what} input")
-    if not eps >= 0:  # also refuses NaN
-        raise backend.KernelError(f"{what} eps={eps} must be >= 0 (it keeps 1/sqrt finite)")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise backend.KernelError(
             f"{what} normalises the last dimension; got shape {tuple(x.shape)}"

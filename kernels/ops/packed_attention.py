@@ -121,7 +121,7 @@ def packed_attention(
     d = qkv.shape[-1] // (3 * heads)
     if d > flash.MAX_HEAD_DIM:
         raise backend.KernelError(f"head dim {d} is not supported; use 1..{flash.MAX_HEAD_DIM}")
-    scale = d**-0.5 if scale is None else float(scale)
+    scale = flash.softmax_scale(scale, d)
     backend.check_dtype(qkv, flash.DTYPES, "qkv")
     if not backend.use_triton(qkv):
         return packed_attention_reference(qkv, heads, causal, scale)

@@ -109,7 +109,8 @@ def rms_norm(x, weight=None, eps=1e-6, residual=None, out_dtype=None, x_bias=Non
     `out_dtype` names another. `x_bias` (with a residual only) is added to x first, as
     in `layer_norm`.
     """
-    norm_kernels.check_inputs(x, residual, "rms_norm", eps, out_dtype, weight=weight, x_bias=x_bias)
+    eps = norm_kernels.check_eps(eps, "rms_norm")
+    norm_kernels.check_inputs(x, residual, "rms_norm", out_dtype, weight=weight, x_bias=x_bias)
     tensors = [t for t in (x, weight, residual, x_bias) if t is not None]
     if not backend.use_triton(*tensors):
         return rms_norm_reference(x, weight, eps, residual, out_dtype, x_bias)

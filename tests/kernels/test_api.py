@@ -167,3 +167,55 @@ def test_nested_lists_are_refused_with_what_to_pass(op):
     deep inside the op."""
     with pytest.raises(KernelError, match=rf"{op} takes torch tensors or NumPy arrays, not a list"):
         getattr(kernels, op)([[1.0, 2.0], [3.0, 4.0]])  # refused before the op looks at it
+
+
+@pytest.mark.parametrize("mode", ["native", "triton"])
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan"), float("inf"), "big"])
+def test_a_scale_that_is_not_positive_and_finite_is_refused_on_either_backend(
+    scale, mode, monkeypatch
+):
+    """The kernels set masked scores to -inf before scaling them: a scale of 0 or below gave
+    NaN outputs where the reference gave numbers."""
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    q = torch.randn(1, 2, 4, 8)
+    calls = [
+        lambda: kernels.attention(q, q, q, scale=scale),
+        lambda: kernels.decode_attention(q, q, q, torch.tensor([4]), scale=scale),
+        lambda: kernels.packed_attention(torch.randn(1, 4, 48), 2, scale=scale),
+    ]
+    for call in calls:
+        with pytest.raises(KernelError, match="scale="):
+            call()
+
+
+@pytest.mark.parametrize("mode", ["native", "triton"])
+def test_numpy_scalars_are_taken_as_options(mode, monkeypatch):
+    """NumPy in, NumPy out covers the options too: a NumPy float32 eps stopped the Triton
+    norms inside the launcher, and a NumPy int64 ignore_index was refused as not an int."""
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    x, weight = torch.randn(4, 8), torch.randn(8)
+    target = torch.tensor([1, 3, 0, 3])
+    pairs = [
+        (lambda e: kernels.layer_norm(x, weight, eps=e), np.float32(2**-10), 2**-10),
+        (lambda e: kernels.rms_norm(x, weight, eps=e), np.float32(2**-10), 2**-10),
+        (
+            lambda s: kernels.attention(x[None, None], x[None, None], x[None, None], scale=s),
+            np.float32(0.25),
+            0.25,
+        ),
+        (lambda i: kernels.cross_entropy(x, target, ignore_index=i), np.int64(3), 3),
+        (lambda s: kernels.cross_entropy(x, target, label_smoothing=s), np.float32(0.125), 0.125),
+        (
+            lambda i: kernels.fused_linear_cross_entropy(
+                x, weight[None].expand(5, 8), target[:4], ignore_index=i
+            ),
+            np.int32(3),
+            3,
+        ),
+    ]
+    for call, numpy_value, python_value in pairs:
+        torch.testing.assert_close(call(numpy_value), call(python_value), rtol=0, atol=0)
+    with pytest.raises(KernelError, match="eps='small'; expected a number"):
+        kernels.layer_norm(x, eps="small")
+    with pytest.raises(KernelError, match="ignore_index must be an int"):
+        kernels.cross_entropy(x, target, ignore_index=3.0)
