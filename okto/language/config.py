@@ -23,6 +23,7 @@ from pydantic import (
     StrictBool,
     ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -106,6 +107,13 @@ class ProjectConfig(BlockModel):
     tags: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         [], description="TAGS: a list of keywords."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, name: str | None) -> str | None:
+        if name is not None and not name.strip():
+            raise ValueError("PROJECT is empty: it names the run folder, runs/<PROJECT>/")
+        return name
 
 
 # ---- blocks --------------------------------------------------------------------

@@ -168,11 +168,13 @@ def test_validation_errors(text, expected):
         ("ENV { seed: -1 }", "seed: must be at least 0, got -1"),
         ("TRAIN { seed: 4294967296 }", "seed: must be at most 4294967295, got 4294967296"),
         ("TRAIN { batch_size: 3e40 }", "batch_size: 3e+40 is too large for a whole number"),
+        ('PROJECT " "', "PROJECT is empty: it names the run folder, runs/<PROJECT>/"),
     ],
 )
 def test_numbers_the_run_cannot_take(text, message):
     """A seed numpy refuses (below 0, above 2**32 - 1) passed check and stopped okto train
-    with numpy's ValueError traceback; a huge integer got pydantic's own words."""
+    with numpy's ValueError traceback; a huge integer got pydantic's own words; an empty
+    PROJECT passed and the run went to runs/model/."""
     (only,) = errors(text)
     assert only[2] == message
 
