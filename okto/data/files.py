@@ -8,6 +8,7 @@ site-packages lives.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import importlib.resources
@@ -78,7 +79,8 @@ def detect_format(path: Path, requested: str) -> str:
 
     `format: auto` goes by the extension. JSON (and ShareGPT) files are told
     apart by content, an array or object versus one object per line, so a
-    `.json` file holding JSON lines reads correctly.
+    `.json` file holding JSON lines reads correctly; so is one array in a
+    JSON-lines file.
     """
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty")
@@ -87,17 +89,42 @@ def detect_format(path: Path, requested: str) -> str:
         requested = EXTENSIONS.get(suffix) or _sniff_kind(path)
     if requested in ("json", "sharegpt"):
         return _json_layout(path)
+    if requested == "jsonl" and _one_array(path):
+        return "json"
     if requested == "csv" and suffix == ".tsv":
         return "tsv"
     return requested
 
 
-def _sniff_kind(path: Path) -> str:
+def _head(path: Path) -> bytes:
+    """The file's first bytes from its first character on (a byte-order mark and blanks
+    skipped)."""
     with open(path, "rb") as f:
-        head = f.read(_SNIFF_CHARS)
+        return f.read(_SNIFF_CHARS).removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")
+
+
+def _one_array(path: Path) -> bool:
+    """A JSON array under a JSON-lines name (read as lines, no line of a pretty-printed one
+    parses, and a one-line one is one record that is not an object): its first line does
+    not parse alone, or it is the only line. Lines that each hold an array stay lines."""
+    head = _head(path)
+    if not head.startswith(b"["):
+        return False
+    first, newline, rest = head.partition(b"\n")
+    if not newline:
+        return True  # one line, longer than the window
+    try:
+        json.loads(first)
+    except ValueError:
+        return True
+    return not rest.strip()
+
+
+def _sniff_kind(path: Path) -> str:
+    head = _head(path)
     if head.startswith(b"PAR1"):
         return "parquet"
-    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
+    if head[:1] in (b"[", b"{"):
         return "json"
     raise DataError(
         f"cannot tell the format of {path} from its extension {path.suffix!r}: "

@@ -70,15 +70,15 @@ def test_no_usable_text_field_lists_the_fields(tmp_path, tokenizer):
 
 
 def test_records_that_are_not_objects_are_named_as_such(tmp_path, tokenizer):
-    """An array file read as JSON lines said 'no usable text field (fields found: none)'."""
-    path = tmp_path / "array.json"
-    path.write_text(json.dumps([{"text": "hello"}, {"text": "world"}]))
+    """Lines of lists said 'no usable text field (fields found: none)'."""
+    path = tmp_path / "lists.jsonl"
+    path.write_text('[{"text": "hello"}]\n[{"text": "world"}]\n')
     with pytest.raises(
         DataError,
-        match=r"no record is an object with fields \(1 read; the first, "
+        match=r"no record is an object with fields \(2 read; the first, "
         r"at line 1, is not one\); .* read with format json or auto",
     ):
-        _build(tokenizer, path, format="jsonl")
+        _build(tokenizer, path)
 
 
 def test_named_field_missing_from_every_record(tmp_path, tokenizer):

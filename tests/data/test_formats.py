@@ -85,6 +85,17 @@ def test_json_lines_in_a_json_file_and_a_wrapped_list(tmp_path, tokenizer):
     assert _rows_text(wrapped, tokenizer) == EXPECTED
 
 
+@pytest.mark.parametrize("fmt", ["auto", "jsonl"])
+def test_a_json_array_under_a_json_lines_name(tmp_path, tokenizer, fmt):
+    """Every line of a pretty-printed array failed to parse ('17 of 17 lines are not valid
+    JSON'), and a one-line array was one record that is not an object."""
+    pretty = write_json(tmp_path / "pretty.jsonl", RECORDS)
+    one_line = tmp_path / "one_line.ndjson"
+    one_line.write_text("\ufeff" + json.dumps(RECORDS))
+    assert _rows_text(pretty, tokenizer, format=fmt) == EXPECTED
+    assert _rows_text(one_line, tokenizer, format=fmt) == EXPECTED
+
+
 def test_json_lines_whose_first_line_is_longer_than_the_sniff_window(tmp_path):
     """A first record over 64 KB (a long ShareGPT conversation) was cut by the window, did
     not parse, and the JSON-lines file was read as one document: 'Extra data' at line 2."""
