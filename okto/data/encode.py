@@ -55,13 +55,15 @@ class Encoder:
                 dropped[i] = str(error)
         ids: list = [_EMPTY] * count  # a dropped record has no tokens (length 0)
         labels: list = [_EMPTY] * count
-        # A template carries its own BOS; raw text gets what the tokenizer adds.
+        # The tokenizer's own template writes its BOS; raw text and okto's plain template
+        # get what the tokenizer adds (a BOS for Llama's), as inference encodes a prompt.
+        own_template = self.renderer.tokenizer is not None
         for templated in (True, False):
             rows = [i for i in range(count) if rendered[i] and batch["templated"][i] == templated]
             if not rows:
                 continue
             encodings = self.backend.encode_batch(
-                [rendered[i][0] for i in rows], add_special_tokens=not templated
+                [rendered[i][0] for i in rows], add_special_tokens=not (templated and own_template)
             )
             for encoding, i in zip(encodings, rows, strict=True):
                 ids[i], labels[i] = self._label(encoding.ids, encoding.offsets, rendered[i][1])

@@ -68,6 +68,28 @@ def test_tokenizers_own_template_masks_by_prefix(tmp_path, tokenizer):
     ]
 
 
+def test_the_plain_template_gets_the_bos_the_tokenizer_adds(tmp_path, tokenizer):
+    """A tokenizer that adds BOS to any text (Llama's) but has no chat template: records in
+    okto's plain template had no BOS, while raw records and prompts at inference had one."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A", special_tokens=[("<|startoftext|>", bos)]
+    )
+    adds_bos = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|startoftext|>"
+    )
+    row = _row(tmp_path, adds_bos)
+    assert real_text(adds_bos, row).startswith("<|startoftext|><|system|>\nbe brief")
+    assert trained_runs(adds_bos, row) == [
+        "answer one<|endoftext|>",
+        "answer two three<|endoftext|>",
+    ]
+
+
 def test_template_without_consistent_prefixes_falls_back_to_the_turn_text(tmp_path, tokenizer):
     marked = _with_template(tokenizer, MARKS_LAST)
     row = _row(tmp_path, marked)
