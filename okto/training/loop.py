@@ -69,6 +69,7 @@ class EvaluationAbandoned(Exception):
 
 
 DEFAULT_PATIENCE = 3
+SCHEDULE_FIELDS = ("scheduler", "warmup_steps", "num_cycles", "power")
 # Steps left out of the summary's throughput: compilation and CUDA-graph capture happen there.
 WARMUP_STEPS = 3
 # CONTROL metrics each process measures for itself: rules on them read rank 0's values.
@@ -225,6 +226,8 @@ class Trainer:
         # The live values this run's file and command line start from: a checkpoint records
         # them, so that a resumed run can tell a value edited since from one CONTROL moved.
         self.configured = {"learning_rate": config.train.learning_rate, **asdict(live)}
+        # What shapes the learning-rate schedule besides its length.
+        self.schedule = {name: getattr(config.train, name) for name in SCHEDULE_FIELDS}
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
         self.checkpoints, self.save_model = checkpoints, save_model
@@ -882,6 +885,7 @@ class Trainer:
             "step": self.step,
             "position": self.position,
             "total_steps": self.total,
+            "schedule": self.schedule,
             "rows": self.train_stream.rows,
             "data_key": self.data_key,
             "seed": self.seed,
@@ -923,7 +927,7 @@ class Trainer:
             self.optimizer.load_state_dict(states["optimizer"])
             rng = states["rng"] if self.parallel.world == 1 else {}
         self.scheduler.load_state_dict(states["scheduler"])
-        if state.get("total_steps", self.total) != self.total:
+        if self.schedule_changed(state):
             reschedule(self.optimizer, self.scheduler)  # the rate of this run's schedule
         if self.scaler is not None and "scaler" in states:
             self.scaler.load_state_dict(states["scaler"])
@@ -942,6 +946,24 @@ class Trainer:
         self.due = state.get("due")  # checkpoints from before abandoned evaluations: none
         self.last_checkpoint, self.due_when_saved = path, self.due is not None
         return state
+
+    def schedule_changed(self, state: dict) -> list[str]:
+        """How this run's learning-rate schedule differs from that of the checkpoint whose
+        trainer state is `state` (its step count, TRAIN's schedule fields), in words."""
+        before = state.get("schedule", self.schedule)  # checkpoints from before it: the same
+        changed = [
+            f"TRAIN.{name} is {value} (it was {before[name]})"
+            for name, value in self.schedule.items()
+            if before[name] != value
+        ]
+        written_for = state.get("total_steps", self.total)
+        if written_for != self.total:
+            changed.insert(
+                0,
+                f"the checkpoint's run was planned for {written_for:,} steps, this one for "
+                f"{self.total:,}",
+            )
+        return changed
 
     def _check_optimizer(self, path: Path) -> None:
         """Another optimizer's state does not fit this one (SGD stopped with a KeyError on

@@ -271,8 +271,9 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
     with --set, or changed in the file since the checkpoint's run started (which its
     `configured` record tells from a value CONTROL moved), is applied as the run resumes, as
     a CONTROL SET would be. A different step count remakes the learning-rate schedule for
-    the new length (its position comes from the checkpoint), which is said, since the rate
-    jumps to where the new schedule is at this step."""
+    the new length, or for schedule fields edited in the file (its position comes from the
+    checkpoint), which is said, since the rate jumps to where the new schedule is at this
+    step."""
     from okto.language.control import LIVE_FIELDS  # what a checkpoint restores as it was left
     from okto.language.program import COMMAND_LINE
 
@@ -285,13 +286,12 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
         current = getattr(trainer.live, name) if value is None else trainer.get(name)
         if (given or edited) and value != current:
             trainer.set(name, value, by="--set" if given else "file")
-    written_for = state.get("total_steps")
-    if written_for is not None and written_for != trainer.total and trainer.step < trainer.total:
+    changed = trainer.schedule_changed(state)
+    if changed and trainer.step < trainer.total:
         display.warn(
-            f"the checkpoint's run was planned for {written_for:,} steps, this one for "
-            f"{trainer.total:,}: from step {trainer.step + 1:,} on, the learning rate follows "
-            f"a {trainer.total:,}-step schedule (the rate a fresh {trainer.total:,}-step run "
-            "would have), not the saved one"
+            f"{'; '.join(changed)}: from step {trainer.step + 1:,} on, the learning rate "
+            f"follows a {trainer.total:,}-step schedule (the rate a fresh {trainer.total:,}-step "
+            "run would have), not the saved one"
         )
 
 

@@ -212,3 +212,29 @@ def test_resuming_with_another_optimizer_is_refused(project, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "written by a run with optimizer adamw, this one has sgd" in err
     assert "Traceback" not in err
+
+
+def test_a_schedule_edited_in_the_file_applies_from_the_resumed_step(
+    project, capsys, monkeypatch
+):
+    """The first resumed step ran at the rate the checkpoint's schedule had left, in
+    silence; it now runs at the new schedule's rate for that step, with a warning: a linear
+    run stopped at 6 of 12 and resumed as constant runs step 7 at the peak rate, not at
+    linear's half of it."""
+    train_fields = 'max_steps: 12 scheduler: "linear" save_steps: 6'
+    path = project(train=train_fields, extra="CONTROL { IF step == 6 { STOP } }")
+    assert train(path) == 0
+    capsys.readouterr()
+    rates = []
+    update = Trainer._update
+
+    def recording(self, gradients, signals):
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return update(self, gradients, signals)
+
+    monkeypatch.setattr(Trainer, "_update", recording)
+    edited = project(train=train_fields.replace("linear", "constant"), name="constant.okt")
+    assert train(edited, "--resume", "auto") == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "TRAIN.scheduler is constant (it was linear): from step 7 on" in said
+    assert rates == [3e-3] * 6  # steps 7 to 12; step 7 ran at 1.5e-3
