@@ -115,6 +115,8 @@ def parse(text: str, filename: str | None = None) -> Program:
 
 def load(path: str | os.PathLike[str]) -> Program:
     """Read and parse a `.okt` file (UTF-8, a byte-order mark is fine)."""
+    if not os.fspath(path):  # Path("") is ".", which would be reported as a folder
+        raise MissingFileError("no file named: give the path of a .okt file")
     path = FilePath(path)
     try:
         data = path.read_bytes()
@@ -130,8 +132,11 @@ def load(path: str | os.PathLike[str]) -> Program:
         source = Source(data.decode("utf-8-sig", errors="replace"), str(path))
         message = f"this file is not UTF-8 text (byte 0x{data[error.start]:02x})"
         offset = len(data[: error.start].decode("utf-8-sig", errors="replace"))
+        hint = None
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # what Windows PowerShell 5 writes
+            hint = "it is UTF-16 text: save it as UTF-8"
         raise OktoSyntaxError(
-            [Diagnostic("error", message, source, source.span_at(offset))]
+            [Diagnostic("error", message, source, source.span_at(offset), hint)]
         ) from None
     return parse(text, str(path))
 

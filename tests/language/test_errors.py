@@ -271,6 +271,21 @@ def test_a_folder_is_not_a_file(tmp_path):
         okto.load(tmp_path)
 
 
+def test_an_empty_file_name_is_not_the_working_folder():
+    """okto check -f "" said '. is a folder, not a .okt file'."""
+    with pytest.raises(MissingFileError, match="no file named"):
+        okto.load("")
+
+
+def test_a_utf16_file_is_told_to_be_saved_as_utf8(tmp_path):
+    """Windows PowerShell 5 writes UTF-16 with `>`: the hint says what to do about it."""
+    path = tmp_path / "ps.okt"
+    path.write_bytes('PROJECT "x"\n'.encode("utf-16"))
+    with pytest.raises(OktoSyntaxError) as caught:
+        okto.load(path)
+    assert caught.value.errors[0].hint == "it is UTF-16 text: save it as UTF-8"
+
+
 def test_a_file_that_is_not_utf8(tmp_path):
     path = tmp_path / "latin1.okt"
     path.write_bytes('PROJECT "café"\nTRAIN { }\n'.encode("latin-1"))
