@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from okto.data.errors import DataError
+from okto.data.errors import JSON_ERRORS, DataError
 from okto.data.settings import DataSettings, Source
 
 EXTENSIONS = {
@@ -115,7 +115,7 @@ def _one_array(path: Path) -> bool:
         return True  # one line, longer than the window
     try:
         json.loads(first)
-    except ValueError:
+    except JSON_ERRORS:
         return True
     return not rest.strip()
 
@@ -144,7 +144,7 @@ def _json_layout(path: Path) -> str:
             rest = f.read(_SNIFF_CHARS)
     try:
         json.loads(first)
-    except json.JSONDecodeError:
+    except JSON_ERRORS:
         # A pretty-printed document, JSON lines whose first line is broken, or
         # a broken document (the JSON reader then names the line and column).
         if _parses_whole(path) or not _another_line_parses(rest):
@@ -156,7 +156,7 @@ def _json_layout(path: Path) -> str:
 def _parses_whole(path: Path) -> bool:
     try:
         json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
-    except json.JSONDecodeError:
+    except JSON_ERRORS:
         return False
     return True
 
@@ -166,7 +166,7 @@ def _another_line_parses(text: str) -> bool:
         try:
             if isinstance(json.loads(line), dict):
                 return True
-        except json.JSONDecodeError:
+        except JSON_ERRORS:
             continue
     return False
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from okto.data.encoding import not_utf8
-from okto.data.errors import DataError
+from okto.data.errors import JSON_ERRORS, DataError, json_reason
 
 WINDOW_CHARS = 1 << 22
 _SPACE = re.compile(r"[ \t\r\n]*")
@@ -149,6 +149,11 @@ def _decode_next(decoder: json.JSONDecoder, window: _Window, cuts: list[Cut]) ->
             raise DataError(
                 f"{window.path}, line {window.line_at(error.pos)} column "
                 f"{window.column_at(error.pos)}: invalid JSON ({error.msg})"
+            ) from None
+        except JSON_ERRORS as error:
+            raise DataError(
+                f"{window.path}, line {window.line_at(window.pos)}: cannot read the record "
+                f"there ({json_reason(error)})"
             ) from None
         # A number or literal at the window's edge may continue past it.
         if _SPACE.match(window.text, end).end() < len(window.text) or window.eof:

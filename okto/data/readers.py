@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from okto.data.encoding import not_utf8, refuse_other_encodings
-from okto.data.errors import DataError, warn
+from okto.data.errors import JSON_ERRORS, DataError, json_reason, warn
 from okto.data.jsonarray import Cut, iter_json_array
 from okto.data.progress import quiet_datasets
 from okto.data.stats import FileStats
@@ -57,9 +57,9 @@ def _read_jsonl(path: Path, stats: FileStats, notes: list[str]) -> Records:
             lines += 1
             try:
                 record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            except JSON_ERRORS as error:  # UnicodeDecodeError included
                 broken += 1
-                first = first or f"line {number}: {_reason(error)}"
+                first = first or f"line {number}: {json_reason(error)}"
                 continue
             yield record, f"line {number}"
     if not broken:
@@ -74,13 +74,6 @@ def _read_jsonl(path: Path, stats: FileStats, notes: list[str]) -> Records:
         f"{path}: skipped {broken} of {lines} lines that are not valid JSON (first at {first})",
         notes,
     )
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, json.JSONDecodeError):
-        # json's message for some errors ends in "at", its position following
-        return f"{error.msg.removesuffix(' at')} at column {error.colno}"
-    return "not UTF-8 text"
 
 
 def _read_json(path: Path, stats: FileStats, notes: list[str]) -> Records:
@@ -114,6 +107,8 @@ def _read_json_object(path: Path) -> Records:
         raise DataError(
             f"{path}, line {error.lineno} column {error.colno}: invalid JSON ({error.msg})"
         ) from None
+    except JSON_ERRORS as error:
+        raise DataError(f"{path}: cannot read it as JSON ({json_reason(error)})") from None
     key = next(
         (k for k in WRAPPER_KEYS if isinstance(data, dict) and isinstance(data.get(k), list)), None
     )

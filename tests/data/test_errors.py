@@ -119,6 +119,32 @@ def test_a_few_broken_lines_are_skipped_with_a_warning(tmp_path, tokenizer):
     assert len(splits.train) == 38
 
 
+# JSON that parses as syntax but that json cannot turn into values: these were a ValueError
+# and a RecursionError traceback instead of a data error.
+TOO_MANY_DIGITS = '{"text": "x", "n": ' + "1" * 5000 + "}"
+TOO_DEEP = '{"text": "x", "n": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(TOO_MANY_DIGITS, r"Exceeds the limit \(4300 digits\)"), (TOO_DEEP, "nested too deeply")],
+)
+def test_values_json_cannot_hold_are_named(tmp_path, tokenizer, bad, reason):
+    lines = [json.dumps({"text": f"hello {i}"}) for i in range(40)]
+    path = tmp_path / "lines.jsonl"
+    path.write_text("\n".join([*lines, bad]) + "\n")
+    with pytest.warns(DataWarning, match=rf"skipped 1 of 41 lines .*line 41: {reason}"):
+        _build(tokenizer, path, validation=str(path))
+    array = tmp_path / "array.json"
+    array.write_text("[\n" + ",\n".join([*lines[:3], bad]) + "]")
+    with pytest.raises(DataError, match=rf"array.json, line 5: cannot read the record .*{reason}"):
+        _build(tokenizer, array)
+    single = tmp_path / "single.json"
+    single.write_text(bad)
+    with pytest.raises(DataError, match=rf"single.json: cannot read it as JSON \({reason}"):
+        _build(tokenizer, single)
+
+
 def test_records_cut_or_dropped_while_making_rows_are_warned(tmp_path, tokenizer):
     """Without packing, long records are cut and prompt-only ones dropped: that was in
     the statistics only."""
