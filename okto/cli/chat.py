@@ -32,6 +32,7 @@ def run(args) -> int:
     if args.exit_command is not None:
         values["exit_command"] = args.exit_command
     from okto.inference.chat import Conversation
+    from okto.inference.settings import not_utf8
 
     model = load(args, values)
     settings = model.settings(**{k: v for k, v in values.items() if k != "model"})
@@ -40,6 +41,8 @@ def run(args) -> int:
     # the conversation is rendered here, so generate takes each prompt as it is
     options.update(template="{input}", mode="completion", batch_size=1, stop=chat.stop)
     interactive = sys.stdin.isatty()
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is skipped with a word
+        sys.stdin.reconfigure(errors="surrogateescape")
     if interactive:
         print(f"chatting with {values['model']}; type {settings.exit_command!r} to leave")
     while True:
@@ -50,6 +53,10 @@ def run(args) -> int:
             break
         user = line.strip()
         if not user:
+            continue
+        problem = not_utf8(user)
+        if problem:
+            print(f"that line is {problem}; skipped", file=sys.stderr)
             continue
         prompt = chat.prompt(user)
         if prompt is None:

@@ -228,6 +228,8 @@ def load(args, values: dict):
 
 def _prompts(args) -> list[str]:
     """The prompts of -p, --prompts-file and stdin, each checked to be text the tokenizer takes."""
+    from okto.inference.settings import checked_prompts
+
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
         prompts += _lines(_read_prompts_file(args.prompts_file))
@@ -240,12 +242,7 @@ def _prompts(args) -> list[str]:
         raise UsageError(
             "no prompts: pass --prompt, --prompts-file, or pipe them on stdin (one per line)"
         )
-    for number, prompt in enumerate(prompts, 1):
-        try:  # bytes that are not UTF-8 reach Python as lone surrogates (argv, a C-locale stdin)
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise UsageError(f"prompt {number}: {_not_utf8(e)}") from None
-    return prompts
+    return checked_prompts(prompts)
 
 
 def _read_prompts_file(path: Path) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from okto.errors import MachineError, RunError, UsageError
 from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
-from okto.inference.settings import Settings
+from okto.inference.settings import Settings, checked_prompts
 
 DEFAULT_BATCH = 16
 DTYPES = ("fp32", "fp16", "bf16", "float32", "float16", "bfloat16")  # what load_model runs in
@@ -287,7 +287,7 @@ class Model:
             template=template,
             mode=mode,
         )
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = checked_prompts(prompts)
         if not prompts:
             return []
         texts = [s.apply_template(p) for p in prompts]

@@ -106,6 +106,29 @@ class Settings:
         return self.template.replace("{input}", text)
 
 
+def checked_prompts(prompts: str | list[str]) -> list[str]:
+    """One prompt or a list of them, as a list; a UsageError names the first that a tokenizer
+    cannot take: not a string, or holding lone surrogates (bytes that were not UTF-8, as argv
+    and a C-locale stdin pass them on), which failed deep inside the tokenizer."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    for number, prompt in enumerate(prompts, 1):
+        if not isinstance(prompt, str):
+            raise UsageError(f"prompt {number} is a {type(prompt).__name__}, not text")
+        problem = not_utf8(prompt)
+        if problem:
+            raise UsageError(f"prompt {number}: {problem}")
+    return prompts
+
+
+def not_utf8(text: str) -> str | None:
+    """What is wrong with `text` as a prompt's text (lone surrogates), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"not UTF-8 text (at position {e.start})"
+    return None
+
+
 def _is_number(value, kind: type) -> bool:
     """An int (for `int`) or an int or float (for `float`); never a bool."""
     kinds = (int,) if kind is int else (int, float)

@@ -42,6 +42,21 @@ def stdin(monkeypatch):
     return feed
 
 
+@pytest.fixture
+def prompts(monkeypatch):
+    """The prompts `Model.generate` is called with, in order."""
+    from okto.inference.generate import Model
+
+    called, generate = [], Model.generate
+
+    def spy(self, prompt, **options):
+        called.append(prompt)
+        return generate(self, prompt, **options)
+
+    monkeypatch.setattr(Model, "generate", spy)
+    return called
+
+
 def records(out):
     return [json.loads(line) for line in out.splitlines()]
 
@@ -305,16 +320,7 @@ def test_no_prompts_is_a_usage_error(okm_files, capsys, stdin):
     assert "no prompts: pass --prompt, --prompts-file, or pipe" in capsys.readouterr().err
 
 
-def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
-    from okto.inference.generate import Model
-
-    prompts, generate = [], Model.generate
-
-    def spy(self, prompt, **options):
-        prompts.append(prompt)
-        return generate(self, prompt, **options)
-
-    monkeypatch.setattr(Model, "generate", spy)
+def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, prompts):
     stdin("hello there\n\nhow are you\nbye\nnever read\n")
     argv = ["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4", "--exit-command", "bye"]
     assert main(argv) == 0
@@ -322,6 +328,16 @@ def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, monkeypatch):
     assert prompts[0] == "User: hello there\nAssistant:"
     assert prompts[1].startswith("User: hello there\nAssistant:")
     assert prompts[1].endswith("User: how are you\nAssistant:")
+
+
+def test_chat_skips_a_line_that_is_not_utf8(okm_files, capsys, monkeypatch, prompts):
+    """A line of Latin-1 bytes was a traceback (UnicodeDecodeError, or lone surrogates the
+    tokenizer refused); it is skipped with a word and the session goes on."""
+    lines = io.TextIOWrapper(io.BytesIO(b"caf\xe9\nhello\n"), encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", lines)
+    assert main(["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "3"]) == 0
+    assert "that line is not UTF-8 text (at position 3); skipped" in capsys.readouterr().err
+    assert prompts == ["User: hello\nAssistant:"]
 
 
 @pytest.mark.parametrize("command", ["", "  "])

@@ -350,3 +350,14 @@ def test_a_completion_keeps_the_space_a_sentencepiece_decoder_drops(tmp_path):
         (g,) = model.generate("Once upon a", max_tokens=len(reply), stream=stream, stop=stop)
         assert g.text == " time is"
     assert "".join(pieces) == " time is"
+
+
+@pytest.mark.parametrize(
+    ("prompts", "words"),
+    [(["fine", 3], "prompt 2 is a int, not text"), ("caf\udce9", "prompt 1: not UTF-8 text")],
+)
+def test_a_prompt_that_is_not_text_is_a_usage_error(loaded, prompts, words):
+    """A number, or a string holding bytes that were not UTF-8 (lone surrogates), failed inside
+    the template or the tokenizer with a TypeError."""
+    with pytest.raises(UsageError, match=words):
+        loaded["gpt2"].generate(prompts, max_tokens=2)
