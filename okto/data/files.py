@@ -41,7 +41,7 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
     path = path.expanduser()
     if not path.is_absolute():
         path = base_dir / path
-    if glob.has_magic(str(path)):
+    if glob.has_magic(str(path)) and not path.exists():  # `data[1].jsonl` may be a name
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise DataError(f"no files match {pattern!r} (looked for {path})")

@@ -140,6 +140,15 @@ def test_directory_and_glob(tmp_path, tokenizer):
     assert _rows_text(folder, tokenizer) == EXPECTED
 
 
+def test_a_name_with_glob_characters_names_that_file(tmp_path):
+    """`data[1].jsonl` was taken as a pattern (matching `data1.jsonl`): 'no files match'."""
+    folder = tmp_path / "exp[1]"
+    folder.mkdir()
+    named = write_jsonl(folder / "data[1].jsonl", RECORDS)
+    assert resolve_files("exp[1]/data[1].jsonl", tmp_path) == [named]
+    assert resolve_files("exp[1]", tmp_path) == [named]
+
+
 def test_package_paths_name_files_inside_installed_packages(tmp_path):
     (found,) = resolve_files("pkg:json/decoder.py", tmp_path)
     assert found.is_file() and found.parent.name == "json"
