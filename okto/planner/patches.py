@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from okto.errors import UsageError
+
 _ABSENT = object()
+# In a patched model's __dict__ until undo(): a second apply would stack on the first.
+_MARKER = "_okto_patched"
 
 
 class Patches:
@@ -23,11 +27,19 @@ class Patches:
     """
 
     def __init__(self, model: Any, layers: dict):
+        if model.__dict__.get(_MARKER):
+            # Patching again recorded the first patches' forwards as the originals, so
+            # undoing the first set before the second left the model patched for good.
+            raise UsageError(
+                f"this {type(model).__name__} is already patched by okto; call undo() on the "
+                "patches the earlier apply returned before applying a plan again"
+            )
         self.model = model
         self.layers = layers
         self._changes: list[tuple[Any, str, Any]] = []
 
     def set(self, obj: Any, name: str, value: Any) -> None:
+        self.model.__dict__[_MARKER] = True
         self._changes.append((obj, name, obj.__dict__.get(name, _ABSENT)))
         setattr(obj, name, value)
 
@@ -40,12 +52,15 @@ class Patches:
         return [f"{names.get(id(o), type(o).__name__) or 'model'}.{a}" for o, a, _ in self._changes]
 
     def undo(self) -> None:
+        if not self._changes:  # undone already, or nothing was patched
+            return
         while self._changes:
             obj, name, old = self._changes.pop()
             if old is _ABSENT:
                 delattr(obj, name)
             else:
                 setattr(obj, name, old)
+        self.model.__dict__.pop(_MARKER, None)
 
     def __enter__(self) -> Patches:
         return self

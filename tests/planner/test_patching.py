@@ -16,6 +16,7 @@ import torch
 from transformers import GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
 import okto
+from okto.errors import UsageError
 from okto.kernels import hf_attention
 from okto.planner import build_plan
 from tests.planner.util import H100, LLAMA_SIZES, count_calls, gpt2, gpt2_config, llama
@@ -295,6 +296,38 @@ def test_two_models_one_patched(monkeypatch):
         assert other.config is config and config._attn_implementation == implementation
         assert torch.equal(_outputs(other, ids), logits)
         assert not any("forward" in m.__dict__ for m in other.modules())
+
+
+@pytest.mark.parametrize("family", [gpt2, llama])
+def test_patching_twice_is_refused_and_undo_twice_is_harmless(monkeypatch, family):
+    """A second apply recorded the first one's forwards as the originals: undoing the first
+    patches before the second left the model patched for good, with nothing to undo it."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model, other = family().eval(), family().eval()
+    other.load_state_dict(model.state_dict())
+    never = copy.deepcopy(model)
+    ids = batch()
+    expected = step(never, ids)
+    first = build_plan(FUSED, machine=H100, model=model).apply(model)
+    patched_other = build_plan(FUSED, machine=H100, model=other).apply(other)
+    with pytest.raises(UsageError, match="already patched by okto"):
+        build_plan(FUSED, machine=H100, model=model).apply(model)
+    first.undo()
+    first.undo()
+    assert not any(m.__dict__.keys() & {"forward", "_okto_patched"} for m in model.modules())
+    assert "forward" in other.base_model.__dict__  # undoing one model left the other patched
+    again = build_plan(FUSED, machine=H100, model=model).apply(model)  # after undo: allowed
+    first.undo()  # a stale undo leaves the new patches and their guard in place
+    with pytest.raises(UsageError, match="already patched"):
+        build_plan(FUSED, machine=H100, model=model).apply(model)
+    again.undo()
+    patched_other.undo()
+    for undone in (model, other):
+        actual = step(undone, ids)
+        assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+        assert actual[2].keys() == expected[2].keys()
+        assert all(torch.equal(actual[2][n], g) for n, g in expected[2].items())
+        type(never)(never.config).load_state_dict(undone.state_dict())
 
 
 def test_a_deep_copy_runs_on_its_own_modules(monkeypatch):
