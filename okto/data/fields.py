@@ -214,9 +214,11 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
 
 
 def _first_set(message: dict, keys: tuple[str, ...]):
-    """The first of `keys` the turn sets. A null one counts as unset: a Parquet column of
-    turns has every key any turn uses (`from` and `role`), null where a turn lacks it."""
-    return next((message[k] for k in keys if message.get(k) is not None), None)
+    """The first of `keys` the turn sets, in any case (`From`, `Value`). A null one counts
+    as unset: a Parquet column of turns has every key any turn uses (`from` and `role`),
+    null where a turn lacks it."""
+    values = (message.get(_key(message, k)) for k in keys)
+    return next((value for value in values if value is not None), None)
 
 
 def _content(value) -> str:

@@ -97,6 +97,9 @@ def test_chat_turns_roles_and_trimming():
     assert roles == ["system", "user", "assistant"]
     assert texts == ["be brief", "hi\nthere", "hello"]
     assert to_turns(record, plan, assistant_only=False)[0][-1] == "user"
+    # Turn keys in another case were 'a turn without a role' (before: 'unknown role None').
+    capitalized = {"messages": [{"From": "Human", "Value": "hi"}, {"Role": "GPT", "Text": "yo"}]}
+    assert to_turns(capitalized, plan, True) == (["user", "assistant"], ["hi", "yo"])
 
 
 @pytest.mark.parametrize(
