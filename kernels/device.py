@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from okto.kernels.errors import KernelError
+
 
 @dataclass(frozen=True)
 class Peak:
@@ -74,13 +76,31 @@ class DeviceInfo:
         return asdict(self)
 
 
-def get_device_info(device: int | torch.device | None = None) -> DeviceInfo:
-    """Name, compute capability, SM count, memory and datasheet peaks of a CUDA device (or the CPU)."""
-    if not torch.cuda.is_available():
+def get_device_info(device: int | str | torch.device | None = None) -> DeviceInfo:
+    """Name, compute capability, SM count, memory and datasheet peaks of a CUDA device (or
+    the CPU). None means the current CUDA device, or the CPU on a machine without CUDA; a
+    CUDA device this machine lacks is a KernelError (torch raised its own errors for it,
+    and for "cpu" on a GPU machine)."""
+    if device is None:
+        device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, TypeError):
+        raise KernelError(f"get_device_info: {device!r} is not a device") from None
+    if device.type == "cpu":
         return DeviceInfo("cpu", None, None, None, None)
-    props = torch.cuda.get_device_properties(
-        torch.cuda.current_device() if device is None else device
-    )
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = torch.cuda.current_device() if device.index is None and count else device.index or 0
+    if device.type != "cuda" or index >= count:
+        raise KernelError(
+            f"get_device_info: no device {device}; this machine has "
+            + (
+                f"cuda:0 to cuda:{count - 1} and the cpu"
+                if count
+                else "no CUDA device, only the cpu"
+            )
+        )
+    props = torch.cuda.get_device_properties(index)
     return DeviceInfo(
         name=props.name,
         compute_capability=(props.major, props.minor),

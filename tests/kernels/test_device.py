@@ -47,3 +47,35 @@ def test_info_says_what_would_run(mode, interpret, kernels, monkeypatch):
     report = info()
     assert report["mode"] == mode and report["kernels"] == kernels
     assert report["device"]["name"] == "cpu" and report["torch"] == torch.__version__
+
+
+def test_device_info_takes_the_cpu_and_refuses_a_missing_gpu(monkeypatch):
+    """On a GPU machine "cpu" was handed to torch.cuda (a ValueError) and a missing index was
+    torch's AssertionError; on a CPU machine any index, cuda:7 included, read as the CPU."""
+    from types import SimpleNamespace
+
+    from okto.kernels import KernelError
+
+    h100 = SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3",
+        major=9,
+        minor=0,
+        multi_processor_count=132,
+        total_memory=80 * 2**30,
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: [h100][i])
+    for device in (None, 0, "cuda", "cuda:0", torch.device("cuda", 0)):
+        assert get_device_info(device).multiprocessors == 132
+    for device in ("cpu", torch.device("cpu")):
+        assert get_device_info(device).name == "cpu"
+    with pytest.raises(KernelError, match="no device cuda:1; this machine has cuda:0 to cuda:0"):
+        get_device_info(1)
+    with pytest.raises(KernelError, match="'gpu0' is not a device"):
+        get_device_info("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert get_device_info().name == "cpu"
+    with pytest.raises(KernelError, match="no CUDA device, only the cpu"):
+        get_device_info("cuda:7")
