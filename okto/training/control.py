@@ -45,7 +45,8 @@ class Controller:
         self.was_true: dict[str, bool] = {}  # WHEN rules' last truth value, by position
 
     def fire(self, event: str, count: int, metrics: Mapping[str, object]) -> None:
-        self._run(self.rules, "", event, count, metrics)
+        # a copy the actions update: what follows a change of the rate reads the new rate
+        self._run(self.rules, "", event, count, dict(metrics))
 
     def _run(self, rules, prefix: str, event: str, count: int, metrics) -> None:
         for index, rule in enumerate(rules):
@@ -66,8 +67,10 @@ class Controller:
                 self._run([action], f"{key}.", event, count, metrics)
             elif isinstance(action, SetAction):
                 self.actions.set(action.field, action.value)  # checked when the file loaded
+                self._reread(action.field, metrics)
             elif isinstance(action, AdjustAction):
                 self._adjust(action)
+                self._reread(action.field, metrics)
             elif isinstance(action, LogAction):
                 self.actions.log(_log_text(action, metrics))
             elif isinstance(action, SaveAction):
@@ -75,6 +78,13 @@ class Controller:
                 self.actions.save(action.target, label)
             elif isinstance(action, StopAction):
                 self.actions.stop(f"a CONTROL rule ({event}) said STOP")
+
+    def _reread(self, field: str, metrics: dict) -> None:
+        """The learning rate, a live field that is also a metric, as an action left it: the
+        actions and conditions after it read that (`DECREASE learning_rate BY 50%` then
+        `LOG lr` logged the rate from before the decrease)."""
+        if field == "learning_rate":
+            metrics["lr"] = metrics["learning_rate"] = self.actions.get(field)
 
     def _adjust(self, action: AdjustAction) -> None:
         """INCREASE or DECREASE a live field. A whole-number field moves by at least 1 (up

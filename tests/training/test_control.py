@@ -60,6 +60,21 @@ def test_adjustments_move_the_field(action, before, after):
     assert fields.values[field] == pytest.approx(after) and not fields.lines
 
 
+def test_what_follows_a_change_of_the_rate_reads_the_new_rate():
+    """`DECREASE learning_rate BY 50%` then `LOG lr` (examples/control-rules.okt) logged the
+    rate from before the decrease, and a later rule's condition on lr read it too."""
+    text = """CONTROL { on_plateau {
+        DECREASE learning_rate BY 50%
+        LOG lr
+        LOG "now {lr:g}"
+        IF lr < 0.0008 { LOG "halved" }
+    } }"""
+    rules = okto.parse(text, "t.okt").config.control
+    fields = Fields(learning_rate=1e-3)
+    Controller(rules, fields).fire("on_plateau", 1, {"lr": 1e-3, "learning_rate": 1e-3})
+    assert fields.lines == ["lr = 0.0005", "now 0.0005", "halved"]
+
+
 def test_a_value_the_field_cannot_take_is_not_set():
     fields = fire("DECREASE learning_rate BY 0.001", learning_rate=5e-4)
     assert fields.values["learning_rate"] == 5e-4  # it used to become 0 and stop learning
