@@ -206,20 +206,19 @@ class _Resolver:
     def _fields_into(self, result, seen, body: Body, model, path: Path, where: str) -> None:
         names = spellings(model)
         for item in body:
-            if isinstance(item, SubBlock) and item.name in model.flattened:
-                self._fields_into(result, seen, item.body, model, path, where)
-                continue
-            if isinstance(item, SubBlock) and item.name in model.not_executed:
-                self.collect.warn(
-                    item.name_span, f"{item.name} inside {where} is recognised but not executed"
-                )
-                continue
             if isinstance(item, Field):
                 key, key_span, value = item.key, item.key_span, item.value
             elif isinstance(item, SubBlock):
                 key, key_span, value = item.name, item.name_span, ObjectValue(item.span, item.body)
             else:
                 self._not_a_field(item, names, where)
+                continue
+            # `params { ... }` and `params: { ... }` alike
+            if isinstance(value, ObjectValue) and key in model.flattened:
+                self._fields_into(result, seen, value.body, model, path, where)
+                continue
+            if isinstance(value, ObjectValue) and key in model.not_executed:
+                self.collect.warn(key_span, f"{key} inside {where} is recognised but not executed")
                 continue
             name = names.get(key)
             if name is None:

@@ -97,6 +97,15 @@ def test_params_sub_block_holds_inference_fields():
     assert p.config.inference.max_tokens == 50
 
 
+def test_params_and_inference_control_written_as_object_fields():
+    """`params: { ... }` was 'unknown field params' though a sub-block is an object field."""
+    as_block = program("INFERENCE { params { top_k: 5 } CONTROL { IF loss > 1 { RETRY } } }")
+    as_field = program("INFERENCE { params: { top_k: 5 } CONTROL: { IF loss > 1 { RETRY } } }")
+    assert as_field.to_dict() == as_block.to_dict()
+    assert as_field.config.inference.top_k == 5
+    assert [w.message for w in as_field.warnings] == [w.message for w in as_block.warnings]
+
+
 def test_a_field_in_params_and_outside_is_set_twice():
     assert error("INFERENCE {\n  temperature: 1\n  params { temperature: 0.2 }\n}") == (
         3,
