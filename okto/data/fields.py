@@ -60,7 +60,7 @@ class FieldPlan:
     source: str  # the turns field (chat), the output field (pair) or the text field
     prompt: str = ""  # pair: the input field
     before: tuple[str, ...] = ()  # pair: fields joined before the input
-    passed_over: tuple[str, ...] = ()  # text taken from the first string field: the others
+    passed_over: tuple[str, ...] = ()  # text from the first string field: other text or lists
 
     def describe(self) -> str:
         if self.shape == "chat":
@@ -100,8 +100,11 @@ def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
             return _pair(record, prompt, output, settings)
     if isinstance(record.get(key := _key(record, "text")), str):
         return FieldPlan("text", key)
-    names = [k for k, v in record.items() if isinstance(v, str)]
-    return FieldPlan("text", names[0], passed_over=tuple(names[1:])) if names else None
+    name = next((k for k, v in record.items() if isinstance(v, str)), None)
+    if name is None:
+        return None
+    others = (k for k, v in record.items() if k != name and isinstance(v, (str, list, dict)))
+    return FieldPlan("text", name, passed_over=tuple(others))
 
 
 def _key(record: dict, name: str) -> str | None:

@@ -86,7 +86,8 @@ def _read_file(
 
 def _report_guess(path: Path, plan: FieldPlan, notes: list[str]) -> None:
     """No known field name, so the first string field is the text: say which fields that
-    leaves out, since it may be an id or a title ({"id": ..., "body": ...})."""
+    leaves out, since it may be an id or a title ({"id": ..., "body": ...}) and the data
+    in a field of another name ({"id": ..., "conversation": [...]})."""
     if plan.passed_over:
         warn(
             f"{path}: no known text field, so okto trains the first string field, "

@@ -188,6 +188,9 @@ def test_the_first_string_field_names_the_fields_it_leaves_out(tmp_path, tokeniz
         splits, row = _first_row(tmp_path, tokenizer, records, shuffle=False)
     assert real_text(tokenizer, row) == "a0<|endoftext|>"
     assert any("leaves out 'body'" in note for note in splits.stats.warnings)
+    turns = [{"id": "a", "n": 1, "conversation": [{"from": "human", "value": "hi"}]}] * 2
+    with pytest.warns(DataWarning, match=r"first string field, 'id', and leaves out 'conv"):
+        _first_row(tmp_path, tokenizer, turns)
 
 
 def test_chat_typed_text_trains_everything(tmp_path, tokenizer):
