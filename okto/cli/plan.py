@@ -45,7 +45,9 @@ def run(args) -> int:
     except OktoError as error:
         if not args.json:
             raise
-        print(json.dumps({"file": args.file, "error": str(error), "exit_code": error.exit_code}))
+        # render(), not str(): an invalid file's message is every error, not the first one
+        record = {"file": args.file, "error": error.render(), "exit_code": error.exit_code}
+        print(json.dumps(record))
         return error.exit_code
     if args.json:
         record = {"file": args.file, **plan.to_dict()}

@@ -104,6 +104,15 @@ def test_a_bad_data_cache_size_exits_2_as_in_okto_train(okt, capsys, monkeypatch
     assert "OKTO_DATA_CACHE_SIZE='abc' is not a size" in message
 
 
+def test_json_error_of_an_invalid_file_has_every_error(okt, capsys):
+    """It had the first error only, where okto plan without --json printed them all."""
+    path = okt('PROJECT "x"\nTRAIN { batch_size: -1  epoch: 3 }\n')
+    assert main(["plan", "-f", path, "--json"]) == 2
+    message = json.loads(capsys.readouterr().out)["error"]
+    assert "must be at least 1" in message and "unknown field 'epoch'" in message
+    assert message.endswith("2 errors in " + path)
+
+
 def test_a_bad_set_names_the_override(okt, capsys):
     """It read 'command line:1:24', a position in no text the user wrote."""
     assert main(["plan", "-f", okt(TINY_GPT2), "--set", "TRAIN.batch_size=abc"]) == 2
