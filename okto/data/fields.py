@@ -233,6 +233,8 @@ def _content(value) -> str:
             p if isinstance(p, str) else p.get("text") for p in value if isinstance(p, (str, dict))
         ]
         return "\n".join(p for p in parts if isinstance(p, str))
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, (int, float)):  # {"from": "gpt", "value": 4}: text, as in pairs
+        return str(value)
     raise Unusable("a turn's content is not text")
