@@ -53,6 +53,13 @@ _MOVED = {
     ("train", "gpu"): 'set device: "cuda" here, or accelerator: "gpu" in ENV',
 }
 
+# Where okto does what a block it does not execute asks for.
+_INSTEAD = {
+    "FT_LORA": "to train a LoRA adapter write MODEL { ADAPTER { rank: 8  alpha: 32 } }, "
+    "with the data in DATASET and the rest in TRAIN",
+    "VALIDATE": "evaluation runs at each epoch end, or every TRAIN.eval_steps steps",
+}
+
 
 @dataclass
 class Resolution:
@@ -135,6 +142,7 @@ class _Resolver:
             self.collect.warn(
                 block.keyword_span,
                 f"{keyword} is recognised but okto does not execute it; the block has no effect",
+                _INSTEAD.get(keyword),
             )
             return
         attribute = BLOCK_KEYWORDS.get(keyword)

@@ -194,3 +194,14 @@ def test_repeated_model_blocks_with_labels_are_an_error_not_inheritance():
     with pytest.raises(InvalidProgram) as caught:
         program('MODEL "base" { context_window: 2048 }\nMODEL { base: "x" }')
     assert caught.value.errors[0].message == "MODEL appears twice; the first is at line 1"
+
+
+def test_ft_lora_points_to_the_adapter_okto_trains():
+    """FT_LORA is how public files ask for LoRA; here it is skipped (a full fine-tune runs),
+    so the warning says how to ask for the adapter."""
+    p = program("FT_LORA { lora_rank: 8 }\nVALIDATE { frequency: 1 }")
+    hints = {d.message.split()[0]: d.hint for d in p.warnings}
+    assert hints["FT_LORA"].startswith("to train a LoRA adapter write MODEL { ADAPTER {")
+    assert hints["VALIDATE"] == "evaluation runs at each epoch end, or every TRAIN.eval_steps steps"
+    adapter = program("MODEL { ADAPTER { rank: 8  alpha: 32 } }").config.model.adapter
+    assert (adapter.rank, adapter.alpha) == (8, 32)
