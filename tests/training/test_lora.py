@@ -132,6 +132,15 @@ def test_the_adapter_is_kept_without_the_final_model(project, tokenizer_dir, tmp
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
 
+def test_an_adapter_on_a_new_model_is_warned(project, capsys):
+    """LoRA over random frozen weights was silent: its adapter_config.json names no base
+    (null), and no file but the merged final model holds the weights it adapts."""
+    model = 'architecture: "gpt2" pretrained: false config { n_layer: 1 n_head: 2 n_embd: 32 }'
+    assert train(project(train="max_steps: 1", model=model + " ADAPTER { rank: 2 }")) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "warning: ADAPTER on a new model (pretrained: false): LoRA trains over frozen" in said
+
+
 def test_an_adapter_write_cut_short_leaves_the_earlier_adapter(tmp_path, monkeypatch):
     """The adapter was written in place: a write that failed half way left a folder with new
     weights and an old (or no) adapter_config.json."""
