@@ -112,10 +112,11 @@ class _NotPrefix(Exception):
 
 
 def _find_spans(roles: list[str], texts: list[str], full: str, ends: list[str]) -> list[Span]:
-    """Each assistant turn's text, found in order, with its end-of-turn marker (`ends`, per
-    turn) where the marker follows it: without one the model never learns to end a turn.
-    The cursor also passes every other turn found, so an answer quoted in the prompt before
-    it is not taken for the answer."""
+    """Each assistant turn's text, found in order, with the spaces before it (`] answer`
+    is one token, ` answer`, which starts at the space) and its end-of-turn marker (`ends`,
+    per turn) where the marker follows it: without one the model never learns to end a
+    turn. The cursor also passes every other turn found, so an answer quoted in the prompt
+    before it is not taken for the answer."""
     spans, cursor = [], 0
     for role, text, end in zip(roles, texts, ends, strict=True):
         content = text.strip()
@@ -125,10 +126,13 @@ def _find_spans(roles: list[str], texts: list[str], full: str, ends: list[str]) 
             continue
         if start < 0:
             raise Unusable("the chat template changed an assistant turn")
+        begin = start
+        while begin > cursor and full[begin - 1] in " \t":
+            begin -= 1
         cursor = start + len(content)
         if end and full.startswith(end, cursor):
             cursor += len(end)
-        spans.append((start, cursor))
+        spans.append((begin, cursor))
     return spans
 
 

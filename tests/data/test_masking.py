@@ -102,6 +102,20 @@ def test_template_without_consistent_prefixes_falls_back_to_the_turn_text(tmp_pa
     ]
 
 
+def test_fallback_trains_the_first_word_after_a_space(tmp_path, tokenizer):
+    """With a space between the tag and the answer, the answer's first token (` answer`)
+    starts at the space, before the located text: it went untrained."""
+    spaced = _with_template(
+        tokenizer, MARKS_LAST.replace("}}>{{ message['content']", "}}> {{ message['content']")
+    )
+    row = _row(tmp_path, spaced)
+    assert "LAST <assistant> answer two three</assistant>" in real_text(spaced, row)
+    assert trained_runs(spaced, row) == [
+        " answer one</assistant>",
+        " answer two three</assistant><|endoftext|>",
+    ]
+
+
 def test_fallback_does_not_take_an_answer_quoted_in_the_prompt(tokenizer):
     marked = Renderer(_with_template(tokenizer, MARKS_LAST))
     text, spans = marked.render(["user", "assistant"], ["say yes", "yes"], True, False)
