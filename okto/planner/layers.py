@@ -211,6 +211,11 @@ def _model_blocks(kind: str, facts: ModelFacts, arch: Architecture | None) -> st
                 "(a dropout of 0 puts attention on it)"
             )
     if kind == "activation" and facts.activation not in arch.gelu:
+        if arch.mlp_in is None:  # a gated MLP, act(gate_proj(x)) * up_proj(x): GELU too
+            return (
+                f"{facts.activation} has no okto kernel in a gated MLP (okto fuses GELU into "
+                "a plain MLP's GEMM only)"
+            )
         return f"{facts.activation} has no okto kernel (okto has GELU only)"
     return None
 

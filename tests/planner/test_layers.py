@@ -99,7 +99,16 @@ CASES = [
     ("", H100, llama_config(), "gemm", "okto", "gate/up/down_proj"),
     ("", H100, llama_config(), "layernorm", "okto", "rms_norm"),
     ("", H100, llama_config(), "attention", "okto", "rotary"),
-    ("", H100, llama_config(), "activation", "native", "silu has no okto kernel"),
+    ("", H100, llama_config(), "activation", "native", "silu has no okto kernel in a gated"),
+    # It read "gelu has no okto kernel (okto has GELU only)".
+    (
+        "",
+        H100,
+        llama_config(hidden_act="gelu"),
+        "activation",
+        "native",
+        "gelu has no okto kernel in a gated MLP (okto fuses GELU into a plain MLP's GEMM only)",
+    ),
     ("", H100, llama_config(head_dim=256), "attention", "native", "head dim 256 > 128"),
     (
         "",
