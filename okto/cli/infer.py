@@ -307,6 +307,7 @@ def run(args) -> int:
         generations = model.generate(
             prompts, **{**options, "batch_size": 1}, stream=printer, done=printer.done
         )
+        _say_seed(model, options, generations)
         return _exit_code(generations)
     generations = model.generate(prompts, **options, done=_say_failures)
     for g in generations:
@@ -317,7 +318,16 @@ def run(args) -> int:
     if not args.json:
         for stats in {id(g.stats): g.stats for g in generations if g.stats}.values():
             print(stats_line(stats), file=sys.stderr)
+        _say_seed(model, options, generations)
     return _exit_code(generations)
+
+
+def _say_seed(model, options: dict, generations) -> None:
+    """The random seed sampled text was drawn with, on stderr, when none was given: the way to
+    get that text again (a `--json` record carries it in its `seed`)."""
+    if options.get("seed") is None and model.settings(**options).temperature > 0:
+        seed = generations[0].seed
+        print(f"note: sampled with seed {seed}; --seed {seed} gives this text again", file=sys.stderr)
 
 
 def _say_failures(generations) -> None:

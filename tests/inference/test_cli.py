@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -125,6 +126,22 @@ def test_prompts_from_stdin_and_file(okm_files, capsys, stdin, tmp_path):
     out = records(capsys.readouterr().out)
     assert [r["prompt"] for r in out] == PROMPTS
     assert {r["batch_size"] for r in out} == {2}
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_the_random_seed_is_reported(okm_files, capsys, stdin, stream):
+    """The docs say an unset seed is random and reported, but only a --json record carried it:
+    sampled text could not be had again. A note gives it; greedy text needs none."""
+    stdin("")
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "-p", "Hello", "--max-tokens", "6", *stream]
+    assert main([*argv, "--temperature", "1"]) == 0
+    first = capsys.readouterr()
+    (seed,) = re.findall(r"note: sampled with seed (\d+); --seed \1 gives this text again", first.err)
+    assert main([*argv, "--temperature", "1", "--seed", seed]) == 0
+    again = capsys.readouterr()
+    assert again.out == first.out and "note: sampled" not in again.err
+    assert main([*argv, "--temperature", "0"]) == 0
+    assert "note: sampled" not in capsys.readouterr().err
 
 
 def test_text_and_stream_output(okm_files, capsys, stdin):
