@@ -23,6 +23,7 @@ HALF = ("fp16", "bf16")
 CALLER = "caller"
 DEFAULT_SEED = 0  # an unseeded run still seeds: every run is reproducible
 LAUNCHER = "torchrun"
+TF32_DATA = "fp32 data, TF32 matmuls"  # BLAS.precision: tf32, while TF32 is on
 MACHINE = "this machine"  # the origin of what was measured, not written or defaulted
 STRATEGIES = {
     "ddp": "a full replica per process; gradients all-reduced in buckets during the backward",
@@ -67,6 +68,11 @@ def resolve_settings(
     weights = _weights(sources, precision, gpu)
     processes = _processes(sources, machine, dev, notes)
     cuda_graphs = _cuda_graphs(sources, gpu, processes, notes)
+    tf32 = _tf32(sources, gpu, precision.value, notes)
+    if precision.reason == TF32_DATA and not tf32.value:
+        # BLAS.precision: tf32 set the fp32 math, but TF32 itself is off (see its row)
+        why = tf32.reason or display(tf32.field)
+        precision = replace(precision, reason=f"fp32 data; TF32 off ({why})")
     settings = {
         "device": dev,
         "processes": processes,
@@ -79,7 +85,7 @@ def resolve_settings(
             precision.origin,
             "fp16 gradients underflow without it" if precision.value == "fp16" else "",
         ),
-        "tf32": _tf32(sources, gpu, precision.value, notes),
+        "tf32": tf32,
         "fused_ops": from_field(
             sources,
             "accelerate.fused_ops",
@@ -252,7 +258,7 @@ def _precision(sources: Sources, gpu: Gpu | None, notes: list[str]) -> Setting:
         setting = from_field(
             sources,
             "blas.precision",
-            "fp32 data, TF32 matmuls" if tf32 else "",
+            TF32_DATA if tf32 else "",
             "fp32" if tf32 else None,
         )
     elif gpu is not None and gpu.bf16:

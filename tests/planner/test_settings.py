@@ -255,3 +255,28 @@ def test_fused_ops_off_says_what_runs_instead():
     setting = plan("ACCELERATE { fused_ops: false }", H100).settings["fused_ops"]
     assert setting.value is False
     assert setting.reason == "GELU after its GEMM; the logits materialised for the loss"
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "why"),
+    [
+        ("BLAS { precision: tf32 }", H100, "fp32 data, TF32 matmuls"),
+        ("BLAS { precision: tf32 }", CPU, "fp32 data; TF32 off (the CPU has no TF32)"),
+        (
+            "BLAS { precision: tf32 }\nTENSOR_CORES { enabled: false }",
+            H100,
+            "fp32 data; TF32 off (tensor cores off)",
+        ),
+        (
+            "BLAS { precision: tf32 }\nOPTIMIZE { tf32: false }",
+            H100,
+            "fp32 data; TF32 off (OPTIMIZE.tf32)",
+        ),
+    ],
+)
+def test_the_precision_row_says_tf32_only_where_tf32_runs(text, machine, why):
+    """BLAS.precision: tf32 gave 'fp32 data, TF32 matmuls' beside a tf32 row that was off."""
+    result = plan(text, machine)
+    assert result.settings["precision"].value == "fp32"
+    assert result.settings["precision"].reason == why
+    assert result.settings["tf32"].value == (why == "fp32 data, TF32 matmuls")
