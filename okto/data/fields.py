@@ -166,7 +166,8 @@ def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[
             raise Unusable("empty text")
         return ["text"], [text]
     if plan.shape == "pair":
-        parts = [_text(record, f) for f in (*plan.before, plan.prompt)]
+        # A null or absent prompt part is empty, as "" is: only the output must be there.
+        parts = [_text(record, f, optional=True) for f in (*plan.before, plan.prompt)]
         prompt = "\n\n".join(p for p in parts if p.strip())
         response = _text(record, plan.source)
         if not response.strip():
@@ -177,9 +178,11 @@ def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[
     return _chat_turns(record.get(plan.source), plan.source, assistant_only)
 
 
-def _text(record: dict, name: str) -> str:
+def _text(record: dict, name: str, optional: bool = False) -> str:
     value = record.get(name)
     if value is None or (isinstance(value, float) and math.isnan(value)):
+        if optional:
+            return ""
         raise Unusable(f"missing {name!r}")
     if isinstance(value, str):
         return value

@@ -208,10 +208,15 @@ def test_alpaca_instruction_and_input(tmp_path, tokenizer):
     records = [
         {"instruction": "answer", "input": "hello world", "output": "one"},
         {"instruction": "answer", "input": "", "output": "two"},
+        # A null or absent input is empty like "" (these were dropped as "missing 'input'").
+        {"instruction": "answer", "input": None, "output": "three"},
+        {"instruction": "answer", "output": "four"},
     ]
-    splits, row = _first_row(tmp_path, tokenizer, records)
+    splits, row = _first_row(tmp_path, tokenizer, records, shuffle=False)
     assert real_text(tokenizer, row).startswith("<|user|>\nanswer\n\nhello world\n<|assistant|>")
-    assert real_text(tokenizer, splits.train[1]).startswith("<|user|>\nanswer\n<|assistant|>")
+    for other in splits.train.select(range(1, 4)):
+        assert real_text(tokenizer, other).startswith("<|user|>\nanswer\n<|assistant|>")
+    assert splits.stats.files[0].dropped == {}
 
 
 def test_records_that_do_not_fit_are_dropped_and_counted(tmp_path, tokenizer):
