@@ -25,6 +25,7 @@ from okto.planner.sources import DEFAULT, Sources, display
 KINDS = ("gemm", "attention", "layernorm", "softmax", "cross_entropy", "activation")
 OKTO, NATIVE = "okto", "native"
 KERNEL_DTYPES = ("float32", "float16", "bfloat16")
+FUSED_LOSS = "LM head + loss as one op"
 
 NATIVE_RUNS = {
     "gemm": "torch matmul",
@@ -182,10 +183,13 @@ def choose(
 
 
 def fused_effect(fused_ops: Setting, chosen: dict[str, LayerChoice]) -> Setting:
-    """ACCELERATE.fused_ops as it turns out: on, but with no effect where neither the loss
-    nor GELU runs on okto's kernels (their choices say why)."""
-    if not fused_ops.value or any(c.fused for c in chosen.values()):
+    """ACCELERATE.fused_ops as it turns out: what it fuses in this model, or no effect where
+    neither the loss nor GELU runs on okto's kernels (their choices say why)."""
+    if not fused_ops.value:
         return fused_ops
+    if any(c.fused for c in chosen.values()):  # say which (Llama's MLP fuses no GELU)
+        parts = {"activation": "GELU in the MLP's first GEMM", "cross_entropy": FUSED_LOSS}
+        return replace(fused_ops, reason="; ".join(w for k, w in parts.items() if chosen[k].fused))
     native = [chosen[k] for k in ("cross_entropy", "activation") if chosen[k].impl == NATIVE]
     if len(native) < 2:
         return fused_ops  # the model decides (not known yet), or nothing to fuse with

@@ -219,3 +219,16 @@ def test_fused_ops_says_when_nothing_fuses(text, machine, model, reason):
     """A CPU plan read "fused_ops on" beside a native loss and GELU."""
     setting = plan(text, machine, model=model).settings["fused_ops"]
     assert setting.value is True and setting.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "why"),
+    [
+        ("", gpt2_config(), "GELU in the MLP's first GEMM; LM head + loss as one op"),
+        ("", llama_config(), "LM head + loss as one op"),
+        ("ACCELERATE { cross_entropy: native }", gpt2_config(), "GELU in the MLP's first GEMM"),
+    ],
+)
+def test_fused_ops_says_what_it_fuses_in_this_model(text, model, why):
+    """A Llama plan said 'GELU in the MLP's first GEMM', which Llama's gated MLP never has."""
+    assert plan(text, H100, model=model).settings["fused_ops"].reason == why
