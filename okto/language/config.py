@@ -34,6 +34,7 @@ from okto.language.fieldtypes import (
     NO_EFFECT,
     Device,
     Integer,
+    Name,
     NonNegativeInt,
     PercentNumber,
     PositiveInt,
@@ -162,7 +163,7 @@ class EnvConfig(BlockModel):
 class MixEntry(BlockModel):
     """One dataset of `mix_datasets` and its share of the mix."""
 
-    path: str = Field(description="A file, a directory or a glob.")
+    path: Name = Field(description="A file, a directory or a glob.")
     weight: PercentNumber = Field(
         gt=0, description="Percent of the mix (`30` or `30%`); the weights sum to 100."
     )
@@ -171,11 +172,11 @@ class MixEntry(BlockModel):
 class DatasetConfig(BlockModel):
     """Training data: files, format, fields, tokenizer."""
 
-    train: str | None = Field(None, description="Training data: a file, a directory or a glob.")
-    validation: str | None = Field(
+    train: Name | None = Field(None, description="Training data: a file, a directory or a glob.")
+    validation: Name | None = Field(
         None, validation_alias=aliases("validation", "val"), description="Validation data."
     )
-    test: str | None = Field(
+    test: Name | None = Field(
         None, description="Test data, scored once with the final weights at the end of training."
     )
     format: choice("auto", "jsonl", "json", "csv", "tsv", "txt", "parquet", "sharegpt") = Field(
@@ -184,9 +185,9 @@ class DatasetConfig(BlockModel):
     type: choice("text", "instruction", "chat", "qa", "generation") | None = Field(
         None, description="What the records are; unset, it is detected from the fields."
     )
-    text_field: str | None = Field(None, description="Field holding plain text.")
-    input_field: str | None = Field(None, description="Field holding the prompt.")
-    output_field: str | None = Field(
+    text_field: Name | None = Field(None, description="Field holding plain text.")
+    input_field: Name | None = Field(None, description="Field holding the prompt.")
+    output_field: Name | None = Field(
         None,
         validation_alias=aliases("output_field", "target_field"),
         description="Field holding the answer.",
@@ -206,7 +207,7 @@ class DatasetConfig(BlockModel):
         None, ge=2, description="Sequence length in tokens; unset, the model's context window."
     )
     packing: Bool = Field(True, description="Pack several short records into each sequence.")
-    tokenizer: str | None = Field(
+    tokenizer: Name | None = Field(
         None,
         description='A tokenizer directory, or "train" to train a byte-level BPE on the data.',
     )
@@ -266,7 +267,7 @@ class AdapterConfig(BlockModel):
 class ModelConfig(BlockModel):
     """The model to train or run."""
 
-    base: str | None = Field(
+    base: Name | None = Field(
         None, description="A local Hugging Face checkpoint, an .okm package or a hub name."
     )
     pretrained: Bool = Field(
@@ -414,11 +415,11 @@ class TrainConfig(BlockModel):
     save_strategy: choice("steps", "epoch", "no") = Field(
         "epoch", description="When to save checkpoints."
     )
-    checkpoint_path: str | None = Field(
+    checkpoint_path: Name | None = Field(
         None, description="Checkpoint folder; unset, `checkpoints` under OUTPUT.dir."
     )
     resume_from_checkpoint: Annotated[
-        str | None, WithJsonSchema({"type": ["string", "boolean", "null"]})
+        Name | None, WithJsonSchema({"type": ["string", "boolean", "null"]})
     ] = Field(None, description='A checkpoint to resume from, "auto" (or true) for the latest.')
     early_stopping: Annotated[
         PositiveInt | None,
@@ -535,7 +536,7 @@ class InferenceConfig(BlockModel):
     flattened: ClassVar[tuple[str, ...]] = ("params",)
     not_executed: ClassVar[tuple[str, ...]] = ("CONTROL",)
 
-    model: str | None = Field(None, description="Model to load; unset, the trained one.")
+    model: Name | None = Field(None, description="Model to load; unset, the trained one.")
     mode: choice("completion", "chat") = Field(
         "completion", description="Plain completion or chat turns."
     )
@@ -569,7 +570,7 @@ class ExportConfig(BlockModel):
         BeforeValidator(one_or_many),
         AfterValidator(distinct),
     ] = Field(["safetensors"], description="One format or a list: okm, safetensors, hf.")
-    path: str = Field(
+    path: Name = Field(
         "export", description="Folder to write to; a relative one is inside the run folder."
     )
     quantization: choice("fp32", "fp16", "bf16") | None = Field(
@@ -582,7 +583,7 @@ class ExportConfig(BlockModel):
 class OutputConfig(BlockModel):
     """The run folder."""
 
-    dir: str = Field(
+    dir: Name = Field(
         "runs",
         description="Where run folders go: a run writes its checkpoints, logs and model to "
         "`dir/<PROJECT>/`.",
@@ -609,12 +610,12 @@ class LoggingConfig(BlockModel):
         description="Keep the plain-text log of the run (training_file); the metrics file is "
         "written either way.",
     )
-    metrics_file: str | None = Field(
+    metrics_file: Name | None = Field(
         None,
         description="Where the metrics go, as JSON lines (one object per line, whatever the "
         "file's extension); default runs/<project>/metrics.jsonl.",
     )
-    training_file: str | None = Field(
+    training_file: Name | None = Field(
         None,
         description="Where the plain-text copy of the run's output goes (with save_logs); "
         "default runs/<project>/train.log.",

@@ -14,7 +14,13 @@ import typing
 from typing import Annotated, Any, Literal
 
 import annotated_types
-from pydantic import AliasChoices, BeforeValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BeforeValidator,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 from okto.language.quantities import Quantity
 
@@ -51,6 +57,18 @@ def distinct(values: list) -> list:
     if repeated:
         raise ValueError(f"{', '.join(repr(v) for v in repeated)} is listed more than once")
     return values
+
+
+def named(value: str, info: ValidationInfo) -> str:
+    """A string that names something (a path, a record field, a model) cannot be blank:
+    `train: ""` read the .okt file's whole folder, run outputs included, as data."""
+    if not value.strip():
+        raise ValueError(f"{info.field_name} is empty: name something, or leave the field out")
+    return value
+
+
+Name = Annotated[str, AfterValidator(named)]
+"""A path or another name: a string that is not blank."""
 
 
 NO_EFFECT = {"no_effect": True}
