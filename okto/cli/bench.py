@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from okto.errors import EXIT_FAILURE, EXIT_OK, MachineError, OktoError
+from okto.errors import EXIT_FAILURE, EXIT_OK, MachineError, OktoError, UsageError
 
 SUITE_CHOICES = ("gemm", "attention", "norm", "loss", "all")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
@@ -28,13 +28,18 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import torch
 
-    from okto.kernels import bench, environment
+    from okto.kernels import backend, bench, environment
 
     try:
         # A bad OKTO_* value would otherwise fail okto's side of every case, one by one.
         environment.check()
         if not torch.cuda.is_available():
             raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+        if backend.mode() == "native":  # every okto side would time the PyTorch reference
+            raise UsageError(
+                "OKTO_KERNELS=native runs PyTorch's reference in place of okto's kernels, so "
+                "okto bench would time the framework against itself; unset it (or set auto)"
+            )
     except OktoError as error:
         if not args.json:
             raise

@@ -86,3 +86,19 @@ def test_a_failing_okto_kernel_makes_the_run_exit_1(as_json, monkeypatch, capsys
     assert "okto's kernel failed in 1 case(s): rms_norm 16384x768 fwd" in capsys.readouterr().err
     monkeypatch.setattr(bench, "run", lambda suites, dtype, on_result: [fine])
     assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 0
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_okto_kernels_native_is_exit_2_not_a_bench_of_the_reference(as_json, monkeypatch, capsys):
+    """On a GPU with OKTO_KERNELS=native every okto side ran PyTorch's reference, and the run
+    printed its ratios (about 1) as okto's kernels against the framework."""
+    from okto.cli import main
+    from okto.kernels import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("the suites ran"))
+    monkeypatch.setenv("OKTO_KERNELS", "native")
+    assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 2
+    captured = capsys.readouterr()
+    message = json.loads(captured.out)["error"] if as_json else captured.err
+    assert "OKTO_KERNELS=native runs PyTorch's reference" in message
