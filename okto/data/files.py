@@ -32,6 +32,14 @@ EXTENSIONS = {
     ".parquet": "parquet",
 }
 PACKAGE_PREFIX = "pkg:"
+# Compressed files okto does not read, by their first bytes: (magic, name, command).
+COMPRESSED = (
+    (b"\x1f\x8b", "gzip", "gunzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+    (b"\xfd7zXZ\x00", "xz", "unxz"),
+    (b"BZh", "bzip2", "bunzip2"),
+    (b"PK\x03\x04", "zip", "unzip"),
+)
 _SNIFF_CHARS = 1 << 16
 
 
@@ -84,6 +92,7 @@ def detect_format(path: Path, requested: str) -> str:
     """
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty")
+    _refuse_compressed(path)
     suffix = path.suffix.lower()
     if requested == "auto":
         requested = EXTENSIONS.get(suffix) or _sniff_kind(path)
@@ -94,6 +103,19 @@ def detect_format(path: Path, requested: str) -> str:
     if requested == "csv" and suffix == ".tsv":
         return "tsv"
     return requested
+
+
+def _refuse_compressed(path: Path) -> None:
+    """A compressed file read as text is a screen of bytes that are not UTF-8 (or, to the
+    CSV reader, no rows); and its `.gz` extension asked for a `format` that cannot help."""
+    with open(path, "rb") as f:
+        start = f.read(8)
+    for magic, name, command in COMPRESSED:
+        if start.startswith(magic):
+            raise DataError(
+                f"{path} is {name}-compressed, which okto does not read: decompress it first "
+                f"(with {command})"
+            )
 
 
 def _head(path: Path) -> bytes:

@@ -119,6 +119,18 @@ def test_a_few_broken_lines_are_skipped_with_a_warning(tmp_path, tokenizer):
     assert len(splits.train) == 38
 
 
+@pytest.mark.parametrize("fmt", ["auto", "jsonl", "csv"])
+def test_compressed_files_are_named(tmp_path, tokenizer, fmt):
+    """A .jsonl.gz asked for a format (which cannot help); read as JSON lines it was 'not
+    UTF-8 text', as CSV 'empty (no records)'."""
+    import gzip
+
+    path = tmp_path / "data.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"text": "hello"}\n' * 20))
+    with pytest.raises(DataError, match=r"data.jsonl.gz is gzip-compressed, .* \(with gunzip\)"):
+        _build(tokenizer, path, format=fmt)
+
+
 # JSON that parses as syntax but that json cannot turn into values: these were a ValueError
 # and a RecursionError traceback instead of a data error.
 TOO_MANY_DIGITS = '{"text": "x", "n": ' + "1" * 5000 + "}"
