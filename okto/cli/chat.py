@@ -49,6 +49,8 @@ def run(args) -> int:
         if interactive:
             print("> ", end="", flush=True)
         line = sys.stdin.readline()
+        if not line and interactive:
+            print()  # Ctrl-D at the "> " prompt: the shell's prompt starts on a line of its own
         if not line or line.strip() == settings.exit_command:
             break
         user = line.strip()

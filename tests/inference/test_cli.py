@@ -357,6 +357,15 @@ def test_chat_skips_a_line_that_is_not_utf8(okm_files, capsys, monkeypatch, prom
     assert prompts == ["User: hello\nAssistant:"]
 
 
+def test_chat_ends_its_prompt_line_at_the_end_of_input(okm_files, capsys, monkeypatch):
+    """Ctrl-D at a terminal's "> " prompt left the shell's prompt on the same line."""
+    terminal = io.StringIO("")
+    terminal.isatty = lambda: True
+    monkeypatch.setattr("sys.stdin", terminal)
+    assert main(["chat", "-m", str(okm_files["gpt2"])]) == 0
+    assert capsys.readouterr().out.endswith("> \n")
+
+
 @pytest.mark.parametrize("command", ["", "  "])
 def test_chat_refuses_an_empty_exit_command(command, okm_files, capsys, stdin):
     """An empty exit command was taken as "not given" (the default, exit), and a blank one would
