@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import MistralConfig
 
+from okto.errors import UsageError
 from okto.planner import KINDS, Machine
 from okto.planner.plan import TUNING_NOTE
 from tests.planner.util import CPU, H100, gpt2, gpt2_config, llama_config, plan
@@ -232,3 +235,18 @@ def test_fused_ops_says_when_nothing_fuses(text, machine, model, reason):
 def test_fused_ops_says_what_it_fuses_in_this_model(text, model, why):
     """A Llama plan said 'GELU in the MLP's first GEMM', which Llama's gated MLP never has."""
     assert plan(text, H100, model=model).settings["fused_ops"].reason == why
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("gpt2", "of type str; pass an nn.Module, a transformers config or a config dict"),
+        ({"hidden_size": 64}, "model_type None, which names no transformers model type"),
+        ({"model_type": "gtp2"}, "model_type 'gtp2', which names no transformers model type"),
+    ],
+)
+def test_a_model_that_is_none_of_the_three_is_refused(model, message):
+    """A hub name planned as architecture "unknown", every layer native and no word why; a
+    config dict without model_type was a KeyError."""
+    with pytest.raises(UsageError, match=re.escape(message)):
+        plan("", H100, model=model)
