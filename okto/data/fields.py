@@ -140,18 +140,26 @@ def check_type(plan: FieldPlan, kind: str, path, fields: list[str]) -> None:
 
 
 def no_fields_error(path, fields: list[str], settings: DataSettings) -> DataError:
-    named = [
-        f"{key} {value!r}"
-        for key, value in (
-            ("text_field", settings.text_field),
-            ("input_field", settings.input_field),
-            ("output_field", settings.output_field),
-        )
-        if value
-    ]
     found = ", ".join(fields) or "none"
-    if named:
-        return DataError(f"{path}: no record has {' and '.join(named)} (fields found: {found})")
+    if settings.input_field or settings.output_field:
+        # One side named: the other is looked up among the pair names, which the error says
+        # (it said "no record has output_field 'answer'" of records that all had one).
+        sides = [
+            f"{key} {value!r}"
+            if value
+            else f"an {side} field ({', '.join(dict.fromkeys(names))}; or set {key})"
+            for key, value, side, names in (
+                ("input_field", settings.input_field, "input", (i for i, _ in PAIR_FIELDS)),
+                ("output_field", settings.output_field, "output", (o for _, o in PAIR_FIELDS)),
+            )
+        ]
+        return DataError(
+            f"{path}: no record has both {sides[0]} and {sides[1]} (fields found: {found})"
+        )
+    if settings.text_field:
+        return DataError(
+            f"{path}: no record has text_field {settings.text_field!r} (fields found: {found})"
+        )
     return DataError(
         f"{path}: no usable text field (fields found: {found}); "
         f"set DATASET text_field, or input_field and output_field"

@@ -87,6 +87,19 @@ def test_named_field_missing_from_every_record(tmp_path, tokenizer):
         _build(tokenizer, path, text_field="text")
 
 
+def test_a_named_output_without_an_input_says_the_input_is_missing(tmp_path, tokenizer):
+    """It said "no record has output_field 'answer'" of records that all had one."""
+    path = write_jsonl(tmp_path / "d.jsonl", [{"question_text": "q", "answer": "a"}] * 3)
+    with pytest.raises(
+        DataError,
+        match=r"no record has both an input field \(input, instruction, prompt, question; or "
+        r"set input_field\) and output_field 'answer' \(fields found: question_text, answer\)",
+    ):
+        _build(tokenizer, path, output_field="answer")
+    with pytest.raises(DataError, match=r"both input_field 'q' and output_field 'a' \("):
+        _build(tokenizer, path, input_field="q", output_field="a")
+
+
 def test_broken_json_lines_are_refused_past_the_threshold(tmp_path, tokenizer):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"text": "hello"}\n{"text": "world"\n{"text": "again"}\n')
