@@ -134,10 +134,10 @@ def _check_file(path, plan, seen_fields, settings, stats: FileStats, notes: list
     if stats.records == 0:
         raise DataError(f"data file {path} is empty (no records)")
     if stats.dropped.get(NOT_AN_OBJECT) == stats.records:
+        hint = "; a file holding one JSON array of records is read with format json or auto"
         raise DataError(
             f"{path}: no record is an object with fields ({stats.records:,} read; the first, "
-            f"at {stats.first_dropped}, is not one); a file holding one JSON array of records "
-            "is read with format json or auto"
+            f"at {stats.first_dropped}, is not one){hint if stats.format == 'jsonl' else ''}"
         )
     if plan is None:
         raise no_fields_error(path, list(seen_fields), settings)

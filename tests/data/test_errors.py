@@ -79,6 +79,13 @@ def test_records_that_are_not_objects_are_named_as_such(tmp_path, tokenizer):
         r"at line 1, is not one\); .* read with format json or auto",
     ):
         _build(tokenizer, path)
+    # An array already read as one: the hint to read it as an array was beside the point.
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([["hello", "world"], ["one", "two"]]))
+    with pytest.raises(
+        DataError, match=r"\(2 read; the first, at record 1 \(line 1\), is not one\)$"
+    ):
+        _build(tokenizer, pairs)
 
 
 def test_named_field_missing_from_every_record(tmp_path, tokenizer):
