@@ -59,16 +59,27 @@ def distinct(values: list) -> list:
     return values
 
 
+_ESCAPED = {"\n": "a line break (\\n)", "\t": "a tab (\\t)", "\r": "a return (\\r)"}
+
+
 def named(value: str, info: ValidationInfo) -> str:
     """A string that names something (a path, a record field, a model) cannot be blank:
-    `train: ""` read the .okt file's whole folder, run outputs included, as data."""
+    `train: ""` read the .okt file's whole folder, run outputs included, as data. Nor can
+    it hold a control character: "C:\\new\\table.jsonl" is a Windows path whose \\n and
+    \\t were read as a line break and a tab."""
     if not value.strip():
         raise ValueError(f"{info.field_name} is empty: name something, or leave the field out")
+    control = next((c for c in value if ord(c) < 32), None)
+    if control is not None:
+        what = _ESCAPED.get(control, f"the control character U+{ord(control):04X}")
+        raise ValueError(
+            f"{info.field_name} holds {what}; in a Windows path write \\\\ or / between folders"
+        )
     return value
 
 
 Name = Annotated[str, AfterValidator(named)]
-"""A path or another name: a string that is not blank."""
+"""A path or another name: a string that is not blank and holds no control character."""
 
 
 NO_EFFECT = {"no_effect": True}

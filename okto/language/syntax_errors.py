@@ -120,6 +120,9 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
     elif char == '"':
         message = "this string is not closed before the end of the line"
         hint = 'add the closing "; write \\n for a line break inside a string'
+        line_end = source.text.find("\n", error.pos_in_stream)
+        if '\\"' in source.text[error.pos_in_stream : line_end if line_end >= 0 else None]:
+            hint = '\\" is a quote inside the string: end a Windows path with \\\\ or /'
     elif not char.isprintable():
         message = f"unexpected invisible character {_code_point(char)}"
         hint = "delete it; such characters come in with pasted or joined text"

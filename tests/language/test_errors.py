@@ -174,13 +174,16 @@ def test_validation_errors(text, expected):
         ('MODEL { base: " " }', "base is empty: name something, or leave the field out"),
         ('OUTPUT { dir: "" }', "dir is empty: name something, or leave the field out"),
         ('TRAIN { resume_from_checkpoint: "" }', "resume_from_checkpoint is empty: name something"),
+        ('DATASET { train: "C:\\new\\table.jsonl" }', "train holds a line break (\\n); in a Windows"),
+        ('MODEL { base: "D:\\tiny" }', "base holds a tab (\\t); in a Windows path write"),
     ],
 )
 def test_numbers_the_run_cannot_take(text, message):
     """A seed numpy refuses (below 0, above 2**32 - 1) passed check and stopped okto train
     with numpy's ValueError traceback; a huge integer got pydantic's own words; an empty
     PROJECT passed and the run went to runs/model/; `train: ""` trained on every file in the
-    .okt file's folder, the run's own outputs included."""
+    .okt file's folder, the run's own outputs included; a Windows path's \\n and \\t became
+    a line break and a tab, and the file was not found at train time."""
     (only,) = errors(text)
     assert only[2].startswith(message)
 
@@ -199,6 +202,10 @@ def test_numbers_the_run_cannot_take(text, message):
         ("PROJECT\nTRAIN { }", 'for example: PROJECT "a value"'),
         ("TRAIN\nENV { }", "for example: TRAIN { ... }"),
         ("DATASET { shuffle: True }", "booleans are lower case: true"),
+        (
+            'DATASET { train: "C:\\data\\" }',
+            '\\" is a quote inside the string: end a Windows path with \\\\ or /',
+        ),
     ],
 )
 def test_hints(text, hint):
