@@ -142,8 +142,7 @@ def check_type(plan: FieldPlan, kind: str, path, fields: list[str]) -> None:
 def no_fields_error(path, fields: list[str], settings: DataSettings) -> DataError:
     found = ", ".join(fields) or "none"
     if settings.input_field or settings.output_field:
-        # One side named: the other is looked up among the pair names, which the error says
-        # (it said "no record has output_field 'answer'" of records that all had one).
+        # A side not named is looked up among the pair names: say which were looked for.
         sides = [
             f"{key} {value!r}"
             if value
