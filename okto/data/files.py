@@ -37,7 +37,7 @@ COMPRESSED = (
     (b"\x1f\x8b", "gzip", "gunzip"),
     (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
     (b"\xfd7zXZ\x00", "xz", "unxz"),
-    (b"BZh", "bzip2", "bunzip2"),
+    *((b"BZh%d" % level, "bzip2", "bunzip2") for level in range(1, 10)),  # not "BZhello"
     (b"PK\x03\x04", "zip", "unzip"),
 )
 _SNIFF_CHARS = 1 << 16
