@@ -280,12 +280,11 @@ def _activation(
 
 
 def _softmax(asked: LayerChoice, attention: LayerChoice) -> LayerChoice:
-    """Softmax lives inside attention in GPT-2 and Llama: it goes where attention goes."""
-    if attention.impl == OKTO:
-        reason = "part of the attention kernel"
-        if asked.impl == NATIVE and asked.field == "accelerate.softmax":
-            reason += f"; {display(asked.field)}: native has no effect there"
-        return replace(attention, kind="softmax", runs="inside okto flash attention", reason=reason)
-    return replace(
-        attention, kind="softmax", runs=NATIVE_RUNS["softmax"], reason="attention is native"
-    )
+    """Softmax lives inside attention in GPT-2 and Llama: it goes where attention goes; an
+    ACCELERATE.softmax that asked for the other says it has no effect."""
+    inside_okto = attention.impl == OKTO
+    reason = "part of the attention kernel" if inside_okto else "attention is native"
+    if asked.field == "accelerate.softmax" and asked.impl != attention.impl:
+        reason += f"; {asked.reason} has no effect there"
+    runs = "inside okto flash attention" if inside_okto else NATIVE_RUNS["softmax"]
+    return replace(attention, kind="softmax", runs=runs, reason=reason)
