@@ -705,7 +705,7 @@ class Trainer:
         if self.plateau.update(val_loss):
             self.totals.plateaus += 1
             self.controller.fire("on_plateau", self.totals.plateaus, self._metric_values())
-            if self.early_stopping:
+            if self.early_stopping and self.step < self.total:  # at the end nothing is left
                 self.stop_reason = "early_stopping"
                 self.display.print(
                     f"early stopping: no improvement in {self.plateau.patience} evaluations"

@@ -152,6 +152,23 @@ def test_early_stopping_fires_on_plateau(project):
     assert read_metrics(METRICS, "summary")[0]["outcome"] == "early_stopping"
 
 
+# evaluations at steps 3, 6 and a final one at 8; at 4 and 8, the last as eval_steps has it
+@pytest.mark.parametrize(("eval_steps", "patience"), [(3, 2), (4, 1)])
+def test_a_plateau_at_the_last_step_is_no_early_stop(project, capsys, eval_steps, patience):
+    """A run whose every step ran, its plateau seen at the last evaluation, said 'early
+    stopping: no improvement' and ended as early_stopping: it completed, with its on_plateau
+    rules fired."""
+    path = project(
+        train=f'max_steps: 8 scheduler: "constant" eval_steps: {eval_steps} '
+        f"early_stopping: {patience}",
+        extra='CONTROL { on_plateau { LOG "plateau {step}" } } STABILITY { min_improvement: 0.1 }',
+    )
+    assert train(path, "--set", "TRAIN.learning_rate=1e-9") == 0
+    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["plateau 8"]
+    assert read_metrics(METRICS, "summary")[0]["outcome"] == "completed"
+    assert "early stopping" not in capsys.readouterr().out
+
+
 def test_early_stopping_that_cannot_act_is_warned(project, capsys):
     """4 steps into an epoch of 48: one evaluation, at the end, where early stopping needs 3
     (the first sets the best). It was silent."""
