@@ -264,6 +264,23 @@ class AdapterConfig(BlockModel):
     )
 
 
+def _config_value(value: Any) -> Any:
+    """A MODEL.config value as transformers takes it: a count is its number (`n_positions:
+    2K` is 2000, as for integer fields); a size, duration or percent is refused in words,
+    not as 'not a valid JSON value', since the config's own unit is not known here."""
+    if isinstance(value, list):
+        return [_config_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _config_value(v) for k, v in value.items()}
+    if not isinstance(value, Quantity):
+        return value
+    if value.kind == "count":
+        return int(value.base) if float(value.base).is_integer() else value.base
+    raise ValueError(
+        f"{value} is a {value.kind}: MODEL.config takes plain numbers, as config.json holds them"
+    )
+
+
 class ModelConfig(BlockModel):
     """The model to train or run."""
 
@@ -278,7 +295,7 @@ class ModelConfig(BlockModel):
         description="Model type for a new model: any text-only causal LM of transformers "
         "(gpt2, llama, qwen3, mistral, mixtral, phi3, gemma2, falcon, ...).",
     )
-    config: dict[str, JsonValue] = Field(
+    config: dict[str, Annotated[JsonValue, BeforeValidator(_config_value)]] = Field(
         {}, description="Overrides for a new model's config, e.g. `{ n_layer: 12 }`."
     )
     context_window: PositiveInt | None = Field(

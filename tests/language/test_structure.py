@@ -91,6 +91,19 @@ def test_free_form_sub_block():
     assert p.config.model.config == {"n_layer": 2, "n_embd": 64}
 
 
+def test_counts_in_model_config_are_numbers_and_other_quantities_errors():
+    """`n_positions: 1K` was 'input was not a valid JSON value'; a count is its number, as
+    in integer fields, and a size or percent (whose unit the config does not state) is an
+    error that says so, at the value."""
+    p = program("MODEL { config { n_positions: 1K  sizes: [1.5K, 2]  rope { f: 2M } } }")
+    assert p.config.model.config == {"n_positions": 1000, "sizes": [1500, 2], "rope": {"f": 2000000}}
+    assert error("MODEL { config { resid_pdrop: 10% } }") == (
+        1,
+        31,
+        "10% is a percent: MODEL.config takes plain numbers, as config.json holds them",
+    )
+
+
 def test_params_sub_block_holds_inference_fields():
     p = program("INFERENCE { mode: chat params { temperature: 0.2 max_length: 50 } }")
     assert p.config.inference.temperature == 0.2
