@@ -125,9 +125,13 @@ def _machine_blocks(machine: Machine, device: Setting) -> str | None:
     if not machine.triton:
         return "Triton is not installed (pip install 'okto[triton]')"
     if device.value == "cpu" and not (machine.kernel_mode == "triton" and machine.interpreter):
+        # OKTO_KERNELS=triton asked for the kernels: say what the CPU lacks for them
+        forced = " (OKTO_KERNELS=triton needs TRITON_INTERPRET=1 there)"
+        hint = forced if machine.kernel_mode == "triton" else ""
         if not machine.cuda:
-            return "no CUDA"
-        return f"the device is the CPU ({display(device.field) if device.field else device.origin})"
+            return "no CUDA" + hint
+        where = display(device.field) if device.field else device.origin
+        return f"the device is the CPU ({where}){hint}"
     return None
 
 
