@@ -227,6 +227,10 @@ class DatasetConfig(BlockModel):
     def _consistent(self) -> DatasetConfig:
         if self.train is not None and self.mix_datasets is not None:
             raise FieldConflict("mix_datasets", "set either train or mix_datasets, not both")
+        if self.mix_datasets == []:
+            raise FieldConflict(
+                "mix_datasets", "mix_datasets is empty: list { path, weight } entries, or use train"
+            )
         if self.mix_datasets is not None:
             total = sum(entry.weight for entry in self.mix_datasets)
             if abs(total - 100) > 1e-6:

@@ -174,6 +174,7 @@ def test_validation_errors(text, expected):
         ('MODEL { base: " " }', "base is empty: name something, or leave the field out"),
         ('OUTPUT { dir: "" }', "dir is empty: name something, or leave the field out"),
         ('TRAIN { resume_from_checkpoint: "" }', "resume_from_checkpoint is empty: name something"),
+        ("DATASET { mix_datasets: [] }", "mix_datasets is empty: list { path, weight } entries"),
         ('DATASET { train: "C:\\new\\table.jsonl" }', "train holds a line break (\\n); in a Windows"),
         ('MODEL { base: "D:\\tiny" }', "base holds a tab (\\t); in a Windows path write"),
     ],
