@@ -208,7 +208,7 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
         speaker = _first_set(message, ROLE_KEYS)
         if speaker is None:
             raise Unusable(f"a turn in {name!r} has no role ({' or '.join(ROLE_KEYS)})")
-        role = ROLES.get(str(speaker).lower())
+        role = ROLES.get(str(speaker).strip().lower())  # "Human", "gpt "
         if role is None:
             raise Unusable(f"unknown role {speaker!r}")
         content = _content(_first_set(message, CONTENT_KEYS))

@@ -98,7 +98,7 @@ def test_chat_turns_roles_and_trimming():
     assert texts == ["be brief", "hi\nthere", "hello"]
     assert to_turns(record, plan, assistant_only=False)[0][-1] == "user"
     # Turn keys in another case were 'a turn without a role' (before: 'unknown role None').
-    capitalized = {"messages": [{"From": "Human", "Value": "hi"}, {"Role": "GPT", "Text": "yo"}]}
+    capitalized = {"messages": [{"From": "Human", "Value": "hi"}, {"Role": "GPT ", "Text": "yo"}]}
     assert to_turns(capitalized, plan, True) == (["user", "assistant"], ["hi", "yo"])
     # A number is text in a turn as in a pair (it dropped the record as 'not text').
     numeric = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "gpt", "content": 4}]}
