@@ -211,6 +211,7 @@ class Trainer:
         parallel: Parallel | None = None,
         test_rows=None,
         data_key: str = "",
+        configured: dict | None = None,
     ):
         self.model, self.forward = model, forward
         self.parallel = parallel or Parallel(device=settings.device)
@@ -223,9 +224,9 @@ class Trainer:
         self.test_result: dict = {}  # DATASET.test's figures, measured once at the end
         self.data_key = data_key  # the rows' cache key: what they were made of
         self.total, self.live = total_steps, live
-        # The live values this run's file and command line start from: a checkpoint records
+        # The live values this run's file gives (not those --set gave): a checkpoint records
         # them, so that a resumed run can tell a value edited since from one CONTROL moved.
-        self.configured = {"learning_rate": config.train.learning_rate, **asdict(live)}
+        self.configured = configured or {}
         # What shapes the learning-rate schedule besides its length.
         self.schedule = {name: getattr(config.train, name) for name in SCHEDULE_FIELDS}
         self.flops, (self.peak, self.peak_note) = flops, peak

@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
@@ -277,15 +277,18 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
     from okto.language.control import LIVE_FIELDS  # what a checkpoint restores as it was left
     from okto.language.program import COMMAND_LINE
 
-    started_with = state.get("configured", {})  # checkpoints from before it: --set alone
+    started_with = state.get("configured", {})  # the file's values then; older checkpoints: none
     for name in LIVE_FIELDS:
-        value = trainer.configured[name]
-        given = program.source_map[f"train.{name}"].kind == COMMAND_LINE
-        edited = name in started_with and started_with[name] != value
+        if program.source_map[f"train.{name}"].kind == COMMAND_LINE:
+            value, by = getattr(program.config.train, name), "--set"
+        elif name in started_with and started_with[name] != trainer.configured[name]:
+            value, by = trainer.configured[name], "file"
+        else:
+            continue
         # unset (no clipping, no eval_steps or save_steps) compares as unset
         current = getattr(trainer.live, name) if value is None else trainer.get(name)
-        if (given or edited) and value != current:
-            trainer.set(name, value, by="--set" if given else "file")
+        if value != current:
+            trainer.set(name, value, by=by)
     changed = trainer.schedule_changed(state)
     if changed and trainer.step < trainer.total:
         display.warn(
@@ -537,6 +540,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     (program, settings, parallel)."""
     import torch
 
+    from okto.language.program import COMMAND_LINE
     from okto.training.flops import flops_model, peak_tflops
     from okto.training.loop import Live, Trainer
     from okto.training.metrics import MetricsFile
@@ -556,6 +560,11 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         eval_steps=train.eval_steps,
         save_steps=train.save_steps,
     )
+    from_file = {
+        name: value
+        for name, value in {"learning_rate": train.learning_rate, **asdict(live)}.items()
+        if program.source_map[f"train.{name}"].kind != COMMAND_LINE
+    }
     rows = len(splits.train)
     per_step = live.batch_size * live.gradient_accumulation * parallel.world
     total = train.max_steps or math.ceil(train.epochs * rows / per_step)
@@ -614,6 +623,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         checkpoints=paths.checkpoints,
         save_model=save,
         parallel=parallel,
+        configured=from_file,
     )
 
 

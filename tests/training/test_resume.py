@@ -15,6 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from okto.training import checkpoint as ckpt
 from okto.training.loop import Trainer
+from okto.training.metrics import read_metrics
 from tests.training.conftest import steps, train
 
 # Dropout on (GPT-2's default 0.1), so the RNG state matters; cosine so the schedule does.
@@ -180,8 +181,6 @@ def test_live_values_edited_in_the_file_apply_on_resume(project, capsys):
     """A batch size or learning rate changed in the file before --resume auto was ignored
     in silence (the checkpoint's values went on); it now applies from the resumed step, as
     --set does, while a value a CONTROL rule moved and the file left alone stays moved."""
-    from okto.training.metrics import read_metrics
-
     rules = "CONTROL { IF step == 2 { SET gradient_clip = 0.5 } IF step == 4 { STOP } }"
     path = project(train=SCHEDULE, extra=rules)
     assert train(path) == 0
@@ -201,6 +200,18 @@ def test_live_values_edited_in_the_file_apply_on_resume(project, capsys):
     # 4 steps of 4 rows, then 8 of 2: the epoch is the share of the rows consumed
     rows = read_metrics(metrics, "start")[0]["rows"]
     assert steps()[-1]["epoch"] == pytest.approx((4 * 4 + 8 * 2) / rows)
+
+
+def test_a_value_set_on_the_command_line_goes_on_when_resumed_without_it(project, capsys):
+    """--set gives a run a value, not its file: resuming without repeating it keeps the
+    checkpoint's value (the file was not edited)."""
+    path = project(train=SCHEDULE, extra="CONTROL { IF step == 4 { STOP } }")
+    assert train(path, "--set", "TRAIN.batch_size=2") == 0
+    capsys.readouterr()
+    assert train(path, "--resume", "auto") == 0
+    assert "batch_size" not in capsys.readouterr().out
+    rows = read_metrics(Path("runs/tiny/metrics.jsonl"), "start")[0]["rows"]
+    assert steps()[-1]["epoch"] == pytest.approx(12 * 2 / rows)
 
 
 def test_resuming_with_another_optimizer_is_refused(project, capsys):
