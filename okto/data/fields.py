@@ -14,10 +14,11 @@ otherwise.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
-from okto.data.errors import DataError
+from okto.data.errors import JSON_ERRORS, DataError
 from okto.data.settings import DataSettings
 
 CHAT_FIELDS = ("conversations", "messages")
@@ -92,7 +93,7 @@ def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
             return FieldPlan("chat", settings.text_field)
         return FieldPlan("text", settings.text_field) if value is not None else None
     for name in CHAT_FIELDS:
-        if isinstance(record.get(key := _key(record, name)), list):
+        if isinstance(_turns_value(record.get(key := _key(record, name))), list):
             return FieldPlan("chat", key)
     for names in PAIR_FIELDS:
         prompt, output = (_key(record, name) for name in names)
@@ -182,7 +183,19 @@ def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[
         return (
             (["user", "assistant"], [prompt, response]) if prompt else (["assistant"], [response])
         )
-    return _chat_turns(record.get(plan.source), plan.source, assistant_only)
+    return _chat_turns(_turns_value(record.get(plan.source)), plan.source, assistant_only)
+
+
+def _turns_value(value):
+    """Chat turns as given, or decoded from the JSON text of a list: a CSV cell cannot
+    hold a list, so chat data in CSV (or Parquet from it) carries its turns as JSON, which
+    was trained as text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except JSON_ERRORS:
+            return value
+    return value
 
 
 def _text(record: dict, name: str, optional: bool = False) -> str:

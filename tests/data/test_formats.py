@@ -60,6 +60,14 @@ def test_parquet_turns_in_both_spellings(tmp_path, tokenizer):
     ]
 
 
+def test_chat_turns_as_json_text_in_csv_cells(tmp_path, tokenizer):
+    """A CSV cell cannot hold a list, so CSV chat data carries its turns as JSON text; that
+    text (or the id before it, as the first string field) was trained as plain text."""
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "one"}]
+    path = write_csv(tmp_path / "chat.csv", [{"id": "a", "messages": json.dumps(turns)}] * 2)
+    assert _rows_text(path, tokenizer)[0] == "<|user|>\nhello\n<|assistant|>\none<|endoftext|>"
+
+
 def test_format_tsv_reads_tab_separated_data_under_any_name(tmp_path, tokenizer):
     """`format: tsv` was refused; a tab-separated .txt could only be read as one column."""
     path = write_csv(tmp_path / "pairs_tab.txt", RECORDS, delimiter="\t")
