@@ -55,6 +55,7 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
             raise DataError(f"no files match {pattern!r} (looked for {path})")
         return files
     if path.is_dir():
+        _refuse_saved_datasets(path)
         files = sorted(
             p
             for p in path.rglob("*")
@@ -69,6 +70,20 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     return [path]
+
+
+def _refuse_saved_datasets(folder: Path) -> None:
+    """A `datasets` folder from `save_to_disk` holds its rows in .arrow files, which okto
+    does not read, beside JSON metadata it would take for the data (and refuse in words
+    about that metadata's fields)."""
+    if (folder / "dataset_dict.json").is_file() or all(
+        (folder / name).is_file() for name in ("state.json", "dataset_info.json")
+    ):
+        raise DataError(
+            f"{folder} is a Hugging Face datasets folder (saved with save_to_disk), which okto "
+            "does not read: export each split with its to_json('train.jsonl') or "
+            "to_parquet('train.parquet') and name those files"
+        )
 
 
 def _package_path(pattern: str) -> Path:

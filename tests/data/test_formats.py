@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from okto.data import build_datasets
+from okto.data import DataError, build_datasets
 from okto.data.files import detect_format, resolve_files
 from tests.data.helpers import (
     config,
@@ -146,6 +146,19 @@ def test_directory_and_glob(tmp_path, tokenizer):
     assert [p.name for p in resolve_files(str(folder), tmp_path)] == ["a.jsonl", "b.csv"]
     assert [p.name for p in resolve_files("parts/*.jsonl", tmp_path)] == ["a.jsonl"]
     assert _rows_text(folder, tokenizer) == EXPECTED
+
+
+def test_a_saved_datasets_folder_is_named(tmp_path):
+    """Its metadata was read as the data: 'dataset_info.json: none of its 1 records is
+    usable', or 'dataset_dict.json: no usable text field (fields found: splits)'."""
+    import datasets
+
+    rows = datasets.Dataset.from_list(RECORDS)
+    rows.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": rows}).save_to_disk(str(tmp_path / "dict"))
+    for folder in ("saved", "dict"):
+        with pytest.raises(DataError, match=rf"{folder} is a Hugging Face datasets folder"):
+            resolve_files(folder, tmp_path)
 
 
 def test_a_name_with_glob_characters_names_that_file(tmp_path):
