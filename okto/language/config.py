@@ -36,6 +36,7 @@ from okto.language.fieldtypes import (
     Integer,
     Name,
     NonNegativeInt,
+    Number,
     PercentNumber,
     PositiveInt,
     Precision,
@@ -253,10 +254,10 @@ class AdapterConfig(BlockModel):
     rank: PositiveInt = Field(
         8, validation_alias=aliases("rank", "r", "lora_rank"), description="Rank of the matrices."
     )
-    alpha: float = Field(
+    alpha: Number = Field(
         16, gt=0, validation_alias=aliases("alpha", "lora_alpha"), description="Scaling factor."
     )
-    dropout: float = Field(
+    dropout: Number = Field(
         0.0,
         ge=0,
         lt=1,
@@ -360,7 +361,7 @@ class TrainConfig(BlockModel):
         validation_alias=aliases("gradient_accumulation", "gradient_accumulation_steps"),
         description="Batches per optimizer step.",
     )
-    learning_rate: float = Field(
+    learning_rate: Number = Field(
         5e-5,
         gt=0,
         validation_alias=aliases("learning_rate", "lr"),
@@ -369,7 +370,7 @@ class TrainConfig(BlockModel):
     optimizer: choice("adamw", "adam", "sgd", "rmsprop", "adafactor") = Field(
         "adamw", description="Optimizer, as torch ships it."
     )
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    weight_decay: Number = Field(0.0, ge=0, description="Weight decay.")
     scheduler: choice(
         "constant",
         "linear",
@@ -387,7 +388,7 @@ class TrainConfig(BlockModel):
         "`scheduler: cosine_with_restarts`, each restarting from the peak rate; unset, one "
         "(the same as cosine, with a warning); with another scheduler, a warning.",
     )
-    power: float | None = Field(
+    power: Number | None = Field(
         None,
         gt=0,
         validation_alias=aliases("power", "lr_power"),
@@ -396,7 +397,7 @@ class TrainConfig(BlockModel):
         "linear, with a warning); with another scheduler, a warning.",
     )
     gradient_clip: Annotated[
-        float | None,
+        Number | None,
         WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": False}]}),
     ] = Field(
         1.0,
@@ -567,11 +568,11 @@ class InferenceConfig(BlockModel):
         validation_alias=aliases("max_tokens", "max_length", "max_new_tokens"),
         description="New tokens to generate at most.",
     )
-    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
+    temperature: Number = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_p: Number = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: NonNegativeInt = Field(0, description="Sample from the k likeliest tokens; 0 = off.")
     do_sample: Bool = Field(True, description="Sample; false decodes greedily.")
-    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on repeated tokens.")
+    repetition_penalty: Number = Field(1.0, gt=0, description="Penalty on repeated tokens.")
     stop_sequences: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
         [], description="Stop when any of these is generated."
     )
@@ -658,7 +659,7 @@ class StabilityConfig(BlockModel):
     stop_if_diverges: Bool = Field(
         False, description="Stop when the loss grows far above its best value."
     )
-    min_improvement: float | None = Field(
+    min_improvement: Number | None = Field(
         None, ge=0, description="Smallest drop in validation loss that counts as improvement."
     )
 

@@ -21,6 +21,7 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
 )
+from pydantic_core import PydanticCustomError
 
 from okto.language.quantities import Quantity
 
@@ -131,9 +132,21 @@ def _quantity(value: object) -> object:
     return value
 
 
+def _not_a_bool(value: object, kind: str) -> None:
+    """pydantic reads true as 1 in a number field: `learning_rate: true` was a rate of 1."""
+    if isinstance(value, bool):
+        raise PydanticCustomError(kind, "a boolean is not a number")
+
+
+def _number(value: object) -> object:
+    _not_a_bool(value, "float_type")
+    return value
+
+
 def _count_as_int(value: object) -> object:
     """Let an integer field take a count, quoted or not: `max_steps: 10K` and
     `max_steps: "10K"` are 10000."""
+    _not_a_bool(value, "int_type")
     quantity = _quantity(value)
     counted = isinstance(quantity, Quantity) and quantity.kind == "count"
     if counted and float(quantity.base).is_integer():
@@ -143,11 +156,15 @@ def _count_as_int(value: object) -> object:
 
 def _percent_as_number(value: object) -> object:
     """Let a number counted in percent take the sign, quoted or not: `weight: 30%` is 30."""
+    _not_a_bool(value, "float_type")
     quantity = _quantity(value)
     if isinstance(quantity, Quantity) and quantity.kind == "percent":
         return quantity.value
     return value
 
+
+Number = Annotated[float, BeforeValidator(_number)]
+"""A number field: an integer or a decimal, not a boolean."""
 
 PercentNumber = Annotated[float, BeforeValidator(_percent_as_number)]
 """A plain number that means percent (mix weights): `30` and `30%` alike."""

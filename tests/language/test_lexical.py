@@ -216,6 +216,24 @@ def test_booleans_are_lower_case_only():
     assert message == "shuffle: expected true or false, got 'False'"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("TRAIN { learning_rate: true }", "learning_rate: expected a number, got true"),
+        ("TRAIN { batch_size: true }", "batch_size: expected a whole number, got true"),
+        ("INFERENCE { temperature: false }", "temperature: expected a number, got false"),
+        (
+            "CONTROL { IF loss > 1 { SET learning_rate = true } }",
+            "SET learning_rate: expected a number, got true",
+        ),
+    ],
+)
+def test_number_fields_take_no_booleans(text, message):
+    """pydantic read true as 1: `learning_rate: true` trained at a rate of 1, and `SET
+    batch_size = true` set it to 1, without a word."""
+    assert error(text)[2] == message
+
+
 def test_bare_names_are_strings_and_choices_ignore_case():
     p = program("TRAIN { optimizer: AdamW  scheduler: COSINE }\nDATASET { format: jsonl }")
     assert p.config.train.optimizer == "adamw"
