@@ -9,6 +9,7 @@ end of input ends the session.
 
 from __future__ import annotations
 
+import io
 import sys
 
 from okto.cli.infer import GENERATE_FIELDS, add_generation_arguments, load, requested, write
@@ -40,15 +41,16 @@ def run(args) -> int:
     options = {k: getattr(settings, k) for k in GENERATE_FIELDS}
     # the conversation is rendered here, so generate takes each prompt as it is
     options.update(template="{input}", mode="completion", batch_size=1, stop=chat.stop)
-    interactive = sys.stdin.isatty()
-    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 is skipped with a word
-        sys.stdin.reconfigure(errors="surrogateescape")
+    lines = sys.stdin or io.StringIO()  # None when the process was started with stdin closed
+    interactive = lines.isatty()
+    if hasattr(lines, "reconfigure"):  # a line that is not UTF-8 is skipped with a word
+        lines.reconfigure(errors="surrogateescape")
     if interactive:
         print(f"chatting with {values['model']}; type {settings.exit_command!r} to leave")
     while True:
         if interactive:
             print("> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = lines.readline()
         if not line and interactive:
             print()  # Ctrl-D at the "> " prompt: the shell's prompt starts on a line of its own
         if not line or line.strip() == settings.exit_command:

@@ -233,7 +233,7 @@ def _prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompts_file is not None:
         prompts += _lines(_read_prompts_file(args.prompts_file))
-    if not prompts and not sys.stdin.isatty():
+    if not prompts and sys.stdin is not None and not sys.stdin.isatty():  # None: stdin closed
         try:
             prompts = _lines(sys.stdin.read())
         except UnicodeDecodeError as e:

@@ -337,6 +337,15 @@ def test_no_prompts_is_a_usage_error(okm_files, capsys, stdin):
     assert "no prompts: pass --prompt, --prompts-file, or pipe" in capsys.readouterr().err
 
 
+def test_a_closed_stdin_is_no_input(okm_files, capsys, monkeypatch):
+    """Started with stdin closed (`<&-`), Python's sys.stdin is None: both commands were an
+    AttributeError traceback; infer says it has no prompts, chat ends at once."""
+    monkeypatch.setattr("sys.stdin", None)
+    assert main(["infer", "-m", str(okm_files["gpt2"])]) == 2
+    assert "no prompts" in capsys.readouterr().err
+    assert main(["chat", "-m", str(okm_files["gpt2"])]) == 0
+
+
 def test_chat_keeps_history_and_exits(okm_files, capsys, stdin, prompts):
     stdin("hello there\n\nhow are you\nbye\nnever read\n")
     argv = ["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4", "--exit-command", "bye"]
