@@ -215,39 +215,44 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         write_config(paths.run, program.to_dict())
     job = (program, settings, parallel)
     trainer = _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from)
-    if resume_from is not None:
-        state = trainer.restore(resume_from)
-        if state["step"] > trainer.total:
-            raise UsageError(
-                f"{resume_from} is at step {state['step']:,}, past this run's "
-                f"{trainer.total:,} steps: there is nothing left to train; resume with more "
-                "steps (--max-steps, TRAIN.max_steps or epochs), or from an earlier checkpoint"
-            )
-        display.text(f"resuming from {resume_from} (step {state['step']} of {trainer.total})")
-        _resumed_with_other_data(trainer, state, display)
-        _resumed_with_other_settings(program, trainer, state, display)
-    trainer.metrics.write(
-        "start",
-        project=config.project.name,
-        device=str(settings.device),
-        precision=settings.precision,
-        **(
-            {"processes": parallel.world, "strategy": parallel.strategy}
-            if parallel.distributed
-            else {}
-        ),
-        parameters=sum(p.numel() for p in model.parameters()),
-        trainable=sum(p.numel() for p in trainer.trained),
-        rows=trainer.train_stream.rows,
-        seq_len=trainer.train_stream.seq_len,
-        total_steps=trainer.total,
-        resumed_from=str(resume_from) if resume_from else None,
-    )
-    try:
+    try:  # the metrics file is open: closed also when the checkpoint is refused
+        if resume_from is not None:
+            _resume(program, trainer, resume_from, display)
+        trainer.metrics.write(
+            "start",
+            project=config.project.name,
+            device=str(settings.device),
+            precision=settings.precision,
+            **(
+                {"processes": parallel.world, "strategy": parallel.strategy}
+                if parallel.distributed
+                else {}
+            ),
+            parameters=sum(p.numel() for p in model.parameters()),
+            trainable=sum(p.numel() for p in trainer.trained),
+            rows=trainer.train_stream.rows,
+            seq_len=trainer.train_stream.seq_len,
+            total_steps=trainer.total,
+            resumed_from=str(resume_from) if resume_from else None,
+        )
         outcome = trainer.fit()
         return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
     finally:
         trainer.metrics.close()
+
+
+def _resume(program, trainer, checkpoint: Path, display: Display) -> None:
+    """Restore `checkpoint` into the trainer, and say what differs from the run it was of."""
+    state = trainer.restore(checkpoint)
+    if state["step"] > trainer.total:
+        raise UsageError(
+            f"{checkpoint} is at step {state['step']:,}, past this run's "
+            f"{trainer.total:,} steps: there is nothing left to train; resume with more "
+            "steps (--max-steps, TRAIN.max_steps or epochs), or from an earlier checkpoint"
+        )
+    display.text(f"resuming from {checkpoint} (step {state['step']} of {trainer.total})")
+    _resumed_with_other_data(trainer, state, display)
+    _resumed_with_other_settings(program, trainer, state, display)
 
 
 def _resumed_with_other_data(trainer, state: dict, display: Display) -> None:

@@ -225,6 +225,31 @@ def test_resuming_with_another_optimizer_is_refused(project, capsys):
     assert "Traceback" not in err
 
 
+def test_a_refused_checkpoint_closes_the_metrics_file(project, monkeypatch):
+    """okto.train refusing a checkpoint left the run's metrics file open in the process."""
+    import okto
+    from okto.errors import UsageError
+    from okto.training.metrics import MetricsFile
+
+    assert train(project(train=SCHEDULE)) == 0
+    opened = []
+    init, close = MetricsFile.__init__, MetricsFile.close
+
+    def opening(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    def closing(self):
+        opened.remove(self)
+        close(self)
+
+    monkeypatch.setattr(MetricsFile, "__init__", opening)
+    monkeypatch.setattr(MetricsFile, "close", closing)
+    with pytest.raises(UsageError, match="past this run's 6 steps"):
+        okto.train(project(train=SCHEDULE, name="short.okt"), max_steps=6, resume="auto")
+    assert opened == []
+
+
 def test_a_schedule_edited_in_the_file_applies_from_the_resumed_step(
     project, capsys, monkeypatch
 ):
