@@ -123,6 +123,9 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
         line_end = source.text.find("\n", error.pos_in_stream)
         if '\\"' in source.text[error.pos_in_stream : line_end if line_end >= 0 else None]:
             hint = '\\" is a quote inside the string: end a Windows path with \\\\ or /'
+    elif char in _PATH_CHARACTERS and (word := _unquoted_path(source.text, error.pos_in_stream)):
+        message = f"unexpected character '{char}'"
+        hint = f'paths and hub names go in double quotes: "{word}"'
     elif not char.isprintable():
         message = f"unexpected invisible character {_code_point(char)}"
         hint = "delete it; such characters come in with pasted or joined text"
@@ -135,6 +138,21 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
     if hint is None and error.allowed:
         message += f": expected {expected_words(error.allowed)}"
     return Diagnostic("error", message, source, span, hint)
+
+
+_PATH_CHARACTERS = "/.\\~"
+_PATH_WORD = re.compile(r"[^\s{}\[\](),:\"#]+")
+
+
+def _unquoted_path(text: str, offset: int) -> str | None:
+    """The path-like word around `offset` (`data/train.jsonl`, `Qwen/Qwen2-0.5B`), when
+    it is a value: after a `:` or the start of a list item."""
+    start = offset
+    while start > 0 and _PATH_WORD.fullmatch(text[start - 1]):
+        start -= 1
+    match = _PATH_WORD.match(text, start)
+    before = text[:start].rstrip()
+    return match.group() if match and before[-1:] in (":", "[", ",") else None
 
 
 def _code_point(char: str) -> str:

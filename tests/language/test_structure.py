@@ -96,7 +96,7 @@ def test_counts_in_model_config_are_numbers_and_other_quantities_errors():
     in integer fields, and a size or percent (whose unit the config does not state) is an
     error that says so, at the value."""
     p = program("MODEL { config { n_positions: 1K  sizes: [1.5K, 2]  rope { f: 2M } } }")
-    assert p.config.model.config == {"n_positions": 1000, "sizes": [1500, 2], "rope": {"f": 2000000}}
+    assert p.config.model.config == {"n_positions": 1000, "sizes": [1500, 2], "rope": {"f": 2e6}}
     assert error("MODEL { config { resid_pdrop: 10% } }") == (
         1,
         31,
