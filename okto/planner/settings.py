@@ -66,6 +66,8 @@ def resolve_settings(
     gpu = machine.gpus[int(dev.value.partition(":")[2])] if dev.value != "cpu" else None
     precision = _precision(sources, gpu, notes)
     weights = _weights(sources, precision, gpu)
+    if precision.value == "fp32" and weights.value in HALF:
+        precision = _half_weights_math(sources, precision, weights.value, notes)
     processes = _processes(sources, machine, dev, notes)
     cuda_graphs = _cuda_graphs(sources, gpu, processes, notes)
     tf32 = _tf32(sources, gpu, precision.value, notes)
@@ -319,6 +321,20 @@ def _weights(sources: Sources, precision: Setting, gpu: Gpu | None) -> Setting:
         return _check_half(from_field(sources, "model.precision"), sources, gpu)
     mixed = precision.value != "fp32"
     return Setting("fp32", reason=f"fp32 master weights, {precision.value} math" if mixed else "")
+
+
+def _half_weights_math(
+    sources: Sources, precision: Setting, weights: str, notes: list[str]
+) -> Setting:
+    """fp32 math asked over half-precision weights: without autocast the weights' own dtype
+    does the math, so the row says so (it read fp32 over bf16 matmuls)."""
+    decided = f" ({sources.where(precision.field)})" if precision.field else ""
+    notes.append(
+        f"the precision is fp32{decided}, but {sources.where('model.precision')} makes the "
+        f"weights {weights}: without autocast their matmuls run in {weights} (MODEL.precision: "
+        "fp32 for fp32 math)"
+    )
+    return replace(precision, reason=f"no autocast: the {weights} weights compute in {weights}")
 
 
 def _tf32(sources: Sources, gpu: Gpu | None, precision: str, notes: list[str]) -> Setting:

@@ -280,3 +280,27 @@ def test_the_precision_row_says_tf32_only_where_tf32_runs(text, machine, why):
     assert result.settings["precision"].value == "fp32"
     assert result.settings["precision"].reason == why
     assert result.settings["tf32"].value == (why == "fp32 data, TF32 matmuls")
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "decided"),
+    [
+        ("MODEL { precision: bf16 }\nTRAIN { precision: fp32 }", H100, "TRAIN.precision"),
+        (
+            "MODEL { precision: bf16 }\nTRAIN { mixed_precision: true }",
+            CPU,
+            "TRAIN.mixed_precision",
+        ),
+    ],
+)
+def test_fp32_math_over_half_weights_says_the_weights_compute(text, machine, decided):
+    """The precision row read fp32 while the bf16 weights, with no autocast, did the math."""
+    result = plan(text, machine)
+    precision = result.settings["precision"]
+    assert (precision.value, result.settings["weights"].value) == ("fp32", "bf16")
+    assert precision.reason == "no autocast: the bf16 weights compute in bf16"
+    assert any(
+        note.startswith(f"the precision is fp32 ({decided} (t.okt:")
+        and "without autocast their matmuls run in bf16" in note
+        for note in result.notes
+    )
