@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from okto.errors import UsageError
+from okto.errors import OktoError, UsageError
 from okto.training import checkpoint as ckpt
 from okto.training import distributed_checkpoint as dckpt
 from okto.training.batches import Batch, Batches, ExampleStream
@@ -860,22 +860,34 @@ class Trainer:
         rng = self.ahead.rng if self.ahead is not None else None
         if self.scaler is not None:
             states["scaler"] = self.scaler.state_dict()
-        if self.parallel.distributed:
-            path = dckpt.save_checkpoint(
-                self.checkpoints,
-                self.step,
-                self.model,
-                self.optimizer,
-                states,
-                self.state_dict(),
-                self.parallel,
-                rng,
+        try:
+            if self.parallel.distributed:
+                path = dckpt.save_checkpoint(
+                    self.checkpoints,
+                    self.step,
+                    self.model,
+                    self.optimizer,
+                    states,
+                    self.state_dict(),
+                    self.parallel,
+                    rng,
+                )
+            else:
+                states["optimizer"] = self.optimizer.state_dict()
+                path = ckpt.save_checkpoint(
+                    self.checkpoints, self.step, self.model, states, self.state_dict(), rng
+                )
+        except OSError as error:  # a full disk, a folder gone: said, not a traceback
+            earlier = ckpt.latest_checkpoint(self.checkpoints)
+            before = (
+                f"the earlier ones are whole: --resume auto continues from {earlier}"
+                if earlier
+                else "there is no earlier one"
             )
-        else:
-            states["optimizer"] = self.optimizer.state_dict()
-            path = ckpt.save_checkpoint(
-                self.checkpoints, self.step, self.model, states, self.state_dict(), rng
-            )
+            raise OktoError(
+                f"could not write the checkpoint of step {self.step} in {self.checkpoints} "
+                f"({error.strerror or error}); {before}"
+            ) from error
         self.last_checkpoint, self.due_when_saved = path, self.due is not None
         self.metrics.write("save", step=self.step, what="checkpoint", path=str(path))
         self.display.text(f"save     step {self.step}: checkpoint -> {path}")

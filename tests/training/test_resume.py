@@ -274,3 +274,20 @@ def test_a_schedule_edited_in_the_file_applies_from_the_resumed_step(
     said = " ".join(capsys.readouterr().out.split())
     assert "TRAIN.scheduler is constant (it was linear): from step 7 on" in said
     assert rates == [3e-3] * 6  # steps 7 to 12; step 7 ran at 1.5e-3
+
+
+def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, capsys, monkeypatch):
+    """An OSError writing a checkpoint (a full disk) ended the run with a traceback."""
+    save = ckpt.save_checkpoint
+
+    def full_after_the_first(folder, step, *args):
+        if step > 4:
+            raise OSError(28, "No space left on device")
+        return save(folder, step, *args)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_after_the_first)
+    assert train(project(train=SCHEDULE)) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "could not write the checkpoint of step 8 in runs/tiny/checkpoints (No space left" in err
+    assert "--resume auto continues from runs/tiny/checkpoints/step-0000004" in err
+    assert "Traceback" not in err
