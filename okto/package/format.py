@@ -51,6 +51,15 @@ class PackageError(OktoError):
         self.problem = problem
 
 
+def _safe_name(name) -> bool:
+    """Whether a member name is a relative path of [A-Za-z0-9._-] parts, none of them . or ..:
+    a tokenizer member is written into a folder by its name, so 'tokenizer/../../x' would
+    write outside it."""
+    if not isinstance(name, str) or not _MEMBER_NAME.match(name):
+        return False
+    return not any(part in (".", "..") for part in name.split("/"))
+
+
 @dataclass(frozen=True)
 class Member:
     """One stored file: its name, role, and where its bytes lie in the package."""
@@ -323,7 +332,7 @@ class Package:
                 member = Member(**entry)
             except TypeError:
                 raise self._error(f"a manifest member entry is malformed: {entry!r}") from None
-            if not isinstance(member.name, str) or not _MEMBER_NAME.match(member.name):
+            if not _safe_name(member.name):
                 raise self._error(f"a member has an unsafe or invalid name: {member.name!r}")
             if member.role not in ROLES:
                 raise self._error(f"member {member.name!r} has an unknown role {member.role!r}")

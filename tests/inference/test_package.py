@@ -196,6 +196,17 @@ def bad_checksum_in_manifest(p):
     rewrite(p, mutate)
 
 
+def escaping_name(p):
+    """A tokenizer member named to be written outside the folder its files go to (its bytes and
+    their checksum unchanged): loading the package wrote it wherever the name pointed."""
+
+    def mutate(m):
+        entry = next(x for x in m["members"] if x["name"] == "tokenizer/tokenizer.json")
+        entry["name"] = "tokenizer/../../escaped.json"
+
+    rewrite(p, mutate)
+
+
 DAMAGE = {
     "truncated": (truncate, "truncated"),
     "header cut": (lambda p: p.write_bytes(p.read_bytes()[:40]), "fewer than its 128-byte header"),
@@ -223,6 +234,7 @@ DAMAGE = {
     "checksum edited": (bad_checksum_in_manifest, "failed the SHA-256 check"),
     "missing member": (drop_weights, "no 'model.safetensors' member"),
     "member out of bounds": (bad_bounds, "outside its place"),
+    "member name escapes": (escaping_name, "unsafe or invalid name: 'tokenizer/../../escaped"),
     "tensor index shape": (shape_mismatch, "tensor index describes tensor"),
     "tensor index extra": (extra_tensor, "lists tensor 'ghost.weight'"),
 }
