@@ -35,6 +35,12 @@ def run(args) -> int:
         environment.check()
         if not torch.cuda.is_available():
             raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+        if args.dtype == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+            major, minor = torch.cuda.get_device_capability()  # the planner refuses bf16 too
+            raise MachineError(
+                f"--dtype bf16, but {torch.cuda.get_device_name()} (sm_{major}{minor}) has no "
+                "bf16; use --dtype fp16"
+            )
         if backend.mode() == "native":  # every okto side would time the PyTorch reference
             raise UsageError(
                 "OKTO_KERNELS=native runs PyTorch's reference in place of okto's kernels, so "

@@ -102,3 +102,20 @@ def test_okto_kernels_native_is_exit_2_not_a_bench_of_the_reference(as_json, mon
     captured = capsys.readouterr()
     message = json.loads(captured.out)["error"] if as_json else captured.err
     assert "OKTO_KERNELS=native runs PyTorch's reference" in message
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_bf16_on_a_gpu_without_it_is_exit_4(as_json, monkeypatch, capsys):
+    """On a T4 every okto side failed to compile its bf16 kernel and the run ended with exit 1
+    and a failure per case; okto plan calls the same request a machine error (exit 4)."""
+    from okto.cli import main
+    from okto.kernels import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("the suites ran"))
+    assert main(["bench", "gemm", "--dtype", "bf16", *(["--json"] if as_json else [])]) == 4
+    captured = capsys.readouterr()
+    message = json.loads(captured.out)["error"] if as_json else captured.err
+    assert "Tesla T4 (sm_75) has no bf16; use --dtype fp16" in message
