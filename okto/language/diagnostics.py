@@ -138,8 +138,9 @@ def _around(text: str, start: int, end: int) -> tuple[str, int, int]:
 
 
 def _cells(char: str) -> int:
-    """Terminal cells `char` takes: 2 for wide (CJK) characters, 0 for combining marks."""
-    if unicodedata.combining(char):
+    """Terminal cells `char` takes: 2 for wide (CJK) characters, 0 for combining marks and
+    invisible format characters (a zero-width space)."""
+    if unicodedata.combining(char) or unicodedata.category(char) == "Cf":
         return 0
     return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
 

@@ -241,6 +241,9 @@ def test_the_caret_lines_up_under_wide_characters():
         '  PROJECT "日本"  TRAIN { epochs: "三" }',
         "  " + " " * 32 + "^^^^",
     ]
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse('PROJECT "a\u200bb" TRAIN { epochs: x }', "t.okt")  # a zero-width space
+    assert caught.value.errors[0].render().splitlines()[2] == "  " + " " * 29 + "^"
 
 
 def test_a_long_line_is_shown_around_the_caret():
