@@ -178,7 +178,8 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     make_folder(data_cache_dir(), "OKTO_CACHE_DIR")
     data_cache.size_limit()  # a bad OKTO_DATA_CACHE_SIZE stops the run here, not after the data
     choice = resume or config.train.resume_from_checkpoint
-    resume_from = _resume_point(choice, paths, display, parallel.is_main)
+    asked_by = "--resume" if resume else "TRAIN.resume_from_checkpoint"
+    resume_from = _resume_point(choice, asked_by, paths, display, parallel.is_main)
     if paths.log is not None and parallel.is_main:
         display.keep_log(paths.log, append=resume_from is not None)
     for diagnostic in program.warnings:
@@ -303,7 +304,9 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
         )
 
 
-def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: bool) -> Path | None:
+def _resume_point(
+    choice: str | None, asked_by: str, paths: RunPaths, display: Display, main: bool
+) -> Path | None:
     from okto.training.checkpoint import latest_checkpoint, set_aside
 
     if choice is None:
@@ -323,7 +326,7 @@ def _resume_point(choice: str | None, paths: RunPaths, display: Display, main: b
         return found
     path = Path(choice).expanduser()
     if not path.is_dir():
-        raise UsageError(f"--resume {choice}: no such checkpoint folder")
+        raise UsageError(f"{asked_by} {choice}: no such checkpoint folder")
     return latest_checkpoint(path) or path  # a folder of checkpoints: its latest
 
 

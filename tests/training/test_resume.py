@@ -291,3 +291,16 @@ def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, ca
     assert "could not write the checkpoint of step 8 in runs/tiny/checkpoints (No space left" in err
     assert "--resume auto continues from runs/tiny/checkpoints/step-0000004" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [("file", "TRAIN.resume_from_checkpoint gone: no such"), ("flag", "--resume gone: no such")],
+)
+def test_a_missing_checkpoint_is_named_by_what_asked_for_it(project, capsys, where, said):
+    """A missing TRAIN.resume_from_checkpoint folder was reported as `--resume gone`, a flag
+    the command line did not have."""
+    fields = SCHEDULE + (' resume_from_checkpoint: "gone"' if where == "file" else "")
+    flags = ("--resume", "gone") if where == "flag" else ()
+    assert train(project(train=fields), *flags) == 2
+    assert said in capsys.readouterr().err
