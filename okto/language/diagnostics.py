@@ -93,6 +93,9 @@ class Diagnostic:
         start = self.span.column - 1
         end = self.span.end_column - 1 if self.span.end_line == self.span.line else start + 1
         text, start, end = _around(self.source.line_text(self.span.line), start, end)
+        # A control character (a lone \r from old Mac line ends moves the cursor back to
+        # the line's start) shows as one replacement character.
+        text = "".join("\ufffd" if c < " " and c != "\t" else c for c in text)
         # Copy the line's own tabs into the caret's indentation so that it
         # lines up however the terminal renders tabs; wide characters (CJK)
         # take two cells, combining marks none.

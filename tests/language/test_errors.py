@@ -246,6 +246,16 @@ def test_the_caret_lines_up_under_wide_characters():
     assert caught.value.errors[0].render().splitlines()[2] == "  " + " " * 29 + "^"
 
 
+def test_control_characters_in_the_shown_line_are_replaced():
+    """Old Mac line ends (a lone \\r) moved the terminal's cursor back mid-line and the
+    source line printed over itself."""
+    with pytest.raises(InvalidProgram) as caught:
+        okto.parse('PROJECT "x"\rTRAIN {\r epochs 3 }', "t.okt")
+    shown, marks = caught.value.errors[0].render().splitlines()[1:3]
+    assert shown == '  PROJECT "x"\ufffdTRAIN {\ufffd epochs 3 }'
+    assert marks.index("^") == shown.index("3")
+
+
 def test_a_long_line_is_shown_around_the_caret():
     """A minified or generated file's 100 000-character line is shown as 120 characters
     around the culprit, not printed whole twice (the line and its caret's indentation)."""
