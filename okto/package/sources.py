@@ -98,7 +98,9 @@ class Checkpoint:
         else:
             with tempfile.TemporaryDirectory(prefix="okto-tokenizer-") as folder:
                 for name, data in self.tokenizer_files.items():
-                    (Path(folder) / name).write_bytes(data)
+                    file = Path(folder) / name  # a name may hold folders: tokenizer/a/b.json
+                    file.parent.mkdir(parents=True, exist_ok=True)
+                    file.write_bytes(data)
                 # AutoTokenizer reads the model config when tokenizer_config.json names no class
                 (Path(folder) / CONFIG).write_text(json.dumps(self.config))
                 tokenizer = load_tokenizer(Path(folder), self.path)

@@ -10,7 +10,7 @@ import zlib
 import pytest
 import torch
 
-from okto.errors import OktoError, UsageError
+from okto.errors import OktoError, RunError, UsageError
 from okto.package import Package, PackageError, export_model, open_checkpoint
 from okto.package import format as okm
 
@@ -358,6 +358,21 @@ def phobert_tokenizer(folder):
     tokenizer = PhobertTokenizer(str(folder / "vocab.txt"), str(folder / "bpe.codes"))
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     return tokenizer
+
+
+def test_a_tokenizer_member_in_a_subfolder_is_no_traceback(okm_files, tmp_path):
+    """Member names may hold folders ('tokenizer/sub/tokenizer.json'); writing the tokenizer's
+    files out for loading was a FileNotFoundError traceback, as the subfolder was not made."""
+    path = tmp_path / "nested.okm"
+    path.write_bytes(okm_files["gpt2"].read_bytes())
+
+    def mutate(m):
+        entry = next(x for x in m["members"] if x["name"] == "tokenizer/tokenizer.json")
+        entry["name"] = "tokenizer/sub/tokenizer.json"
+
+    rewrite(path, mutate)
+    with pytest.raises(RunError, match="its tokenizer cannot be loaded"):
+        open_checkpoint(path).tokenizer()
 
 
 def test_a_package_holds_every_file_the_tokenizer_saves(hf_dirs, tmp_path):
