@@ -307,7 +307,7 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
 def _resume_point(
     choice: str | None, asked_by: str, paths: RunPaths, display: Display, main: bool
 ) -> Path | None:
-    from okto.training.checkpoint import latest_checkpoint, set_aside
+    from okto.training.checkpoint import latest_checkpoint, read_trainer_state, set_aside
 
     if choice is None:
         moved = set_aside(paths.checkpoints, (paths.metrics, paths.log)) if main else None
@@ -327,7 +327,9 @@ def _resume_point(
     path = Path(choice).expanduser()
     if not path.is_dir():
         raise UsageError(f"{asked_by} {choice}: no such checkpoint folder")
-    return latest_checkpoint(path) or path  # a folder of checkpoints: its latest
+    found = latest_checkpoint(path) or path  # a folder of checkpoints: its latest
+    read_trainer_state(found)  # no checkpoint: said before the data and the model
+    return found
 
 
 def _seed_everything(seed: int) -> None:

@@ -304,3 +304,13 @@ def test_a_missing_checkpoint_is_named_by_what_asked_for_it(project, capsys, whe
     flags = ("--resume", "gone") if where == "flag" else ()
     assert train(project(train=fields), *flags) == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_folder_that_is_no_checkpoint_is_said_before_any_work(project, capsys):
+    """--resume on a folder holding no checkpoint prepared the data and built the model first,
+    then said it was not one."""
+    Path("notes").mkdir()
+    assert train(project(train=SCHEDULE), "--resume", "notes") == 2
+    out, err = capsys.readouterr()
+    assert "notes is not an okto checkpoint" in err
+    assert "data " not in out and "model " not in out
