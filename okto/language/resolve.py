@@ -132,9 +132,18 @@ class _Resolver:
         if field is None:
             self._unknown_keyword(header)
             return
-        if self._first(header):
-            path = ("project", field)
-            self.inputs.setdefault("project", {})[field] = self._value(header.value, None, path)
+        if not self._first(header):
+            return
+        path = ("project", field)
+        if field != "tags" and isinstance(header.value, Num | Qty | Bool):
+            # `VERSION 1.0`: quoting keeps what was written (1.10 is not 1.1)
+            span = header.value.span
+            written = self.collect.source.text[span.start : span.end]
+            self.collect.error(
+                span, f"{header.keyword} takes a string", f'write {header.keyword} "{written}"'
+            )
+            return
+        self.inputs.setdefault("project", {})[field] = self._value(header.value, None, path)
 
     def _block(self, block: Block) -> None:
         keyword = block.keyword

@@ -188,7 +188,7 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         message = f"'{previous}:' is a field, and fields go inside a block"
         hint = "for example: TRAIN { epochs: 3 }"
     elif expected - {"TRUE", "FALSE"} == _AFTER_KEYWORD and previous:
-        message, hint = _keyword_alone(previous, token)
+        message, hint = _keyword_alone(previous, token, _unquoted_value(source.text, token))
     elif token.type == "EQUAL" and "COLON" in expected:
         message = "use ':' between a field name and its value, not '='"
     elif "COLON" in expected and previous and (token.type in _VALUES or token.type == "LSQB"):
@@ -201,11 +201,24 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
     return Diagnostic("error", message, source, span, hint)
 
 
-def _keyword_alone(keyword: str, token) -> tuple[str, str]:
+def _unquoted_value(text: str, token) -> str | None:
+    """The rest of the line from a name `token` on (its comment left out), when the token
+    sits on the line of the keyword before it: `PROJECT my project` -> `my project`."""
+    line_start = text.rfind("\n", 0, token.start_pos) + 1
+    if token.type != "NAME" or not text[line_start : token.start_pos].strip():
+        return None
+    line_end = text.find("\n", token.start_pos)
+    return text[token.start_pos : line_end if line_end >= 0 else None].split("#")[0].strip()
+
+
+def _keyword_alone(keyword: str, token, unquoted: str | None) -> tuple[str, str]:
     """The message and hint for a top-level keyword followed by neither its value nor `{`:
-    a header (PROJECT) takes a value, a block (TRAIN) a body, anything else either."""
+    a header (PROJECT) takes a value, a block (TRAIN) a body, anything else either. Words
+    after a header on its line are its value unquoted (`PROJECT my-project`)."""
     from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, NOT_EXECUTED_BLOCKS
 
+    if keyword in HEADER_KEYWORDS and unquoted:
+        return f"{keyword} takes a string in double quotes", f'write {keyword} "{unquoted}"'
     if keyword in HEADER_KEYWORDS:
         message = f"'{keyword}' needs a value before {_found(token)}"
         return message, f'for example: {keyword} "a value"'

@@ -35,6 +35,7 @@ SYNTAX = [
     ("epochs: 3", (1, 7, "'epochs:' is a field, and fields go inside a block")),
     ("TRAIN { batch_size: : 4 }", (1, 21, "unexpected ':': expected a value or '{'")),
     ("PROJECT\nTRAIN { }", (2, 1, "'PROJECT' needs a value before 'TRAIN'")),
+    ("PROJECT my-bot\nTRAIN { }", (1, 9, "PROJECT takes a string in double quotes")),
     ("TRAIN\nENV { }", (2, 1, "'TRAIN' needs a body in braces before 'ENV'")),
     ("FOO\nENV { }", (2, 1, "'FOO' needs a value or a body in braces before 'ENV'")),
     (
@@ -203,6 +204,8 @@ def test_numbers_the_run_cannot_take(text, message):
         ("PROJECT\nTRAIN { }", 'for example: PROJECT "a value"'),
         ("TRAIN\nENV { }", "for example: TRAIN { ... }"),
         ("DATASET { shuffle: True }", "booleans are lower case: true"),
+        ("PROJECT my cool bot # c\nTRAIN { }", 'write PROJECT "my cool bot"'),
+        ("VERSION 1.10", 'write VERSION "1.10"'),
         ("DATASET { train: d/a.jsonl }", 'paths and hub names go in double quotes: "d/a.jsonl"'),
         ("MODEL { base: Qwen/Qwen2 }", 'paths and hub names go in double quotes: "Qwen/Qwen2"'),
         ("MODEL { base: ./models/x }", 'paths and hub names go in double quotes: "./models/x"'),
