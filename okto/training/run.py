@@ -217,8 +217,7 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     job = (program, settings, parallel)
     trainer = _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from)
     try:  # the metrics file is open: closed also when the checkpoint is refused
-        if resume_from is not None:
-            _resume(program, trainer, resume_from, display)
+        state = _resume(trainer, resume_from, display) if resume_from is not None else None
         trainer.metrics.write(
             "start",
             project=config.project.name,
@@ -236,14 +235,17 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
             total_steps=trainer.total,
             resumed_from=str(resume_from) if resume_from else None,
         )
+        if state is not None:  # its `set` events follow the `start` of the run they change
+            _resumed_with_other_settings(program, trainer, state, display)
         outcome = trainer.fit()
         return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
     finally:
         trainer.metrics.close()
 
 
-def _resume(program, trainer, checkpoint: Path, display: Display) -> None:
-    """Restore `checkpoint` into the trainer, and say what differs from the run it was of."""
+def _resume(trainer, checkpoint: Path, display: Display) -> dict:
+    """Restore `checkpoint` into the trainer, saying where the run goes on and whether its data
+    changed; its trainer state."""
     state = trainer.restore(checkpoint)
     if state["step"] > trainer.total:
         raise UsageError(
@@ -253,7 +255,7 @@ def _resume(program, trainer, checkpoint: Path, display: Display) -> None:
         )
     display.text(f"resuming from {checkpoint} (step {state['step']} of {trainer.total})")
     _resumed_with_other_data(trainer, state, display)
-    _resumed_with_other_settings(program, trainer, state, display)
+    return state
 
 
 def _resumed_with_other_data(trainer, state: dict, display: Display) -> None:

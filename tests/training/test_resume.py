@@ -190,6 +190,8 @@ def test_live_values_edited_in_the_file_apply_on_resume(project, capsys):
     assert train(path, "--resume", "auto") == 0
     assert "file     step 4: batch_size 4 -> 2" in capsys.readouterr().out
     metrics = Path("runs/tiny/metrics.jsonl")
+    events = [r["event"] for r in read_metrics(metrics) if r["event"] in ("start", "set")]
+    assert events == ["start", "set", "start", "set", "set"]  # after the start they change
     changes = [(r["field"], r["after"], r["by"]) for r in read_metrics(metrics, "set")]
     assert changes == [
         ("gradient_clip", 0.5, "CONTROL"),  # not put back to the file's 1.0 on resume
