@@ -188,6 +188,13 @@ def _what_it_holds(folder: Path) -> str:
             "trained in, whose final/ holds the model with the adapter merged"
         )
     if (folder / "trainer.json").is_file():
+        parents = folder.resolve().parents[:2]
+        run = next((p for p in parents if (p / "final" / CONFIG).is_file()), None)
+        if run is not None:  # runs/<project>/checkpoints/step-N of a run that has finished
+            return (
+                f"; it is a training checkpoint of a finished run: load the run folder {run}, "
+                "whose final/ holds the model"
+            )
         return (
             "; it is a training checkpoint: `okto train -f FILE.okt --resume auto` finishes "
             "the run, whose folder then holds the model in final/"

@@ -165,6 +165,20 @@ def test_a_run_folder_that_is_no_model_says_what_to_load(files, words, tmp_path,
         assert "not a model" in err and words in err
 
 
+def test_a_checkpoint_of_a_finished_run_says_to_load_the_run(tmp_path, capsys, monkeypatch):
+    """A checkpoint of a run that has finished was said to need `--resume auto` to finish the
+    run; the run folder, whose final/ holds the model, is what to load (given relatively too)."""
+    run = tmp_path / "runs" / "p"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    (run / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000002" / "trainer.json").write_text("{}")
+    monkeypatch.chdir(run / "checkpoints")
+    assert main(["infer", "-p", "Hi", "-m", "step-0000002"]) == 2
+    err = capsys.readouterr().err
+    assert f"a training checkpoint of a finished run: load the run folder {run.resolve()}," in err
+
+
 @pytest.mark.parametrize("where", ["okto.package.sources", "okto.package.format"])
 def test_a_model_this_user_may_not_read_is_one_line(okm_files, capsys, monkeypatch, where):
     """A package without read permission was a PermissionError traceback."""
