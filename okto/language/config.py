@@ -224,6 +224,13 @@ class DatasetConfig(BlockModel):
         json_schema_extra=NO_EFFECT,
     )
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _train_in_any_case(cls, value: str | None) -> str | None:
+        """okto.data takes "Train" for "train"; spelling it one way here keeps the checks
+        below (the default vocab_size, vocab_size's warning) in step with it."""
+        return "train" if value is not None and value.lower() == "train" else value
+
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:
         if self.train is not None and self.mix_datasets is not None:

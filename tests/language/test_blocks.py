@@ -458,6 +458,12 @@ def test_fp16_on_a_gpu_is_fine():
     assert warnings('ENV { accelerator: "gpu" precision: "fp16" }') == []
 
 
+@pytest.mark.parametrize("spelling", ["train", "Train", "TRAIN"])
+def test_vocab_size_goes_with_train_in_any_case(spelling):
+    """okto.data trains a tokenizer for "Train" too, so check must not call vocab_size idle."""
+    assert warnings(f'DATASET {{ tokenizer: "{spelling}" vocab_size: 1000 }}') == []
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
