@@ -19,6 +19,7 @@ from pathlib import Path
 
 from okto.data.errors import JSON_ERRORS, DataError
 from okto.data.settings import DataSettings, Source
+from okto.training.outputs import CONFIG_FILE as RUN_CONFIG
 
 EXTENSIONS = {
     ".jsonl": "jsonl",
@@ -56,20 +57,30 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
         return files
     if path.is_dir():
         _refuse_saved_datasets(path)
+        runs = _run_folders(path)
         files = sorted(
             p
             for p in path.rglob("*")
             if p.is_file()
             and p.suffix.lower() in EXTENSIONS
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            and not any(folder in p.parents for folder in runs)
         )
         if not files:
             known = ", ".join(EXTENSIONS)
-            raise DataError(f"directory {path} holds no data files ({known})")
+            skipped = f" outside okto's run folders ({len(runs)} skipped)" if runs else ""
+            raise DataError(f"directory {path} holds no data files{skipped} ({known})")
         return files
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     return [path]
+
+
+def _run_folders(folder: Path) -> set[Path]:
+    """Folders under `folder` (itself included) that okto wrote a run into: their configs,
+    tokenizers, metrics and logs are outputs, never training data, for a data folder that
+    holds the runs (`train: "."` beside the .okt file, with runs/ there)."""
+    return {config.parent for config in folder.rglob(RUN_CONFIG) if config.is_file()}
 
 
 def _refuse_saved_datasets(folder: Path) -> None:

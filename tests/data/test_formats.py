@@ -148,6 +148,20 @@ def test_directory_and_glob(tmp_path, tokenizer):
     assert _rows_text(folder, tokenizer) == EXPECTED
 
 
+def test_okto_run_folders_in_a_data_folder_are_not_data(tmp_path):
+    """`train: "."` beside the .okt file trained on runs/<project>/ too: its config,
+    tokenizer files and metrics.jsonl."""
+    write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    run = tmp_path / "runs" / "demo"
+    (run / "tokenizer").mkdir(parents=True)
+    (run / "okto_config.json").write_text("{}")
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "tokenizer" / "tokenizer.json").write_text("{}")
+    assert [p.name for p in resolve_files(".", tmp_path)] == ["a.jsonl"]
+    with pytest.raises(DataError, match=r"no data files outside okto's run folders \(1 skipped"):
+        resolve_files("runs", tmp_path)
+
+
 def test_a_saved_datasets_folder_is_named(tmp_path):
     """Its metadata was read as the data: 'dataset_info.json: none of its 1 records is
     usable', or 'dataset_dict.json: no usable text field (fields found: splits)'."""
