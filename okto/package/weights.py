@@ -11,6 +11,8 @@ import json
 import math
 import struct
 
+from okto.errors import UsageError
+
 DTYPE_SIZES = {
     "F64": 8,
     "F32": 4,
@@ -131,5 +133,19 @@ def serialize(tensors: dict, dtype=None) -> bytes:
     from safetensors.torch import save
 
     if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        tensors = {k: _cast(k, v, dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     return save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+
+
+def _cast(name: str, tensor, dtype):
+    """`tensor` in `dtype`, or a UsageError when values beyond its range would become infinite
+    (fp16 ends at 65504): the package would generate NaNs without a word."""
+    cast = tensor.to(dtype)
+    if cast.isinf().sum() > tensor.isinf().sum():
+        largest = tensor.abs().max().item()
+        raise UsageError(
+            f"tensor {name!r} holds values up to {largest:.4g}, beyond the range of "
+            f"{str(dtype).removeprefix('torch.')}: cast, they would be infinite; export in "
+            "bf16 or fp32"
+        )
+    return cast

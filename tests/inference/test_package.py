@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 import stat
 import struct
 import zlib
@@ -61,6 +62,29 @@ def test_cast_to_fp16(hf_dirs, tmp_path):
 
     back = export_model(out, tmp_path / "half_hf")
     assert AutoModelForCausalLM.from_pretrained(back).dtype == torch.float16
+
+
+def test_a_cast_that_would_overflow_is_refused(hf_dirs, tmp_path, capsys):
+    """A weight beyond fp16's range (65504) became infinite in an fp16 export without a word,
+    and the package generated NaNs; the export is refused, the old file left as it was."""
+    from safetensors.torch import load_file, save_file
+
+    from okto.cli import main
+
+    folder = tmp_path / "big"
+    shutil.copytree(hf_dirs["gpt2"], folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["transformer.h.0.mlp.c_fc.bias"][3] = 1e5
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "half.okm"
+    out.write_bytes(b"the old file")
+    assert main(["export", "-m", str(folder), "-o", str(out), "--dtype", "fp16"]) == 2
+    assert (
+        "tensor 'transformer.h.0.mlp.c_fc.bias' holds values up to 1e+05, beyond the range of "
+        "float16" in capsys.readouterr().err
+    )
+    assert out.read_bytes() == b"the old file"
+    assert Package(export_model(folder, out, dtype="bf16")).manifest["dtype"] == "bfloat16"
 
 
 def test_run_directory_carries_its_training_config(hf_dirs, tmp_path):
@@ -336,8 +360,6 @@ def test_hf_export_that_fails_at_the_weights_leaves_the_folder_as_it_was(
 
 def test_generation_config_stop_strings_are_the_models_stops(hf_dirs, tmp_path):
     """stop_strings, which Hugging Face generate honours, were dropped without a word."""
-    import shutil
-
     folder = shutil.copytree(hf_dirs["gpt2"], tmp_path / "m")
     for stop, expected in (("\n\n", ["\n\n"]), (["###", "User:"], ["###", "User:"])):
         (folder / "generation_config.json").write_text(json.dumps({"stop_strings": stop}))
