@@ -32,6 +32,7 @@ from okto.data.selection import hold_out, release_kept, shuffled, training_mix
 from okto.data.settings import DataSettings
 from okto.data.sources import read_files
 from okto.data.stats import DataStats, SplitStats
+from okto.data.templates import PLAIN_CHAT_TEMPLATE
 from okto.data.tokenizer import check_tokenizer
 from okto.errors import RunError
 
@@ -93,6 +94,7 @@ def build_datasets(
         stats.cache_path = str(Path(cache_dir) / key)
         _trim_cache(Path(cache_dir), key)
         stats.seconds = {"total": time.perf_counter() - started}
+        _keep_the_plain_template(tokenizer, stats)
         return _torch_format(splits, stats)
 
     stats = DataStats(cache_key=key)
@@ -124,7 +126,19 @@ def build_datasets(
         _trim_cache(Path(cache_dir), key)
         stats.seconds["cache_write"] = time.perf_counter() - save_started
     stats.seconds["total"] = time.perf_counter() - started
+    _keep_the_plain_template(tokenizer, stats)
     return _torch_format(splits, stats)
+
+
+def _keep_the_plain_template(tokenizer, stats: DataStats) -> None:
+    """Chat-like records on a tokenizer with no chat template were rendered with okto's plain
+    one; the tokenizer takes it as its own, so the model the run saves chats (`okto chat`,
+    INFERENCE mode chat) in the format it was trained on, not in "User:" lines."""
+    splits = (stats.train, stats.validation, stats.test)
+    if not getattr(tokenizer, "chat_template", None) and any(
+        split is not None and split.templated for split in splits
+    ):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
 
 def _check_rows(splits: dict, stats: DataStats) -> None:
@@ -221,9 +235,11 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
     """Tokenize a split's records in parallel, then cut them into fixed-length rows. The
     split's table is taken out of `tables`, so that it is freed once tokenized."""
     import datasets
+    import pyarrow.compute as pc
 
     records = tables.pop(name)
     count = records.num_rows
+    templated = pc.sum(records.column("templated")).as_py() or 0
     tokens = Tokens()
     dropped: Counter[str] = Counter()
     for batch, reasons in _encoded(records, Encoder(tokenizer), num_proc or _workers(count)):
@@ -245,6 +261,7 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
         tokens=int(rows.attention_mask.sum()),
         trained_tokens=rows.trained_tokens,
         truncated=rows.truncated,
+        templated=templated,
         dropped=dict(dropped),
     )
     return datasets.Dataset(rows.to_arrow(), fingerprint=f"{fingerprint}-rows"), stats

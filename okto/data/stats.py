@@ -40,6 +40,7 @@ class SplitStats:
     tokens: int = 0  # real tokens (padding excluded)
     trained_tokens: int = 0  # tokens with a label
     truncated: int = 0  # records cut at max_length (without packing)
+    templated: int = 0  # records rendered through a chat template
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -160,3 +160,19 @@ def test_masked_fraction_counts_the_prompt(tmp_path, tokenizer, packing):
     assert stats.trained_tokens == 3 * per_record
     assert stats.masked_fraction == pytest.approx(1 - stats.trained_tokens / stats.tokens)
     assert 0.3 < stats.masked_fraction < 0.9
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_chat_rows_leave_the_plain_template_on_a_tokenizer_without_one(
+    tmp_path, tokenizer, cached
+):
+    """A base model's tokenizer (no chat template) trained on chats in okto's plain template
+    was saved without it, so `okto chat` prompted the model in "User:" lines instead."""
+    chats = write_jsonl(tmp_path / "chat.jsonl", [CONVERSATION] * 4)
+    texts = write_jsonl(tmp_path / "text.jsonl", [{"text": "the model reads data"}] * 4)
+    cache_dir = tmp_path / "cache" if cached else None
+    for path, expected in ((chats, PLAIN_CHAT_TEMPLATE), (texts, None)):
+        for _ in range(2 if cached else 1):  # the second build comes from the cache
+            base = _with_template(tokenizer, None)
+            build_datasets(config(train=str(path), max_length=64), base, cache_dir=cache_dir)
+            assert base.chat_template == expected
