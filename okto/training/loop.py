@@ -232,6 +232,12 @@ class Trainer:
         self.flops, (self.peak, self.peak_note) = flops, peak
         self.display, self.metrics = display, metrics
         self.checkpoints, self.save_model = checkpoints, save_model
+        # save_steps checkpoints, as in the file (where it implies save_strategy: steps), also
+        # when a CONTROL rule sets it, unless the file chose another save_strategy
+        strategy = config.train.save_strategy
+        self.saves_by_steps = strategy == "steps" or "save_strategy" not in (
+            config.train.model_fields_set
+        )
         self.trained = [p for p in model.parameters() if p.requires_grad]
         self.step, self.position = 0, 0
         self.totals, self.window = Totals(), Window()
@@ -530,11 +536,7 @@ class Trainer:
             self._evaluate()
         self.due = None
         save_steps = self.live.save_steps
-        if (
-            self.config.train.save_strategy == "steps"
-            and save_steps
-            and self.step % save_steps == 0
-        ):
+        if self.saves_by_steps and save_steps and self.step % save_steps == 0:
             self.checkpoint_wanted = True
         if self.checkpoint_wanted:
             self._checkpoint()
@@ -827,6 +829,10 @@ class Trainer:
             self.batches.resize(int(value))
         self.metrics.write("set", step=self.step, field=name, before=before, after=value, by=by)
         self.display.text(f"{by:<8} step {self.step}: {name} {before:g} -> {self.get(name):g}")
+        if name == "save_steps" and not self.saves_by_steps:
+            self.display.warn(
+                f"save_steps has no effect with save_strategy: {self.config.train.save_strategy}"
+            )
 
     def log(self, text: str) -> None:
         self.metrics.write("log", step=self.step, message=text)

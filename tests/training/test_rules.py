@@ -258,3 +258,18 @@ def test_rules_read_throughput_after_a_log_line_and_no_stand_in_perplexity(proje
     messages = [r["message"] for r in read_metrics(METRICS, "log")]
     rates = [f"rate {r['tokens_per_second']:.0f}" for r in steps() if r["step"] in (2, 4)]
     assert messages == ["perplexity {perplexity}", *rates]
+
+
+@pytest.mark.parametrize(("strategy", "saved"), [("", [3, 6, 9]), ('save_strategy: "epoch"', [9])])
+def test_save_steps_a_rule_sets_checkpoints_as_in_the_file(project, capsys, strategy, saved):
+    """SET save_steps in a file without save_steps (save_strategy epoch by default) printed
+    the change and saved nothing: save_steps checkpoints now, as it does in the file, unless
+    the file chose another save_strategy, which is warned."""
+    path = project(
+        train=f"max_steps: 9 {strategy}", extra="CONTROL { IF step == 2 { SET save_steps = 3 } }"
+    )
+    assert train(path) == 0
+    checkpoints = [r["step"] for r in read_metrics(METRICS, "save") if r["what"] == "checkpoint"]
+    assert checkpoints == saved
+    warned = "save_steps has no effect with save_strategy: epoch" in capsys.readouterr().out
+    assert warned == bool(strategy)
