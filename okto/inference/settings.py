@@ -110,7 +110,12 @@ def checked_prompts(prompts: str | list[str]) -> list[str]:
     """One prompt or a list of them, as a list; a UsageError names the first that a tokenizer
     cannot take: not a string, or holding lone surrogates (bytes that were not UTF-8, as argv
     and a C-locale stdin pass them on), which failed deep inside the tokenizer."""
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    try:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    except TypeError:  # not iterable
+        raise UsageError(
+            f"prompts: a string or a list of strings, not a {type(prompts).__name__}"
+        ) from None
     for number, prompt in enumerate(prompts, 1):
         if not isinstance(prompt, str):
             raise UsageError(f"prompt {number} is a {type(prompt).__name__}, not text")
