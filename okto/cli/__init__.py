@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _escape_what_the_terminal_cannot_show() -> None:
+    """Characters stdout's encoding lacks (generated text on an ASCII or cp1252 console,
+    PYTHONIOENCODING=ascii) print as escapes, as they do on stderr, instead of ending the
+    command with a UnicodeEncodeError once all the work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -40,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_INVALID
+    _escape_what_the_terminal_cannot_show()
     try:
         return args.run(args)
     except OktoError as error:

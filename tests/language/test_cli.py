@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -191,3 +192,17 @@ def test_help_and_check_do_not_import_torch():
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_terminal_without_the_characters_gets_escapes(tmp_path):
+    """stdout in ASCII (PYTHONIOENCODING=ascii, an old Windows console) printing a name it
+    cannot encode was a UnicodeEncodeError traceback (for okto infer, after generating)."""
+    path = tmp_path / "café.okt"
+    path.write_text('PROJECT "café"\n', encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "okto", "check", "-f", str(path)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode("ascii").endswith("caf\\xe9.okt: valid\n")
