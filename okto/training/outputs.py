@@ -86,8 +86,9 @@ def make_folder(folder: Path, setting: str) -> None:
 
 
 def slug(name: str) -> str:
-    """A name usable as a file name: `My model v2` -> `My-model-v2`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+    """A name usable as a file name: `My model v2` -> `My-model-v2`. Letters of any script
+    stay (`Café` is not `Caf`, and two names in another script do not both become `model`)."""
+    return re.sub(r"[^\w.-]+", "-", name).strip("-.") or "model"
 
 
 def write_config(folder: Path, config: dict) -> None:

@@ -210,7 +210,8 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
             f"parallel {parallel.describe()}; global batch {train.batch_size} x "
             f"{parallel.world} x {train.gradient_accumulation} sequences"
         )
-        _seed_everything(settings.seed + parallel.rank)  # each process its own dropout masks
+        # each process its own dropout masks; numpy takes seeds below 2**32 only
+        _seed_everything((settings.seed + parallel.rank) % 2**32)
     apply_switches(settings)
     if parallel.is_main:
         write_config(paths.run, program.to_dict())

@@ -414,3 +414,15 @@ def test_a_huge_perplexity_is_shown_in_a_few_digits(project, capsys):
     assert re.fullmatch(r"\d\.\d\de\+\d+", shown), line
     summary = " ".join(out.split("summary")[-1].split())
     assert f"perplexity {shown}, accuracy" in summary
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("my model v2", "my-model-v2"), ("Café", "Café"), ("日本", "日本"), ("中文", "中文"), ("..", "model")],
+)
+def test_the_run_folder_keeps_letters_of_any_script(name, folder):
+    """Every character outside ASCII was dropped: PROJECT "日本" and "中文" both trained into
+    runs/model/, one over the other, and "Café" into runs/Caf/."""
+    from okto.training.outputs import slug
+
+    assert slug(name) == folder

@@ -259,6 +259,12 @@ def test_a_failing_rank_ends_the_job_with_its_message(project, capfd, tmp_path):
     assert first_failure(failures) == (1, 3, "rank 1 cannot go on: its disk is full")
 
 
+def test_the_largest_seed_runs_in_every_process(project):
+    """Rank 1 seeded numpy with 2**32 (the seed plus its rank): a ValueError traceback."""
+    path = project(train="max_steps: 2", model=MODEL)
+    assert run_ranks(2, "train", "-f", str(path), "--set", "TRAIN.seed=4294967295") == [0, 0]
+
+
 def test_gpus_without_a_gpu_or_an_explicit_cpu_is_exit_4(project, capsys):
     if torch.cuda.is_available():
         pytest.skip("checks a machine without a GPU")
