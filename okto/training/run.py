@@ -662,12 +662,14 @@ def _logging_steps(program) -> int:
 
 def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started):
     """Final model, adapter and exports for a run that ended well; the summary in any case."""
-    final, exports = None, []
+    final, exports, failed = None, [], None
     if outcome.reason in ("completed", "stopped", "early_stopping"):
         try:
             final, exports = _save_outputs(trainer, program, paths, tokenizer, adapted)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `Terminated`
             outcome = _interrupted_saving(trainer, stop)
+        except ExportFailed as error:
+            failed, final = error, paths.final
     from okto.training.loop import peak_memory
 
     rates = trainer.throughput()
@@ -701,6 +703,8 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         **rates,
     )
     _summary(trainer, outcome, rates, memory, final, exports, paths, display, started)
+    if failed is not None:
+        raise failed
     if outcome.reason in ("nan", "diverged"):
         raise TrainingFailed(outcome.message)
     if outcome.reason == "interrupted":
@@ -751,10 +755,34 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
             if asked and parallel.is_main
             else []
         )
+    except OktoError as error:  # an EXPORT the model cannot take (fp16 past its range, ...)
+        if not keep and parallel.is_main and final.is_dir():
+            _keep_unexported(final, paths.final)
+        raise ExportFailed(error, paths) from None
     finally:
         if not keep and parallel.is_main:
             shutil.rmtree(final, ignore_errors=True)
     return (final if keep else None), exports
+
+
+class ExportFailed(OktoError):
+    """EXPORT failed after training: raised once the summary is shown, with the export
+    error's exit code, saying where the trained model is."""
+
+    def __init__(self, error: OktoError, paths: RunPaths):
+        super().__init__(
+            f"training ended, but EXPORT failed: {error}\nthe trained model is in "
+            f"{paths.final}; export it again with okto export --model {paths.final}"
+        )
+        self.exit_code = error.exit_code
+
+
+def _keep_unexported(scratch: Path, final: Path) -> None:
+    """With OUTPUT.save_model: false the model was only staged for the exports; when they
+    fail it is all the run made, so it moves to final/ instead of being removed."""
+    if final.exists():
+        shutil.rmtree(final)
+    scratch.rename(final)
 
 
 def _interrupted_saving(trainer, stop: KeyboardInterrupt):

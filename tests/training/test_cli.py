@@ -114,6 +114,27 @@ def test_exports_without_keeping_the_final_model(project, tmp_path):
     assert not [p for p in run.iterdir() if p.name.startswith(".tmp")]
 
 
+@pytest.mark.parametrize("keep", ["true", "false"])
+def test_a_failed_export_keeps_the_model_and_the_summary(project, monkeypatch, capsys, keep):
+    """An EXPORT the model could not take (fp16 past its range) ended the run with its error
+    alone: no summary, and with save_model: false the trained model was deleted."""
+    from okto.errors import UsageError
+
+    def refuse(*_):
+        raise UsageError("tensor 'w' holds values up to 1e+05, beyond the range of float16")
+
+    monkeypatch.setattr("okto.training.outputs.export", refuse)
+    path = project(extra=f'EXPORT {{ format: "okm" }}\nOUTPUT {{ save_model: {keep} }}')
+    assert train(path, "--max-steps", "2") == 2
+    out, err = capsys.readouterr()
+    assert "training ended, but EXPORT failed: tensor 'w' holds values" in " ".join(err.split())
+    assert "final model" in out  # the summary table
+    final = Path("runs/tiny/final")
+    assert (final / "model.safetensors").is_file()
+    assert read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[0]["final"] == str(final)
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".tmp")]
+
+
 @pytest.mark.parametrize(
     ("records", "expected"),
     [
