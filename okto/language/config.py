@@ -619,7 +619,8 @@ class OutputConfig(BlockModel):
     )
     save_model: Bool = Field(
         True,
-        description="Keep the final model in the run folder (EXPORT writes its files either way).",
+        description="Keep the final model in the run folder (EXPORT writes its files, and a "
+        "LoRA run its adapter/, either way).",
     )
     save_optimizer: Bool = Field(False, description="Save the optimizer state with the model.")
     metrics: Annotated[list[str], BeforeValidator(one_or_many)] = Field(
@@ -664,7 +665,9 @@ class StabilityConfig(BlockModel):
 
     stop_if_nan: Bool = Field(True, description="Stop when the loss is NaN or infinite.")
     stop_if_diverges: Bool = Field(
-        False, description="Stop when the loss grows far above its best value."
+        False,
+        description="Stop when the loss's moving average rises above 1.5x its lowest, "
+        "checked from step 11 on (a run of 10 steps or fewer is never stopped).",
     )
     min_improvement: Number | None = Field(
         None, ge=0, description="Smallest drop in validation loss that counts as improvement."
