@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from okto.language import Program, with_overrides
-from okto.planner.model_config import model_config
+from okto.planner.model_config import check_new_model, model_config
 from okto.planner.plan import Plan, build_plan
 
 
@@ -27,7 +27,8 @@ def plan_program(program: Program) -> Plan:
     """The plan of a loaded program; a relative MODEL.base is looked for next to its file."""
     name = program.source.name
     config, source = model_config(program.config.model, Path(name).parent if name else None)
-    result = build_plan(program, model=config)
+    result = build_plan(program, model=config)  # the machine's checks first: they are quick
+    check_new_model(program.config.model, config)
     found = f"model config from {source}" if config is not None else f"model unknown: {source}"
     result.notes.insert(0, found)
     return result

@@ -32,6 +32,16 @@ def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any 
     return transformers_config(model_type, values, "MODEL.config"), source
 
 
+def check_new_model(model: ModelConfig, config: Any | None) -> None:
+    """A model built from MODEL.architecture (`config`, model_config's) is built once on the
+    meta device (no memory, no weights), so a config its class refuses is a UsageError
+    before any data is read, and `okto plan` does not pass what `okto train` refuses."""
+    if model.builds_from_architecture and config is not None:
+        from okto.training.models import new_model
+
+        new_model(config, device="meta")
+
+
 def _base_values(base: str, base_dir: Path | None) -> tuple[dict | None, str]:
     local = local_path(base, base_dir)
     if local is not None:

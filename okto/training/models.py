@@ -14,6 +14,7 @@ precision, to save memory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     _check_window(source, model_cfg.context_window, max_length)
     if not source.pretrained:
-        model = _new_model(config)
+        model = new_model(config)
     elif source.folder is not None:
         with quiet_transformers():  # okto's model line follows
             model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
@@ -231,14 +232,18 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
     return model
 
 
-def _new_model(config):
-    """A new model of `config`. transformers' table of causal LMs holds decoders that need
-    more than a config (MusicGen's, Whisper's with its own head rules) and models needing
-    packages this machine lacks: what its constructor raises is said in one line."""
+def new_model(config, device: str | None = None):
+    """A new model of `config` (on `device`: "meta" builds one with no memory, to check that
+    its class takes the config before anything else runs). transformers' table of causal LMs
+    holds decoders that need more than a config (MusicGen's, Whisper's with its own head
+    rules), models needing packages this machine lacks, and classes that refuse a config
+    (GPT-2's n_embd not a multiple of n_head): what the constructor raises is one line."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        return AutoModelForCausalLM.from_config(config)
+        with torch.device(device) if device else contextlib.nullcontext():
+            return AutoModelForCausalLM.from_config(config)
     except Exception as error:  # an arbitrary model class's constructor: anything but Ctrl-C
         detail = " ".join(str(error).split())
         raise UsageError(

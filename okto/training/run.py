@@ -138,10 +138,14 @@ def load_program(source, overrides=(), max_steps: int | None = None):
 
 def _train(program, config, display: Display, resume: str | None, ranks) -> TrainResult:
     from okto.planner import build_plan
+    from okto.planner.model_config import check_new_model, model_config
     from okto.training.distributed import Parallel
     from okto.training.plan import run_settings
 
     plan = build_plan(program)  # the machine's checks, before anything else
+    name = program.source.name
+    hf_config, _ = model_config(program.config.model, Path(name).parent if name else None)
+    check_new_model(program.config.model, hf_config)
     settings = run_settings(plan)
     if settings.processes > 1 and ranks.world == 1:
         processes = plan.settings["processes"]

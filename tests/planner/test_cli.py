@@ -56,6 +56,18 @@ def test_json(okt, capsys):
     assert plan["notes"][0] == "model config from MODEL.architecture gpt2"
 
 
+def test_a_config_the_model_class_refuses_is_said_by_plan_and_train(okt, capsys):
+    """n_embd 100 over 3 heads: okto plan printed a plan (head dim 33, exit 0), and okto
+    train refused the model only after preparing the data."""
+    path = okt(TINY_GPT2.replace("n_embd: 128", "n_embd: 100").replace("n_head: 4", "n_head: 3"))
+    expected = "cannot build a new gpt2 model from MODEL.config (ValueError: `embed_dim` must"
+    assert main(["plan", "-f", path]) == 2
+    assert expected in capsys.readouterr().err
+    assert main(["train", "-f", path]) == 2  # it names no data: refused before reading any
+    out, err = capsys.readouterr()
+    assert expected in err and "data" not in out
+
+
 def test_table(okt, capsys):
     assert main(["plan", "-f", okt(TINY_GPT2)]) == EXIT_OK
     out = capsys.readouterr()
