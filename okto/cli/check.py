@@ -31,14 +31,14 @@ def run(args) -> int:
     try:
         program = load(args.file)
     except InvalidProgram as invalid:
-        return _report(args, invalid.errors, invalid.warnings)
+        return _report(args, invalid.errors, invalid.warnings, invalid.stopped_early)
     except OktoError as error:
         if not args.json:
             raise
         # The shape of every other answer: a diagnostic with no position, no warnings.
         diagnostic = {"severity": "error", "message": str(error), "file": args.file}
         diagnostic |= dict.fromkeys(("line", "column", "end_line", "end_column", "hint"))
-        _print_json(args.file, [diagnostic], [])
+        _print_json(args.file, [diagnostic], [], stopped_early=False)
         return error.exit_code
     if args.strict:
         errors = [d.as_error() for d in program.warnings if d.severity == "warning"]
@@ -47,10 +47,15 @@ def run(args) -> int:
     return _report(args, [], program.warnings)
 
 
-def _report(args, errors: list, warnings: list) -> int:
+def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> int:
     valid = not errors
     if args.json:
-        _print_json(args.file, [d.to_dict() for d in errors], [d.to_dict() for d in warnings])
+        _print_json(
+            args.file,
+            [d.to_dict() for d in errors],
+            [d.to_dict() for d in warnings],
+            stopped_early,
+        )
         return EXIT_OK if valid else EXIT_INVALID
     for diagnostic in [*errors, *warnings]:
         print(diagnostic.render(), end="\n\n", file=sys.stderr)
@@ -59,11 +64,15 @@ def _report(args, errors: list, warnings: list) -> int:
         tail = f" ({count} warning{'s' if count != 1 else ''})" if count else ""
         print(f"{args.file}: valid{tail}")
         return EXIT_OK
-    count = len(errors)
-    print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
+    from okto.language.diagnostics import STOPPED_EARLY, error_count
+
+    tail = STOPPED_EARLY if stopped_early else ""
+    print(f"{args.file}: {error_count(len(errors))}{tail}", file=sys.stderr)
     return EXIT_INVALID
 
 
-def _print_json(file: str, errors: list[dict], warnings: list[dict]) -> None:
+def _print_json(file: str, errors: list[dict], warnings: list[dict], stopped_early: bool) -> None:
+    """`stopped_early`: the file holds more errors than `errors` (the parser gave up)."""
     answer = {"file": file, "valid": not errors, "errors": errors, "warnings": warnings}
+    answer["stopped_early"] = stopped_early
     print(json.dumps(answer, indent=2))

@@ -150,13 +150,21 @@ def _cells(char: str) -> int:
 
 class InvalidProgram(OktoError):
     """A `.okt` text that cannot be used. Carries every error found, the first
-    one's line and column, and the warnings gathered before giving up."""
+    one's line and column, and the warnings gathered before giving up.
+    `stopped_early` says that there are more errors than `errors` holds: the
+    parser gave up after `MAX_SYNTAX_ERRORS` of them."""
 
     exit_code = EXIT_INVALID
 
-    def __init__(self, errors: Iterable[Diagnostic], warnings: Iterable[Diagnostic] = ()):
+    def __init__(
+        self,
+        errors: Iterable[Diagnostic],
+        warnings: Iterable[Diagnostic] = (),
+        stopped_early: bool = False,
+    ):
         self.errors = list(errors)
         self.warnings = list(warnings)
+        self.stopped_early = stopped_early
         first = self.errors[0]
         self.line = first.line
         self.column = first.column
@@ -164,9 +172,18 @@ class InvalidProgram(OktoError):
         super().__init__(first.render())
 
     def render(self) -> str:
-        count = len(self.errors)
-        summary = f"{count} error{'s' if count != 1 else ''} in {self.filename}"
+        summary = f"{error_count(len(self.errors))} in {self.filename}"
+        if self.stopped_early:
+            summary += STOPPED_EARLY
         return "\n\n".join([*(d.render() for d in self.errors), summary])
+
+
+def error_count(count: int) -> str:
+    return f"{count} error{'s' if count != 1 else ''}"
+
+
+STOPPED_EARLY = ", and more after them: checking stops at that many syntax errors"
+"""What the summary adds when the parser gave up before the end of the file."""
 
 
 class OktoSyntaxError(InvalidProgram):

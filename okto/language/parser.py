@@ -255,8 +255,10 @@ def parse_document(source: Source) -> Document:
             tree = _lark().parse(text, start="start")
             break
         except UnexpectedInput as error:
+            if len(errors) == MAX_SYNTAX_ERRORS:
+                raise OktoSyntaxError(errors, stopped_early=True) from None
             errors.append(syntax_errors.describe(error, source))
-            if _at_end(error) or len(errors) >= MAX_SYNTAX_ERRORS:
+            if _at_end(error):
                 raise OktoSyntaxError(errors) from None
             blanked = _blank(text, *_statement_around(text, error))
             if blanked == text:

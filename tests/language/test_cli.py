@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from okto.cli import main
-from okto.language import load
+from okto.language import InvalidProgram, load
+from okto.language.diagnostics import STOPPED_EARLY
 from okto.language.schema import json_schema
 from tests.language.util import ROOT
 
@@ -83,6 +84,7 @@ def test_check_json(okt, capsys):
         "valid": True,
         "errors": [],
         "warnings": [],
+        "stopped_early": False,
     }
 
 
@@ -111,7 +113,26 @@ def test_check_a_missing_file(tmp_path, capsys):
             }
         ],
         "warnings": [],
+        "stopped_early": False,
     }
+
+
+def test_check_says_when_it_stopped_before_the_end(okt, capsys):
+    """Past 20 syntax errors the parser gives up: the count must not read as the whole."""
+    many = okt("".join(f"B{i} {{ a: }}\n" for i in range(25)))
+    assert main(["check", "-f", many]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"{many}: 20 errors, and more after them: checking stops at that many syntax errors\n"
+    )
+    assert main(["check", "-f", many, "--json"]) == 2
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["errors"]) == 20 and result["stopped_early"] is True
+    with pytest.raises(InvalidProgram) as raised:
+        load(many)
+    assert raised.value.render().endswith("20 errors in " + many + STOPPED_EARLY)
+    exactly = okt("".join(f"B{i} {{ a: }}\n" for i in range(20)), "twenty.okt")
+    assert main(["check", "-f", exactly]) == 2
+    assert capsys.readouterr().err.endswith(f"{exactly}: 20 errors\n")
 
 
 def test_check_needs_a_file(capsys):
