@@ -853,6 +853,20 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
             "save_optimizer has no effect with save_model: false (the optimizer state is "
             "saved beside the final model; checkpoints hold it either way)",
         )
+    if config.model.adapter is not None and (
+        not config.model.pretrained or config.model.base is None
+    ):
+        _warn(info, ("model", "adapter"), NEW_MODEL_ADAPTER)
+    if "save_strategy" in train.model_fields_set and train.save_strategy != "steps":
+        for index, rule in enumerate(config.control):
+            for path, action in _actions_of(rule, ("control", index)):
+                if getattr(action, "field", None) == "save_steps":
+                    _warn(
+                        info,
+                        path,
+                        f"{action.kind.upper()} save_steps has no effect with save_strategy: "
+                        f"{train.save_strategy}",
+                    )
     if config.stability.min_improvement is not None and not (
         train.early_stopping or any(r.event == "on_plateau" for r in config.control)
     ):
@@ -862,6 +876,16 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
             "min_improvement has no effect without TRAIN.early_stopping or a CONTROL "
             "on_plateau rule (it decides what counts as a plateau)",
         )
+
+
+def _actions_of(rule: Rule, path: tuple):
+    """(path, action) for every action of `rule`, its nested rules' included, under the
+    paths the CONTROL block's positions are recorded with."""
+    for number, action in enumerate(rule.actions):
+        at = (*path, "actions", number)
+        yield at, action
+        if isinstance(action, Rule):
+            yield from _actions_of(action, at)
 
 
 def _schedule_advice(train: TrainConfig, info: ValidationInfo) -> None:
@@ -888,6 +912,14 @@ def _schedule_advice(train: TrainConfig, info: ValidationInfo) -> None:
 
 
 # ---- keywords ------------------------------------------------------------------
+
+NEW_MODEL_ADAPTER = (
+    "ADAPTER on a new model (pretrained: false): LoRA trains over frozen random weights "
+    "that no file keeps but the merged final model, so adapter/ fits no base anyone "
+    "has; remove the ADAPTER block to train the whole model"
+)
+"""The warning for a LoRA adapter on a model built with random weights (okto check's and
+the run's)."""
 
 NOT_EXECUTED_BLOCKS = (
     "MONITOR",

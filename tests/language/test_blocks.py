@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from okto.language import OktoConfig, architectures
+from okto.language.config import NEW_MODEL_ADAPTER
 from okto.language.quantities import Quantity
 from tests.language.util import error, errors, program, warnings
 
@@ -616,3 +617,20 @@ def test_an_architecture_beside_a_pretrained_base_has_no_effect():
     assert warnings('MODEL { base: "org/model" architecture: "transformer" }') == [
         (1, 41, "architecture has no effect: the pretrained base brings its own")
     ]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        'base: "gpt2" pretrained: false',
+        'architecture: "gpt2" pretrained: false',
+        'architecture: "gpt2"',  # no base: a new model too
+    ],
+)
+def test_an_adapter_on_a_new_model_warns(model):
+    """okto train warned that LoRA over random weights fits no base; okto check did not."""
+    found = program(f"MODEL {{ {model} ADAPTER {{ rank: 4 }} }}").warnings
+    adapter = [d for d in found if d.message.startswith("ADAPTER")]
+    assert [d.message for d in adapter] == [NEW_MODEL_ADAPTER]
+    assert adapter[0].column == len(f"MODEL {{ {model} ") + 1
+    assert program('MODEL { base: "gpt2" ADAPTER { rank: 4 } }').warnings == []

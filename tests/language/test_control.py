@@ -484,3 +484,23 @@ def test_a_quoted_amount_that_is_no_number_is_an_error():
         35,
         'DECREASE BY takes a number or a percentage, like 50%, not "half"',
     )
+
+
+def test_changing_save_steps_under_another_save_strategy_warns():
+    """The run says so when the rule fires (save_steps saves nothing under epoch or no);
+    okto check said nothing. Nested rules are found too."""
+    text = (
+        'TRAIN { save_strategy: "epoch" }\n'
+        "CONTROL {\n"
+        "  IF loss > 3 { SET save_steps = 100 }\n"
+        "  on_epoch_end { IF loss < 1 { INCREASE save_steps BY 10 } }\n"
+        "}"
+    )
+    assert warnings(text) == [
+        (3, 17, "SET save_steps has no effect with save_strategy: epoch"),
+        (4, 32, "INCREASE save_steps has no effect with save_strategy: epoch"),
+    ]
+    no = text.replace('"epoch"', '"no"')
+    assert warnings(no)[0][2] == "SET save_steps has no effect with save_strategy: no"
+    # save_strategy left unset: a save_steps a rule sets saves checkpoints
+    assert warnings(text.replace('save_strategy: "epoch"', "")) == []
