@@ -304,20 +304,28 @@ def run(args) -> int:
         # one generate call, a prompt at a time in their order: prompt i draws from the seed's
         # stream i as without --stream (a call per prompt gave every prompt stream 0)
         printer = StreamPrinter(prompts)
-        generations = model.generate(
-            prompts, **{**options, "batch_size": 1}, stream=printer, done=printer.done
-        )
+        try:
+            generations = model.generate(
+                prompts, **{**options, "batch_size": 1}, stream=printer, done=printer.done
+            )
+        except KeyboardInterrupt:
+            if printer.open is not None:
+                print(flush=True)  # "interrupted" on a line of its own
+            raise
         _say_seed(model, options, generations)
         return _exit_code(generations)
-    generations = model.generate(prompts, **options, done=_say_failures)
-    for g in generations:
-        if args.json:
-            print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
-        elif g.error is None:
-            print(g.prompt + g.text, flush=True)
+    printer = InOrder(args.json)
+    try:
+        generations = model.generate(prompts, **options, done=printer)
+    except KeyboardInterrupt:
+        printer.rest()
+        print(
+            f"note: {printer.printed} of {len(prompts)} prompts were done when interrupted; "
+            "their output is above",
+            file=sys.stderr,
+        )
+        raise
     if not args.json:
-        for stats in {id(g.stats): g.stats for g in generations if g.stats}.values():
-            print(stats_line(stats), file=sys.stderr)
         _say_seed(model, options, generations)
     return _exit_code(generations)
 
@@ -348,6 +356,39 @@ def _exit_code(generations) -> int:
         file=sys.stderr,
     )
     return EXIT_RUN_FAILED
+
+
+class InOrder:
+    """The `done` callback of `okto infer` without --stream: a batch's results are printed as
+    soon as every prompt before them has been (batches run the longest prompts first, and the
+    output keeps the prompts' order), its figures on stderr at once; on Ctrl-C `rest` prints
+    the finished prompts that still wait for an earlier one, so no finished work is lost."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.waiting: dict[int, object] = {}  # finished, behind a prompt not yet done
+        self.next = 0  # the index of the next prompt to print
+        self.printed = 0
+
+    def __call__(self, generations) -> None:
+        _say_failures(generations)
+        if not self.as_json and generations[0].stats is not None:
+            print(stats_line(generations[0].stats), file=sys.stderr, flush=True)
+        self.waiting.update((g.index, g) for g in generations)
+        while self.next in self.waiting:
+            self._print(self.waiting.pop(self.next))
+            self.next += 1
+
+    def rest(self) -> None:
+        for index in sorted(self.waiting):
+            self._print(self.waiting.pop(index))
+
+    def _print(self, g) -> None:
+        if self.as_json:
+            print(json.dumps(g.as_record(), ensure_ascii=False), flush=True)
+        elif g.error is None:
+            print(g.prompt + g.text, flush=True)
+        self.printed += g.error is None
 
 
 def write(_index: int, text: str) -> None:

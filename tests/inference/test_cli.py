@@ -862,3 +862,38 @@ def test_ctrl_c_in_a_piped_chat_ends_it(okm_files, capsys, stdin, ctrl_c_in_repl
     stdin("hello\nagain\n")
     assert main(["chat", "-m", str(okm_files["gpt2"]), "--max-tokens", "4"]) == 130
     assert len(called) == 1
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_infer_prints_finished_prompts_early_and_keeps_them_on_ctrl_c(
+    okm_files, capsys, stdin, monkeypatch, as_json
+):
+    """Every result was printed after the last batch, and Ctrl-C lost all of them: a batch's
+    results come out once the prompts before them are out (in the prompts' order), and on
+    Ctrl-C every finished prompt is printed before okto exits with 130."""
+    from okto.inference.engine import Engine
+
+    printed, run = [], Engine.run
+
+    def interrupted_second_batch(self, *args):
+        printed.append(capsys.readouterr())
+        if len(printed) == 2:
+            raise KeyboardInterrupt
+        return run(self, *args)
+
+    monkeypatch.setattr(Engine, "run", interrupted_second_batch)
+    stdin("")
+    # batches run longest first: prompts 3 and 1 together, then 2; prompt 1 is printed once its
+    # batch ends, prompt 3 waits for prompt 2, then is printed when Ctrl-C ends the run
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "--batch-size", "2", "--max-tokens", "2"]
+    argv += ["-p", "Hello world", "-p", "A", "-p", PROMPTS[3]] + (["--json"] if as_json else [])
+    assert main(argv) == 130
+    early, (out, err) = printed[1], capsys.readouterr()
+    assert "2 of 3 prompts were done when interrupted" in err
+    if as_json:
+        assert [r["index"] for r in records(early.out)] == [0]
+        assert [r["index"] for r in records(out)] == [2]
+    else:
+        assert early.out.startswith("Hello world") and early.out.count("\n") == 1
+        assert "batch 2 · " in early.err
+        assert out.startswith(PROMPTS[3]) and out.count("\n") == 1
