@@ -22,6 +22,7 @@ them:
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ class Metric:
     help: str
     device: bool = False  # read from the GPU, absent on a CPU
     whole: bool = False  # an int, not a float: what a LOG format like {step:d} formats
+    # The values it can take (in the kind's base unit), so that a condition that can never
+    # hold, or always holds (accuracy > 90, loss >= 0), is found at check time.
+    low: float = 0.0
+    high: float = math.inf
 
 
 METRICS: dict[str, Metric] = {
@@ -59,14 +64,22 @@ METRICS: dict[str, Metric] = {
     "epoch": Metric("count", "", "epochs done (1 after the first)", whole=True),
     "loss": Metric("number", "", "training loss of the last step"),
     "val_loss": Metric("number", "", "loss on the validation set, at the last evaluation"),
-    "perplexity": Metric("number", "", "exp(val_loss), or exp(loss) without a validation set"),
-    "accuracy": Metric("number", "", "next-token accuracy at the last evaluation, 0 to 1"),
+    "perplexity": Metric(
+        "number", "", "exp(val_loss), or exp(loss) without a validation set", low=1.0
+    ),
+    "accuracy": Metric(
+        "number", "", "next-token accuracy at the last evaluation, 0 to 1", high=1.0
+    ),
     "lr": Metric("number", "", "the current learning rate"),
     "grad_norm": Metric("number", "", "gradient norm before clipping"),
     "tokens_per_second": Metric("number", "", "training throughput"),
     "gpu_memory": Metric("size", "bytes", "free memory on the GPU", device=True, whole=True),
-    "gpu_usage": Metric("percent", "%", "GPU utilisation, 0 to 100", device=True, whole=True),
-    "gpu_temperature": Metric("number", "°C", "GPU temperature", device=True, whole=True),
+    "gpu_usage": Metric(
+        "percent", "%", "GPU utilisation, 0 to 100", device=True, whole=True, high=100.0
+    ),
+    "gpu_temperature": Metric(
+        "number", "°C", "GPU temperature", device=True, whole=True, low=-math.inf
+    ),
 }
 METRIC_ALIASES = {"learning_rate": "lr", "LR": "lr"}
 
@@ -100,7 +113,7 @@ Threshold = Annotated[
     ),
 ]
 
-_COMPARE = {
+COMPARE = {
     ">": operator.gt,
     "<": operator.lt,
     ">=": operator.ge,
@@ -128,7 +141,7 @@ class Comparison(_Frozen):
             return False
         threshold = self.value.base if isinstance(self.value, Quantity) else self.value
         try:
-            return bool(_COMPARE[self.op](float(actual), threshold))
+            return bool(COMPARE[self.op](float(actual), threshold))
         except (TypeError, ValueError):
             return False
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import string
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from okto.language.collect import Collector, Path
 from okto.language.config import TrainConfig, spellings
 from okto.language.control import (
+    COMPARE,
     EVENTS,
     LIVE_FIELDS,
     METRIC_ALIASES,
@@ -209,6 +211,7 @@ class ControlBuilder:
         value = self._threshold(metric, node.value)
         if value is None:
             return None
+        self._check_reachable(metric, node, value)
         if METRICS[metric].device:
             severity = "warning" if self.cpu_only else "note"
             where = "this file trains on the CPU, so" if self.cpu_only else "on a CPU-only machine"
@@ -218,6 +221,20 @@ class ControlBuilder:
                 f"{metric} is read from the GPU: {where} this rule never fires",
             )
         return {"kind": "compare", "metric": metric, "op": node.op, "value": value}
+
+    def _check_reachable(self, metric: str, node: Comparison, value: float | Quantity) -> None:
+        """Warn about a comparison that holds for no value the metric takes, or for all."""
+        info = METRICS[metric]
+        threshold = value.base if isinstance(value, Quantity) else value
+        truth = fixed_truth(node.op, threshold, info.low, info.high)
+        if truth is None:
+            return
+        what = f"{metric} {node.op} {_written(node.value)}"
+        hint = None
+        if not truth and info.high == 1 and 1 < threshold <= 100:
+            hint = f"{metric} is a fraction: write {metric} {node.op} {threshold / 100:g}"
+        verdict = "always holds" if truth else "never holds"
+        self.collect.warn(node.span, f"{what} {verdict}: {metric} is {_range_words(metric)}", hint)
 
     def _metric(self, name: str, span) -> str | None:
         metric = METRIC_ALIASES.get(name, name)
@@ -248,8 +265,11 @@ class ControlBuilder:
         if isinstance(node, Qty):
             if node.value.kind != kind:
                 what = "a plain number" if kind == "number" else f"a {kind}"
+                hint = None
+                if node.value.kind == "percent" and METRICS[metric].high == 1:
+                    hint = f"{metric} is a fraction from 0 to 1: write {node.value.fraction:g}"
                 self.collect.error(
-                    node.span, f"{metric} is {what}, but {node.value} is a {node.value.kind}"
+                    node.span, f"{metric} is {what}, but {node.value} is a {node.value.kind}", hint
                 )
                 return None
             return node.value
@@ -413,6 +433,33 @@ def _unquoted(node: Str) -> Num | Qty:
     if quantity.unit == "":
         return Num(node.span, quantity.value)
     return Qty(node.span, quantity)
+
+
+def fixed_truth(op: str, threshold: float, low: float, high: float) -> bool | None:
+    """Whether `value op threshold` holds for every value from low to high (True), for
+    none (False), or depends on the value (None)."""
+    if op in ("==", "!="):
+        return None if low <= threshold <= high else op == "!="
+    # a one-sided comparison changes its truth at most once between low and high
+    at_low, at_high = (COMPARE[op](end, threshold) for end in (low, high))
+    return at_low if at_low == at_high else None
+
+
+def _range_words(metric: str) -> str:
+    info = METRICS[metric]
+    unit = "%" if info.kind == "percent" else ""
+    if info.high == math.inf:
+        return f"{info.low:g}{unit} or more"
+    return f"from {info.low:g}{unit} to {info.high:g}{unit}"
+
+
+def _written(node) -> str:
+    """A threshold as the file wrote it (quotes and all)."""
+    if isinstance(node, Str):
+        return f'"{node.value}"'
+    if isinstance(node, Qty):
+        return str(node.value)
+    return f"{node.value:g}" if isinstance(node.value, float) else str(node.value)
 
 
 def _expected(kind: str) -> str:

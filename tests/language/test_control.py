@@ -504,3 +504,41 @@ def test_changing_save_steps_under_another_save_strategy_warns():
     assert warnings(no)[0][2] == "SET save_steps has no effect with save_strategy: no"
     # save_strategy left unset: a save_steps a rule sets saves checkpoints
     assert warnings(text.replace('save_strategy: "epoch"', "")) == []
+
+
+@pytest.mark.parametrize(
+    ("condition", "message", "hint"),
+    [
+        ("accuracy > 90", "accuracy > 90 never holds: accuracy is from 0 to 1",
+         "accuracy is a fraction: write accuracy > 0.9"),
+        ("loss < 0", "loss < 0 never holds: loss is 0 or more", None),
+        ("perplexity < 1", "perplexity < 1 never holds: perplexity is 1 or more", None),
+        ("gpu_usage > 150%", "gpu_usage > 150% never holds: gpu_usage is from 0% to 100%", None),
+        ("step == -1", "step == -1 never holds: step is 0 or more", None),
+        ("loss >= 0", "loss >= 0 always holds: loss is 0 or more", None),
+        ('val_loss > "-1"', 'val_loss > "-1" always holds: val_loss is 0 or more', None),
+    ],
+)
+def test_a_condition_no_value_can_change_warns(condition, message, hint):
+    """`IF accuracy > 90` (accuracy is 0 to 1) passed check and never fired."""
+    (found,) = [
+        d for d in program(f"CONTROL {{ IF {condition} {{ STOP }} }}").warnings
+        if d.severity == "warning"
+    ]
+    assert (found.column, found.message, found.hint) == (14, message, hint)
+
+
+@pytest.mark.parametrize(
+    "condition", ["accuracy >= 1", "accuracy > 0", "loss > 0", "loss <= 0", "step > 1K",
+                  "gpu_usage < 100%", "perplexity == 1"],
+)
+def test_conditions_that_can_go_either_way_do_not_warn(condition):
+    assert warnings(f"CONTROL {{ IF {condition} {{ STOP }} }}") == []
+
+
+def test_accuracy_in_percent_is_told_it_is_a_fraction():
+    p = 'CONTROL { IF accuracy > 90% { STOP } }'
+    with pytest.raises(InvalidProgram) as raised:
+        program(p)
+    (found,) = raised.value.errors
+    assert found.hint == "accuracy is a fraction from 0 to 1: write 0.9"
