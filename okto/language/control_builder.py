@@ -24,7 +24,7 @@ from okto.language.control import (
     SET_ALIASES,
     Event,
 )
-from okto.language.diagnostics import suggestion
+from okto.language.diagnostics import did_you_mean, suggestion
 from okto.language.fieldtypes import unwrap
 from okto.language.quantities import EXAMPLES, Quantity
 from okto.language.syntax import (
@@ -374,6 +374,7 @@ class ControlBuilder:
             if problem is not None:
                 self.collect.error(item.value.span, problem)
                 return None
+            self._check_placeholders("LOG", item.value)
             return {"kind": "log", "message": item.value.value}
         if isinstance(item.value, Ident):
             metric = self._metric(item.value.name, item.value.span)
@@ -387,9 +388,27 @@ class ControlBuilder:
         if isinstance(item.value, Ident) and item.value.name in ("model", "checkpoint"):
             return {"kind": "save", "target": item.value.name}
         if isinstance(item.value, Str):
+            self._check_placeholders("SAVE", item.value)
             return {"kind": "save", "target": "model", "label": item.value.value}
         self.collect.error(item.value.span, 'SAVE takes model, checkpoint or a "label"')
         return None
+
+    def _check_placeholders(self, verb: str, text: Str) -> None:
+        """Warn about a `{name}` that looks like a misspelt metric: the run prints it as
+        written. Braces around other words are the text's own."""
+        for name in _placeholders(text.value):
+            if name not in FILLED:
+                match = did_you_mean(name, FILLED)
+                if match is not None:
+                    self.collect.warn(
+                        text.span,
+                        f"{verb}: {{{name}}} is not a metric, so it stays as written "
+                        f"(did you mean {{{match}}}?)",
+                    )
+
+
+FILLED = {**{name: name for name in METRICS}, "learning_rate": "lr"}
+"""The names a LOG message or SAVE label fills in (`{loss}`), and the metric each is."""
 
 
 @functools.cache
@@ -405,6 +424,15 @@ def whole_number(field: str) -> bool:
     return int in options and float not in options
 
 
+def _placeholders(text: str) -> list[str]:
+    """The names in `text`'s braces (`{loss:.3f}` -> loss); none when the braces do not
+    pair up (the run prints such text as it is)."""
+    try:
+        return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+    except ValueError:
+        return []
+
+
 def _unformattable(message: str) -> str | None:
     """What is wrong with a LOG message's `{metric:format}` that cannot format that metric
     (`{loss:d}`: the loss is not a whole number), said before the run rather than as a
@@ -414,8 +442,8 @@ def _unformattable(message: str) -> str | None:
     except ValueError:
         return None
     for _, name, spec, _ in parts:
-        metric = METRIC_ALIASES.get(name, name) if name else None
-        if not spec or metric not in METRICS:
+        metric = FILLED.get(name) if name else None
+        if not spec or metric is None:
             continue
         whole = METRICS[metric].whole
         try:

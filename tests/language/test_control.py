@@ -226,14 +226,14 @@ def test_unknown_metric_in_log():
 
 @pytest.mark.parametrize(
     ("message", "column"),
-    [('"loss {loss:d}"', 30), ('"step {step:.2f}, lr {LR:%Y}"', 30)],
+    [('"loss {loss:d}"', 30), ('"step {step:.2f}, lr {learning_rate:%Y}"', 30)],
 )
 def test_a_log_format_that_cannot_format_its_metric(message, column):
     """It parsed, and the run crashed mid-training with a ValueError when the rule fired."""
     line, col, text = error(f"CONTROL {{ IF step == 2 {{ LOG {message} }} }}")
     assert (line, col) == (1, column)
     assert text.startswith("LOG: {")
-    assert "{loss:d} cannot format loss, a decimal number" in text or "{LR:%Y}" in text
+    assert "{loss:d} cannot format loss, a decimal number" in text or "{learning_rate:%Y}" in text
 
 
 def test_log_formats_that_fit_and_braces_that_are_text_are_accepted():
@@ -509,8 +509,11 @@ def test_changing_save_steps_under_another_save_strategy_warns():
 @pytest.mark.parametrize(
     ("condition", "message", "hint"),
     [
-        ("accuracy > 90", "accuracy > 90 never holds: accuracy is from 0 to 1",
-         "accuracy is a fraction: write accuracy > 0.9"),
+        (
+            "accuracy > 90",
+            "accuracy > 90 never holds: accuracy is from 0 to 1",
+            "accuracy is a fraction: write accuracy > 0.9",
+        ),
         ("loss < 0", "loss < 0 never holds: loss is 0 or more", None),
         ("perplexity < 1", "perplexity < 1 never holds: perplexity is 1 or more", None),
         ("gpu_usage > 150%", "gpu_usage > 150% never holds: gpu_usage is from 0% to 100%", None),
@@ -522,23 +525,45 @@ def test_changing_save_steps_under_another_save_strategy_warns():
 def test_a_condition_no_value_can_change_warns(condition, message, hint):
     """`IF accuracy > 90` (accuracy is 0 to 1) passed check and never fired."""
     (found,) = [
-        d for d in program(f"CONTROL {{ IF {condition} {{ STOP }} }}").warnings
+        d
+        for d in program(f"CONTROL {{ IF {condition} {{ STOP }} }}").warnings
         if d.severity == "warning"
     ]
     assert (found.column, found.message, found.hint) == (14, message, hint)
 
 
 @pytest.mark.parametrize(
-    "condition", ["accuracy >= 1", "accuracy > 0", "loss > 0", "loss <= 0", "step > 1K",
-                  "gpu_usage < 100%", "perplexity == 1"],
+    "condition",
+    [
+        "accuracy >= 1",
+        "accuracy > 0",
+        "loss > 0",
+        "loss <= 0",
+        "step > 1K",
+        "gpu_usage < 100%",
+        "perplexity == 1",
+    ],
 )
 def test_conditions_that_can_go_either_way_do_not_warn(condition):
     assert warnings(f"CONTROL {{ IF {condition} {{ STOP }} }}") == []
 
 
 def test_accuracy_in_percent_is_told_it_is_a_fraction():
-    p = 'CONTROL { IF accuracy > 90% { STOP } }'
+    p = "CONTROL { IF accuracy > 90% { STOP } }"
     with pytest.raises(InvalidProgram) as raised:
         program(p)
     (found,) = raised.value.errors
     assert found.hint == "accuracy is a fraction from 0 to 1: write 0.9"
+
+
+def test_a_misspelt_metric_in_braces_warns():
+    """LOG "{los}" and SAVE "model-{epcoh}" printed and saved the braces as written, and
+    {LR} too (the run fills in metric names and learning_rate, not the SET alias)."""
+    text = 'CONTROL { on_epoch_end { LOG "{los} {LR} {json} {}"  SAVE "model-{epcoh}" } }'
+    assert [message for _, _, message in warnings(text)] == [
+        "LOG: {los} is not a metric, so it stays as written (did you mean {loss}?)",
+        "LOG: {LR} is not a metric, so it stays as written (did you mean {lr}?)",
+        "SAVE: {epcoh} is not a metric, so it stays as written (did you mean {epoch}?)",
+    ]
+    fine = 'CONTROL { on_epoch_end { LOG "{loss:.3f} {learning_rate:.1e}"  SAVE "m-{epoch}" } }'
+    assert warnings(fine) == []
