@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from okto.language.architectures import causal_lms, not_text_only, unknown_architecture
-from okto.language.control import Rule
+from okto.language.control import AdjustAction, Rule, SetAction
 from okto.language.diagnostics import suggestion
 from okto.language.fieldtypes import (
     NO_EFFECT,
@@ -857,16 +857,7 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
         not config.model.pretrained or config.model.base is None
     ):
         _warn(info, ("model", "adapter"), NEW_MODEL_ADAPTER)
-    if "save_strategy" in train.model_fields_set and train.save_strategy != "steps":
-        for index, rule in enumerate(config.control):
-            for path, action in _actions_of(rule, ("control", index)):
-                if getattr(action, "field", None) == "save_steps":
-                    _warn(
-                        info,
-                        path,
-                        f"{action.kind.upper()} save_steps has no effect with save_strategy: "
-                        f"{train.save_strategy}",
-                    )
+    _idle_rules(config, info)
     if config.stability.min_improvement is not None and not (
         train.early_stopping or any(r.event == "on_plateau" for r in config.control)
     ):
@@ -876,6 +867,43 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
             "min_improvement has no effect without TRAIN.early_stopping or a CONTROL "
             "on_plateau rule (it decides what counts as a plateau)",
         )
+
+
+_UNSET_STEPS = {"eval_steps": "an evaluation", "save_steps": "a checkpoint"}
+
+
+def _idle_rules(config: OktoConfig, info: ValidationInfo) -> None:
+    """CONTROL actions on a live field that do nothing, or not what they say: save_steps
+    under another save_strategy; INCREASE or DECREASE of a field TRAIN leaves unset and no
+    rule SETs (the run reads an unset eval_steps or save_steps as 0, so a percentage or a
+    DECREASE of it gives 1, and no clipping stays no clipping)."""
+    train = config.train
+    actions = [
+        found
+        for index, rule in enumerate(config.control)
+        for found in _actions_of(rule, ("control", index))
+    ]
+    assigned = {action.field for _, action in actions if isinstance(action, SetAction)}
+    other_strategy = "save_strategy" in train.model_fields_set and train.save_strategy != "steps"
+    for path, action in actions:
+        if not isinstance(action, SetAction | AdjustAction):
+            continue
+        field, verb = action.field, action.kind.upper()
+        unset = getattr(train, field) is None and field not in assigned
+        if field == "save_steps" and other_strategy:
+            message = f"{verb} save_steps has no effect with save_strategy: {train.save_strategy}"
+            _warn(info, path, message)
+        elif isinstance(action, SetAction) or not unset:
+            continue
+        elif field == "gradient_clip":
+            _warn(info, path, f"{verb} gradient_clip has no effect: gradient_clip is false")
+        elif field in _UNSET_STEPS and (action.relative or action.kind == "decrease"):
+            _warn(
+                info,
+                path,
+                f"{verb} {field}: TRAIN does not set {field}, so this sets it to 1 "
+                f"({_UNSET_STEPS[field]} at every step)",
+            )
 
 
 def _actions_of(rule: Rule, path: tuple):

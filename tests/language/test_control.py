@@ -567,3 +567,36 @@ def test_a_misspelt_metric_in_braces_warns():
     ]
     fine = 'CONTROL { on_epoch_end { LOG "{loss:.3f} {learning_rate:.1e}"  SAVE "m-{epoch}" } }'
     assert warnings(fine) == []
+
+
+def test_adjusting_a_field_train_leaves_unset_warns():
+    """The run reads an unset eval_steps or save_steps as 0: DECREASE eval_steps BY 50%
+    evaluated at every step, and INCREASE save_steps BY 10% checkpointed at every step."""
+    text = (
+        "CONTROL { on_epoch_end {\n"
+        "  DECREASE eval_steps BY 50%\n"
+        "  INCREASE save_steps BY 10%\n"
+        "  INCREASE eval_steps BY 100\n"  # from 0 to 100: what it says
+        "} }"
+    )
+    assert warnings(text) == [
+        (
+            2,
+            3,
+            "DECREASE eval_steps: TRAIN does not set eval_steps, so this sets it to 1 "
+            "(an evaluation at every step)",
+        ),
+        (
+            3,
+            3,
+            "INCREASE save_steps: TRAIN does not set save_steps, so this sets it to 1 "
+            "(a checkpoint at every step)",
+        ),
+    ]
+    assert warnings("TRAIN { eval_steps: 10 }\n" + text)[0][0] == 4  # save_steps' only
+    # a rule that SETs it first
+    assert warnings(text.replace("{\n", "{\n  SET eval_steps = 8  SET save_steps = 9\n", 1)) == []
+    (clip,) = warnings(
+        "TRAIN { gradient_clip: false }\nCONTROL { on_nan { DECREASE gradient_clip BY 50% } }"
+    )
+    assert clip[2] == "DECREASE gradient_clip has no effect: gradient_clip is false"
