@@ -6,7 +6,9 @@ gradient) and 4 when it is frozen (no weight gradient, as under LoRA). The
 attention scores and their weighted sum add 12·L·d·T (L layers, d = heads x
 head size, T the sequence length). Embedding lookups cost nothing, so the
 input and position embeddings are left out, except that a tied LM head counts
-once as the output matmul. These are model FLOPs: recomputation under
+once as the output matmul. A mixture of experts runs only `num_experts_per_tok`
+of its experts for a token, so the routed experts' parameters count in that
+share (Mixtral's 2 of 8: a quarter). These are model FLOPs: recomputation under
 activation checkpointing is not counted and the causal mask's skipped half is
 not subtracted, as in the published MFU figures this compares with.
 
@@ -25,7 +27,7 @@ from torch import nn
 
 @dataclass(frozen=True)
 class FlopsModel:
-    trained: int  # matmul parameters with gradients
+    trained: int  # matmul parameters with gradients (of a token's experts only)
     frozen: int  # matmul parameters without
     layers: int
     width: int  # attention width: heads x head size
@@ -44,19 +46,32 @@ def flops_model(model: nn.Module) -> FlopsModel:
         for module in model.modules()
         if isinstance(module, nn.Embedding) and module.weight is not head
     }
-    trained = frozen = 0
-    for param in model.parameters():  # shared (tied) parameters come once
+    share = _active_expert_share(config)
+    trained = frozen = 0.0
+    for name, param in model.named_parameters():  # shared (tied) parameters come once
         if id(param) in lookups:
             continue
+        count = param.numel() * (share if ".experts." in f".{name}" else 1)
         if param.requires_grad:
-            trained += param.numel()
+            trained += count
         else:
-            frozen += param.numel()
+            frozen += count
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     head_size = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
-    return FlopsModel(trained, frozen, layers, heads * head_size)
+    return FlopsModel(round(trained), round(frozen), layers, heads * head_size)
+
+
+def _active_expert_share(config) -> float:
+    """The share of a mixture of experts' routed experts one token runs through (1 without)."""
+    experts = (
+        getattr(config, "num_local_experts", None)  # Mixtral
+        or getattr(config, "num_experts", None)  # Qwen-MoE, OLMoE
+        or getattr(config, "n_routed_experts", None)  # DeepSeek
+    )
+    active = getattr(config, "num_experts_per_tok", None)
+    return min(active / experts, 1.0) if experts and active else 1.0
 
 
 def peak_tflops(device: torch.device, precision: str, tf32: bool) -> tuple[float | None, str]:

@@ -37,6 +37,12 @@ class RunSettings:
         return None if self.precision == "fp32" else DTYPES[self.precision]
 
     @property
+    def matmul_precision(self) -> str:
+        """What the matmuls compute in, for MFU's peak: the autocast dtype, else the weights'
+        own (bf16 weights without autocast compute in bf16)."""
+        return self.precision if self.precision != "fp32" else self.weights
+
+    @property
     def weights_dtype(self) -> torch.dtype:
         return DTYPES[self.weights]
 

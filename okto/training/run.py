@@ -632,7 +632,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         total_steps=total,
         live=live,
         flops=flops_model(model),
-        peak=peak_tflops(settings.device, settings.precision, settings.tf32),
+        peak=peak_tflops(settings.device, settings.matmul_precision, settings.tf32),
         display=display,
         metrics=MetricsFile(
             paths.metrics if parallel.is_main else None, append=resume_from is not None
