@@ -510,7 +510,7 @@ def load_model(
     from okto.inference.hf import HFEngine, build_model
     from okto.inference.spec import spec_for
     from okto.package import open_checkpoint
-    from okto.package.weights import torch_dtype
+    from okto.package.weights import check_range, torch_dtype
 
     if backend not in ops.BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(ops.BACKENDS)}")
@@ -528,6 +528,7 @@ def load_model(
         target = torch.float32
     else:
         target = stored
+    check_range(state, target, "load it in bf16 or fp32")  # fp16 would turn them into inf
     spec = spec_for(config) if backend != "hf" else "the hf backend was asked for"
     if isinstance(spec, str):
         note = f"{checkpoint.architecture} runs through Hugging Face generate: {spec}"

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import struct
@@ -64,27 +65,52 @@ def test_cast_to_fp16(hf_dirs, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(back).dtype == torch.float16
 
 
-def test_a_cast_that_would_overflow_is_refused(hf_dirs, tmp_path, capsys):
-    """A weight beyond fp16's range (65504) became infinite in an fp16 export without a word,
-    and the package generated NaNs; the export is refused, the old file left as it was."""
+@pytest.fixture
+def beyond_fp16(hf_dirs, tmp_path):
+    """The tiny GPT-2 with one weight (a bias) of 1e5, past fp16's 65504."""
     from safetensors.torch import load_file, save_file
-
-    from okto.cli import main
 
     folder = tmp_path / "big"
     shutil.copytree(hf_dirs["gpt2"], folder)
     weights = load_file(folder / "model.safetensors")
     weights["transformer.h.0.mlp.c_fc.bias"][3] = 1e5
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+BEYOND_FP16 = (
+    "tensor 'transformer.h.0.mlp.c_fc.bias' holds values up to 1e+05, beyond the range of float16"
+)
+
+
+def test_a_cast_that_would_overflow_is_refused(beyond_fp16, tmp_path, capsys):
+    """A weight beyond fp16's range (65504) became infinite in an fp16 export without a word,
+    and the package generated NaNs; the export is refused, the old file left as it was."""
+    from okto.cli import main
+
+    folder = beyond_fp16
     out = tmp_path / "half.okm"
     out.write_bytes(b"the old file")
     assert main(["export", "-m", str(folder), "-o", str(out), "--dtype", "fp16"]) == 2
-    assert (
-        "tensor 'transformer.h.0.mlp.c_fc.bias' holds values up to 1e+05, beyond the range of "
-        "float16" in capsys.readouterr().err
-    )
+    assert BEYOND_FP16 in capsys.readouterr().err
     assert out.read_bytes() == b"the old file"
     assert Package(export_model(folder, out, dtype="bf16")).manifest["dtype"] == "bfloat16"
+
+
+def test_loading_in_a_dtype_that_would_overflow_is_refused(beyond_fp16, capsys):
+    """load_model(dtype="fp16") (and okto infer --dtype fp16) turned the weight into inf without
+    a word and generated from NaNs; it is refused as the export is, and bf16 loads."""
+    from okto.cli import main
+    from okto.inference import load_model
+
+    with pytest.raises(UsageError, match=re.escape(BEYOND_FP16) + ".*load it in bf16 or fp32"):
+        load_model(beyond_fp16, device="cpu", dtype="fp16")
+    argv = ["infer", "-m", str(beyond_fp16), "-p", "Hi", "--max-tokens", "1", "--dtype", "fp16"]
+    assert main(argv) == 2
+    assert BEYOND_FP16 in capsys.readouterr().err
+    model = load_model(beyond_fp16, device="cpu", dtype="bf16")
+    (g,) = model.generate("Hello", max_tokens=2, temperature=0)
+    assert g.error is None
 
 
 def test_run_directory_carries_its_training_config(hf_dirs, tmp_path):
