@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 
 from lark import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
@@ -132,6 +133,9 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
     elif char.isalpha():
         message = f"unexpected character '{char}'"
         hint = "names use the letters A-Z, digits, _ and -; put other text in a string"
+    elif char in _LOGIC_CHARACTERS:
+        message = f"unexpected character '{char}'"
+        hint = _LOGIC_CHARACTERS[char]
     else:
         message = f"unexpected character '{char}'"
         hint = None
@@ -139,6 +143,9 @@ def _unexpected_character(error: UnexpectedCharacters, source: Source) -> Diagno
         message += f": expected {expected_words(error.allowed)}"
     return Diagnostic("error", message, source, span, hint)
 
+
+_NO_NOT = "conditions have no NOT: write the opposite comparison (> and <=, < and >=, == and !=)"
+_LOGIC_CHARACTERS = {"&": "conditions join with AND", "|": "conditions join with OR", "!": _NO_NOT}
 
 _PATH_CHARACTERS = "/.\\~"
 _PATH_WORD = re.compile(r"[^\s{}\[\](),:\"#]+")
@@ -196,9 +203,60 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         hint = f"write {previous}: {token}"
     else:
         message = f"unexpected {_found(token)}: expected {words}"
-        if previous in _STATEMENTS:
+        hint = _rule_hint(source.text, token, expected, previous)
+        if hint is None and previous in _STATEMENTS:
             hint = f"{previous} is a keyword: it cannot name a field or a block"
+    keyword = _lower_case_keyword(source.text, token.start_pos)
+    if keyword is not None:
+        word = keyword["word"]
+        at = source.span_at(keyword.start("word"))
+        span = replace(at, end_column=at.column + len(word), end=keyword.end("word"))
+        message = f"'{word}' is not a keyword: keywords are upper case"
+        hint = f"write {word.upper()}"
     return Diagnostic("error", message, source, span, hint)
+
+
+def _rule_hint(text: str, token, expected: set[str], previous: str | None) -> str | None:
+    """A hint for the usual slips in CONTROL rules: `and`, `NOT`, `TO`, a rule's actions
+    without braces, `EVERY 100` without its unit, `SET lr: 1`."""
+    word = str(token).upper() if token.type == "NAME" else None
+    if word in expected:  # and, or, by
+        return f"keywords are upper case: {word}"
+    if previous == "NOT" and expected == {"COMPARE"}:
+        return _NO_NOT
+    if word == "TO" and expected == {"BY"}:
+        return (
+            f"INCREASE and DECREASE take BY an amount; for a new value write SET {previous} = ..."
+        )
+    if {"LBRACE", "AND", "OR"} <= expected and "NAME" not in expected:
+        return "a rule's actions go in braces after its condition: IF loss > 3 { STOP }"
+    if (
+        token.type == "LBRACE"
+        and expected == {"NAME"}
+        and _EVERY_COUNT.search(text, 0, token.start_pos)
+    ):
+        return "EVERY counts steps or epochs: EVERY 100 steps { ... }"
+    if previous in ("IF", "WHEN", "AND", "OR") and expected == {"LPAR", "NAME"}:
+        return "a condition begins with a metric's name: loss > 2.0"
+    if token.type == "COLON" and expected == {"EQUAL"}:
+        return f"SET takes '=': SET {previous} = ..."
+    return None
+
+
+_EVERY_COUNT = re.compile(r"\bEVERY\s+\S+\s*$")
+_RULE_KEYWORDS = {"if", "when", "every", "set", "increase", "decrease", "log", "save", "stop"}
+_ITEM_START = re.compile(r"[{}\n][ \t]*(?P<word>[a-z]+)\b(?=[^{}\n]*$)")
+
+
+def _lower_case_keyword(text: str, offset: int) -> re.Match | None:
+    """A lower-case rule keyword (`if`, `set`, ...) at the start of the CONTROL item that
+    holds `offset` (after the last brace or line break): the parser read it as a name, and
+    the error comes later in the rule."""
+    match = _ITEM_START.search(text, 0, offset)
+    if match is None or match["word"] not in _RULE_KEYWORDS:
+        return None
+    statement = max((s for s in scan.statement_starts(text) if s <= offset), default=0)
+    return match if text.startswith("CONTROL", statement) else None
 
 
 def _unquoted_value(text: str, token) -> str | None:

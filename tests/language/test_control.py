@@ -600,3 +600,95 @@ def test_adjusting_a_field_train_leaves_unset_warns():
         "TRAIN { gradient_clip: false }\nCONTROL { on_nan { DECREASE gradient_clip BY 50% } }"
     )
     assert clip[2] == "DECREASE gradient_clip has no effect: gradient_clip is false"
+
+
+@pytest.mark.parametrize(
+    ("rule", "column", "message", "hint"),
+    [
+        (
+            "IF NOT loss > 2 { STOP }",
+            18,
+            "unexpected 'loss': expected a comparison (>, <, >=, <=, ==, !=)",
+            "conditions have no NOT: write the opposite comparison (> and <=, < and >=, == and !=)",
+        ),
+        (
+            "IF !(loss > 2) { STOP }",
+            14,
+            "unexpected character '!'",
+            "conditions have no NOT: write the opposite comparison (> and <=, < and >=, == and !=)",
+        ),
+        (
+            "IF loss > 2 and step > 3 { STOP }",
+            23,
+            "unexpected 'and': expected '{', AND or OR",
+            "keywords are upper case: AND",
+        ),
+        (
+            "IF loss > 2 && step > 3 { STOP }",
+            23,
+            "unexpected character '&'",
+            "conditions join with AND",
+        ),
+        (
+            "IF loss > 2 || step > 3 { STOP }",
+            23,
+            "unexpected character '|'",
+            "conditions join with OR",
+        ),
+        (
+            "IF loss > 2 STOP",
+            23,
+            "unexpected keyword STOP: expected '{', AND or OR",
+            "a rule's actions go in braces after its condition: IF loss > 3 { STOP }",
+        ),
+        (
+            "IF 2 < loss { STOP }",
+            14,
+            "unexpected number 2: expected '(' or a name",
+            "a condition begins with a metric's name: loss > 2.0",
+        ),
+        (
+            "EVERY 100 { STOP }",
+            21,
+            "unexpected '{': expected a name",
+            "EVERY counts steps or epochs: EVERY 100 steps { ... }",
+        ),
+        (
+            "on_nan { INCREASE lr TO 2 }",
+            32,
+            "unexpected 'TO': expected BY",
+            "INCREASE and DECREASE take BY an amount; for a new value write SET lr = ...",
+        ),
+        (
+            "on_nan { DECREASE lr by 50% }",
+            32,
+            "unexpected 'by': expected BY",
+            "keywords are upper case: BY",
+        ),
+        ("on_nan { SET lr: 1 }", 26, "unexpected ':': expected '='", "SET takes '=': SET lr = ..."),
+        ("if loss > 2 { STOP }", 11, "'if' is not a keyword: keywords are upper case", "write IF"),
+        (
+            "every 2 steps { STOP }",
+            11,
+            "'every' is not a keyword: keywords are upper case",
+            "write EVERY",
+        ),
+        (
+            "on_nan { set lr = 1 }",
+            20,
+            "'set' is not a keyword: keywords are upper case",
+            "write SET",
+        ),
+    ],
+)
+def test_slips_in_rules_get_a_hint(rule, column, message, hint):
+    """`and`, `&&`, NOT, `if`, `TO`, `EVERY 100 {` were told only which token was expected
+    (`every 2 steps` even read 'missing ':' ... write every: 2')."""
+    with pytest.raises(InvalidProgram) as raised:
+        program(f"CONTROL {{ {rule} }}")
+    (found,) = raised.value.errors
+    assert (found.line, found.column, found.message, found.hint) == (1, column, message, hint)
+
+
+def test_a_lower_case_word_outside_control_is_not_taken_for_a_keyword():
+    assert error("TRAIN { every 2 }")[2] == "missing ':' between 'every' and its value"
