@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from okto.language.architectures import causal_lms, not_text_only, unknown_architecture
-from okto.language.control import AdjustAction, Rule, SetAction
+from okto.language.control import AdjustAction, Comparison, Rule, SetAction, fixed_truth
 from okto.language.diagnostics import suggestion
 from okto.language.fieldtypes import (
     NO_EFFECT,
@@ -858,6 +858,7 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
     ):
         _warn(info, ("model", "adapter"), NEW_MODEL_ADAPTER)
     _idle_rules(config, info)
+    _past_the_end(config, info)
     if config.stability.min_improvement is not None and not (
         train.early_stopping or any(r.event == "on_plateau" for r in config.control)
     ):
@@ -904,6 +905,40 @@ def _idle_rules(config: OktoConfig, info: ValidationInfo) -> None:
                 f"{verb} {field}: TRAIN does not set {field}, so this sets it to 1 "
                 f"({_UNSET_STEPS[field]} at every step)",
             )
+
+
+def _past_the_end(config: OktoConfig, info: ValidationInfo) -> None:
+    """Warn about a rule whose condition needs more epochs or steps than TRAIN runs
+    (`IF epoch > 5` with `epochs: 3`): it never fires."""
+    train = config.train
+    limits = {"epoch": ("epochs", train.epochs), "step": ("max_steps", train.max_steps)}
+    for index, top in enumerate(config.control):
+        nested = [
+            found for found in _actions_of(top, ("control", index)) if isinstance(found[1], Rule)
+        ]
+        for path, rule in [(("control", index), top), *nested]:
+            for comparison in _comparisons(rule.condition):
+                field, limit = limits.get(comparison.metric, (None, None))
+                value = comparison.value
+                threshold = value.base if isinstance(value, Quantity) else value
+                if limit is None or fixed_truth(comparison.op, threshold, 0, limit) is not False:
+                    continue
+                written = value if isinstance(value, Quantity) else f"{value:g}"
+                _warn(
+                    info,
+                    path,
+                    f"{comparison.metric} {comparison.op} {written} never holds: the run ends "
+                    f"at {comparison.metric} {limit} (TRAIN.{field})",
+                )
+
+
+def _comparisons(condition) -> list[Comparison]:
+    """The comparisons of a condition, however nested."""
+    if condition is None:
+        return []
+    if isinstance(condition, Comparison):
+        return [condition]
+    return [c for part in condition.conditions for c in _comparisons(part)]
 
 
 def _actions_of(rule: Rule, path: tuple):

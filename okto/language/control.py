@@ -123,6 +123,16 @@ COMPARE = {
 }
 
 
+def fixed_truth(op: str, threshold: float, low: float, high: float) -> bool | None:
+    """Whether `value op threshold` holds for every value from low to high (True), for
+    none (False), or depends on the value (None)."""
+    if op in ("==", "!="):
+        return None if low <= threshold <= high else op == "!="
+    # a one-sided comparison changes its truth at most once between low and high
+    at_low, at_high = (COMPARE[op](end, threshold) for end in (low, high))
+    return at_low if at_low == at_high else None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

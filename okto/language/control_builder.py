@@ -16,13 +16,13 @@ from pydantic import TypeAdapter, ValidationError
 from okto.language.collect import Collector, Path
 from okto.language.config import TrainConfig, spellings
 from okto.language.control import (
-    COMPARE,
     EVENTS,
     LIVE_FIELDS,
     METRIC_ALIASES,
     METRICS,
     SET_ALIASES,
     Event,
+    fixed_truth,
 )
 from okto.language.diagnostics import did_you_mean, suggestion
 from okto.language.fieldtypes import unwrap
@@ -461,16 +461,6 @@ def _unquoted(node: Str) -> Num | Qty:
     if quantity.unit == "":
         return Num(node.span, quantity.value)
     return Qty(node.span, quantity)
-
-
-def fixed_truth(op: str, threshold: float, low: float, high: float) -> bool | None:
-    """Whether `value op threshold` holds for every value from low to high (True), for
-    none (False), or depends on the value (None)."""
-    if op in ("==", "!="):
-        return None if low <= threshold <= high else op == "!="
-    # a one-sided comparison changes its truth at most once between low and high
-    at_low, at_high = (COMPARE[op](end, threshold) for end in (low, high))
-    return at_low if at_low == at_high else None
 
 
 def _range_words(metric: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from okto.language import InvalidProgram
+from okto.language import InvalidProgram, apply_overrides
 from okto.language.control import (
     AdjustAction,
     AllOf,
@@ -692,3 +692,20 @@ def test_slips_in_rules_get_a_hint(rule, column, message, hint):
 
 def test_a_lower_case_word_outside_control_is_not_taken_for_a_keyword():
     assert error("TRAIN { every 2 }")[2] == "missing ':' between 'every' and its value"
+
+
+def test_a_condition_past_the_end_of_the_run_warns():
+    """`IF epoch > 5` with epochs: 3 passed check and never fired."""
+    text = (
+        "TRAIN { epochs: 3 }\n"
+        "CONTROL {\n"
+        "  IF epoch > 5 AND loss > 2 { STOP }\n"
+        "  on_epoch_end { WHEN epoch == 3 { STOP } }\n"
+        "}"
+    )
+    assert warnings(text) == [
+        (3, 3, "epoch > 5 never holds: the run ends at epoch 3 (TRAIN.epochs)")
+    ]
+    assert apply_overrides(program(text), "TRAIN.epochs=6").warnings == []
+    (steps,) = warnings("TRAIN { max_steps: 1K }\nCONTROL { IF step >= 2K { STOP } }")
+    assert steps[2] == "step >= 2K never holds: the run ends at step 1000 (TRAIN.max_steps)"
