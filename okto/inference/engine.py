@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 
 import torch
 
-from okto.errors import RunError, UsageError
+from okto.errors import RunError
 from okto.inference.decoder import Decoder, KVCache
 from okto.inference.sampling import Sampler
 
@@ -196,8 +196,6 @@ class Engine:
         decode_steps: int = DECODE_STEPS,
         compile: bool = False,
     ):
-        if decode_steps < 1:
-            raise UsageError(f"decode_steps must be at least 1, got {decode_steps}")
         self.model = model
         self.device = model.tok_embeddings.weight.device
         self.graphs = cuda_graphs and self.device.type == "cuda"

@@ -287,6 +287,9 @@ class Model:
             template=template,
             mode=mode,
         )
+        for name, callback in (("stream", stream), ("done", done)):
+            if callback is not None and not callable(callback):
+                raise UsageError(f"{name} must be a function, got {callback!r}")
         prompts = checked_prompts(prompts)
         if not prompts:
             return []
@@ -516,6 +519,13 @@ def load_model(
         raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(ops.BACKENDS)}")
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    for name, flag in (("cuda_graphs", cuda_graphs), ("compile", compile)):
+        if not isinstance(flag, bool):  # "no" would be true
+            raise UsageError(f"{name} must be True or False, got {flag!r}")
+    if decode_steps is not None and (type(decode_steps) is not int or decode_steps < 1):
+        raise UsageError(f"decode_steps must be a positive integer, got {decode_steps!r}")
+    if not isinstance(path, str | Path):
+        raise UsageError(f"path: the model's path or hub name, not {path!r}")
     checkpoint = open_checkpoint(path)
     config = _hf_config(checkpoint)
     tokenizer = checkpoint.tokenizer()

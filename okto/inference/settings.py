@@ -63,6 +63,8 @@ class Settings:
         updates = {k: v for k, v in values.items() if v is not None and k in known}
         if "stop" in updates:
             stop = updates["stop"]
+            if not isinstance(stop, str | list | tuple):
+                raise UsageError(f"stop: a string or a list of strings, not {stop!r}")
             updates["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
         return dataclasses.replace(self, **updates).checked()
 
@@ -92,6 +94,12 @@ class Settings:
             raise UsageError(f"repetition_penalty must be above 0, got {self.repetition_penalty}")
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size}")
+        for name in ("template", "mode", "exit_command"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise UsageError(f"{name} must be a string, got {value!r}")
+        if any(not isinstance(s, str) for s in self.stop):
+            raise UsageError(f"stop sequences must be strings, got {list(self.stop)!r}")
         if self.mode not in ("completion", "chat"):
             raise UsageError(f"mode must be completion or chat, got {self.mode!r}")
         if "{input}" not in self.template:
@@ -110,12 +118,13 @@ def checked_prompts(prompts: str | list[str]) -> list[str]:
     """One prompt or a list of them, as a list; a UsageError names the first that a tokenizer
     cannot take: not a string, or holding lone surrogates (bytes that were not UTF-8, as argv
     and a C-locale stdin pass them on), which failed deep inside the tokenizer."""
+    wrong = f"prompts: a string or a list of strings, not a {type(prompts).__name__}"
+    if isinstance(prompts, bytes | bytearray):  # iterable, but as numbers
+        raise UsageError(f"{wrong} (decode them to a string first)")
     try:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     except TypeError:  # not iterable
-        raise UsageError(
-            f"prompts: a string or a list of strings, not a {type(prompts).__name__}"
-        ) from None
+        raise UsageError(wrong) from None
     for number, prompt in enumerate(prompts, 1):
         if not isinstance(prompt, str):
             raise UsageError(f"prompt {number} is a {type(prompt).__name__}, not text")

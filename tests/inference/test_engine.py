@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from okto.errors import RunError, UsageError
-from okto.inference import ops
+from okto.inference import load_model, ops
 from okto.inference.engine import Engine
 from okto.inference.sampling import Sampler
 from tests.inference.models import PROMPTS
@@ -82,9 +82,11 @@ def test_no_token_reaches_the_tracker_after_it_is_done(loaded):
     assert len(tracker.pushed) == 3 and all(len(t) == 1 for t in tracker.pushed)
 
 
-def test_decode_steps_must_be_positive(loaded):
-    with pytest.raises(UsageError, match="decode_steps"):
-        Engine(loaded["gpt2"].engine.model, decode_steps=0)
+@pytest.mark.parametrize("steps", [0, 2.5, "4"])
+def test_decode_steps_must_be_a_positive_integer(okm_files, steps):
+    """2.5 was a TypeError deep in the engine; every bad value is refused before loading."""
+    with pytest.raises(UsageError, match="decode_steps must be a positive integer"):
+        load_model(okm_files["gpt2"], device="cpu", decode_steps=steps)
 
 
 def test_compiled_decode_step_gives_the_same_tokens(loaded, with_engine, monkeypatch):

@@ -365,3 +365,43 @@ def test_a_prompt_that_is_not_text_is_a_usage_error(loaded, prompts, words):
     the template or the tokenizer with a TypeError."""
     with pytest.raises(UsageError, match=words):
         loaded["gpt2"].generate(prompts, max_tokens=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"stop": 5}, "stop: a string or a list of strings, not 5"),
+        ({"stop": ["a", 5]}, r"stop sequences must be strings, got \['a', 5\]"),
+        ({"template": 5}, "template must be a string, got 5"),
+        ({"stream": 5}, "stream must be a function, got 5"),
+        ({"done": "print"}, "done must be a function, got 'print'"),
+    ],
+)
+def test_generate_settings_of_the_wrong_kind_are_usage_errors(loaded, options, words):
+    """Each was a TypeError traceback, a stream or done callback only after generating."""
+    with pytest.raises(UsageError, match=words):
+        loaded["gpt2"].generate("Hello", max_tokens=2, **options)
+
+
+def test_bytes_are_not_taken_for_a_list_of_prompts(loaded):
+    """b"Hello" was read as five prompts and refused as 'prompt 1 is a int'."""
+    with pytest.raises(UsageError, match=r"not a bytes \(decode them to a string first\)"):
+        loaded["gpt2"].generate(b"Hello", max_tokens=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"compile": "no"}, "compile must be True or False, got 'no'"),
+        ({"cuda_graphs": "off"}, "cuda_graphs must be True or False, got 'off'"),
+    ],
+)
+def test_load_model_flags_must_be_booleans(okm_files, options, words):
+    """compile="no" compiled the decode step: any non-empty string is true."""
+    with pytest.raises(UsageError, match=words):
+        load_model(okm_files["gpt2"], device="cpu", **options)
+
+
+def test_load_model_refuses_a_path_that_is_no_path():
+    with pytest.raises(UsageError, match="path: the model's path or hub name, not 5"):
+        load_model(5)
