@@ -61,6 +61,12 @@ _UNIT_EVENTS: dict[str, Event] = {
 _TRAIN_SPELLINGS = {**spellings(TrainConfig), **SET_ALIASES}
 _ACTION_WORDS = {"SET", "INCREASE", "DECREASE", "LOG", "SAVE", "STOP", "STOP_TRAINING"}
 _MISPLACED = {"validate_every": "to evaluate every N steps, set eval_steps in TRAIN"}
+_OTHER_FORMS = {
+    # other OktoScript tools' event
+    "ON_MEMORY_LOW": "write WHEN gpu_memory < 2GB { ... }: it fires as free memory runs low",
+    "ELSE": "there is no ELSE: write a second rule with the opposite condition",
+}
+"""Hints for the blocks of other languages' rules, by their upper-case name."""
 
 
 class ControlBuilder:
@@ -86,9 +92,7 @@ class ControlBuilder:
     def _top_level(self, item: Item, path: Path) -> dict | None:
         if isinstance(item, SubBlock):
             if item.name not in EVENTS:
-                hint = "events: " + ", ".join(EVENTS)
-                if item.name == "on_memory_low":  # other OktoScript tools' event
-                    hint = "write WHEN gpu_memory < 2GB { ... }: it fires as free memory runs low"
+                hint = _OTHER_FORMS.get(item.name.upper(), "events: " + ", ".join(EVENTS))
                 self.collect.error(
                     item.name_span,
                     f"unknown event '{item.name}'{suggestion(item.name, EVENTS)}",
@@ -155,6 +159,8 @@ class ControlBuilder:
         hint = None
         if isinstance(item, Word) and item.name.upper() in _ACTION_WORDS:
             hint = f"keywords are upper case: {item.name.upper()}"
+        elif isinstance(item, SubBlock):
+            hint = _OTHER_FORMS.get(item.name.upper())
         self.collect.error(
             item.span,
             "expected an action (SET, INCREASE, DECREASE, LOG, SAVE, STOP) "

@@ -709,3 +709,15 @@ def test_a_condition_past_the_end_of_the_run_warns():
     assert apply_overrides(program(text), "TRAIN.epochs=6").warnings == []
     (steps,) = warnings("TRAIN { max_steps: 1K }\nCONTROL { IF step >= 2K { STOP } }")
     assert steps[2] == "step >= 2K never holds: the run ends at step 1000 (TRAIN.max_steps)"
+
+
+@pytest.mark.parametrize(
+    "control",
+    ['IF loss > 2 { STOP } ELSE { LOG "x" }', 'on_nan { IF loss > 2 { STOP } ELSE { LOG "x" } }'],
+)
+def test_else_says_there_is_none(control):
+    """ELSE was 'unknown event' with the list of events (inside a rule, no hint at all)."""
+    with pytest.raises(InvalidProgram) as raised:
+        program(f"CONTROL {{ {control} }}")
+    (found,) = raised.value.errors
+    assert found.hint == "there is no ELSE: write a second rule with the opposite condition"
