@@ -5,16 +5,15 @@ template, else the tokenizer's chat template, else "User: / Assistant:"
 lines); the oldest turns are dropped when the conversation and the reply
 would no longer fit in the context window. `exit_command` (default "exit") or
 end of input ends the session. At a terminal, Ctrl-C during a reply stops the
-reply and returns to the prompt (as llama.cpp and ollama do); Ctrl-C at the
-prompt, or a second one before the reply has stopped, ends the session.
+reply and returns to the prompt (as llama.cpp and ollama do), and Ctrl-C at
+the prompt ends the session. A reply is per-call state only (the engine's
+buffers are rewritten by the next prefill), so stopping one anywhere is safe.
 """
 
 from __future__ import annotations
 
 import io
-import signal
 import sys
-from contextlib import contextmanager
 
 from okto.cli.infer import GENERATE_FIELDS, add_generation_arguments, load, requested, write
 
@@ -30,35 +29,6 @@ def add_parser(subparsers) -> None:
         "--exit-command", metavar="TEXT", help="the line that ends the session (default: exit)"
     )
     p.set_defaults(run=run)
-
-
-class ReplyStopped(Exception):
-    """Ctrl-C during a reply: the reply ends there, the session goes on."""
-
-
-@contextmanager
-def ctrl_c_stops_the_reply():
-    """Within it, a first SIGINT only asks the reply to stop: the stream callback raises
-    `ReplyStopped` at the next piece of text, between two decode steps, so the engine is never
-    cut inside a step or a CUDA-graph capture. A second SIGINT is an ordinary KeyboardInterrupt
-    (a reply that does not stop, a long compilation). Yields the stream callback."""
-    asked = []
-
-    def on_sigint(_signum, _frame):
-        if asked:
-            raise KeyboardInterrupt
-        asked.append(True)
-
-    def stream(index: int, text: str) -> None:
-        if asked:
-            raise ReplyStopped
-        write(index, text)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield stream
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run(args) -> int:
@@ -109,19 +79,14 @@ def run(args) -> int:
             print("that message is too long for the model's context window", file=sys.stderr)
             continue
         options["seed"] = chat.turn_seed()
-        if not interactive:  # no one at a prompt to come back to: Ctrl-C ends the session
+        try:
             (reply,) = model.generate(prompt, **options, stream=write)
-        else:
-            try:
-                with ctrl_c_stops_the_reply() as stream:
-                    (reply,) = model.generate(prompt, **options, stream=stream)
-            except ReplyStopped:
-                print(flush=True)
-                print("(reply stopped; not kept in the conversation)", file=sys.stderr)
-                continue
-            except KeyboardInterrupt:
-                print(flush=True)  # "interrupted" on a line of its own, not after the reply
+        except KeyboardInterrupt:
+            if not interactive:  # no one at a prompt to come back to: the session ends
                 raise
+            print(flush=True)
+            print("(reply stopped; not kept in the conversation)", file=sys.stderr)
+            continue
         print(flush=True)
         chat.turns.append((user, reply.text.strip()))
     return 0
