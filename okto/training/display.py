@@ -60,9 +60,11 @@ class Display:
         LOGGING.log_level. Lines of text are wrapped by a terminal only, never in a file."""
         if LEVELS.index(level) >= self.level:
             whole = not self.console.is_terminal and all(isinstance(i, str) for i in items)
-            self.console.print(*items, highlight=False, markup=markup, soft_wrap=whole)
+            with _whole_width(self.console, items):
+                self.console.print(*items, highlight=False, markup=markup, soft_wrap=whole)
         if self._log is not None:
-            self._log.print(*items, highlight=False, markup=markup)
+            with _whole_width(self._log, items):
+                self._log.print(*items, highlight=False, markup=markup)
 
     def text(self, line: str, level: str = "info") -> None:
         """A line as it is: brackets in messages, paths and source lines are not markup."""
@@ -139,8 +141,8 @@ class Display:
         if per_gpu:
             parts[-1] += f" ({human(record['tokens_per_second_per_gpu'])}/{record['worker']})"
         if self.show_tflops:
-            tflops = f" ({record['tflops_per_gpu']:.2f}/{record['worker']})" if per_gpu else ""
-            parts.append(f"{record['tflops']:.2f} TFLOP/s{tflops}")
+            tflops = f" ({record['tflops_per_gpu']:.3g}/{record['worker']})" if per_gpu else ""
+            parts.append(f"{record['tflops']:.3g} TFLOP/s{tflops}")
             parts.append(f"MFU {percent(record.get('mfu'), record['mfu_note'])}")
         if self.verbose:
             parts.append(f"epoch {record['epoch']:.2f}")
@@ -160,6 +162,26 @@ class Display:
         if self._log is not None:
             self._log.file.close()
             self._log = None
+
+
+@contextmanager
+def _whole_width(console: Console, items) -> Iterator[None]:
+    """Off a terminal, tables at their full width: a CI log or train.log got the plan's and
+    the summary's rows broken at 80 (or 120) columns, a setting's name cut in two. (Console.print
+    takes no width above the console's own, so the console's is widened while it prints.)"""
+    if console.is_terminal:
+        yield
+        return
+    unbounded = console.options.update_width(1_000_000)
+    widths = [
+        console.measure(i, options=unbounded).maximum for i in items if not isinstance(i, str)
+    ]
+    width = console.width
+    console.width = max([width, *widths])
+    try:
+        yield
+    finally:
+        console.width = width
 
 
 def human(number: float) -> str:

@@ -74,6 +74,29 @@ class RunPaths:
             make_folder(folder, setting)
 
 
+def products(paths: RunPaths) -> dict[Path, tuple[int, int]]:
+    """The models and exports in the run folder now (final/, adapter/, each of saved/ and
+    export/), each with what tells a rewrite: they are renamed into place, a new inode."""
+    found = [paths.final, paths.adapter]
+    for folder in (paths.saved, paths.export):
+        if folder.is_dir():
+            found += sorted(p for p in folder.iterdir() if not p.name.startswith(".tmp-"))
+    return {path: identity for path in found if (identity := _identity(path)) is not None}
+
+
+def left_from_earlier(found: dict[Path, tuple[int, int]]) -> list[Path]:
+    """Of the `products` a fresh run found at its start, those it has not replaced."""
+    return [path for path, identity in found.items() if _identity(path) == identity]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def make_folder(folder: Path, setting: str) -> None:
     """`folder` and its parents, or a UsageError naming `setting` (exit code 2)."""
     try:

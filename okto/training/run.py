@@ -31,7 +31,14 @@ from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
 from okto.training.display import Display, human, percent, perplexity
-from okto.training.outputs import RunPaths, make_folder, save_model, write_config
+from okto.training.outputs import (
+    RunPaths,
+    left_from_earlier,
+    make_folder,
+    products,
+    save_model,
+    write_config,
+)
 
 DEFAULT_LENGTH_CAP = 2048
 
@@ -171,6 +178,7 @@ def _where(setting) -> str:
 def _run(program, config, display: Display, resume, settings, parallel) -> TrainResult:
     from okto.data import cache as data_cache
     from okto.planner import build_plan
+    from okto.training.checkpoint import set_aside
     from okto.training.hub import go_offline
     from okto.training.lora import check_lora_reached
     from okto.training.plan import apply_switches
@@ -183,9 +191,28 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     data_cache.size_limit()  # a bad OKTO_DATA_CACHE_SIZE stops the run here, not after the data
     choice = resume or config.train.resume_from_checkpoint
     asked_by = "--resume" if resume else "TRAIN.resume_from_checkpoint"
-    resume_from = _resume_point(choice, asked_by, paths, display, parallel.is_main)
+    fresh = choice is None and parallel.is_main
+    moved = set_aside(paths.checkpoints, (paths.metrics, paths.log)) if fresh else None
+    # Kept in place (a MODEL.base may name final/), but not this run's until it replaces them.
+    earlier = products(paths) if fresh else {}
+    resume_from = _resume_point(choice, asked_by, paths)
     if paths.log is not None and parallel.is_main:
         display.keep_log(paths.log, append=resume_from is not None)
+    # said once the new log is open, so that train.log has it too
+    if moved:
+        count, target = moved
+        display.note(
+            f"kept {count} checkpoint(s) of an earlier run in {target}, with its metrics "
+            "and log (--resume auto continues a run instead; delete that folder when done "
+            "with it)"
+        )
+    if earlier:
+        display.note(
+            f"kept in place from an earlier run: {', '.join(map(str, earlier))} (replaced "
+            "as this run writes its own at its end; the summary names any left)"
+        )
+    if choice is not None and resume_from is None:
+        display.note(f"no checkpoint in {paths.checkpoints} to resume from: starting afresh")
     for diagnostic in program.warnings:
         display.text(
             diagnostic.render(), level="warning" if diagnostic.severity == "warning" else "info"
@@ -243,7 +270,8 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         if state is not None:  # its `set` events follow the `start` of the run they change
             _resumed_with_other_settings(program, trainer, state, display)
         outcome = trainer.fit()
-        return _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started)
+        run = (program, paths, tokenizer, adapted, earlier)
+        return _wrap_up(trainer, outcome, run, display, started)
     finally:
         trainer.metrics.close()
 
@@ -311,26 +339,14 @@ def _resumed_with_other_settings(program, trainer, state: dict, display: Display
         )
 
 
-def _resume_point(
-    choice: str | None, asked_by: str, paths: RunPaths, display: Display, main: bool
-) -> Path | None:
-    from okto.training.checkpoint import latest_checkpoint, read_trainer_state, set_aside
+def _resume_point(choice: str | None, asked_by: str, paths: RunPaths) -> Path | None:
+    """The checkpoint to resume from: None for a fresh run, or for `auto` finding none."""
+    from okto.training.checkpoint import latest_checkpoint, read_trainer_state
 
     if choice is None:
-        moved = set_aside(paths.checkpoints, (paths.metrics, paths.log)) if main else None
-        if moved:
-            count, target = moved
-            display.note(
-                f"kept {count} checkpoint(s) of an earlier run in {target}, with its metrics "
-                "and log (--resume auto continues a run instead; delete that folder when done "
-                "with it)"
-            )
         return None
     if str(choice).lower() == "auto":
-        found = latest_checkpoint(paths.checkpoints)
-        if found is None:
-            display.note(f"no checkpoint in {paths.checkpoints} to resume from: starting afresh")
-        return found
+        return latest_checkpoint(paths.checkpoints)
     path = Path(choice).expanduser()
     if not path.is_dir():
         raise UsageError(f"{asked_by} {choice}: no such checkpoint folder")
@@ -664,8 +680,11 @@ def _logging_steps(program) -> int:
     return config.train.logging_steps
 
 
-def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, started):
-    """Final model, adapter and exports for a run that ended well; the summary in any case."""
+def _wrap_up(trainer, outcome, run, display, started):
+    """Final model, adapter and exports for a run that ended well; the summary in any case.
+    `run`: the program, run paths, tokenizer, whether LoRA adapted the model, and the
+    earlier run's models and exports found at a fresh run's start."""
+    program, paths, tokenizer, adapted, earlier = run
     final, exports, failed = None, [], None
     if outcome.reason in ("completed", "stopped", "early_stopping"):
         try:
@@ -682,6 +701,7 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
     last = _last_loss(totals)
     finite = last is None or math.isfinite(last)
     memory = peak_memory(trainer.device)
+    left = left_from_earlier(earlier)
     trainer.metrics.write(
         "summary",
         outcome=outcome.reason,
@@ -704,9 +724,11 @@ def _wrap_up(trainer, outcome, program, paths, tokenizer, adapted, display, star
         final=str(final) if final else None,
         checkpoint=str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
         exports=[str(p) for p in exports],
+        earlier_outputs=[str(p) for p in left],
         **rates,
     )
-    _summary(trainer, outcome, rates, memory, final, exports, paths, display, started)
+    outputs = (final, exports, left)
+    _summary(trainer, outcome, rates, memory, outputs, paths, display, started)
     if failed is not None:
         raise failed
     if outcome.reason in ("nan", "diverged"):
@@ -807,9 +829,10 @@ def _interrupted_saving(trainer, stop: KeyboardInterrupt):
     )
 
 
-def _summary(trainer, outcome, rates, memory, final, exports, paths, display, started) -> None:
+def _summary(trainer, outcome, rates, memory, outputs, paths, display, started) -> None:
     """The summary table: the figures of the metrics file's `summary` record. `memory` is
-    (peak GB, what was measured)."""
+    (peak GB, what was measured); `outputs` (final model, exports, an earlier run's left)."""
+    final, exports, left = outputs
     totals, last_eval = trainer.totals, trainer.totals.last_eval
     rows = [
         ("outcome", outcome.message),
@@ -865,6 +888,8 @@ def _summary(trainer, outcome, rates, memory, final, exports, paths, display, st
     if trainer.last_checkpoint is not None:
         rows.append(("checkpoint", str(trainer.last_checkpoint)))
     rows += [("export", str(path)) for path in exports]
+    if left:
+        rows.append(("earlier run", f"{', '.join(map(str, left))}: not this run's"))
     rows.append(("metrics", str(paths.metrics)))
     display.table("summary", rows, level="error")  # the run's result, at every log level
 

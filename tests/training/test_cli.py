@@ -447,3 +447,49 @@ def test_the_run_folder_keeps_letters_of_any_script(name, folder):
     from okto.training.outputs import slug
 
     assert slug(name) == folder
+
+
+def test_tables_off_a_terminal_are_never_broken(tmp_path):
+    """The plan's and the summary's rows were broken at 80 columns in a CI log (120 in
+    train.log), a setting's name cut in two: OPTIMIZE.memory_effici / ent."""
+    out = StringIO()  # not a terminal
+    display = Display(Console(file=out, width=60), verbose=False, show_tflops=False)
+    display.keep_log(tmp_path / "train.log", append=False)
+    row = ("throughput", "10.4k tokens/s over 9 steps (the first 3, with any compilation, " * 2)
+    display.table("summary", [row, ("memory_efficient", "OPTIMIZE.memory_efficient  default")])
+    display.close_log()
+    for text in (out.getvalue(), (tmp_path / "train.log").read_text()):
+        lines = [line.rstrip() for line in text.splitlines()]
+        assert len(lines) == 3 and lines[1].endswith(row[1].rstrip())
+
+
+def test_show_tflops_shows_a_small_rate_in_its_digits():
+    """A CPU run's log lines read '0.00 TFLOP/s' (two decimals) where the summary said 0.00792."""
+    out = StringIO()
+    display = Display(Console(file=out, width=60), verbose=False, show_tflops=True)
+    record = {
+        **dict(step=1, loss=2.0, lr=1e-3, grad_norm=1.0, examples_per_second=8.0),
+        **dict(tokens_per_second=256.0, tflops=0.000355, mfu=None, mfu_note="n/a (CPU)"),
+    }
+    display.step_line(record, total=10)
+    assert "0.000355 TFLOP/s  MFU n/a (CPU)" in out.getvalue()
+
+
+def test_a_new_run_says_which_outputs_are_an_earlier_runs(project, capsys):
+    """A new run sets the earlier run's checkpoints, metrics and log aside but leaves its
+    final/ (a MODEL.base may name it): after a run with save_model: false the folder held an
+    earlier run's model without a word. Both the note that sets checkpoints aside and this one
+    were also missing from train.log (said before it was opened)."""
+    path = project(train="max_steps: 2")
+    assert train(path) == 0
+    capsys.readouterr()
+    assert train(path, "--set", "OUTPUT.save_model=false") == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "kept in place from an earlier run: runs/tiny/final" in out
+    assert "earlier run runs/tiny/final: not this run's" in out
+    summary = read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[-1]
+    assert summary["earlier_outputs"] == ["runs/tiny/final"] and summary["final"] is None
+    log = Path("runs/tiny/train.log").read_text()
+    assert "kept 1 checkpoint(s) of an earlier run" in log and "kept in place" in log
+    assert train(path) == 0  # writes its own final/: nothing of the earlier run is left
+    assert read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[-1]["earlier_outputs"] == []
