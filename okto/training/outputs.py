@@ -75,12 +75,13 @@ class RunPaths:
 
 
 def products(paths: RunPaths) -> dict[Path, tuple[int, int]]:
-    """The models and exports in the run folder now (final/, adapter/, each of saved/ and
-    export/), each with what tells a rewrite: they are renamed into place, a new inode."""
+    """The models and exports of this run's names there now (final/, adapter/, each of
+    saved/, export/<name>.*), each with what tells a rewrite: they are renamed into place, a
+    new inode. EXPORT.path may be a folder shared with other projects: only this one's."""
     found = [paths.final, paths.adapter]
-    for folder in (paths.saved, paths.export):
-        if folder.is_dir():
-            found += sorted(p for p in folder.iterdir() if not p.name.startswith(".tmp-"))
+    if paths.saved.is_dir():
+        found += sorted(p for p in paths.saved.iterdir() if not p.name.startswith(".tmp-"))
+    found += [paths.export / f"{paths.name}{suffix}" for suffix in ("", ".okm", ".safetensors")]
     return {path: identity for path in found if (identity := _identity(path)) is not None}
 
 

@@ -481,15 +481,18 @@ def test_a_new_run_says_which_outputs_are_an_earlier_runs(project, capsys):
     earlier run's model without a word. Both the note that sets checkpoints aside and this one
     were also missing from train.log (said before it was opened)."""
     path = project(train="max_steps: 2")
-    assert train(path) == 0
+    Path("runs/tiny/export").mkdir(parents=True)
+    Path("runs/tiny/export/another-project.okm").write_text("not this project's")
+    assert train(path, "--set", "EXPORT.format=safetensors") == 0
     capsys.readouterr()
     assert train(path, "--set", "OUTPUT.save_model=false") == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "kept in place from an earlier run: runs/tiny/final" in out
-    assert "earlier run runs/tiny/final: not this run's" in out
+    earlier = "runs/tiny/final, runs/tiny/export/tiny.safetensors"
+    assert f"kept in place from an earlier run: {earlier} (replaced" in out
+    assert f"earlier run {earlier}: not this run's" in out
     summary = read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[-1]
-    assert summary["earlier_outputs"] == ["runs/tiny/final"] and summary["final"] is None
+    assert summary["earlier_outputs"] == earlier.split(", ") and summary["final"] is None
     log = Path("runs/tiny/train.log").read_text()
     assert "kept 1 checkpoint(s) of an earlier run" in log and "kept in place" in log
-    assert train(path) == 0  # writes its own final/: nothing of the earlier run is left
+    assert train(path, "--set", "EXPORT.format=safetensors") == 0  # replaces both
     assert read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[-1]["earlier_outputs"] == []
