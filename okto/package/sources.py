@@ -456,8 +456,8 @@ def export_hf(checkpoint: Checkpoint, out: Path | str, dtype: str | None = None)
     out = Path(out)
     if out.is_file():
         raise UsageError(f"{out}: is a file; a Hugging Face export writes a directory")
+    weights, _ = _weights_blob(checkpoint, dtype)  # a refused cast leaves no empty folder
     make_folder(out)
-    weights, _ = _weights_blob(checkpoint, dtype)
     files = {CONFIG: _config_bytes(checkpoint, dtype), **checkpoint.tokenizer_files}
     if checkpoint.generation_config is not None:
         files[GENERATION_CONFIG] = checkpoint.generation_config

@@ -94,6 +94,9 @@ def test_a_cast_that_would_overflow_is_refused(beyond_fp16, tmp_path, capsys):
     assert main(["export", "-m", str(folder), "-o", str(out), "--dtype", "fp16"]) == 2
     assert BEYOND_FP16 in capsys.readouterr().err
     assert out.read_bytes() == b"the old file"
+    folder_out = tmp_path / "new" / "hf"  # a Hugging Face export left this folder, empty
+    assert main(["export", "-m", str(folder), "-o", str(folder_out), "--dtype", "fp16"]) == 2
+    assert not (tmp_path / "new").exists()
     assert Package(export_model(folder, out, dtype="bf16")).manifest["dtype"] == "bfloat16"
 
 
