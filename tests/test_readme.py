@@ -1,0 +1,104 @@
+"""What README.md and docs/*.md promise a new user, checked against the code: links that
+lead somewhere, flags that exist, and the values the examples' comments show."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import okto
+from okto import kernels
+from okto.cli import COMMANDS, build_parser
+from okto.training.run import TrainResult
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _prose(path: Path) -> str:
+    """The page without its code blocks, where `[x](y)` is code, not a link."""
+    return re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    return {_anchor(h) for h in re.findall(r"^#+\s+(.*)$", _prose(path), flags=re.MULTILINE)}
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_leads_to_a_file_and_heading(page):
+    broken = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", _prose(page)):
+        if re.match(r"[a-z]+:", link):
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page
+        if not target.exists():
+            broken.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+            broken.append(f"{link}: no such heading")
+    assert broken == []
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: sub.choices[name] for name in COMMANDS}
+
+
+def test_every_flag_in_the_readme_command_table_exists():
+    table = _section(README.read_text(encoding="utf-8"), "## Command line")
+    parsers = _subcommands()
+    missing = []
+    for usage in re.findall(r"^\| `okto (.*?)` \|", table, flags=re.MULTILINE):
+        command = usage.split()[0]
+        flags = {o for a in parsers[command]._actions for o in a.option_strings}
+        missing += [f"okto {command} {f}" for f in re.findall(r"--?[a-z][\w-]*", usage)
+                    if f not in flags]
+    assert missing == []
+
+
+def test_the_readme_library_example_shows_what_load_returns():
+    """`program.config.train.max_steps  # 200`, the source map's `FILE:LINE:COLUMN`."""
+    readme = README.read_text(encoding="utf-8")
+    code = re.search(r'```python\nimport okto\n\nprogram = okto.load\("(.*?)"\)\n(.*?)```',
+                     readme, re.DOTALL)
+    path, lines = code.group(1), code.group(2)
+    program = okto.load(ROOT / path)
+    steps = re.search(r"max_steps  # (\d+)", lines).group(1)
+    assert program.config.train.max_steps == int(steps)
+    position = re.search(r'source_map\["train.max_steps"\]  # \S+?:(\d+:\d+)', lines).group(1)
+    assert str(program.source_map["train.max_steps"]).endswith(f":{position}")
+
+
+def test_the_kernel_error_the_readme_names_is_raised():
+    """README said a *softmax* `scale` is refused; softmax takes none, attention does."""
+    section = _section(README.read_text(encoding="utf-8"), "## Kernels")
+    op = re.search(r"an? (\w+) `scale` that is not\s+positive and finite", section).group(1)
+    assert "scale" in inspect.signature(getattr(kernels, op)).parameters
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(kernels.KernelError, match="scale"):
+        kernels.attention(q, q, q, scale=-1.0)
+
+
+def test_training_md_lists_every_field_of_train_result():
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    listed = re.search(r"returns a `TrainResult` \((.*?)\)\.", page, re.DOTALL).group(1)
+    documented = re.findall(r"`(\w+)`", listed)
+    assert documented == [f.name for f in dataclasses.fields(TrainResult)]
