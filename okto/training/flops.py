@@ -4,7 +4,7 @@ Per trained token, a parameter that takes part in a matrix multiply costs 6
 FLOPs when it is trained (2 forward, 2 for the input gradient, 2 for its own
 gradient) and 4 when it is frozen (no weight gradient, as under LoRA). The
 attention scores and their weighted sum add 12·L·d·T (L layers, d = heads x
-head size, T the sequence length). Embedding lookups cost nothing, so the
+head size, summed layer by layer where layers differ; T the sequence length). Embedding lookups cost nothing, so the
 input and position embeddings are left out, except that a tied LM head counts
 once as the output matmul. A mixture of experts runs only `num_experts_per_tok`
 of its experts for a token, so the routed experts' parameters count in that
@@ -29,16 +29,15 @@ from torch import nn
 class FlopsModel:
     trained: int  # matmul parameters with gradients (of a token's experts only)
     frozen: int  # matmul parameters without
-    layers: int
-    width: int  # attention width: heads x head size
+    attention: int  # the layers' attention widths (heads x head size) summed: L·d
 
     def per_token(self, seq_len: int) -> float:
-        return 6 * self.trained + 4 * self.frozen + 12 * self.layers * self.width * seq_len
+        return 6 * self.trained + 4 * self.frozen + 12 * self.attention * seq_len
 
 
 def flops_model(model: nn.Module) -> FlopsModel:
     """The FLOPs formula's terms for a Hugging Face causal LM (embeddings excluded)."""
-    config = model.config
+    config = model.config.get_text_config()  # a multimodal model's language model
     output = model.get_output_embeddings()
     head = output.weight if output is not None else None
     lookups = {
@@ -56,11 +55,24 @@ def flops_model(model: nn.Module) -> FlopsModel:
             trained += count
         else:
             frozen += count
+    return FlopsModel(round(trained), round(frozen), _attention(config))
+
+
+def _attention(config) -> int:
+    """L·d: the attention width (heads x head size) of every layer, summed. Layers of
+    their own shapes (Gemma 4) are read one by one: such a config refuses a global value."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    try:
+        return layers * _width(config)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        return sum(_width(layer) for layer in config.per_layer_config)
+
+
+def _width(config) -> int:
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     head_size = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
-    return FlopsModel(round(trained), round(frozen), layers, heads * head_size)
+    return heads * head_size
 
 
 def _active_expert_share(config) -> float:

@@ -100,3 +100,24 @@ def test_mfu_peak_is_that_of_the_precision_the_matmuls_run_in():
     assert settings.matmul_precision == "bf16"
     assert replace(settings, weights="fp32").matmul_precision == "fp32"
     assert replace(settings, precision="fp16", weights="fp32").matmul_precision == "fp16"
+
+
+def test_layers_of_their_own_shapes_are_summed():
+    """Gemma 4's config refuses a global num_attention_heads (its layers differ): the run
+    stopped with transformers' AmbiguousGlobalPerLayerAttributeError before its first step."""
+    config = transformers.AutoConfig.for_model(
+        "gemma4_text",
+        vocab_size=VOCAB,
+        hidden_size=WIDTH,
+        intermediate_size=128,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        global_head_dim=64,
+        layer_types=["sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=16,
+        vocab_size_per_layer_input=VOCAB,
+    )
+    flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
+    assert flops.attention == 2 * 32 + 2 * 64  # a sliding layer's heads, then a full one's
