@@ -190,13 +190,20 @@ def _override(config, overrides: dict):
 
 def _check_names(config, overrides: dict) -> None:
     for key in overrides:
-        if not hasattr(config, key):
+        if not _has_setting(config, key):
             known = [k for k in config.to_dict() if not k.startswith("_")]
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UsageError(
                 f"MODEL.config: a {config.model_type} model has no setting '{key}'{hint}"
             )
+
+
+def _has_setting(config, key: str) -> bool:
+    try:
+        return hasattr(config, key)
+    except RuntimeError:  # a value each layer has (Gemma 4's head_dim) refuses global reads
+        return True
 
 
 def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):

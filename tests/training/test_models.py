@@ -320,3 +320,14 @@ def test_a_missing_path_is_no_hub_name_to_train_or_plan(project, capsys, base):
     assert message in " ".join(capsys.readouterr().err.split())
     assert main(["plan", "-f", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["notes"][0] == f"model unknown: {message}"
+
+
+def test_a_per_layer_setting_is_a_setting():
+    """MODEL.config { head_dim: 32 } for gemma4_text stopped with transformers'
+    AmbiguousGlobalPerLayerAttributeError traceback: the name check read the global value,
+    which a config whose layers differ refuses."""
+    from transformers import AutoConfig
+
+    from okto.training.models import _check_names
+
+    _check_names(AutoConfig.for_model("gemma4_text"), {"head_dim": 32})
