@@ -888,3 +888,22 @@ def test_infer_prints_finished_prompts_early_and_keeps_them_on_ctrl_c(
         assert early.out.startswith("Hello world") and early.out.count("\n") == 1
         assert "batch 2 · " in early.err
         assert out.startswith(PROMPTS[3]) and out.count("\n") == 1
+
+
+def test_ctrl_c_in_a_streamed_line_ends_it(okm_files, capsys, stdin, monkeypatch):
+    """--stream cut by Ctrl-C: the prompt's line is ended, so "interrupted" is not glued to it."""
+    from okto.cli import infer
+
+    pieces, write = [], infer.write
+
+    def interrupted(index, text):
+        pieces.append(text)
+        if len(pieces) == 2:
+            raise KeyboardInterrupt
+        write(index, text)
+
+    monkeypatch.setattr(infer, "write", interrupted)
+    stdin("")
+    argv = ["infer", "-m", str(okm_files["gpt2"]), "-p", "Hello", "--max-tokens", "8", "--stream"]
+    assert main([*argv, "--temperature", "0"]) == 130
+    assert capsys.readouterr().out == "Hello" + pieces[0] + "\n"
