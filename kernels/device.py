@@ -20,7 +20,7 @@ from okto.kernels.errors import KernelError
 class Peak:
     """Datasheet peaks: dense TFLOP/s by precision, and memory bandwidth in TB/s."""
 
-    bf16: float
+    bf16: float | None
     fp16: float
     tf32: float
     fp32: float
@@ -34,19 +34,25 @@ class Peak:
 # (model, variant or None, peak), most specific first. Both are matched as whole words of
 # the CUDA device name, so an L40 is not taken for an L4 nor an RTX A1000 for an A100.
 _PEAKS: list[tuple[str, str | None, Peak]] = [
+    ("H200", "NVL", Peak(835.5, 835.5, 417.5, 60.0, 4.8, fp8=1670.5)),
     ("H200", None, Peak(989.4, 989.4, 494.7, 66.9, 4.8, fp8=1978.9)),
+    ("GH200", None, Peak(989.4, 989.4, 494.7, 66.9, 4.0, fp8=1978.9)),  # its H100 (96 GB)
     ("H100", "PCIe", Peak(756.0, 756.0, 378.0, 51.2, 2.0, fp8=1513.0)),
-    ("H100", "NVL", Peak(835.0, 835.0, 417.5, 60.0, 3.9, fp8=1670.0)),
+    ("H100", "NVL", Peak(835.5, 835.5, 417.5, 60.0, 3.9, fp8=1670.5)),
     ("H100", None, Peak(989.4, 989.4, 494.7, 66.9, 3.35, fp8=1978.9)),  # SXM
+    ("H800", "PCIe", Peak(756.0, 756.0, 378.0, 51.2, 2.0, fp8=1513.0)),
+    ("H800", None, Peak(989.4, 989.4, 494.7, 66.9, 3.35, fp8=1978.9)),  # SXM
     ("A100", "80GB", Peak(312.0, 312.0, 156.0, 19.5, 2.039)),
     ("A100", None, Peak(312.0, 312.0, 156.0, 19.5, 1.555)),
     ("L40S", None, Peak(362.1, 362.1, 183.0, 91.6, 0.864, fp8=733.0)),
+    ("L40", None, Peak(181.0, 181.0, 90.5, 90.5, 0.864, fp8=362.1)),
     ("L4", None, Peak(121.0, 121.0, 60.0, 30.3, 0.3, fp8=242.0)),
     ("A10", None, Peak(125.0, 125.0, 62.5, 31.2, 0.6)),
     ("RTX 4090", None, Peak(165.2, 165.2, 82.6, 82.6, 1.008, fp8=330.3)),
     ("RTX 3090", None, Peak(71.0, 71.0, 35.6, 35.6, 0.936)),
-    ("V100", None, Peak(125.0, 125.0, 15.7, 15.7, 0.9)),
-    ("T4", None, Peak(65.0, 65.0, 8.1, 8.1, 0.32)),
+    # No bf16 tensor cores before Ampere: bf16 there is emulated, and has no peak to quote.
+    ("V100", None, Peak(None, 125.0, 15.7, 15.7, 0.9)),  # SXM2
+    ("T4", None, Peak(None, 65.0, 8.1, 8.1, 0.32)),
 ]
 
 

@@ -11,11 +11,31 @@ def test_peaks_by_device_name():
     assert peak_for("NVIDIA A100-SXM4-80GB").bandwidth_tbps == 2.039
     assert peak_for("NVIDIA L4").tflops("bf16") == 121.0
     assert peak_for("NVIDIA GeForce RTX 4090").fp8 == 330.3
-    assert peak_for("Tesla V100-SXM2-16GB").bf16 == 125.0
+    assert peak_for("Tesla V100-SXM2-16GB").fp16 == 125.0
     assert peak_for("Some Future GPU") is None
 
 
-@pytest.mark.parametrize("name", ["NVIDIA L40", "NVIDIA RTX A1000", "NVIDIA A10G", "NVIDIA GH200"])
+@pytest.mark.parametrize(
+    ("name", "bf16", "bandwidth"),
+    [
+        # The H200 NVL (and H100 NVL) run at 835.5 TFLOP/s, where the H200 row gave 989.4.
+        ("NVIDIA H200 NVL", 835.5, 4.8),
+        ("NVIDIA H100 NVL", 835.5, 3.9),
+        ("NVIDIA GH200 480GB", 989.4, 4.0),
+        ("NVIDIA H800", 989.4, 3.35),
+        ("NVIDIA H800 PCIe", 756.0, 2.0),
+        ("NVIDIA L40", 181.0, 0.864),
+        # No bf16 tensor cores: MFU against a bf16 peak of 125 or 65 was made up.
+        ("Tesla V100-SXM2-16GB", None, 0.9),
+        ("Tesla T4", None, 0.32),
+    ],
+)
+def test_the_datasheet_row_of_each_variant(name, bf16, bandwidth):
+    peak = peak_for(name)
+    assert (peak.tflops("bf16"), peak.bandwidth_tbps) == (bf16, bandwidth)
+
+
+@pytest.mark.parametrize("name", ["NVIDIA RTX A1000", "NVIDIA A10G", "NVIDIA L4000"])
 def test_a_name_containing_a_known_one_is_not_taken_for_it(name):
     """Whole-word matches only: these are other GPUs (no peak, so no made-up MFU)."""
     assert peak_for(name) is None
