@@ -49,11 +49,22 @@ class Architecture:
     compiled_norms: bool = False
 
 
+def _setting(config: Any, name: str):
+    """`config.name`, or None. A setting that varies by layer (Gemma 4's head_dim) raises on
+    the config as a whole; the largest layer's value stands for it (the kernels' limits are
+    upper bounds)."""
+    try:
+        return getattr(config, name, None)
+    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        values = [getattr(layer, name, None) for layer in getattr(config, "per_layer_config", [])]
+        return max((v for v in values if v is not None), default=None)
+
+
 def read_facts(config: Any, class_name: str | None, supported: bool, dtype: str | None):
     """ModelFacts from a transformers config (GPT-2 and Llama spell things differently)."""
-    heads = getattr(config, "num_attention_heads", None)
-    hidden = getattr(config, "hidden_size", None)
-    head_dim = getattr(config, "head_dim", None) or (hidden // heads if heads and hidden else None)
+    heads = _setting(config, "num_attention_heads")
+    hidden = _setting(config, "hidden_size")
+    head_dim = _setting(config, "head_dim") or (hidden // heads if heads and hidden else None)
     dropout = next(
         (
             getattr(config, name)

@@ -76,3 +76,18 @@ def test_okto_plan_finds_a_relative_base_beside_the_file_as_okto_train_does(
     plan = json.loads(capsys.readouterr().out)
     assert (plan["model"]["architecture"], plan["model"]["head_dim"]) == ("gpt2", 8)
     assert plan["notes"][0] == "model config from MODEL.base ../base"
+
+
+def test_a_head_dim_that_varies_by_layer_is_read_per_layer():
+    """Gemma 4's config raises on its global head_dim: okto plan and okto train ended in
+    transformers' AmbiguousGlobalPerLayerAttributeError traceback."""
+    from transformers import AutoConfig
+
+    from okto.planner.architecture import read_facts
+
+    try:
+        config = AutoConfig.for_model("gemma4_text", num_hidden_layers=2)
+    except ValueError:
+        pytest.skip("this transformers has no Gemma 4")
+    expected = max(layer.head_dim for layer in config.per_layer_config)
+    assert read_facts(config, None, False, None).head_dim == expected
