@@ -102,3 +102,21 @@ def test_training_md_lists_every_field_of_train_result():
     listed = re.search(r"returns a `TrainResult` \((.*?)\)\.", page, re.DOTALL).group(1)
     documented = re.findall(r"`(\w+)`", listed)
     assert documented == [f.name for f in dataclasses.fields(TrainResult)]
+
+
+@pytest.mark.parametrize(
+    ("page", "name", "module"),
+    [
+        ("training.md", "TrainingFailed", "okto.training.run"),
+        ("training.md", "TrainingInterrupted", "okto.training.run"),
+        ("inference.md", "RunError", "okto.errors"),
+        ("inference.md", "UsageError", "okto.errors"),
+    ],
+)
+def test_the_docs_say_where_to_import_the_errors_they_name(page, name, module):
+    """They named the errors to catch but not where they live (okto exports neither)."""
+    import importlib
+
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    assert f"`{name}`" in text and f"`{module}`" in text
+    assert hasattr(importlib.import_module(module), name)
