@@ -870,14 +870,14 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
         )
 
 
-_UNSET_STEPS = {"eval_steps": "an evaluation", "save_steps": "a checkpoint"}
+_UNSET_STEPS = ("eval_steps", "save_steps")
 
 
 def _idle_rules(config: OktoConfig, info: ValidationInfo) -> None:
     """CONTROL actions on a live field that do nothing, or not what they say: save_steps
     under another save_strategy; INCREASE or DECREASE of a field TRAIN leaves unset and no
-    rule SETs (the run reads an unset eval_steps or save_steps as 0, so a percentage or a
-    DECREASE of it gives 1, and no clipping stays no clipping)."""
+    rule SETs (the run leaves an unset eval_steps or save_steps unset under a percentage or a
+    DECREASE, and no clipping stays no clipping)."""
     train = config.train
     actions = [
         found
@@ -902,8 +902,8 @@ def _idle_rules(config: OktoConfig, info: ValidationInfo) -> None:
             _warn(
                 info,
                 path,
-                f"{verb} {field}: TRAIN does not set {field}, so this sets it to 1 "
-                f"({_UNSET_STEPS[field]} at every step)",
+                f"{verb} {field} has no effect: TRAIN does not set {field}, so there is "
+                "nothing to move (SET it first, or give it in TRAIN)",
             )
 
 

@@ -413,7 +413,7 @@ class ControlBuilder:
                     )
 
 
-FILLED = {**{name: name for name in METRICS}, "learning_rate": "lr"}
+FILLED = {**{name: name for name in METRICS}, **METRIC_ALIASES}
 """The names a LOG message or SAVE label fills in (`{loss}`), and the metric each is."""
 
 

@@ -20,6 +20,7 @@ from typing import Protocol
 from pydantic import ValidationError
 
 from okto.language.control import (
+    METRIC_ALIASES,
     AdjustAction,
     LogAction,
     Rule,
@@ -28,6 +29,15 @@ from okto.language.control import (
     StopAction,
 )
 from okto.language.control_builder import train_field_type, whole_number
+
+# Live fields whose unset value (as Actions.get reads it) means "off": moving it by a share
+# or down would turn it on at every step (eval_steps 0 -> 1), and clipping stays off.
+OFF = {"eval_steps": 0, "save_steps": 0, "gradient_clip": math.inf}
+OFF_MEANS = {
+    "eval_steps": "evaluation at epoch ends",
+    "save_steps": "no step checkpoints",
+    "gradient_clip": "no clipping",
+}
 
 
 class Actions(Protocol):
@@ -92,6 +102,16 @@ class Controller:
         admit is not set: it goes to 0 where that is allowed (weight_decay), else keeps its
         value (a learning rate of 0 or less), and a log line says so."""
         field, current = action.field, self.actions.get(action.field)
+        # INCREASE eval_steps BY 100 from unset gives 100, as it says; a share or a DECREASE
+        # of nothing has nothing to move, nor has any change of an infinite threshold
+        if OFF.get(field) == current and (
+            action.relative or action.kind == "decrease" or math.isinf(current)
+        ):
+            self.actions.log(
+                f"{action.kind.upper()} {field}: {field} is unset ({OFF_MEANS[field]}), so there "
+                "is nothing to move; a rule can SET it"
+            )
+            return
         value = round(action.apply(current), 9)  # 30 + 10% is 33, not 33.000000000000004
         if whole_number(field):
             value = max(1, math.ceil(value) if action.kind == "increase" else math.floor(value))
@@ -134,7 +154,7 @@ def _fill(text: str, metrics: Mapping[str, object]) -> str:
     for literal, name, spec, _ in parts:
         out.append(literal)
         if name is not None:
-            out.append(_filled(name, spec, metrics.get(name)))
+            out.append(_filled(name, spec, metrics.get(METRIC_ALIASES.get(name, name))))
     return "".join(out)
 
 

@@ -537,13 +537,7 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     warning = models.size_warning(model, config.model.parameters)
     if warning:
         display.warn(warning)
-    adapted = apply_lora(model, adapter) if adapter else []
-    if adapted and not source.pretrained:
-        display.warn(
-            "ADAPTER on a new model (pretrained: false): LoRA trains over frozen random weights "
-            "that no file keeps but the merged final model, so adapter/ fits no base anyone "
-            "has; remove the ADAPTER block to train the whole model"
-        )
+    adapted = apply_lora(model, adapter) if adapter else []  # on a new model: check warns
     missed = unmatched_targets(adapter, adapted) if adapter else []
     if missed:
         display.warn(

@@ -557,21 +557,19 @@ def test_accuracy_in_percent_is_told_it_is_a_fraction():
 
 
 def test_a_misspelt_metric_in_braces_warns():
-    """LOG "{los}" and SAVE "model-{epcoh}" printed and saved the braces as written, and
-    {LR} too (the run fills in metric names and learning_rate, not the SET alias)."""
+    """LOG "{los}" and SAVE "model-{epcoh}" printed and saved the braces as written."""
     text = 'CONTROL { on_epoch_end { LOG "{los} {LR} {json} {}"  SAVE "model-{epcoh}" } }'
     assert [message for _, _, message in warnings(text)] == [
         "LOG: {los} is not a metric, so it stays as written (did you mean {loss}?)",
-        "LOG: {LR} is not a metric, so it stays as written (did you mean {lr}?)",
         "SAVE: {epcoh} is not a metric, so it stays as written (did you mean {epoch}?)",
     ]
-    fine = 'CONTROL { on_epoch_end { LOG "{loss:.3f} {learning_rate:.1e}"  SAVE "m-{epoch}" } }'
+    fine = 'CONTROL { on_epoch_end { LOG "{loss:.3f} {learning_rate:.1e} {LR}"  SAVE "{epoch}" } }'
     assert warnings(fine) == []
 
 
 def test_adjusting_a_field_train_leaves_unset_warns():
-    """The run reads an unset eval_steps or save_steps as 0: DECREASE eval_steps BY 50%
-    evaluated at every step, and INCREASE save_steps BY 10% checkpointed at every step."""
+    """DECREASE eval_steps BY 50% and INCREASE save_steps BY 10% of an unset field have
+    nothing to move: the run says so and leaves it unset (it used to set it to 1)."""
     text = (
         "CONTROL { on_epoch_end {\n"
         "  DECREASE eval_steps BY 50%\n"
@@ -583,14 +581,14 @@ def test_adjusting_a_field_train_leaves_unset_warns():
         (
             2,
             3,
-            "DECREASE eval_steps: TRAIN does not set eval_steps, so this sets it to 1 "
-            "(an evaluation at every step)",
+            "DECREASE eval_steps has no effect: TRAIN does not set eval_steps, so there is "
+            "nothing to move (SET it first, or give it in TRAIN)",
         ),
         (
             3,
             3,
-            "INCREASE save_steps: TRAIN does not set save_steps, so this sets it to 1 "
-            "(a checkpoint at every step)",
+            "INCREASE save_steps has no effect: TRAIN does not set save_steps, so there is "
+            "nothing to move (SET it first, or give it in TRAIN)",
         ),
     ]
     assert warnings("TRAIN { eval_steps: 10 }\n" + text)[0][0] == 4  # save_steps' only

@@ -86,6 +86,38 @@ def test_a_value_the_field_cannot_take_is_not_set():
     assert fields.lines == ["DECREASE weight_decay: -0.04 is below 0, set 0"]
 
 
+@pytest.mark.parametrize(
+    ("action", "value", "means"),
+    [
+        ("DECREASE eval_steps BY 50%", 0, "evaluation at epoch ends"),
+        ("INCREASE save_steps BY 10%", 0, "no step checkpoints"),
+        ("DECREASE gradient_clip BY 10%", float("inf"), "no clipping"),
+        ("INCREASE gradient_clip BY 1", float("inf"), "no clipping"),
+    ],
+)
+def test_moving_a_field_that_is_off_leaves_it_off(action, value, means):
+    """Unset eval_steps read as 0 and became 1: an evaluation at every step (a checkpoint
+    for save_steps); unset clipping became inf, or was 'kept at inf' after 'nan'."""
+    kind, field = action.split()[:2]
+    fields = fire(action, **{field: value})
+    assert fields.values[field] == value
+    assert fields.lines == [
+        f"{kind} {field}: {field} is unset ({means}), so there is nothing to move; "
+        "a rule can SET it"
+    ]
+    assert fire("INCREASE eval_steps BY 100", eval_steps=0).values["eval_steps"] == 100
+
+
+def test_a_metric_alias_in_braces_is_filled_in():
+    """{LR} and {learning_rate} (the aliases conditions take) were printed as written."""
+    rule = Rule(
+        kind="event", event="on_step_end", actions=[LogAction(message="{LR:g} {learning_rate:g}")]
+    )
+    fields = Fields()
+    Controller([rule], fields).fire("on_step_end", 7, {"lr": 0.001})
+    assert fields.lines == ["0.001 0.001"]
+
+
 def test_a_log_format_its_value_does_not_take_is_kept_as_written():
     """Rules not built from a file (a Program from JSON) are not checked: a LOG format that
     did not fit its value was a ValueError that ended the run."""
