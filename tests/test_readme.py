@@ -62,15 +62,20 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return {name: sub.choices[name] for name in COMMANDS}
 
 
-def test_every_flag_in_the_readme_command_table_exists():
-    table = _section(README.read_text(encoding="utf-8"), "## Command line")
+@pytest.mark.parametrize(
+    "page", [*PAGES, *sorted((ROOT / "examples").glob("*.okt"))], ids=lambda p: p.name
+)
+def test_every_flag_an_okto_command_is_shown_with_exists(page):
+    """`okto train -f FILE --max-steps 2 --set ...` in a page or an example's comment: each
+    flag is one its command takes."""
     parsers = _subcommands()
     missing = []
-    for usage in re.findall(r"^\| `okto (.*?)` \|", table, flags=re.MULTILINE):
-        command = usage.split()[0]
-        flags = {o for a in parsers[command]._actions for o in a.option_strings}
-        missing += [f"okto {command} {f}" for f in re.findall(r"--?[a-z][\w-]*", usage)
-                    if f not in flags]
+    text = page.read_text(encoding="utf-8")
+    for command, rest in re.findall(r"(?:^|`|\s)okto (\w+)((?: [^`\n#|]*)?)", text, re.M):
+        if command in parsers:
+            flags = {o for a in parsers[command]._actions for o in a.option_strings}
+            shown = re.findall(r"(?<![\w-])--?[a-z][\w-]*", rest)
+            missing += [f"okto {command} {flag}" for flag in shown if flag not in flags]
     assert missing == []
 
 
