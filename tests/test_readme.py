@@ -125,3 +125,20 @@ def test_the_docs_say_where_to_import_the_errors_they_name(page, name, module):
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")
     assert f"`{name}`" in text and f"`{module}`" in text
     assert hasattr(importlib.import_module(module), name)
+
+
+def test_the_step_schedule_drops_where_training_md_says():
+    """training.md put the drops at half and three quarters of the steps; with a warmup
+    they come at half and three quarters of the steps after it (60 and 80 of 20 + 80)."""
+    from okto.training.optim import build_scheduler
+
+    page = (ROOT / "docs" / "training.md").read_text(encoding="utf-8")
+    assert "three quarters of the steps after the warmup" in " ".join(page.split())
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, "step", warmup_steps=20, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [s for s in range(21, 100) if rates[s] < rates[s - 1]] == [60, 80]
