@@ -123,5 +123,5 @@ def test_okto_init_then_the_commands_it_prints_word_for_word(tmp_path, monkeypat
         assert okto_word == "okto"
         assert main(args) == 0, command
     out = capsys.readouterr().out
-    assert "finished 9 steps" in out
+    assert "finished 15 steps" in out
     assert "\nThe cat" in out  # the prompt and its completion

@@ -31,7 +31,7 @@ DATASET {{
   train: "data/train.jsonl"    # one {{"text": "..."}} record per line
   validation: "data/val.jsonl"
   tokenizer: "train"           # train a byte-level BPE tokenizer on the data...
-  vocab_size: 512              # ...with this many tokens
+  vocab_size: 320              # ...with this many tokens
   max_length: 64               # tokens per training sequence
 }}
 

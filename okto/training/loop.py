@@ -51,7 +51,7 @@ from okto.training import checkpoint as ckpt
 from okto.training import distributed_checkpoint as dckpt
 from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
-from okto.training.display import perplexity
+from okto.training.display import counted, perplexity
 from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel
@@ -592,7 +592,7 @@ class Trainer:
             return Outcome("early_stopping", f"early stopping at step {self.step}")
         if self.stop_reason is not None:
             return Outcome("stopped", f"stopped at step {self.step}: {self.stop_reason}")
-        return Outcome("completed", f"finished {self.step} steps")
+        return Outcome("completed", f"finished {counted(self.step, 'step')}")
 
     def _fail(self, reason: str, message: str) -> Outcome:
         path = self._checkpoint()
@@ -1012,7 +1012,8 @@ class Trainer:
         elif rows % world == 0:
             live.batch_size = rows // world
         what = (
-            f"the checkpoint was written by {written_by} process(es), this run has {world}: "
+            f"the checkpoint was written by {counted(written_by, 'process')}, this run has "
+            f"{world}: "
             f"batch_size x gradient_accumulation {before[0]} x {before[1]} -> "
             f"{live.batch_size} x {live.gradient_accumulation} per process"
         )

@@ -8,7 +8,7 @@ Where the plan says so (AdamW, fp32 weights, a GPU; docs/planner.md), AdamW's
 update runs okto's multi-tensor kernel instead of torch's, on the same state.
 Schedules are `transformers.get_scheduler`'s, except `step`, which is not
 there: linear warmup, then the rate times 0.1 at half and again at three
-quarters of the steps (the classic multi-step decay). TRAIN.num_cycles and
+quarters of the steps after the warmup (the classic multi-step decay). TRAIN.num_cycles and
 TRAIN.power give cosine_with_restarts its restarts and polynomial its curve;
 polynomial decays to 0.
 """

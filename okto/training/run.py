@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
-from okto.training.display import Display, human, percent, perplexity
+from okto.training.display import Display, counted, human, percent, perplexity
 from okto.training.outputs import (
     RunPaths,
     left_from_earlier,
@@ -504,9 +504,11 @@ def _too_few_evaluations(config, total: int, per_step: int, rows: int, display) 
             if train.eval_steps
             else ("at epoch ends", "set")
         )
+        one = len(idle) == 1
         display.warn(
-            f"{' and '.join(idle)} need {needed} evaluations, and this run of {total} steps "
-            f"makes {made} ({when} and at the end): they never act; {fix} TRAIN.eval_steps"
+            f"{' and '.join(idle)} need{'s' if one else ''} {needed} evaluations, and this run "
+            f"of {counted(total, 'step')} makes {made} ({when} and at the end): "
+            f"{'it never acts' if one else 'they never act'}; {fix} TRAIN.eval_steps"
         )
 
 
@@ -611,7 +613,8 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
             "" if train.scheduler == "constant" else f"; the {train.scheduler} decay never starts"
         )
         display.warn(
-            f"TRAIN.warmup_steps ({train.warmup_steps}) is not below the run's {total} steps: "
+            f"TRAIN.warmup_steps ({train.warmup_steps}) is not below the run's "
+            f"{counted(total, 'step')}: "
             f"the learning rate never reaches {train.learning_rate:g}{decay}"
         )
     if splits.validation is not None and parallel.is_main:

@@ -496,3 +496,23 @@ def test_a_new_run_says_which_outputs_are_an_earlier_runs(project, capsys):
     assert "kept 1 checkpoint(s) of an earlier run" in log and "kept in place" in log
     assert train(path, "--set", "EXPORT.format=safetensors") == 0  # replaces both
     assert read_metrics(Path("runs/tiny/metrics.jsonl"), "summary")[-1]["earlier_outputs"] == []
+
+
+def test_a_new_project_trains_without_a_warning(tmp_path, monkeypatch, capsys):
+    """okto init asked for 512 tokens that its sample data cannot fill (about 350): every
+    new project's first run warned that the trained tokenizer came out smaller."""
+    from okto.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "fresh"]) == 0
+    assert main(["train", "-f", "fresh/train.okt", "--max-steps", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in out + err
+
+
+def test_counts_take_their_noun_in_the_number_they_need():
+    """'finished 1 steps', 'the run's 1 steps' and 'written by 2 process(es)'."""
+    from okto.training.display import counted
+
+    assert [counted(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]
+    assert counted(2, "process") == "2 processes"
