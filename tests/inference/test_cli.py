@@ -799,10 +799,14 @@ def terminal(monkeypatch):
 @pytest.fixture
 def ctrl_c_in_reply(monkeypatch):
     """Model.generate, with SIGINT sent to the process as reply i starts streaming when
-    `pressed[i]`; returns the prompts generate was called with, and `pressed`."""
+    `pressed[i]`; returns the prompts generate was called with, and `pressed`. SIGINT is
+    Python's KeyboardInterrupt meanwhile: a shell that starts the tests in the background
+    (`... &`) hands them SIGINT ignored, as it does every background job."""
     import signal
 
     from okto.inference.generate import Model
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     called, pressed, generate = [], [], Model.generate
 
@@ -818,7 +822,8 @@ def ctrl_c_in_reply(monkeypatch):
         return generate(self, prompt, stream=pressing, **options)
 
     monkeypatch.setattr(Model, "generate", spy)
-    return called, pressed
+    yield called, pressed
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_in_chat_stops_the_reply_and_returns_to_the_prompt(
