@@ -11,6 +11,8 @@ from okto.training.flops import flops_model
 from okto.training.plan import RunSettings
 
 VOCAB, WIDTH, LAYERS, T = 300, 64, 2, 32
+# The Llama-style configs' common shape: MLP width 128.
+SHAPE = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=LAYERS)
 
 
 def _llama_layer(mlp: int) -> int:
@@ -35,10 +37,7 @@ def test_gpt2_counts_the_tied_head_once_and_no_position_table():
 
 def test_llama_untied_head_counts_and_embedding_does_not():
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=128,
-        num_hidden_layers=LAYERS,
+        **SHAPE,
         num_attention_heads=4,
         num_key_value_heads=2,
     )
@@ -62,10 +61,7 @@ def test_a_mixture_of_experts_counts_the_experts_a_token_runs_through():
     """Mixtral routes each token through 2 of its 8 experts: counting all 8 made its
     TFLOP/s and MFU 3.4 times too high for this model."""
     config = transformers.MixtralConfig(
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=128,
-        num_hidden_layers=LAYERS,
+        **SHAPE,
         num_attention_heads=4,
         num_key_value_heads=2,
         num_local_experts=8,
@@ -107,10 +103,7 @@ def test_layers_of_their_own_shapes_are_summed():
     stopped with transformers' AmbiguousGlobalPerLayerAttributeError before its first step."""
     config = transformers.AutoConfig.for_model(
         "gemma4_text",
-        vocab_size=VOCAB,
-        hidden_size=WIDTH,
-        intermediate_size=128,
-        num_hidden_layers=LAYERS,
+        **SHAPE,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
