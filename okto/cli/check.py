@@ -48,6 +48,8 @@ def run(args) -> int:
 
 
 def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> int:
+    from okto.language.diagnostics import STOPPED_EARLY, counted
+
     valid = not errors
     if args.json:
         _print_json(
@@ -61,13 +63,11 @@ def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> 
         print(diagnostic.render(), end="\n\n", file=sys.stderr)
     if valid:
         count = sum(d.severity == "warning" for d in warnings)
-        tail = f" ({count} warning{'s' if count != 1 else ''})" if count else ""
+        tail = f" ({counted(count, 'warning')})" if count else ""
         print(f"{args.file}: valid{tail}")
         return EXIT_OK
-    from okto.language.diagnostics import STOPPED_EARLY, error_count
-
     tail = STOPPED_EARLY if stopped_early else ""
-    print(f"{args.file}: {error_count(len(errors))}{tail}", file=sys.stderr)
+    print(f"{args.file}: {counted(len(errors), 'error')}{tail}", file=sys.stderr)
     return EXIT_INVALID
 
 

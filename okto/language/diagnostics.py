@@ -172,14 +172,17 @@ class InvalidProgram(OktoError):
         super().__init__(first.render())
 
     def render(self) -> str:
-        summary = f"{error_count(len(self.errors))} in {self.filename}"
+        summary = f"{counted(len(self.errors), 'error')} in {self.filename}"
         if self.stopped_early:
             summary += STOPPED_EARLY
         return "\n\n".join([*(d.render() for d in self.errors), summary])
 
 
-def error_count(count: int) -> str:
-    return f"{count} error{'s' if count != 1 else ''}"
+def counted(count: int, noun: str) -> str:
+    """`1 error`, `2 errors`, `2 processes`: a count with its noun in the number it takes."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 STOPPED_EARLY = ", and more after them: checking stops at that many syntax errors"

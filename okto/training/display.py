@@ -184,13 +184,6 @@ def _whole_width(console: Console, items) -> Iterator[None]:
         console.width = width
 
 
-def counted(count: int, noun: str) -> str:
-    """`1 step`, `2 steps`: a count with its noun in the number it takes."""
-    if count == 1:
-        return f"{count} {noun}"
-    return f"{count} {noun}{'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
-
-
 def human(number: float) -> str:
     """1234567 -> 1.23M."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -47,11 +47,12 @@ from pathlib import Path
 import torch
 
 from okto.errors import OktoError, UsageError
+from okto.language.diagnostics import counted
 from okto.training import checkpoint as ckpt
 from okto.training import distributed_checkpoint as dckpt
 from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
-from okto.training.display import counted, perplexity
+from okto.training.display import perplexity
 from okto.training.distributed import Parallel
 from okto.training.evaluation import batch_sums
 from okto.training.flops import FlopsModel

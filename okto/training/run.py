@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from okto.errors import OktoError, RunError, UsageError
-from okto.training.display import Display, counted, human, percent, perplexity
+from okto.language.diagnostics import counted
+from okto.training.display import Display, human, percent, perplexity
 from okto.training.outputs import (
     RunPaths,
     left_from_earlier,

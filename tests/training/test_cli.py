@@ -512,7 +512,7 @@ def test_a_new_project_trains_without_a_warning(tmp_path, monkeypatch, capsys):
 
 def test_counts_take_their_noun_in_the_number_they_need():
     """'finished 1 steps', 'the run's 1 steps' and 'written by 2 process(es)'."""
-    from okto.training.display import counted
+    from okto.language.diagnostics import counted
 
     assert [counted(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]
     assert counted(2, "process") == "2 processes"
