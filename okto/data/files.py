@@ -57,12 +57,14 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
         return files
     if path.is_dir():
         _refuse_saved_datasets(path)
-        runs = _run_folders(path)
+        found = [p for p in path.rglob("*") if p.is_file()]
+        # okto's run folders (their config, tokenizer, metrics and logs) are never data:
+        # `train: "."` beside the .okt file would take in runs/ there
+        runs = {p.parent for p in found if p.name == RUN_CONFIG}
         files = sorted(
             p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in EXTENSIONS
+            for p in found
+            if p.suffix.lower() in EXTENSIONS
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
             and not any(folder in p.parents for folder in runs)
         )
@@ -74,13 +76,6 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     return [path]
-
-
-def _run_folders(folder: Path) -> set[Path]:
-    """Folders under `folder` (itself included) that okto wrote a run into: their configs,
-    tokenizers, metrics and logs are outputs, never training data, for a data folder that
-    holds the runs (`train: "."` beside the .okt file, with runs/ there)."""
-    return {config.parent for config in folder.rglob(RUN_CONFIG) if config.is_file()}
 
 
 def _refuse_saved_datasets(folder: Path) -> None:
