@@ -6,6 +6,8 @@ Hugging Face's fp16 logits on the tiny models; greedy tokens equal Hugging
 Face's until a step where its two best logits are within 0.1 of each other.
 """
 
+import signal
+
 import pytest
 import torch
 
@@ -109,3 +111,33 @@ def test_hf_backend_on_cuda_is_seeded_and_leaves_the_random_state_alone(okm_file
     first = model.generate("Hello", max_tokens=8, seed=3, temperature=1.0)[0].text
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     assert model.generate("Hello", max_tokens=8, seed=3, temperature=1.0)[0].text == first
+
+
+@pytest.mark.parametrize("during", ["prefill", "decode"])
+def test_ctrl_c_during_graph_capture_leaves_the_model_working(during, okm_files, monkeypatch):
+    """Ctrl-C while a reply's first CUDA graph is being captured (what `okto chat` meets when a
+    user stops the first reply at once): the graph is given up, and the next reply captures it
+    again and generates what an uninterrupted model generates."""
+    expected = load_model(okm_files["gpt2"], device="cuda", dtype="fp16").generate(
+        PROMPTS[:1], max_tokens=16, temperature=0
+    )
+    model = load_model(okm_files["gpt2"], device="cuda", dtype="fp16")
+    owner = model.engine.model if during == "prefill" else model.engine
+    original, pressed = getattr(owner, during), []
+
+    def stopped_in_capture(*args):
+        if torch.cuda.is_current_stream_capturing() and not pressed:
+            pressed.append(during)
+            signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(owner, during, stopped_in_capture)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.generate(PROMPTS[:1], max_tokens=16, temperature=0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert pressed == [during]
+    again = model.generate(PROMPTS[:1], max_tokens=16, temperature=0)
+    assert [g.token_ids for g in again] == [g.token_ids for g in expected]
