@@ -69,6 +69,16 @@ _OTHER_FORMS = {
 """Hints for the blocks of other languages' rules, by their upper-case name."""
 
 
+def _stop_reason(item: Item) -> str | None:
+    """The text of an item that reads as a reason given to the STOP before it
+    (`STOP "loss exploded"`): a string, or a bare word other than a lower-case action."""
+    if isinstance(item, Str):
+        return item.value
+    if isinstance(item, Word) and item.name.upper() not in _ACTION_WORDS:
+        return item.name
+    return None
+
+
 class ControlBuilder:
     """Builds the rules of one CONTROL block. `train` is the TRAIN block's
     input (to judge DECREASE amounts); `cpu_only` says whether the file
@@ -126,10 +136,21 @@ class ControlBuilder:
 
     def _actions(self, body: Body, event: Event, path: Path) -> list[dict]:
         actions: list[dict] = []
+        previous = None
         for item in body:
-            action = self._action(item, event, (*path, "actions", len(actions)))
-            if action is not None:
-                actions.append(action)
+            reason = _stop_reason(item) if isinstance(previous, StopStatement) else None
+            if reason is not None:
+                found = f'string "{reason}"' if isinstance(item, Str) else f"'{reason}'"
+                self.collect.error(
+                    item.span,
+                    f"STOP takes no argument: found {found}",
+                    f'to log a reason, write LOG "{reason}" before STOP',
+                )
+            else:
+                action = self._action(item, event, (*path, "actions", len(actions)))
+                if action is not None:
+                    actions.append(action)
+            previous = item
         return actions
 
     def _action(self, item: Item, event: Event, path: Path, top_level: bool = False) -> dict | None:

@@ -201,6 +201,10 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
     elif "COLON" in expected and previous and (token.type in _VALUES or token.type == "LSQB"):
         message = f"missing ':' between '{previous}' and its value"
         hint = f"write {previous}: {token}"
+    elif previous in ("STOP", "STOP_TRAINING") and token.type in _SCALARS:
+        message = f"{previous} takes no argument: found {_found(token)}"
+        reason = token if token.type == "STRING" else f'"{token}"'
+        hint = f"to log a reason, write LOG {reason} before {previous}"
     else:
         message = f"unexpected {_found(token)}: expected {words}"
         hint = _rule_hint(source.text, token, expected, previous)

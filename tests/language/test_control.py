@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from okto.cli import main
 from okto.language import InvalidProgram, apply_overrides
 from okto.language.control import (
     AdjustAction,
@@ -664,6 +665,18 @@ def test_adjusting_a_field_train_leaves_unset_warns():
             "keywords are upper case: BY",
         ),
         ("on_nan { SET lr: 1 }", 26, "unexpected ':': expected '='", "SET takes '=': SET lr = ..."),
+        (
+            "IF loss > 2 { STOP now }",
+            30,
+            "STOP takes no argument: found 'now'",
+            'to log a reason, write LOG "now" before STOP',
+        ),
+        (
+            "IF loss > 2 { STOP 3 }",
+            30,
+            "STOP takes no argument: found number 3",
+            'to log a reason, write LOG "3" before STOP',
+        ),
         ("if loss > 2 { STOP }", 11, "'if' is not a keyword: keywords are upper case", "write IF"),
         (
             "every 2 steps { STOP }",
@@ -719,3 +732,16 @@ def test_else_says_there_is_none(control):
         program(f"CONTROL {{ {control} }}")
     (found,) = raised.value.errors
     assert found.hint == "there is no ELSE: write a second rule with the opposite condition"
+
+
+def test_stop_with_a_reason_says_stop_takes_none_and_how_to_log_one(tmp_path, capsys):
+    """`STOP "reason"` got the generic 'expected an action or a rule'."""
+    path = tmp_path / "t.okt"
+    path.write_text('CONTROL {\n  IF loss > 9 { STOP "loss exploded" }\n}\n', encoding="utf-8")
+    assert main(["check", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f'{path}:2:22: error: STOP takes no argument: found string "loss exploded"' in err
+    assert 'to log a reason, write LOG "loss exploded" before STOP' in err
+    assert err.endswith(f"{path}: 1 error\n")
+    rule = rules('IF loss > 9 { LOG "loss exploded" STOP }')[0]
+    assert rule.actions == [LogAction(message="loss exploded"), StopAction()]
