@@ -42,10 +42,12 @@ COMPRESSED = (
     (b"PK\x03\x04", "zip", "unzip"),
 )
 _SNIFF_CHARS = 1 << 16
+DATASET_CARD = "readme.md"  # a data folder's, in any case: Hugging Face's dataset card
 
 
-def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
-    """The files a DATASET path names, sorted; an error when there are none."""
+def resolve_files(pattern: str, base_dir: Path, notes: list[str] | None = None) -> list[Path]:
+    """The files a DATASET path names, sorted; an error when there are none. What walking a
+    folder skipped that the user may have meant as data goes into `notes`."""
     path = _package_path(pattern) if pattern.startswith(PACKAGE_PREFIX) else Path(pattern)
     path = path.expanduser()
     if not path.is_absolute():
@@ -61,17 +63,33 @@ def resolve_files(pattern: str, base_dir: Path) -> list[Path]:
         # okto's run folders (their config, tokenizer, metrics and logs) are never data:
         # `train: "."` beside the .okt file would take in runs/ there
         runs = {p.parent for p in found if p.name == RUN_CONFIG}
-        files = sorted(
+        candidates = [
             p
             for p in found
             if p.suffix.lower() in EXTENSIONS
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
             and not any(folder in p.parents for folder in runs)
-        )
+        ]
+        # A README.md in a data folder is its dataset card, as Hugging Face datasets reads
+        # it, not training text; named as a file it is read.
+        cards = sorted(p for p in candidates if p.name.lower() == DATASET_CARD)
+        files = sorted(p for p in candidates if p.name.lower() != DATASET_CARD)
         if not files:
             known = ", ".join(EXTENSIONS)
             skipped = f" outside okto's run folders ({len(runs)} skipped)" if runs else ""
-            raise DataError(f"directory {path} holds no data files{skipped} ({known})")
+            card = (
+                f"; {cards[0].relative_to(path)} is its dataset card, not data: name the file "
+                "itself to train on it"
+                if cards
+                else ""
+            )
+            raise DataError(f"directory {path} holds no data files{skipped} ({known}){card}")
+        if notes is not None:
+            notes += [
+                f"skipped {card}: a README.md in a data folder is the dataset card, not "
+                "training text (as in Hugging Face datasets); name the file itself to train on it"
+                for card in cards
+            ]
         return files
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
@@ -221,14 +239,17 @@ class DataFiles:
     train: list[tuple[Source, list[Path]]]
     validation: list[Path]
     test: list[Path]
+    notes: list[str]  # files the folders held that are not data (dataset cards), and why
 
     @classmethod
     def resolve(cls, settings: DataSettings, base_dir: Path) -> DataFiles:
+        notes: list[str] = []
+
         def files(patterns: tuple[str, ...]) -> list[Path]:
-            return [f for pattern in patterns for f in resolve_files(pattern, base_dir)]
+            return [f for pattern in patterns for f in resolve_files(pattern, base_dir, notes)]
 
         named = [
-            [(pattern, resolve_files(pattern, base_dir)) for pattern in source.paths]
+            [(pattern, resolve_files(pattern, base_dir, notes)) for pattern in source.paths]
             for source in settings.train
         ]
         _refuse_repeats([pair for pairs in named for pair in pairs])
@@ -239,6 +260,7 @@ class DataFiles:
             ],
             validation=files(settings.validation),
             test=files(settings.test),
+            notes=notes,
         )
 
     def fingerprints(self, training_only: bool = False) -> dict:

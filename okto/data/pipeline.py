@@ -98,6 +98,8 @@ def build_datasets(
         return _torch_format(splits, stats)
 
     stats = DataStats(cache_key=key)
+    for note in files.notes:
+        warn(note, stats.warnings)
     _report_shared_files(fingerprints, stats.warnings)
     stage("reading the data files")
     tables = _select(settings, files, seed, stats)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from okto.data import DataError, build_datasets
+from okto.data import DataError, DataWarning, build_datasets
 from okto.data.files import detect_format, resolve_files
 from tests.data.helpers import (
     config,
@@ -146,6 +146,41 @@ def test_directory_and_glob(tmp_path, tokenizer):
     assert [p.name for p in resolve_files(str(folder), tmp_path)] == ["a.jsonl", "b.csv"]
     assert [p.name for p in resolve_files("parts/*.jsonl", tmp_path)] == ["a.jsonl"]
     assert _rows_text(folder, tokenizer) == EXPECTED
+
+
+def test_a_readme_in_a_data_folder_is_its_dataset_card(tmp_path, tokenizer):
+    """A folder's README.md (the dataset card, to Hugging Face datasets) was trained on as
+    text. Walking a folder skips it, saying so; named as a file it is read."""
+    folder = tmp_path / "parts"
+    (folder / "sub").mkdir(parents=True)
+    write_jsonl(folder / "a.jsonl", RECORDS)
+    (folder / "README.md").write_text("# My dataset\n\nLicense: MIT\n")
+    (folder / "sub" / "Readme.MD").write_text("about sub\n")
+    (folder / "notes.md").write_text("hello world notes\n")
+    notes: list[str] = []
+    assert [p.name for p in resolve_files("parts", tmp_path, notes)] == ["a.jsonl", "notes.md"]
+    assert (
+        len(notes) == 2
+        and "parts/README.md: a README.md in a data folder is the dataset card" in notes[0]
+    )
+    assert resolve_files("parts/README.md", tmp_path) == [folder / "README.md"]
+
+    with pytest.warns(DataWarning, match="skipped .*README.md: a README.md in a data folder"):
+        splits = build_datasets(
+            config(train=str(folder), validation=str(folder / "a.jsonl")), tokenizer
+        )
+    assert sorted(Path(f.path).name for f in splits.stats.files) == [
+        "a.jsonl",
+        "a.jsonl",
+        "notes.md",
+    ]
+    assert sum("dataset card" in note for note in splits.stats.warnings) == 2
+
+    (folder / "a.jsonl").unlink()
+    (folder / "notes.md").unlink()
+    (folder / "sub" / "Readme.MD").unlink()
+    with pytest.raises(DataError, match=r"holds no data files .*; README\.md is its dataset card"):
+        resolve_files("parts", tmp_path)
 
 
 def test_okto_run_folders_in_a_data_folder_are_not_data(tmp_path):
