@@ -17,6 +17,7 @@ reported on their own, so the first batch's rates are the decoder's, not the set
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict, deque
 
 import torch
@@ -161,8 +162,12 @@ class Slot:
             self._warm_up(fn)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            fn()
+        with warnings.catch_warnings():
+            # A capture that Ctrl-C stops before its first kernel ends empty, and torch
+            # warns of that under the "reply stopped" line; the graph is dropped anyway.
+            warnings.filterwarnings("ignore", "The CUDA Graph is empty")
+            with torch.cuda.graph(graph, pool=self.pool):
+                fn()
         return graph
 
 
