@@ -2,7 +2,8 @@
 
 A training run changes process-wide state while it runs: the hub libraries' offline
 switches (`HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE` for ENV network "offline"), TF32 and
-cuDNN autotuning on a GPU, the Ctrl-C and SIGTERM handlers. The `okto` command exits
+cuDNN autotuning on a GPU, the Ctrl-C and SIGTERM handlers, and the random generators it
+seeds with TRAIN.seed (Python's, NumPy's, torch's). The `okto` command exits
 after one run; a notebook or a script goes on, and its next `okto.train` (of a file that
 may download) or its own fp32 matmuls would inherit them. `okto.train` is therefore
 `training.run.train` inside `kept_process_state`, which puts them back on return and on
@@ -27,12 +28,14 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextmanager
 def kept_process_state() -> Iterator[None]:
     """Environment variables, working directory, signal handlers, the root logger's
-    handlers and level, and torch's process-wide switches as they were on entry."""
+    handlers and level, torch's process-wide switches and the random generators' states
+    as they were on entry."""
     environ = dict(os.environ)
     cwd = os.getcwd()
     handlers = {number: signal.getsignal(number) for number in SIGNALS}
     root = list(logging.root.handlers), logging.root.level
     switches = _torch_switches()
+    generators = _random_states()
     try:
         yield
     finally:
@@ -48,6 +51,7 @@ def kept_process_state() -> Iterator[None]:
         logging.root.handlers[:] = root[0]
         logging.root.setLevel(root[1])
         _set_torch_switches(switches)
+        _set_random_states(generators)
 
 
 @functools.wraps(run_training)
@@ -78,3 +82,32 @@ def _set_torch_switches(switches: dict[str, Any]) -> None:
     torch.backends.cudnn.deterministic = switches["cudnn_deterministic"]
     torch.set_default_dtype(switches["default_dtype"])
     torch.set_num_threads(switches["threads"])
+
+
+def _random_states() -> dict[str, Any]:
+    """The generators a run seeds. CUDA's are taken only once CUDA is initialized: before,
+    the caller has drawn nothing from them, and reading them would initialize CUDA."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+    }
+
+
+def _set_random_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])

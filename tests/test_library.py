@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shlex
 import signal
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,13 +66,16 @@ def _process_state() -> dict:
         "logging": (list(logging.root.handlers), logging.root.level),
         "torch": (matmul.allow_tf32, cudnn.allow_tf32, cudnn.benchmark, cudnn.deterministic),
         "dtype": (torch.get_default_dtype(), torch.get_num_threads()),
+        "random": (random.getstate(), np.random.get_state()[1].tolist()),
+        "torch random": torch.get_rng_state().tolist(),
     }
 
 
 def test_train_twice_in_one_process_leaves_it_as_it_found_it(tmp_path, monkeypatch, capsys):
     """A run with ENV network "offline" left HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 in
     os.environ, so the notebook's next okto.train of a file that downloads a hub model, or
-    its own transformers calls, could not reach the hub."""
+    its own transformers calls, could not reach the hub. Its TRAIN.seed was left in the
+    random generators: the notebook's own draws after a run repeated with each run."""
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "cache"))
@@ -98,6 +103,8 @@ def test_train_puts_back_what_a_run_changed_even_when_it_raises(monkeypatch):
         os.chdir(os.path.dirname(os.getcwd()))
         signal.signal(signal.SIGTERM, lambda *_: None)
         logging.root.addHandler(logging.NullHandler())
+        for generator in (random, np.random, torch):
+            generator.seed()
         raise okto.OktoError("failed")
 
     monkeypatch.setattr(process_state, "run_training", run_that_changes_everything)
