@@ -317,7 +317,9 @@ def record_failure(error: BaseException) -> None:
     """Write `error` where torchrun collects a failed process's message
     (TORCHELASTIC_ERROR_FILE), with the time to the microsecond: the process that
     failed first is the job's cause, and the others, which fail as their peer
-    vanishes, fail within the same second."""
+    vanishes, fail within the same second. Those say so (`okto_peer_lost`): a process
+    that died without a word (a crash, os._exit, the OOM killer) leaves no file, and
+    its time is only torchrun's, in whole seconds, noted after its peers wrote theirs."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
@@ -327,6 +329,7 @@ def record_failure(error: BaseException) -> None:
         "py_callstack": "".join(traceback.format_exception(error)),
         "timestamp": str(int(now)),
         "okto_time": now,
+        "okto_peer_lost": isinstance(error, PeerFailed) or peer_lost(error),
     }
     with open(path, "w", encoding="utf-8") as file:
         json.dump({"message": {"message": message, "extraInfo": extra}}, file)

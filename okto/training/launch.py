@@ -59,19 +59,25 @@ def torchrun(nproc: int, target: list[str], *, module: bool) -> int:
 
 def first_failure(failures: dict) -> tuple[int, int, str]:
     """(rank, exit code, message) of the process that failed first: the job's cause. The
-    others fail after it, as their collectives lose a peer or torchrun stops them."""
+    others fail after it, as their collectives lose a peer (their error files say so) or
+    torchrun stops them (SIGTERM); they count only when no process failed on its own."""
 
-    def when(failure) -> float:
-        message = failure.error_file_data.get("message")
-        if isinstance(message, dict) and "okto_time" in message.get("extraInfo", {}):
-            return float(message["extraInfo"]["okto_time"])
-        return float(failure.timestamp)
+    def order(rank: int) -> tuple[bool, float]:
+        failure = failures[rank]
+        extra = written(failure).get("extraInfo", {})
+        stopped = extra.get("okto_peer_lost", False) or failure.exitcode == -signal.SIGTERM
+        return stopped, float(extra.get("okto_time", failure.timestamp))
 
-    rank = min(failures, key=lambda r: when(failures[r]))
+    rank = min(failures, key=order)
     failure = failures[rank]
     if failure.exitcode < 0:
         name = signal.Signals(-failure.exitcode).name
         return rank, 128 - failure.exitcode, f"killed by {name}"
+    return rank, failure.exitcode, written(failure).get("message") or "its output above says why"
+
+
+def written(failure) -> dict:
+    """What an okto process wrote to its error file (okto.training.distributed.record_failure);
+    {} for one that wrote none (torchrun's placeholder then is the message "<NONE>")."""
     message = failure.error_file_data.get("message")
-    text = message.get("message") if isinstance(message, dict) else message
-    return rank, failure.exitcode, text or "its output above says why"
+    return message if isinstance(message, dict) else {}

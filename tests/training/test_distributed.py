@@ -29,6 +29,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from okto.cli import main
 from okto.errors import RunError
+from okto.training.distributed import record_failure
 from okto.training.launch import first_failure
 from okto.training.loop import Trainer
 from tests.training.conftest import sentences, steps, train
@@ -257,6 +258,41 @@ def test_a_failing_rank_ends_the_job_with_its_message(project, capfd, tmp_path):
     assert "Traceback" not in err
     failures = {r: ProcessFailure(r, 0, code, str(errors[r])) for r, code in enumerate(codes)}
     assert first_failure(failures) == (1, 3, "rank 1 cannot go on: its disk is full")
+
+
+def _crash_on_rank_1_at_step_2(rank: int) -> None:
+    if rank == 1:
+        original = Trainer._update
+
+        def crashing(self, gradients, signals):
+            if self.step == 2:
+                os._exit(7)  # a crash: no exception, no error file
+            return original(self, gradients, signals)
+
+        Trainer._update = crashing
+
+
+@pytest.mark.slow
+def test_a_rank_dying_without_a_word_is_the_cause_not_the_peer_it_left(project, tmp_path):
+    """Rank 1 dies at once (a segfault, os._exit, the OOM killer): no error file, and
+    torchrun notes its failure after rank 0 wrote its own, "another process failed"."""
+    path = project(train="max_steps: 50", model=MODEL)
+    errors = [tmp_path / f"error-{rank}.json" for rank in (0, 1)]
+    codes = run_ranks(2, "train", "-f", str(path), before=_crash_on_rank_1_at_step_2, errors=errors)
+    assert codes == [1, 7]
+    failures = {r: ProcessFailure(r, 0, code, str(errors[r])) for r, code in enumerate(codes)}
+    assert first_failure(failures) == (1, 7, "its output above says why")
+
+
+def test_a_rank_torchrun_stopped_is_not_the_cause(tmp_path, monkeypatch):
+    """Rank 0 lost its peer, wrote so and was still exiting when torchrun's SIGTERM came;
+    rank 1, which crashed, left no error file, and its time is torchrun's, later."""
+    lost, crashed = tmp_path / "error-0.json", tmp_path / "error-1.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(lost))
+    record_failure(RuntimeError("Connection closed by peer [127.0.0.1]:29500"))
+    failures = {0: ProcessFailure(0, 0, -15, str(lost)), 1: ProcessFailure(1, 0, 7, str(crashed))}
+    failures[1].timestamp += 1  # torchrun's whole seconds: it noticed in the next one
+    assert first_failure(failures) == (1, 7, "its output above says why")
 
 
 def test_the_largest_seed_runs_in_every_process(project):
