@@ -583,7 +583,9 @@ def _gemm_forward(a, b, bias, residual, activation, save_preact):
         "HAS_RESIDUAL": residual is not None,
         "SAVE_PREACT": saving,
     }
-    bias_arg = out if bias is None else bias  # never read when its flag is off
+    # Never read when its flag is off; read at unit stride (an expanded bias was read as
+    # if contiguous).
+    bias_arg = out if bias is None else bias.contiguous()
 
     # A batch against one shared B is one tall GEMM when A (and the residual) merge rows.
     a2 = a if a.dim() == 2 else None

@@ -483,6 +483,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
+def _vector(t: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    """A [N] parameter as the kernels read it, at unit stride (an expanded or sliced weight
+    was read as if contiguous: wrong outputs), or `default` in place of a missing one."""
+    return default if t is None else t.contiguous()
+
+
 def _block_n(n: int, max_block: int) -> int:
     return backend.next_power_of_2(n) if n <= max_block else CHUNK_BLOCK
 
@@ -519,9 +525,9 @@ def forward(x, weight, bias, residual, eps: float, rms: bool, out_dtype=None, x_
             (N,),  # with the flags, BLOCK_N and the tensors' dtypes that launch adds
             x2,
             _rows(residual) if residual is not None else x2,
-            weight if weight is not None else x2,
-            bias if bias is not None else x2,
-            x_bias if x_bias is not None else x2,
+            _vector(weight, x2),
+            _vector(bias, x2),
+            _vector(x_bias, x2),
             y,
             s if residual is not None else y,
             mean,
@@ -554,7 +560,7 @@ def backward(dy, x, weight, bias, mean, rstd, dsum, rms: bool, narrow=None, x_bi
     if M:
         launch(
             _norm_bwd_kernel, (programs,), (N,),
-            dy2, x2, weight if weight is not None else x2, mean, rstd,
+            dy2, x2, _vector(weight, x2), mean, rstd,
             _rows(dsum) if dsum is not None else dy2, dx, dn if narrow else dx, parts, M, N,
             IS_RMS=rms, HAS_W=weight is not None, HAS_B=bias is not None,
             HAS_DRES=dsum is not None, HAS_NARROW=narrow is not None, HAS_XB=x_bias is not None,

@@ -189,6 +189,22 @@ def test_transposed_and_strided_inputs(dtype):
     _check_against_float64(matmul, torch.matmul, [a, b], TOL[dtype])
 
 
+@pytest.mark.parametrize("bias_view", ["expanded", "sliced"])
+def test_bias_of_any_stride(bias_view):
+    """An expanded ([1] -> [N], stride 0) or sliced bias was read as if contiguous."""
+    x, w = _operands((5, 19), (19, 7), torch.float32)
+    full = torch.randn(1 if bias_view == "expanded" else 14, device=DEVICE)
+    bias = full.expand(7) if bias_view == "expanded" else full[::2]
+
+    def fused(x, w, bias):
+        return linear(x, w, bias, activation="gelu", weight_layout="in_out")
+
+    def reference(x, w, bias):
+        return torch.nn.functional.gelu(x @ w + bias)
+
+    _check_against_float64(fused, reference, [x, w, bias], TOL[torch.float32])
+
+
 def test_strided_inputs_reach_the_kernel_without_copies(monkeypatch):
     seen = []
     real = gemm_module._launch_simple

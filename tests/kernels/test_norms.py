@@ -228,6 +228,32 @@ def test_numpy_in_numpy_out():
     assert isinstance(y_rms, np.ndarray) and np.allclose(s, 2 * x)
 
 
+@pytest.mark.parametrize("param_view", ["expanded", "sliced"])
+@pytest.mark.parametrize("kind", ["layer_norm", "rms_norm"])
+def test_parameters_of_any_stride(kind, param_view):
+    """An expanded ([1] -> [N], stride 0) or sliced weight or bias was read as if
+    contiguous: wrong outputs and gradients."""
+
+    def view(t):
+        return t[:1].expand(37) if param_view == "expanded" else t[::2]
+
+    x, r = (torch.randn(5, 37, device=DEVICE, requires_grad=True) for _ in range(2))
+    w, b = (torch.randn(74, device=DEVICE, requires_grad=True) for _ in range(2))
+    norm = layer_norm if kind == "layer_norm" else rms_norm
+    params = (view(w), view(b)) if kind == "layer_norm" else (view(w),)
+    y, _ = norm(x, *params, residual=r)
+    dy = torch.randn_like(y)
+    (y * dy).sum().backward()
+    x64, r64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, r, w, b))
+    bias64 = view(b64) if kind == "layer_norm" else None
+    eps = 1e-5 if kind == "layer_norm" else 1e-6
+    y64, _ = _reference64(kind, x64, view(w64), bias64, r64, None, eps)
+    (y64 * dy.double()).sum().backward()
+    assert rel_error(y, y64) < TOL[torch.float32]
+    for got, want in ((x, x64), (w, w64)) + (((b, b64),) if kind == "layer_norm" else ()):
+        assert rel_error(got.grad, want.grad) < TOL[torch.float32]
+
+
 def test_empty_batch():
     x = torch.randn(0, 37, device=DEVICE, requires_grad=True)
     w = torch.randn(37, device=DEVICE, requires_grad=True)
