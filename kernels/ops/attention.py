@@ -856,7 +856,7 @@ def _tma_reads(*tensors: torch.Tensor) -> bool:
 def _mask_args(q, key_padding_mask, seq_lens):
     kpm = q if key_padding_mask is None else key_padding_mask.view(torch.uint8)
     strides = (0, 0) if key_padding_mask is None else kpm.stride()
-    lens = q if seq_lens is None else seq_lens
+    lens = q if seq_lens is None else seq_lens.contiguous()  # the kernels index it at stride 1
     flags = {"HAS_KPM": key_padding_mask is not None, "HAS_LENS": seq_lens is not None}
     return kpm, lens, strides, flags
 
@@ -1025,7 +1025,7 @@ def _decode_op(
     split_bucket = _bucket(split_len)
     launch(
         _decode_kernel, (splits, hkv, b), (split_bucket,),
-        q, k_cache, v_cache, cache_lens, o, o_part, lse_part,
+        q, k_cache, v_cache, cache_lens.contiguous(), o, o_part, lse_part,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *o.stride(),
         hkv, group, sq, s_cache, split_len, scale * LOG2E, split_bucket,
         ROWS=max(16, backend.next_power_of_2(group * sq)), SPLIT=splits > 1, **meta,

@@ -86,6 +86,17 @@ def test_key_padding_and_seq_lens(masks, causal, dtype):
     _check(*_qkv(b, 2, 1, 29, skv, 32, dtype), TOL[dtype], causal=causal, **kwargs)
 
 
+def test_lengths_of_any_stride():
+    """seq_lens and cache_lens sliced from a larger tensor (stride 2) were read as if
+    contiguous: other batches' lengths."""
+    q, k, v = _qkv(2, 2, 1, 9, 13, 16, torch.float32)
+    lens = torch.tensor([13, 0, 4, 0], device=DEVICE)[::2]
+    _check(q, k, v, TOL[torch.float32], causal=True, seq_lens=lens)
+    out = decode_attention(q[:, :, -2:], k, k, lens, num_splits=2)
+    ref = decode_attention_reference(q[:, :, -2:].double(), k.double(), k.double(), lens)
+    assert rel_error(out, ref) < TOL[torch.float32]
+
+
 def test_rows_that_see_no_key_give_zeros():
     q, k, v = _qkv(2, 2, 2, 19, 23, 32, torch.float32)
     kpm = torch.ones(2, 23, dtype=torch.bool, device=DEVICE)
