@@ -86,28 +86,19 @@ def model(kind: str, tok, **overrides):
         "eos_token_id": tok.eos_token_id,
     }
     if kind == "gpt2":
-        config = transformers.GPT2Config(
-            n_layer=2,
-            n_head=2,
-            n_embd=64,
-            n_positions=256,
-            initializer_range=0.1,
-            **common,
-            **overrides,
-        )
+        shape = {"n_layer": 2, "n_head": 2, "n_embd": 64, "n_positions": 256}
+        config = transformers.GPT2Config(**{**shape, "initializer_range": 0.1, **common, **overrides})
         cls = transformers.GPT2LMHeadModel
     else:
-        config = transformers.LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            initializer_range=0.1,
-            **common,
-            **overrides,
-        )
+        shape = {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 256,
+        }
+        config = transformers.LlamaConfig(**{**shape, "initializer_range": 0.1, **common, **overrides})
         cls = transformers.LlamaForCausalLM
     torch.manual_seed(0)
     return cls(config).eval()
@@ -115,7 +106,7 @@ def model(kind: str, tok, **overrides):
 
 def save(kind: str, path: Path, tok=None, **overrides) -> Path:
     """Build and save a tiny `kind` (gpt2 or llama) model with its tokenizer (`tok`, else
-    `tokenizer(kind)`) to `path`."""
+    `tokenizer(kind)`) to `path`; `overrides` replace config fields, the shape's included."""
     tok = tok or tokenizer(kind)
     model(kind, tok, **overrides).save_pretrained(path)
     tok.save_pretrained(path)
