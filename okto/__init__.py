@@ -20,6 +20,7 @@ _EXPORTS = {
     "generate": "okto.inference.generate",
     "plan": "okto.planner.file_plan",
     "train": "okto.process_state",
+    "export_model": "okto.package",
     "kernels": "okto.kernels",
 }
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,39 @@ def test_okto_init_then_the_commands_it_prints_word_for_word(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "finished 15 steps" in out
     assert "\nThe cat" in out  # the prompt and its completion
+
+
+_TWO_MODELS = {
+    "alpha": 'architecture: "gpt2"  config { n_layer: 1  n_head: 2  n_embd: 32 }',
+    "beta": (
+        'architecture: "llama"  config { num_hidden_layers: 1  num_attention_heads: 2 '
+        " hidden_size: 32  intermediate_size: 64 }"
+    ),
+}
+
+
+def test_every_command_is_a_call_two_models_in_one_process(tmp_path, monkeypatch, capsys):
+    """okto export had no call in `okto`: exporting from Python meant finding
+    okto.package.export_model. Check, plan, train, generate and export two different
+    models in one process, each model's export generating what its run folder does."""
+    monkeypatch.setenv("OKTO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "tiny"]) == 0
+    for name, model in _TWO_MODELS.items():
+        program = okto.parse(
+            f'PROJECT "{name}"\n'
+            'DATASET { train: "tiny/data/train.jsonl"  tokenizer: "train"  vocab_size: 320 '
+            " max_length: 32 }\n"
+            f"MODEL {{ pretrained: false  {model} }}\n"
+            "TRAIN { max_steps: 2  batch_size: 4  seed: 1 }\n"
+        )
+        assert okto.plan(program).to_dict()["project"] == name
+        result = okto.train(program)
+        assert (result.outcome, result.steps, result.run_dir) == ("completed", 2, Path("runs", name))
+        package = okto.export_model(result.run_dir, f"{name}.okm")
+        assert package == Path(f"{name}.okm")
+        greedy = {"max_tokens": 4, "temperature": 0}
+        assert okto.generate(package, "The cat", **greedy) == okto.generate(
+            result.run_dir, "The cat", **greedy
+        )
+    assert "export_model" in dir(okto)
