@@ -2,15 +2,19 @@
 
 Per trained token, a parameter that takes part in a matrix multiply costs 6
 FLOPs when it is trained (2 forward, 2 for the input gradient, 2 for its own
-gradient) and 4 when it is frozen (no weight gradient, as under LoRA). The
-attention scores and their weighted sum add 12·L·d·T (L layers, d = heads x
-head size, summed layer by layer where layers differ; T the sequence length). Embedding lookups cost nothing, so the
-input and position embeddings are left out, except that a tied LM head counts
-once as the output matmul. A mixture of experts runs only `num_experts_per_tok`
-of its experts for a token, so the routed experts' parameters count in that
-share (Mixtral's 2 of 8: a quarter). These are model FLOPs: recomputation under
-activation checkpointing is not counted and the causal mask's skipped half is
-not subtracted, as in the published MFU figures this compares with.
+gradient) and 4 when it is frozen (no weight gradient, as under LoRA). Embedding
+lookups cost nothing, so the input and position embeddings are left out, except
+that a tied LM head counts once as the output matmul. A mixture of experts runs
+only `num_experts_per_tok` of its experts for a token, so the routed experts'
+parameters count in that share (Mixtral's 2 of 8: a quarter).
+
+Each layer's sequence mixing adds its own term (`Layer`): full attention
+12·d·T (d = heads x head size, T the sequence length), sliding-window and
+chunked attention that figure in the share of the causal mask's query-key
+pairs their mask keeps, linear attention a cost per token that does not grow
+with T. These are model FLOPs: recomputation under activation checkpointing
+is not counted and the causal mask's skipped half is not subtracted, as in the
+published MFU figures this compares with.
 
 MFU divides the achieved rate by the datasheet peak of the GPU for the
 precision the matmuls run in (`okto.kernels.device`); there is no MFU on a CPU
@@ -19,20 +23,74 @@ or on a GPU whose peak okto does not know.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from okto.language.diagnostics import counted
+
+# Layer types (transformers' `layer_types`) that mix no tokens: their matmuls are parameters.
+_NO_MIXING = {"dense", "sparse", "moe", "mlp", "conv"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer's sequence mixing. Softmax attention of `width` (heads x head size)
+    over every earlier position, or over the last `window` of them (sliding window:
+    a query sees min(position + 1, window) keys), or over its own `chunk` (chunked:
+    position p sees p mod chunk + 1 keys). Linear attention keeps a `state` of heads x
+    key size x value size numbers instead; per token and head it adds k vᵀ to its
+    state and reads it out with q, 2 + 2 FLOPs a state entry forward, three times
+    that with the backward: 12 x state, independent of T (Katharopoulos et al. 2020,
+    "Transformers are RNNs", section 3.2; the same count as softmax attention's
+    12·d·T with T keys of width d replaced by the state). The delta rule's and the
+    gates' elementwise work and a chunked kernel's intra-chunk products are left out."""
+
+    width: int = 0
+    window: int | None = None
+    chunk: int | None = None
+    state: int = 0
+
+    def per_token(self, seq_len: int) -> float:
+        # The full-attention figure counts T keys a query (the causal mask's skipped half
+        # not subtracted); a window or chunk counts that in the share of the pairs it keeps.
+        pairs = _pairs(seq_len, self.window, self.chunk)
+        return 12 * (self.width * 2 * pairs / (seq_len + 1) + self.state)
+
+
+def _pairs(seq_len: int, window: int | None, chunk: int | None) -> int:
+    """The query-key pairs a causal mask keeps over `seq_len` positions, summed exactly."""
+    if chunk:
+        whole, rest = divmod(seq_len, chunk)
+        return whole * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
+    if window and window < seq_len:
+        return window * (window + 1) // 2 + (seq_len - window) * window
+    return seq_len * (seq_len + 1) // 2
 
 
 @dataclass(frozen=True)
 class FlopsModel:
     trained: int  # matmul parameters with gradients (of a token's experts only)
     frozen: int  # matmul parameters without
-    attention: int  # the layers' attention widths (heads x head size) summed: L·d
+    layers: tuple[Layer, ...]  # each layer's sequence mixing
+    uncounted: tuple[tuple[str, int], ...] = ()  # (layer type, layers) of unknown cost
 
     def per_token(self, seq_len: int) -> float:
-        return 6 * self.trained + 4 * self.frozen + 12 * self.attention * seq_len
+        mixing = sum(layer.per_token(seq_len) for layer in self.layers)
+        return 6 * self.trained + 4 * self.frozen + mixing
+
+    @property
+    def note(self) -> str | None:
+        """What the figure leaves out, for the user: None when every layer is counted."""
+        if not self.uncounted:
+            return None
+        kinds = ", ".join(counted(count, f"'{kind}' layer") for kind, count in self.uncounted)
+        return (
+            f"TFLOP/s and MFU leave out the sequence mixing of the model's {kinds}: "
+            "okto does not know its cost, so they read low"
+        )
 
 
 def flops_model(model: nn.Module) -> FlopsModel:
@@ -55,17 +113,60 @@ def flops_model(model: nn.Module) -> FlopsModel:
             trained += count
         else:
             frozen += count
-    return FlopsModel(round(trained), round(frozen), _attention(config))
+    layers, unknown = _layers(config)
+    return FlopsModel(round(trained), round(frozen), layers, tuple(Counter(unknown).items()))
 
 
-def _attention(config) -> int:
-    """L·d: the attention width (heads x head size) of every layer, summed. Layers of
-    their own shapes (Gemma 4) are read one by one: such a config refuses a global value."""
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
-    try:
-        return layers * _width(config)
-    except RuntimeError:  # transformers' AmbiguousGlobalPerLayerAttributeError
-        return sum(_width(layer) for layer in config.per_layer_config)
+def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
+    """Each layer's `Layer`, and the layer types among them whose cost okto does not know
+    (counted as nothing). The kinds come from transformers' `layer_types` (Gemma 2-4,
+    Qwen2/3 with use_sliding_window, Cohere2, gpt-oss, OLMo 3, Llama 4's chunked layers,
+    Qwen3-Next's and MiniMax's linear ones), GPT-Neo's `attention_layers` ("local": a
+    `window_size` window), or, without either, `sliding_window` for every layer (Mistral,
+    Mixtral, Phi-3, Starcoder2, whose configs set it to None when unused)."""
+    count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
+    kinds = getattr(config, "layer_types", None) or [
+        {"global": "full_attention", "local": "sliding_attention"}.get(kind, kind)
+        for kind in getattr(config, "attention_layers", None) or ()
+    ]
+    if not kinds:
+        window = getattr(config, "sliding_window", None)
+        kinds = ["sliding_attention" if window else "full_attention"] * count
+    per_layer = getattr(config, "per_layer_config", None)  # Gemma 4: layers of their own shapes
+    layers, unknown = [], []
+    for index, kind in enumerate(kinds):
+        own = per_layer[index] if per_layer else config
+        if kind == "full_attention":
+            layers.append(Layer(_width(own)))
+        elif kind == "sliding_attention":
+            window = getattr(own, "sliding_window", None) or getattr(config, "window_size", None)
+            layers.append(Layer(_width(own), window=window))
+        elif kind == "chunked_attention":
+            layers.append(Layer(_width(own), chunk=config.attention_chunk_size))
+        elif kind == "linear_attention" and (state := _linear_state(config)):
+            layers.append(Layer(state=state))
+        else:
+            layers.append(Layer())
+            if kind not in _NO_MIXING:
+                unknown.append(kind)
+    return tuple(layers), unknown
+
+
+def _linear_state(config) -> int | None:
+    """Heads x key size x value size of a linear-attention layer's state, for the kinds
+    whose state okto knows (None for the rest, such as Mamba's selective scan): gated
+    DeltaNet (Qwen3-Next, Qwen3.5, OLMo hybrid: one state a value head), Kimi's delta
+    attention and MiniMax's lightning attention (a head_dim x head_dim state a head)."""
+    if getattr(config, "linear_num_value_heads", None):
+        heads = config.linear_num_value_heads
+        return heads * config.linear_key_head_dim * config.linear_value_head_dim
+    if getattr(config, "linear_num_heads", None):
+        return config.linear_num_heads * config.linear_head_dim**2
+    if config.model_type == "minimax":
+        heads = config.num_attention_heads
+        size = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return heads * size * size
+    return None
 
 
 def _width(config) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 import transformers
 
@@ -98,6 +99,23 @@ def test_mfu_peak_is_that_of_the_precision_the_matmuls_run_in():
     assert replace(settings, precision="fp16", weights="fp32").matmul_precision == "fp16"
 
 
+def _mixing(flops, seq_len: int = T) -> float:
+    """The per-token FLOPs of the layers' attention: the formula less its parameters' part."""
+    return flops.per_token(seq_len) - 6 * flops.trained - 4 * flops.frozen
+
+
+def _keys(keys_seen, seq_len: int = T) -> float:
+    """Keys a query by the formula's convention: T for causal full attention (the mask's
+    skipped half not subtracted), a window or chunk in the share of the causal pairs it
+    keeps, counted position by position from `keys_seen(position)`."""
+    causal = sum(position + 1 for position in range(seq_len))
+    return seq_len * sum(keys_seen(position) for position in range(seq_len)) / causal
+
+
+def _window(size: int):
+    return lambda position: min(position + 1, size)
+
+
 def test_layers_of_their_own_shapes_are_summed():
     """Gemma 4's config refuses a global num_attention_heads (its layers differ): the run
     stopped with transformers' AmbiguousGlobalPerLayerAttributeError before its first step."""
@@ -109,8 +127,134 @@ def test_layers_of_their_own_shapes_are_summed():
         head_dim=32,
         global_head_dim=64,
         layer_types=["sliding_attention", "full_attention"],
+        sliding_window=8,
         hidden_size_per_layer_input=16,
         vocab_size_per_layer_input=VOCAB,
     )
     flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
-    assert flops.attention == 2 * 32 + 2 * 64  # a sliding layer's heads, then a full one's
+    # a sliding layer's 2 heads of 32 over 8 keys, then a full one's 2 heads of 64
+    assert _mixing(flops) == pytest.approx(12 * (2 * 32 * _keys(_window(8)) + 2 * 64 * T))
+
+
+def test_a_sliding_window_counts_the_keys_a_query_sees():
+    """Mistral attends to the last `sliding_window` positions: its layers were counted at
+    full attention over T keys."""
+    config = transformers.MistralConfig(
+        **SHAPE, num_attention_heads=4, num_key_value_heads=2, sliding_window=8
+    )
+    flops = flops_model(transformers.MistralForCausalLM(config))
+    trained = LAYERS * _llama_layer(3 * WIDTH * 128) + WIDTH + VOCAB * WIDTH
+    assert flops.trained == trained
+    assert _mixing(flops) == pytest.approx(12 * LAYERS * WIDTH * _keys(_window(8)))
+    assert _keys(_window(8)) < T / 2  # counted at T keys before
+    # a window no shorter than the rows is full attention
+    assert _mixing(flops, seq_len=8) == pytest.approx(12 * LAYERS * WIDTH * 8)
+
+
+def test_qwen2_slides_its_window_above_max_window_layers():
+    config = transformers.Qwen2Config(
+        **SHAPE,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=1,
+    )
+    flops = flops_model(transformers.Qwen2ForCausalLM(config))
+    assert _mixing(flops) == pytest.approx(12 * WIDTH * (T + _keys(_window(8))))
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gemma3_text"])
+def test_gemma_sliding_layers_count_their_window(model_type):
+    config = transformers.AutoConfig.for_model(
+        model_type,
+        **SHAPE,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=8,
+    )
+    flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
+    assert _mixing(flops) == pytest.approx(12 * 64 * (_keys(_window(8)) + T))
+
+
+def test_gpt_neo_local_layers_count_the_keys_their_mask_keeps():
+    model = transformers.GPTNeoForCausalLM(
+        transformers.GPTNeoConfig(
+            vocab_size=VOCAB,
+            hidden_size=WIDTH,
+            num_layers=2,
+            num_heads=2,
+            attention_types=[[["global", "local"], 1]],
+            window_size=8,
+            max_position_embeddings=T,
+        )
+    )
+    # each layer's own causal mask (local: the last window_size positions), counted
+    masks = [block.attn.attention.bias[0, 0] for block in model.transformer.h]
+    keys = sum(_keys(lambda position, mask=mask: int(mask[position].sum())) for mask in masks)
+    assert keys == pytest.approx(T + _keys(_window(8)))
+    assert _mixing(flops_model(model)) == pytest.approx(12 * WIDTH * keys)
+
+
+def test_llama4_chunked_layers_attend_within_their_chunk():
+    config = transformers.AutoConfig.for_model(
+        "llama4_text",
+        **SHAPE,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        intermediate_size_mlp=128,
+        num_local_experts=2,
+        layer_types=["chunked_attention", "full_attention"],
+        attention_chunk_size=8,
+    )
+    flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
+    rows = 30  # three whole chunks and a part
+    chunked = _keys(lambda position: position % 8 + 1, seq_len=rows)
+    assert _mixing(flops, seq_len=rows) == pytest.approx(12 * 64 * (chunked + rows))
+
+
+def test_linear_attention_costs_its_state_whatever_the_length():
+    """Qwen3-Next's gated DeltaNet layers keep a key x value state a value head: 12 FLOPs a
+    state entry per token (update and readout, forward and backward), not 12·d·T."""
+    config = transformers.AutoConfig.for_model(
+        "qwen3_next",
+        **SHAPE,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        layer_types=["linear_attention", "full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=8,
+        num_experts=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=32,
+    )
+    flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
+    state = 4 * 16 * 8
+    for rows in (T, 4 * T):
+        assert _mixing(flops, seq_len=rows) == pytest.approx(12 * (state + 64 * rows))
+    assert flops.note is None
+
+
+def test_a_layer_of_unknown_cost_is_left_out_and_said():
+    """Jamba's Mamba layers (transformers' 'linear_attention'): okto does not know a
+    selective scan's cost, so it counts none and says so rather than full attention."""
+    config = transformers.JambaConfig(
+        **SHAPE,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        num_experts=2,
+        mamba_d_state=4,
+        mamba_dt_rank=4,
+        use_mamba_kernels=False,
+    )
+    flops = flops_model(transformers.JambaForCausalLM(config))
+    assert _mixing(flops) == 12 * WIDTH * T  # the attention layer alone
+    assert "1 'linear_attention' layer:" in flops.note
