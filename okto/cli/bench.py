@@ -31,8 +31,14 @@ def run(args) -> int:
     from okto.kernels import backend, bench, environment
 
     try:
-        # A bad OKTO_* value would otherwise fail okto's side of every case, one by one.
+        # A bad OKTO_* value would otherwise fail okto's side of every case, one by one; like
+        # OKTO_KERNELS=native it is the user's setting, reported before the machine's lacks.
         environment.check()
+        if backend.mode() == "native":  # every okto side would time the PyTorch reference
+            raise UsageError(
+                "OKTO_KERNELS=native runs PyTorch's reference in place of okto's kernels, so "
+                "okto bench would time the framework against itself; unset it (or set auto)"
+            )
         if not torch.cuda.is_available():
             raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
         if args.dtype == "bf16" and torch.cuda.get_device_capability() < (8, 0):
@@ -40,11 +46,6 @@ def run(args) -> int:
             raise MachineError(
                 f"--dtype bf16, but {torch.cuda.get_device_name()} (sm_{major}{minor}) has no "
                 "bf16; use --dtype fp16"
-            )
-        if backend.mode() == "native":  # every okto side would time the PyTorch reference
-            raise UsageError(
-                "OKTO_KERNELS=native runs PyTorch's reference in place of okto's kernels, so "
-                "okto bench would time the framework against itself; unset it (or set auto)"
             )
     except OktoError as error:
         if not args.json:

@@ -88,16 +88,20 @@ def test_a_failing_okto_kernel_makes_the_run_exit_1(as_json, monkeypatch, capsys
     assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 0
 
 
+@pytest.mark.parametrize("gpu", [True, False])
 @pytest.mark.parametrize("as_json", [False, True])
-def test_okto_kernels_native_is_exit_2_not_a_bench_of_the_reference(as_json, monkeypatch, capsys):
+def test_okto_kernels_native_is_exit_2_not_a_bench_of_the_reference(
+    as_json, gpu, monkeypatch, capsys
+):
     """On a GPU with OKTO_KERNELS=native every okto side ran PyTorch's reference, and the run
     printed its ratios (about 1) as okto's kernels against the framework."""
     from okto.cli import main
     from okto.kernels import bench
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("the suites ran"))
     monkeypatch.setenv("OKTO_KERNELS", "native")
+    # Also without a GPU, as for a bad OKTO_* value (there the missing GPU was reported, exit 4).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 2
     captured = capsys.readouterr()
     message = json.loads(captured.out)["error"] if as_json else captured.err
