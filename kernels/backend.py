@@ -8,6 +8,7 @@ Triton is importable.
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -92,6 +93,15 @@ def number(value, what: str) -> float:
         return float(value)
     except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several values
         raise KernelError(f"{what}={value!r}; expected a number") from None
+
+
+def integer(value, what: str) -> int:
+    """`value` as a Python int (NumPy integers count), or KernelError: a float reached
+    tensor shape arithmetic as a TypeError."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise KernelError(f"{what} must be an int, got {value!r}") from None
 
 
 def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) -> None:

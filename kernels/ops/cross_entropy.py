@@ -23,8 +23,6 @@ and the gradient is zero.
 
 from __future__ import annotations
 
-import operator
-
 import torch
 import triton
 import triton.language as tl
@@ -343,10 +341,7 @@ def check_loss_options(
     smoothing = backend.number(label_smoothing, "label_smoothing")
     if not 0.0 <= smoothing <= 1.0:
         raise backend.KernelError(f"label_smoothing={label_smoothing} must lie in [0, 1]")
-    try:
-        return operator.index(ignore_index), smoothing
-    except TypeError:
-        raise backend.KernelError(f"ignore_index must be an int, got {ignore_index!r}") from None
+    return backend.integer(ignore_index, "ignore_index"), smoothing
 
 
 def check_target(target: torch.Tensor, rows: int, what: str) -> None:

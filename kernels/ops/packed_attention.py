@@ -113,6 +113,7 @@ def packed_attention(
     one after another along the last dimension, each `H` heads of `D`); returns
     `[B, S, H * D]`, differentiable in qkv. `scale` defaults to 1/sqrt(D); fp16, bf16
     and fp32; D up to 128."""
+    heads = backend.integer(heads, "packed_attention heads")
     if qkv.dim() != 3 or heads < 1 or qkv.shape[-1] % (3 * heads):
         raise backend.KernelError(
             f"packed_attention takes qkv [B, S, 3 * heads * D]; got {tuple(qkv.shape)} "

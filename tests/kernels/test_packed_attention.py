@@ -6,6 +6,7 @@ their gradients into one tensor of that shape; these tests check both against
 several tiles of the interpreter's configurations.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +101,9 @@ def test_clear_errors():
         packed_attention(torch.randn(1, 2, 3 * 256, device=DEVICE), 1)
     with pytest.raises(KernelError, match="qkv has dtype int64"):
         packed_attention(torch.ones(1, 2, 6, dtype=torch.long, device=DEVICE), 1)
+    with pytest.raises(KernelError, match=r"heads must be an int, got 2\.0"):  # was a TypeError
+        packed_attention(qkv, 2.0)
+    assert packed_attention(qkv, np.int64(2)).shape == (1, 5, 16)
 
 
 @pytest.mark.gpu
