@@ -35,6 +35,7 @@ from okto.data.stats import DataStats, SplitStats
 from okto.data.templates import PLAIN_CHAT_TEMPLATE
 from okto.data.tokenizer import check_tokenizer
 from okto.errors import RunError
+from okto.language.diagnostics import counted
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -244,9 +245,13 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
     templated = pc.sum(records.column("templated")).as_py() or 0
     tokens = Tokens()
     dropped: Counter[str] = Counter()
-    for batch, reasons in _encoded(records, Encoder(tokenizer), num_proc or _workers(count)):
+    special_text: Counter[str] = Counter()
+    for batch, reasons, specials in _encoded(
+        records, Encoder(tokenizer), num_proc or _workers(count)
+    ):
         tokens.add(batch)
         dropped.update(reasons)
+        special_text.update(specials)
     del records
     memory.release()  # the records' text
     pad_id = (
@@ -265,6 +270,7 @@ def _rows(tables: dict, name: str, tokenizer, settings: DataSettings, num_proc, 
         truncated=rows.truncated,
         templated=templated,
         dropped=dict(dropped),
+        special_text=dict(special_text),
     )
     return datasets.Dataset(rows.to_arrow(), fingerprint=f"{fingerprint}-rows"), stats
 
@@ -313,8 +319,17 @@ def _encode_in_worker(batch: dict[str, list]) -> tuple:
 
 def _report_cuts(name: str, split: SplitStats, settings: DataSettings, notes: list) -> None:
     """One warning for what making the rows cut or dropped from a split, beside the
-    reading's: records cut at max_length (without packing), rows with nothing to train."""
+    reading's: records cut at max_length (without packing), rows with nothing to train;
+    and special tokens' text in records, which did not become those tokens."""
     parts = []
+    if split.special_text:
+        held = ", ".join(
+            f"{token} in {counted(count, 'record')}" for token, count in split.special_text.items()
+        )
+        parts.append(
+            f"records hold the text of special tokens ({held}), tokenized as ordinary text, "
+            "not as those tokens"
+        )
     if split.truncated:
         parts.append(
             f"{split.truncated:,} of {split.records:,} records longer than max_length "

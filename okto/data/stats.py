@@ -42,6 +42,8 @@ class SplitStats:
     truncated: int = 0  # records cut at max_length (without packing)
     templated: int = 0  # records rendered through a chat template
     dropped: dict[str, int] = field(default_factory=dict)
+    # records holding a special token's text (tokenized as ordinary text), by token
+    special_text: dict[str, int] = field(default_factory=dict)
 
     @property
     def masked_fraction(self) -> float:
