@@ -19,6 +19,7 @@ import torch
 import okto
 from okto import process_state
 from okto.cli import main
+from okto.errors import MissingFileError, UsageError
 
 
 def _fresh(script: str) -> list[str]:
@@ -169,3 +170,14 @@ def test_every_command_is_a_call_two_models_in_one_process(tmp_path, monkeypatch
             result.run_dir, "The cat", **greedy
         )
     assert "export_model" in dir(okto)
+
+
+def test_parse_and_load_say_which_one_takes_text_and_which_a_path(tmp_path):
+    text = 'PROJECT "x"\nMODEL { base: "gpt2" }\n'
+    for wrong in (tmp_path / "a.okt", text.encode()):
+        with pytest.raises(UsageError, match=r"okto.parse takes \.okt text.*okto.load"):
+            okto.parse(wrong)
+    with pytest.raises(MissingFileError, match=r"takes the path.*okto.parse\(text\)"):
+        okto.load(text * 200)  # longer than a file name may be
+    with pytest.raises(MissingFileError, match="no such file"):
+        okto.load(tmp_path / "a.okt")

@@ -17,6 +17,7 @@ to prepare the data) rank 0 alone says.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -70,6 +71,9 @@ def run(args) -> int:
     for flag, value in (("--max-steps", args.max_steps), ("--gpus", args.gpus)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, not {value}")
+    resume = args.resume
+    if resume is not None and resume.lower() != "auto" and not Path(resume).expanduser().is_dir():
+        raise UsageError(f"--resume {resume}: no such checkpoint folder")
     gpus = [f"ENV.gpus={args.gpus}"] if args.gpus is not None else []
     program = load_program(args.file, [*args.set, *gpus], args.max_steps)
     processes = processes_to_start(program)

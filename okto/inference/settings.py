@@ -114,11 +114,19 @@ class Settings:
         return self.template.replace("{input}", text)
 
 
+def _kind(value) -> str:
+    """What `value` is, for a message: `None`, or its type with its article (`an int`)."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def checked_prompts(prompts: str | list[str]) -> list[str]:
     """One prompt or a list of them, as a list; a UsageError names the first that a tokenizer
     cannot take: not a string, or holding lone surrogates (bytes that were not UTF-8, as argv
     and a C-locale stdin pass them on), which failed deep inside the tokenizer."""
-    wrong = f"prompts: a string or a list of strings, not a {type(prompts).__name__}"
+    wrong = f"prompts: a string or a list of strings, not {_kind(prompts)}"
     if isinstance(prompts, bytes | bytearray):  # iterable, but as numbers
         raise UsageError(f"{wrong} (decode them to a string first)")
     try:
@@ -127,7 +135,7 @@ def checked_prompts(prompts: str | list[str]) -> list[str]:
         raise UsageError(wrong) from None
     for number, prompt in enumerate(prompts, 1):
         if not isinstance(prompt, str):
-            raise UsageError(f"prompt {number} is a {type(prompt).__name__}, not text")
+            raise UsageError(f"prompt {number} is {_kind(prompt)}, not text")
         problem = not_utf8(prompt)
         if problem:
             raise UsageError(f"prompt {number}: {problem}")

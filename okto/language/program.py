@@ -94,6 +94,11 @@ class Program:
 def parse(text: str, filename: str | None = None) -> Program:
     """Parse and validate `.okt` text; raise `OktoSyntaxError` or
     `OktoValidationError` (both `okto.OktoError`) listing what is wrong."""
+    if not isinstance(text, str):
+        raise UsageError(
+            f"okto.parse takes .okt text, not {type(text).__name__}; "
+            "to read a file, use okto.load(path)"
+        )
     source = Source(text.removeprefix("\ufeff"), filename)
     resolution = resolve(parse_document(source))
     try:
@@ -117,6 +122,11 @@ def load(path: str | os.PathLike[str]) -> Program:
     """Read and parse a `.okt` file (UTF-8, a byte-order mark is fine)."""
     if not os.fspath(path):  # Path("") is ".", which would be reported as a folder
         raise MissingFileError("no file named: give the path of a .okt file")
+    looks_like_text = isinstance(path, str) and ("\n" in path or "{" in path)
+    if looks_like_text and not os.path.lexists(path):
+        raise MissingFileError(
+            "okto.load takes the path of a .okt file; to parse .okt text, use okto.parse(text)"
+        )
     path = FilePath(path)
     try:
         data = path.read_bytes()

@@ -88,7 +88,13 @@ def train(
 
     `overrides` is one `BLOCK.field=value` string (`--set`) or a list of them, `max_steps`
     replaces TRAIN's epochs or max_steps, `resume` is "auto" or a checkpoint
-    folder (default: TRAIN.resume_from_checkpoint).
+    folder (default: TRAIN.resume_from_checkpoint). `console` is the rich Console the
+    tables and log lines go to (default: a new one on stdout), `verbose` adds detail to
+    the log lines, `show_tflops` TFLOP/s and MFU.
+
+    Returns a `TrainResult`: the run folder, how it ended, the steps, the losses, the final
+    model's folder, the last checkpoint, the metrics file and the exports written. Raises an `okto.OktoError` (with the exit code
+    `okto train` would give) on bad input or a failed run.
     """
     from rich.console import Console
 
@@ -191,7 +197,8 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     make_folder(data_cache_dir(), "OKTO_CACHE_DIR")
     data_cache.size_limit()  # a bad OKTO_DATA_CACHE_SIZE stops the run here, not after the data
     choice = resume or config.train.resume_from_checkpoint
-    asked_by = "--resume" if resume else "TRAIN.resume_from_checkpoint"
+    # in a Python caller's terms: `okto train` checks its --resume folder before calling
+    asked_by = f"resume={resume!r}" if resume else f"TRAIN.resume_from_checkpoint {choice!r}"
     fresh = choice is None and parallel.is_main
     moved = set_aside(paths.checkpoints, (paths.metrics, paths.log)) if fresh else None
     # Kept in place (a MODEL.base may name final/), but not this run's until it replaces them.
@@ -350,7 +357,7 @@ def _resume_point(choice: str | None, asked_by: str, paths: RunPaths) -> Path | 
         return latest_checkpoint(paths.checkpoints)
     path = Path(choice).expanduser()
     if not path.is_dir():
-        raise UsageError(f"{asked_by} {choice}: no such checkpoint folder")
+        raise UsageError(f"{asked_by}: no such checkpoint folder")
     found = latest_checkpoint(path) or path  # a folder of checkpoints: its latest
     read_trainer_state(found)  # no checkpoint: said before the data and the model
     return found

@@ -355,9 +355,9 @@ def test_a_completion_keeps_the_space_a_sentencepiece_decoder_drops(tmp_path):
 @pytest.mark.parametrize(
     ("prompts", "words"),
     [
-        (["fine", 3], "prompt 2 is a int, not text"),
+        (["fine", 3], "prompt 2 is an int, not text"),
         ("caf\udce9", "prompt 1: not UTF-8 text"),
-        (None, "prompts: a string or a list of strings, not a NoneType"),
+        (None, "prompts: a string or a list of strings, not None"),
     ],
 )
 def test_a_prompt_that_is_not_text_is_a_usage_error(loaded, prompts, words):

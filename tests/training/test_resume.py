@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import okto
+from okto.errors import UsageError
 from okto.training import checkpoint as ckpt
 from okto.training.loop import Trainer
 from okto.training.metrics import read_metrics
@@ -297,14 +299,21 @@ def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, ca
 
 @pytest.mark.parametrize(
     ("where", "said"),
-    [("file", "TRAIN.resume_from_checkpoint gone: no such"), ("flag", "--resume gone: no such")],
+    [
+        ("file", "TRAIN.resume_from_checkpoint 'gone': no such"),
+        ("flag", "--resume gone: no such"),
+        ("python", "resume='gone': no such"),
+    ],
 )
 def test_a_missing_checkpoint_is_named_by_what_asked_for_it(project, capsys, where, said):
     """A missing TRAIN.resume_from_checkpoint folder was reported as `--resume gone`, a flag
-    the command line did not have."""
-    fields = SCHEDULE + (' resume_from_checkpoint: "gone"' if where == "file" else "")
-    flags = ("--resume", "gone") if where == "flag" else ()
-    assert train(project(train=fields), *flags) == 2
+    the command line did not have, and so was okto.train's `resume=` argument."""
+    path = project(train=SCHEDULE + (' resume_from_checkpoint: "gone"' if where == "file" else ""))
+    if where == "python":
+        with pytest.raises(UsageError, match=said):
+            okto.train(path, resume="gone")
+        return
+    assert train(path, *(("--resume", "gone") if where == "flag" else ())) == 2
     assert said in capsys.readouterr().err
 
 
