@@ -1219,6 +1219,7 @@ def decode_attention(
             f"decode_attention takes at most {MAX_DECODE_ROWS} query rows per KV head "
             f"(query heads per KV head x new tokens = {(h // hkv) * sq}); use attention()"
         )
+    num_splits = None if num_splits is None else backend.integer(num_splits, "num_splits")
     if num_splits is not None and num_splits < 1:
         raise backend.KernelError(f"num_splits must be at least 1; got {num_splits}")
     scale = softmax_scale(scale, q.shape[-1])

@@ -159,6 +159,7 @@ def softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax of `x` (fp32, fp16 or bf16) along `dim`; the result has x's dtype."""
     backend.check_dtype(x, DTYPES, "softmax input")
+    dim = backend.integer(dim, "softmax dim")
     if not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
         raise backend.KernelError(f"softmax dim={dim} is out of range for shape {tuple(x.shape)}")
     if not backend.use_triton(x):

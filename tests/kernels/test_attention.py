@@ -286,6 +286,10 @@ def test_clear_errors():
         decode_attention(torch.randn(1, 4, 65, 32), k, v, torch.tensor([8]))
     with pytest.raises(KernelError, match="num_splits"):
         decode_attention(q, k, v, torch.tensor([8]), num_splits=0)
+    with pytest.raises(KernelError, match=r"num_splits must be an int, got 2\.5"):
+        decode_attention(q, k, v, torch.tensor([8]), num_splits=2.5)  # was a TypeError
+    split = decode_attention(q, k, v, torch.tensor([8]), num_splits=np.int64(2))  # AttributeError
+    assert rel_error(split, decode_attention(q, k, v, torch.tensor([8]))) < TOL[torch.float32]
 
 
 # --- Hugging Face adapter ---------------------------------------------------------------------

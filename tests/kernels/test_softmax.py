@@ -100,6 +100,8 @@ def test_errors_name_the_problem():
         softmax(torch.randn(3, 4), dim=2)  # was a bare IndexError from torch
     with pytest.raises(KernelError, match="out of range"):
         softmax(torch.randn(3, 4), dim=-3)
+    with pytest.raises(KernelError, match=r"dim must be an int, got 1\.0"):
+        softmax(torch.randn(3, 4), dim=1.0)  # was a TypeError from movedim
 
 
 @pytest.mark.gpu
