@@ -57,6 +57,7 @@ def save_checkpoint(
     """Write the checkpoint for `step` from every process (each calls this); its folder.
     `rng`: this process's random generators' states to record (by default, as they are now)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     final = folder / f"step-{step:07d}"
     staging = folder / _STAGING.format(name=final.name)
@@ -66,7 +67,10 @@ def save_checkpoint(
         (staging / RNG).mkdir(parents=True)
     parallel.barrier()
     try:
-        dcp.save(_state(model, optimizer), checkpoint_id=str(staging / DCP))
+        try:
+            dcp.save(_state(model, optimizer), checkpoint_id=str(staging / DCP))
+        except CheckpointException as error:  # a full disk: the caller says so, with no traceback
+            raise OSError(_first_failure(error, parallel)) from error
         rng_file = staging / RNG / f"rank-{parallel.rank:05d}.pt"
         torch.save(rng or ckpt.rng_state(), rng_file)
         ckpt.fsync(rng_file)
@@ -93,6 +97,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, parallel) -> tuple[
     (every process calls this; one process may too); (state dicts, trainer state, this
     process's random generators, or {} when the number of processes changed)."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
     state = _state(model, optimizer)
@@ -100,8 +105,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, parallel) -> tuple[
         with warnings.catch_warnings():  # in one process DCP says it loads in one process
             warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
             dcp.load(state, checkpoint_id=str(path / DCP))
-    except Exception as error:  # DCP names the keys that do not fit
-        raise ckpt.misfit(path, error) from None
+    except (Exception, CheckpointException) as error:  # DCP names the keys that do not fit
+        detail = _first_failure(error, parallel) if isinstance(error, CheckpointException) else error
+        raise ckpt.misfit(path, detail) from None
     set_state_dict(
         model,
         optimizer,
@@ -115,6 +121,14 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, parallel) -> tuple[
     same_layout = trainer.get("world", 1) == parallel.world and rng_file.is_file()
     rng = torch.load(rng_file, weights_only=True) if same_layout else {}
     return states, trainer, rng
+
+
+def _first_failure(error, parallel) -> str:
+    """The error under DCP's CheckpointException (a BaseException, which wraps each failing
+    process's error with its traceback): the first failing process's, with its rank in a
+    job of several."""
+    rank, (cause, _) = min(error.failures.items(), key=lambda item: item[0])
+    return f"rank {rank}: {cause}" if parallel.distributed else str(cause)
 
 
 def _state(model: nn.Module, optimizer) -> dict:
