@@ -588,6 +588,9 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
     program, settings, parallel = job
     config = program.config
     train = config.train
+    flops = flops_model(model)
+    if flops.note:
+        display.note(flops.note)
     live = Live(
         batch_size=train.batch_size,
         gradient_accumulation=train.gradient_accumulation,
@@ -652,7 +655,7 @@ def _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, re
         test_rows=splits.test,
         total_steps=total,
         live=live,
-        flops=flops_model(model),
+        flops=flops,
         peak=peak_tflops(settings.device, settings.matmul_precision, settings.tf32),
         display=display,
         metrics=MetricsFile(

@@ -516,3 +516,21 @@ def test_counts_take_their_noun_in_the_number_they_need():
 
     assert [counted(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]
     assert counted(2, "process") == "2 processes"
+
+
+def test_a_model_whose_layers_okto_cannot_cost_says_its_figures_read_low(
+    project, capsys, monkeypatch
+):
+    """flops_model named the layers of unknown cost (Jamba's Mamba layers, say), but the run
+    showed TFLOP/s and MFU without a word."""
+    from dataclasses import replace
+
+    from okto.training import flops
+
+    counted = flops.flops_model
+    monkeypatch.setattr(
+        flops, "flops_model", lambda model: replace(counted(model), uncounted=(("mamba", 2),))
+    )
+    assert train(project(train="max_steps: 2")) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "TFLOP/s and MFU leave out the sequence mixing of the model's 2 'mamba' layers" in out
