@@ -32,6 +32,7 @@ from okto.errors import RunError
 from okto.training.distributed import record_failure
 from okto.training.launch import first_failure
 from okto.training.loop import Trainer
+from okto.training.metrics import read_metrics
 from tests.training.conftest import sentences, steps, train
 
 # No dropout, so runs in different numbers of processes draw nothing at random.
@@ -55,6 +56,15 @@ def assert_same_curve(actual: list[tuple], expected: list[tuple]) -> None:
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def assert_same_evaluations(actual: Path, expected: Path) -> None:
+    """The validation figures over every row, whichever process scored which."""
+    a, b = (read_metrics(run / "metrics.jsonl", "eval") for run in (actual, expected))
+    assert [r["step"] for r in a] == [r["step"] for r in b] and a
+    for x, y in zip(a, b, strict=True):
+        assert x["val_loss"] == pytest.approx(y["val_loss"], rel=1e-5)
+        assert x["accuracy"] == pytest.approx(y["accuracy"])
 
 
 def assert_same_weights(actual: Path, expected: Path) -> None:
@@ -149,6 +159,7 @@ def test_okto_train_gpus_2_matches_one_process_and_resumes_elsewhere(project, re
     assert "per process x 2" in done.stdout and "GPU)" not in done.stdout  # CPU processes
     two = Path("two/tiny")
     assert_same_curve(curve(two), curve(one))  # rank 0 alone wrote the metrics: once a step
+    assert_same_evaluations(two, one)  # each process scored its share of the validation rows
     assert_same_weights(two / "final", one / "final")
     record = steps(two)[-1]
     assert record["processes"] == 2
@@ -203,6 +214,7 @@ def test_fsdp_matches_one_process_and_its_checkpoint_reshards(project, reference
     assert run_ranks(2, "train", "-f", str(path), "--set", "OUTPUT.dir=fsdp") == [0, 0]
     fsdp = Path("fsdp/tiny")
     assert_same_curve(curve(fsdp), curve(one))
+    assert_same_evaluations(fsdp, one)
     assert_same_weights(fsdp / "final", one / "final")
     assert json.loads((fsdp / "final" / "config.json").read_text())["architectures"] == [
         "GPT2LMHeadModel"
