@@ -43,6 +43,12 @@ class Encoder:
         self.specials = SpecialText(self.backend)
         self.eos_id = tokenizer.eos_token_id
 
+    @property
+    def imports(self) -> list[str]:
+        """The modules unpickling this encoder imports: a worker process's start."""
+        own_template = self.renderer.tokenizer
+        return [__name__, *([type(own_template).__module__] if own_template is not None else [])]
+
     def __call__(self, batch: dict[str, list]) -> tuple[Batch, Counter[str], Counter[str]]:
         count = len(batch["roles"])
         rendered: list[tuple[str, list[Span]] | None] = [None] * count

@@ -17,7 +17,6 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -287,10 +286,12 @@ def _encoded(records: pa.Table, encoder: Encoder, workers: int) -> Iterator[tupl
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with (
-            _single_threaded_tokenizers(),
-            ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(encoder,)) as pool,
-        ):
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=_worker_context(encoder),
+            initializer=_start_worker,
+            initargs=(encoder,),
+        ) as pool:
             pending: deque = deque()
             for part in slices:
                 pending.append(pool.submit(_encode_in_worker, part))
@@ -301,15 +302,36 @@ def _encoded(records: pa.Table, encoder: Encoder, workers: int) -> Iterator[tupl
     except BrokenProcessPool:
         raise RunError(
             "a worker process tokenizing the data stopped abruptly (the system kills a "
-            "process when memory runs out, for one)"
+            "process when memory runs out, for one; a script that calls build_datasets "
+            "must do so under `if __name__ == \"__main__\":`, as Python's multiprocessing "
+            "asks, since each worker imports the script)"
         ) from None
+
+
+def _worker_context(encoder: Encoder):
+    """Workers start from a fork server, not as forks of this process. A fork copies one
+    thread of a process that may run others (the tokenizer's thread pool, a progress
+    display, NCCL's): a lock one of them held stays held in the child. With
+    TOKENIZERS_PARALLELISM=true, after the tokenizer had used its threads, a forked
+    worker waited forever for the thread pool a fork does not copy. The server, a fresh
+    process, imports what unpickling the encoder needs once; each worker is forked from it."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(encoder.imports)  # for the server's start, if not running
+    return context
 
 
 _worker_encoder: Encoder | None = None
 
 
 def _start_worker(encoder: Encoder) -> None:
+    """A worker encodes on one thread: N workers each running the tokenizer's N threads
+    would oversubscribe the CPUs. `tokenizers` reads the variable at each call."""
     global _worker_encoder
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_encoder = encoder
 
 
@@ -345,23 +367,3 @@ def _workers(records: int) -> int:
     if (cpus or 1) <= 2:
         return 1  # the tokenizer's own threads already use both cores
     return max(1, min(cpus, math.ceil(records / RECORDS_PER_WORKER)))
-
-
-@contextmanager
-def _single_threaded_tokenizers() -> Iterator[None]:
-    """Workers started while this is active encode on one thread each.
-
-    N workers each running the tokenizer's own N threads would oversubscribe
-    the CPUs, and a thread pool does not survive the fork that starts a worker.
-    The `tokenizers` library reads TOKENIZERS_PARALLELISM in the worker; a value
-    the user set is left alone.
-    """
-    name = "TOKENIZERS_PARALLELISM"
-    if name in os.environ:
-        yield
-        return
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        del os.environ[name]

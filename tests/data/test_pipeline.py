@@ -69,8 +69,43 @@ def test_tokenizing_holds_little_more_than_the_rows(tmp_path):
     assert measured["peak"] < 2.65 * measured["rows"]
 
 
+# Encodes with the tokenizer's thread pool, then tokenizes in two worker processes.
+_POOL_THEN_WORKERS = """
+import json, sys
+from types import SimpleNamespace
+from okto.data import build_datasets, train_tokenizer
+
+path = sys.argv[1]
+with open(path, "w") as f:
+    f.writelines(json.dumps({"text": f"hello world {i} " * 20}) + "\\n" for i in range(1200))
+tokenizer = train_tokenizer([f"hello world {i}" for i in range(300)], 300)
+tokenizer.backend_tokenizer.encode_batch(["hello world " * 100] * 64)
+splits = build_datasets(SimpleNamespace(train=path, max_length=64), tokenizer, num_proc=2)
+print(splits.stats.train.records)
+"""
+
+
+def test_workers_start_safely_after_the_tokenizer_used_its_threads(tmp_path):
+    """Workers were forks of this process. With TOKENIZERS_PARALLELISM=true (which okto
+    left alone) a fork of a process whose tokenizer had used its thread pool waited forever
+    in its first encode, for pool threads a fork does not copy. (The timeout only ends the
+    hang.)"""
+    result = subprocess.run(
+        [sys.executable, "-c", _POOL_THEN_WORKERS, str(tmp_path / "text.jsonl")],
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "true"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "1188"  # 12 held out for validation
+
+
 class _DyingEncoder:
     """An encoder whose worker process is killed, as the system does when memory runs out."""
+
+    imports = ()
 
     def __call__(self, batch):
         os._exit(9)
