@@ -106,7 +106,7 @@ def resolve_settings(
         "memory": _memory(sources, machine, dev.value, gpu, notes),
     }
     _mismatches(sources, precision, notes)
-    _no_effect(sources, precision.value, gpu, notes)
+    _no_effect(sources, precision.value, gpu, tf32.value, notes)
     _platform(sources, machine, notes)
     return settings, notes
 
@@ -338,25 +338,47 @@ def _half_weights_math(
 
 
 def _tf32(sources: Sources, gpu: Gpu | None, precision: str, notes: list[str]) -> Setting:
-    """OPTIMIZE.tf32 over TENSOR_CORES (enabled, precision) over BLAS.precision; off by default."""
-    config = sources.config
-    if sources.is_set("optimize.tf32"):
-        setting = from_field(sources, "optimize.tf32")
-    elif sources.is_set("tensor_cores.enabled") and not config.tensor_cores.enabled:
-        setting = from_field(sources, "tensor_cores.enabled", "tensor cores off", False)
-    elif config.tensor_cores.precision == "tf32":
-        setting = from_field(sources, "tensor_cores.precision", value=True)
-    elif config.blas.precision == "tf32":
-        setting = from_field(sources, "blas.precision", value=True)
-    else:
+    """OPTIMIZE.tf32 over TENSOR_CORES (enabled, precision) over BLAS.precision; off by default.
+    A field that asked the opposite of what runs gets a note: it was overruled, not ignored."""
+    asked = _tf32_asked(sources)
+    if not asked:
         return Setting(False, reason="PyTorch's default")
-    if setting.value and (gpu is None or not gpu.bf16):
+    path, wanted = asked[0]
+    off = "tensor cores off" if path == "tensor_cores.enabled" else ""
+    setting = from_field(sources, path, off, wanted)
+    if wanted and (gpu is None or not gpu.bf16):
         lacks = "the CPU has no TF32" if gpu is None else f"{gpu.name} has no TF32"
-        notes.append(f"{sources.where(setting.field)}: {lacks}; off")
-        return replace(setting, value=False, reason=lacks)
-    if setting.value and precision != "fp32":
-        return replace(setting, reason=f"for the fp32 matmuls outside {precision} autocast")
+        notes.append(f"{sources.where(path)}: {lacks}; off")
+        setting = replace(setting, value=False, reason=lacks)
+    elif wanted and precision != "fp32":
+        setting = replace(setting, reason=f"for the fp32 matmuls outside {precision} autocast")
+    for other, wish in asked[1:]:
+        if wish not in (wanted, setting.value):
+            notes.append(
+                f"{sources.where(other)} is {_written(sources.value(other))}, but "
+                f"{sources.where(path)} comes first: TF32 {'on' if setting.value else 'off'}"
+            )
     return setting
+
+
+def _tf32_asked(sources: Sources) -> list[tuple[str, bool]]:
+    """The fields that speak about TF32, first the one that decides, each with its wish."""
+    config = sources.config
+    asked = []
+    if sources.is_set("optimize.tf32"):
+        asked.append(("optimize.tf32", config.optimize.tf32))
+    if sources.is_set("tensor_cores.enabled") and not config.tensor_cores.enabled:
+        asked.append(("tensor_cores.enabled", False))
+    if config.tensor_cores.precision == "tf32":
+        asked.append(("tensor_cores.precision", True))
+    if config.blas.precision == "tf32":
+        asked.append(("blas.precision", True))
+    return asked
+
+
+def _written(value: Any) -> str:
+    """A value as a .okt file writes it (booleans in lower case)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _gpu_switch(sources: Sources, path: str, gpu: Gpu | None, notes: list[str]) -> Setting:
@@ -441,7 +463,9 @@ def _mismatches(sources: Sources, precision: Setting, notes: list[str]) -> None:
             notes.append(f"{sources.where(path)}: fp8 training is not supported; ignored")
 
 
-def _no_effect(sources: Sources, precision: str, gpu: Gpu | None, notes: list[str]) -> None:
+def _no_effect(
+    sources: Sources, precision: str, gpu: Gpu | None, tf32: bool, notes: list[str]
+) -> None:
     """Fields okto accepts but cannot act on, each said once."""
     config = sources.config
     if config.blas.kernel != "auto":
@@ -456,7 +480,7 @@ def _no_effect(sources: Sources, precision: str, gpu: Gpu | None, notes: list[st
         )
     if config.tensor_cores.min_matrix_size:
         notes.append(f"{sources.where('tensor_cores.min_matrix_size')}: no effect here")
-    if gpu is not None and not config.tensor_cores.enabled and precision in HALF:
+    if gpu is not None and not config.tensor_cores.enabled and precision in HALF and not tf32:
         notes.append(
             f"{sources.where('tensor_cores.enabled')}: {precision} matmuls use tensor cores "
             "regardless; only TF32 is turned off"

@@ -190,6 +190,24 @@ NOTES = [
         replace(CPU, platform="linux"),
         "expects windows; this machine",
     ),
+    # TF32 fields overruled by the one that decides (they used to say nothing)
+    (
+        "OPTIMIZE { tf32: true }\nTENSOR_CORES { enabled: false }",
+        H100,
+        "TENSOR_CORES.enabled (t.okt:2:25) is false, but OPTIMIZE.tf32 (t.okt:1:18) comes first: "
+        "TF32 on",
+    ),
+    (
+        'OPTIMIZE { tf32: false }\nTENSOR_CORES { precision: "tf32" }',
+        H100,
+        "TENSOR_CORES.precision (t.okt:2:27) is tf32, but OPTIMIZE.tf32 (t.okt:1:18) comes "
+        "first: TF32 off",
+    ),
+    (
+        'TENSOR_CORES { enabled: false }\nBLAS { precision: "tf32" }',
+        H100,
+        "BLAS.precision (t.okt:2:19) is tf32, but TENSOR_CORES.enabled (t.okt:1:25) comes first",
+    ),
 ]
 
 
@@ -202,6 +220,31 @@ def test_no_platform_note_where_it_matches(text):
 @pytest.mark.parametrize(("text", "machine", "words"), NOTES)
 def test_notes(text, machine, words):
     assert any(words in note for note in plan(text, machine).notes)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "OPTIMIZE { tf32: true }",  # CPU: the machine turns TF32 off, not TENSOR_CORES
+        'OPTIMIZE { tf32: true }\nTENSOR_CORES { precision: "tf32" }',
+        'TENSOR_CORES { precision: "tf32" }\nBLAS { precision: "tf32" }',
+    ],
+)
+def test_tf32_fields_that_agree_have_no_overruled_note(text):
+    for machine in (CPU, T4, H100):
+        assert not any("comes first" in note for note in plan(text, machine).notes)
+
+
+def test_tensor_cores_off_under_tf32_does_not_claim_tf32_is_off():
+    """'bf16 matmuls use tensor cores regardless; only TF32 is turned off' beside a tf32 row
+    that OPTIMIZE.tf32 had turned on."""
+    result = plan("OPTIMIZE { tf32: true }\nTENSOR_CORES { enabled: false }", H100)
+    assert result.settings["tf32"].value is True
+    assert not any("only TF32 is turned off" in note for note in result.notes)
+    assert any(
+        "only TF32 is turned off" in note
+        for note in plan("TENSOR_CORES { enabled: false }", H100).notes
+    )
 
 
 def test_command_line_beats_the_file():
