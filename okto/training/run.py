@@ -244,11 +244,6 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         check_lora_reached(model)
     forward = parallel.wrap(model, settings)
     if parallel.distributed:
-        train = config.train
-        display.text(
-            f"parallel {parallel.describe()}; global batch {train.batch_size} x "
-            f"{parallel.world} x {train.gradient_accumulation} sequences"
-        )
         # each process its own dropout masks; numpy takes seeds below 2**32 only
         _seed_everything((settings.seed + parallel.rank) % 2**32)
     apply_switches(settings)
@@ -258,6 +253,12 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
     trainer = _trainer(job, model, forward, adapted, splits, display, paths, tokenizer, resume_from)
     try:  # the metrics file is open: closed also when the checkpoint is refused
         state = _resume(trainer, resume_from, display) if resume_from is not None else None
+        if parallel.distributed:  # said after a resume, which may regroup the batch
+            live = trainer.live
+            display.text(
+                f"parallel {parallel.describe()}; global batch {live.batch_size} x "
+                f"{parallel.world} x {live.gradient_accumulation} sequences"
+            )
         trainer.metrics.write(
             "start",
             project=config.project.name,

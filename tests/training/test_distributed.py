@@ -348,3 +348,19 @@ def test_two_gpus_follow_one_with_the_same_global_batch(project, strategy):
     middle = two / "checkpoints" / "step-0000003"
     assert train(path, "--set", "OUTPUT.dir=two", "--resume", str(middle)) == 0
     assert [r[0] for r in curve(two)[-3:]] == [4, 5, 6]
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumed_in_two_says_the_batch_it_runs(
+    project, reference, capfd
+):
+    """The job's batch line was printed from the file's values before the resume regrouped
+    them: `4 x 2 x 4` for a job that ran 4 x 2 x 2."""
+    reference()  # batch 4 x accumulation 4, one process
+    path = project(train=SCHEDULE, model=MODEL)
+    middle = Path("one/tiny/checkpoints/step-0000003")
+    resumed = ("--set", "TRAIN.gradient_accumulation=4", "--resume", str(middle))
+    assert run_ranks(2, "train", "-f", str(path), "--set", "OUTPUT.dir=two", *resumed) == [0, 0]
+    out = " ".join(capfd.readouterr().out.split())
+    assert "batch_size x gradient_accumulation 4 x 4 -> 4 x 2 per process" in out
+    assert "global batch 4 x 2 x 2 sequences" in out
