@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -75,7 +75,10 @@ def _save(tokenizer, target: Path, meta: dict | None = None) -> None:
     there: a save cut short leaves the old one whole, and no file of the old one outlives
     it (a trained one's `META_FILE` would make a later run on its data take this one)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    # mkdir, not mkdtemp: the folder gets the umask's mode, as final/ does (mkdtemp's is 0700,
+    # which others sharing the run folder cannot read)
+    staging = target.parent / f".{target.name}-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         tokenizer.save_pretrained(str(staging))
         if meta is not None:

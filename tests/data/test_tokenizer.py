@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 from transformers import AutoTokenizer
@@ -38,6 +40,18 @@ def test_trained_tokenizer_round_trips_through_the_run(tmp_path):
     assert loaded.decode(ids) == text
     meta = json.loads((saved / tokenizer_module.META_FILE).read_text())
     assert meta["vocab_size"] == len(loaded) and meta["sample_records"] == meta["records"] == 40
+
+
+def test_the_saved_tokenizer_folder_is_as_readable_as_the_umask_allows(tmp_path):
+    """It was made by mkdtemp and renamed, so it stayed private (0700) beside a final/ that
+    others sharing the run folder could read."""
+    mask = os.umask(0o022)
+    try:
+        cfg = config(train=str(_chats(tmp_path)), tokenizer="train", vocab_size=320)
+        resolve_tokenizer(cfg, run_dir=tmp_path / "run")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "run" / "tokenizer").stat().st_mode) == 0o755
 
 
 def test_a_second_run_reuses_the_saved_tokenizer(tmp_path, monkeypatch):
