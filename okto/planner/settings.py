@@ -480,6 +480,9 @@ def _no_effect(
         )
     if config.tensor_cores.min_matrix_size:
         notes.append(f"{sources.where('tensor_cores.min_matrix_size')}: no effect here")
+    for path in ("metrics", "output.metrics"):
+        if gpu is None and "gpu_memory" in sources.value(path):
+            notes.append(f"{sources.where(path)}: gpu_memory is read from a GPU; none on the CPU")
     if gpu is not None and not config.tensor_cores.enabled and precision in HALF and not tf32:
         notes.append(
             f"{sources.where('tensor_cores.enabled')}: {precision} matmuls use tensor cores "

@@ -190,6 +190,9 @@ NOTES = [
         replace(CPU, platform="linux"),
         "expects windows; this machine",
     ),
+    # the memory column of METRICS on a CPU run (it used to stay empty without a word)
+    ("METRICS { loss gpu_memory }", CPU, "METRICS (t.okt:1:1): gpu_memory is read from a GPU"),
+    ('OUTPUT { metrics: ["gpu_memory"] }', CPU, "OUTPUT.metrics (t.okt:1:19): gpu_memory"),
     # TF32 fields overruled by the one that decides (they used to say nothing)
     (
         "OPTIMIZE { tf32: true }\nTENSOR_CORES { enabled: false }",
