@@ -20,6 +20,7 @@ writes its checkpoints through torch.distributed.checkpoint instead
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -55,8 +57,9 @@ def save_checkpoint(
     staging = folder / f"{_TEMP_PREFIX}{final.name}-{os.getpid()}"
     try:
         staging.mkdir()
-        save_file(trainable_state(model), str(staging / WEIGHTS), metadata={"step": str(step)})
-        torch.save({**states, "rng": rng or rng_state()}, staging / STATE)
+        with disk_errors(folder):
+            save_file(trainable_state(model), str(staging / WEIGHTS), metadata={"step": str(step)})
+            torch.save({**states, "rng": rng or rng_state()}, staging / STATE)
         (staging / TRAINER).write_text(json.dumps(trainer, indent=1))
         for name in FILES:
             fsync(staging / name)
@@ -67,6 +70,24 @@ def save_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def disk_errors(folder: Path):
+    """Failures to write files into `folder` as the OSError their callers report: on a full
+    disk torch.save raises a RuntimeError from its zip writer and safetensors a
+    SafetensorError, which ended runs in a traceback. The message says the space left."""
+    try:
+        yield
+    except (RuntimeError, SafetensorError) as error:
+        text = str(error)
+        if "inline_container" not in text and "I/O error" not in text:
+            raise  # not a write failure
+        try:
+            free = f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+        except OSError:
+            free = ""
+        raise OSError(f"writing failed: {text.strip()}{free}") from error
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

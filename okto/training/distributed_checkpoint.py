@@ -72,10 +72,12 @@ def save_checkpoint(
         except CheckpointException as error:  # a full disk: the caller says so, with no traceback
             raise OSError(_first_failure(error, parallel)) from error
         rng_file = staging / RNG / f"rank-{parallel.rank:05d}.pt"
-        torch.save(rng or ckpt.rng_state(), rng_file)
+        with ckpt.disk_errors(folder):
+            torch.save(rng or ckpt.rng_state(), rng_file)
         ckpt.fsync(rng_file)
         if parallel.is_main:
-            torch.save(states, staging / ckpt.STATE)
+            with ckpt.disk_errors(folder):
+                torch.save(states, staging / ckpt.STATE)
             (staging / ckpt.TRAINER).write_text(json.dumps(trainer, indent=1))
             for name in (ckpt.STATE, ckpt.TRAINER):
                 ckpt.fsync(staging / name)

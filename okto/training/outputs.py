@@ -139,8 +139,9 @@ def staged(folder: Path):
 def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
     """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
     from okto.data.progress import quiet_transformers
+    from okto.training.checkpoint import disk_errors
 
-    with staged(folder) as staging:
+    with staged(folder) as staging, disk_errors(folder.parent):
         with quiet_transformers():  # the run's own output says what was saved
             model.save_pretrained(str(staging), state_dict=state_dict)
             tokenizer.save_pretrained(str(staging))

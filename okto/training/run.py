@@ -702,6 +702,8 @@ def _wrap_up(trainer, outcome, run, display, started):
             outcome = _interrupted_saving(trainer, stop)
         except ExportFailed as error:
             failed, final = error, paths.final
+        except FinalNotWritten as error:
+            failed = error
     from okto.training.loop import peak_memory
 
     rates = trainer.throughput()
@@ -766,6 +768,7 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
     folder or None, the exports)."""
     import torch
 
+    from okto.training.checkpoint import disk_errors
     from okto.training.lora import save_adapter
     from okto.training.outputs import export
 
@@ -784,7 +787,8 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
         if keep and config.output.save_optimizer:
             optimizer = parallel.optimizer_state_to_save(model, trainer.optimizer)
             if optimizer is not None:
-                torch.save(optimizer, final / "optimizer.pt")
+                with disk_errors(final):
+                    torch.save(optimizer, final / "optimizer.pt")
         exports = (
             export(final, config.export, paths.export, paths.name)
             if asked and parallel.is_main
@@ -794,6 +798,8 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
         if not keep and parallel.is_main and final.is_dir():
             _keep_unexported(final, paths.final)
         raise ExportFailed(error, paths) from None
+    except OSError as error:  # a full disk: final/ is as it was before (written staged)
+        raise FinalNotWritten(final, error, trainer.last_checkpoint) from None
     finally:
         if not keep and parallel.is_main:
             shutil.rmtree(final, ignore_errors=True)
@@ -810,6 +816,21 @@ class ExportFailed(OktoError):
             f"{paths.final}; export it again with okto export --model {paths.final}"
         )
         self.exit_code = error.exit_code
+
+
+class FinalNotWritten(OktoError):
+    """The final model could not be written (a full disk): raised once the summary is shown."""
+
+    def __init__(self, final: Path, error: OSError, checkpoint: Path | None):
+        where = (
+            f"the last checkpoint, {checkpoint}, holds the trained weights"
+            if checkpoint
+            else "no checkpoint holds the trained weights"
+        )
+        super().__init__(
+            f"training ended, but the final model could not be written to {final} "
+            f"({error.strerror or error}); {where}"
+        )
 
 
 def _keep_unexported(scratch: Path, final: Path) -> None:

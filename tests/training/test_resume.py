@@ -4,7 +4,9 @@ cut short mid-write leaves the previous one whole."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import signal
 from pathlib import Path
 
@@ -278,6 +280,45 @@ def test_a_schedule_edited_in_the_file_applies_from_the_resumed_step(
     said = " ".join(capsys.readouterr().out.split())
     assert "TRAIN.scheduler is constant (it was linear): from step 7 on" in said
     assert rates == [3e-3] * 6  # steps 7 to 12; step 7 ran at 1.5e-3
+
+
+@contextlib.contextmanager
+def files_limited_to(size: int):
+    """Writes past `size` bytes a file fail as on a full disk (EFBIG, SIGXFSZ ignored)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_write_that_fails_is_an_os_error_and_leaves_the_earlier_one(tmp_path):
+    """On a full disk safetensors raises a SafetensorError and torch.save a RuntimeError,
+    which the loop's OSError handler let through as a traceback."""
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=64, vocab_size=300))
+    folder = tmp_path / "checkpoints"
+    earlier = ckpt.save_checkpoint(folder, 1, model, {}, {"step": 1})
+    big = {"optimizer": {"exp_avg": torch.zeros(200_000)}}  # state.pt past the limit
+    for limit, states in ((50_000, {}), (600_000, big)):  # the weights, then state.pt
+        with files_limited_to(limit), pytest.raises(OSError, match=r"writing failed: .*MB free"):
+            ckpt.save_checkpoint(folder, 2, model, states, {"step": 2})
+        assert [p.name for p in folder.iterdir()] == [earlier.name]  # no partial folder
+
+
+def test_a_full_disk_while_saving_the_final_model_is_said_after_the_summary(project, capsys):
+    """It ended the run with safetensors' traceback, the summary unshown."""
+    path = project(train='max_steps: 2 save_strategy: "no"')
+    with files_limited_to(400_000):  # the data and the tokenizer fit, the weights (700 kB) not
+        assert train(path) == 1
+    out, err = capsys.readouterr()
+    assert "finished 2 steps" in out
+    said = " ".join(err.split())
+    assert "training ended, but the final model could not be written to runs/tiny/final" in said
+    assert "no checkpoint holds the trained weights" in said and "Traceback" not in err
+    assert not Path("runs/tiny/final").exists()
 
 
 def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, capsys, monkeypatch):
