@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 import okto
-from okto.errors import EXIT_MACHINE, MachineError
+from okto.errors import EXIT_INVALID, EXIT_MACHINE, MachineError, UsageError
 from okto.language import apply_overrides
 from okto.planner import build_plan
 from tests.planner.util import CPU, H100, INTERPRETER, T4, plan
@@ -161,7 +161,7 @@ FAILURES = [
     ('ENV { accelerator: "cuda" }', CPU, ["ENV.accelerator", "t.okt:1:20", "no", "cpu"]),
     ('TRAIN { device: "cuda:1" }', H100, ["TRAIN.device", "cuda:1", "1 GPU"]),
     ("TRAIN { precision: fp16 }", CPU, ["TRAIN.precision", "fp16", "CUDA GPU", "fp32"]),
-    ('MODEL { dtype: "float16" }', CPU, ["MODEL.precision", "fp16"]),
+    ('MODEL { dtype: "float16"  ADAPTER { rank: 2 } }', CPU, ["MODEL.precision", "fp16"]),
     ("ENV { precision: bf16 }", T4, ["ENV.precision", "Tesla T4", "sm_75", "fp16"]),
     ("ENV { min_memory: 100GB }", H100, ["ENV.min_memory", "100GB", "80.0 GB"]),
 ]
@@ -248,6 +248,25 @@ def test_tensor_cores_off_under_tf32_does_not_claim_tf32_is_off():
         "only TF32 is turned off" in note
         for note in plan("TENSOR_CORES { enabled: false }", H100).notes
     )
+
+
+@pytest.mark.parametrize("machine", [CPU, H100, T4])
+@pytest.mark.parametrize(
+    "text", ['MODEL { dtype: "float16" }', "MODEL { precision: fp16 }\nTRAIN { precision: fp32 }"]
+)
+def test_fp16_weights_without_an_adapter_are_refused_on_any_machine(text, machine):
+    """They planned, loss scaling on, and the first step ended in GradScaler's 'Attempting
+    to unscale FP16 gradients' (or, without the scaler, fp16 gradients underflowed)."""
+    with pytest.raises(UsageError) as raised:
+        plan(text, machine)
+    assert raised.value.exit_code == EXIT_INVALID
+    assert "MODEL.precision (t.okt:1:" in str(raised.value)
+    assert "TRAIN.precision: fp16" in str(raised.value)
+
+
+def test_fp16_base_under_a_lora_adapter_still_plans():
+    settings = plan("MODEL { precision: fp16  ADAPTER { rank: 2 } }", H100).settings
+    assert (settings["weights"].value, settings["loss_scaling"].value) == ("fp16", True)
 
 
 def test_command_line_beats_the_file():
