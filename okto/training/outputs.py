@@ -123,12 +123,16 @@ def write_config(folder: Path, config: dict) -> None:
 @contextlib.contextmanager
 def staged(folder: Path):
     """A folder to write `folder`'s contents into, put in its place only once complete: a
-    write cut short (crash, Ctrl-C, full disk) leaves what `folder` held before."""
+    write cut short (crash, Ctrl-C, full disk) leaves what `folder` held before, and a
+    full disk is an OSError."""
+    from okto.training.checkpoint import disk_errors
+
     staging = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        yield staging
+        with disk_errors(folder.parent):  # a full disk is an OSError, whatever wrote
+            yield staging
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(staging, folder)
@@ -139,9 +143,8 @@ def staged(folder: Path):
 def save_model(model, tokenizer, config: dict, folder: Path, state_dict=None) -> Path:
     """A Hugging Face folder (safetensors weights, tokenizer, okto_config.json), replaced atomically."""
     from okto.data.progress import quiet_transformers
-    from okto.training.checkpoint import disk_errors
 
-    with staged(folder) as staging, disk_errors(folder.parent):
+    with staged(folder) as staging:
         with quiet_transformers():  # the run's own output says what was saved
             model.save_pretrained(str(staging), state_dict=state_dict)
             tokenizer.save_pretrained(str(staging))

@@ -702,7 +702,7 @@ def _wrap_up(trainer, outcome, run, display, started):
             outcome = _interrupted_saving(trainer, stop)
         except ExportFailed as error:
             failed, final = error, paths.final
-        except FinalNotWritten as error:
+        except FinalNotWritten as error:  # the adapter's or the final model's
             failed = error
     from okto.training.loop import peak_memory
 
@@ -774,7 +774,10 @@ def _save_outputs(trainer, program, paths, tokenizer, adapted) -> tuple[Path | N
 
     config, model, parallel = program.config, trainer.model, trainer.parallel
     if adapted and parallel.is_main:
-        save_adapter(model, config.model.adapter, model.name_or_path, paths.adapter)
+        try:
+            save_adapter(model, config.model.adapter, model.name_or_path, paths.adapter)
+        except OSError as error:  # a full disk: adapter/ is as it was before (written staged)
+            raise FinalNotWritten(paths.adapter, error, trainer.last_checkpoint) from None
     keep = config.output.save_model
     # an EXPORT block in the file, empty or not, or an EXPORT field on the command line
     asked = str(program.source_map.get("export", "default")) != "default"
@@ -819,7 +822,8 @@ class ExportFailed(OktoError):
 
 
 class FinalNotWritten(OktoError):
-    """The final model could not be written (a full disk): raised once the summary is shown."""
+    """The final model or the adapter could not be written (a full disk): raised once the
+    summary is shown."""
 
     def __init__(self, final: Path, error: OSError, checkpoint: Path | None):
         where = (
@@ -828,7 +832,7 @@ class FinalNotWritten(OktoError):
             else "no checkpoint holds the trained weights"
         )
         super().__init__(
-            f"training ended, but the final model could not be written to {final} "
+            f"training ended, but the trained model could not be written to {final} "
             f"({error.strerror or error}); {where}"
         )
 

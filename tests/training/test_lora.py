@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -130,6 +131,25 @@ def test_the_adapter_is_kept_without_the_final_model(project, tokenizer_dir, tmp
     adapter = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)  # it trained
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_a_full_disk_while_saving_the_adapter_is_said_after_the_summary(
+    project, tokenizer_dir, tmp_path, capsys, monkeypatch
+):
+    """safetensors' SafetensorError on a full disk ended the run in a traceback."""
+    from okto.training import lora
+
+    def disk_full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device")
+
+    monkeypatch.setattr(lora, "save_file", disk_full)
+    _llama_base(tmp_path / "base", tokenizer_dir)
+    assert train(project(train="max_steps: 2", model=LLAMA_LORA.format(base="base"))) == 1
+    out, err = capsys.readouterr()
+    said = " ".join(err.split())
+    assert "finished 2 steps" in out and "Traceback" not in err
+    assert "the trained model could not be written to runs/tiny/adapter" in said
+    assert "No space left on device" in said and not Path("runs/tiny/adapter").exists()
 
 
 def test_an_adapter_on_a_new_model_is_warned(project, capsys):

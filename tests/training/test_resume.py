@@ -316,7 +316,7 @@ def test_a_full_disk_while_saving_the_final_model_is_said_after_the_summary(proj
     out, err = capsys.readouterr()
     assert "finished 2 steps" in out
     said = " ".join(err.split())
-    assert "training ended, but the final model could not be written to runs/tiny/final" in said
+    assert "training ended, but the trained model could not be written to runs/tiny/final" in said
     assert "no checkpoint holds the trained weights" in said and "Traceback" not in err
     assert not Path("runs/tiny/final").exists()
 
