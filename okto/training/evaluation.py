@@ -30,11 +30,11 @@ def batch_sums(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Te
     not counted."""
     targets = labels[:, 1:].reshape(-1)
     if describe(model).supported:
-        hidden = model.base_model(input_ids=input_ids)[0][:, :-1]
+        hidden = model.base_model(input_ids=input_ids, use_cache=False)[0][:, :-1]
         rows, head = hidden.reshape(-1, hidden.shape[-1]), model.get_output_embeddings()
         vocab = head.weight.shape[0]
     else:
-        logits = model(input_ids=input_ids).logits[:, :-1]
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
         rows, head = logits.reshape(-1, logits.shape[-1]), None
         vocab = rows.shape[-1]
     sums = torch.zeros(3, device=targets.device, dtype=torch.float64)

@@ -378,7 +378,10 @@ class Trainer:
             batch = self.batches.next()
             with self.parallel.micro_step(last=index == accumulation - 1):
                 with self._autocast():
-                    loss = self.forward(input_ids=batch.input_ids, labels=batch.labels).loss
+                    # no KV cache: transformers builds one by default, of no use to a loss
+                    loss = self.forward(
+                        input_ids=batch.input_ids, labels=batch.labels, use_cache=False
+                    ).loss
                 loss = loss.float() / accumulation
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.detach()

@@ -557,9 +557,11 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
         )
     if settings.memory_efficient:
         if model.supports_gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):  # its new name; the old warns
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # transformers before 5.2x
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             display.warn(f"a {model.config.model_type} model cannot checkpoint activations")
     total = models.parameters(model)

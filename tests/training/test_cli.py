@@ -534,3 +534,13 @@ def test_a_model_whose_layers_okto_cannot_cost_says_its_figures_read_low(
     assert train(project(train="max_steps: 2")) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "TFLOP/s and MFU leave out the sequence mixing of the model's 2 'mamba' layers" in out
+
+
+def test_checkpointed_activations_train_without_transformers_warnings(project, capfd, recwarn):
+    """OPTIMIZE.memory_efficient called transformers' deprecated gradient_checkpointing_enable
+    (a FutureWarning), and the loss forward built a KV cache, which transformers said it
+    turned off."""
+    assert train(project(train="max_steps: 2", extra="OPTIMIZE { memory_efficient: true }")) == 0
+    out, err = capfd.readouterr()
+    assert "use_cache" not in out + err and "deprecated" not in out + err
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
