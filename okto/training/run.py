@@ -263,7 +263,9 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
             "start",
             project=config.project.name,
             device=str(settings.device),
-            precision=settings.precision,
+            precision=settings.precision,  # the autocast dtype (fp32: none)
+            weights=settings.weights,
+            matmul_precision=settings.matmul_precision,
             **(
                 {"processes": parallel.world, "strategy": parallel.strategy}
                 if parallel.distributed

@@ -544,3 +544,18 @@ def test_checkpointed_activations_train_without_transformers_warnings(project, c
     out, err = capfd.readouterr()
     assert "use_cache" not in out + err and "deprecated" not in out + err
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_the_start_record_says_what_the_weights_and_the_matmuls_are(project):
+    """It said only the autocast dtype, which is fp32 for bf16 weights that compute in bf16
+    with no autocast."""
+    path = project(
+        train="max_steps: 1",
+        model=(
+            'architecture: "gpt2" pretrained: false precision: "bf16" '
+            "config { n_layer: 1 n_head: 2 n_embd: 32 }"
+        ),
+    )
+    assert train(path) == 0
+    start = read_metrics(Path("runs/tiny/metrics.jsonl"), "start")[0]
+    assert (start["weights"], start["matmul_precision"]) == ("bf16", "bf16")
