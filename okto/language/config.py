@@ -829,6 +829,23 @@ class OktoConfig(BaseModel):
         return self
 
 
+def _greedy_sampling_fields(inference: InferenceConfig, info: ValidationInfo) -> None:
+    """top_k and top_p pick among sampled tokens: greedy decoding takes the likeliest."""
+    greedy = (
+        "do_sample: false" if not inference.do_sample
+        else "temperature: 0" if inference.temperature == 0
+        else None
+    )
+    for name in ("top_k", "top_p"):
+        if greedy and name in inference.model_fields_set:
+            _warn(
+                info,
+                ("inference", name),
+                f"{name} has no effect with {greedy}, which decodes greedily (the likeliest "
+                "token each step)",
+            )
+
+
 def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
     """Fields that another field leaves without effect."""
     train = config.train
@@ -857,6 +874,7 @@ def _idle_advice(config: OktoConfig, info: ValidationInfo) -> None:
         not config.model.pretrained or config.model.base is None
     ):
         _warn(info, ("model", "adapter"), NEW_MODEL_ADAPTER)
+    _greedy_sampling_fields(config.inference, info)
     _idle_rules(config, info)
     _past_the_end(config, info)
     if config.stability.min_improvement is not None and not (

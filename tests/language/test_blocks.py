@@ -514,6 +514,16 @@ def test_vocab_size_goes_with_train_in_any_case(spelling):
             "mixed_precision: false has no effect with precision: bf16 (bf16 math on fp32 "
             "weights is mixed precision; MODEL.precision: bf16 trains the weights in it too)",
         ),
+        (
+            "INFERENCE { temperature: 0 top_k: 5 }",
+            "top_k has no effect with temperature: 0, which decodes greedily (the likeliest "
+            "token each step)",
+        ),
+        (
+            "INFERENCE { do_sample: false top_p: 0.5 }",
+            "top_p has no effect with do_sample: false, which decodes greedily (the likeliest "
+            "token each step)",
+        ),
     ],
 )
 def test_advice_warnings(text, message):
@@ -528,6 +538,7 @@ def test_advice_warnings(text, message):
         "STABILITY { min_improvement: 0.01 }\nTRAIN { early_stopping: 2 }",
         'STABILITY { min_improvement: 0.01 }\nCONTROL { on_plateau { LOG "flat" } }',
         "MODEL { precision: bf16 }\nTRAIN { precision: bf16 mixed_precision: false }",
+        "INFERENCE { temperature: 0.7 top_k: 5 top_p: 0.9 }",
         "TRAIN { mixed_precision: false }",
     ],
 )
