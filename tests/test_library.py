@@ -181,3 +181,13 @@ def test_parse_and_load_say_which_one_takes_text_and_which_a_path(tmp_path):
         okto.load(text * 200)  # longer than a file name may be
     with pytest.raises(MissingFileError, match="no such file"):
         okto.load(tmp_path / "a.okt")
+
+
+def test_a_file_or_overrides_of_the_wrong_kind_say_what_they_take(tmp_path):
+    """okto.plan(123) and okto.plan(path, 5) were bare TypeErrors."""
+    path = tmp_path / "a.okt"
+    path.write_text('PROJECT "x"\nMODEL { architecture: "gpt2" pretrained: false }\n')
+    with pytest.raises(UsageError, match=r"a path or an okto\.Program, not int"):
+        okto.plan(123)
+    with pytest.raises(UsageError, match="or a list of them, not int"):
+        okto.plan(path, 5)

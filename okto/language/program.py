@@ -156,6 +156,10 @@ def with_overrides(
 ) -> Program:
     """A `.okt` file (a path, or a Program already loaded) with `overrides` applied: what
     `okto train`, `okto plan` and their library calls start from."""
+    if not isinstance(source, Program | str | os.PathLike):
+        raise UsageError(
+            f"the .okt file to run: a path or an okto.Program, not {type(source).__name__}"
+        )
     program = source if isinstance(source, Program) else load(source)
     return apply_overrides(program, overrides) if overrides else program
 
@@ -165,6 +169,11 @@ def apply_overrides(program: Program, overrides: str | Iterable[str]) -> Program
     --set TRAIN.batch_size=32` gives them; `MODEL.config.KEY=value` sets one
     key of that dict) and validated again; their origin is "command line".
     One string is one override, not a sequence of one-letter ones."""
+    if not isinstance(overrides, str | Iterable):
+        raise UsageError(
+            "overrides: a BLOCK.field=value string, like 'TRAIN.batch_size=32', or a list of "
+            f"them, not {type(overrides).__name__}"
+        )
     inputs = copy.deepcopy(program._inputs)
     locations = dict(program._locations)
     for text in [overrides] if isinstance(overrides, str) else overrides:
