@@ -143,8 +143,8 @@ class ControlBuilder:
                 found = f'string "{reason}"' if isinstance(item, Str) else f"'{reason}'"
                 self.collect.error(
                     item.span,
-                    f"STOP takes no argument: found {found}",
-                    f'to log a reason, write LOG "{reason}" before STOP',
+                    f"{previous.keyword} takes no argument: found {found}",
+                    f'to log a reason, write LOG "{reason}" before {previous.keyword}',
                 )
             else:
                 action = self._action(item, event, (*path, "actions", len(actions)))

@@ -157,7 +157,8 @@ class ToSyntax(Transformer):
         return SaveStatement(_span(meta), children[0])
 
     def stop_action(self, meta, children):
-        return StopStatement(_span(meta))
+        (keyword,) = children
+        return StopStatement(_span(meta), str(keyword))
 
     def verb_action(self, meta, children):
         verb, *value = children  # REPLACE [WITH value], RETURN value

@@ -159,7 +159,9 @@ class SaveStatement(Node):
 
 @dataclass(frozen=True)
 class StopStatement(Node):
-    pass
+    """`STOP` or `STOP_TRAINING`, as written (messages name the word the user wrote)."""
+
+    keyword: str
 
 
 @dataclass(frozen=True)

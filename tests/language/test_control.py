@@ -677,6 +677,12 @@ def test_adjusting_a_field_train_leaves_unset_warns():
             "STOP takes no argument: found number 3",
             'to log a reason, write LOG "3" before STOP',
         ),
+        (
+            "IF loss > 2 { STOP_TRAINING now }",
+            39,
+            "STOP_TRAINING takes no argument: found 'now'",
+            'to log a reason, write LOG "now" before STOP_TRAINING',
+        ),
         ("if loss > 2 { STOP }", 11, "'if' is not a keyword: keywords are upper case", "write IF"),
         (
             "every 2 steps { STOP }",
@@ -743,5 +749,10 @@ def test_stop_with_a_reason_says_stop_takes_none_and_how_to_log_one(tmp_path, ca
     assert f'{path}:2:22: error: STOP takes no argument: found string "loss exploded"' in err
     assert 'to log a reason, write LOG "loss exploded" before STOP' in err
     assert err.endswith(f"{path}: 1 error\n")
+    path.write_text('CONTROL {\n  on_nan { STOP_TRAINING "nan" }\n}\n', encoding="utf-8")
+    assert main(["check", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f'{path}:2:26: error: STOP_TRAINING takes no argument: found string "nan"' in err
+    assert 'to log a reason, write LOG "nan" before STOP_TRAINING' in err
     rule = rules('IF loss > 9 { LOG "loss exploded" STOP }')[0]
     assert rule.actions == [LogAction(message="loss exploded"), StopAction()]
