@@ -40,11 +40,12 @@ def run(args) -> int:
         diagnostic |= dict.fromkeys(("line", "column", "end_line", "end_column", "hint"))
         _print_json(args.file, [diagnostic], [], stopped_early=False)
         return error.exit_code
+    refused = program.training_errors()
     if args.strict:
         errors = [d.as_error() for d in program.warnings if d.severity == "warning"]
         notes = [d for d in program.warnings if d.severity != "warning"]
-        return _report(args, errors, notes)
-    return _report(args, [], program.warnings)
+        return _report(args, [*refused, *errors], notes)
+    return _report(args, refused, program.warnings)
 
 
 def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> int:

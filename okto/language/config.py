@@ -316,7 +316,10 @@ class ModelConfig(BlockModel):
         "to it and may not be longer.",
     )
     precision: Precision = Field(
-        "auto", validation_alias=aliases("precision", "dtype"), description="Weights' precision."
+        "auto",
+        validation_alias=aliases("precision", "dtype"),
+        description="Weights' precision; fp16 trains only under an ADAPTER (okto check, "
+        "plan and train refuse it without one).",
     )
     device: Device = Field("auto", description="Device to load the model on.")
     parameters: Count | None = Field(
@@ -990,6 +993,26 @@ def _schedule_advice(train: TrainConfig, info: ValidationInfo) -> None:
                 ("train", name),
                 f"{name} has no effect with scheduler: {train.scheduler} (only {scheduler})",
             )
+
+
+# ---- what training refuses ---------------------------------------------------------
+
+FP16_WEIGHTS = (
+    "makes the trained weights fp16, whose gradients need loss scaling that fp16 parameters "
+    "cannot take; use bf16 weights (MODEL.precision: bf16), fp16 math over fp32 weights "
+    "(TRAIN.precision: fp16, MODEL.precision unset), or a LoRA ADAPTER over the fp16 base"
+)
+
+
+def training_refusals(config: OktoConfig) -> list[tuple[str, str]]:
+    """What `okto train` and `okto plan` refuse in a valid file, whatever the machine, as
+    (dotted field path, what is wrong, said after the field's name). Not validation errors:
+    these fields only shape training, so the file still serves `okto infer`. fp16 weights
+    get fp16 gradients, which torch's GradScaler refuses to unscale; a LoRA adapter trains
+    in fp32 over a frozen fp16 base, so that stays allowed."""
+    if config.model.precision == "fp16" and config.model.adapter is None:
+        return [("model.precision", FP16_WEIGHTS)]
+    return []
 
 
 # ---- keywords ------------------------------------------------------------------

@@ -15,7 +15,13 @@ from pydantic import BaseModel
 
 from okto.errors import MissingFileError, UsageError
 from okto.language.collect import Collector, Location, Path
-from okto.language.config import BLOCK_KEYWORDS, HEADER_KEYWORDS, OktoConfig, spellings
+from okto.language.config import (
+    BLOCK_KEYWORDS,
+    HEADER_KEYWORDS,
+    OktoConfig,
+    spellings,
+    training_refusals,
+)
 from okto.language.diagnostics import (
     Diagnostic,
     OktoSyntaxError,
@@ -86,6 +92,21 @@ class Program:
         data = self.config.model_dump(mode="json")
         data["inference"] = self.config.inference.model_dump(mode="json", exclude_unset=True)
         return data
+
+    def training_errors(self) -> list[Diagnostic]:
+        """What `okto train` and `okto plan` would refuse in this file, at the fields'
+        positions, for `okto check` to report as they word it."""
+        errors = []
+        for dotted, problem in training_refusals(self.config):
+            path = tuple(dotted.split("."))
+            block, *rest = path
+            message = ".".join([block.upper(), *rest]) + f" {problem}"
+            location = self._locations.get(path)
+            if location is None:
+                errors.append(Diagnostic("error", message, self.source, None))
+            else:
+                errors.append(Diagnostic("error", message, location.source, location.span))
+        return errors
 
     def __repr__(self) -> str:
         return f"<Program {self.source.name}: {len(self.warnings)} warnings>"

@@ -227,3 +227,25 @@ def test_a_terminal_without_the_characters_gets_escapes(tmp_path):
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode("ascii").endswith("caf\\xe9.okt: valid\n")
+
+
+@pytest.mark.parametrize("strict", [[], ["--strict"]])
+def test_check_refuses_fp16_weights_as_training_does(okt, capsys, strict):
+    """`MODEL.precision: fp16` without an ADAPTER passed okto check, then okto plan and
+    okto train refused it (exit 2); check now says the planner's words at the value."""
+    from okto.errors import UsageError
+    from okto.planner.plan import build_plan
+
+    path = okt('PROJECT "x"\nMODEL { base: "gpt2" precision: "fp16" }\n')
+    assert main(["check", "-f", path, *strict]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2:33: error: MODEL.precision makes the trained weights fp16" in err
+    assert err.endswith(f"{path}: 1 error\n")
+    (refused,) = load(path).training_errors()
+    with pytest.raises(UsageError) as planned:
+        build_plan(load(path))
+    assert str(planned.value) == refused.message.replace(
+        "MODEL.precision", f"MODEL.precision ({path}:2:33)", 1
+    )
+    adapter = okt('MODEL { base: "gpt2" dtype: "fp16" ADAPTER { type: "lora" } }\n', "a.okt")
+    assert main(["check", "-f", adapter]) == 0
