@@ -9,7 +9,8 @@ only `num_experts_per_tok` of its experts for a token, so the routed experts'
 parameters count in that share (Mixtral's 2 of 8: a quarter).
 
 Each layer's sequence mixing adds its own term (`Layer`): full attention
-12·d·T (d = heads x head size, T the sequence length), sliding-window and
+12·d·T (d = heads x head size, T the sequence length; multi-head latent attention
+6·(d_qk + d_v)·T, its keys and values of different widths), sliding-window and
 chunked attention that figure in the share of the causal mask's query-key
 pairs their mask keeps, linear attention a cost per token that does not grow
 with T. These are model FLOPs: recomputation under activation checkpointing
@@ -37,8 +38,8 @@ _NO_MIXING = {"dense", "sparse", "moe", "mlp", "conv"}
 
 @dataclass(frozen=True)
 class Layer:
-    """One layer's sequence mixing. Softmax attention of `width` (heads x head size)
-    over every earlier position, or over the last `window` of them (sliding window:
+    """One layer's sequence mixing. Softmax attention of `width` (heads x query-key head
+    size; `value_width`, heads x value head size, where that differs) over every earlier position, or over the last `window` of them (sliding window:
     a query sees min(position + 1, window) keys), or over its own `chunk` (chunked:
     position p sees p mod chunk + 1 keys). Linear attention keeps a `state` of heads x
     key size x value size numbers instead; per token and head it adds k vᵀ to its
@@ -49,6 +50,7 @@ class Layer:
     gates' elementwise work and a chunked kernel's intra-chunk products are left out."""
 
     width: int = 0
+    value_width: int | None = None  # multi-head latent attention's values (None: `width`)
     window: int | None = None
     chunk: int | None = None
     state: int = 0
@@ -56,8 +58,11 @@ class Layer:
     def per_token(self, seq_len: int) -> float:
         # The full-attention figure counts T keys a query (the causal mask's skipped half
         # not subtracted); a window or chunk counts that in the share of the pairs it keeps.
-        pairs = _pairs(seq_len, self.window, self.chunk)
-        return 12 * (self.width * 2 * pairs / (seq_len + 1) + self.state)
+        # 2 FLOPs a query-key pair and width entry for the scores, 2 a value entry for their
+        # sum, three times that with the backward: 6 x (width + value width) a key.
+        keys = 2 * _pairs(seq_len, self.window, self.chunk) / (seq_len + 1)
+        values = self.width if self.value_width is None else self.value_width
+        return 6 * (self.width + values) * keys + 12 * self.state
 
 
 def _pairs(seq_len: int, window: int | None, chunk: int | None) -> int:
@@ -122,13 +127,16 @@ def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
     (counted as nothing). The kinds come from transformers' `layer_types` (Gemma 2-4,
     Qwen2/3 with use_sliding_window, Cohere2, gpt-oss, OLMo 3, Llama 4's chunked layers,
     Qwen3-Next's and MiniMax's linear ones), GPT-Neo's `attention_layers` ("local": a
-    `window_size` window), or, without either, `sliding_window` for every layer (Mistral,
+    `window_size` window), LFM2's `full_attn_idxs` (the other layers short convolutions,
+    whose cost is their parameters'), or, without any, `sliding_window` for every layer (Mistral,
     Mixtral, Phi-3, Starcoder2, whose configs set it to None when unused)."""
     count = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0)
     kinds = getattr(config, "layer_types", None) or [
         {"global": "full_attention", "local": "sliding_attention"}.get(kind, kind)
         for kind in getattr(config, "attention_layers", None) or ()
     ]
+    if not kinds and (attending := getattr(config, "full_attn_idxs", None)) is not None:
+        kinds = ["full_attention" if index in attending else "conv" for index in range(count)]
     if not kinds:
         window = getattr(config, "sliding_window", None)
         kinds = ["sliding_attention" if window else "full_attention"] * count
@@ -137,12 +145,12 @@ def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
     for index, kind in enumerate(kinds):
         own = per_layer[index] if per_layer else config
         if kind == "full_attention":
-            layers.append(Layer(_width(own)))
+            layers.append(_attention(own))
         elif kind == "sliding_attention":
             window = getattr(own, "sliding_window", None) or getattr(config, "window_size", None)
-            layers.append(Layer(_width(own), window=window))
+            layers.append(_attention(own, window=window))
         elif kind == "chunked_attention":
-            layers.append(Layer(_width(own), chunk=config.attention_chunk_size))
+            layers.append(_attention(own, chunk=config.attention_chunk_size))
         elif kind == "linear_attention" and (state := _linear_state(config)):
             layers.append(Layer(state=state))
         else:
@@ -169,11 +177,18 @@ def _linear_state(config) -> int | None:
     return None
 
 
-def _width(config) -> int:
+def _attention(config, window: int | None = None, chunk: int | None = None) -> Layer:
+    """A softmax-attention layer of `config`'s heads. Multi-head latent attention (DeepSeek
+    V2/V3, MiniCPM3, GLM-4.7-Flash, Kimi Linear's full layers) attends with queries and keys
+    of qk_nope_head_dim + qk_rope_head_dim and values of v_head_dim a head; its `head_dim`
+    is the rotary part alone, which put DeepSeek V3's attention at 2/5 of its cost."""
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
+    if getattr(config, "kv_lora_rank", None) and getattr(config, "v_head_dim", None):
+        key_size = config.qk_nope_head_dim + config.qk_rope_head_dim
+        return Layer(heads * key_size, heads * config.v_head_dim, window=window, chunk=chunk)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
     head_size = getattr(config, "head_dim", None) or (hidden // heads if heads else 0)
-    return heads * head_size
+    return Layer(heads * head_size, window=window, chunk=chunk)
 
 
 def _active_expert_share(config) -> float:

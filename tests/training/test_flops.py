@@ -8,7 +8,7 @@ import pytest
 import torch
 import transformers
 
-from okto.training.flops import flops_model
+from okto.training.flops import _layers, flops_model
 from okto.training.plan import RunSettings
 
 VOCAB, WIDTH, LAYERS, T = 300, 64, 2, 32
@@ -258,3 +258,61 @@ def test_a_layer_of_unknown_cost_is_left_out_and_said():
     flops = flops_model(transformers.JambaForCausalLM(config))
     assert _mixing(flops) == 12 * WIDTH * T  # the attention layer alone
     assert "1 'linear_attention' layer:" in flops.note
+
+
+def _attention_matmuls(model, seq_len: int = T) -> int:
+    """FLOPs of the batched matmuls (scores and their weighted sum) of one eager forward
+    over `seq_len` positions, by torch's FLOP counter: the attention the formula counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.config._attn_implementation = "eager"  # one bmm each, the whole T x T
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=torch.randint(VOCAB, (1, seq_len)), use_cache=False)
+    return counter.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0)
+
+
+def test_multi_head_latent_attention_counts_its_query_key_and_value_widths():
+    """DeepSeek V3's config sets head_dim to the rotary part of a head (qk_rope_head_dim):
+    its attention was counted at 4 heads x 8 a layer where it scores with 4 x (12 + 8) and
+    sums values of 4 x 20 (DeepSeek V3 itself: 2/5 of the cost)."""
+    config = transformers.DeepseekV3Config(
+        **SHAPE,
+        moe_intermediate_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_nope_head_dim=12,
+        qk_rope_head_dim=8,
+        v_head_dim=20,
+        first_k_dense_replace=LAYERS,
+    )
+    model = transformers.DeepseekV3ForCausalLM(config)
+    flops = flops_model(model)
+    assert _mixing(flops) == pytest.approx(6 * LAYERS * 4 * (12 + 8 + 20) * T)
+    # the forward's attention matmuls, three times over with the backward, a token
+    assert _mixing(flops) == pytest.approx(3 * _attention_matmuls(model) / T)
+
+
+def test_lfm2_short_convolutions_add_no_attention():
+    """LFM2's layers outside `full_attn_idxs` are 3-tap convolutions, costed by their
+    parameters; a config naming them by `full_attn_idxs` alone (no `layer_types`, as
+    transformers' Lfm2MoeConfig keeps it) counted them as attention layers."""
+    config = transformers.Lfm2Config(
+        **SHAPE | {"num_hidden_layers": 4},
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        full_attn_idxs=[1, 3],
+    )
+    model = transformers.Lfm2ForCausalLM(config)
+    flops = flops_model(model)
+    assert _mixing(flops) == pytest.approx(12 * 2 * WIDTH * T) == 3 * _attention_matmuls(model) / T
+    assert flops.note is None
+    moe = transformers.Lfm2MoeConfig(
+        **SHAPE | {"num_hidden_layers": 4},
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        full_attn_idxs=[1, 3],
+    )
+    assert moe.layer_types is None
+    assert _layers(moe)[0] == flops.layers
