@@ -32,6 +32,7 @@ from okto.package.format import (
     write_files,
     write_package,
 )
+from okto.package.hf_config import transformers_config
 from okto.package.weights import (
     FLOAT_CODES,
     WeightsError,
@@ -412,8 +413,39 @@ def _weights_blob(
         index = _index_of(blob)
         if dtype is None or dtype_summary(index) == _dtype_name(dtype):
             return blob, index
-    data = serialize(checkpoint.tensors(), torch_dtype(dtype) if dtype else None)
+    data = serialize(_stored_once(checkpoint), torch_dtype(dtype) if dtype else None)
     return data, read_index(data)[1]
+
+
+def _stored_once(checkpoint: Checkpoint) -> dict:
+    """The tensors without the copies of tied ones (GPT-2's lm_head.weight beside the wte it
+    shares, as a `pytorch_model.bin` can hold it): transformers ties them again on load, so
+    they are stored once, as its save_pretrained stores them. Only copies equal to what they
+    are tied to are left out, so the loaded model is the same."""
+    import torch
+
+    tensors = checkpoint.tensors()
+    for copy, source in _tied_names(checkpoint.config).items():
+        if copy in tensors and source in tensors and torch.equal(tensors[copy], tensors[source]):
+            del tensors[copy]
+    return tensors
+
+
+def _tied_names(values: dict) -> dict[str, str]:
+    """{tied tensor: the tensor it is tied to} of the model `values` (a config.json) describes,
+    when its config ties them (tie_word_embeddings); {} for a config transformers cannot make."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    values = dict(values)
+    try:
+        config = transformers_config(values.pop("model_type", None), values, CONFIG)
+    except UsageError:
+        return {}
+    if not getattr(config.get_text_config(), "tie_word_embeddings", False):
+        return {}
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    tied = getattr(model_class, "_tied_weights_keys", None)
+    return tied if isinstance(tied, dict) else {}
 
 
 def _config_bytes(checkpoint: Checkpoint, dtype: str | None) -> bytes:

@@ -135,7 +135,22 @@ def serialize(tensors: dict, dtype=None) -> bytes:
     if dtype is not None:
         check_range(tensors, dtype, "export in bf16 or fp32")
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    return save(_unshared(tensors), metadata={"format": "pt"})
+
+
+def _unshared(tensors: dict) -> dict:
+    """Contiguous tensors, each with memory of its own: safetensors refuses tensors that share
+    memory (a `pytorch_model.bin` saved with tied weights, views of one storage), so a tensor
+    whose storage an earlier one uses is stored as a copy of its own."""
+    seen, out = set(), {}
+    for name, tensor in tensors.items():
+        tensor = tensor.contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen and tensor.numel():
+            tensor = tensor.clone()
+        seen.add(storage)
+        out[name] = tensor
+    return out
 
 
 def check_range(tensors: dict, dtype, advice: str) -> None:

@@ -162,6 +162,46 @@ def test_interrupted_hf_export_leaves_the_old_files_whole(hf_dirs, tmp_path, mon
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def _bin_folder(hf_dir, folder, state: dict):
+    """`hf_dir` with its weights as a `pytorch_model.bin` of `state` (torch.save keeps tensors
+    that share memory shared, as a model's state_dict has its tied head)."""
+    shutil.copytree(hf_dir, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [None, "fp16"])
+def test_tied_weights_from_a_bin_are_stored_once_and_restored_tied(dtype, hf_dirs, tmp_path):
+    """GPT-2's lm_head.weight shares wte's memory in a torch.save'd state_dict: the export
+    ended in safetensors' 'Some tensors share memory' traceback, and cast to fp16 it stored
+    the head twice."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dirs["gpt2"])
+    state = model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["transformer.wte.weight"].data_ptr()
+    folder = _bin_folder(hf_dirs["gpt2"], tmp_path / "bin", state)
+    package = Package(export_model(folder, tmp_path / "tied.okm", dtype=dtype))
+    assert "lm_head.weight" not in package.tensor_index
+    assert package.manifest["parameters"] == model.num_parameters()
+    back = AutoModelForCausalLM.from_pretrained(export_model(package.path, tmp_path / "back"))
+    assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()
+    stored = torch.float16 if dtype else torch.float32
+    assert torch.equal(back.transformer.wte.weight, model.transformer.wte.weight.to(stored))
+
+
+def test_shared_tensors_of_an_untied_model_are_stored_each(hf_dirs, tmp_path):
+    """A Llama (tie_word_embeddings false) whose head shares the embeddings' memory in its
+    .bin: both are stored, so each name loads its values."""
+    state = dict(open_checkpoint(hf_dirs["llama"]).tensors())
+    state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    folder = _bin_folder(hf_dirs["llama"], tmp_path / "bin", state)
+    tensors = Package(export_model(folder, tmp_path / "shared.okm")).tensors()
+    assert torch.equal(tensors["lm_head.weight"], state["model.embed_tokens.weight"])
+    assert torch.equal(tensors["model.embed_tokens.weight"], state["model.embed_tokens.weight"])
+
+
 def test_written_package_has_the_users_file_mode(tmp_path):
     """Not the private 0600 of the temporary file it was written as: the umask decides."""
     mask = os.umask(0o027)
