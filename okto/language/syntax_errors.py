@@ -45,6 +45,17 @@ _STATEMENTS = {
     "RETURN",
     "ALERT",
 }
+# How a statement is written, for a keyword followed by anything but its arguments
+# (`LOG }`, `SET = 3`, `EVERY steps`); a ':' or '{' after it reads as a field or a block.
+_USAGE = {
+    "EVERY": "EVERY 100 steps { ... }",
+    "SET": "SET learning_rate = 1e-4",
+    "INCREASE": "INCREASE batch_size BY 2",
+    "DECREASE": "DECREASE learning_rate BY 50%",
+    "LOG": 'LOG "a message", or LOG loss for a metric\'s value',
+    "SAVE": 'SAVE model, SAVE checkpoint or SAVE "a label"',
+    "RETURN": 'RETURN "a value"',
+}
 # The order in which expected things are listed.
 _ORDER = ["RBRACE", "RSQB", "RPAR", "COLON", "EQUAL", "LBRACE", "LSQB", "COMMA"]
 
@@ -189,7 +200,8 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
         token.line, token.column, token.end_line, token.end_column, token.start_pos, token.end_pos
     )
     previous = _name_before(source.text, token.start_pos)
-    if token.type == "RBRACE" and expected <= {"NAME", "$END"}:
+    unmatched = scan.unclosed_brace(source.text[: token.start_pos]) is None
+    if token.type == "RBRACE" and expected <= {"NAME", "$END", "LBRACE"} and unmatched:
         message = "'}' has no matching '{'"
     elif token.type == "COLON" and "LBRACE" in expected and "COMPARE" not in expected and previous:
         message = f"'{previous}:' is a field, and fields go inside a block"
@@ -208,7 +220,9 @@ def _unexpected_token(error: UnexpectedToken, source: Source) -> Diagnostic:
     else:
         message = f"unexpected {_found(token)}: expected {words}"
         hint = _rule_hint(source.text, token, expected, previous)
-        if hint is None and previous in _STATEMENTS:
+        if hint is None and previous in _USAGE and token.type not in ("COLON", "LBRACE"):
+            hint = f"for example: {_USAGE[previous]}"
+        elif hint is None and previous in _STATEMENTS:
             hint = f"{previous} is a keyword: it cannot name a field or a block"
     keyword = _lower_case_keyword(source.text, token.start_pos)
     if keyword is not None:

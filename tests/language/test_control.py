@@ -691,6 +691,24 @@ def test_adjusting_a_field_train_leaves_unset_warns():
             "write EVERY",
         ),
         (
+            "IF loss > 2 { LOG }",
+            29,
+            "unexpected '}': expected a value",
+            'for example: LOG "a message", or LOG loss for a metric\'s value',
+        ),
+        (
+            "IF loss > 2 { SET = 3 }",
+            29,
+            "unexpected '=': expected a name",
+            "for example: SET learning_rate = 1e-4",
+        ),
+        (
+            "EVERY steps { STOP }",
+            17,
+            "unexpected 'steps': expected a number or a quantity (like 12GB)",
+            "for example: EVERY 100 steps { ... }",
+        ),
+        (
             "on_nan { set lr = 1 }",
             20,
             "'set' is not a keyword: keywords are upper case",
@@ -700,7 +718,8 @@ def test_adjusting_a_field_train_leaves_unset_warns():
 )
 def test_slips_in_rules_get_a_hint(rule, column, message, hint):
     """`and`, `&&`, NOT, `if`, `TO`, `EVERY 100 {` were told only which token was expected
-    (`every 2 steps` even read 'missing ':' ... write every: 2')."""
+    (`every 2 steps` even read 'missing ':' ... write every: 2'); `LOG }`, `SET = 3` and
+    `EVERY steps` were told the keyword 'cannot name a field or a block'."""
     with pytest.raises(InvalidProgram) as raised:
         program(f"CONTROL {{ {rule} }}")
     (found,) = raised.value.errors

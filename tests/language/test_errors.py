@@ -61,6 +61,9 @@ SYNTAX = [
     ("DATASET { mix: [1, 2 }", (1, 22, "unexpected '}': expected a value, ']', '{' or ','")),
     ("TRAIN { SET: 1 }", (1, 12, "unexpected ':': expected a name")),
     ("TRAIN { epochs: 3 } }", (1, 21, "'}' has no matching '{'")),
+    ('PROJECT "x"\n}', (2, 1, "'}' has no matching '{'")),
+    # a '}' that closes the rule, where a statement lacks its name, is not unmatched
+    ("CONTROL { IF loss > 2 { DECREASE } }", (1, 34, "unexpected '}': expected a name")),
 ]
 
 
