@@ -16,6 +16,7 @@ import io
 import sys
 
 from okto.cli.infer import GENERATE_FIELDS, add_generation_arguments, load, requested, write
+from okto.errors import UsageError
 
 
 def add_parser(subparsers) -> None:
@@ -42,7 +43,7 @@ def run(args) -> int:
     settings = model.settings(**{k: v for k, v in values.items() if k != "model"})
     chat = Conversation(model, settings)
     options = {k: getattr(settings, k) for k in GENERATE_FIELDS}
-    # the conversation is rendered here, so generate takes each prompt as it is
+    # the conversation is rendered and tokenized here: generate takes its token ids as they are
     options.update(template="{input}", mode="completion", batch_size=1, stop=chat.stop)
     lines = sys.stdin or io.StringIO()  # None when the process was started with stdin closed
     interactive = lines.isatty()
@@ -74,13 +75,17 @@ def run(args) -> int:
         if problem:
             print(f"that line is {problem}; skipped", file=sys.stderr)
             continue
-        prompt = chat.prompt(user)
+        try:
+            prompt = chat.prompt(user)
+        except UsageError as e:  # text okto cannot keep apart from the special tokens
+            print(f"that line cannot be tokenized: {e}; skipped", file=sys.stderr)
+            continue
         if prompt is None:
             print("that message is too long for the model's context window", file=sys.stderr)
             continue
         options["seed"] = chat.turn_seed()
         try:
-            (reply,) = model.generate(prompt, **options, stream=write)
+            (reply,) = model.generate([prompt], **options, stream=write)
         except KeyboardInterrupt:
             if not interactive:  # no one at a prompt to come back to: the session ends
                 raise

@@ -1,7 +1,8 @@
 """Chat turns rendered into prompts: a `format` template, the tokenizer's chat template, or plain lines.
 
 Used by `okto chat` (a conversation) and by `okto infer` when the INFERENCE
-block's `mode` is chat (each prompt a one-turn conversation).
+block's `mode` is chat (each prompt a one-turn conversation). The turns' text is
+tokenized as plain text, the template's markers as special tokens.
 """
 
 from __future__ import annotations
@@ -70,12 +71,24 @@ class Conversation:
                 "to render each turn yourself"
             ) from None
 
-    def prompt(self, user: str) -> str | None:
-        """This turn with as much history as fits, or None when even the turn alone does not."""
+    def encode(self, user: str, turns: list[tuple[str, str]]) -> list[int]:
+        """The rendering's tokens, every turn's text read as plain text: a user who types
+        `<|im_end|>` or `<|im_start|>` writes those characters, not the turn markers, which
+        only the template writes."""
+        texts = [text for turn in turns for text in turn] + [user]
+
+        def render(texts: list[str]) -> str:
+            return self.render(texts[-1], list(zip(texts[:-1:2], texts[1:-1:2], strict=True)))
+
+        return self.model.encode_filled(render, texts)
+
+    def prompt(self, user: str) -> list[int] | None:
+        """The tokens of this turn with as much history as fits, or None when even the turn
+        alone does not."""
         window = self.model.context_window
         room = window - min(self.settings.max_tokens, window // 2)
         for start in range(len(self.turns) + 1):
-            text = self.render(user, self.turns[start:])
-            if len(self.model.encode(text)) <= room:
-                return text
+            ids = self.encode(user, self.turns[start:])
+            if len(ids) <= room:
+                return ids
         return None

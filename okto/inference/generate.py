@@ -16,8 +16,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from okto.data.fields import Unusable
 from okto.errors import MachineError, RunError, UsageError
 from okto.inference.chat import Conversation
 from okto.inference.sampling import Sampler, row_keys
@@ -230,9 +232,44 @@ class Model:
         return tuple(self.engine.notes)
 
     def encode(self, text: str) -> list[int]:
-        """The text's tokens, with one BOS where the tokenizer adds it: a chat template
-        writes its own BOS, and the tokenizer adding another would double it."""
-        ids = self.tokenizer(text)["input_ids"]
+        """The text's tokens, special-token text read as the special tokens (a raw prompt's
+        own markers), with one BOS where the tokenizer adds it."""
+        return self._one_bos(text, self.tokenizer(text)["input_ids"])
+
+    def encode_filled(self, render: Callable[[list[str]], str], texts: list[str]) -> list[int]:
+        """The tokens of `render(texts)`, `texts` (what a user typed into a template) read as
+        plain text: `<|im_end|>` typed in a chat turn stays text, while the markers `render`
+        writes around it are special tokens, as training encodes a record's text
+        (okto.data.specials). A tokenizer without a Rust backend reads both as before."""
+        try:
+            escaped = self._special_text.escape(texts) if self._special_text else None
+        except Unusable as e:
+            raise UsageError(str(e)) from None
+        if escaped is None:
+            return self.encode(render(texts))
+        rendering = render(escaped[0])
+        ((ids, _),) = self._special_text.encode_batch([rendering], add_special_tokens=True)
+        return self._one_bos(rendering, ids.tolist())
+
+    @cached_property
+    def _special_text(self):
+        """okto.data.specials' encoder over a copy of the tokenizer's backend (without the
+        truncation or padding a tokenizer.json may carry, which a prompt does not get)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        from tokenizers import Tokenizer
+
+        from okto.data.specials import SpecialText
+
+        backend = Tokenizer.from_str(backend.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        return SpecialText(backend)
+
+    def _one_bos(self, text: str, ids: list[int]) -> list[int]:
+        """`ids` with one BOS where the tokenizer adds it: a chat template writes its own BOS,
+        and the tokenizer adding another would double it."""
         bos, written = self.tokenizer.bos_token_id, self.tokenizer.bos_token
         if not ids and bos is not None:
             ids = [bos]
@@ -249,7 +286,7 @@ class Model:
 
     def generate(
         self,
-        prompts: str | list[str],
+        prompts: str | list[str | list[int]],
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
@@ -265,6 +302,10 @@ class Model:
         done: Callable[[list[Generation]], None] | None = None,
     ) -> list[Generation]:
         """Generate a completion for each prompt; results come back in the prompts' order.
+
+        A prompt is text or a list of token ids (taken as they are: no template, no chat
+        rendering). Text alone is read as the tokenizer reads it, special-token text as the
+        special tokens; text that fills a `template` or a chat turn is read as plain text.
 
         temperature 0 is greedy decoding. `stop` strings end a completion (the
         text is cut before them). `seed` makes sampling reproducible, whatever
@@ -290,19 +331,21 @@ class Model:
         for name, callback in (("stream", stream), ("done", done)):
             if callback is not None and not callable(callback):
                 raise UsageError(f"{name} must be a function, got {callback!r}")
-        prompts = checked_prompts(prompts)
+        prompts = checked_prompts(prompts, self.checkpoint.config.get("vocab_size"))
         if not prompts:
             return []
-        texts = [s.apply_template(p) for p in prompts]
-        if s.mode == "chat":
-            chat = Conversation(self, s)
-            texts = [chat.render(p, []) for p in prompts]
+        chat = Conversation(self, s) if s.mode == "chat" else None
+        if chat is not None:
             s = s.merged({"stop": chat.stop})
+        rows = []
+        for i, prompt in enumerate(prompts):
+            try:
+                ids = self._prompt_ids(prompt, s, chat)
+            except UsageError as e:
+                raise UsageError(f"prompt {i + 1}: {e}") from None
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
+            rows.append(self._row(i, text, ids, s.max_tokens, isinstance(prompt, str)))
         seed = s.seed if s.seed is not None else secrets.randbits(63)
-        rows = [
-            self._row(i, p, t, s.max_tokens)
-            for i, (p, t) in enumerate(zip(prompts, texts, strict=True))
-        ]
         size = s.batch_size or min(len(rows), DEFAULT_BATCH)
         sampler = Sampler(s.temperature, s.top_k, s.top_p, s.repetition_penalty)
         results = []
@@ -319,13 +362,29 @@ class Model:
             results += finished
         return sorted(results, key=lambda g: g.index)
 
-    def _row(self, index: int, prompt: str, text: str, max_tokens: int) -> _Row:
+    def _prompt_ids(self, prompt: str | list[int], s: Settings, chat: Conversation | None):
+        """A prompt's tokens. Token ids are the model's input as they are. Text alone is the
+        model's whole input, read as the tokenizer reads it (special-token text, such as a
+        hand-written `<|im_start|>`, is the special token); text that fills a template (a
+        `format`, a chat turn) is read as plain text, the template's markers as themselves."""
+        if not isinstance(prompt, str):
+            return prompt
+        if chat is not None:
+            return chat.encode(prompt, [])
+        if s.template == "{input}":
+            return self.encode(prompt)
+        return self.encode_filled(lambda texts: s.apply_template(texts[0]), [prompt])
+
+    def _row(self, index: int, prompt: str, ids: list[int], max_tokens: int, text: bool) -> _Row:
         """The prompt's row; one that cannot run carries why (its batch-mates still run)."""
-        ids = self.encode(text)
         room = self.context_window - len(ids)
         row = _Row(index, prompt, ids, min(max_tokens, room))
         if not ids:
-            row.error = "it is empty and the tokenizer has no BOS token to start from"
+            row.error = (
+                "it is empty and the tokenizer has no BOS token to start from"
+                if text
+                else "it holds no token ids"
+            )
         elif room < 1:
             row.error = (
                 f"it has {len(ids)} tokens and the model's context window is "

@@ -122,10 +122,11 @@ def _kind(value) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
-def checked_prompts(prompts: str | list[str]) -> list[str]:
+def checked_prompts(prompts, vocab_size: int | None = None) -> list[str | list[int]]:
     """One prompt or a list of them, as a list; a UsageError names the first that a tokenizer
-    cannot take: not a string, or holding lone surrogates (bytes that were not UTF-8, as argv
-    and a C-locale stdin pass them on), which failed deep inside the tokenizer."""
+    or the model cannot take: not a string or a list of token ids, text holding lone surrogates
+    (bytes that were not UTF-8, as argv and a C-locale stdin pass them on), which failed deep
+    inside the tokenizer, or an id outside the model's vocabulary of `vocab_size`."""
     wrong = f"prompts: a string or a list of strings, not {_kind(prompts)}"
     if isinstance(prompts, bytes | bytearray):  # iterable, but as numbers
         raise UsageError(f"{wrong} (decode them to a string first)")
@@ -133,13 +134,30 @@ def checked_prompts(prompts: str | list[str]) -> list[str]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     except TypeError:  # not iterable
         raise UsageError(wrong) from None
+    checked: list[str | list[int]] = []
     for number, prompt in enumerate(prompts, 1):
+        if isinstance(prompt, list | tuple):
+            checked.append(_checked_ids(number, prompt, vocab_size))
+            continue
         if not isinstance(prompt, str):
-            raise UsageError(f"prompt {number} is {_kind(prompt)}, not text")
+            raise UsageError(f"prompt {number} is {_kind(prompt)}, not text or token ids")
         problem = not_utf8(prompt)
         if problem:
             raise UsageError(f"prompt {number}: {problem}")
-    return prompts
+        checked.append(prompt)
+    return checked
+
+
+def _checked_ids(number: int, ids, vocab_size: int | None) -> list[int]:
+    """A prompt given as token ids, as a list; a UsageError for an id the embedding has no row
+    for, which failed deep inside the model (or, on a GPU, as a device-side assert)."""
+    for token in ids:
+        if not _is_number(token, int):
+            raise UsageError(f"prompt {number}: token ids are integers, not {_kind(token)}")
+        if token < 0 or (vocab_size is not None and token >= vocab_size):
+            limit = f" (0 to {vocab_size - 1})" if vocab_size else ""
+            raise UsageError(f"prompt {number}: token id {token} is not in the vocabulary{limit}")
+    return list(ids)
 
 
 def not_utf8(text: str) -> str | None:

@@ -43,15 +43,22 @@ def stdin(monkeypatch):
     return feed
 
 
+def as_text(model, prompts):
+    """What `Model.generate` was called with, as text: `okto chat` passes a turn's token ids."""
+    if isinstance(prompts, list) and len(prompts) == 1 and isinstance(prompts[0], list):
+        return model.tokenizer.decode(prompts[0])
+    return prompts
+
+
 @pytest.fixture
 def prompts(monkeypatch):
-    """The prompts `Model.generate` is called with, in order."""
+    """The prompts `Model.generate` is called with, in order (a chat turn's ids decoded)."""
     from okto.inference.generate import Model
 
     called, generate = [], Model.generate
 
     def spy(self, prompt, **options):
-        called.append(prompt)
+        called.append(as_text(self, prompt))
         return generate(self, prompt, **options)
 
     monkeypatch.setattr(Model, "generate", spy)
@@ -415,8 +422,9 @@ def test_chat_history_stays_in_the_context_window(loaded):
     model = loaded["gpt2"]
     chat = Conversation(model, model.settings(max_tokens=8))
     chat.turns = [("a long question " * 10, "a long answer " * 10)] * 20
-    prompt = chat.prompt("and now?")
-    assert len(model.encode(prompt)) + 8 <= model.context_window
+    ids = chat.prompt("and now?")
+    assert len(ids) + 8 <= model.context_window
+    prompt = model.tokenizer.decode(ids)
     assert prompt.endswith("User: and now?\nAssistant:")
     assert prompt.count("User:") < 21
 
@@ -812,7 +820,7 @@ def ctrl_c_in_reply(monkeypatch):
 
     def spy(self, prompt, stream=None, **options):
         press = len(called) < len(pressed) and pressed[len(called)]
-        called.append(prompt)
+        called.append(as_text(self, prompt))
 
         def pressing(index, text):
             if press:
