@@ -156,7 +156,7 @@ def export(final: Path, export_cfg, folder: Path, name: str) -> list[Path]:
     """EXPORT's formats from the final model: okm (one file), hf (a folder), safetensors (weights)."""
     from okto.package import export_model
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "EXPORT.path")  # an OSError would read as final/ left unwritten
     dtype = export_cfg.quantization
     written = []
     for fmt in export_cfg.format:
