@@ -568,8 +568,11 @@ def export_model(
     `out` ends in .okm, safetensors when it ends in .safetensors, else hf.
     `dtype` is fp32, fp16 or bf16 (default: as stored).
     """
+    for name, value in (("source", source), ("out", out)):
+        if not isinstance(value, str | Path):  # os.fspath's TypeError said neither which nor why
+            raise UsageError(f"export_model: {name} is a path, not {type(value).__name__}")
     format = export_format(out, format)
-    if dtype is not None and dtype not in FLOAT_CODES:
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in FLOAT_CODES):
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(FLOAT_CODES)}")
     checkpoint = open_checkpoint(source)
     if format == "okm":

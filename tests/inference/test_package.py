@@ -162,6 +162,18 @@ def test_interrupted_hf_export_leaves_the_old_files_whole(hf_dirs, tmp_path, mon
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_export_model_says_which_argument_is_not_a_path(okm_files, tmp_path):
+    """okto.export_model(model, 5) and export_model(123, ...) were os.fspath's bare TypeErrors;
+    dtype=["fp16"] a TypeError of an unhashable list."""
+    with pytest.raises(UsageError, match="export_model: source is a path, not int"):
+        export_model(123, tmp_path / "x.okm")
+    with pytest.raises(UsageError, match="export_model: out is a path, not NoneType"):
+        export_model(okm_files["gpt2"], None)
+    with pytest.raises(UsageError, match="unknown dtype"):
+        export_model(okm_files["gpt2"], tmp_path / "x.okm", dtype=["fp16"])
+    assert list(tmp_path.iterdir()) == []
+
+
 def _bin_folder(hf_dir, folder, state: dict):
     """`hf_dir` with its weights as a `pytorch_model.bin` of `state` (torch.save keeps tensors
     that share memory shared, as a model's state_dict has its tied head)."""
