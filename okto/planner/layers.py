@@ -81,12 +81,23 @@ def requests(
     for kind in KINDS:
         asked = _asked(sources, kind, compiled)
         if asked.impl == OKTO and blocked:
-            reason = f"{blocked}, although {asked.reason}" if asked.field else blocked
-            asked = replace(asked, impl=NATIVE, reason=reason)
+            asked = replace(asked, impl=NATIVE, reason=_although(blocked, asked))
         elif asked.impl == OKTO and device.value == "cpu":
             asked = replace(asked, reason=f"{asked.reason}; Triton's interpreter (OKTO_KERNELS)")
         out[kind] = asked
     return out
+
+
+def _although(blocked: str, asked: LayerChoice) -> str:
+    """Why okto does not run a kind, and the field that asked for it outright, if one did."""
+    if asked.field is None or asked.field == "optimize.compile":  # auto asked, not the file
+        return blocked
+    return f"{blocked}, although {display(asked.field)}: {_written(asked)}"
+
+
+def _written(asked: LayerChoice) -> str:
+    """The value of the field that asked for `asked.impl`, as a file writes it."""
+    return "oktoblas" if asked.impl == OKTO else "native"
 
 
 def _asked(sources: Sources, kind: str, compiled: Setting) -> LayerChoice:
@@ -168,7 +179,8 @@ def choose(
     asked: dict[str, LayerChoice], fused_ops: Setting, facts: ModelFacts | None
 ) -> dict[str, LayerChoice]:
     """The final choice per kind for this model (None: not known yet, the requests stand)."""
-    if facts is None:
+    if facts is None:  # softmax goes where attention goes in any model
+        asked = {**asked, "softmax": _softmax(asked["softmax"], asked["attention"])}
         return {
             k: replace(c, runs=NATIVE_RUNS[k] if c.impl == NATIVE else "") for k, c in asked.items()
         }
@@ -178,7 +190,7 @@ def choose(
         choice = asked[kind]
         blocked = _model_blocks(kind, facts, arch) if choice.impl == OKTO else None
         if choice.impl == NATIVE or blocked:
-            reason = blocked or choice.reason
+            reason = _although(blocked, choice) if blocked else choice.reason
             out[kind] = replace(choice, impl=NATIVE, runs=NATIVE_RUNS[kind], reason=reason)
         else:
             out[kind] = _okto(kind, choice, arch, facts, fused_ops, out)
@@ -289,6 +301,6 @@ def _softmax(asked: LayerChoice, attention: LayerChoice) -> LayerChoice:
     inside_okto = attention.impl == OKTO
     reason = "part of the attention kernel" if inside_okto else "attention is native"
     if asked.field == "accelerate.softmax" and asked.impl != attention.impl:
-        reason += f"; {asked.reason} has no effect there"
+        reason += f"; {display(asked.field)}: {_written(asked)} has no effect there"
     runs = "inside okto flash attention" if inside_okto else NATIVE_RUNS["softmax"]
     return replace(attention, kind="softmax", runs=runs, reason=reason)

@@ -11,7 +11,7 @@ from transformers import MistralConfig
 from okto.errors import UsageError
 from okto.planner import KINDS, Machine
 from okto.planner.plan import TUNING_NOTE
-from tests.planner.util import CPU, H100, gpt2, gpt2_config, llama_config, plan
+from tests.planner.util import CPU, H100, INTERPRETER, gpt2, gpt2_config, llama_config, plan
 
 GPT2 = gpt2_config()
 
@@ -189,6 +189,48 @@ def test_layer_choice(text, machine, model, kind, impl, words):
     choice = plan(text, machine, model=model).layers[kind]
     assert choice.impl == impl
     assert words in f"{choice.runs} {choice.reason}"
+
+
+@pytest.mark.parametrize(
+    ("text", "machine", "model", "kind", "impl", "reason"),
+    [
+        (
+            "ACCELERATE { softmax: oktoblas }",
+            INTERPRETER,
+            llama_config(attention_dropout=0.1),
+            "softmax",
+            "native",
+            "attention is native; ACCELERATE.softmax: oktoblas has no effect there",
+        ),
+        (
+            "ACCELERATE { activation: oktoblas }",
+            H100,
+            llama_config(),
+            "activation",
+            "native",
+            "silu has no okto kernel in a gated MLP (okto fuses GELU into a plain MLP's GEMM "
+            "only), although ACCELERATE.activation: oktoblas",
+        ),
+        ("OPTIMIZE { compile: true }", CPU, GPT2, "layernorm", "native", "no CUDA"),
+        (
+            "ACCELERATE { softmax: native }",
+            H100,
+            None,
+            "softmax",
+            "okto",
+            "part of the attention kernel; ACCELERATE.softmax: native has no effect there",
+        ),
+    ],
+    ids=["interpreter-softmax", "model-refuses-a-request", "compile-on-cpu", "model-unknown"],
+)
+def test_reasons_say_what_decided(text, machine, model, kind, impl, reason):
+    """The softmax row read 'ACCELERATE.softmax: oktoblas; Triton's interpreter (OKTO_KERNELS)
+    has no effect there'; a kind the model kept native hid the field that asked for okto
+    beside it (the table showed that field as the decider); a CPU plan said 'no CUDA,
+    although auto under OPTIMIZE.compile: ...' of a request the file never made; and planned
+    without a model, softmax read native beside okto attention, whose kernel it is part of."""
+    choice = plan(text, machine, model=model).layers[kind]
+    assert (choice.impl, choice.reason) == (impl, reason)
 
 
 def test_the_deciding_field_and_its_origin():
