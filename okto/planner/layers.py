@@ -216,6 +216,12 @@ def fused_effect(fused_ops: Setting, chosen: dict[str, LayerChoice]) -> Setting:
 
 def _model_blocks(kind: str, facts: ModelFacts, arch: Architecture | None) -> str | None:
     """Why this model keeps `kind` native although okto was asked for, or None."""
+    family = ARCHITECTURES.get(facts.architecture)
+    if arch is None and family is not None:  # GPT2ForSequenceClassification, a subclass, ...
+        return (
+            f"class {facts.class_name}: the planner patches {facts.architecture}'s causal LM, "
+            f"{family.lm_class}, only; layers run natively"
+        )
     if arch is None:
         return f"architecture {facts.name}: the planner patches {SUPPORTED}; layers run natively"
     if facts.dtype is not None and facts.dtype not in KERNEL_DTYPES:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from transformers import MistralConfig
+from transformers import GPT2ForSequenceClassification, MistralConfig
 
 from okto.errors import UsageError
 from okto.planner import KINDS, Machine
@@ -245,6 +245,16 @@ def test_modules_of_other_classes_and_dtypes():
     assert all(c.impl == "native" for c in layers.values())
     assert "parameters are float64" in layers["gemm"].reason
     assert plan("", H100, model=model.transformer).model.supported is False
+
+
+def test_another_class_of_a_family_is_named():
+    """GPT2ForSequenceClassification read 'architecture GPT2ForSequenceClassification (gpt2):
+    the planner patches GPT-2 and Llama', as if GPT-2 were not one of them."""
+    model = GPT2ForSequenceClassification(gpt2_config())
+    assert plan("", H100, model=model).layers["gemm"].reason == (
+        "class GPT2ForSequenceClassification: the planner patches gpt2's causal LM, "
+        "GPT2LMHeadModel, only; layers run natively"
+    )
 
 
 def test_every_kind_is_planned():
