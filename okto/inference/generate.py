@@ -328,9 +328,7 @@ class Model:
             template=template,
             mode=mode,
         )
-        for name, callback in (("stream", stream), ("done", done)):
-            if callback is not None and not callable(callback):
-                raise UsageError(f"{name} must be a function, got {callback!r}")
+        _check_callbacks(stream=stream, done=done)
         prompts = checked_prompts(prompts, self.checkpoint.config.get("vocab_size"))
         if not prompts:
             return []
@@ -639,6 +637,7 @@ def generate(model: Model | str | Path, prompts: str | list[str], **settings) ->
         known = ", ".join(sorted(load_names | generate_names))
         raise UsageError(f"unknown setting {', '.join(unknown)}; okto.generate takes {known}")
     loading = {name: value for name, value in settings.items() if name in load_names}
+    options = {name: value for name, value in settings.items() if name in generate_names}
     if isinstance(model, Model):
         if loading:
             raise UsageError(
@@ -646,14 +645,24 @@ def generate(model: Model | str | Path, prompts: str | list[str], **settings) ->
                 "loaded; pass them to okto.load_model"
             )
     else:
+        # a bad setting or prompt is said before the model loads (minutes, for a large one),
+        # as `okto infer` says it
+        _check_callbacks(stream=options.get("stream"), done=options.get("done"))
+        Settings().merged(options)  # the fields it knows: the callbacks are checked above
+        checked_prompts(prompts)
         model = load_model(model, **loading)
-    options = {name: value for name, value in settings.items() if name in generate_names}
     generations = model.generate(prompts, **options)
     failed = [f"prompt {g.index + 1}: {g.error}" for g in generations if g.error]
     if failed:  # a list of texts has no place for them: Model.generate returns them instead
         raise RunError("; ".join(failed))
     texts = [g.text for g in generations]
     return texts[0] if isinstance(prompts, str) else texts
+
+
+def _check_callbacks(**callbacks) -> None:
+    for name, callback in callbacks.items():
+        if callback is not None and not callable(callback):
+            raise UsageError(f"{name} must be a function, got {callback!r}")
 
 
 def _hf_config(checkpoint):

@@ -10,7 +10,7 @@ import torch
 
 import okto
 from okto.cli import main
-from okto.errors import MachineError
+from okto.errors import MachineError, UsageError
 from okto.package import open_checkpoint
 from tests.inference.models import PROMPTS
 
@@ -767,6 +767,29 @@ def test_a_bad_setting_is_said_before_the_model_loads(okm_files, capsys, stdin, 
     ):
         assert main(["infer", "-m", str(okm_files["gpt2"]), "-p", "Hi", *flags]) == 2
         assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("prompts", "settings", "words"),
+    [
+        ("Hi", {"max_tokens": 0}, "max_tokens must be a positive integer, got 0"),
+        ("Hi", {"stream": "yes"}, "stream must be a function"),
+        (["Hi", 3], {}, "prompt 2 is an int"),
+    ],
+)
+def test_okto_generate_says_a_bad_setting_before_the_model_loads(
+    okm_files, monkeypatch, prompts, settings, words
+):
+    """okto.generate(path, ...) loaded the model (minutes for a large one), then refused the
+    setting or the prompt that `okto infer` refuses before loading."""
+    from okto.inference import generate
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(generate, "load_model", no_loading)
+    with pytest.raises(UsageError, match=words):
+        okto.generate(okm_files["gpt2"], prompts, **settings)
 
 
 def test_stream_says_it_does_not_batch(okm_files, capsys, stdin, tmp_path):
