@@ -64,8 +64,8 @@ def _torch_switches() -> dict[str, Any]:
     import torch
 
     return {
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "tf32_matmul": _tf32_switch(torch.backends.cuda.matmul),
+        "tf32_cudnn": _tf32_switch(torch.backends.cudnn),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "default_dtype": torch.get_default_dtype(),
@@ -76,12 +76,25 @@ def _torch_switches() -> dict[str, Any]:
 def _set_torch_switches(switches: dict[str, Any]) -> None:
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = switches["tf32_matmul"]
-    torch.backends.cudnn.allow_tf32 = switches["tf32_cudnn"]
+    for backend, (name, value) in (
+        (torch.backends.cuda.matmul, switches["tf32_matmul"]),
+        (torch.backends.cudnn, switches["tf32_cudnn"]),
+    ):
+        setattr(backend, name, value)
     torch.backends.cudnn.benchmark = switches["cudnn_benchmark"]
     torch.backends.cudnn.deterministic = switches["cudnn_deterministic"]
     torch.set_default_dtype(switches["default_dtype"])
     torch.set_num_threads(switches["threads"])
+
+
+def _tf32_switch(backend) -> tuple[str, Any]:
+    """A backend's TF32 switch as (attribute, value), read through the API the caller set it
+    with: once `fp32_precision` (PyTorch's newer API) turned TF32 on, reading `allow_tf32`
+    raises, and setting it back through the other API would leave the caller a mix."""
+    try:
+        return "allow_tf32", backend.allow_tf32
+    except RuntimeError:
+        return "fp32_precision", backend.fp32_precision
 
 
 def _random_states() -> dict[str, Any]:

@@ -116,6 +116,27 @@ def test_train_puts_back_what_a_run_changed_even_when_it_raises(monkeypatch):
     assert _process_state() == before
 
 
+@pytest.mark.skipif(
+    not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch before 2.9"
+)
+def test_train_keeps_tf32_set_through_pytorchs_newer_api(monkeypatch):
+    """With TF32 on through `matmul.fp32_precision = "tf32"` (the API PyTorch recommends),
+    okto.train ended in PyTorch's RuntimeError before anything ran: reading `allow_tf32`,
+    as it did to put it back later, raises once the newer API set it."""
+    matmul = torch.backends.cuda.matmul
+
+    def run_that_turns_tf32_off(*args, **kwargs):
+        matmul.allow_tf32 = False  # as a GPU run's apply_switches does, through the old API
+
+    monkeypatch.setattr(process_state, "run_training", run_that_turns_tf32_off)
+    matmul.fp32_precision = "tf32"
+    try:
+        okto.train("any.okt")
+        assert matmul.fp32_precision == "tf32"
+    finally:
+        matmul.fp32_precision = "none"
+
+
 def test_okto_init_then_the_commands_it_prints_word_for_word(tmp_path, monkeypatch, capsys):
     """`okto init` named `okto check` alone: nothing said how to train the project or try
     the model. Each command it prints now runs as printed, the model included."""
