@@ -34,8 +34,6 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     values = requested(args)
-    if args.exit_command is not None:
-        values["exit_command"] = args.exit_command
     from okto.inference.chat import Conversation
     from okto.inference.settings import not_utf8
 

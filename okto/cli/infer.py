@@ -191,7 +191,8 @@ def requested(args) -> dict:
         "repetition_penalty": args.repetition_penalty,
         "stop": args.stop,
         "seed": args.seed,
-        "batch_size": getattr(args, "batch_size", None),
+        "batch_size": getattr(args, "batch_size", None),  # infer's
+        "exit_command": getattr(args, "exit_command", None),  # chat's
         "dtype": args.dtype,
         "backend": args.backend,
     }

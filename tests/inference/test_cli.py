@@ -383,9 +383,15 @@ def test_chat_ends_its_prompt_line_at_the_end_of_input(okm_files, capsys, monkey
 
 
 @pytest.mark.parametrize("command", ["", "  "])
-def test_chat_refuses_an_empty_exit_command(command, okm_files, capsys, stdin):
+def test_chat_refuses_an_empty_exit_command(command, okm_files, capsys, stdin, monkeypatch):
     """An empty exit command was taken as "not given" (the default, exit), and a blank one would
-    end the chat at the first empty line."""
+    end the chat at the first empty line. It is refused before the model loads (it was after)."""
+    import okto.inference
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(okto.inference, "load_model", no_loading)
     stdin("hi\n")
     assert main(["chat", "-m", str(okm_files["gpt2"]), "--exit-command", command]) == 2
     assert "exit_command is empty" in capsys.readouterr().err
