@@ -72,6 +72,8 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be at least 1, not {value}")
     resume = args.resume
+    if resume is not None and not resume.strip():  # Path("") is the working folder
+        raise UsageError("--resume takes auto or a checkpoint folder, not an empty name")
     if resume is not None and resume.lower() != "auto" and not Path(resume).expanduser().is_dir():
         raise UsageError(f"--resume {resume}: no such checkpoint folder")
     gpus = [f"ENV.gpus={args.gpus}"] if args.gpus is not None else []
