@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -30,9 +31,15 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from okto.package import Package, export_model
     from okto.package.sources import export_format
+    from okto.training.signals import Terminated, terminate_at_once
 
     format = export_format(args.out, args.format)
-    out = export_model(args.model, args.out, format=format, dtype=args.dtype)
+    try:  # SIGTERM's default ends the process before the half-written file is removed
+        with terminate_at_once():
+            out = export_model(args.model, args.out, format=format, dtype=args.dtype)
+    except Terminated:
+        print(f"terminated (SIGTERM); {args.out} is left as it was", file=sys.stderr)
+        return Terminated.exit_code
     if format == "hf":
         print(f"wrote {out}/ (Hugging Face format)")
     elif format == "okm":
