@@ -54,7 +54,7 @@ from okto.training.batches import Batch, Batches, ExampleStream
 from okto.training.control import Controller, metric_names
 from okto.training.display import perplexity
 from okto.training.distributed import Parallel
-from okto.training.evaluation import batch_sums
+from okto.training.evaluation import IGNORE_INDEX, batch_sums
 from okto.training.flops import FlopsModel
 from okto.training.optim import current_lr, folds_clipping, reschedule, set_lr
 from okto.training.signals import StopSignals
@@ -372,17 +372,22 @@ class Trainer:
         """One step's forward and backward passes over its micro-batches, queued."""
         rng = ckpt.rng_state() if self.looks_ahead else None
         accumulation = self.live.gradient_accumulation
+        batches = [self.batches.next() for _ in range(accumulation)]
+        # The step's loss is the mean over the counted tokens of all its micro-batches in
+        # every process, as one batch of them all would give: each micro-batch's mean is
+        # weighted by its share of those tokens (x processes: their gradients are averaged).
+        counted = [(batch.labels[:, 1:] != IGNORE_INDEX).sum() for batch in batches]
+        total = self.parallel.sum(torch.stack(counted).sum().float())
         loss_sum = torch.zeros((), device=self.device)
         examples = tokens = 0
-        for index in range(accumulation):
-            batch = self.batches.next()
+        for index, (batch, count) in enumerate(zip(batches, counted, strict=True)):
             with self.parallel.micro_step(last=index == accumulation - 1):
                 with self._autocast():
                     # no KV cache: transformers builds one by default, of no use to a loss
                     loss = self.forward(
                         input_ids=batch.input_ids, labels=batch.labels, use_cache=False
                     ).loss
-                loss = loss.float() / accumulation
+                loss = loss.float() * (count * self.parallel.world / total)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.detach()
             examples += batch.input_ids.shape[0]
