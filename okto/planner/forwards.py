@@ -178,6 +178,7 @@ def _plain_call_ids(config, args: tuple, kwargs: dict) -> torch.Tensor | None:
         or ids is None
         or ids.dim() != 2
         or use_cache is not False
+        or (return_dict is None and not config.return_dict)
         or return_dict is False
         or any(value is not None and value is not False for value in named.values())
         or getattr(config, "output_hidden_states", False)

@@ -381,6 +381,21 @@ def test_base_model_calls_match_the_class(monkeypatch, family):
         torch.testing.assert_close(got[0], want)
 
 
+@pytest.mark.parametrize("family", [gpt2, llama])
+def test_a_config_asking_for_tuples_gets_tuples(monkeypatch, family):
+    """With `return_dict=False` in the config, the planner's base-model forward returned a
+    ModelOutput for a plain call, where the class returns a tuple."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    model = family(return_dict=False).eval()
+    ids = batch()
+    with torch.no_grad():
+        expected = model.base_model(ids, use_cache=False)
+        with build_plan(FUSED, machine=H100, model=model).apply(model):
+            actual = model.base_model(ids, use_cache=False)
+    assert type(actual) is type(expected) is tuple
+    torch.testing.assert_close(actual[0], expected[0])
+
+
 def test_other_architectures_train_natively(monkeypatch):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = MistralForCausalLM(MistralConfig(**LLAMA_SIZES))
