@@ -107,14 +107,16 @@ def _padding_analysis(mask: torch.Tensor, sq: int, skv: int):
 
 
 def _analyse(mask: torch.Tensor, sq: int, skv: int):
-    """`_padding_analysis`, computed once per mask object: models pass one mask to every layer."""
+    """`_padding_analysis`, computed once per mask object and query/key lengths: models pass
+    one mask to every layer."""
     global _last_mask
+    key = (mask._version, sq, skv)
     if _last_mask is not None:
-        ref, version, result = _last_mask
-        if ref() is mask and version == mask._version:
+        ref, last_key, result = _last_mask
+        if ref() is mask and last_key == key:
             return result
     result = _padding_analysis(mask, sq, skv)
-    _last_mask = (weakref.ref(mask), mask._version, result)
+    _last_mask = (weakref.ref(mask), key, result)
     return result
 
 

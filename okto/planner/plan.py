@@ -43,13 +43,19 @@ class Plan:
 
         from okto.planner import forwards
 
-        if choices["gemm"].impl == OKTO:
-            forwards.patch_each(model, nn.Linear, patches, forwards.gemm_forward, layout="out_in")
-        ARCHITECTURES[model.config.model_type].patch(model, choices, patches)
-        if choices["attention"].impl == OKTO:
-            forwards.use_okto_attention(model, patches)
-        if choices["cross_entropy"].impl == OKTO:
-            forwards.install_loss(model, patches, choices["cross_entropy"].fused)
+        try:
+            if choices["gemm"].impl == OKTO:
+                forwards.patch_each(
+                    model, nn.Linear, patches, forwards.gemm_forward, layout="out_in"
+                )
+            ARCHITECTURES[model.config.model_type].patch(model, choices, patches)
+            if choices["attention"].impl == OKTO:
+                forwards.use_okto_attention(model, patches)
+            if choices["cross_entropy"].impl == OKTO:
+                forwards.install_loss(model, patches, choices["cross_entropy"].fused)
+        except BaseException:
+            patches.undo()  # a half-patched model could be neither used nor patched again
+            raise
         return patches
 
     def table(self):

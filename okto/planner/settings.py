@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from okto.errors import MachineError, UsageError
+from okto.language.config import training_refusals
 from okto.planner.machine import Gpu, Machine
 from okto.planner.sources import DEFAULT, Sources, display
 
@@ -62,7 +63,7 @@ def resolve_settings(
 ) -> tuple[dict[str, Setting], list[str]]:
     """(settings by name, notes); raises MachineError for what the machine cannot do."""
     notes: list[str] = []
-    _check_fp16_weights(sources)
+    _check_trainable(sources)
     dev = _device(sources, machine, device)
     gpu = machine.gpus[int(dev.value.partition(":")[2])] if dev.value != "cpu" else None
     precision = _precision(sources, gpu, notes)
@@ -316,18 +317,10 @@ def _check_half(setting: Setting, sources: Sources, gpu: Gpu | None) -> Setting:
     return setting
 
 
-def _check_fp16_weights(sources: Sources) -> None:
-    """fp16 weights cannot be trained here: their fp16 gradients need loss scaling, and
-    torch's GradScaler refuses to unscale fp16 gradients (the first step failed). A LoRA
-    adapter trains in fp32 over a frozen fp16 base, so that stays allowed. Whatever the
-    machine: no GPU would run this file."""
-    if sources.config.model.precision == "fp16" and sources.config.model.adapter is None:
-        raise UsageError(
-            f"{sources.where('model.precision')} makes the trained weights fp16, whose "
-            "gradients need loss scaling that fp16 parameters cannot take; use bf16 weights "
-            "(MODEL.precision: bf16), fp16 math over fp32 weights (TRAIN.precision: fp16, "
-            "MODEL.precision unset), or a LoRA ADAPTER over the fp16 base"
-        )
+def _check_trainable(sources: Sources) -> None:
+    """Refuse what no machine would train (okto check says the same, from the same rule)."""
+    for path, problem in training_refusals(sources.config):
+        raise UsageError(f"{sources.where(path)} {problem}")
 
 
 def _weights(sources: Sources, precision: Setting, gpu: Gpu | None) -> Setting:

@@ -330,6 +330,35 @@ def test_patching_twice_is_refused_and_undo_twice_is_harmless(monkeypatch, famil
         type(never)(never.config).load_state_dict(undone.state_dict())
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_failed_apply_leaves_the_model_as_it_was(monkeypatch, family):
+    """An apply that raised partway kept the patches made so far, with nothing to undo them,
+    and the model refused every later apply as already patched."""
+    monkeypatch.delenv("OKTO_KERNELS", raising=False)
+    from okto.planner import forwards
+
+    model = (gpt2() if family == "gpt2" else llama()).eval()
+    before, config = _snapshot(model), model.config
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the loss could not be installed")
+
+    monkeypatch.setattr(forwards, "install_loss", fails)
+    with pytest.raises(RuntimeError, match="could not be installed"):
+        build_plan(FUSED, machine=H100, model=model).apply(model)
+    assert _snapshot(model) == before and model.config is config
+    monkeypatch.undo()
+    build_plan(FUSED, machine=H100, model=model).apply(model).undo()  # not "already patched"
+
+
+def test_a_mask_met_at_other_lengths_is_analysed_again():
+    """The mask analysis is cached per mask object; a layer seeing the same mask with other
+    query/key lengths must not get the answer computed for the first lengths."""
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool).tril()
+    assert hf_attention._analyse(mask, 4, 4) is not None  # plain causal
+    assert hf_attention._analyse(mask, 2, 4) is None  # these lengths do not fit that mask
+
+
 def test_a_deep_copy_runs_on_its_own_modules(monkeypatch):
     monkeypatch.delenv("OKTO_KERNELS", raising=False)
     model = gpt2()
