@@ -178,7 +178,13 @@ def requested(args) -> dict:
     here, so a bad value is said before a model is loaded (minutes, for a large one)."""
     import okto
     from okto.inference.settings import Settings, from_block
+    from okto.kernels import environment
+    from okto.kernels.errors import KernelError
 
+    try:  # the kernel variables, as okto train and okto plan check them
+        environment.check()
+    except KernelError as error:
+        raise UsageError(str(error)) from None
     okt = Path(args.okt) if args.okt else None
     config = okto.load(okt).config if okt else None
     values = from_block(inference_block(config)) if okt else {}

@@ -397,6 +397,25 @@ def test_chat_refuses_an_empty_exit_command(command, okm_files, capsys, stdin, m
     assert "exit_command is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["infer", "chat"])
+def test_a_bad_kernel_variable_is_refused_before_the_model_loads(
+    command, okm_files, capsys, stdin, monkeypatch
+):
+    """OKTO_KERNELS=bogus ran silently on a CPU (and would fail at the first kernel on a GPU);
+    okto train and okto plan refused it."""
+    import okto.inference
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(okto.inference, "load_model", no_loading)
+    monkeypatch.setenv("OKTO_KERNELS", "bogus")
+    stdin("hi\n")
+    extra = ["--prompt", "hi"] if command == "infer" else []
+    assert main([command, "-m", str(okm_files["gpt2"]), *extra]) == 2
+    assert "OKTO_KERNELS='bogus' is not one of auto, triton, native" in capsys.readouterr().err
+
+
 def test_chat_seed_gives_each_turn_its_own_stream(okm_files, capsys, stdin, monkeypatch):
     """With --seed each turn samples from a stream of its own (from the seed and the turn number):
     turns differ, and the same seed and lines replay the same session."""
