@@ -74,9 +74,10 @@ class FieldConflict(ValueError):
     """A cross-field check failed; `field` is the field the error points at (a path below
     the model that raised it, for a check across blocks)."""
 
-    def __init__(self, field: str | tuple[str, ...], message: str):
+    def __init__(self, field: str | tuple[str, ...], message: str, hint: str | None = None):
         super().__init__(message)
         self.path = field if isinstance(field, tuple) else (field,)
+        self.hint = hint
 
 
 class BlockModel(BaseModel):
@@ -492,7 +493,11 @@ class TrainConfig(BlockModel):
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.epochs is not None and self.max_steps is not None:
-            raise FieldConflict("max_steps", "set either epochs or max_steps, not both")
+            raise FieldConflict(
+                "max_steps",
+                "set either epochs or max_steps, not both",
+                "okto train --max-steps N replaces the file's epochs for one run",
+            )
         if self.epochs is None and self.max_steps is None:
             self.epochs = 1
         if self.save_steps is not None and "save_strategy" not in self.model_fields_set:

@@ -126,7 +126,8 @@ def explain(detail: dict) -> tuple[str, str | None]:
         shown = bound if isinstance(bound, int) else f"{bound:g}"
         return f"must be {_BOUNDS[kind]} {shown}, got {describe(given)}", None
     if kind == "value_error":
-        return str(ctx["error"]), None
+        error = ctx["error"]
+        return str(error), getattr(error, "hint", None)
     if kind == "missing":
         return "this field is required", None
     if kind == "int_parsing_size":

@@ -163,6 +163,7 @@ def test_override_makes_a_conflict_visible():
         "override 'TRAIN.max_steps=10': error: set either epochs or max_steps, not both",
         "  TRAIN.max_steps=10",
         "                  ^^",
+        "  = okto train --max-steps N replaces the file's epochs for one run",
     ]
 
 
