@@ -33,7 +33,7 @@ class Rows:
     position_ids: np.ndarray
     truncated: int = 0  # records cut at max_length
     dropped: int = 0  # records (no packing) or rows (packing) with nothing to train
-    trained_tokens: int = 0  # tokens with a label
+    trained_tokens: int = 0  # targets: labelled tokens past their row's first
 
     def to_arrow(self) -> pa.Table:
         length = self.input_ids.shape[1]
@@ -117,11 +117,13 @@ def to_rows(tokens: Tokens, max_length: int, pad_id: int, packing: bool) -> Rows
 
 def _trained(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Which rows have a trained token, and how many tokens are trained, `_ROWS_AT_ONCE`
-    rows at a time (a mask of the whole column would be a quarter column more)."""
+    rows at a time (a mask of the whole column would be a quarter column more). A row's
+    first label is never a target (the model predicts token t + 1 from token t), so a row
+    whose only label is there has nothing to train: its mean loss would be 0 / 0."""
     keep = np.empty(len(labels), bool)
     trained = 0
     for first in range(0, len(labels), _ROWS_AT_ONCE):
-        part = labels[first : first + _ROWS_AT_ONCE] != IGNORE
+        part = labels[first : first + _ROWS_AT_ONCE, 1:] != IGNORE
         keep[first : first + len(part)] = part.any(axis=1)
         trained += int(np.count_nonzero(part))
     return keep, trained

@@ -50,6 +50,17 @@ def test_packing_carries_masks_and_drops_rows_without_labels():
     assert rows.labels.tolist() == [[IGNORE, 5, 6], [IGNORE, 2, IGNORE]]
 
 
+def test_a_row_whose_only_label_is_its_first_is_dropped():
+    """A packed row can start with the last record's trained EOS and hold only the next one's
+    prompt: its first label is no target, so the row has none and its mean loss is NaN."""
+    tokens = _records(4, 4, masked=(4, 5, 6, 7))  # a trained record, then an all-prompt one
+    rows = to_rows(tokens, max_length=3, pad_id=PAD, packing=True)
+    # Rows: [1 2 3] [4 1 2] [3 4 PAD]; row 1's only label (4) is its first: dropped.
+    assert rows.dropped == 2
+    assert rows.input_ids.tolist() == [[1, 2, 3]]
+    assert rows.trained_tokens == 2  # the targets 2 and 3; label 1 is no one's target
+
+
 def test_without_packing_records_with_nothing_trained_are_dropped():
     rows = to_rows(_records(6, 3, 5, first_masked=3), max_length=4, pad_id=PAD, packing=False)
     # The middle record is all prompt; the others keep one trained token after the cut.
@@ -132,8 +143,8 @@ def test_rows_without_trained_tokens_are_dropped_in_every_column(packing):
     total = tokens.count
     rows = to_rows(tokens, max_length=64, pad_id=PAD, packing=packing)
     assert rows.dropped > 0.1 * (len(rows.input_ids) + rows.dropped)
-    assert (rows.labels != IGNORE).any(axis=1).all()
-    assert rows.trained_tokens == int((rows.labels != IGNORE).sum())
+    assert (rows.labels[:, 1:] != IGNORE).any(axis=1).all()
+    assert rows.trained_tokens == int((rows.labels[:, 1:] != IGNORE).sum())
     assert all(len(getattr(rows, name)) == len(rows.input_ids) for name in COLUMNS)
     real = rows.attention_mask.astype(bool)
     assert (rows.input_ids[real] == 7).all() and (rows.input_ids[~real] == PAD).all()

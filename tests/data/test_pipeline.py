@@ -42,7 +42,7 @@ def test_rows_and_statistics(tmp_path, tokenizer):
     assert stats.records_read == 60 and stats.train.records == 59 and stats.validation.records == 1
     assert stats.train.examples == len(splits.train)
     assert stats.train.tokens == int(splits.train[:]["attention_mask"].sum())
-    assert stats.train.trained_tokens == int((splits.train[:]["labels"] != -100).sum())
+    assert stats.train.trained_tokens == int((splits.train[:]["labels"][:, 1:] != -100).sum())
     assert (
         stats.files[0].fields == "chat turns in 'conversations'" and stats.files[0].type == "chat"
     )
