@@ -212,3 +212,14 @@ def test_a_file_or_overrides_of_the_wrong_kind_say_what_they_take(tmp_path):
         okto.plan(123)
     with pytest.raises(UsageError, match="or a list of them, not int"):
         okto.plan(path, 5)
+
+
+@pytest.mark.parametrize("resume", ["", "  ", 5])
+def test_train_refuses_a_resume_that_names_nothing(tmp_path, resume):
+    """okto.train(resume="") (an unset variable, say) was read as no resume: the run started
+    afresh and set the earlier checkpoints aside."""
+    path = tmp_path / "a.okt"
+    path.write_text('PROJECT "x"\nMODEL { architecture: "gpt2" pretrained: false }\n')
+    with pytest.raises(UsageError, match=r'resume: "auto" or a checkpoint folder, not'):
+        okto.train(path, resume=resume)
+    assert not (tmp_path / "runs").exists()

@@ -195,15 +195,34 @@ def apply_overrides(program: Program, overrides: str | Iterable[str]) -> Program
             "overrides: a BLOCK.field=value string, like 'TRAIN.batch_size=32', or a list of "
             f"them, not {type(overrides).__name__}"
         )
-    inputs = copy.deepcopy(program._inputs)
-    locations = dict(program._locations)
+    changes = []
     for text in [overrides] if isinstance(overrides, str) else overrides:
         if not isinstance(text, str):
             raise UsageError(
                 f"overrides must be BLOCK.field=value strings, like 'TRAIN.batch_size=32'; "
                 f"got {text!r} ({type(text).__name__})"
             )
-        path, value, location = _override(text)
+        changes.append(_override(text))
+    return _changed(program, changes)
+
+
+def with_max_steps(program: Program, steps: int) -> Program:
+    """`program` training for `steps` optimizer steps in place of its epochs or max_steps
+    (`okto train --max-steps`), validated again, so that its warnings (a rule past the
+    run's end, say) speak of this run."""
+    return _changed(program, [_override(f"TRAIN.max_steps={steps}")], drop=("train", "epochs"))
+
+
+def _changed(
+    program: Program, changes: list[tuple[Path, Any, Location]], drop: Path | None = None
+) -> Program:
+    """`program` with each (path, value, location) set, and the field at `drop` removed."""
+    inputs = copy.deepcopy(program._inputs)
+    locations = dict(program._locations)
+    if drop is not None:
+        inputs.get(drop[0], {}).pop(drop[1], None)
+        locations.pop(drop, None)
+    for path, value, location in changes:
         target = inputs
         for key in path[:-1]:
             target = target.setdefault(key, {})

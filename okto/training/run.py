@@ -18,7 +18,6 @@ writes the log, the metrics, the final model and the exports.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import random
@@ -101,6 +100,10 @@ def train(
     from okto.training.distributed import ranks_from_environment
 
     program = load_program(source, overrides, max_steps)
+    if resume is not None and (
+        not isinstance(resume, str | os.PathLike) or not os.fspath(resume).strip()
+    ):  # "" read as no resume started afresh, setting the run's checkpoints aside
+        raise UsageError(f'resume: "auto" or a checkpoint folder, not {resume!r}')
     config = program.config
     ranks = ranks_from_environment()
     if not ranks.is_main:  # rank 0 speaks for the job
@@ -136,15 +139,13 @@ def load_program(source, overrides=(), max_steps: int | None = None):
     flags before calling, so its messages stay in flag terms.
     """
     from okto.language import with_overrides
+    from okto.language.program import with_max_steps
 
     program = with_overrides(source, overrides)
     if max_steps is not None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise UsageError(f"max_steps must be a whole number of at least 1, not {max_steps!r}")
-        program = copy.copy(program)  # the caller's Program stays as it was
-        program.config = program.config.model_copy(deep=True)
-        program.config.train.max_steps = max_steps
-        program.config.train.epochs = None
+        program = with_max_steps(program, max_steps)  # the caller's Program stays as it was
     if not program.config.project.name:
         raise UsageError('okto train needs a PROJECT name: add a line like PROJECT "my-model"')
     return program
@@ -294,7 +295,8 @@ def _resume(trainer, checkpoint: Path, display: Display) -> dict:
     if state["step"] > trainer.total:
         raise UsageError(
             f"{checkpoint} is at step {state['step']:,}, past this run's "
-            f"{trainer.total:,} steps: there is nothing left to train; resume with more "
+            f"{trainer.total:,} step{'s' if trainer.total != 1 else ''}: there is nothing "
+            "left to train; resume with more "
             "steps (--max-steps, TRAIN.max_steps or epochs), or from an earlier checkpoint"
         )
     display.text(f"resuming from {checkpoint} (step {state['step']} of {trainer.total})")

@@ -13,6 +13,7 @@ from okto.language import (
     Program,
     apply_overrides,
 )
+from okto.language.program import with_max_steps
 from okto.language.quantities import Quantity
 from tests.language.util import program
 
@@ -165,6 +166,22 @@ def test_override_makes_a_conflict_visible():
         "                  ^^",
         "  = okto train --max-steps N replaces the file's epochs for one run",
     ]
+
+
+@pytest.mark.parametrize("steps_in_file", ["epochs: 2", "max_steps: 30"])
+def test_max_steps_replaces_the_files_count_and_its_warnings(steps_in_file):
+    """okto train --max-steps 200 kept the file's warnings: 'step > 100 never holds: the run
+    ends at step 30', about a run that now went to step 200."""
+    text = f'PROJECT "api"\nTRAIN {{ {steps_in_file} }}\nCONTROL {{ IF step > 100 {{ LOG "late" }} }}\n'
+    longer = with_max_steps(program(text), 200)
+    assert longer.config.train.max_steps == 200 and longer.config.train.epochs is None
+    assert not [w for w in longer.warnings if "never holds" in w.message]
+    assert str(longer.source_map["train.max_steps"]) == "command line"
+    shorter = with_max_steps(program(text), 5)
+    assert [w.message for w in shorter.warnings if "never holds" in w.message] == [
+        "step > 100 never holds: the run ends at step 5 (TRAIN.max_steps)"
+    ]
+    assert program(text).config.train.max_steps == (30 if "max" in steps_in_file else None)
 
 
 @pytest.mark.parametrize(
