@@ -344,7 +344,11 @@ def check_loss_options(
     return backend.integer(ignore_index, "ignore_index"), smoothing
 
 
-def check_target(target: torch.Tensor, rows: int, what: str) -> None:
+def check_target(target: torch.Tensor, rows: int, classes: int, what: str) -> None:
+    """Integer targets, one per row, over at least one class: with none the kernel read a
+    target logit from an empty row (a segfault in the interpreter, garbage on a GPU)."""
+    if classes == 0:
+        raise backend.KernelError(f"{what} needs at least one class; the vocabulary is empty")
     backend.check_dtype(target, TARGET_DTYPES, f"{what} target")
     if target.shape != (rows,):
         raise backend.KernelError(
@@ -396,7 +400,7 @@ def cross_entropy(
             f"cross_entropy takes [N, V] logits, got shape {tuple(logits.shape)}; flatten the "
             "leading dimensions (logits.flatten(0, -2), target.flatten())"
         )
-    check_target(target, logits.shape[0], "cross_entropy")
+    check_target(target, *logits.shape, "cross_entropy")
     backend.check_same_device(logits, target)
     if not backend.use_triton(logits, target):
         return cross_entropy_reference(logits, target, ignore_index, label_smoothing, reduction)

@@ -112,11 +112,12 @@ def _(
     weight_grad,
     bias_grad,
 ):
+    # Contiguous, as the real gradients are (empty_like kept a transposed input's strides).
     return (
         hidden.new_empty(()),
-        torch.empty_like(hidden) if hidden_grad else hidden.new_empty(0),
-        torch.empty_like(weight) if weight_grad else hidden.new_empty(0),
-        torch.empty_like(bias) if bias_grad else hidden.new_empty(0),
+        hidden.new_empty(hidden.shape) if hidden_grad else hidden.new_empty(0),
+        weight.new_empty(weight.shape) if weight_grad else hidden.new_empty(0),
+        bias.new_empty(bias.shape) if bias_grad else hidden.new_empty(0),
     )
 
 
@@ -184,7 +185,7 @@ def fused_linear_cross_entropy(
         raise backend.KernelError(
             f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},)"
         )
-    ce.check_target(target, hidden.shape[0], "fused_linear_cross_entropy")
+    ce.check_target(target, hidden.shape[0], weight.shape[0], "fused_linear_cross_entropy")
     backend.check_same_device(hidden, target, *params)
     if not backend.use_triton(hidden, target, *params):
         return fused_linear_cross_entropy_reference(

@@ -17,7 +17,7 @@ import okto.kernels
 from okto.kernels import KernelError, cross_entropy, fused_linear_cross_entropy
 from okto.kernels.ops import cross_entropy as ce_module
 from okto.kernels.ops import fused_linear_cross_entropy as flce_module
-from tests.kernels.numerics import DEVICE, TOL, rel_error
+from tests.kernels.numerics import DEVICE, TOL, assert_fake_matches, rel_error
 
 CPU_DTYPES = [torch.float32, torch.float16]
 
@@ -304,7 +304,33 @@ def test_fused_bad_inputs_raise():
         fused_linear_cross_entropy(hidden, weight, target, torch.zeros(9, device=DEVICE))
 
 
+@pytest.mark.parametrize("mode", ["native", "triton"])
+def test_an_empty_vocabulary_is_refused(monkeypatch, mode):
+    """[N, 0] logits: the kernel read each row's target logit from an empty row (the
+    interpreter segfaulted); PyTorch gives NaN or raises depending on the targets."""
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    ignored = torch.full((3,), -100, device=DEVICE)
+    with pytest.raises(KernelError, match="at least one class"):
+        cross_entropy(torch.randn(3, 0, device=DEVICE), ignored)
+    with pytest.raises(KernelError, match="at least one class"):
+        fused_linear_cross_entropy(
+            torch.randn(3, 8, device=DEVICE), torch.randn(0, 8, device=DEVICE), ignored
+        )
+
+
 # --- fake implementations and torch.compile -----------------------------------------------
+
+
+def test_fused_fake_gradients_have_the_real_strides():
+    """The real gradients are contiguous; the fake ones copied a transposed hidden's or
+    weight's strides, which torch.compile would have planned the graph with."""
+    hidden = torch.randn(8, 9, device=DEVICE).t()
+    weight = torch.randn(8, 37, device=DEVICE).t()
+    args = (hidden, weight, _targets(9, 37), torch.randn(37, device=DEVICE))
+    assert_fake_matches(
+        flce_module._fused_linear_cross_entropy_op, *args, -100, 0.1, "mean", True, True, True
+    )
+
 
 
 @pytest.mark.parametrize("compute_grad", [False, True])
