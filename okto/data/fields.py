@@ -49,6 +49,8 @@ ROLES = {
 }
 ROLE_KEYS = ("from", "role")
 CONTENT_KEYS = ("value", "content", "text")
+# OpenAI's calls an assistant turn makes (`content` null beside them): not text okto renders.
+CALL_KEYS = ("tool_calls", "function_call")
 # Types whose data must have a prompt and a response (pairs or turns).
 NEEDS_TURNS = ("instruction", "chat", "qa")
 
@@ -224,6 +226,10 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
         role = ROLES.get(str(speaker).strip().lower())  # "Human", "gpt "
         if role is None:
             raise Unusable(f"unknown role {speaker!r}")
+        if _first_set(message, CALL_KEYS):
+            # Skipped as an empty turn, the call vanished: the answer trained after a tool
+            # result that nothing in the conversation had asked for.
+            raise Unusable("a turn makes tool calls, which okto does not render")
         content = _content(_first_set(message, CONTENT_KEYS))
         if content.strip():
             roles.append(role)

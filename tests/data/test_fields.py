@@ -122,6 +122,29 @@ def test_unusable_turns(record, reason):
         to_turns(record, FieldPlan("chat", "messages"), assistant_only=True)
 
 
+def test_a_turn_that_calls_tools_drops_its_record():
+    """An OpenAI assistant turn with `tool_calls` and null content was skipped as empty:
+    the call vanished, and the answer trained after a tool result nothing had asked for."""
+    plan = FieldPlan("chat", "messages")
+    call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    turns = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "it is sunny"},
+    ]
+    for legacy in (False, True):
+        if legacy:  # the older function_call form, role "function" answering it
+            turns[1] = {"role": "assistant", "content": None, "function_call": call["function"]}
+        with pytest.raises(Unusable, match="a turn makes tool calls, which okto does not render"):
+            to_turns({"messages": turns}, plan, assistant_only=True)
+    # No calls (Parquet gives every turn the key, null or empty): the turns are read.
+    plain = [{**turn, "tool_calls": None} for turn in turns[:1]] + [
+        {"role": "assistant", "content": "hi", "tool_calls": []}
+    ]
+    assert to_turns({"messages": plain}, plan, True) == (["user", "assistant"], ["weather?", "hi"])
+
+
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
