@@ -165,7 +165,9 @@ class _EagerOp(CustomOpDef):
     functional tensors, dispatch or function modes, vmap) goes through the
     dispatcher as before. Ops that mutate arguments (no autograd of their own)
     take the fast path only where autograd is not involved, and bump the mutated
-    tensors' version counters as the dispatcher would.
+    tensors' version counters as the dispatcher would. Ops without a backward
+    (decode attention, the backward ops themselves under create_graph) go through the
+    dispatcher when autograd records.
     """
 
     _okto_mutated: tuple[int, ...] = ()
@@ -181,10 +183,11 @@ class _EagerOp(CustomOpDef):
             elif isinstance(a, torch.Tensor):  # a subclass (fake, functional, ...): dispatch
                 return self._opoverload(*args)
         if grad and torch.is_grad_enabled():
-            if self._okto_mutated:
+            # Without a backward of its own the dispatcher's output fails loudly in
+            # backward; run directly, it was detached and the gradient silently lost.
+            if self._okto_mutated or self._backward_fn is None:
                 return self._opoverload(*args)
-            if self._backward_fn is not None:
-                return self._eager_function().apply(*args)
+            return self._eager_function().apply(*args)
         output = self._init_fn(*args)
         for i in self._okto_mutated:
             torch.autograd.graph.increment_version(args[i])

@@ -202,6 +202,20 @@ def test_mutating_ops_skip_the_dispatcher_and_bump_versions(monkeypatch):
     assert len(dispatched) == 1
 
 
+def test_an_op_without_a_backward_keeps_autograd_from_losing_the_gradient():
+    """decode_attention has no backward: run directly its output was detached, so a loss
+    through it silently left q without a gradient (the native path gives one). Through the
+    dispatcher, as now, backward names the op instead."""
+    from okto.kernels import decode_attention
+
+    q = torch.randn(1, 2, 1, 8, device=DEVICE, requires_grad=True)
+    cache = torch.randn(1, 1, 4, 8, device=DEVICE)
+    out = decode_attention(q, cache, cache, torch.tensor([3], device=DEVICE))
+    assert out.requires_grad
+    with pytest.raises(RuntimeError, match="decode_attention"):
+        (out.sum() + q.sum()).backward()
+
+
 @pytest.mark.gpu
 def test_gpu_direct_launch_matches_tritons_path():
     x = torch.randn(3, 1000, device="cuda", dtype=torch.float16)
