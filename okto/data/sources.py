@@ -53,6 +53,7 @@ def _read_file(
     seen_fields: dict[str, None] = {}
     pending: list[tuple[dict, str]] = []  # records seen before the fields were found
     batches, columns = [], _empty_columns()
+    absent_context = set(settings.context_fields)  # named, and in no record so far
     for record, where in read_records(path, stats.format, stats, notes):
         stats.records += 1
         if isinstance(record, str):
@@ -60,6 +61,8 @@ def _read_file(
         if not isinstance(record, dict):
             stats.drop(NOT_AN_OBJECT, where)
             continue
+        if absent_context:
+            absent_context.difference_update(record)
         if plan is None:
             seen_fields.update(dict.fromkeys(record))
             plan = detect(record, settings)
@@ -81,7 +84,29 @@ def _read_file(
     if columns["roles"]:
         batches.append(pa.RecordBatch.from_pydict(columns, schema=SCHEMA))
     _check_file(path, plan, seen_fields, settings, stats, notes)
+    _report_unused_context(path, plan, settings, absent_context, notes)
     return batches
+
+
+def _report_unused_context(
+    path: Path, plan: FieldPlan, settings: DataSettings, absent: set[str], notes: list[str]
+) -> None:
+    """context_fields that add nothing to a file's prompts: its records are not pairs (text
+    or chat turns have no prompt to join them to), or no record has the field (a misspelt
+    name read as an empty context)."""
+    named = ", ".join(map(repr, settings.context_fields))
+    if named and plan.shape != "pair":
+        warn(
+            f"{path}: context_fields {named} go before a pair's input, and okto found "
+            f"{plan.describe()}: they are not used",
+            notes,
+        )
+    elif absent:
+        warn(
+            f"{path}: no record has context_fields {', '.join(map(repr, sorted(absent)))}, "
+            "so they add nothing to the prompts",
+            notes,
+        )
 
 
 def _report_guess(path: Path, plan: FieldPlan, notes: list[str]) -> None:

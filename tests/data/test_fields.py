@@ -174,6 +174,7 @@ def _first_row(tmp_path, tokenizer, records, **fields):
 
 
 PAIR = {"input": "hello world", "output": "answer one"}
+PAIR_TURNS = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "one"}]
 
 
 @pytest.mark.parametrize(
@@ -240,6 +241,32 @@ def test_alpaca_instruction_and_input(tmp_path, tokenizer):
     for other in splits.train.select(range(1, 4)):
         assert real_text(tokenizer, other).startswith("<|user|>\nanswer\n<|assistant|>")
     assert splits.stats.files[0].dropped == {}
+
+
+@pytest.mark.parametrize(
+    ("records", "warning"),
+    [
+        # Text and chat turns have no prompt to join a context to.
+        ([{"text": "hello world", "menu": "soup"}], "okto found text in 'text': they are not"),
+        ([{"messages": PAIR_TURNS, "menu": "soup"}], "found chat turns in 'messages': they are"),
+        # A misspelt field was read as an empty context in every record.
+        ([{"menu": "soup", **PAIR}], r"no record has context_fields 'menus', so they add"),
+    ],
+)
+def test_context_fields_that_add_nothing_are_named(tmp_path, tokenizer, records, warning):
+    """context_fields on text or chat data, or naming a field no record has, were ignored
+    without a word: the prompts lacked the context the user asked for."""
+    with pytest.warns(DataWarning, match=warning):
+        splits, row = _first_row(tmp_path, tokenizer, records * 2, context_fields=["menus"])
+    assert "soup" not in real_text(tokenizer, row)
+    assert any("context_fields 'menus'" in note for note in splits.stats.warnings)
+
+
+def test_context_fields_some_records_have_are_used_quietly(tmp_path, tokenizer):
+    records = [{"menu": "soup", **PAIR}, PAIR]
+    splits, row = _first_row(tmp_path, tokenizer, records, context_fields=["menu"], shuffle=False)
+    assert real_text(tokenizer, row).startswith("<|user|>\nsoup\n\nhello world")
+    assert not [note for note in splits.stats.warnings if "context_fields '" in note]
 
 
 def test_records_that_do_not_fit_are_dropped_and_counted(tmp_path, tokenizer):
