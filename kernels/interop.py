@@ -37,7 +37,8 @@ def accepts_numpy(fn):
                 return a
             # A read-only array (a memory map opened "r") drew PyTorch's warning about
             # non-writable tensors; a copy of it is writable, and contiguous as torch needs.
-            a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
+            # Not np.ascontiguousarray: it made a 0-d array 1-d, and the result came back [1].
+            a = np.asarray(a, order="C") if a.flags.writeable else np.array(a)
             return torch.from_numpy(a).to(device)
 
         result = fn(*(to_tensor(a) for a in args), **{k: to_tensor(v) for k, v in kwargs.items()})

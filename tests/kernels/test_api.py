@@ -137,6 +137,16 @@ def test_numpy_arrays_go_to_the_device_of_the_tensors_beside_them():
     assert devices(np.ones(2, np.float32), np.ones(2, np.float32)) == (alone, alone)
 
 
+@pytest.mark.parametrize("mode", ["native", "triton"])
+def test_a_0d_numpy_array_comes_back_0d(mode, monkeypatch):
+    """np.ascontiguousarray made a 0-d array 1-d, so softmax of a NumPy scalar array came
+    back with shape (1,) where torch.softmax of a 0-d tensor gives a 0-d one."""
+    monkeypatch.setenv("OKTO_KERNELS", mode)
+    out = kernels.softmax(np.array(3.0, np.float32))
+    assert isinstance(out, np.ndarray) and out.shape == () and out == 1.0
+    assert kernels.gelu(np.array(0.0, np.float32)).shape == ()
+
+
 def test_a_read_only_numpy_array_is_taken_without_a_warning(recwarn):
     """A read-only array (a memory map opened "r", a frozen one) drew PyTorch's warning about
     non-writable tensors on the user's screen."""
