@@ -42,6 +42,7 @@ ROLES = {
     "model": "assistant",
     "bot": "assistant",
     "system": "system",
+    "developer": "system",  # OpenAI's name for system messages since its o1 models
     "tool": "tool",
     "function": "tool",
     "observation": "tool",

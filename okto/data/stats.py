@@ -38,7 +38,7 @@ class SplitStats:
     records: int = 0  # records that went in
     examples: int = 0  # fixed-length rows that came out
     tokens: int = 0  # real tokens (padding excluded)
-    trained_tokens: int = 0  # tokens with a label
+    trained_tokens: int = 0  # targets: labelled tokens past their row's first
     truncated: int = 0  # records cut at max_length (without packing)
     templated: int = 0  # records rendered through a chat template
     dropped: dict[str, int] = field(default_factory=dict)

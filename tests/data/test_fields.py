@@ -100,6 +100,9 @@ def test_chat_turns_roles_and_trimming():
     # Turn keys in another case were 'a turn without a role' (before: 'unknown role None').
     capitalized = {"messages": [{"From": "Human", "Value": "hi"}, {"Role": "GPT ", "Text": "yo"}]}
     assert to_turns(capitalized, plan, True) == (["user", "assistant"], ["hi", "yo"])
+    # OpenAI's developer messages are its system messages (they dropped the record).
+    developer = {"messages": [{"role": "developer", "content": "be brief"}, *record["messages"]]}
+    assert to_turns(developer, plan, True)[0][:2] == ["system", "system"]
     # A number is text in a turn as in a pair (it dropped the record as 'not text').
     numeric = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "gpt", "content": 4}]}
     assert to_turns(numeric, plan, True) == (["user", "assistant"], ["2+2?", "4"])
