@@ -147,6 +147,15 @@ def test_a_0d_numpy_array_comes_back_0d(mode, monkeypatch):
     assert kernels.gelu(np.array(0.0, np.float32)).shape == ()
 
 
+@pytest.mark.parametrize("value", [1.5, np.float32(1.5)], ids=["float", "numpy scalar"])
+def test_a_number_for_a_tensor_is_refused_with_what_to_pass(value):
+    """gelu(1.5) was an AttributeError; softmax(np.float32(1.5)) said 'has dtype float32;
+    supported: float32, ...'."""
+    for call in (kernels.gelu, kernels.softmax, lambda x: kernels.cross_entropy(x, x)):
+        with pytest.raises(KernelError, match="pass a torch tensor or a NumPy array"):
+            call(value)
+
+
 def test_a_read_only_numpy_array_is_taken_without_a_warning(recwarn):
     """A read-only array (a memory map opened "r", a frozen one) drew PyTorch's warning about
     non-writable tensors on the user's screen."""
