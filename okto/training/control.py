@@ -8,12 +8,19 @@ checkpoints). Nested rules are checked at the same event when their parent
 fires. The actions themselves are the trainer's business: the controller
 hands them to an object with `get(field)`, `set(field, value)`,
 `log(text)`, `save(target, label)` and `stop(reason)`.
+
+A WHEN rule's state is kept under what decides when it fires (its event,
+condition and the rules it sits in), not its position: a run resumed with
+rules added or removed around it (the STOP that ended the first part, say)
+neither fires it again nor hands its state to another rule.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import string
+from collections import Counter
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -52,15 +59,33 @@ class Controller:
     def __init__(self, rules: list[Rule], actions: Actions):
         self.rules = rules
         self.actions = actions
-        self.was_true: dict[str, bool] = {}  # WHEN rules' last truth value, by position
+        self.was_true: dict[str, bool] = {}  # WHEN rules' last truth value, by `_keys`
+        # every rule's key, and (for checkpoints from before keys) its position: by id
+        self._keys: dict[int, str] = {}
+        self._positions: dict[str, str] = {}
+        self._key_rules(rules, "", "")
+
+    def _key_rules(self, rules: list[Rule], prefix: str, position: str) -> None:
+        """Key each rule by its trigger (kind, event, interval, condition) under its parent's
+        key, numbered among siblings with the same trigger."""
+        seen: Counter[str] = Counter()
+        for index, rule in enumerate(rules):
+            trigger = rule.model_dump_json(include={"kind", "event", "interval", "condition"})
+            digest = hashlib.sha1(trigger.encode()).hexdigest()[:12]
+            key = f"{prefix}{digest}-{seen[digest]}"
+            seen[digest] += 1
+            self._keys[id(rule)] = key
+            self._positions[f"{position}{index}"] = key
+            nested = [action for action in rule.actions if isinstance(action, Rule)]
+            self._key_rules(nested, f"{key}.", f"{position}{index}.")
 
     def fire(self, event: str, count: int, metrics: Mapping[str, object]) -> None:
         # a copy the actions update: what follows a change of the rate reads the new rate
-        self._run(self.rules, "", event, count, dict(metrics))
+        self._run(self.rules, event, count, dict(metrics))
 
-    def _run(self, rules, prefix: str, event: str, count: int, metrics) -> None:
-        for index, rule in enumerate(rules):
-            key = f"{prefix}{index}"
+    def _run(self, rules, event: str, count: int, metrics) -> None:
+        for rule in rules:
+            key = self._keys[id(rule)]
             if not rule.is_due(event, count):
                 continue
             holds = rule.holds(metrics)
@@ -69,12 +94,12 @@ class Controller:
                 self.was_true[key] = holds
                 holds = turned_true
             if holds:
-                self._act(rule, key, event, count, metrics)
+                self._act(rule, event, count, metrics)
 
-    def _act(self, rule: Rule, key: str, event: str, count: int, metrics) -> None:
+    def _act(self, rule: Rule, event: str, count: int, metrics) -> None:
         for action in rule.actions:
             if isinstance(action, Rule):
-                self._run([action], f"{key}.", event, count, metrics)
+                self._run([action], event, count, metrics)
             elif isinstance(action, SetAction):
                 self.actions.set(action.field, action.value)  # checked when the file loaded
                 self._reread(action.field, metrics)
@@ -133,7 +158,12 @@ class Controller:
         return {"was_true": dict(self.was_true)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.was_true = dict(state.get("was_true", {}))
+        """Checkpoints from before trigger keys kept positions ("0", "2.1"): read as the
+        rules at those positions now, as they were then."""
+        self.was_true = {
+            self._positions.get(key, key): value
+            for key, value in state.get("was_true", {}).items()
+        }
 
 
 def _log_text(action: LogAction, metrics: Mapping[str, object]) -> str:

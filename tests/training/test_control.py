@@ -129,6 +129,45 @@ def test_a_log_format_its_value_does_not_take_is_kept_as_written():
     assert fields.lines == ["{loss:d} 007"]
 
 
+def _steps(text: str, steps: range, state: dict | None = None) -> tuple[list[str], dict]:
+    """The LOG lines of `text`'s rules over `steps` (after loading `state`), and their state."""
+    fields = Fields()
+    controller = Controller(okto.parse(text, "t.okt").config.control, fields)
+    if state is not None:
+        controller.load_state_dict(state)
+    for step in steps:
+        controller.fire("on_step_end", step, {"step": step})
+    return fields.lines, controller.state_dict()
+
+
+def test_when_rules_in_one_block_keep_their_own_state():
+    """Nested WHEN rules shared one state: the second read the first's truth, so the first
+    fired again and the second never did."""
+    text = """CONTROL { on_step_end {
+        WHEN step >= 2 { LOG "a {step}" }
+        WHEN step >= 3 { LOG "b {step}" }
+    } }"""
+    assert _steps(text, range(1, 6))[0] == ["a 2", "b 3"]
+
+
+def test_a_when_rule_keeps_its_state_when_rules_around_it_change():
+    """Resumed without the STOP that ended the first part (as the tests and docs do), a WHEN
+    rule that had fired was at another position: it fired a second time."""
+    when = 'WHEN step >= 2 { LOG "at {step}" }'
+    first, state = _steps(f"CONTROL {{ IF step == 4 {{ STOP }} {when} }}", range(1, 4))
+    assert first == ["at 2"]
+    assert _steps(f"CONTROL {{ {when} }}", range(4, 7), state)[0] == []
+    # another WHEN rule put where it stood does not take its state: it fires when it turns true
+    other = 'WHEN step >= 5 { LOG "five" }'
+    assert _steps(f"CONTROL {{ {other} {when} }}", range(4, 7), state)[0] == ["five"]
+
+
+def test_when_states_of_checkpoints_keyed_by_position_still_load():
+    """Checkpoints written before the keys held each WHEN rule's position."""
+    text = 'CONTROL { IF step == 9 { STOP } WHEN step >= 2 { LOG "at {step}" } }'
+    assert _steps(text, range(4, 6), {"was_true": {"1": True}})[0] == []
+
+
 def test_a_second_sigterm_in_the_loop_ends_at_once_with_its_own_code():
     """It raised KeyboardInterrupt, which the command reports as Ctrl-C (130), not 143."""
     said = []
