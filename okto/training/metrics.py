@@ -1,8 +1,9 @@
 """The run's metrics as JSON lines, beside what the terminal shows.
 
 One object per line, each with an `event`: `start` (the run's settings),
-`step` (every `logging_steps`), `eval`, `set` (a CONTROL rule changed a
-setting), `log` (CONTROL `LOG` lines), `save`, `nan` (a non-finite loss) and
+`step` (every `logging_steps`), `eval`, `test` (DATASET.test, once at the
+end), `set` (a CONTROL rule, or on resume `--set` or the edited file, changed
+a setting), `log` (CONTROL `LOG` lines), `save`, `nan` (a non-finite loss) and
 `summary` (how the run ended, and its totals). A resumed run appends to the same file, so the file
 tells the whole run; floats are written as JSON numbers. Every key an event
 has is always there: a figure not measured (MFU on a CPU, the validation loss
