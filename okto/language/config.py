@@ -790,6 +790,14 @@ class OktoConfig(BaseModel):
                     _warn(
                         info, path, "fp16 on a CPU is slow and poorly supported; use bf16 or fp32"
                     )
+        data = self.dataset
+        if data.text_field and (data.input_field or data.output_field):
+            _warn(
+                info,
+                ("dataset", "text_field"),
+                "text_field is not used: with input_field or output_field set, each record "
+                "is read as a prompt and its answer",
+            )
         if self.dataset.vocab_size is not None and self.dataset.tokenizer != "train":
             _warn(
                 info, ("dataset", "vocab_size"), 'vocab_size only applies with tokenizer: "train"'

@@ -470,6 +470,11 @@ def test_vocab_size_goes_with_train_in_any_case(spelling):
     [
         ("DATASET { vocab_size: 1000 }", 'vocab_size only applies with tokenizer: "train"'),
         (
+            'DATASET { text_field: "text" output_field: "answer" }',
+            "text_field is not used: with input_field or output_field set, each record is read "
+            "as a prompt and its answer",
+        ),
+        (
             'LOGGING { save_logs: false training_file: "x.log" }',
             "training_file has no effect with save_logs: false",
         ),
