@@ -104,11 +104,16 @@ def integer(value, what: str) -> int:
         raise KernelError(f"{what} must be an int, got {value!r}") from None
 
 
-def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) -> None:
-    """Refuse a dtype the op lacks, on every backend alike (the reference would take more)."""
-    # A Python number was an AttributeError; a NumPy scalar's dtype "was not" float32.
+def check_tensor(t, what: str) -> None:
+    """Refuse what is not a tensor: a Python number or None was an AttributeError, and a
+    NumPy scalar's dtype "was not" float32."""
     if not isinstance(t, torch.Tensor):
         raise KernelError(f"{what} is a {type(t).__name__}; pass a torch tensor or a NumPy array")
+
+
+def check_dtype(t: torch.Tensor, allowed: tuple[torch.dtype, ...], what: str) -> None:
+    """Refuse a dtype the op lacks, on every backend alike (the reference would take more)."""
+    check_tensor(t, what)
     if t.dtype not in allowed:
         names = ", ".join(dtype_name(d) for d in allowed)
         # float64 is NumPy's default, so the usual way to get here from a NumPy array.

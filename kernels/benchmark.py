@@ -11,6 +11,7 @@ on the CPU by wall clock. The median of the runs is reported.
 
 from __future__ import annotations
 
+import operator
 import statistics
 import time
 from collections.abc import Callable
@@ -196,8 +197,10 @@ def benchmark(op: str, size: int, dtype: str | torch.dtype | None = None) -> Ben
 
     if op not in OPS:
         raise KernelError(f"benchmark op {op!r} is not one of {', '.join(OPS)}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    # NumPy integers are ints here as everywhere in the API (`__index__`); floats are not
+    if isinstance(size, bool) or not hasattr(size, "__index__") or operator.index(size) < 1:
         raise KernelError(f"benchmark size must be a positive int; got {size!r}")
+    size = operator.index(size)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -1110,6 +1110,8 @@ def decode_attention_reference(
 
 
 def _check_qkv(q, k, v, what="k and v"):
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        backend.check_tensor(t, name)
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise backend.KernelError(
             f"attention takes 4-D [B, H, S, D] tensors; got q {tuple(q.shape)}, "

@@ -755,7 +755,17 @@ def gemm_reference(
     return out
 
 
+def _check_tensors(bias, residual, **operands) -> None:
+    """The operands must be tensors; bias and residual tensors or None."""
+    for what, t in operands.items():
+        backend.check_tensor(t, what)
+    for what, t in (("bias", bias), ("residual", residual)):
+        if t is not None:
+            backend.check_tensor(t, what)
+
+
 def _check(a, b, bias, residual, activation) -> None:
+    _check_tensors(a=a, b=b, bias=bias, residual=residual)
     if activation not in ACTIVATIONS:
         names = ", ".join(repr(n) for n in ACTIVATIONS)
         raise backend.KernelError(f"activation={activation!r}; use one of {names}")
@@ -819,6 +829,8 @@ def gemm(
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`a @ b` with `torch.matmul`'s shapes: 1-D operands, and batch dimensions that
     broadcast, flattened into the kernel's one batch dimension (see `gemm`)."""
+    backend.check_tensor(a, "a")
+    backend.check_tensor(b, "b")
     same_batch = a.dim() < 3 or b.dim() < 3 or a.shape[0] == b.shape[0]
     if min(a.dim(), b.dim()) >= 2 and max(a.dim(), b.dim()) <= 3 and same_batch:
         return gemm(a, b)
@@ -881,6 +893,7 @@ def linear(
         raise backend.KernelError(
             f"weight_layout={weight_layout!r}; use 'out_in' (nn.Linear) or 'in_out' (Conv1D)"
         )
+    _check_tensors(x=x, weight=weight, bias=bias, residual=residual)
     if weight.dim() != 2 or x.dim() == 0:
         raise backend.KernelError(
             f"linear takes x [..., in] and a 2-D weight, got {tuple(x.shape)} and {tuple(weight.shape)}"

@@ -105,6 +105,28 @@ def test_benchmark_times_each_op_against_the_framework(op, monkeypatch):
     assert result.as_dict()["ratio"] == result.ratio
 
 
+def test_benchmark_takes_a_numpy_integer_size(monkeypatch):
+    monkeypatch.setenv("OKTO_KERNELS", "native")
+    assert kernels.benchmark("gelu", np.int64(8)).op == "gelu"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: kernels.matmul(None, x),
+        lambda x: kernels.matmul(x, 2.0),
+        lambda x: kernels.linear(x, None),
+        lambda x: kernels.linear(x, x, bias=1.0),
+        lambda x: kernels.attention(None, x, x),
+    ],
+    ids=["matmul a", "matmul b", "linear weight", "linear bias", "attention q"],
+)
+def test_a_missing_tensor_is_refused_with_what_to_pass(call):
+    """matmul(None, x) and the like were AttributeErrors from reading .dim() or .shape."""
+    with pytest.raises(KernelError, match="pass a torch tensor or a NumPy array"):
+        call(torch.ones(2, 2, 2, 2))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter is a CPU-only path")
 def test_benchmark_says_when_the_triton_interpreter_ran():
     result = kernels.benchmark("rms_norm", 8, dtype="fp32")
