@@ -493,7 +493,9 @@ class Trainer:
         self.metrics.write(
             "nan", step=self.step, epoch=self.epoch, loss=result.loss, grad_norm=result.grad_norm
         )
-        self.controller.fire("on_nan", self.totals.nan_steps, self._metric_values())
+        # on_nan rules read the bad step's own loss and norm, so a LOG shows which went bad
+        bad = {"loss": result.loss, "grad_norm": result.grad_norm}
+        self.controller.fire("on_nan", self.totals.nan_steps, {**self._metric_values(), **bad})
         if self.config.stability.stop_if_nan:
             return self._fail(
                 "nan",
@@ -599,7 +601,7 @@ class Trainer:
             )
         if self.stop_reason == "early_stopping":
             return Outcome("early_stopping", f"early stopping at step {self.step}")
-        if self.stop_reason is not None:
+        if self.stop_reason is not None and self.step < self.total:  # at the end, none left
             return Outcome("stopped", f"stopped at step {self.step}: {self.stop_reason}")
         return Outcome("completed", f"finished {counted(self.step, 'step')}")
 

@@ -79,12 +79,22 @@ def test_a_step_that_ends_several_epochs_evaluates_once(project, tmp_path):
     assert logs == ["epoch 1", "epoch 2", "epoch 3", "epoch 4"]
 
 
+@pytest.mark.parametrize("rule", ["IF step == 3 { STOP }", "on_eval { STOP }"])
+def test_a_stop_at_the_last_step_completes_the_run(project, rule):
+    """A STOP that ended nothing (the run's last step, or its final evaluation) was reported
+    as 'stopped at step 3', though every step ran."""
+    path = project(train="max_steps: 3", extra=f"CONTROL {{ {rule} }}")
+    result = okto.train(path)
+    assert result.outcome == "completed" and result.steps == 3
+    assert read_metrics(METRICS, "summary")[0]["outcome"] == "completed"
+
+
 def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
     path = project(
         train='max_steps: 20 scheduler: "constant"',
         extra="""CONTROL {
   IF step == 2 { SET learning_rate = 1e30 }
-  on_nan { LOG "nan seen" }
+  on_nan { LOG "nan seen: loss {loss}" }
 }""",
     )
     assert train(path) == 3
@@ -92,7 +102,8 @@ def test_nan_stops_with_a_checkpoint_and_exit_3(project, capsys):
     assert "NaN or infinite" in err and "checkpoint" in err
     nan = read_metrics(METRICS, "nan")
     assert len(nan) == 1
-    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["nan seen"]
+    # the bad step's own loss, not the last finite one's
+    assert [r["message"] for r in read_metrics(METRICS, "log")] == ["nan seen: loss nan"]
     assert Path(f"runs/tiny/checkpoints/step-{nan[0]['step']:07d}").is_dir()
     assert not Path("runs/tiny/final").exists()
 
