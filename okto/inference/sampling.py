@@ -1,7 +1,9 @@
 """Choosing the next token on the device: repetition penalty, temperature, top-k, top-p, then a draw.
 
 The processors run in Hugging Face's order with its arithmetic, so greedy
-decoding (temperature 0) matches `generate`. The random draw is Gumbel-max
+decoding (temperature 0) matches `generate` and the distribution sampled from
+is its processors' (to fp32 rounding: the temperature divides logits less
+their row's largest, so that tiny temperatures cannot overflow). The random draw is Gumbel-max
 style (argmax of probs / Exp(1) noise) with noise from a counter-based hash of
 (seed, row, step, token) instead of a generator's state: a row draws the same
 numbers whatever batch it is in and on every device, nothing has to be carried
@@ -23,6 +25,7 @@ _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 _STEP = _signed(0xD6E8FEB86659FD93)
+_SMALLEST_TEMPERATURE = torch.finfo(torch.float32).tiny
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -73,12 +76,28 @@ class Sampler:
 
     def __call__(self, logits, seen, keys, step):
         """Next tokens [B] from fp32 logits [B, V]; `seen` [B, V] marks tokens already in each row."""
-        if self.tracks_seen:
-            p = self.repetition_penalty
-            logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
         if self.greedy:
-            return logits.argmax(dim=-1)
-        logits = logits / self.temperature
+            return self.penalized(logits, seen).argmax(dim=-1)
+        probs = self.probabilities(logits, seen)
+        noise = -torch.log(uniform(keys, step, logits.shape[-1]))
+        return (probs / noise).argmax(dim=-1)
+
+    def penalized(self, logits, seen):
+        """`logits` with the repetition penalty applied to the tokens `seen` marks."""
+        if not self.tracks_seen:
+            return logits
+        p = self.repetition_penalty
+        return torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
+
+    def probabilities(self, logits, seen):
+        """The distribution a sampled token is drawn from [B, V], as Hugging Face's processors
+        make it. Each row's largest logit is subtracted before dividing by the temperature
+        (softmax does not change), so a tiny temperature tends to greedy instead of overflowing
+        into infinities whose softmax is NaN; below fp32's smallest normal number the
+        temperature is that number, whose reciprocal fp32 still holds."""
+        logits = self.penalized(logits, seen)
+        temperature = max(self.temperature, _SMALLEST_TEMPERATURE)
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
         if 0 < self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -88,6 +107,4 @@ class Sampler:
             drop = cumulative <= 1 - self.top_p
             drop[..., -1:] = False
             logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-        probs = logits.softmax(dim=-1)
-        noise = -torch.log(uniform(keys, step, logits.shape[-1]))
-        return (probs / noise).argmax(dim=-1)
+        return logits.softmax(dim=-1)
