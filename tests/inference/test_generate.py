@@ -405,3 +405,32 @@ def test_load_model_flags_must_be_booleans(okm_files, options, words):
 def test_load_model_refuses_a_path_that_is_no_path():
     with pytest.raises(UsageError, match="path: the model's path or hub name, not 5"):
         load_model(5)
+
+
+def test_a_batch_matches_hf_left_padded_batch_with_rows_ending_apart(loaded, hf_dirs, monkeypatch):
+    """Prompts of different lengths in one batch against Hugging Face's left-padded batch, with
+    an EOS the rows reach at different steps: each row's tokens are HF's up to its EOS, and a
+    finished row gets no token after it (HF pads it)."""
+    from transformers import AutoModelForCausalLM
+
+    model = loaded["gpt2"]
+    free = [g.token_ids for g in model.generate(PROMPTS, max_tokens=16, temperature=0)]
+    common = set.intersection(*(set(ids) for ids in free))
+    eos = max(common, key=lambda t: len({ids.index(t) for ids in free}))
+    assert len({ids.index(eos) for ids in free}) > 1  # the rows end at different steps
+    monkeypatch.setattr(model, "eos_ids", {eos})
+    ours = model.generate(PROMPTS, max_tokens=16, temperature=0)
+
+    hf = AutoModelForCausalLM.from_pretrained(hf_dirs["gpt2"]).eval()
+    prompts = [model.encode(p) for p in PROMPTS]
+    width, pad = max(map(len, prompts)), eos + 1
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(
+        ids, attention_mask=mask, max_new_tokens=16, do_sample=False, eos_token_id=eos,
+        pad_token_id=pad,
+    )[:, width:].tolist()
+    for g, row in zip(ours, out, strict=True):
+        assert g.finish_reason == "eos"
+        n = row.index(eos) + 1
+        assert g.token_ids == row[:n] and set(row[n:]) <= {pad}
