@@ -74,7 +74,9 @@ class HFEngine:
                 return torch.tensor(tracker.done, device=input_ids.device)
 
         options = {"do_sample": False}
-        if not sampler.greedy:
+        # a temperature below fp32's smallest normal is greedy at that precision; HF's
+        # sampler would divide the logits into infinities and fail on the NaNs
+        if not sampler.greedy and sampler.temperature >= torch.finfo(torch.float32).tiny:
             options = {
                 "do_sample": True,
                 "temperature": sampler.temperature,

@@ -90,8 +90,12 @@ class Settings:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise UsageError(f"top_k must be 0 (off) or more, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise UsageError(f"repetition_penalty must be above 0, got {self.repetition_penalty}")
+        # below fp32's smallest normal, dividing a seen logit by it overflows to infinity
+        if self.repetition_penalty < 1.2e-38:
+            raise UsageError(
+                f"repetition_penalty must be above 0 (1.2e-38 at least), got "
+                f"{self.repetition_penalty}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size}")
         for name in ("template", "mode", "exit_command"):

@@ -284,6 +284,8 @@ def test_a_chat_template_that_writes_bos_gets_one(hf_dirs, tmp_path):
         ("temperature", float("nan"), "temperature must be a finite number, got nan"),
         ("temperature", float("inf"), "temperature must be a finite number, got inf"),
         ("repetition_penalty", float("nan"), "repetition_penalty must be a finite number"),
+        # dividing a seen logit by it overflowed to infinity: NaN probabilities
+        ("repetition_penalty", 1e-40, "repetition_penalty must be above 0 (1.2e-38 at least)"),
         ("top_p", "0.5", "top_p must be a finite number, got '0.5'"),
         ("top_k", 2.5, "top_k must be an integer, got 2.5"),
         ("seed", 1.5, "seed must be an integer, got 1.5"),
@@ -434,3 +436,12 @@ def test_a_batch_matches_hf_left_padded_batch_with_rows_ending_apart(loaded, hf_
         assert g.finish_reason == "eos"
         n = row.index(eos) + 1
         assert g.token_ids == row[:n] and set(row[n:]) <= {pad}
+
+
+def test_a_tiny_temperature_is_greedy_on_the_hf_backend(okm_files):
+    """temperature=1e-50 made Hugging Face's sampler divide the logits into infinities:
+    torch.multinomial's 'probability tensor contains either inf, nan' traceback."""
+    model = load_model(okm_files["gpt2"], device="cpu", backend="hf")
+    (greedy,) = model.generate("Hello", max_tokens=4, temperature=0)
+    (tiny,) = model.generate("Hello", max_tokens=4, temperature=1e-50, seed=3)
+    assert tiny.token_ids == greedy.token_ids
