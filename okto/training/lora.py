@@ -91,34 +91,41 @@ def default_targets(model: nn.Module) -> list[str]:
 
 
 def apply_lora(model: nn.Module, adapter) -> list[str]:
-    """Freeze `model`, add LoRA to the target layers; the adapted layers' names."""
+    """Freeze `model`, add LoRA to the target layers; the adapted layers' names. Targets that
+    match nothing are refused before the model is touched."""
+    if adapter.target_modules == []:  # PEFT refuses it too: it would adapt nothing
+        raise UsageError(
+            "ADAPTER target_modules is empty: name the layers to adapt, e.g. "
+            f"{_linear_names(model)}, or leave it out for the attention projections"
+        )
     targets = adapter.target_modules or default_targets(model)
     if not targets:
         raise UsageError(
             f"ADAPTER: a {model.config.model_type!r} model has no attention module with linear "
             f"layers to adapt by default; set target_modules, e.g. {_linear_names(model)}"
         )
-    for param in model.parameters():
-        param.requires_grad_(False)
-    shared = _shared_parameters(model)
-    adapted = []
-    for name, layer in list(model.named_modules()):
-        shape = _shape(layer)
-        if shape is None or not _matches(name, targets):
-            continue
-        weight = layer.weight
-        if weight in shared:  # a head tied to the input embeddings
-            layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-            model.config.tie_word_embeddings = False
-        layer.lora = LoRA(*shape, adapter.rank, adapter.alpha, adapter.dropout).to(weight.device)
-        layer.register_forward_hook(_add_update)
-        adapted.append(name)
-    if not adapted:
+    layers = {
+        name: layer
+        for name, layer in model.named_modules()
+        if _shape(layer) is not None and _matches(name, targets)
+    }
+    if not layers:
         raise UsageError(
             f"ADAPTER target_modules {targets} match no linear layer of this model; "
             f"its linear layers are named {_linear_names(model)}"
         )
-    return adapted
+    for param in model.parameters():
+        param.requires_grad_(False)
+    shared = _shared_parameters(model)
+    for layer in layers.values():
+        weight = layer.weight
+        if weight in shared:  # a head tied to the input embeddings
+            layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
+        lora = LoRA(*_shape(layer), adapter.rank, adapter.alpha, adapter.dropout)
+        layer.lora = lora.to(weight.device)
+        layer.register_forward_hook(_add_update)
+    return list(layers)
 
 
 def _shared_parameters(model: nn.Module) -> set[nn.Parameter]:

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from okto.errors import UsageError
 from okto.language.config import AdapterConfig
 from okto.package import open_checkpoint
 from okto.package.hf_config import transformers_config
@@ -199,6 +200,22 @@ def test_lora_on_a_head_tied_to_the_embeddings_stays_the_heads():
     fresh.load_state_dict(merged_state_dict(model))
     torch.testing.assert_close(fresh(input_ids=ids).logits, expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(fresh.transformer.wte.weight, embeddings)
+
+
+def test_an_empty_target_modules_list_is_refused():
+    """`target_modules: []` adapted the attention projections, as if the field were unset."""
+    model = models.model("llama", models.tokenizer("llama"))
+    with pytest.raises(UsageError, match=r"target_modules is empty: name the layers .*'q_proj'"):
+        apply_lora(model, AdapterConfig(rank=2, target_modules=[]))
+
+
+def test_refused_targets_leave_the_model_as_it_was():
+    """Targets matching nothing were refused after every parameter was frozen: the caller's
+    model stayed frozen, and would train nothing."""
+    model = models.model("gpt2", models.tokenizer("gpt2"))
+    with pytest.raises(UsageError, match="match no linear layer"):
+        apply_lora(model, AdapterConfig(rank=2, target_modules=["q_proj"]))
+    assert all(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.gpu
