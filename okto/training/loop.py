@@ -920,6 +920,7 @@ class Trainer:
             "data_key": self.data_key,
             "seed": self.seed,
             "optimizer": self.config.train.optimizer,
+            "adapter_alpha": self._adapter_alpha(),
             "configured": self.configured,
             "live": asdict(self.live),
             "window": asdict(self.window),
@@ -997,8 +998,11 @@ class Trainer:
 
     def _check_optimizer(self, path: Path) -> None:
         """Another optimizer's state does not fit this one (SGD stopped with a KeyError on
-        Adam's; Adam took AdamW's decoupled weight decay with it): refused, before loading."""
-        written = ckpt.read_trainer_state(path).get("optimizer")
+        Adam's; Adam took AdamW's decoupled weight decay with it), and an adapter trained
+        under another alpha would have its update rescaled mid-run (another rank does not
+        load at all): refused, before loading."""
+        state = ckpt.read_trainer_state(path)
+        written = state.get("optimizer")
         wanted = self.config.train.optimizer
         if written is not None and written != wanted:
             raise UsageError(
@@ -1006,6 +1010,17 @@ class Trainer:
                 f"its state does not fit; resume with optimizer {written}, or start afresh "
                 "without --resume"
             )
+        written, wanted = state.get("adapter_alpha"), self._adapter_alpha()
+        if written is not None and wanted is not None and written != wanted:
+            raise UsageError(
+                f"{path} trained its adapter with alpha {written:g}, this run has {wanted:g}: "
+                f"the adapter's update would be rescaled {wanted / written:g}x mid-run; resume "
+                f"with MODEL.adapter.alpha {written:g}, or start afresh without --resume"
+            )
+
+    def _adapter_alpha(self) -> float | None:
+        adapter = self.config.model.adapter
+        return None if adapter is None else float(adapter.alpha)
 
     def _regroup(self, written_by: int) -> None:
         """After a checkpoint of `written_by` processes, keep the global batch when the number

@@ -117,6 +117,20 @@ def test_resuming_with_another_rank_says_the_checkpoint_does_not_fit(
     assert "Traceback" not in err
 
 
+def test_resuming_with_another_alpha_is_refused(project, tokenizer_dir, tmp_path, capsys):
+    """The tensors fit, so a resume with another alpha went on with the adapter's update
+    rescaled mid-run (alpha 8 -> 64 moved step 4's loss from 5.81 to 4.99) without a word."""
+    _llama_base(tmp_path / "base", tokenizer_dir)
+    path = project(train="max_steps: 2 save_steps: 1", model=LLAMA_LORA.format(base="base"))
+    assert train(path) == 0
+    capsys.readouterr()
+    assert train(path, "--resume", "auto", "--set", "MODEL.adapter.alpha=64") == 2
+    err = capsys.readouterr().err
+    assert "trained its adapter with alpha 8, this run has 64" in err
+    assert "rescaled 8x mid-run" in err and "Traceback" not in err
+    assert train(path, "--resume", "auto", "--set", "MODEL.adapter.dropout=0.1") == 0
+
+
 def test_the_adapter_is_kept_without_the_final_model(project, tokenizer_dir, tmp_path):
     """The adapter is what a LoRA run makes: OUTPUT.save_model: false left the run with
     nothing (no adapter/ folder), and now leaves out only the merged model."""
