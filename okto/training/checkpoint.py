@@ -13,7 +13,9 @@ A checkpoint is a folder `step-NNNNNNN/` under the run's checkpoint folder:
 It is written under a temporary name and renamed, so a folder named
 `step-*` is always complete: a write cut short (a crash, a full disk, a
 kill) leaves a `.tmp-*` folder that is never read and is swept away by the
-next save, and the previous checkpoint untouched. A job of several processes
+next save, and the previous checkpoint untouched. A `step-*` folder damaged
+otherwise (a file deleted or cut short by hand, a copy cut short) is refused
+by `--resume`, naming what is wrong and the last whole checkpoint. A job of several processes
 writes its checkpoints through torch.distributed.checkpoint instead
 (distributed_checkpoint.py), in the same folders and under the same rules.
 """
@@ -23,15 +25,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -63,13 +67,24 @@ def save_checkpoint(
         (staging / TRAINER).write_text(json.dumps(trainer, indent=1))
         for name in FILES:
             fsync(staging / name)
-        if final.exists():  # `SAVE checkpoint` and a periodic save at the same step
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        replace(staging, final)
         fsync(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def replace(staging: Path, final: Path) -> None:
+    """Rename `staging` to `final`. One already there (`SAVE checkpoint` and a periodic save
+    at the same step) is first renamed to a temporary name, then removed: deleted in place,
+    a kill during the deletion left a half-deleted `step-*` folder."""
+    if final.exists():
+        old = final.with_name(f"{_TEMP_PREFIX}{final.name}-{os.getpid()}-old")
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, final)
 
 
 @contextlib.contextmanager
@@ -135,33 +150,84 @@ def set_aside(folder: Path, records: tuple[Path | None, ...] = ()) -> tuple[int,
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The complete checkpoint with the highest step in `folder`, if any."""
-    done = [
-        p
-        for p in checkpoints_in(folder)
-        if any(all((p / name).is_file() for name in files) for files in (FILES, DISTRIBUTED_FILES))
-    ]
-    return done[-1] if done else None
+    """The checkpoint with the highest step in `folder`, if any. A `step-*` folder after it
+    that is incomplete or unreadable is refused, saying what is wrong and naming the last
+    whole one: skipped, the run quietly went back to an earlier step, and its next save of
+    that step deleted the damaged folder."""
+    damaged = []
+    for path in reversed(checkpoints_in(folder)):
+        problem = damage(path)
+        if problem is None:
+            break
+        damaged.append((path, problem))
+    else:
+        path = None
+    if damaged:
+        newest, problem = damaged[0]
+        names = ", ".join(p.name for p, _ in reversed(damaged))
+        then = (
+            f"--resume {path} continues from the last whole one (or move {names} out of "
+            f"{folder}, and --resume auto takes it)"
+            if path is not None
+            else f"no checkpoint before it is whole: move {names} out of {folder}, or start "
+            "afresh without --resume (which sets the checkpoints aside)"
+        )
+        raise UsageError(f"{newest} is a damaged checkpoint: {problem}; {then}")
+    return path
+
+
+def damage(path: Path) -> str | None:
+    """What makes the folder `path` no whole checkpoint (a file missing, cut short or not
+    what okto writes), or None. Reads the files' headers only, not the tensors."""
+    files = DISTRIBUTED_FILES if (path / DISTRIBUTED_FILES[0]).is_file() else FILES
+    missing = [name for name in files if not (path / name).is_file()]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    try:
+        trainer = json.loads((path / TRAINER).read_text())
+    except (ValueError, OSError) as error:
+        return f"{TRAINER} cannot be read ({error})"
+    if not isinstance(trainer, dict) or not isinstance(trainer.get("step"), int):
+        return f"{TRAINER} holds no step"
+    for name in (STATE, WEIGHTS) if files is FILES else (STATE,):
+        try:
+            if name == STATE:  # what torch.save writes: a zip, its index at the end
+                zipfile.ZipFile(path / name).close()
+            else:  # its header, checked against the file's size
+                with safe_open(str(path / name), "pt"):
+                    pass
+        except (zipfile.BadZipFile, SafetensorError, OSError) as error:
+            return f"{name} cannot be read ({error})"
+    return None
 
 
 def read_checkpoint(path: Path) -> tuple[dict, dict, dict]:
     """(trainable tensors, state dicts, trainer state) of a checkpoint folder."""
     trainer = read_trainer_state(path)
-    weights = load_file(str(path / WEIGHTS))
-    states = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    try:
+        weights = load_file(str(path / WEIGHTS))
+        states = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError) as error:  # a bit flipped
+        raise UsageError(f"{path} is a damaged checkpoint: {error}") from None
     return weights, states, trainer
 
 
 def read_trainer_state(path: Path) -> dict:
     """A checkpoint's trainer.json (of one process or of several), or an error saying that
-    `path` is no checkpoint."""
-    files = DISTRIBUTED_FILES if (path / DISTRIBUTED_FILES[0]).is_file() else FILES
-    missing = [name for name in files if not (path / name).is_file()]
-    if not path.is_dir() or missing:
-        raise UsageError(
-            f"{path} is not an okto checkpoint (a step-* folder with {', '.join(FILES)})"
-        )
-    return json.loads((path / TRAINER).read_text())
+    `path` is a damaged checkpoint, or none (naming a folder in it that holds some)."""
+    looks_like_one = any((path / name).exists() for name in (*FILES, DISTRIBUTED_FILES[0]))
+    problem = damage(path) if path.is_dir() else None
+    if path.is_dir() and problem is None:
+        return json.loads((path / TRAINER).read_text())
+    if looks_like_one:
+        raise UsageError(f"{path} is a damaged checkpoint: {problem}")
+    holding = (
+        [sub for sub in sorted(path.iterdir()) if checkpoints_in(sub)] if path.is_dir() else []
+    )
+    where = f"; its checkpoints are in {holding[0]}, which --resume takes" if holding else ""
+    raise UsageError(
+        f"{path} is not an okto checkpoint (a step-* folder with {', '.join(FILES)}){where}"
+    )
 
 
 def load_trainable(model: nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:

