@@ -24,6 +24,9 @@ from okto.language.paths import local_path
 from okto.training.hub import HubUnavailable, hub_snapshot, missing_path
 
 SIZE_TOLERANCE = 0.10
+# The weight files transformers loads a folder from: one file, or an index naming the shards.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # Config values derived from others when a config is made, and what they derive from.
 DERIVED = {
     "head_dim": ("hidden_size", "num_attention_heads"),
@@ -65,11 +68,61 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
             raise
         return _shape_without_base(model_cfg, offline)
     if not model_cfg.pretrained:
-        source.config = _override(source.config, model_cfg.config)
+        source.config = _override(_retyped(source.config, model_cfg.architecture), model_cfg.config)
         source.where = f"new {source.config.model_type} shaped like {source.where}"
         source.folder = source.package = source.reference = None
         source.pretrained = False
+    elif source.folder is not None:
+        _check_weights(source.folder, model_cfg.base)
     return source
+
+
+def _retyped(config, architecture: str | None):
+    """The base's config as MODEL.architecture's type, when `pretrained: false` names another
+    one (its values over the new type's defaults, as `okto plan` reads them)."""
+    from transformers import AutoConfig
+
+    from okto.package.hf_config import CONFIG_ERRORS, refused
+
+    if architecture is None or architecture == config.model_type:
+        return config
+    values = {k: v for k, v in config.to_dict().items() if k != "model_type"}
+    for derived in DERIVED:
+        values.pop(derived, None)  # the new type derives its own
+    try:
+        return type(AutoConfig.for_model(architecture)).from_dict(values)
+    except CONFIG_ERRORS as error:
+        raise refused(architecture, error) from None
+
+
+def _check_weights(folder: Path, base: str) -> None:
+    """A pretrained folder holds the weights its config describes: every shard its index names,
+    or one weight file (transformers' own error for a missing one is a traceback)."""
+    import json
+
+    for index in WEIGHT_INDEXES:
+        if (folder / index).is_file():
+            try:
+                shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError) as error:
+                raise UsageError(
+                    f"MODEL.base {base!r}: cannot read {folder / index} ({error})"
+                ) from None
+            absent = sorted(s for s in shards if not (folder / s).is_file())
+            if absent:
+                raise UsageError(
+                    f"MODEL.base {base!r}: {folder} lacks {len(absent)} of the "
+                    f"{len(shards)} weight shards {index} names ({', '.join(absent[:3])}"
+                    f"{', ...' if len(absent) > 3 else ''}): copy or download them again"
+                )
+            return
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UsageError(
+            f"MODEL.base {base!r}: {folder} holds a config.json but no weights "
+            "(model.safetensors, model-*.safetensors shards with model.safetensors.index.json, "
+            "or pytorch_model.bin): copy the weights there, or write pretrained: false to "
+            "train a new model of that shape"
+        )
 
 
 def _shape_without_base(model_cfg, offline: bool) -> ModelSource:
@@ -209,9 +262,6 @@ def _has_setting(config, key: str) -> bool:
 def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):
     """The model, on the CPU, in fp32 (frozen base weights in `frozen_dtype` when given)."""
     import torch
-    from transformers import AutoModelForCausalLM
-
-    from okto.data.progress import quiet_transformers
 
     config = source.config
     if not source.pretrained:
@@ -227,8 +277,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
     if not source.pretrained:
         model = new_model(config)
     elif source.folder is not None:
-        with quiet_transformers():  # okto's model line follows
-            model = AutoModelForCausalLM.from_pretrained(str(source.folder), config=config)
+        model = _load_folder(source, config)
     else:
         model = _load_package(source, config)
     model = model.to(frozen_dtype or torch.float32)
@@ -294,6 +343,39 @@ def _for_training(model) -> None:
 
 def _no_padding_check(input_ids, attention_mask) -> None:
     return None
+
+
+def _load_folder(source: ModelSource, config):
+    """The model holding a folder's weights. transformers fills weights the files lack, or
+    hold in another shape, with random ones and goes on: a pretrained run refuses that, as
+    for an `.okm`."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
+
+    from okto.data.progress import quiet_transformers
+
+    try:
+        with quiet_transformers():  # okto's model line follows
+            model, info = AutoModelForCausalLM.from_pretrained(
+                str(source.folder),
+                config=config,
+                ignore_mismatched_sizes=True,  # reported below, in words
+                output_loading_info=True,
+            )
+    except (OSError, SafetensorError) as error:  # an unreadable or truncated weight file
+        raise UsageError(f"{source.where}: cannot read its weights ({error})") from None
+    missing = sorted(info["missing_keys"])
+    mismatched = sorted(name for name, *_ in info["mismatched_keys"])
+    faults = [
+        f"{what} {names[:3]}"
+        for what, names in (("missing", missing), ("shaped otherwise", mismatched))
+        if names
+    ]
+    if faults:
+        raise UsageError(
+            f"{source.where}: its weights do not fit its config.json ({', '.join(faults)})"
+        )
+    return model
 
 
 def _load_package(source: ModelSource, config):
