@@ -7,9 +7,8 @@ tokenizer is known (a new model's vocabulary is the tokenizer's).
 MODEL.base is tried as a path relative to the `.okt` file, then to the
 working directory, then as a hub name, unless no hub id can look like it
 (`hub.missing_path`). A run folder (one with `final/`)
-stands for its final model. Weights train in fp32 (autocast supplies the
-mixed precision); only a LoRA run keeps its frozen base in the training
-precision, to save memory.
+stands for its final model. The weights are in the plan's `weights` dtype:
+MODEL.precision when set, else fp32 (autocast supplies the mixed precision).
 """
 
 from __future__ import annotations
@@ -259,8 +258,8 @@ def _has_setting(config, key: str) -> bool:
         return True
 
 
-def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dtype=None):
-    """The model, on the CPU, in fp32 (frozen base weights in `frozen_dtype` when given)."""
+def build(source: ModelSource, model_cfg, tokenizer, max_length: int, dtype=None):
+    """The model, on the CPU, in `dtype` (the plan's weights), else fp32."""
     import torch
 
     config = source.config
@@ -280,7 +279,7 @@ def build(source: ModelSource, model_cfg, tokenizer, max_length: int, frozen_dty
         model = _load_folder(source, config)
     else:
         model = _load_package(source, config)
-    model = model.to(frozen_dtype or torch.float32)
+    model = model.to(dtype or torch.float32)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     _for_training(model)
