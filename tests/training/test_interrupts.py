@@ -134,3 +134,43 @@ def test_ctrl_c_during_an_evaluation_abandons_it_and_resume_evaluates_again(
     same("step", ("step", "loss", "lr", "grad_norm"))
     same("eval", ("step", "val_loss", "accuracy"))
     same("set", ("step", "field", "after"))
+
+
+def test_a_second_ctrl_c_while_the_checkpoint_is_written_quits_leaving_the_one_before(
+    project, monkeypatch, capsys
+):
+    """The first Ctrl-C (at step 5) asks for a checkpoint; the second, while it is written,
+    quits at once (exit 130): the half-written checkpoint leaves no trace, the one of step 4
+    is whole, and --resume auto goes on from it with the uninterrupted run's losses."""
+    from okto.training import checkpoint as ckpt
+
+    settings = "max_steps: 6 save_steps: 2"
+    whole = project(train=settings)
+    assert train(whole, "--set", "OUTPUT.dir=whole") == 0
+    save_file, first = ckpt.save_file, []
+
+    def ctrl_c(self, text):
+        first.append(self.step)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def ctrl_c_again(*args, **kwargs):
+        if first:
+            os.kill(os.getpid(), signal.SIGINT)
+        save_file(*args, **kwargs)
+
+    stopped = project(
+        train=settings, extra='CONTROL { IF step == 5 { LOG "now" } }', name="stop.okt"
+    )
+    with monkeypatch.context() as patches:
+        patches.setattr(Trainer, "log", ctrl_c)
+        patches.setattr(ckpt, "save_file", ctrl_c_again)
+        assert train(stopped) == 130
+    assert first == [5] and "interrupted" in capsys.readouterr().err
+    folder = Path("runs/tiny/checkpoints")
+    assert sorted(p.name for p in folder.iterdir()) == ["step-0000002", "step-0000004"]
+    assert train(whole, "--resume", "auto") == 0
+    losses = [(r["step"], r["loss"]) for r in read_metrics(METRICS, "step")]
+    expected = [
+        (r["step"], r["loss"]) for r in read_metrics(Path("whole/tiny/metrics.jsonl"), "step")
+    ]
+    assert losses == expected[:5] + expected[4:]  # step 5 logged again after the resume
