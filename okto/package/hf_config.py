@@ -20,6 +20,29 @@ CONFIG_ERRORS = (ValueError, TypeError, KeyError, StrictDataclassError)
 """What a transformers config class raises for values it refuses."""
 
 
+DERIVED = ("head_dim", "num_key_value_heads", "layer_types")
+"""Config values transformers derives from others when a config is made."""
+
+
+def overridden(values: dict, overrides: dict) -> dict:
+    """`values` with `overrides` applied, and the values the base had derived from what
+    changed derived again: a head size that was hidden / heads, as many key-value heads as
+    heads (grouped-query counts are kept), and no per-layer list of the old layer count
+    (the config makes a new one). Left alone, they contradict the new values, and a class
+    default (Qwen2's 32 key-value heads) is no better."""
+    new = {**values, **overrides}
+    old_heads, heads = values.get("num_attention_heads"), new.get("num_attention_heads")
+    derived_size = bool(old_heads and heads) and "hidden_size" in values
+    if derived_size and values.get("head_dim") == values["hidden_size"] // old_heads:
+        new["head_dim"] = new["hidden_size"] // heads
+    if values.get("num_key_value_heads") == old_heads:
+        new["num_key_value_heads"] = heads
+    layer_types = new.get("layer_types")
+    if layer_types is not None and len(layer_types) != new.get("num_hidden_layers"):
+        del new["layer_types"]
+    return {**new, **overrides}
+
+
 def transformers_config(model_type: str, values: dict, source: str):
     """`AutoConfig.for_model(model_type, **values)`; a type this transformers lacks, or values
     it refuses, is a UsageError that starts with `source` (what gave the values)."""

@@ -12,7 +12,7 @@ from typing import Any
 from okto.errors import OktoError
 from okto.language.config import ModelConfig
 from okto.language.paths import local_path
-from okto.package.hf_config import transformers_config
+from okto.package.hf_config import DERIVED, overridden, transformers_config
 
 
 def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any | None, str]:
@@ -21,11 +21,13 @@ def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any 
     directory, as okto train looks for it."""
     values, source = _base_values(model.base, base_dir) if model.base else (None, "")
     if model.builds_from_architecture:
+        if values and values.get("model_type") != model.architecture:
+            values = {k: v for k, v in values.items() if k not in DERIVED}  # derived anew
         values = {**(values or {}), "model_type": model.architecture}
         source = f"MODEL.architecture {model.architecture}" + (f" over {source}" if source else "")
     if values is None:
         return None, source or "MODEL names no base and no architecture"
-    values = {**values, **model.config}
+    values = overridden(values, model.config)
     model_type = values.pop("model_type", None)
     if model_type is None:
         return None, f"{source}: the config names no model_type"

@@ -26,12 +26,6 @@ SIZE_TOLERANCE = 0.10
 # The weight files transformers loads a folder from: one file, or an index naming the shards.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-# Config values derived from others when a config is made, and what they derive from.
-DERIVED = {
-    "head_dim": ("hidden_size", "num_attention_heads"),
-    "num_key_value_heads": ("num_attention_heads",),
-    "layer_types": ("num_hidden_layers",),
-}
 
 
 @dataclass
@@ -81,7 +75,7 @@ def _retyped(config, architecture: str | None):
     one (its values over the new type's defaults, as `okto plan` reads them)."""
     from transformers import AutoConfig
 
-    from okto.package.hf_config import CONFIG_ERRORS, refused
+    from okto.package.hf_config import CONFIG_ERRORS, DERIVED, refused
 
     if architecture is None or architecture == config.model_type:
         return config
@@ -225,17 +219,13 @@ def _config(folder: Path):
 def _override(config, overrides: dict):
     """The config rebuilt with MODEL.config's values (so derived ones, like Llama's key-value
     heads and head size, follow), refusing names the architecture does not have."""
-    from okto.package.hf_config import CONFIG_ERRORS, refused
+    from okto.package.hf_config import CONFIG_ERRORS, overridden, refused
 
     _check_names(config, overrides)
     if not overrides:
         return config
-    values = config.to_dict()
-    for derived, sources in DERIVED.items():
-        if derived not in overrides and any(key in overrides for key in sources):
-            values.pop(derived, None)  # recomputed from the new values
     try:
-        return type(config).from_dict({**values, **overrides})
+        return type(config).from_dict(overridden(config.to_dict(), overrides))
     except CONFIG_ERRORS as error:
         raise refused(config.model_type, error) from None
 

@@ -91,3 +91,34 @@ def test_a_head_dim_that_varies_by_layer_is_read_per_layer():
         pytest.skip("this transformers has no Gemma 4")
     expected = max(layer.head_dim for layer in config.per_layer_config)
     assert read_facts(config, None, False, None).head_dim == expected
+
+
+@pytest.mark.parametrize("architecture", ["", 'architecture: "llama"'])
+def test_a_base_with_fewer_layers_plans_and_builds(tmp_path, architecture):
+    """`base: X pretrained: false config { num_hidden_layers: 1 }` over a two-layer Qwen2
+    kept the base's two layer_types, which transformers refused against the one layer
+    (okto plan and okto train both stopped with exit 2); more heads dropped the base's
+    key-value head count for the class default, 32."""
+    from transformers import AutoConfig
+
+    base = AutoConfig.for_model(
+        "qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(base).save_pretrained(str(tmp_path / "base"))
+    text = (
+        f'MODEL {{ base: "base" pretrained: false {architecture} '
+        "config { num_hidden_layers: 1 num_attention_heads: 4 } }"
+    )
+    model = okto.parse(text).config.model
+    planned, _ = model_config(model, tmp_path)
+    built = locate(model, tmp_path, offline=True, scratch=tmp_path).config
+    assert planned.num_hidden_layers == built.num_hidden_layers == 1
+    if not architecture:  # Qwen2 lists a type per layer; Llama has no such list
+        assert len(planned.layer_types) == len(built.layer_types) == 1
+    for config in (planned, built):  # 32 / 4, where the base's was 32 / 2 (Qwen2 lists none)
+        assert getattr(config, "head_dim", 8) == 8
+    # Qwen2 keeps the base's grouped-query count (its class default would be 32); a new
+    # Llama derives its own, as for any other architecture named over a base
+    kv_heads = 4 if architecture else 1
+    assert planned.num_key_value_heads == built.num_key_value_heads == kv_heads
