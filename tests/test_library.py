@@ -223,3 +223,12 @@ def test_train_refuses_a_resume_that_names_nothing(tmp_path, resume):
     with pytest.raises(UsageError, match=r'resume: "auto" or a checkpoint folder, not'):
         okto.train(path, resume=resume)
     assert not (tmp_path / "runs").exists()
+
+
+def test_train_points_a_resume_file_at_its_folder(tmp_path):
+    path = tmp_path / "a.okt"
+    path.write_text('PROJECT "x"\nMODEL { architecture: "gpt2" pretrained: false }\n')
+    state = tmp_path / "trainer.json"
+    state.write_text("{}")
+    with pytest.raises(UsageError, match=r"a file; it takes a checkpoint folder"):
+        okto.train(path, resume=str(state))

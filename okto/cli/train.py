@@ -74,8 +74,14 @@ def run(args) -> int:
     resume = args.resume
     if resume is not None and not resume.strip():  # Path("") is the working folder
         raise UsageError("--resume takes auto or a checkpoint folder, not an empty name")
-    if resume is not None and resume.lower() != "auto" and not Path(resume).expanduser().is_dir():
-        raise UsageError(f"--resume {resume}: no such checkpoint folder")
+    if resume is not None and resume.lower() != "auto":
+        path = Path(resume).expanduser()
+        if path.is_file():  # trainer.json, say: its folder is the checkpoint
+            raise UsageError(
+                f"--resume {resume}: a file; --resume takes its checkpoint folder ({path.parent})"
+            )
+        if not path.is_dir():
+            raise UsageError(f"--resume {resume}: no such checkpoint folder")
     gpus = [f"ENV.gpus={args.gpus}"] if args.gpus is not None else []
     program = load_program(args.file, [*args.set, *gpus], args.max_steps)
     processes = processes_to_start(program)

@@ -24,7 +24,6 @@ or a shared file system across machines).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -83,9 +82,7 @@ def save_checkpoint(
                 ckpt.fsync(staging / name)
         parallel.barrier()  # every part is on disk
         if parallel.is_main:
-            if final.exists():  # `SAVE checkpoint` and a periodic save at the same step
-                shutil.rmtree(final)
-            os.rename(staging, final)
+            ckpt.replace(staging, final)  # one of this step may be there (SAVE checkpoint)
             ckpt.fsync(folder)
         parallel.barrier()
     finally:

@@ -895,12 +895,16 @@ class Trainer:
                     self.checkpoints, self.step, self.model, states, self.state_dict(), rng
                 )
         except OSError as error:  # a full disk, a folder gone: said, not a traceback
-            earlier = ckpt.latest_checkpoint(self.checkpoints)
-            before = (
-                f"the earlier ones are whole: --resume auto continues from {earlier}"
-                if earlier
-                else "there is no earlier one"
-            )
+            try:
+                earlier = ckpt.latest_checkpoint(self.checkpoints)
+            except UsageError as damaged:  # a step-* folder spoilt by hand: say so, not mask
+                before = f"and {damaged}"
+            else:
+                before = (
+                    f"the earlier ones are whole: --resume auto continues from {earlier}"
+                    if earlier
+                    else "there is no earlier one"
+                )
             raise OktoError(
                 f"could not write the checkpoint of step {self.step} in {self.checkpoints} "
                 f"({error.strerror or error}); {before}"

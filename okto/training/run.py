@@ -361,6 +361,8 @@ def _resume_point(choice: str | None, asked_by: str, paths: RunPaths) -> Path | 
     if str(choice).lower() == "auto":
         return latest_checkpoint(paths.checkpoints)
     path = Path(choice).expanduser()
+    if path.is_file():
+        raise UsageError(f"{asked_by}: a file; it takes a checkpoint folder ({path.parent})")
     if not path.is_dir():
         raise UsageError(f"{asked_by}: no such checkpoint folder")
     found = latest_checkpoint(path) or path  # a folder of checkpoints: its latest

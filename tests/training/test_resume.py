@@ -337,6 +337,24 @@ def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, ca
     assert "Traceback" not in err
 
 
+def test_a_full_disk_beside_a_damaged_checkpoint_says_both(project, capsys, monkeypatch):
+    """With a step-* folder spoilt by hand, looking for the last whole checkpoint raised its
+    own UsageError from the full-disk handler, and the disk error went unsaid."""
+    save = ckpt.save_checkpoint
+
+    def full_after_the_first(folder, step, *args):
+        if step > 4:
+            (folder / "step-0000006").mkdir()  # damaged: nothing in it
+            raise OSError(28, "No space left on device")
+        return save(folder, step, *args)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", full_after_the_first)
+    assert train(project(train=SCHEDULE)) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "could not write the checkpoint of step 8 in runs/tiny/checkpoints (No space left" in err
+    assert "step-0000006 is a" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("where", "said"),
     [
