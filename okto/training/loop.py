@@ -372,6 +372,8 @@ class Trainer:
         """One step's forward and backward passes over its micro-batches, queued."""
         rng = ckpt.rng_state() if self.looks_ahead else None
         accumulation = self.live.gradient_accumulation
+        if accumulation > 1 and self.settings.cuda_graphs:
+            self._own_gradients()
         batches = [self.batches.next() for _ in range(accumulation)]
         # The step's loss is the mean over the counted tokens of all its micro-batches in
         # every process, as one batch of them all would give: each micro-batch's mean is
@@ -423,6 +425,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return values
+
+    def _own_gradients(self) -> None:
+        """Give every trainable parameter a zero `.grad` of its own. Autograd keeps the first
+        gradient it hands a parameter as its `.grad`; under CUDA graphs that tensor is the
+        graph's output buffer, which the next micro-batch's replay overwrites before adding
+        to it (torch's "accessing tensor output of CUDAGraphs that has been overwritten")."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
 
     def _finite(self, loss: float, norm: float) -> bool:
         # Under fp16 loss scaling an infinite norm is an overflow the scaler handles.
