@@ -257,9 +257,11 @@ def trainer_run(
             save_model=lambda label: Path(scratch),
             parallel=parallel,
         )
-        trainer.fit()
+        outcome = trainer.fit()
         trainer.metrics.close()
     timed = trainer.session[WARMUP_STEPS:]
+    if outcome.reason != "completed" or not timed:  # a record of nothing is no figure
+        raise RuntimeError(f"the run ended {outcome.reason}: {outcome.message}")
     return sum(s for s, _, _ in timed), trainer.totals.last_loss, len(timed)
 
 
