@@ -320,16 +320,22 @@ def test_a_full_disk_while_saving_the_final_model_is_said_after_the_summary(proj
     assert not Path("runs/tiny/final").exists()
 
 
-def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, capsys, monkeypatch):
-    """An OSError writing a checkpoint (a full disk) ended the run with a traceback."""
+def _disk_full_after_step_4(monkeypatch, then=lambda folder: None) -> None:
+    """Checkpoints after step 4 fail as on a full disk, `then(folder)` first."""
     save = ckpt.save_checkpoint
 
     def full_after_the_first(folder, step, *args):
         if step > 4:
+            then(folder)
             raise OSError(28, "No space left on device")
         return save(folder, step, *args)
 
     monkeypatch.setattr(ckpt, "save_checkpoint", full_after_the_first)
+
+
+def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, capsys, monkeypatch):
+    """An OSError writing a checkpoint (a full disk) ended the run with a traceback."""
+    _disk_full_after_step_4(monkeypatch)
     assert train(project(train=SCHEDULE)) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "could not write the checkpoint of step 8 in runs/tiny/checkpoints (No space left" in err
@@ -340,15 +346,7 @@ def test_a_full_disk_while_checkpointing_is_said_without_a_traceback(project, ca
 def test_a_full_disk_beside_a_damaged_checkpoint_says_both(project, capsys, monkeypatch):
     """With a step-* folder spoilt by hand, looking for the last whole checkpoint raised its
     own UsageError from the full-disk handler, and the disk error went unsaid."""
-    save = ckpt.save_checkpoint
-
-    def full_after_the_first(folder, step, *args):
-        if step > 4:
-            (folder / "step-0000006").mkdir()  # damaged: nothing in it
-            raise OSError(28, "No space left on device")
-        return save(folder, step, *args)
-
-    monkeypatch.setattr(ckpt, "save_checkpoint", full_after_the_first)
+    _disk_full_after_step_4(monkeypatch, then=lambda folder: (folder / "step-0000006").mkdir())
     assert train(project(train=SCHEDULE)) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "could not write the checkpoint of step 8 in runs/tiny/checkpoints (No space left" in err
