@@ -375,21 +375,16 @@ class Trainer:
         if accumulation > 1 and self.settings.cuda_graphs:
             self._own_gradients()
         batches = [self.batches.next() for _ in range(accumulation)]
-        # The step's loss is the mean over the counted tokens of all its micro-batches in
-        # every process, as one batch of them all would give: each micro-batch's mean is
-        # weighted by its share of those tokens (x processes: their gradients are averaged).
-        counted = [(batch.labels[:, 1:] != IGNORE_INDEX).sum() for batch in batches]
-        total = self.parallel.sum(torch.stack(counted).sum().float())
         loss_sum = torch.zeros((), device=self.device)
         examples = tokens = 0
-        for index, (batch, count) in enumerate(zip(batches, counted, strict=True)):
+        for index, (batch, weight) in enumerate(zip(batches, self._weights(batches), strict=True)):
             with self.parallel.micro_step(last=index == accumulation - 1):
                 with self._autocast():
                     # no KV cache: transformers builds one by default, of no use to a loss
                     loss = self.forward(
                         input_ids=batch.input_ids, labels=batch.labels, use_cache=False
                     ).loss
-                loss = loss.float() * (count * self.parallel.world / total)
+                loss = loss.float() if weight is None else loss.float() * weight
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             loss_sum += loss.detach()
             examples += batch.input_ids.shape[0]
@@ -425,6 +420,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return values
+
+    def _weights(self, batches: list[Batch]) -> list:
+        """What each micro-batch's mean loss is multiplied by, so that the step's loss is the
+        mean over the counted tokens of all its micro-batches in every process, as one batch
+        of them all would give: its share of those tokens (x processes, whose gradients are
+        averaged). One micro-batch in one process keeps its own mean (None)."""
+        if len(batches) == 1 and self.parallel.world == 1:
+            return [None]
+        counted = [(batch.labels[:, 1:] != IGNORE_INDEX).sum() for batch in batches]
+        total = self.parallel.sum(torch.stack(counted).sum().float())
+        return [count * self.parallel.world / total for count in counted]
 
     def _own_gradients(self) -> None:
         """Give every trainable parameter a zero `.grad` of its own. Autograd keeps the first
@@ -958,7 +964,7 @@ class Trainer:
         DDP's replicas). When the number of processes changed, each process's batch is
         resized to keep the global batch, and the random generators go on from the seed.
         """
-        self._check_optimizer(path)
+        self._check_fits(path)
         if dckpt.is_distributed(path):
             states, state, rng = dckpt.load_checkpoint(
                 path, self.model, self.optimizer, self.parallel
@@ -1012,7 +1018,7 @@ class Trainer:
             )
         return changed
 
-    def _check_optimizer(self, path: Path) -> None:
+    def _check_fits(self, path: Path) -> None:
         """Another optimizer's state does not fit this one (SGD stopped with a KeyError on
         Adam's; Adam took AdamW's decoupled weight decay with it), and an adapter trained
         under another alpha would have its update rescaled mid-run (another rank does not
