@@ -32,11 +32,12 @@ def overridden(values: dict, overrides: dict) -> dict:
     default (Qwen2's 32 key-value heads) is no better."""
     new = {**values, **overrides}
     old_heads, heads = values.get("num_attention_heads"), new.get("num_attention_heads")
-    derived_size = bool(old_heads and heads) and "hidden_size" in values
-    if derived_size and values.get("head_dim") == values["hidden_size"] // old_heads:
-        new["head_dim"] = new["hidden_size"] // heads
-    if values.get("num_key_value_heads") == old_heads:
-        new["num_key_value_heads"] = heads
+    if old_heads and heads:  # configs that name their heads so (GPT-2's n_head: no)
+        size = values.get("hidden_size")
+        if size is not None and values.get("head_dim") == size // old_heads:
+            new["head_dim"] = new["hidden_size"] // heads
+        if values.get("num_key_value_heads") == old_heads:
+            new["num_key_value_heads"] = heads
     layer_types = new.get("layer_types")
     if layer_types is not None and len(layer_types) != new.get("num_hidden_layers"):
         del new["layer_types"]

@@ -122,3 +122,15 @@ def test_a_base_with_fewer_layers_plans_and_builds(tmp_path, architecture):
     # Llama derives its own, as for any other architecture named over a base
     kv_heads = 4 if architecture else 1
     assert planned.num_key_value_heads == built.num_key_value_heads == kv_heads
+
+
+def test_overrides_add_no_key_a_config_lacks():
+    """GPT-2 names its heads n_head: the rule for key-value heads added
+    num_key_value_heads: None to every GPT-2 config built with a config {} block."""
+    from okto.package.hf_config import overridden
+
+    assert overridden({"n_head": 4, "n_layer": 12}, {"n_layer": 2}) == {"n_head": 4, "n_layer": 2}
+    grouped = {"num_attention_heads": 4, "num_key_value_heads": 2, "hidden_size": 64, "head_dim": 16}
+    assert overridden(grouped, {"num_attention_heads": 8}) == {
+        **grouped, "num_attention_heads": 8, "head_dim": 8  # the grouped count kept
+    }  # fmt: skip
