@@ -166,4 +166,6 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         return softmax_reference(x, dim)
     if x.dim() == 0:
         return _softmax_op(x.reshape(1)).reshape(())
-    return _softmax_op(x.movedim(dim, -1)).movedim(-1, dim)
+    # The kernel reduces the last dimension; moved back, its result is a permuted view, so it
+    # is copied to the contiguous layout torch.softmax gives whatever the input's strides.
+    return _softmax_op(x.movedim(dim, -1)).movedim(-1, dim).contiguous()

@@ -27,6 +27,7 @@ def _check(x, dim, dtype, mask=None):
     y.backward(dy)
     y64 = torch.softmax(x_lp.detach().double(), dim=dim)
     assert y.dtype == dtype and y.shape == x.shape
+    assert y.stride() == torch.softmax(x_lp.detach(), dim=dim).stride()
     assert rel_error(y, y64) < TOL[dtype]
     # The backward reads the forward's output as rounded to `dtype`, so its oracle is the
     # exact gradient at that output: dx = y * (dy - sum(dy * y)). Against the gradient at
@@ -46,6 +47,19 @@ def _check(x, dim, dtype, mask=None):
 @pytest.mark.parametrize("shape, dim", [((7,), -1), ((3, 53), -1), ((2, 5, 130), -1), ((37, 6), 0)])
 def test_softmax_forward_backward_matches_float64(shape, dim, dtype, variant):
     _check(torch.randn(shape, device=DEVICE) * 3, dim, dtype)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_result_has_torch_softmax_layout(layout, dim, variant):
+    """dim != -1 gave the kernel's output moved back: a permuted view, not torch's layout."""
+    x = torch.randn(4, 5, 37, device=DEVICE) * 3
+    if layout == "transposed":
+        x = x.transpose(0, 2)
+    _check(x, dim, torch.float32)
+    with FakeTensorMode() as mode:
+        fake = softmax(mode.from_tensor(x), dim=dim)
+    assert fake.stride() == torch.softmax(x, dim=dim).stride()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
