@@ -5,7 +5,7 @@ Field names are the canonical snake_case spellings; `validation_alias` lists
 the other spellings public files use (`val`, `log_interval`, `dtype`, ...).
 Every block has a default, so `OktoConfig()` is a complete configuration.
 Checks that span fields raise `FieldConflict` naming the field to blame;
-checks that only deserve a warning append `(path, message)` to the list given
+checks that only deserve a warning append `(path, message, hint)` to the list given
 as `context={"warnings": [...]}` to `model_validate`.
 """
 
@@ -90,9 +90,9 @@ class BlockModel(BaseModel):
     not_executed: ClassVar[tuple[str, ...]] = ()
 
 
-def _warn(info: ValidationInfo, path: tuple, message: str) -> None:
+def _warn(info: ValidationInfo, path: tuple, message: str, hint: str | None = None) -> None:
     if info.context is not None:
-        info.context.setdefault("warnings", []).append((path, message))
+        info.context.setdefault("warnings", []).append((path, message, hint))
 
 
 # ---- header statements ---------------------------------------------------------
@@ -231,6 +231,21 @@ class DatasetConfig(BlockModel):
         """okto.data takes "Train" for "train"; spelling it one way here keeps the checks
         below (the default vocab_size, vocab_size's warning) in step with it."""
         return "train" if value is not None and value.lower() == "train" else value
+
+    @field_validator("dataset_percent", mode="before")
+    @classmethod
+    def _bare_fraction(cls, value: Any, info: ValidationInfo) -> Any:
+        """A bare number is percent points (documented), but `0.5` is more likely meant as a
+        half than as 0.5%: say how it reads. A written `0.5%` is taken at its word."""
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1:
+            _warn(
+                info,
+                ("dataset", "dataset_percent"),
+                f"dataset_percent: {value:g} keeps {value:g}% of the training data, "
+                "not a fraction of it",
+                f"for a half write 50 (or 50%); write {value:g}% to mean {value:g} percent",
+            )
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DatasetConfig:

@@ -37,8 +37,8 @@ def validate(
             errors.append(_diagnostic("error", message, hint, where, locations, source))
         raise OktoValidationError(errors) from None
     warnings = [
-        _diagnostic("warning", message, None, _nearest(path, locations), locations, source)
-        for path, message in context["warnings"]
+        _diagnostic("warning", message, hint, _nearest(path, locations), locations, source)
+        for path, message, hint in context["warnings"]
     ]
     return config, warnings
 
