@@ -91,7 +91,7 @@ class ControlBuilder:
 
     def build(self, body: Body) -> list[dict]:
         rules: list[dict] = []
-        for item in body:
+        for item in self._without_statement_fields(body):
             rule = self._top_level(item, ("control", len(rules)))
             if rule is not None:
                 rules.append(rule)
@@ -137,7 +137,7 @@ class ControlBuilder:
     def _actions(self, body: Body, event: Event, path: Path) -> list[dict]:
         actions: list[dict] = []
         previous = None
-        for item in body:
+        for item in self._without_statement_fields(body):
             reason = _stop_reason(item) if isinstance(previous, StopStatement) else None
             if reason is not None:
                 found = f'string "{reason}"' if isinstance(item, Str) else f"'{reason}'"
@@ -216,6 +216,26 @@ class ControlBuilder:
             return None
         head = {"kind": "every", "event": unit_event, "interval": interval}
         return self._rule(item, path, head, self._actions(item.body, unit_event, path))
+
+    def _without_statement_fields(self, body: Body) -> list[Item]:
+        """`body` less the fields that follow a verb or STOP on its line (the spec's
+        `REPLACE with_message: "..."`): they belong to that statement. A verb has no effect
+        here anyway (its warning says so); STOP runs without them, which a warning says."""
+        kept: list[Item] = []
+        owner, line = None, None
+        for item in body:
+            if owner is not None and isinstance(item, Field) and item.span.line == line:
+                line = item.span.end_line
+                if isinstance(owner, StopStatement):
+                    self.collect.warn(
+                        item.key_span,
+                        f"'{item.key}' has no effect: {owner.keyword} takes no fields",
+                    )
+                continue
+            owner = item if isinstance(item, VerbStatement | StopStatement) else None
+            line = item.span.end_line
+            kept.append(item)
+        return kept
 
     def _inference_only(self, item: VerbStatement) -> None:
         self.collect.warn(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.language.util import program, warnings
+from tests.language.util import error, program, warnings
 
 
 @pytest.mark.parametrize("written", ["0.5", "1", "0.25"])
@@ -20,3 +20,28 @@ def test_dataset_percent_as_a_fraction_warns(written):
 @pytest.mark.parametrize("written", ["0.5%", "50", "1.5", "100%"])
 def test_dataset_percent_meant_as_percent_is_quiet(written):
     assert warnings(f"DATASET {{ dataset_percent: {written} }}") == []
+
+
+def test_statement_fields_on_the_verbs_line_belong_to_it():
+    """The spec's `REPLACE with_message: "..."`: in CONTROL the field is the verb's, not a
+    misplaced item; the verb's own warning covers it."""
+    found = program(
+        """\
+        CONTROL {
+          on_nan { REPLACE with_message: "retrying", level: 2  LOG "nan" }
+          REPLACE with_message: "top"
+        }
+        """
+    )
+    assert [(w.line, w.column, w.message) for w in found.warnings] == [
+        (2, 12, "REPLACE has no effect in training: it is an inference-time action"),
+        (3, 3, "REPLACE has no effect in training: it is an inference-time action"),
+    ]
+    assert [a.kind for a in found.config.control[0].actions] == ["log"]
+
+
+def test_a_field_after_stop_warns_and_one_on_the_next_line_is_an_error():
+    assert warnings('CONTROL { IF loss > 9 { STOP reason: "x" } }') == [
+        (1, 30, "'reason' has no effect: STOP takes no fields")
+    ]
+    assert error('CONTROL { IF loss > 9 { STOP\n reason: "x" } }')[:2] == (2, 2)
