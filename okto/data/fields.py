@@ -2,7 +2,9 @@
 
 Every record becomes turns (role, text): chat data keeps its turns; an
 input/output pair becomes a user turn and an assistant turn; plain text is one
-`text` turn. Detection follows the spec's order when no field is named:
+`text` turn. Chat turns may call tools (a `function_call` turn, the assistant's, is
+role `tool_call`; its result is a `tool` turn) and a chat record's `tools` field becomes
+a first `tools` turn holding the definitions. Detection follows the spec's order when no field is named:
 chat turns (`conversations` / `messages`), input+output, input+target, then
 okto's additions (instruction+output, instruction+response,
 prompt+completion, prompt+response, question+answer), then `text`, then the
@@ -43,13 +45,18 @@ ROLES = {
     "bot": "assistant",
     "system": "system",
     "developer": "system",  # OpenAI's name for system messages since its o1 models
+    "function_call": "tool_call",  # LLaMA-Factory's ShareGPT: the assistant calls a tool
     "tool": "tool",
     "function": "tool",
     "observation": "tool",
     "ipython": "tool",
 }
+# Turns that carry the loss when it is masked to the assistant.
+TRAINED_ROLES = ("assistant", "tool_call")
 ROLE_KEYS = ("from", "role")
 CONTENT_KEYS = ("value", "content", "text")
+# A chat record's tool definitions (LLaMA-Factory's ShareGPT), as JSON text or a list.
+TOOLS_FIELD = "tools"
 # OpenAI's calls an assistant turn makes (`content` null beside them): not text okto renders.
 CALL_KEYS = ("tool_calls", "function_call")
 # Types whose data must have a prompt and a response (pairs or turns).
@@ -186,7 +193,23 @@ def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[
         return (
             (["user", "assistant"], [prompt, response]) if prompt else (["assistant"], [response])
         )
-    return _chat_turns(_turns_value(record.get(plan.source)), plan.source, assistant_only)
+    roles, texts = _chat_turns(_turns_value(record.get(plan.source)), plan.source, assistant_only)
+    if tools := _tools(record):
+        return ["tools", *roles], [tools, *texts]
+    return roles, texts
+
+
+def _tools(record: dict) -> str:
+    """The record's tool definitions as text ("" when it has none): the model learns which
+    tools it may call from them, so a call is trained beside what it calls."""
+    value = record.get(_key(record, TOOLS_FIELD))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False) if value else ""
+    if isinstance(value, str):
+        return "" if value.strip() in ("", "[]") else value.strip()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    raise Unusable(f"{TOOLS_FIELD!r} is not a list of tools")
 
 
 def _turns_value(value):
@@ -231,12 +254,15 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
             # Skipped as an empty turn, the call vanished: the answer trained after a tool
             # result that nothing in the conversation had asked for.
             raise Unusable("a turn makes tool calls, which okto does not render")
-        content = _content(_first_set(message, CONTENT_KEYS))
+        value = _first_set(message, CONTENT_KEYS)
+        if role == "tool_call" and isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)  # the call as an object, not its text
+        content = _content(value)
         if content.strip():
             roles.append(role)
             texts.append(content)
     if assistant_only:
-        while roles and roles[-1] != "assistant":
+        while roles and roles[-1] not in TRAINED_ROLES:
             roles.pop()
             texts.pop()
         if not roles:
