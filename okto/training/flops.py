@@ -12,10 +12,11 @@ Each layer's sequence mixing adds its own term (`Layer`): full attention
 12·d·T (d = heads x head size, T the sequence length; multi-head latent attention
 6·(d_qk + d_v)·T, its keys and values of different widths), sliding-window and
 chunked attention that figure in the share of the causal mask's query-key
-pairs their mask keeps, linear attention a cost per token that does not grow
-with T. These are model FLOPs: recomputation under activation checkpointing
-is not counted and the causal mask's skipped half is not subtracted, as in the
-published MFU figures this compares with.
+pairs their mask keeps, linear attention and Mamba2's scan a cost per token
+that does not grow with T, DeepSeek's sparse attention its top-k keys and its
+indexer's scores. These are model FLOPs: recomputation under activation
+checkpointing is not counted and the causal mask's skipped half is not
+subtracted, as in the published MFU figures this compares with.
 
 MFU divides the achieved rate by the datasheet peak of the GPU for the
 precision the matmuls run in (`okto.kernels.device`); there is no MFU on a CPU
@@ -25,7 +26,7 @@ or on a GPU whose peak okto does not know.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -39,21 +40,29 @@ _NO_MIXING = {"dense", "sparse", "moe", "mlp", "conv"}
 @dataclass(frozen=True)
 class Layer:
     """One layer's sequence mixing. Softmax attention of `width` (heads x query-key head
-    size; `value_width`, heads x value head size, where that differs) over every earlier position, or over the last `window` of them (sliding window:
-    a query sees min(position + 1, window) keys), or over its own `chunk` (chunked:
-    position p sees p mod chunk + 1 keys). Linear attention keeps a `state` of heads x
+    size; `value_width`, heads x value head size, where that differs) over every earlier
+    position, or over the last `window` of them (sliding window: a query sees
+    min(position + 1, window) keys), or over its own `chunk` (chunked: position p sees
+    p mod chunk + 1 keys). Linear attention keeps a `state` of heads x
     key size x value size numbers instead; per token and head it adds k vᵀ to its
     state and reads it out with q, 2 + 2 FLOPs a state entry forward, three times
     that with the backward: 12 x state, independent of T (Katharopoulos et al. 2020,
     "Transformers are RNNs", section 3.2; the same count as softmax attention's
     12·d·T with T keys of width d replaced by the state). The delta rule's and the
-    gates' elementwise work and a chunked kernel's intra-chunk products are left out."""
+    gates' elementwise work and a chunked kernel's intra-chunk products are left out.
+    Mamba2's scan is counted alike: heads x head size x d_state, a head's state updated
+    with x Bᵀ and read with C. A layer may hold both (Falcon-H1 runs attention and Mamba2
+    side by side). DeepSeek's sparse attention (DSA) attends to the `window` = index_topk
+    keys its indexer picks and adds the indexer's scoring, `index_width` = index heads x
+    (index head size + 1): q·k for each of T keys and the heads' weighted sum, 2 FLOPs an
+    entry, forward only (transformers runs the indexer under no_grad)."""
 
     width: int = 0
     value_width: int | None = None  # multi-head latent attention's values (None: `width`)
     window: int | None = None
     chunk: int | None = None
     state: int = 0
+    index_width: int = 0
 
     def per_token(self, seq_len: int) -> float:
         # The full-attention figure counts T keys a query (the causal mask's skipped half
@@ -62,7 +71,8 @@ class Layer:
         # sum, three times that with the backward: 6 x (width + value width) a key.
         keys = 2 * _pairs(seq_len, self.window, self.chunk) / (seq_len + 1)
         values = self.width if self.value_width is None else self.value_width
-        return 6 * (self.width + values) * keys + 12 * self.state
+        indexer = 2 * self.index_width * seq_len  # T keys, as full attention counts them
+        return 6 * (self.width + values) * keys + 12 * self.state + indexer
 
 
 def _pairs(seq_len: int, window: int | None, chunk: int | None) -> int:
@@ -81,10 +91,11 @@ class FlopsModel:
     frozen: int  # matmul parameters without
     layers: tuple[Layer, ...]  # each layer's sequence mixing
     uncounted: tuple[tuple[str, int], ...] = ()  # (layer type, layers) of unknown cost
+    forward_only: int = 0  # matmul parameters that run without a backward (the DSA indexer)
 
     def per_token(self, seq_len: int) -> float:
         mixing = sum(layer.per_token(seq_len) for layer in self.layers)
-        return 6 * self.trained + 4 * self.frozen + mixing
+        return 6 * self.trained + 4 * self.frozen + 2 * self.forward_only + mixing
 
     @property
     def note(self) -> str | None:
@@ -109,24 +120,35 @@ def flops_model(model: nn.Module) -> FlopsModel:
         if isinstance(module, nn.Embedding) and module.weight is not head
     }
     share = _active_expert_share(config)
-    trained = frozen = 0.0
+    layers, unknown = _layers(config)
+    # DSA's indexer runs under no_grad whatever requires_grad says: its weights get no gradient.
+    no_backward = ".indexer." if any(layer.index_width for layer in layers) else None
+    trained = frozen = forward_only = 0.0
     for name, param in model.named_parameters():  # shared (tied) parameters come once
         if id(param) in lookups:
             continue
         count = param.numel() * (share if ".experts." in f".{name}" else 1)
-        if param.requires_grad:
+        if no_backward and no_backward in f".{name}":
+            forward_only += count
+        elif param.requires_grad:
             trained += count
         else:
             frozen += count
-    layers, unknown = _layers(config)
-    return FlopsModel(round(trained), round(frozen), layers, tuple(Counter(unknown).items()))
+    return FlopsModel(
+        round(trained),
+        round(frozen),
+        layers,
+        tuple(Counter(unknown).items()),
+        round(forward_only),
+    )
 
 
 def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
     """Each layer's `Layer`, and the layer types among them whose cost okto does not know
     (counted as nothing). The kinds come from transformers' `layer_types` (Gemma 2-4,
     Qwen2/3 with use_sliding_window, Cohere2, gpt-oss, OLMo 3, Llama 4's chunked layers,
-    Qwen3-Next's and MiniMax's linear ones), GPT-Neo's `attention_layers` ("local": a
+    Qwen3-Next's and MiniMax's linear ones, DeepSeek V3.2's indexed ones, Falcon-H1's
+    hybrid ones: attention and Mamba2 side by side), GPT-Neo's `attention_layers` ("local": a
     `window_size` window), LFM2's `full_attn_idxs` (the other layers short convolutions,
     whose cost is their parameters'), or, without any, `sliding_window` for every layer (Mistral,
     Mixtral, Phi-3, Starcoder2, whose configs set it to None when unused)."""
@@ -151,6 +173,12 @@ def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
             layers.append(_attention(own, window=window))
         elif kind == "chunked_attention":
             layers.append(_attention(own, chunk=config.attention_chunk_size))
+        elif kind == "indexed_attention" and getattr(config, "index_topk", None):
+            sparse = _attention(own, window=config.index_topk)
+            index_width = config.index_n_heads * (config.index_head_dim + 1)
+            layers.append(replace(sparse, index_width=index_width))
+        elif kind == "hybrid" and (state := _mamba2_state(config)):
+            layers.append(replace(_attention(own), state=state))
         elif kind == "linear_attention" and (state := _linear_state(config)):
             layers.append(Layer(state=state))
         else:
@@ -160,16 +188,29 @@ def _layers(config) -> tuple[tuple[Layer, ...], list[str]]:
     return tuple(layers), unknown
 
 
+def _mamba2_state(config) -> int | None:
+    """Heads x head size x d_state of a Mamba2 mixer's state, in the spelling of Falcon-H1
+    and Bamba's configs (None for other configs). Its in_proj, depthwise conv1d and out_proj
+    are parameters (the conv's 2 FLOPs a weight a token, as a matmul's); the scan is this."""
+    heads = getattr(config, "mamba_n_heads", None)
+    if not (heads and isinstance(getattr(config, "mamba_d_head", None), int)):
+        return None
+    return heads * config.mamba_d_head * config.mamba_d_state
+
+
 def _linear_state(config) -> int | None:
     """Heads x key size x value size of a linear-attention layer's state, for the kinds
     whose state okto knows (None for the rest, such as Mamba's selective scan): gated
     DeltaNet (Qwen3-Next, Qwen3.5, OLMo hybrid: one state a value head), Kimi's delta
-    attention and MiniMax's lightning attention (a head_dim x head_dim state a head)."""
+    attention and MiniMax's lightning attention (a head_dim x head_dim state a head),
+    Mamba2 (Bamba: heads x head size x d_state)."""
     if getattr(config, "linear_num_value_heads", None):
         heads = config.linear_num_value_heads
         return heads * config.linear_key_head_dim * config.linear_value_head_dim
     if getattr(config, "linear_num_heads", None):
         return config.linear_num_heads * config.linear_head_dim**2
+    if state := _mamba2_state(config):
+        return state
     if config.model_type == "minimax":
         heads = config.num_attention_heads
         size = getattr(config, "head_dim", None) or config.hidden_size // heads

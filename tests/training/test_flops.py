@@ -316,3 +316,75 @@ def test_lfm2_short_convolutions_add_no_attention():
     )
     assert moe.layer_types is None
     assert _layers(moe)[0] == flops.layers
+
+
+def test_deepseek_sparse_attention_counts_its_top_k_keys_and_its_indexer():
+    """DeepSeek V3.2's 'indexed_attention' layers were left out with a note: each attends,
+    as multi-head latent attention, to the index_topk keys its indexer picks (a window's
+    count of pairs), and the indexer scores every key forward only (run under no_grad)."""
+    config = transformers.AutoConfig.for_model(
+        "deepseek_v32",
+        **SHAPE,
+        moe_intermediate_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_nope_head_dim=12,
+        qk_rope_head_dim=8,
+        v_head_dim=20,
+        first_k_dense_replace=LAYERS,
+        index_topk=8,
+        index_n_heads=2,
+        index_head_dim=16,
+    )
+    flops = flops_model(transformers.AutoModelForCausalLM.from_config(config))
+    # wq_b (q_lora_rank to 2 heads of 16), wk (hidden to 16), k_norm, weights_proj (to 2 heads)
+    indexer = 24 * 2 * 16 + WIDTH * 16 + 2 * 16 + WIDTH * 2
+    assert flops.forward_only == LAYERS * indexer
+    attention = 6 * 4 * (12 + 8 + 20) * _keys(_window(8))
+    scores = 2 * 2 * (16 + 1) * T  # q·k over T keys and the heads' weighted sum, a head
+    assert flops.per_token(T) == pytest.approx(
+        6 * flops.trained + 2 * LAYERS * indexer + LAYERS * (attention + scores)
+    )
+    assert flops.note is None
+
+
+def test_falcon_h1_counts_attention_and_mamba2_side_by_side():
+    """Falcon-H1's 'hybrid' layers (attention and a Mamba2 mixer in parallel) were left out
+    with a note, attention included. The mixer's in_proj, depthwise conv1d and out_proj are
+    parameters; its scan adds 12 x heads x head size x d_state a token, whatever T."""
+    config = transformers.FalconH1Config(
+        **SHAPE,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mamba_d_ssm=64,
+        mamba_n_heads=4,
+        mamba_d_state=8,
+        mamba_n_groups=1,
+        mamba_d_conv=4,
+    )
+    flops = flops_model(transformers.FalconH1ForCausalLM(config))
+    conv = WIDTH + 2 * 8  # x, B and C (one group of d_state 8) go through the convolution
+    mamba = WIDTH * (WIDTH + conv + 4) + conv * 4 + conv + 3 * 4 + WIDTH * WIDTH
+    trained = LAYERS * _llama_layer(3 * WIDTH * 128 + mamba) + WIDTH + VOCAB * WIDTH
+    assert flops.trained == trained
+    for rows in (T, 4 * T):
+        assert _mixing(flops, seq_len=rows) == LAYERS * (12 * WIDTH * rows + 12 * 4 * 16 * 8)
+    assert flops.note is None
+
+
+def test_bamba_mamba2_layers_count_their_state():
+    config = transformers.BambaConfig(
+        **SHAPE,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_layer_indices=[1],
+        mamba_n_heads=4,
+        mamba_d_state=8,
+        mamba_n_groups=1,
+    )
+    flops = flops_model(transformers.BambaForCausalLM(config))
+    state = 4 * (2 * WIDTH // 4) * 8  # mamba_expand 2: 4 heads of 32
+    assert _mixing(flops) == 12 * state + 12 * WIDTH * T
+    assert flops.note is None
