@@ -42,7 +42,9 @@ def read_records(path: Path, fmt: str, stats: FileStats, notes: list[str]) -> Re
     if fmt == "txt":
         return _read_txt(path)
     if fmt in ("csv", "tsv"):
-        return _read_with_datasets(path, "csv", sep="\t" if fmt == "tsv" else ",")
+        return _read_with_datasets(
+            path, "csv", sep="\t" if fmt == "tsv" else _separator(path, notes)
+        )
     if fmt == "parquet":
         return _read_with_datasets(path, "parquet")
     raise DataError(f"{path}: unknown format {fmt!r}")
@@ -161,6 +163,22 @@ def _read_with_datasets(path: Path, builder: str, **options) -> Records:
             for values in zip(*(batch[c] for c in columns), strict=True):
                 number += 1
                 yield dict(zip(columns, values, strict=True)), f"row {number}"
+
+
+def _separator(path: Path, notes: list[str]) -> str:
+    """A CSV file's separator: a comma, or the semicolon or tab of a header that has one and
+    no comma (spreadsheets export semicolons where the comma is the decimal mark), which
+    read with commas made one column named `input;output`, trained as text unnoticed."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    other = next((sep for sep in (";", "\t") if sep in header), None)
+    if "," in header or other is None:
+        return ","
+    warn(
+        f"{path}: its header has no comma but has {other!r}: read with {other!r} as separator",
+        notes,
+    )
+    return other
 
 
 def _no_rows(path: Path, builder: str) -> bool:
