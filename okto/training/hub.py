@@ -4,18 +4,24 @@ With `ENV { network: "offline" }` only the cache is looked at. Online, the
 download uses the hub library's short timeouts and, if the network fails,
 falls back to the cache, so a machine without network never hangs on a name
 it already has. Only the files a causal LM needs are fetched (config,
-safetensors weights, tokenizer), not every format the repository holds.
+tokenizer, and the weights transformers loads: the shards
+model.safetensors.index.json names, else model.safetensors), not every format
+the repository holds: a Mistral repository's consolidated.safetensors repeats
+its shards, twice the bytes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from okto.errors import UsageError
 from okto.language.paths import looked_in
 
-PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+PATTERNS = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]  # config, tokenizer, index
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 LEGACY_WEIGHTS = ["pytorch_model*.bin"]
 ETAG_TIMEOUT_S = 10
 
@@ -47,6 +53,18 @@ def go_offline() -> None:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+def _safetensors_weights(name: str) -> list[str]:
+    """The safetensors files transformers loads from hub repository `name`: the shards its
+    index names, else model.safetensors; none when it has neither (the legacy .bin case)."""
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    files = set(list_repo_files(name))
+    if SAFETENSORS_INDEX in files:
+        index = hf_hub_download(name, SAFETENSORS_INDEX, etag_timeout=ETAG_TIMEOUT_S)
+        return sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+    return [SAFETENSORS] if SAFETENSORS in files else []
+
+
 def hub_snapshot(name: str, offline: bool) -> tuple[Path, str]:
     """(local folder, where it came from) for a hub model name."""
     from huggingface_hub import snapshot_download
@@ -54,16 +72,9 @@ def hub_snapshot(name: str, offline: bool) -> tuple[Path, str]:
 
     if not offline:
         try:
-            folder = Path(
-                snapshot_download(name, allow_patterns=PATTERNS, etag_timeout=ETAG_TIMEOUT_S)
-            )
-            if not any(folder.glob("*.safetensors")):
-                folder = Path(
-                    snapshot_download(
-                        name, allow_patterns=PATTERNS + LEGACY_WEIGHTS, etag_timeout=ETAG_TIMEOUT_S
-                    )
-                )
-            return folder, "Hugging Face hub"
+            wanted = PATTERNS + (_safetensors_weights(name) or LEGACY_WEIGHTS)
+            folder = snapshot_download(name, allow_patterns=wanted, etag_timeout=ETAG_TIMEOUT_S)
+            return Path(folder), "Hugging Face hub"
         except (RepositoryNotFoundError, GatedRepoError) as error:
             raise UsageError(
                 f"MODEL.base {name!r}: not a local path, and the hub refuses it "
