@@ -118,10 +118,15 @@ class _Resolver:
         if earlier is None:
             self.first_seen[identity] = statement
             return True
+        spellings_note = (
+            f"{earlier.keyword} and {keyword} are two spellings of one block: "
+            if earlier.keyword != keyword
+            else ""
+        )
         self.collect.error(
             statement.keyword_span,
             f"{keyword} appears twice; the first is at line {earlier.keyword_span.line}",
-            "merge the two into one",
+            spellings_note + "merge the two into one",
         )
         return False
 
@@ -242,12 +247,16 @@ class _Resolver:
                 self._unknown_field(key, key_span, names, path, where)
                 continue
             if name in seen:
-                first = seen[name]
+                first_key, first = seen[name]
                 self.collect.error(
-                    key_span, f"{name} is set twice in {where}; the first is at line {first.line}"
+                    key_span,
+                    f"{name} is set twice in {where}; the first is at line {first.line}",
+                    f"{first_key} and {key} are two spellings of {name}"
+                    if first_key != key
+                    else None,
                 )
                 continue
-            seen[name] = key_span
+            seen[name] = key, key_span
             info = model.model_fields[name]
             if (info.json_schema_extra or {}).get("no_effect"):
                 self.collect.warn(key_span, f"{key} is accepted but has no effect here")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from okto.language import InvalidProgram
 from tests.language.util import error, program, warnings
 
 
@@ -45,3 +46,24 @@ def test_a_field_after_stop_warns_and_one_on_the_next_line_is_an_error():
         (1, 30, "'reason' has no effect: STOP takes no fields")
     ]
     assert error('CONTROL { IF loss > 9 { STOP\n reason: "x" } }')[:2] == (2, 2)
+
+
+def _hints(text: str) -> list[str | None]:
+    try:
+        program(text)
+    except InvalidProgram as invalid:
+        return [d.hint for d in invalid.errors]
+    raise AssertionError("the text is valid")
+
+
+def test_twice_under_two_spellings_names_both():
+    """`lr` then `learning_rate`, `DATA` then `DATASET`: the message names the canonical
+    field, so the hint says the two spellings are one."""
+    assert _hints("TRAIN { lr: 1e-3  learning_rate: 2e-3 }\nDATA { }\nDATASET { }") == [
+        "lr and learning_rate are two spellings of learning_rate",
+        "DATA and DATASET are two spellings of one block: merge the two into one",
+    ]
+    assert _hints("ENV { seed: 1  seed: 2 }\nTRAIN { }\nTRAIN { }") == [
+        None,
+        "merge the two into one",
+    ]
