@@ -7,18 +7,23 @@ tokenized as plain text, the template's markers as special tokens.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from okto.errors import RunError
 from okto.inference.sampling import row_keys
 
 PLAIN_TEMPLATE = "User: {input}\nAssistant:"
 PLAIN_STOP = "\nUser:"
+# stand-ins for a conversation's texts, found again in its rendering (see Conversation.turn_end)
+ASKED, ANSWERED, NEXT = "OKTOASKED", "OKTOANSWERED", "OKTONEXT"
 
 
 class Conversation:
     """The turns so far, rendered into one prompt that fits the model's context window.
 
     A `format` template (settings.template) wins; else the tokenizer's chat
-    template; else "User: ... / Assistant:" lines, with "\\nUser:" as a stop.
+    template, with its end-of-turn marker as a stop; else "User: ... / Assistant:"
+    lines, with "\\nUser:" as a stop.
     """
 
     def __init__(self, model, settings):
@@ -30,9 +35,40 @@ class Conversation:
         self.plain = not custom and not has_chat_template
         self.template = PLAIN_TEMPLATE if self.plain else settings.template
 
-    @property
+    @cached_property
     def stop(self) -> tuple[str, ...]:
-        return (*self.settings.stop, PLAIN_STOP) if self.plain else self.settings.stop
+        """The settings' stop sequences and what ends a reply in this rendering: without it a
+        reply runs on into the next turn's header and a user's line of the model's making."""
+        end = PLAIN_STOP if self.plain else self.turn_end() if self.use_chat_template else None
+        return (*self.settings.stop, end) if end else self.settings.stop
+
+    def turn_end(self) -> str | None:
+        """What the chat template writes after a reply: its end-of-turn marker (`<|im_end|>`;
+        an added token, which generate stops at as the token, or text such as `\\n### End`),
+        else, where it writes only spaces there, the text that opens the next user turn
+        (`\\nUser:`); None when it writes nothing or cannot render a reply and a turn after."""
+        from jinja2 import TemplateError
+
+        tokenizer = self.model.tokenizer
+        turns = [("user", ASKED), ("assistant", ANSWERED), ("user", NEXT)]
+        messages = [{"role": role, "content": content} for role, content in turns]
+        try:
+            closed, followed = (
+                tokenizer.apply_chat_template(messages[:n], tokenize=False) for n in (2, 3)
+            )
+        except TemplateError:
+            return None  # the turn's own rendering says what is wrong
+        if ANSWERED not in closed or NEXT not in followed.partition(ANSWERED)[2]:
+            return None
+        between = followed.partition(ANSWERED)[2].partition(NEXT)[0].rstrip()
+        marker = closed.partition(ANSWERED)[2].rstrip()
+        end = marker if marker.strip() and between.startswith(marker) else between
+        if not end.strip():
+            return None
+        first = tokenizer.convert_ids_to_tokens(
+            tokenizer(end.lstrip(), add_special_tokens=False)["input_ids"][0]
+        )
+        return first if first in getattr(tokenizer, "get_added_vocab", dict)() else end
 
     def turn_seed(self) -> int | None:
         """The next turn's seed, from the session's and the turn number: every turn its own

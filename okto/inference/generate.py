@@ -154,11 +154,25 @@ class _Row:
     t_last: float = 0.0
 
 
+def _special_stops(tokenizer, stop: tuple[str, ...]) -> set[int]:
+    """The tokens of the stop sequences that are one special token's text (`<|im_end|>`, a chat
+    template's end of turn): the decoded text never holds them, since decoding skips special
+    tokens, so they stop at the token."""
+    ids = set()
+    for text in stop:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tokens) == 1 and not _decode(tokenizer, tokens):
+            ids.add(tokens[0])
+    return ids
+
+
 class _Tracker:
-    """Receives each step's tokens: ends rows on EOS, stop sequences and limits; streams text."""
+    """Receives each step's tokens: ends rows on EOS, stop sequences (as text, or as the special
+    token one is the text of) and limits; streams text."""
 
     def __init__(self, rows, tokenizer, eos: set[int], stop, stream: Stream | None, seed: int):
         self.rows, self.eos, self.stop, self.stream = rows, eos, stop, stream
+        self.stop_ids = _special_stops(tokenizer, stop)
         self.watch_text = bool(stop) or stream is not None
         for row in rows:
             context = row.prompt_ids[-CONTEXT_TOKENS:]
@@ -186,6 +200,8 @@ class _Tracker:
             row.ids.append(token)
             if token in self.eos:
                 row.finish = "eos"
+            elif token in self.stop_ids:
+                row.finish = "stop"
             elif self.watch_text:
                 self._follow_text(row)
             if row.finish is None and len(row.ids) >= row.limit:
@@ -416,8 +432,8 @@ class Model:
         for row in rows:
             if row.stop_at is not None:
                 text = row.text.text[: row.stop_at]
-            else:  # without the EOS token, which need not be a special token the decode skips
-                ids = row.ids[:-1] if row.finish == "eos" else row.ids
+            else:  # without the EOS or stop token, which need not be one the decode skips
+                ids = row.ids[:-1] if row.finish in ("eos", "stop") else row.ids
                 context = row.prompt_ids[-CONTEXT_TOKENS:]
                 text = completion_text(self.tokenizer, context, ids)
             flush = stream is not None and len(text) > row.emitted
