@@ -53,6 +53,7 @@ MAX_SYNTAX_ERRORS = 20
 MAX_NESTING = 64
 
 _VERSION_COMMENT = re.compile(r'#\s*okto_version\s*:\s*"?(?P<version>[^"\s]*)"?')
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @functools.cache
@@ -187,6 +188,13 @@ class ToSyntax(Transformer):
         if "\0" in text:
             # no setting needs one, and a path holding it stops the OS calls with a ValueError
             self._error(_span(token), "a string cannot hold the NUL character (U+0000)")
+        elif _LONE_SURROGATE.search(text):
+            # json takes `\ud83d` alone; UTF-8 cannot write it (a run folder, a log line)
+            self._error(
+                _span(token),
+                "this string has half of a \\u surrogate pair, which is no character",
+                "write the character itself, or both halves (\\ud83d\\ude00 is one emoji)",
+            )
         return Str(_span(meta), text)
 
     def number(self, meta, children):

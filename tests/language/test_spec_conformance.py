@@ -67,3 +67,11 @@ def test_twice_under_two_spellings_names_both():
         None,
         "merge the two into one",
     ]
+
+
+def test_half_a_surrogate_pair_is_an_error():
+    """json reads `\\ud83d` alone; a run folder or a log line named with it cannot be
+    written, so the file says so at the string."""
+    assert error('PROJECT "run\\ud83d"')[:2] == (1, 9)
+    assert "surrogate" in error('DESCRIPTION "\\udc00"')[2]
+    assert program('PROJECT "run\\ud83d\\ude00"').config.project.name == "run\U0001f600"
