@@ -41,11 +41,33 @@ def run(args) -> int:
         _print_json(args.file, [diagnostic], [], stopped_early=False)
         return error.exit_code
     refused = program.training_errors()
+    if not refused:  # a file okto train refuses anyway need not have its model looked at
+        found = _model_findings(program)
+        refused = [d for d in found if d.severity == "error"]
+        program.warnings.extend(d for d in found if d.severity == "warning")
     if args.strict:
         errors = [d.as_error() for d in program.warnings if d.severity == "warning"]
         notes = [d for d in program.warnings if d.severity != "warning"]
         return _report(args, [*refused, *errors], notes)
     return _report(args, refused, program.warnings)
+
+
+def _model_findings(program) -> list:
+    """What okto plan and okto train refuse (or warn of) in MODEL.config and ADAPTER
+    target_modules, at their positions, where the model's config is known offline."""
+    from pathlib import Path
+
+    from okto.language.diagnostics import Diagnostic
+    from okto.planner.model_config import check_findings
+
+    name = program.source.name
+    findings = check_findings(program.config.model, Path(name).parent if name else None)
+    diagnostics = []
+    for dotted, severity, message in findings:
+        location = program._locations.get(tuple(dotted.split(".")))
+        source, span = (location.source, location.span) if location else (program.source, None)
+        diagnostics.append(Diagnostic(severity, message, source, span))
+    return diagnostics
 
 
 def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> int:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from okto.language import Program, with_overrides
-from okto.planner.model_config import check_new_model, model_config
+from okto.planner.model_config import check_adapter, check_new_model, model_config
 from okto.planner.plan import Plan, build_plan
 
 
@@ -29,6 +29,9 @@ def plan_program(program: Program) -> Plan:
     config, source = model_config(program.config.model, Path(name).parent if name else None)
     result = build_plan(program, model=config)  # the machine's checks first: they are quick
     check_new_model(program.config.model, config)
+    unmatched = check_adapter(program.config.model, config)
     found = f"model config from {source}" if config is not None else f"model unknown: {source}"
     result.notes.insert(0, found)
+    if unmatched:
+        result.notes.append(unmatched)
     return result

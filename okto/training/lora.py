@@ -93,6 +93,24 @@ def default_targets(model: nn.Module) -> list[str]:
 def apply_lora(model: nn.Module, adapter) -> list[str]:
     """Freeze `model`, add LoRA to the target layers; the adapted layers' names. Targets that
     match nothing are refused before the model is touched."""
+    layers = target_layers(model, adapter)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    shared = _shared_parameters(model)
+    for layer in layers.values():
+        weight = layer.weight
+        if weight in shared:  # a head tied to the input embeddings
+            layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+            model.config.tie_word_embeddings = False
+        lora = LoRA(*_shape(layer), adapter.rank, adapter.alpha, adapter.dropout)
+        layer.lora = lora.to(weight.device)
+        layer.register_forward_hook(_add_update)
+    return list(layers)
+
+
+def target_layers(model: nn.Module, adapter) -> dict[str, nn.Module]:
+    """The layers `adapter` adapts in `model`, by name, or the UsageError okto train stops on;
+    `okto plan` and `okto check` ask it of a model built on the meta device."""
     if adapter.target_modules == []:  # PEFT refuses it too: it would adapt nothing
         raise UsageError(
             "ADAPTER target_modules is empty: name the layers to adapt, e.g. "
@@ -114,18 +132,7 @@ def apply_lora(model: nn.Module, adapter) -> list[str]:
             f"ADAPTER target_modules {targets} match no linear layer of this model; "
             f"its linear layers are named {_linear_names(model)}"
         )
-    for param in model.parameters():
-        param.requires_grad_(False)
-    shared = _shared_parameters(model)
-    for layer in layers.values():
-        weight = layer.weight
-        if weight in shared:  # a head tied to the input embeddings
-            layer.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-            model.config.tie_word_embeddings = False
-        lora = LoRA(*_shape(layer), adapter.rank, adapter.alpha, adapter.dropout)
-        layer.lora = lora.to(weight.device)
-        layer.register_forward_hook(_add_update)
-    return list(layers)
+    return layers
 
 
 def _shared_parameters(model: nn.Module) -> set[nn.Parameter]:
@@ -150,6 +157,17 @@ def unmatched_targets(adapter, adapted: list[str]) -> list[str]:
     """ADAPTER.target_modules names that no adapted layer matches (a misspelling, or a layer
     this model lacks) while others did: LoRA would go on without them, unsaid."""
     return [t for t in adapter.target_modules or () if not any(_matches(n, [t]) for n in adapted)]
+
+
+def unmatched_warning(adapter, adapted: list[str]) -> str | None:
+    """What okto train, plan and check say of `unmatched_targets`, or None when all match."""
+    missed = unmatched_targets(adapter, adapted)
+    if not missed:
+        return None
+    return (
+        f"ADAPTER target_modules {missed} match no linear layer of this model: LoRA adapts "
+        f"the {len(adapted)} layers the other targets match"
+    )
 
 
 def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
