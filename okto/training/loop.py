@@ -602,7 +602,7 @@ class Trainer:
         try:
             if self.val_stream is not None and self.totals.last_eval.get("step") != self.step:
                 self._evaluate()
-            if self.test_stream is not None:
+            if self.test_stream is not None and self.test_result.get("step") != self.step:
                 self._test()
             received = self._received(signals)
         except EvaluationAbandoned as abandoned:
@@ -954,6 +954,7 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "world": self.parallel.world,
             "due": self.due,
+            "test_result": self.test_result,
         }
 
     def restore(self, path: Path) -> dict:
@@ -997,6 +998,8 @@ class Trainer:
         self.plateau.load_state_dict(state["plateau"])
         self.controller.load_state_dict(state["controller"])
         self.due = state.get("due")  # checkpoints from before abandoned evaluations: none
+        if state.get("data_key") == self.data_key:  # the same test rows: scored already
+            self.test_result = state.get("test_result", {})
         self.last_checkpoint, self.due_when_saved = path, self.due is not None
         return state
 

@@ -51,12 +51,15 @@ def test_ctrl_c_during_the_final_evaluation_stops_with_130(project, monkeypatch,
 
 
 def test_sigterm_while_saving_the_final_model_is_143_with_a_summary(project, monkeypatch, capsys):
-    """It ended with a bare 'terminated (SIGTERM)': no summary, no word of the checkpoint."""
+    """It ended with a bare 'terminated (SIGTERM)': no summary, no word of the checkpoint.
+    The resumed run scored the test split again, a second `test` line for the same step."""
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
 
-    path = project(extra="EXPORT { }")
+    held = "".join(json.dumps({"text": s}) + "\n" for s in sentences(8, seed=7))
+    Path("held.jsonl").write_text(held)
+    path = project(extra="EXPORT { }", dataset='test: "held.jsonl"')
     with monkeypatch.context() as patches:
         patches.setattr(run_module, "_save_final", terminated)
         assert train(path) == 143
@@ -68,6 +71,9 @@ def test_sigterm_while_saving_the_final_model_is_143_with_a_summary(project, mon
     assert Path("runs/tiny/final/model.safetensors").is_file()
     assert list(Path("runs/tiny/export").iterdir())
     assert _outcomes() == ["interrupted", "completed"]
+    assert [r["step"] for r in read_metrics(METRICS, "test")] == [12]
+    summary = read_metrics(METRICS, "summary")[-1]
+    assert summary["test_loss"] == read_metrics(METRICS, "test")[0]["test_loss"]
 
 
 EVALUATIONS = {
