@@ -191,10 +191,13 @@ class _Resolver:
             )
         else:
             kind = "block" if isinstance(statement, Block) else "statement"
+            home = _home_of(keyword)
             self.collect.error(
                 span,
-                f"unknown {kind} '{keyword}'{suggestion(keyword, KEYWORDS)}",
-                "blocks: " + ", ".join(BLOCK_KEYWORDS),
+                f"unknown {kind} '{keyword}'{suggestion(keyword, KEYWORDS) if not home else ''}",
+                f"{home}: it goes inside that block"
+                if home
+                else "blocks: " + ", ".join(BLOCK_KEYWORDS),
             )
 
     def _control(self, block: Block) -> None:
@@ -347,7 +350,8 @@ def _home_of(key: str) -> str | None:
     """Where a field that this block lacks lives, if some block has it."""
     for keyword, attribute in BLOCK_KEYWORDS.items():
         model = model_in(OktoConfig.model_fields[attribute].annotation)
-        if model is not None and key in spellings(model) and keyword != "DATA":
+        known = model is not None and (key in spellings(model) or key in model.flattened)
+        if known and keyword != "DATA":
             return f"{key} is a field of {keyword}"
     return None
 

@@ -75,3 +75,15 @@ def test_half_a_surrogate_pair_is_an_error():
     assert error('PROJECT "run\\ud83d"')[:2] == (1, 9)
     assert "surrogate" in error('DESCRIPTION "\\udc00"')[2]
     assert program('PROJECT "run\\ud83d\\ude00"').config.project.name == "run\U0001f600"
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("ADAPTER { rank: 8 }", "ADAPTER is a field of MODEL: it goes inside that block"),
+        ("config { n_layer: 2 }", "config is a field of MODEL: it goes inside that block"),
+        ("params { top_k: 2 }", "params is a field of INFERENCE: it goes inside that block"),
+    ],
+)
+def test_a_sub_block_written_at_the_top_level_names_its_block(text, hint):
+    assert _hints(text) == [hint]
