@@ -13,7 +13,6 @@ from okto.errors import RunError
 from okto.inference.sampling import row_keys
 
 PLAIN_TEMPLATE = "User: {input}\nAssistant:"
-PLAIN_STOP = "\nUser:"
 # stand-ins for a conversation's texts, found again in its rendering (see Conversation.turn_end)
 ASKED, ANSWERED, NEXT = "OKTOASKED", "OKTOANSWERED", "OKTONEXT"
 
@@ -22,8 +21,9 @@ class Conversation:
     """The turns so far, rendered into one prompt that fits the model's context window.
 
     A `format` template (settings.template) wins; else the tokenizer's chat
-    template, with its end-of-turn marker as a stop; else "User: ... / Assistant:"
-    lines, with "\\nUser:" as a stop.
+    template; else "User: ... / Assistant:" lines. Each has a stop where a reply
+    ends: the chat template's end-of-turn marker, else a line that starts the next
+    turn ("\\nUser:").
     """
 
     def __init__(self, model, settings):
@@ -39,8 +39,15 @@ class Conversation:
     def stop(self) -> tuple[str, ...]:
         """The settings' stop sequences and what ends a reply in this rendering: without it a
         reply runs on into the next turn's header and a user's line of the model's making."""
-        end = PLAIN_STOP if self.plain else self.turn_end() if self.use_chat_template else None
+        end = self.turn_end() if self.use_chat_template else self.next_line()
         return (*self.settings.stop, end) if end else self.settings.stop
+
+    def next_line(self) -> str | None:
+        """Where the next turn starts after a reply in `template`'s lines: a line that opens
+        with the template's text before `{input}` (`\\nUser:`), as `render` writes past turns;
+        None when the template opens with `{input}`."""
+        head = self.template.partition("{input}")[0].strip()
+        return self._as_stop("\n" + head) if head else None
 
     def turn_end(self) -> str | None:
         """What the chat template writes after a reply: its end-of-turn marker (`<|im_end|>`;
@@ -63,8 +70,13 @@ class Conversation:
         between = followed.partition(ANSWERED)[2].partition(NEXT)[0].rstrip()
         marker = closed.partition(ANSWERED)[2].rstrip()
         end = marker if marker.strip() and between.startswith(marker) else between
-        if not end.strip():
-            return None
+        return self._as_stop(end) if end.strip() else None
+
+    def _as_stop(self, end: str) -> str:
+        """`end` as a stop sequence: its first token where that is an added token (generate
+        stops at a special token's text as the token; what follows it may never come), else
+        the text."""
+        tokenizer = self.model.tokenizer
         first = tokenizer.convert_ids_to_tokens(
             tokenizer(end.lstrip(), add_special_tokens=False)["input_ids"][0]
         )

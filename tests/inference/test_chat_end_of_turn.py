@@ -25,6 +25,7 @@ TEXT_MARKER = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n[END]\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
+FORMAT = "Q: {input}\nA:"
 LINES = (
     "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
@@ -75,17 +76,33 @@ def text_marker(tmp_path_factory):
     return scripted(tmp_path_factory.mktemp("text") / "m", tok, [":", "Hel", "\n[END]"])
 
 
+@pytest.fixture(scope="module")
+def format_lines(tmp_path_factory):
+    """After `FORMAT`'s ":": "Hel\\nQ:Hel\\nQ:...", the next turn's line."""
+    path = tmp_path_factory.mktemp("format") / "m"
+    return scripted(path, models.tokenizer("gpt2"), [":", "Hel", "\nQ"])
+
+
 @pytest.mark.parametrize("backend", ["native", "hf"])
-@pytest.mark.parametrize("kind", ["chatml", "text_marker"])
-def test_a_chat_reply_ends_at_the_end_of_turn_marker(kind, backend, request):
+@pytest.mark.parametrize(
+    ("kind", "template"),
+    [("chatml", None), ("text_marker", None), ("format_lines", FORMAT)],
+)
+def test_a_chat_reply_ends_at_the_end_of_turn_marker(kind, template, backend, request):
     """It ran on to max_tokens ("Hel\\nHel\\nHel..." with `<|im_end|>`, "Hel\\n[END]:Hel..."
-    with a text marker); it stops at the marker, which the text leaves out."""
+    with a text marker, "Hel\\nQ:Hel..." with a `format`); it stops at the marker (a `format`'s:
+    a line that starts the next turn), which the text leaves out."""
     from okto.inference import load_model
 
     model = load_model(request.getfixturevalue(kind), device="cpu", backend=backend)
     streamed = []
     (g,) = model.generate(
-        "hi", mode="chat", max_tokens=12, temperature=0, stream=lambda _, t: streamed.append(t)
+        "hi",
+        mode="chat",
+        template=template,
+        max_tokens=12,
+        temperature=0,
+        stream=lambda _, t: streamed.append(t),
     )
     assert (g.text, g.finish_reason) == ("Hel", "stop")
     assert "".join(streamed) == "Hel"
@@ -136,6 +153,24 @@ def tokenizer_with(template: str, eos: bool = True):
 )
 def test_the_end_of_a_turn_is_read_from_the_template(template, eos, end):
     tokenizer = tokenizer_with(template, eos)
-    chat = Conversation(SimpleNamespace(tokenizer=tokenizer), Settings())
-    assert chat.turn_end() == end
+    chat = Conversation(SimpleNamespace(tokenizer=tokenizer), Settings(stop=("!",)))
+    assert chat.stop == (("!", end) if end else ("!",))
+
+
+@pytest.mark.parametrize(
+    ("template", "end"),
+    [
+        ("{input}", "\nUser:"),  # no chat template: okto's "User: / Assistant:" lines
+        (FORMAT, "\nQ:"),
+        ("  Q:  {input}\nA:", "\nQ:"),
+        ("<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>"),
+        ("{input}\nA:", None),
+    ],
+)
+def test_a_format_stops_where_the_next_turn_starts(template, end):
+    """A `format` (or no template at all) had no stop but "User: / Assistant:" lines' own; a
+    reply ends where `render` would start the next turn, its first token where that is special."""
+    tokenizer = chatml_tokenizer()
+    tokenizer.chat_template = None
+    chat = Conversation(SimpleNamespace(tokenizer=tokenizer), Settings(template=template))
     assert chat.stop == ((end,) if end else ())
