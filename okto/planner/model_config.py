@@ -119,9 +119,9 @@ def _unchanged_config(values: dict):
 
 
 def _check_settings(config, overrides: dict) -> None:
-    from okto.training.models import _check_names  # okto train's rule and words
+    from okto.training.models import check_names  # okto train's rule and words
 
-    _check_names(config, overrides)
+    check_names(config, overrides)
 
 
 CONFIG, MODEL = "configuration", "modeling"

@@ -154,7 +154,7 @@ def _new_config(architecture: str | None, overrides: dict):
             "pretrained: false })"
         )
     try:
-        _check_names(AutoConfig.for_model(architecture), overrides)  # the language checked it
+        check_names(AutoConfig.for_model(architecture), overrides)  # the language checked it
         return AutoConfig.for_model(architecture, **overrides)
     except CONFIG_ERRORS as error:  # some types' own defaults fail their checks
         raise refused(architecture, error) from None
@@ -221,7 +221,7 @@ def _override(config, overrides: dict):
     heads and head size, follow), refusing names the architecture does not have."""
     from okto.package.hf_config import CONFIG_ERRORS, overridden, refused
 
-    _check_names(config, overrides)
+    check_names(config, overrides)
     if not overrides:
         return config
     try:
@@ -230,7 +230,7 @@ def _override(config, overrides: dict):
         raise refused(config.model_type, error) from None
 
 
-def _check_names(config, overrides: dict) -> None:
+def check_names(config, overrides: dict) -> None:
     for key in overrides:
         if not _has_setting(config, key):
             known = [k for k in config.to_dict() if not k.startswith("_")]

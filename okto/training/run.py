@@ -153,7 +153,7 @@ def load_program(source, overrides=(), max_steps: int | None = None):
 
 def _train(program, config, display: Display, resume: str | None, ranks) -> TrainResult:
     from okto.planner import build_plan
-    from okto.planner.model_config import check_new_model, model_config
+    from okto.planner.model_config import check_adapter, check_new_model, model_config
     from okto.training.distributed import Parallel
     from okto.training.plan import run_settings
 
@@ -161,6 +161,7 @@ def _train(program, config, display: Display, resume: str | None, ranks) -> Trai
     name = program.source.name
     hf_config, _ = model_config(program.config.model, Path(name).parent if name else None)
     check_new_model(program.config.model, hf_config)
+    check_adapter(program.config.model, hf_config)  # its targets, before the data is read
     settings = run_settings(plan)
     if settings.processes > 1 and ranks.world == 1:
         processes = plan.settings["processes"]
@@ -546,7 +547,7 @@ def _divergence_watch(total: int, display: Display) -> None:
 
 def _build_model(config, source, tokenizer, splits, settings, display: Display):
     from okto.training import models
-    from okto.training.lora import apply_lora, unmatched_targets
+    from okto.training.lora import apply_lora, unmatched_warning
 
     seq_len = len(splits.train[0]["input_ids"])
     adapter = config.model.adapter
@@ -555,12 +556,9 @@ def _build_model(config, source, tokenizer, splits, settings, display: Display):
     if warning:
         display.warn(warning)
     adapted = apply_lora(model, adapter) if adapter else []  # on a new model: check warns
-    missed = unmatched_targets(adapter, adapted) if adapter else []
-    if missed:
-        display.warn(
-            f"ADAPTER target_modules {missed} match no linear layer of this model: LoRA adapts "
-            f"the {len(adapted)} layers the other targets match"
-        )
+    warning = unmatched_warning(adapter, adapted) if adapter else None
+    if warning:
+        display.warn(warning)
     if settings.memory_efficient:
         if model.supports_gradient_checkpointing:
             kwargs = {"use_reentrant": False}

@@ -328,6 +328,6 @@ def test_a_per_layer_setting_is_a_setting():
     which a config whose layers differ refuses."""
     from transformers import AutoConfig
 
-    from okto.training.models import _check_names
+    from okto.training.models import check_names
 
-    _check_names(AutoConfig.for_model("gemma4_text"), {"head_dim": 32})
+    check_names(AutoConfig.for_model("gemma4_text"), {"head_dim": 32})
