@@ -87,3 +87,14 @@ def test_half_a_surrogate_pair_is_an_error():
 )
 def test_a_sub_block_written_at_the_top_level_names_its_block(text, hint):
     assert _hints(text) == [hint]
+
+
+def test_inference_verbs_take_an_argument():
+    """Statements are "an upper-case action word with its arguments": `ALERT "hot"` and
+    `RETRY 3` parse, and warn as the bare verbs do."""
+    found = program('CONTROL { on_nan { ALERT "nan!"  LOG "x" }  IF loss > 5 { RETRY 3 } }')
+    assert [(w.column, w.message.split(" has")[0]) for w in found.warnings] == [
+        (20, "ALERT"),
+        (59, "RETRY"),
+    ]
+    assert [a.kind for a in found.config.control[0].actions] == ["log"]
