@@ -2,9 +2,11 @@
 
 Every record becomes turns (role, text): chat data keeps its turns; an
 input/output pair becomes a user turn and an assistant turn; plain text is one
-`text` turn. Chat turns may call tools (a `function_call` turn, the assistant's, is
-role `tool_call`; its result is a `tool` turn) and a chat record's `tools` field becomes
-a first `tools` turn holding the definitions. Detection follows the spec's order when no field is named:
+`text` turn. Chat turns may call tools (a `function_call` turn, or the calls of an
+OpenAI assistant message, is role `tool_call`, the assistant's; its result is a `tool`
+turn); a chat record's `tools` field becomes a first `tools` turn holding the definitions,
+and its `system` field a first system turn. Detection follows the spec's order when no
+field is named:
 chat turns (`conversations` / `messages`), input+output, input+target, then
 okto's additions (instruction+output, instruction+response,
 prompt+completion, prompt+response, question+answer), then `text`, then the
@@ -57,7 +59,9 @@ ROLE_KEYS = ("from", "role")
 CONTENT_KEYS = ("value", "content", "text")
 # A chat record's tool definitions (LLaMA-Factory's ShareGPT), as JSON text or a list.
 TOOLS_FIELD = "tools"
-# OpenAI's calls an assistant turn makes (`content` null beside them): not text okto renders.
+# A chat record's system prompt beside its turns (LLaMA-Factory's ShareGPT `system` column).
+SYSTEM_FIELD = "system"
+# OpenAI's calls an assistant message makes (`tool_calls`, or the legacy `function_call`).
 CALL_KEYS = ("tool_calls", "function_call")
 # Types whose data must have a prompt and a response (pairs or turns).
 NEEDS_TURNS = ("instruction", "chat", "qa")
@@ -71,7 +75,8 @@ class FieldPlan:
     source: str  # the turns field (chat), the output field (pair) or the text field
     prompt: str = ""  # pair: the input field
     before: tuple[str, ...] = ()  # pair: fields joined before the input
-    passed_over: tuple[str, ...] = ()  # text from the first string field: other text or lists
+    guessed: bool = False  # text from the first string field: no field had a known name
+    passed_over: tuple[str, ...] = ()  # guessed: the other fields of text or lists
 
     def describe(self) -> str:
         if self.shape == "chat":
@@ -115,7 +120,7 @@ def detect(record: dict, settings: DataSettings) -> FieldPlan | None:
     if name is None:
         return None
     others = (k for k, v in record.items() if k != name and isinstance(v, (str, list, dict)))
-    return FieldPlan("text", name, passed_over=tuple(others))
+    return FieldPlan("text", name, guessed=True, passed_over=tuple(others))
 
 
 def _key(record: dict, name: str) -> str | None:
@@ -194,6 +199,11 @@ def to_turns(record: dict, plan: FieldPlan, assistant_only: bool) -> tuple[list[
             (["user", "assistant"], [prompt, response]) if prompt else (["assistant"], [response])
         )
     roles, texts = _chat_turns(_turns_value(record.get(plan.source)), plan.source, assistant_only)
+    # A system turn the conversation starts with wins, as in LLaMA-Factory: two system
+    # prompts would contradict each other, and most templates take one, first.
+    system = _text(record, _key(record, SYSTEM_FIELD), optional=True)
+    if system.strip() and roles[0] != "system":
+        roles, texts = ["system", *roles], [system, *texts]
     if tools := _tools(record):
         return ["tools", *roles], [tools, *texts]
     return roles, texts
@@ -250,10 +260,6 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
         role = ROLES.get(str(speaker).strip().lower())  # "Human", "gpt "
         if role is None:
             raise Unusable(f"unknown role {speaker!r}")
-        if _first_set(message, CALL_KEYS):
-            # Skipped as an empty turn, the call vanished: the answer trained after a tool
-            # result that nothing in the conversation had asked for.
-            raise Unusable("a turn makes tool calls, which okto does not render")
         value = _first_set(message, CONTENT_KEYS)
         if role == "tool_call" and isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False)  # the call as an object, not its text
@@ -261,6 +267,11 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
         if content.strip():
             roles.append(role)
             texts.append(content)
+        if calls := _first_set(message, CALL_KEYS):
+            # The calls are the assistant's turn: skipped with the null content beside them,
+            # the answer would train after a tool result nothing had asked for.
+            roles.append("tool_call")
+            texts.append(_calls_text(calls))
     if assistant_only:
         while roles and roles[-1] not in TRAINED_ROLES:
             roles.pop()
@@ -270,6 +281,32 @@ def _chat_turns(turns, name: str, assistant_only: bool) -> tuple[list[str], list
     if not roles:
         raise Unusable("empty conversation")
     return roles, texts
+
+
+def _calls_text(calls) -> str:
+    """An OpenAI message's `tool_calls` (or legacy `function_call`) as a `function_call`
+    turn holds them: `{"name", "arguments"}` JSON, a list for parallel calls (one turn, as
+    the model emits them), arguments decoded from the JSON text OpenAI gives them as."""
+    items = []
+    for call in calls if isinstance(calls, list) else [calls]:
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise Unusable("a turn's tool call has no function name")
+        arguments = decoded_arguments(function.get("arguments"))
+        items.append({"name": function["name"], "arguments": arguments or {}})
+    return json.dumps(items[0] if len(items) == 1 else items, ensure_ascii=False)
+
+
+def decoded_arguments(arguments):
+    """A call's arguments as an object where they are its JSON text (OpenAI's way), else
+    as given."""
+    if isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except JSON_ERRORS:
+            return arguments
+        return decoded if isinstance(decoded, dict) else arguments
+    return arguments
 
 
 def _first_set(message: dict, keys: tuple[str, ...]):

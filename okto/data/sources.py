@@ -8,6 +8,7 @@ batches into Arrow, so a large file never exists as Python objects all at once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -110,14 +111,18 @@ def _report_unused_context(
 
 
 def _report_guess(path: Path, plan: FieldPlan, notes: list[str]) -> None:
-    """No known field name, so the first string field is the text: say which fields that
-    leaves out, since it may be an id or a title ({"id": ..., "body": ...}) and the data
-    in a field of another name ({"id": ..., "conversation": [...]})."""
-    if plan.passed_over:
+    """No known field name, so the first string field is the text: say which one, since
+    it may be an id or a title, and a lone field of another name (`content`, `prompt`
+    without its completion) trained without a word; and say which fields that leaves out
+    ({"id": ..., "body": ...}, {"id": ..., "conversation": [...]})."""
+    if plan.guessed:
+        left_out = ", ".join(map(repr, plan.passed_over))
+        keep = json.dumps(plan.source, ensure_ascii=False)
         warn(
             f"{path}: no known text field, so okto trains the first string field, "
-            f"{plan.source!r}, and leaves out {', '.join(map(repr, plan.passed_over))}; "
-            "set DATASET text_field (or input_field and output_field) to choose",
+            f"{plan.source!r}{f', and leaves out {left_out}' if left_out else ''}; "
+            f"set DATASET text_field (text_field: {keep} to keep it), "
+            "or input_field and output_field",
             notes,
         )
 

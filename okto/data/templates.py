@@ -16,13 +16,13 @@ marker is trained too); a template that does not render prefixes consistently
 falls back to locating each assistant turn's text, and its end-of-turn marker
 after it.
 
-Tool use (LLaMA-Factory's ShareGPT roles): a `tool_call` turn is the assistant's and
-trained, `<|assistant|>\\n<tool_call>\\n{call}\\n</tool_call>{eos}` in the plain template;
-a `tool` turn (the call's result) is masked; a `tools` turn (the record's definitions)
-joins the system turn as `<tools>\\n{definitions}\\n</tools>`. The tokenizer's own
-template gets them its way (`tool_calls`, role `tool`, `tools=`) where a probe shows it
-renders each; otherwise as that same text, and a result as a user turn in
-`<tool_response>` tags, as LLaMA-Factory formats templates without a tool role.
+Tool use (LLaMA-Factory's ShareGPT roles, OpenAI's `tool_calls`): a `tool_call` turn is
+the assistant's and trained, `<|assistant|>\\n<tool_call>\\n{call}\\n</tool_call>{eos}` in
+the plain template; a `tool` turn (the call's result) is masked; a `tools` turn (the
+record's definitions) joins the system turn as `<tools>\\n{definitions}\\n</tools>`.
+The tokenizer's own template gets them its way (`tool_calls`, role `tool`, `tools=`)
+where a probe shows it renders each; otherwise as that same text, and a result as a user
+turn in `<tool_response>` tags, as LLaMA-Factory formats templates without a tool role.
 
 Other records (text; generation pairs; pairs of `type: text`) are their turns
 joined by newlines, with no template. `train_all` (type text) trains every
@@ -38,7 +38,7 @@ from typing import NamedTuple
 from jinja2 import TemplateError
 
 from okto.data.errors import JSON_ERRORS
-from okto.data.fields import Unusable
+from okto.data.fields import Unusable, decoded_arguments
 
 ROLE_TAGS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool|>")
 PLAIN_CHAT_TEMPLATE = (
@@ -231,13 +231,7 @@ def _parse_calls(text: str) -> list[dict] | None:
             return None
         if not set(item) <= {"name", "arguments"}:
             return None
-        arguments = item.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                decoded = json.loads(arguments)
-            except JSON_ERRORS:
-                decoded = None
-            arguments = decoded if isinstance(decoded, dict) else arguments
+        arguments = decoded_arguments(item.get("arguments", {}))
         calls.append(
             {"type": "function", "function": {"name": item["name"], "arguments": arguments}}
         )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import pytest
 
 from okto.data import DataWarning, build_datasets
@@ -125,25 +128,53 @@ def test_unusable_turns(record, reason):
         to_turns(record, FieldPlan("chat", "messages"), assistant_only=True)
 
 
-def test_a_turn_that_calls_tools_drops_its_record():
-    """An OpenAI assistant turn with `tool_calls` and null content was skipped as empty:
-    the call vanished, and the answer trained after a tool result nothing had asked for."""
+OPENAI_CALL = {"type": "function", "function": {"name": "weather", "arguments": '{"c": 1}'}}
+OPENAI_TOOL_TURNS = [
+    {"role": "user", "content": "weather?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", **OPENAI_CALL}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    {"role": "assistant", "content": "it is sunny"},
+]
+
+
+def test_openai_tool_calls_are_tool_call_turns():
+    """An OpenAI assistant turn with `tool_calls` and null content was skipped as empty
+    (the answer trained after a result nothing had asked for), then dropped the record:
+    its calls are now a `tool_call` turn, as a ShareGPT `function_call` turn is."""
     plan = FieldPlan("chat", "messages")
-    call = {"type": "function", "function": {"name": "weather", "arguments": "{}"}}
-    turns = [
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "content": "sunny"},
-        {"role": "assistant", "content": "it is sunny"},
+    call = '{"name": "weather", "arguments": {"c": 1}}'
+    expected = (
+        ["user", "tool_call", "tool", "assistant"],
+        ["weather?", call, "sunny", "it is sunny"],
+    )
+    assert to_turns({"messages": OPENAI_TOOL_TURNS}, plan, True) == expected
+    # The legacy function_call form, role "function" answering it.
+    legacy = [
+        OPENAI_TOOL_TURNS[0],
+        {"role": "assistant", "content": None, "function_call": OPENAI_CALL["function"]},
+        {"role": "function", "name": "weather", "content": "sunny"},
+        OPENAI_TOOL_TURNS[3],
     ]
-    for legacy in (False, True):
-        if legacy:  # the older function_call form, role "function" answering it
-            turns[1] = {"role": "assistant", "content": None, "function_call": call["function"]}
-        with pytest.raises(Unusable, match="a turn makes tool calls, which okto does not render"):
-            to_turns({"messages": turns}, plan, assistant_only=True)
+    assert to_turns({"messages": legacy}, plan, True) == expected
+    # Parallel calls are one turn (one list, as the model emits them); text beside the
+    # calls is the assistant's turn before them.
+    both = {"type": "function", "function": {"name": "time", "arguments": {}}}
+    parallel = {"role": "assistant", "content": "checking", "tool_calls": [OPENAI_CALL, both]}
+    assert to_turns({"messages": [OPENAI_TOOL_TURNS[0], parallel]}, plan, True) == (
+        ["user", "assistant", "tool_call"],
+        [
+            "weather?",
+            "checking",
+            '[{"name": "weather", "arguments": {"c": 1}}, {"name": "time", "arguments": {}}]',
+        ],
+    )
+    nameless = {"role": "assistant", "content": None, "tool_calls": [{"type": "function"}]}
+    with pytest.raises(Unusable, match="a turn's tool call has no function name"):
+        to_turns({"messages": [OPENAI_TOOL_TURNS[0], nameless]}, plan, True)
     # No calls (Parquet gives every turn the key, null or empty): the turns are read.
-    plain = [{**turn, "tool_calls": None} for turn in turns[:1]] + [
-        {"role": "assistant", "content": "hi", "tool_calls": []}
+    plain = [
+        {**OPENAI_TOOL_TURNS[0], "tool_calls": None},
+        {"role": "assistant", "content": "hi", "tool_calls": []},
     ]
     assert to_turns({"messages": plain}, plan, True) == (["user", "assistant"], ["weather?", "hi"])
 
@@ -288,3 +319,57 @@ def test_records_that_do_not_fit_are_dropped_and_counted(tmp_path, tokenizer):
         "not an object": 1,
     }
     assert splits.stats.train.records == 30
+
+
+def test_a_records_system_field_is_its_first_system_turn(tmp_path, tokenizer):
+    """LLaMA-Factory's ShareGPT keeps the system prompt beside the turns; it was ignored,
+    and the model trained without it. A system turn the conversation starts with wins."""
+    plan = FieldPlan("chat", "conversations")
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]
+    record = {"system": "be brief", "conversations": turns}
+    assert to_turns(record, plan, True) == (
+        ["system", "user", "assistant"],
+        ["be brief", "hi", "yo"],
+    )
+    own = {"System": "be brief", "conversations": [{"from": "system", "value": "mine"}, *turns]}
+    assert to_turns(own, plan, True)[1] == ["mine", "hi", "yo"]
+    for none in ("", None, float("nan")):
+        assert to_turns({"system": none, "conversations": turns}, plan, True)[0][0] == "user"
+    with pytest.raises(Unusable, match="'system' is not text"):
+        to_turns({"system": {"a": 1}, "conversations": turns}, plan, True)
+    # The tools join it, as they join a system turn of the conversation's.
+    _, row = _first_row(tmp_path, tokenizer, [{**record, "tools": "[1]"}])
+    assert real_text(tokenizer, row) == (
+        "<|system|>\nbe brief\n\n<tools>\n[1]\n</tools>\n<|user|>\nhi\n"
+        "<|assistant|>\nyo<|endoftext|>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("records", "fields", "warning"),
+    [
+        # A lone string field of an unknown name trained without a word.
+        (
+            [{"content": "hello world"}] * 2,
+            {},
+            r"first string field, 'content'; set DATASET text_field "
+            r'\(text_field: "content" to keep it\)',
+        ),
+        # A prompt without its completion is no pair: the prompts alone would train.
+        ([{"n": 1, "prompt": "hello world"}] * 2, {}, "first string field, 'prompt';"),
+        ([{"text": "hello world"}] * 2, {}, None),
+        ([{"content": "hello world"}] * 2, {"text_field": "content"}, None),
+    ],
+)
+def test_a_guessed_text_field_is_named(tmp_path, tokenizer, records, fields, warning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        splits, row = _first_row(tmp_path, tokenizer, records, **fields)
+    guesses = [str(w.message) for w in caught if "no known text field" in str(w.message)]
+    assert real_text(tokenizer, row) == "hello world<|endoftext|>"
+    if warning is None:
+        assert guesses == []
+    else:
+        assert len(guesses) == 2  # the training file and the validation file
+        assert re.search(warning, guesses[0])
+        assert any(re.search(warning, note) for note in splits.stats.warnings)

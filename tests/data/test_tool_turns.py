@@ -1,6 +1,7 @@
 """Tool use in ShareGPT data (LLaMA-Factory's `function_call` and `observation` turns, a
-record's `tools`): the call is trained, its result is not, and both templates render them.
-Such records were dropped as having an unknown role."""
+record's `tools`) and in OpenAI messages (`tool_calls`, role `tool`): the call is trained,
+its result is not, and both templates render them. Such records were dropped as having an
+unknown role, or as making calls okto did not render."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from okto.data import build_datasets
 from okto.data.fields import FieldPlan, to_turns
 from okto.data.templates import PLAIN_CHAT_TEMPLATE, Renderer
 from tests.data.helpers import config, real_text, trained_runs, write_jsonl
+from tests.data.test_fields import OPENAI_TOOL_TURNS
 from tests.data.test_masking import CHATML, _with_template
 
 CALL = '{"name": "weather", "arguments": {"city": "paris"}}'
@@ -149,3 +151,29 @@ def test_the_jinja_plain_template_renders_tool_turns_as_the_direct_renderer(toke
     direct = Renderer(tokenizer)
     jinja = Renderer(_with_template(tokenizer, PLAIN_CHAT_TEMPLATE + "{# through Jinja #}"))
     assert jinja.render(roles, texts, True, False) == direct.render(roles, texts, True, False)
+
+
+def test_openai_tool_calls_train_as_the_call_and_mask_the_result(tmp_path, tokenizer):
+    """The same record in OpenAI's form: plain text where the template knows no tools, the
+    template's own `tool_calls` rendering where it does."""
+    record = {"messages": OPENAI_TOOL_TURNS, "tools": TOOLS}
+    call = '{"name": "weather", "arguments": {"c": 1}}'
+    splits = _build(tmp_path, tokenizer, [record])
+    assert splits.stats.dropped == {}
+    row = splits.train[0]
+    assert real_text(tokenizer, row) == (
+        f"<|system|>\n<tools>\n{TOOLS}\n</tools>\n<|user|>\nweather?\n"
+        f"<|assistant|>\n<tool_call>\n{call}\n</tool_call><|endoftext|>"
+        "<|tool|>\nsunny\n<|assistant|>\nit is sunny<|endoftext|>"
+    )
+    assert trained_runs(tokenizer, row) == [
+        f"<tool_call>\n{call}\n</tool_call><|endoftext|>",
+        "it is sunny<|endoftext|>",
+    ]
+    own = _with_template(tokenizer, TOOL_CHATML, "<|im_start|>", "<|im_end|>")
+    row = _build(tmp_path, own, [record]).train[0]
+    assert trained_runs(own, row) == [
+        '<tool_call>weather {"c": 1}</tool_call><|im_end|>\n',
+        "it is sunny<|im_end|>\n<|endoftext|>",
+    ]
+    assert "<|im_start|>user\n<tool_response>sunny</tool_response>" in real_text(own, row)
