@@ -258,6 +258,11 @@ def _rule_hint(text: str, token, expected: set[str], previous: str | None) -> st
         return "a condition begins with a metric's name: loss > 2.0"
     if token.type == "COLON" and expected == {"EQUAL"}:
         return f"SET takes '=': SET {previous} = ..."
+    if token.type == "EQUAL" and expected == {"COMPARE"}:  # `loss = 3`, `loss => 3`
+        after = text[token.end_pos : token.end_pos + 1]
+        if after in ("<", ">"):
+            return f"write {after}= (the '=' comes second)"
+        return "'=' is for SET; to compare, write =="
     return None
 
 

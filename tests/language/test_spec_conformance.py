@@ -98,3 +98,15 @@ def test_inference_verbs_take_an_argument():
         (59, "RETRY"),
     ]
     assert [a.kind for a in found.config.control[0].actions] == ["log"]
+
+
+@pytest.mark.parametrize(
+    ("op", "hint"),
+    [
+        ("=", "'=' is for SET; to compare, write =="),
+        ("=>", "write >= (the '=' comes second)"),
+        ("=<", "write <= (the '=' comes second)"),
+    ],
+)
+def test_a_comparison_miswritten_with_equals_says_which_to_write(op, hint):
+    assert _hints(f"CONTROL {{ IF loss {op} 3 {{ STOP }} }}") == [hint]
