@@ -19,7 +19,7 @@ from lark import Lark, Token, Transformer, UnexpectedInput, v_args
 from okto.grammar import GRAMMAR_PATH
 from okto.language import scan, syntax_errors
 from okto.language.diagnostics import Diagnostic, OktoSyntaxError, Source, Span
-from okto.language.quantities import UNIT_HELP, Quantity
+from okto.language.quantities import UNIT_HELP, Quantity, unit_in_its_case
 from okto.language.syntax import (
     AdjustStatement,
     AllOf,
@@ -242,7 +242,12 @@ class ToSyntax(Transformer):
         elif re.fullmatch(r"0([xX][\da-fA-F]+|[oO][0-7]+|[bB][01]+)", written):
             self._error(number, "numbers are written in decimal", f"write {int(written, 0)}")
         else:
-            hint = f"a quantity is a number followed by {UNIT_HELP}"
+            meant = unit_in_its_case(str(token))
+            hint = (
+                f"units are case-sensitive: write {text[first:start]}{meant}"
+                if meant
+                else f"a quantity is a number followed by {UNIT_HELP}"
+            )
             self._error(span, f"unknown unit '{token}'", hint)
 
 

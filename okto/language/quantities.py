@@ -46,6 +46,13 @@ _QUANTITY = re.compile(
 UNIT_HELP = "counts K M B T, sizes KB MB GB TB (or KiB MiB GiB TiB), durations ms s min h, or %"
 
 
+def unit_in_its_case(unit: str) -> str | None:
+    """The unit `unit` spells in another case (`gb` -> `GB`, `b` -> `B`), for a hint: units
+    are case-sensitive. None for `m`, which may mean million (`M`) or minutes (`min`)."""
+    matches = [known for known in UNITS if known and known.lower() == unit.lower()]
+    return matches[0] if len(matches) == 1 and unit != "m" else None
+
+
 @dataclass(frozen=True)
 class Quantity:
     """A number with a unit. `base` is the value in the kind's base unit."""
@@ -55,7 +62,13 @@ class Quantity:
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
-            raise ValueError(f"unknown unit {self.unit!r}: use {UNIT_HELP}")
+            meant = unit_in_its_case(self.unit)
+            use = (
+                f"units are case-sensitive, write {self.value}{meant}"
+                if meant
+                else f"use {UNIT_HELP}"
+            )
+            raise ValueError(f"unknown unit {self.unit!r}: {use}")
 
     @classmethod
     def parse(cls, text: str) -> Quantity:

@@ -110,3 +110,12 @@ def test_inference_verbs_take_an_argument():
 )
 def test_a_comparison_miswritten_with_equals_says_which_to_write(op, hint):
     assert _hints(f"CONTROL {{ IF loss {op} 3 {{ STOP }} }}") == [hint]
+
+
+def test_a_unit_in_the_wrong_case_is_named():
+    """Units are case-sensitive (`M` million, `min` minutes); `12gb` and `7b` get the
+    unit they spell, quoted or not; `5m` stays ambiguous."""
+    assert _hints("ENV { min_memory: 12gb }") == ["units are case-sensitive: write 12GB"]
+    assert _hints("MODEL { parameters: 7b }") == ["units are case-sensitive: write 7B"]
+    assert "units are case-sensitive, write 7B" in error('MODEL { parameters: "7b" }')[2]
+    assert _hints("TRAIN { max_steps: 5m }")[0].startswith("a quantity is a number followed")
