@@ -8,6 +8,7 @@ GPU sold as "80GB".
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -78,6 +79,8 @@ class Quantity:
             raise ValueError(f"{text!r} is not a quantity (a number and a unit, like 12GB)")
         number = match["number"]
         value = float(number) if any(c in number for c in ".eE") else int(number)
+        if not math.isfinite(value):  # as the parser says of an unquoted 1e400GB
+            raise ValueError(f"{text.strip()} is out of range: numbers go up to about 1.8e308")
         return cls(value, match["unit"])
 
     @property

@@ -119,3 +119,12 @@ def test_a_unit_in_the_wrong_case_is_named():
     assert _hints("MODEL { parameters: 7b }") == ["units are case-sensitive: write 7B"]
     assert "units are case-sensitive, write 7B" in error('MODEL { parameters: "7b" }')[2]
     assert _hints("TRAIN { max_steps: 5m }")[0].startswith("a quantity is a number followed")
+
+
+def test_a_quoted_quantity_beyond_floating_point_is_an_error_as_unquoted():
+    """`min_memory: 1e400GB` is out of range; quoted, it was infinite bytes, and plan then
+    refused the machine (exit 4) instead of the file (exit 2)."""
+    unquoted = error("ENV { min_memory: 1e400GB }")
+    quoted = error('ENV { min_memory: "1e400GB" }')
+    assert unquoted[2] == "1e400GB is out of range"
+    assert quoted == (1, 19, "1e400GB is out of range: numbers go up to about 1.8e308")
