@@ -79,8 +79,6 @@ class Quantity:
             raise ValueError(f"{text!r} is not a quantity (a number and a unit, like 12GB)")
         number = match["number"]
         value = float(number) if any(c in number for c in ".eE") else int(number)
-        if not math.isfinite(value):  # as the parser says of an unquoted 1e400GB
-            raise ValueError(f"{text.strip()} is out of range: numbers go up to about 1.8e308")
         return cls(value, match["unit"])
 
     @property
@@ -113,7 +111,9 @@ def _coerce(kind: Kind, bare_numbers: bool):
                 raise ValueError(f"a {kind} needs a unit, like {EXAMPLES[kind]}")
             return Quantity(value, "" if kind == "count" else "%")
         if isinstance(value, str):
-            value = Quantity.parse(value)
+            written, value = value.strip(), Quantity.parse(value)
+            if not math.isfinite(value.value):  # as the parser says of an unquoted 1e400GB
+                raise ValueError(f"{written} is out of range: numbers go up to about 1.8e308")
         if not isinstance(value, Quantity):
             raise ValueError(f"expected a {kind}, like {EXAMPLES[kind]}")
         if value.kind != kind:
