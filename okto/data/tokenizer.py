@@ -45,19 +45,22 @@ def resolve_tokenizer(
     *,
     seed: int = 0,
     base_dir: str | Path | None = None,
+    resuming: bool = False,
 ):
     """The run's tokenizer (a `PreTrainedTokenizerFast`), saved to `run_dir/tokenizer`.
 
     DATASET `tokenizer` decides: "train", a path (a tokenizer directory or a
     tokenizer.json), or unset for the model's own (`model_path`: a local
-    checkpoint directory or a hub name).
+    checkpoint directory or a hub name). `resuming` (a run going on from a checkpoint)
+    keeps a tokenizer trained in `run_dir` even when the data changed since: the
+    checkpoint's embeddings are its tokens', and a new one would give them other meanings.
     """
     settings = DataSettings.from_config(cfg)
     base = Path(base_dir or Path.cwd())
     target = Path(run_dir) / SUBDIR if run_dir is not None else None
     choice = settings.tokenizer
     if choice is not None and choice.lower() == TRAIN:
-        return _trained(settings, base, target, seed)
+        return _trained(settings, base, target, seed, resuming)
     if choice is None and model_path is None:
         raise DataError(
             'no tokenizer: the model is built from scratch, so set DATASET tokenizer: "train" '
@@ -142,9 +145,7 @@ def _from_model(model_path: str | Path):
         ) from None
 
 
-def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int):
-    from transformers import AutoTokenizer
-
+def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int, resuming: bool):
     files = DataFiles.resolve(settings, base)
     key = cache.make_key(
         {
@@ -156,8 +157,18 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
             "seed": seed,
         }
     )
-    if target is not None and _trained_key(target) == key:
-        return AutoTokenizer.from_pretrained(str(target))
+    saved_key = _trained_key(target) if target is not None else None
+    if saved_key is not None and (saved_key == key or resuming):
+        saved = _saved(target)
+        if saved is not None:
+            if saved_key != key:
+                warn(
+                    "the training data or DATASET settings changed since the run's tokenizer "
+                    f"was trained: resuming keeps it ({target}), as the checkpoint's model "
+                    "learned its tokens; a run started afresh trains a new one",
+                    [],
+                )
+            return saved
     with warnings.catch_warnings():
         # What reading finds (a cut, skipped lines) build_datasets reports once.
         warnings.simplefilter("ignore", DataWarning)
@@ -194,8 +205,27 @@ def _trained(settings: DataSettings, base: Path, target: Path | None, seed: int)
 
 
 def _trained_key(directory: Path) -> str | None:
-    meta = directory / META_FILE
-    return json.loads(meta.read_text()).get("key") if meta.is_file() else None
+    """The key a saved trained tokenizer records; None for none, or a record that is not
+    readable (damaged: the tokenizer is trained again and saved over it)."""
+    try:
+        key = json.loads((directory / META_FILE).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) else None
+
+
+def _saved(directory: Path):
+    """The saved trained tokenizer; None, with a warning, when its files are damaged."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        check_tokenizer(tokenizer)
+    except Exception as error:  # tokenizers raises bare Exceptions for files it cannot parse
+        detail = (str(error).splitlines() or [type(error).__name__])[0]
+        warn(f"the saved tokenizer {directory} is damaged ({detail}); training it again", [])
+        return None
+    return tokenizer
 
 
 def sample_texts(table, seed: int) -> list[str]:
