@@ -23,6 +23,10 @@ from okto.data.errors import JSON_ERRORS, DataError, json_reason
 
 WINDOW_CHARS = 1 << 22
 _SPACE = re.compile(r"[ \t\r\n]*")
+# What a value cut off at the end of the file leaves where json stops reading.
+_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+_NUMBER_TAIL = re.compile(r"\.\d*(?:[eE][+-]?\d*)?|[eE][+-]?\d*")
+_ESCAPE_TAIL = re.compile(r"u[0-9a-fA-F]{0,4}")  # 4: a surrogate pair's first half
 
 
 @dataclass
@@ -163,5 +167,12 @@ def _decode_next(decoder: json.JSONDecoder, window: _Window, cuts: list[Cut]) ->
 
 
 def _is_cut(error: json.JSONDecodeError, text: str) -> bool:
-    """Whether decoding failed only because the text ended."""
-    return error.msg.startswith("Unterminated string") or error.pos >= len(text.rstrip())
+    """Whether decoding failed only because the text ended: inside a string, a `\\u`
+    escape, a literal (`tru`) or a number (json reads `1` of `1.` or `1e+` and names the
+    character after it)."""
+    tail = text[error.pos :]
+    if error.msg.startswith("Unterminated string") or not tail.strip():
+        return True
+    if error.msg.startswith("Invalid \\uXXXX escape"):
+        return _ESCAPE_TAIL.fullmatch(tail) is not None
+    return any(word.startswith(tail) for word in _LITERALS) or bool(_NUMBER_TAIL.fullmatch(tail))
