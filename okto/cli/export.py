@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -16,9 +17,14 @@ def add_parser(subparsers) -> None:
         "file, anything else a Hugging Face directory.",
     )
     p.add_argument(
-        "--model", "-m", required=True, metavar="M", help=".okm, Hugging Face or run directory"
+        "--model",
+        "-m",
+        required=True,
+        type=_path,
+        metavar="M",
+        help=".okm, Hugging Face or run directory",
     )
-    p.add_argument("--out", "-o", required=True, type=Path, help="where to write")
+    p.add_argument("--out", "-o", required=True, type=_path, help="where to write")
     p.add_argument(
         "--format",
         choices=("okm", "hf", "safetensors"),
@@ -26,6 +32,14 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast the weights")
     p.set_defaults(run=run)
+
+
+def _path(text: str) -> Path:
+    """A path argument. An empty one (`--out "$DEST"` with DEST unset) was Path("."): the
+    export wrote a model into the current folder, replacing the model files there."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return Path(text)
 
 
 def run(args) -> int:

@@ -14,6 +14,7 @@ import json
 import mmap
 import os
 import re
+import stat
 import struct
 import tempfile
 import zlib
@@ -96,6 +97,15 @@ def _umask() -> int:
     return mask
 
 
+def _mode_for(path: Path) -> int:
+    """The file mode `path` gets: the one of the file it replaces (a package kept private with
+    chmod 600 stays private when exported again), else the user's default for a new file."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def make_folder(folder: Path) -> None:
     """`folder` and its parents, or a UsageError saying why not (it lies under a file, ...)."""
     try:
@@ -109,8 +119,8 @@ def make_folder(folder: Path) -> None:
 
 @contextlib.contextmanager
 def _temporary(path: Path) -> Iterator[tuple[BinaryIO, str]]:
-    """A temporary file beside `path` to write it into, flushed to disk and given the user's
-    file mode when the block ends. On any error it is removed, and an OSError (a full disk, a
+    """A temporary file beside `path` to write it into, flushed to disk and given the mode of
+    the file it replaces (or the user's default) when the block ends. On any error it is removed, and an OSError (a full disk, a
     source file gone) is reported as an OktoError saying that `path` is left as it was."""
     if path.is_dir():
         raise UsageError(f"cannot write {path}: it is a folder; name a file")
@@ -124,7 +134,7 @@ def _temporary(path: Path) -> Iterator[tuple[BinaryIO, str]]:
             yield out, tmp_name
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private (0600)
+        os.chmod(tmp_name, _mode_for(path))  # mkstemp makes it private (0600)
     except BaseException as e:
         _discard(tmp_name, path, e)
 
