@@ -35,6 +35,7 @@ from pathlib import Path
 
 from okto.data.errors import DataError, DataWarning
 from okto.data.progress import quiet_datasets
+from okto.data.stats import DataStats
 
 # Part of every key, the trained tokenizer's included: bump to invalidate them all.
 DATA_VERSION = 1
@@ -74,8 +75,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
-    """(splits by name, stats dict, bytes) of a sound entry; None when there is none.
+def load(cache_dir: Path, key: str) -> tuple[dict, DataStats, int] | None:
+    """(splits by name, statistics, bytes) of a sound entry; None when there is none.
 
     A damaged entry is removed, with a warning, so the caller rebuilds it.
     """
@@ -84,14 +85,14 @@ def load(cache_dir: Path, key: str) -> tuple[dict, dict, int] | None:
         return None
     try:
         recorded = json.loads((entry / ENTRY_FILE).read_text())
-        stats, sizes = recorded["stats"], recorded["sizes"]
+        stats, sizes = DataStats.from_dict(recorded["stats"]), recorded["sizes"]
         _check_sizes(entry, sizes)
         with quiet_datasets():
             splits = {name: _load_split(entry, name) for name in recorded["splits"]}
         for name, split in splits.items():
-            if split.num_rows != stats[name]["examples"]:
-                raise ValueError(f"{name} has {split.num_rows} rows, not {stats[name]['examples']}")
-    except (OSError, ValueError, KeyError, TypeError) as error:  # json and Arrow errors included
+            if split.num_rows != (examples := getattr(stats, name).examples):
+                raise ValueError(f"{name} has {split.num_rows} rows, not {examples}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # json, Arrow
         if not entry.exists():
             return None  # another run removed it meanwhile (evicted): a plain miss
         _discard(entry)

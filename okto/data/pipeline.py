@@ -87,7 +87,7 @@ def build_datasets(
     )
     if cache_dir is not None and (entry := cache.load(Path(cache_dir), key)) is not None:
         release_kept()
-        splits, stats = entry[0], DataStats.from_dict(entry[1])
+        splits, stats = entry[0], entry[1]
         for note in stats.warnings:
             warn(note, [])
         stats.cache_hit, stats.cache_bytes = True, entry[2]
