@@ -1,4 +1,4 @@
-"""`okto export`: a model to one `.okm` file, or an `.okm` back to a Hugging Face directory."""
+"""`okto export`: a model to one `.okm` file, a Hugging Face directory or its weights alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
-        help="package a model as .okm, or write an .okm back as a Hugging Face directory",
+        help="write a model as one .okm file, a Hugging Face directory or its weights alone",
         description="Export a model (.okm, Hugging Face directory or run directory) to an .okm file, "
         "a Hugging Face directory or one safetensors file of the weights alone. Without "
         "--format, an --out ending in .okm gives okm, one ending in .safetensors the weights "
