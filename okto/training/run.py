@@ -232,7 +232,9 @@ def _run(program, config, display: Display, resume, settings, parallel) -> Train
         go_offline()
 
     source, tokenizer, splits = parallel.main_first(
-        lambda: _prepare_data(config, base_dir, paths, settings.seed, display, parallel.is_main)
+        lambda: _prepare_data(
+            config, base_dir, paths, settings.seed, display, parallel.is_main, resume_from
+        )
     )
     model, adapted = _build_model(config, source, tokenizer, splits, settings, display)
     plan = build_plan(program, model=model)
@@ -386,10 +388,13 @@ def data_cache_dir() -> Path:
     return Path(root) / "data"
 
 
-def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: Display, main):
+def _prepare_data(
+    config, base_dir: Path, paths: RunPaths, seed: int, display: Display, main, resume_from
+):
     """The model's source, the tokenizer and the rows. In a job of several processes rank 0
     runs this first; the others then read its tokenizer from the run folder and the rows
-    from the cache."""
+    from the cache. A resumed run keeps the run's trained tokenizer, which its checkpoint
+    fits."""
     from okto.data import DataWarning, build_datasets
     from okto.data.progress import reporting_stages
 
@@ -402,7 +407,9 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
             reporting_stages(show_stage),
         ):
             warnings.simplefilter("always", DataWarning)
-            source, tokenizer, max_length = _tokenizer(config, base_dir, paths, seed, main)
+            source, tokenizer, max_length = _tokenizer(
+                config, base_dir, paths, seed, main, resuming=resume_from is not None
+            )
             splits = build_datasets(
                 config.dataset,
                 tokenizer,
@@ -433,7 +440,7 @@ def _prepare_data(config, base_dir: Path, paths: RunPaths, seed: int, display: D
     return source, tokenizer, splits
 
 
-def _tokenizer(config, base_dir: Path, paths: RunPaths, seed: int, main: bool):
+def _tokenizer(config, base_dir: Path, paths: RunPaths, seed: int, main: bool, resuming: bool):
     """The model's source, the run's tokenizer and the rows' length."""
     from transformers import AutoTokenizer
 
@@ -450,6 +457,7 @@ def _tokenizer(config, base_dir: Path, paths: RunPaths, seed: int, main: bool):
                 run_dir=paths.run,
                 seed=seed,
                 base_dir=base_dir,
+                resuming=resuming,
             )
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(paths.run / "tokenizer"))
