@@ -41,6 +41,11 @@ def run(args) -> int:
             )
         if not torch.cuda.is_available():
             raise MachineError("okto bench times GPU kernels, and this machine has no CUDA device")
+        if backend.interpreting():  # hours for the large cases, and ratios of nothing
+            raise UsageError(
+                "TRITON_INTERPRET=1 runs okto's kernels in Triton's interpreter on the CPU; "
+                "unset it to time them on the GPU"
+            )
         if args.dtype == "bf16" and torch.cuda.get_device_capability() < (8, 0):
             major, minor = torch.cuda.get_device_capability()  # the planner refuses bf16 too
             raise MachineError(

@@ -16,7 +16,7 @@ from okto.errors import EXIT_INVALID, EXIT_OK, OktoError
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "check",
-        help="validate a .okt file (no training, no torch)",
+        help="validate a .okt file (no training)",
         description="Parse and validate a .okt file and report every problem with its position.",
     )
     p.add_argument("-f", "--file", required=True, help="the .okt file to check")

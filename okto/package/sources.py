@@ -571,6 +571,8 @@ def export_model(
     for name, value in (("source", source), ("out", out)):
         if not isinstance(value, str | Path):  # os.fspath's TypeError said neither which nor why
             raise UsageError(f"export_model: {name} is a path, not {type(value).__name__}")
+        if not str(value).strip():  # "" would be the current folder: an unset variable
+            raise UsageError(f"export_model: {name} is an empty path; name a file or folder")
     format = export_format(out, format)
     if dtype is not None and (not isinstance(dtype, str) or dtype not in FLOAT_CODES):
         raise UsageError(f"unknown dtype {dtype!r}; choose one of {', '.join(FLOAT_CODES)}")

@@ -20,6 +20,19 @@ def test_an_empty_path_is_exit_2_and_writes_nothing(flag, okm_files, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("empty", ["source", "out"])
+def test_export_model_refuses_an_empty_path(empty, okm_files, tmp_path, monkeypatch):
+    """The Python API took "" as the current folder, as the CLI did."""
+    from okto.errors import UsageError
+    from okto.package.sources import export_model
+
+    monkeypatch.chdir(tmp_path)
+    paths = {"source": str(okm_files["gpt2"]), "out": "x.okm", empty: " "}
+    with pytest.raises(UsageError, match=f"{empty} is an empty path"):
+        export_model(paths["source"], paths["out"])
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", [".okm", ".safetensors"])
 def test_an_export_over_a_private_file_keeps_it_private(suffix, okm_files, tmp_path):
     """The file written in its place had the umask's mode (0644): a package kept private with

@@ -81,6 +81,7 @@ def test_a_failing_okto_kernel_makes_the_run_exit_1(as_json, monkeypatch, capsys
 
     monkeypatch.setattr(bench, "run", fake_run)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' CPU setting
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "a GPU")
     assert main(["bench", "norm", *(["--json"] if as_json else [])]) == 1
     assert "okto's kernel failed in 1 case(s): rms_norm 16384x768 fwd" in capsys.readouterr().err
@@ -116,6 +117,7 @@ def test_bf16_on_a_gpu_without_it_is_exit_4(as_json, monkeypatch, capsys):
     from okto.kernels import bench
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
     monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("the suites ran"))
@@ -123,3 +125,20 @@ def test_bf16_on_a_gpu_without_it_is_exit_4(as_json, monkeypatch, capsys):
     captured = capsys.readouterr()
     message = json.loads(captured.out)["error"] if as_json else captured.err
     assert "Tesla T4 (sm_75) has no bf16; use --dtype fp16" in message
+
+
+def test_triton_interpret_on_a_gpu_is_exit_2_not_a_bench_of_the_interpreter(
+    monkeypatch, capsys
+):
+    """With TRITON_INTERPRET=1 left set (from running the tests), okto's side of every case
+    ran in Triton's CPU interpreter: hours for the large cases, and meaningless ratios."""
+    from okto.cli import main
+    from okto.kernels import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(bench, "run", lambda *args: pytest.fail("the suites ran"))
+    assert main(["bench", "gemm"]) == 2
+    assert "TRITON_INTERPRET=1 runs okto's kernels in Triton's interpreter" in (
+        capsys.readouterr().err
+    )
