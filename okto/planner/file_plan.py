@@ -26,8 +26,11 @@ def plan(source: Program | str | os.PathLike[str], overrides: str | Iterable[str
 def plan_program(program: Program) -> Plan:
     """The plan of a loaded program; a relative MODEL.base is looked for next to its file."""
     name = program.source.name
-    config, source = model_config(program.config.model, Path(name).parent if name else None)
+    base_dir = Path(name).parent if name else None
+    config, source = model_config(program.config.model, base_dir)
     result = build_plan(program, model=config)  # the machine's checks first: they are quick
+    if config is None and program.config.env.network == "offline":
+        _check_offline_base(program.config.model.base, base_dir)
     check_new_model(program.config.model, config)
     unmatched = check_adapter(program.config.model, config)
     found = f"model config from {source}" if config is not None else f"model unknown: {source}"
@@ -35,3 +38,13 @@ def plan_program(program: Program) -> Plan:
     if unmatched:
         result.notes.append(unmatched)
     return result
+
+
+def _check_offline_base(base: str | None, base_dir: Path | None) -> None:
+    """Offline, a hub MODEL.base that is not cached is refused as okto train refuses it,
+    not noted as something train would download."""
+    from okto.language.paths import local_path
+    from okto.training.hub import hub_snapshot, missing_path
+
+    if base and local_path(base, base_dir) is None and missing_path(base, base_dir) is None:
+        hub_snapshot(base, offline=True)  # raises HubUnavailable, train's words

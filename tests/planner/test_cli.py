@@ -94,6 +94,17 @@ def test_unknown_model(okt, capsys):
     assert "not in the local hub cache" in plan["notes"][0]
 
 
+def test_an_uncached_hub_base_offline_is_refused_as_train_refuses_it(okt, capsys):
+    """The plan noted that okto train downloads it; offline, train refuses the file."""
+    path = okt(
+        'PROJECT "x"\nENV { network: "offline" }\nMODEL { base: "nobody/no-such-model-here" }\n'
+    )
+    assert main(["plan", "-f", path]) == 2
+    assert 'ENV network is "offline", and it is not in the local' in " ".join(
+        capsys.readouterr().err.split()
+    )
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("as_json", [False, True])
 def test_gpu_file_on_a_cpu_machine_exits_4(okt, capsys, as_json):
