@@ -41,7 +41,15 @@ def overridden(values: dict, overrides: dict) -> dict:
     layer_types = new.get("layer_types")
     if layer_types is not None and len(layer_types) != new.get("num_hidden_layers"):
         del new["layer_types"]
+    vocab = new.get("vocab_size")
+    if isinstance(vocab, int) and vocab != values.get("vocab_size"):
+        for name in SPECIAL_IDS:  # the base's ids past a smaller vocabulary (GPT-2's 50256)
+            if isinstance(new.get(name), int) and new[name] >= vocab:
+                new[name] = None  # a new model takes them from its tokenizer
     return {**new, **overrides}
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
 def transformers_config(model_type: str, values: dict, source: str):

@@ -15,7 +15,7 @@ from typing import Any
 from okto.errors import OktoError, UsageError
 from okto.language.config import ModelConfig
 from okto.language.paths import local_path
-from okto.package.hf_config import DERIVED, overridden, transformers_config
+from okto.package.hf_config import DERIVED, transformers_config
 
 
 def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any | None, str]:
@@ -28,12 +28,9 @@ def model_config(model: ModelConfig, base_dir: Path | None = None) -> tuple[Any 
         return None, source
     if values.get("model_type") is None:
         return None, f"{source}: the config names no model_type"
-    overrides = _overrides(model)
-    if overrides:
-        _check_settings(_unchanged_config(values), overrides)
-    values = overridden(values, overrides)
-    model_type = values.pop("model_type")
-    return transformers_config(model_type, values, "MODEL.config"), source
+    from okto.training.models import override  # okto train's rule and words
+
+    return override(_unchanged_config(values), _overrides(model)), source
 
 
 def check_new_model(model: ModelConfig, config: Any | None) -> None:

@@ -61,7 +61,7 @@ def locate(model_cfg, base_dir: Path, offline: bool, scratch: Path) -> ModelSour
             raise
         return _shape_without_base(model_cfg, offline)
     if not model_cfg.pretrained:
-        source.config = _override(_retyped(source.config, model_cfg.architecture), model_cfg.config)
+        source.config = override(_retyped(source.config, model_cfg.architecture), model_cfg.config)
         source.where = f"new {source.config.model_type} shaped like {source.where}"
         source.folder = source.package = source.reference = None
         source.pretrained = False
@@ -154,10 +154,10 @@ def _new_config(architecture: str | None, overrides: dict):
             "pretrained: false })"
         )
     try:
-        check_names(AutoConfig.for_model(architecture), overrides)  # the language checked it
-        return AutoConfig.for_model(architecture, **overrides)
+        defaults = AutoConfig.for_model(architecture)
     except CONFIG_ERRORS as error:  # some types' own defaults fail their checks
         raise refused(architecture, error) from None
+    return override(defaults, overrides)  # GPT-2's ids of 50256 leave a smaller vocabulary
 
 
 def _from_base(base: str, base_dir: Path, offline: bool, scratch: Path) -> ModelSource:
@@ -216,7 +216,7 @@ def _config(folder: Path):
         raise UsageError(f"{folder}: cannot read its config.json ({error})") from None
 
 
-def _override(config, overrides: dict):
+def override(config, overrides: dict):
     """The config rebuilt with MODEL.config's values (so derived ones, like Llama's key-value
     heads and head size, follow), refusing names the architecture does not have."""
     from okto.package.hf_config import CONFIG_ERRORS, overridden, refused

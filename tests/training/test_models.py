@@ -331,3 +331,20 @@ def test_a_per_layer_setting_is_a_setting():
     from okto.training.models import check_names
 
     check_names(AutoConfig.for_model("gemma4_text"), {"head_dim": 32})
+
+
+def test_a_smaller_vocabulary_drops_the_architectures_special_ids():
+    """MODEL.config { vocab_size: 300 } on a new GPT-2 kept its bos/eos ids of 50256, past the
+    vocabulary (two transformers warnings in plan and train): they are left to the tokenizer."""
+    from okto.language.config import ModelConfig
+    from okto.planner.model_config import model_config
+    from okto.training.models import _new_config
+
+    values = {"n_layer": 1, "vocab_size": 300}
+    planned, _ = model_config(
+        ModelConfig(architecture="gpt2", pretrained=False, config=values)
+    )
+    for config in (_new_config("gpt2", values), planned):
+        assert config.vocab_size == 300
+        assert config.bos_token_id is None and config.eos_token_id is None
+    assert _new_config("gpt2", {"n_layer": 1}).eos_token_id == 50256  # the vocabulary kept
