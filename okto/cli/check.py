@@ -57,17 +57,11 @@ def _model_findings(program) -> list:
     target_modules, at their positions, where the model's config is known offline."""
     from pathlib import Path
 
-    from okto.language.diagnostics import Diagnostic
     from okto.planner.model_config import check_findings
 
     name = program.source.name
     findings = check_findings(program.config.model, Path(name).parent if name else None)
-    diagnostics = []
-    for dotted, severity, message in findings:
-        location = program._locations.get(tuple(dotted.split(".")))
-        source, span = (location.source, location.span) if location else (program.source, None)
-        diagnostics.append(Diagnostic(severity, message, source, span))
-    return diagnostics
+    return [program.diagnostic_at(*finding) for finding in findings]
 
 
 def _report(args, errors: list, warnings: list, stopped_early: bool = False) -> int:

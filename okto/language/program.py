@@ -101,12 +101,16 @@ class Program:
             path = tuple(dotted.split("."))
             block, *rest = path
             message = ".".join([block.upper(), *rest]) + f" {problem}"
-            location = self._locations.get(path)
-            if location is None:
-                errors.append(Diagnostic("error", message, self.source, None))
-            else:
-                errors.append(Diagnostic("error", message, location.source, location.span))
+            errors.append(self.diagnostic_at(dotted, "error", message))
         return errors
+
+    def diagnostic_at(self, dotted: str, severity: str, message: str) -> Diagnostic:
+        """A diagnostic at the value of field `dotted` (`model.config.n_layer`), or of the
+        whole file where the file does not write it."""
+        location = self._locations.get(tuple(dotted.split(".")))
+        if location is None:
+            return Diagnostic(severity, message, self.source, None)
+        return Diagnostic(severity, message, location.source, location.span)
 
     def __repr__(self) -> str:
         return f"<Program {self.source.name}: {len(self.warnings)} warnings>"
