@@ -250,8 +250,12 @@ def test_parameters_of_any_stride(kind, param_view):
     y64, _ = _reference64(kind, x64, view(w64), bias64, r64, None, eps)
     (y64 * dy.double()).sum().backward()
     assert rel_error(y, y64) < TOL[torch.float32]
-    for got, want in ((x, x64), (w, w64)) + (((b, b64),) if kind == "layer_norm" else ()):
-        assert rel_error(got.grad, want.grad) < TOL[torch.float32]
+    assert rel_error(x.grad, x64.grad) < TOL[torch.float32]
+    # An expanded parameter's gradient is one fp32 sum of rows x 37 terms, which cancel: its
+    # error reached 7e-5 on some inputs. The defect read it as 0.13 to 1.5 off.
+    tol = 1e-3 if param_view == "expanded" else TOL[torch.float32]
+    for got, want in ((w, w64),) + (((b, b64),) if kind == "layer_norm" else ()):
+        assert rel_error(got.grad, want.grad) < tol
 
 
 def test_empty_batch():
