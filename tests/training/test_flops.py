@@ -15,6 +15,18 @@ VOCAB, WIDTH, LAYERS, T = 300, 64, 2, 32
 # The Llama-style configs' common shape: MLP width 128.
 SHAPE = dict(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=LAYERS)
 
+MLA = dict(  # DeepSeek V3's latent attention, small: 4 heads scoring with 12 + 8, values of 20
+    moe_intermediate_size=32,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    q_lora_rank=24,
+    kv_lora_rank=16,
+    qk_nope_head_dim=12,
+    qk_rope_head_dim=8,
+    v_head_dim=20,
+    first_k_dense_replace=LAYERS,
+)
+
 
 def _llama_layer(mlp: int) -> int:
     """q and o 64x64, k and v 64x32 (2 of 4 heads' width), two norms; `mlp` the MLP's."""
@@ -277,15 +289,7 @@ def test_multi_head_latent_attention_counts_its_query_key_and_value_widths():
     sums values of 4 x 20 (DeepSeek V3 itself: 2/5 of the cost)."""
     config = transformers.DeepseekV3Config(
         **SHAPE,
-        moe_intermediate_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        q_lora_rank=24,
-        kv_lora_rank=16,
-        qk_nope_head_dim=12,
-        qk_rope_head_dim=8,
-        v_head_dim=20,
-        first_k_dense_replace=LAYERS,
+        **MLA,
     )
     model = transformers.DeepseekV3ForCausalLM(config)
     flops = flops_model(model)
@@ -325,15 +329,7 @@ def test_deepseek_sparse_attention_counts_its_top_k_keys_and_its_indexer():
     config = transformers.AutoConfig.for_model(
         "deepseek_v32",
         **SHAPE,
-        moe_intermediate_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        q_lora_rank=24,
-        kv_lora_rank=16,
-        qk_nope_head_dim=12,
-        qk_rope_head_dim=8,
-        v_head_dim=20,
-        first_k_dense_replace=LAYERS,
+        **MLA,
         index_topk=8,
         index_n_heads=2,
         index_head_dim=16,
